@@ -1,0 +1,128 @@
+"""Entropy coding: integer frequency tables and constriction's range coder.
+
+The rule that keeps decoding bit-exact on every machine: **the coder only ever sees integer
+frequency tables**, and every table is computed with integer arithmetic from integers. Models hand
+over either static integer tables (stored in their weights) or integer logits produced by exact
+fixed-point inference (``models/fixedpoint.py``); :func:`freqs_from_logits` turns those into
+frequencies with integer operations only. Floating point never reaches the coder, so the thread
+count, the BLAS library, the batch composition or the order of tiles cannot change a single
+probability (CompressAI issues #279 and #309 are the failure this avoids).
+
+Frequencies sum to ``2**PRECISION`` and are at least 1, so every symbol stays codable. They are
+passed to constriction as exact dyadic floats ``freq / 2**PRECISION``; constriction (pinned to one
+minor version, whose format is stable) maps identical inputs to identical fixed-point models.
+"""
+
+from __future__ import annotations
+
+import constriction
+import numpy as np
+
+PRECISION = 16
+TOTAL = 1 << PRECISION
+
+# Logits are log2-probabilities in fixed point with LOGIT_FRAC fractional bits.
+LOGIT_FRAC = 8
+_ONE = 1 << 30
+# round(2**30 * 2**(-1/256)), written out so that no libm call is involved.
+_STEP = 1070838486
+
+
+def _exp2_table() -> np.ndarray:
+    """2**30 * 2**(-i/256) for i in 0..255, by integer recurrence (identical everywhere)."""
+    table = [_ONE]
+    for _ in range(255):
+        table.append((table[-1] * _STEP + (1 << 29)) >> 30)
+    return np.array(table, dtype=np.int64)
+
+
+_EXP2 = _exp2_table()
+_MAX_DROP = 30 << LOGIT_FRAC  # below 2**-30 of the top symbol a weight is simply 0
+
+
+def freqs_from_logits(logits: np.ndarray) -> np.ndarray:
+    """Integer log2-logits (..., K), in units of 2**-LOGIT_FRAC bits, to frequencies (..., K).
+
+    Integer-only: softmax via a table of 2**(-f/256) and shifts, then a rescale to ``TOTAL``
+    where every symbol keeps at least 1 and the rounding remainder goes to the most likely one.
+    """
+    logits = np.asarray(logits)
+    if logits.dtype.kind not in "iu":
+        raise TypeError("freqs_from_logits takes integer logits (use exact fixed-point inference)")
+    logits = logits.astype(np.int64)
+    k = logits.shape[-1]
+    if not 2 <= k <= TOTAL // 4:
+        raise ValueError(f"alphabet size {k} is out of range")
+    drop = np.minimum(logits.max(axis=-1, keepdims=True) - logits, _MAX_DROP)
+    weights = _EXP2[drop & 0xFF] >> (drop >> LOGIT_FRAC)
+    total = weights.sum(axis=-1, keepdims=True)
+    freqs = 1 + (weights * (TOTAL - k)) // total
+    remainder = TOTAL - freqs.sum(axis=-1)
+    top = np.argmax(logits, axis=-1)
+    np.put_along_axis(freqs, top[..., None], np.take_along_axis(freqs, top[..., None], -1)
+                      + remainder[..., None], axis=-1)
+    return freqs
+
+
+def freqs_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Symbol counts (K,) (e.g. from training data) to a static frequency table summing to TOTAL."""
+    counts = np.asarray(counts, dtype=np.float64)
+    k = counts.shape[-1]
+    scaled = np.floor(counts / counts.sum() * (TOTAL - k)).astype(np.int64)
+    freqs = 1 + scaled
+    freqs[np.argmax(freqs)] += TOTAL - freqs.sum()
+    return freqs
+
+
+def cost_bits(symbols: np.ndarray, freqs: np.ndarray) -> float:
+    """Ideal code length in bits of ``symbols`` under integer tables (shared (K,) or (n, K))."""
+    symbols = np.asarray(symbols, dtype=np.int64)
+    if freqs.ndim == 1:
+        chosen = freqs[symbols]
+    else:
+        chosen = np.take_along_axis(freqs, symbols[:, None], axis=1)[:, 0]
+    return float(-np.log2(chosen / TOTAL).sum())
+
+
+def _model_args(freqs: np.ndarray):
+    probs = np.ascontiguousarray(freqs, dtype=np.float64) / TOTAL  # exact: TOTAL is a power of 2
+    if freqs.ndim == 1:
+        return (constriction.stream.model.Categorical(probs, perfect=False),)
+    return constriction.stream.model.Categorical(perfect=False), probs
+
+
+class PacketEncoder:
+    """Range-codes the symbols of one packet, stage after stage."""
+
+    def __init__(self) -> None:
+        self._coder = constriction.stream.queue.RangeEncoder()
+
+    def encode(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
+        """Code ``symbols`` (n,) with a shared table (K,) or one table per symbol (n, K)."""
+        symbols = np.ascontiguousarray(symbols, dtype=np.int32)
+        if symbols.size:
+            self._coder.encode(symbols, *_model_args(freqs))
+
+    def finish(self) -> bytes:
+        """The packet payload: the coder's 32-bit words, little-endian, trailing zero bytes cut."""
+        words = self._coder.get_compressed().astype("<u4")
+        return words.tobytes().rstrip(b"\0")
+
+
+class PacketDecoder:
+    """Decodes the symbols of one packet in the order they were encoded."""
+
+    def __init__(self, payload: bytes) -> None:
+        padded = payload + b"\0" * (-len(payload) % 4)
+        words = np.frombuffer(padded, dtype="<u4").astype(np.uint32)
+        self._coder = constriction.stream.queue.RangeDecoder(words)
+
+    def decode(self, freqs: np.ndarray, count: int | None = None) -> np.ndarray:
+        """Decode ``count`` symbols with a shared table, or one symbol per row of ``freqs``."""
+        if freqs.ndim == 1:
+            if not count:
+                return np.zeros(0, dtype=np.int64)
+            return self._coder.decode(*_model_args(freqs), count).astype(np.int64)
+        if not len(freqs):
+            return np.zeros(0, dtype=np.int64)
+        return self._coder.decode(*_model_args(freqs)).astype(np.int64)

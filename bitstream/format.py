@@ -1,0 +1,220 @@
+"""The nicodec container: header, packet table and CRC-protected packets.
+
+The byte layout is the contract documented in ``bitstream/FORMAT.md``; this module is its only
+reader and writer. Everything is built from unsigned LEB128 variable-length integers so that a
+Kodak image in one packet carries a 12-byte header.
+"""
+
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass
+from enum import IntEnum
+
+from bitstream.errors import (
+    CorruptHeaderError,
+    NotNicodecError,
+    TruncatedError,
+    UnsupportedVersionError,
+)
+
+MAGIC = 0x6E  # ASCII 'n'
+VERSION = 1
+MAX_SIDE = 1 << 16
+MAX_PACKETS = 4096
+PACKET_CRC_BYTES = 2
+
+
+class Family(IntEnum):
+    """Codec family: which kind of model made the symbols."""
+
+    MCQ = 1
+    VQ = 2
+    LOSSLESS = 3
+
+
+# --- variable-length integers (unsigned LEB128) -------------------------------------------------
+
+
+def write_varint(value: int) -> bytes:
+    """Encode a non-negative integer as unsigned LEB128 (7 bits per byte, low bits first)."""
+    if value < 0:
+        raise ValueError(f"varint must be non-negative, got {value}")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """Decode an unsigned LEB128 integer at ``pos``; return (value, next position)."""
+    value = 0
+    for shift in range(0, 63, 7):
+        if pos >= len(data):
+            raise TruncatedError("file ends inside the header")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+    raise CorruptHeaderError("header integer is too long")
+
+
+# --- checksums ----------------------------------------------------------------------------------
+
+_CRC8_TABLE = []
+for _byte in range(256):
+    _crc = _byte
+    for _ in range(8):
+        _crc = ((_crc << 1) ^ 0x07) & 0xFF if _crc & 0x80 else (_crc << 1) & 0xFF
+    _CRC8_TABLE.append(_crc)
+
+
+def crc8(data: bytes) -> int:
+    """CRC-8 (polynomial 0x07, as in SMBus) of ``data``: guards the header."""
+    crc = 0
+    for byte in data:
+        crc = _CRC8_TABLE[crc ^ byte]
+    return crc
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/CCITT (polynomial 0x1021, init 0xFFFF) of ``data``: guards each packet."""
+    return binascii.crc_hqx(data, 0xFFFF)
+
+
+# --- header -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    """Everything a decoder needs before the first symbol."""
+
+    family: Family
+    model_id: int
+    weights_digest: int  # first 16 bits of the SHA-256 of the model's weight file
+    width: int
+    height: int
+    channels: int  # 1 (grayscale) or 3 (RGB)
+    bit_depth: int  # 8
+    quality: int
+    packet_lengths: tuple[int, ...]  # bytes of each packet, CRC included
+
+    def to_bytes(self) -> bytes:
+        """Serialize the header and packet table (the last packet's length is implied)."""
+        if not 1 <= self.width <= MAX_SIDE or not 1 <= self.height <= MAX_SIDE:
+            raise ValueError(f"image sides must be 1..{MAX_SIDE}, got {self.width}x{self.height}")
+        if self.channels not in (1, 3) or self.bit_depth != 8:
+            raise ValueError("only 8-bit grayscale or RGB images are supported")
+        if not 1 <= len(self.packet_lengths) <= MAX_PACKETS:
+            raise ValueError(f"packet count must be 1..{MAX_PACKETS}")
+        layout = (self.quality << 2) | ((self.channels == 3) << 1)
+        out = bytearray([MAGIC, (VERSION << 4) | int(self.family)])
+        out += write_varint(self.model_id)
+        out += self.weights_digest.to_bytes(2, "big")
+        out += write_varint(self.width - 1)
+        out += write_varint(self.height - 1)
+        out += write_varint(layout)
+        out += write_varint(len(self.packet_lengths))
+        for length in self.packet_lengths[:-1]:
+            out += write_varint(length)
+        out.append(crc8(bytes(out)))
+        return bytes(out)
+
+
+def parse_header(data: bytes) -> tuple[Header, int]:
+    """Read and verify the header; return it with the offset of the first packet.
+
+    The last packet's length is whatever remains of the file (so a truncated file shows up as a
+    damaged last packet, not as an unreadable header).
+    """
+    if len(data) < 2:
+        raise TruncatedError("file is too short to be a nicodec file")
+    if data[0] != MAGIC:
+        raise NotNicodecError("not a nicodec file (wrong magic byte)")
+    version, family = data[1] >> 4, data[1] & 0x0F
+    if version != VERSION:
+        raise UnsupportedVersionError(
+            f"file uses nicodec format version {version}; this nicodec reads version {VERSION}"
+            + (" (the file is newer: upgrade nicodec)" if version > VERSION else "")
+        )
+    pos = 2
+    model_id, pos = read_varint(data, pos)
+    if pos + 2 > len(data):
+        raise TruncatedError("file ends inside the header")
+    digest = int.from_bytes(data[pos : pos + 2], "big")
+    pos += 2
+    width_m1, pos = read_varint(data, pos)
+    height_m1, pos = read_varint(data, pos)
+    layout, pos = read_varint(data, pos)
+    n_packets, pos = read_varint(data, pos)
+    if not 1 <= n_packets <= MAX_PACKETS:
+        # Checked before reading the table so garbage cannot make us loop for long.
+        raise CorruptHeaderError("header is damaged (impossible packet count)")
+    lengths = []
+    for _ in range(n_packets - 1):
+        length, pos = read_varint(data, pos)
+        lengths.append(length)
+    if pos >= len(data):
+        raise TruncatedError("file ends inside the header")
+    if crc8(data[:pos]) != data[pos]:
+        raise CorruptHeaderError("header is damaged (checksum mismatch)")
+    pos += 1
+    try:
+        family_enum = Family(family)
+    except ValueError:
+        raise CorruptHeaderError(f"unknown codec family {family}") from None
+    if width_m1 >= MAX_SIDE or height_m1 >= MAX_SIDE or layout & 1:
+        raise CorruptHeaderError("header is damaged (impossible image size or layout)")
+    lengths.append(max(0, len(data) - pos - sum(lengths)))
+    header = Header(
+        family=family_enum,
+        model_id=model_id,
+        weights_digest=digest,
+        width=width_m1 + 1,
+        height=height_m1 + 1,
+        channels=3 if layout & 2 else 1,
+        bit_depth=8,
+        quality=layout >> 2,
+        packet_lengths=tuple(lengths),
+    )
+    return header, pos
+
+
+# --- packets ------------------------------------------------------------------------------------
+
+
+def seal_packet(payload: bytes) -> bytes:
+    """Append the CRC that lets a decoder detect a damaged packet."""
+    return payload + crc16(payload).to_bytes(PACKET_CRC_BYTES, "big")
+
+
+def pack(header_fields: dict, payloads: list[bytes]) -> bytes:
+    """Build a complete file from header fields (all but ``packet_lengths``) and packet payloads."""
+    packets = [seal_packet(p) for p in payloads]
+    header = Header(packet_lengths=tuple(len(p) for p in packets), **header_fields)
+    return header.to_bytes() + b"".join(packets)
+
+
+def unpack(data: bytes) -> tuple[Header, list[bytes | None]]:
+    """Split a file into its header and packet payloads.
+
+    A packet that is missing, short or fails its CRC comes back as ``None``: the caller decides
+    whether to conceal it or to refuse the file. Header damage raises.
+    """
+    header, pos = parse_header(data)
+    payloads: list[bytes | None] = []
+    for length in header.packet_lengths:
+        packet = data[pos : pos + length]
+        pos += length
+        if len(packet) < PACKET_CRC_BYTES or len(packet) < length:
+            payloads.append(None)
+            continue
+        payload, crc = packet[:-PACKET_CRC_BYTES], packet[-PACKET_CRC_BYTES:]
+        payloads.append(payload if crc16(payload) == int.from_bytes(crc, "big") else None)
+    return header, payloads

@@ -1,0 +1,267 @@
+"""The ``codec`` command line: encode, decode, info, models.
+
+Exit codes: 0 success, 1 bad data (unreadable image, damaged or foreign file), 2 usage error.
+Outputs are written atomically (temporary file, then rename) and existing files are never
+overwritten without ``--force``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from PIL import Image
+from tqdm import tqdm
+
+from bitstream.errors import BitstreamError
+from bitstream.format import parse_header, unpack
+from codec.image import IMAGE_SUFFIXES, UnsupportedImageError, to_pil
+from codec.pipeline import decode_detailed, encode
+from codec.registry import DEFAULT_MODEL, MODELS, available_models
+
+ENCODED_SUFFIX = ".nic"
+BAD_DATA = 1
+
+
+class Failure(Exception):
+    """One input could not be processed; the message says why."""
+
+
+def _read(source: str) -> bytes:
+    if source == "-":
+        return sys.stdin.buffer.read()
+    return Path(source).read_bytes()
+
+
+def _write(target: str, data: bytes, force: bool) -> None:
+    """Write ``data`` to a file atomically, or to stdout for ``-``."""
+    if target == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    path = Path(target)
+    if path.exists() and not force:
+        raise Failure(f"{path} exists (use --force to overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _expand(inputs: tuple[str, ...], suffixes: set[str] | None) -> list[str]:
+    """Input arguments with folders replaced by the matching files inside them."""
+    files: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if item != "-" and path.is_dir():
+            found = sorted(str(p) for p in path.iterdir()
+                           if p.is_file() and (suffixes is None or p.suffix.lower() in suffixes))
+            if not found:
+                raise click.UsageError(f"folder {item} holds no input files")
+            files += found
+        else:
+            files.append(item)
+    return files
+
+
+def _targets(files: list[str], output: str | None, suffix: str, batch: bool) -> list[str]:
+    """Output path of each input: -o itself for one input, else -o/<stem><suffix>."""
+    if not batch:
+        if output:
+            out = Path(output)
+            if output != "-" and out.is_dir():
+                return [str(out / (Path(files[0]).stem + suffix))]
+            return [output]
+        if files[0] == "-":
+            return ["-"]
+        return [str(Path(files[0]).with_suffix(suffix))]
+    if output == "-":
+        raise click.UsageError("several inputs need an output folder, not -")
+    folder = Path(output) if output else None
+    targets = [str((folder or Path(f).parent) / (Path(f).stem + suffix)) for f in files]
+    if len(set(targets)) != len(targets):
+        raise click.UsageError("two inputs would write the same output name; encode them apart")
+    return targets
+
+
+def _run_batch(files: list[str], targets: list[str], work, as_json: bool, what: str) -> None:
+    """Apply ``work(input, output) -> record`` to each file; report; exit 1 if any failed."""
+    records, failed = [], 0
+    show = len(files) > 1 and not as_json
+    for src, dst in tqdm(list(zip(files, targets)), desc=what, disable=not show, file=sys.stderr):
+        try:
+            records.append(work(src, dst))
+        except (Failure, BitstreamError, UnsupportedImageError, OSError) as exc:
+            failed += 1
+            message = str(exc) if isinstance(exc, Failure) else f"{src}: {exc}"
+            records.append({"input": src, "error": message})
+            click.echo(f"error: {message}", err=True)
+    if as_json:
+        click.echo(json.dumps(records if len(records) > 1 else records[0], indent=2))
+    if failed:
+        sys.exit(BAD_DATA)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nicodec")
+def main() -> None:
+    """nicodec: learned image compression.
+
+    \b
+      codec encode photo.png -o photo.nic       compress (default model, default quality)
+      codec decode photo.nic -o photo.png       decompress
+      codec info photo.nic                      header, packets, bits per pixel
+      codec models                              shipped models and their rate settings
+
+    Exit codes: 0 ok, 1 bad data, 2 usage error.
+    """
+
+
+@main.command("encode")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", help="Output file (one input) or folder (several inputs or a "
+              "folder); '-' for stdout. Default: next to the input, with suffix .nic.")
+@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
+              type=click.Choice(sorted(MODELS)), help="Model to encode with.")
+@click.option("-q", "--quality", type=int, help="Rate setting of the model (see 'codec models'); "
+              "higher means more bits. Default: the model's default.")
+@click.option("--packets", type=click.IntRange(1, 4096), help="Number of independently decodable "
+              "packets. Default: about one per 1024 latent positions (max 16).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def encode_cmd(inputs, output, model, quality, packets, force, as_json) -> None:
+    """Compress images (files, folders, or '-' for stdin).
+
+    Accepts PNG, JPEG, WebP, TIFF, BMP and anything else Pillow reads; 8-bit grayscale or RGB,
+    EXIF orientation applied. Images with transparency or 16-bit samples are refused.
+    """
+    info = MODELS[model]
+    if quality is not None and quality not in info.qualities:
+        raise click.BadParameter(f"model {model} has qualities {list(info.qualities)}",
+                                 param_hint="--quality")
+    files = _expand(inputs, IMAGE_SUFFIXES)
+    targets = _targets(files, output, ENCODED_SUFFIX, len(files) > 1 or Path(inputs[0]).is_dir())
+
+    def work(src: str, dst: str) -> dict:
+        start = time.perf_counter()
+        data = encode(_read(src), model=model, quality=quality, packets=packets)
+        header, _ = parse_header(data)
+        _write(dst, data, force)
+        return {"input": src, "output": dst, "bytes": len(data), "width": header.width,
+                "height": header.height, "bpp": round(8 * len(data) / header.width / header.height, 5),
+                "model": model, "quality": header.quality, "packets": len(header.packet_lengths),
+                "seconds": round(time.perf_counter() - start, 3)}
+
+    _run_batch(files, targets, work, as_json, "encoding")
+
+
+@main.command("decode")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", help="Output image (one input) or folder; '-' writes PNG to "
+              "stdout. The format follows the suffix. Default: next to the input, as .png.")
+@click.option("--strict", is_flag=True, help="Fail on any damaged packet instead of concealing it.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def decode_cmd(inputs, output, strict, force, as_json) -> None:
+    """Decompress nicodec files (files, folders of .nic files, or '-' for stdin).
+
+    Damaged packets are concealed from their surroundings and reported on stderr; with --strict
+    any damage is an error.
+    """
+    files = _expand(inputs, {ENCODED_SUFFIX})
+    targets = _targets(files, output, ".png", len(files) > 1 or Path(inputs[0]).is_dir())
+    for target in targets:
+        if target != "-" and Path(target).suffix.lower() not in Image.registered_extensions():
+            raise click.BadParameter(f"cannot tell the image format of {target!r} from its suffix",
+                                     param_hint="--output")
+
+    def work(src: str, dst: str) -> dict:
+        start = time.perf_counter()
+        result = decode_detailed(_read(src), strict=strict)
+        if result.lost_packets:
+            click.echo(f"warning: {src}: {result.lost_packets} of "
+                       f"{len(result.header.packet_lengths)} packets damaged; concealed "
+                       f"{result.concealed_fraction:.1%} of the image", err=True)
+        buffer = io.BytesIO()
+        fmt = "PNG" if dst == "-" else Image.registered_extensions()[Path(dst).suffix.lower()]
+        to_pil(result.pixels).save(buffer, format=fmt)
+        _write(dst, buffer.getvalue(), force)
+        return {"input": src, "output": dst, "width": result.header.width,
+                "height": result.header.height, "lost_packets": result.lost_packets,
+                "concealed_fraction": round(result.concealed_fraction, 5),
+                "seconds": round(time.perf_counter() - start, 3)}
+
+    _run_batch(files, targets, work, as_json, "decoding")
+
+
+@main.command("info")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def info_cmd(inputs, as_json) -> None:
+    """Show a file's header, its packets (and whether each passes its CRC) and bits per pixel."""
+
+    def work(src: str, _dst: str) -> dict:
+        data = _read(src)
+        header, payloads = unpack(data)
+        _, header_bytes = parse_header(data)
+        record = {"input": src, "bytes": len(data), "header_bytes": header_bytes,
+                  "format_family": header.family.name.lower(), "model_id": header.model_id,
+                  "model": next((n for n, i in MODELS.items() if i.model_id == header.model_id),
+                                None),
+                  "weights_digest": f"{header.weights_digest:04x}", "width": header.width,
+                  "height": header.height, "channels": header.channels,
+                  "bit_depth": header.bit_depth, "quality": header.quality,
+                  "bpp": round(8 * len(data) / header.width / header.height, 5),
+                  "packets": [{"bytes": n, "ok": p is not None}
+                              for n, p in zip(header.packet_lengths, payloads)]}
+        if not as_json:
+            damaged = sum(not p["ok"] for p in record["packets"])
+            click.echo(f"{src}: {record['model'] or 'unknown model'} ({record['format_family']}, "
+                       f"weights {record['weights_digest']}) quality {header.quality}\n"
+                       f"  image    {header.width}x{header.height}, {header.channels} channel(s), "
+                       f"{header.bit_depth} bit\n"
+                       f"  size     {len(data)} bytes, {record['bpp']} bpp, header "
+                       f"{header_bytes} bytes\n"
+                       f"  packets  {len(payloads)} ({damaged} damaged): "
+                       + " ".join(str(n) for n in header.packet_lengths))
+        return record
+
+    files = list(inputs)
+    _run_batch(files, files, work, as_json, "reading")
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def models_cmd(as_json) -> None:
+    """List the shipped models and their rate settings."""
+    shipped = set(available_models())
+    records = [{"name": i.name, "id": i.model_id, "family": i.family.name.lower(),
+                "qualities": list(i.qualities), "default_quality": i.default_quality,
+                "default": i.name == DEFAULT_MODEL, "installed": i.name in shipped,
+                "description": i.description} for i in MODELS.values()]
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    for r in records:
+        flag = " (default)" if r["default"] else ""
+        missing = "" if r["installed"] else " [weights missing]"
+        click.echo(f"{r['name']}{flag}{missing}: {r['family']}, qualities {r['qualities']} "
+                   f"(default {r['default_quality']})\n  {r['description']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The shipped models: names, ids written into files, weight files, rate settings.
+
+A model's id and its weights' digest go into every file it writes, so a decoder can refuse a file
+made with a model (or a retrained version of it) that it does not have, instead of producing
+garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import models
+from bitstream.format import Family
+
+WEIGHTS_DIR = Path(models.__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a model before loading it."""
+
+    name: str
+    model_id: int
+    family: Family
+    weights: str
+    qualities: tuple[int, ...]
+    default_quality: int
+    description: str
+
+
+MODELS: dict[str, ModelInfo] = {
+    info.name: info
+    for info in [
+        ModelInfo(
+            name="mcq-tiny", model_id=1, family=Family.MCQ, weights="mcq-tiny.safetensors",
+            qualities=(1, 2, 3, 4), default_quality=4,
+            description="one-level multi-codebook VQ trained on a CPU in minutes "
+                        "(foundation default; see models/weights/mcq-tiny.md)"),
+    ]
+}
+DEFAULT_MODEL = "mcq-tiny"
+
+
+def available_models() -> list[str]:
+    """Names of the models this installation ships."""
+    return [name for name, info in MODELS.items() if (WEIGHTS_DIR / info.weights).exists()]
+
+
+def model_info(name: str) -> ModelInfo:
+    """Registry entry of ``name``; a clear error lists the valid names."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    return MODELS[name]
+
+
+def info_by_id(model_id: int) -> ModelInfo | None:
+    """Registry entry with a given file id, or None."""
+    return next((info for info in MODELS.values() if info.model_id == model_id), None)
+
+
+def weights_digest(path: Path) -> int:
+    """First 16 bits of the SHA-256 of a weight file: the digest written into each file."""
+    return int.from_bytes(hashlib.sha256(path.read_bytes()).digest()[:2], "big")
+
+
+class Model:
+    """A loaded positionwise model: analysis, integer prior, synthesis.
+
+    ``analyze`` gives indices (G, h, w); group g at a position is coded with ``freqs(context, g)``
+    where context holds the indices of groups < g at the same positions.
+    """
+
+    def __init__(self, info: ModelInfo, path: Path) -> None:
+        from models.tiny_mcq import load_weights
+
+        self.info = info
+        self.digest = weights_digest(path)
+        self.net, self.prior = load_weights(str(path))
+        self.downsampling = self.net.downsampling
+
+    def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
+        return self.net.analyze(x, quality)
+
+    def freqs(self, context: np.ndarray, g: int) -> np.ndarray:
+        return self.prior.freqs(context, g)
+
+    def synthesize(self, indices: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
+        return self.net.synthesize(indices, lost)
+
+
+@lru_cache(maxsize=None)
+def load_model(name: str) -> Model:
+    """Load (once per process) the shipped model ``name``."""
+    info = model_info(name)
+    path = WEIGHTS_DIR / info.weights
+    if not path.exists():
+        raise FileNotFoundError(f"weights of model {name!r} are missing: {path}")
+    return Model(info, path)

@@ -1,0 +1,37 @@
+"""Exact fixed-point inference for entropy models.
+
+An entropy model's probabilities must be identical on the encoder and the decoder machine. Float
+networks are not: a different thread count or BLAS kernel sums in another order and moves the
+last bits. Here weights and activations are integers, and products are summed in float64, where
+sums of integers are exact (hence order-free) as long as they stay below 2**53; every rescale is a
+power-of-two floor division, which is exact too. The result is the same integer logits on any
+CPU or GPU, in any batch or tile order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+EXACT_LIMIT = 1 << 53
+INT_LIMIT = (1 << 15) - 1  # magnitude cap on every stored weight: they are stored as int16
+
+
+def to_fixed(values: torch.Tensor | np.ndarray, frac_bits: int) -> np.ndarray:
+    """Round real values to integers in units of 2**-frac_bits, clipped to ±INT_LIMIT."""
+    array = values.detach().double().cpu().numpy() if isinstance(values, torch.Tensor) else values
+    return np.clip(np.rint(np.asarray(array, np.float64) * (1 << frac_bits)),
+                   -INT_LIMIT, INT_LIMIT).astype(np.int32)
+
+
+def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer matrix product (n, k) @ (k, m) computed exactly in float64."""
+    bound = float(np.abs(a).max(initial=0)) * float(np.abs(b).max(initial=0)) * a.shape[-1]
+    if bound >= EXACT_LIMIT:
+        raise OverflowError("fixed-point product could exceed float64's exact integer range")
+    return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
+
+
+def floor_shift(values: np.ndarray, bits: int) -> np.ndarray:
+    """floor(values / 2**bits) for int64 arrays: the exact rescale between fixed-point formats."""
+    return values >> bits

@@ -1,0 +1,217 @@
+"""TinyMCQ: a one-level multi-codebook VQ codec, small enough to train on a CPU in minutes.
+
+It is the foundation's default model, and the MCQ family in its smallest form:
+
+* analysis transform to 1/8 resolution (three strided 5x5 convolutions with GDN), latent of
+  M groups x d channels;
+* multi-codebook VQ: each group has its own codebook of K codewords (``models/quantizers.py``);
+* rate control by **nested groups**: quality q keeps the first q groups and the synthesis sees
+  zeros for the others (trained with a random q per step, as in nested dropout);
+* the prior codes the groups of one position in order: group 0 with a static table, group g with
+  a small network on the indices of groups < g at the *same* position. No spatial context, so all
+  positions of a group are decoded in one vectorised step, and packets stay independent.
+
+The prior is trained in float and shipped as integers: :class:`IntChannelPrior` evaluates it
+exactly (``models/fixedpoint.py``) so probabilities are bit-identical on every machine.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bitstream.entropy import LOGIT_FRAC, freqs_from_counts, freqs_from_logits
+from models.fixedpoint import exact_matmul, floor_shift, to_fixed
+from models.quantizers import MultiCodebookVQ
+
+with warnings.catch_warnings():  # compressai calls the deprecated torch.jit.script on import
+    warnings.simplefilter("ignore", FutureWarning)
+    from compressai.layers import GDN
+
+HIDDEN_FRAC = 8  # fixed-point bits of the prior's hidden layer
+OUT_FRAC = 10  # fixed-point bits of the prior's output weights
+HIDDEN_CAP = 1 << 16
+
+
+@dataclass(frozen=True)
+class TinyMCQConfig:
+    """Widths of the network; stored in the weight file's metadata."""
+
+    channels: int = 64
+    groups: int = 4
+    codebook_size: int = 256
+    group_dim: int = 16
+    prior_hidden: int = 64
+
+
+def _conv(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 5, stride=2, padding=2)
+
+
+def _deconv(cin: int, cout: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1)
+
+
+class ChannelPrior(nn.Module):
+    """p(i_g | i_<g) at one position: summed embeddings of earlier indices, ReLU, linear logits."""
+
+    def __init__(self, groups: int, codebook_size: int, hidden: int) -> None:
+        super().__init__()
+        self.groups, self.codebook_size = groups, codebook_size
+        self.embed = nn.Parameter(torch.randn(groups, groups, codebook_size, hidden) * 0.1)
+        self.bias = nn.Parameter(torch.zeros(groups, hidden))
+        self.out = nn.Parameter(torch.randn(groups, hidden, codebook_size) * 0.05)
+        self.out_bias = nn.Parameter(torch.zeros(groups, codebook_size))
+
+    def logits(self, context: torch.Tensor, g: int) -> torch.Tensor:
+        """Natural-log logits (N, K) of group g given context indices (g, N) of groups < g."""
+        h = self.bias[g].expand(context.shape[1], -1)
+        for j in range(g):
+            h = h + self.embed[g, j][context[j]]
+        return F.relu(h) @ self.out[g] + self.out_bias[g]
+
+
+class IntChannelPrior:
+    """The integer version of :class:`ChannelPrior`, evaluated exactly."""
+
+    def __init__(self, embed: np.ndarray, bias: np.ndarray, out: np.ndarray,
+                 out_bias: np.ndarray, static: np.ndarray) -> None:
+        self.embed, self.bias, self.out, self.out_bias = embed, bias, out, out_bias
+        self.static = static  # (K,) frequencies of group 0
+
+    @classmethod
+    def from_float(cls, prior: ChannelPrior, group0_counts: np.ndarray) -> "IntChannelPrior":
+        """Quantize a trained prior; output weights are converted to log2 units on the way."""
+        log2e = 1.0 / np.log(2.0)
+        return cls(
+            embed=to_fixed(prior.embed, HIDDEN_FRAC),
+            bias=to_fixed(prior.bias, HIDDEN_FRAC),
+            out=to_fixed(prior.out * log2e, OUT_FRAC),
+            out_bias=to_fixed(prior.out_bias * log2e, LOGIT_FRAC),
+            static=freqs_from_counts(group0_counts),
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The integer tensors as stored in the weight file (int16, the static table int32)."""
+        return {"prior.embed": torch.from_numpy(self.embed.astype(np.int16)),
+                "prior.bias": torch.from_numpy(self.bias.astype(np.int16)),
+                "prior.out": torch.from_numpy(self.out.astype(np.int16)),
+                "prior.out_bias": torch.from_numpy(self.out_bias.astype(np.int16)),
+                "prior.static": torch.from_numpy(self.static.astype(np.int32))}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "IntChannelPrior":
+        def get(name: str) -> np.ndarray:
+            return tensors[f"prior.{name}"].numpy().astype(np.int64)
+        return cls(get("embed"), get("bias"), get("out"), get("out_bias"), get("static"))
+
+    def freqs(self, context: np.ndarray, g: int) -> np.ndarray:
+        """Frequency table(s) of group g: shared (K,) for g = 0, else (N, K) from context (g, N)."""
+        if g == 0:
+            return self.static
+        h = np.broadcast_to(self.bias[g], (context.shape[1], self.bias.shape[1])).astype(np.int64)
+        for j in range(g):
+            h = h + self.embed[g, j][context[j]]
+        h = np.clip(h, 0, HIDDEN_CAP)
+        logits = floor_shift(exact_matmul(h, self.out[g]), HIDDEN_FRAC + OUT_FRAC - LOGIT_FRAC)
+        return freqs_from_logits(logits + self.out_bias[g])
+
+
+class TinyMCQ(nn.Module):
+    """Analysis / multi-codebook VQ / synthesis; the prior lives beside it (float and integer)."""
+
+    downsampling = 8
+
+    def __init__(self, config: TinyMCQConfig = TinyMCQConfig()) -> None:
+        super().__init__()
+        self.config = config
+        n, latent = config.channels, config.groups * config.group_dim
+        self.g_a = nn.Sequential(_conv(3, n), GDN(n), _conv(n, n), GDN(n), _conv(n, latent))
+        self.g_s = nn.Sequential(_deconv(latent, n), GDN(n, inverse=True), _deconv(n, n),
+                                 GDN(n, inverse=True), _deconv(n, 3))
+        self.quantizer = MultiCodebookVQ(config.groups, config.codebook_size, config.group_dim)
+        self.prior = ChannelPrior(config.groups, config.codebook_size, config.prior_hidden)
+
+    def group_mask(self, active: torch.Tensor) -> torch.Tensor:
+        """(B,) number of active groups -> (B, M*d, 1, 1) mask of kept latent channels."""
+        group = torch.arange(self.config.groups, device=active.device)
+        keep = (group[None, :] < active[:, None]).float()
+        return keep.repeat_interleave(self.config.group_dim, 1)[:, :, None, None]
+
+    def forward(self, x: torch.Tensor, active: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training pass: x in [0, 1], ``active`` groups per image."""
+        zq, idx, commitment = self.quantizer(self.g_a(x))
+        x_hat = self.g_s(zq * self.group_mask(active))
+        return {"x_hat": x_hat, "indices": idx, "commitment": commitment}
+
+    @torch.no_grad()
+    def analyze(self, x: torch.Tensor, groups: int) -> np.ndarray:
+        """Image (1, 3, H, W) in [0, 1], H and W multiples of 8 -> indices (groups, H/8, W/8)."""
+        return self.quantizer.indices(self.g_a(x))[0, :groups].cpu().numpy()
+
+    @torch.no_grad()
+    def synthesize(self, indices: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
+        """Indices (q, h, w) -> image (1, 3, 8h, 8w) in [0, 1].
+
+        ``lost`` (h, w) marks positions whose indices were in damaged packets: their latent is
+        concealed by the mean of the surviving latents around them (repeated for lost runs).
+        """
+        idx = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))[None]
+        z = self.quantizer.embed(idx)
+        if lost is not None and lost.any():
+            z = _inpaint(z, torch.from_numpy(lost))
+        pad = self.config.groups * self.config.group_dim - z.shape[1]
+        z = F.pad(z, (0, 0, 0, 0, 0, pad))
+        return self.g_s(z).clamp(0, 1)
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+
+def _inpaint(z: torch.Tensor, lost: torch.Tensor) -> torch.Tensor:
+    """Fill lost latent positions with the average of known 3x3 neighbours, growing inwards."""
+    known = (~lost).float()[None, None]
+    z = z * known
+    kernel = torch.ones(1, 1, 3, 3)
+    for _ in range(max(lost.shape)):
+        if bool(known.min() > 0):
+            break
+        weight = F.conv2d(known, kernel, padding=1)
+        total = F.conv2d(z.view(-1, 1, *z.shape[2:]), kernel, padding=1).view_as(z)
+        fill = (weight > 0) & (known == 0)
+        z = torch.where(fill, total / weight.clamp(min=1), z)
+        known = torch.where(fill, torch.ones_like(known), known)
+    return z
+
+
+def save_weights(model: TinyMCQ, prior: IntChannelPrior, path: str, metadata: dict) -> None:
+    """Write the shipped weights: float transforms and codebooks, integer prior, config."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
+               if k.startswith(("g_a.", "g_s.")) or k == "quantizer.codebooks"}
+    tensors.update(prior.tensors())
+    meta = {"config": json.dumps(model.config_dict()), **{k: str(v) for k, v in metadata.items()}}
+    save_file(tensors, path, metadata=meta)
+
+
+def load_weights(path: str) -> tuple[TinyMCQ, IntChannelPrior]:
+    """Read weights written by :func:`save_weights` (safetensors: nothing is unpickled)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        config = TinyMCQConfig(**json.loads(f.metadata()["config"]))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model = TinyMCQ(config)
+    state = model.state_dict()
+    for key, value in tensors.items():
+        if not key.startswith("prior."):
+            state[key] = value
+    model.load_state_dict(state)
+    return model.eval(), IntChannelPrior.from_tensors(tensors)

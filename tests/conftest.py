@@ -1,0 +1,31 @@
+"""Shared fixtures: Kodak paths (the data folder beside the repository) and small images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+KODAK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
+
+
+def kodak_images() -> list[Path]:
+    return sorted(KODAK.glob("kodim*.png"))
+
+
+@pytest.fixture(scope="session")
+def kodak_path() -> Path:
+    images = kodak_images()
+    if not images:
+        pytest.skip("Kodak images not found beside the repository (../shared/data/kodak)")
+    return images[0]
+
+
+@pytest.fixture(scope="session")
+def small_rgb() -> np.ndarray:
+    """A 37x53 RGB image with smooth gradients and an edge (odd sides on purpose)."""
+    y, x = np.mgrid[0:37, 0:53]
+    img = np.stack([x * 4, y * 6, (x + y) * 2], axis=-1) % 256
+    img[10:20, 20:30] = [200, 30, 60]
+    return img.astype(np.uint8)

@@ -1,0 +1,130 @@
+"""The command line, through click's CliRunner and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def workdir(tmp_path, small_rgb):
+    Image.fromarray(small_rgb).save(tmp_path / "a.png")
+    Image.fromarray(small_rgb[::-1]).save(tmp_path / "b.png")
+    return tmp_path
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def test_encode_decode_info(workdir):
+    res = run("encode", workdir / "a.png", "-o", workdir / "a.nic", "--json")
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.output)
+    assert record["bytes"] == (workdir / "a.nic").stat().st_size and record["width"] == 53
+    res = run("decode", workdir / "a.nic", "-o", workdir / "out.png")
+    assert res.exit_code == 0 and Image.open(workdir / "out.png").size == (53, 37)
+    res = run("info", workdir / "a.nic", "--json")
+    info = json.loads(res.output)
+    assert info["model"] == "mcq-tiny" and info["header_bytes"] <= 12
+    assert all(p["ok"] for p in info["packets"])
+    assert "header" in run("info", workdir / "a.nic").output
+
+
+def test_default_output_names_and_no_overwrite(workdir):
+    assert run("encode", workdir / "a.png").exit_code == 0
+    assert (workdir / "a.nic").exists()
+    before = (workdir / "a.nic").read_bytes()
+    res = run("encode", workdir / "b.png", "-o", workdir / "a.nic")
+    assert res.exit_code == 1 and "--force" in res.output
+    assert (workdir / "a.nic").read_bytes() == before
+    assert run("encode", workdir / "b.png", "-o", workdir / "a.nic", "--force").exit_code == 0
+    assert (workdir / "a.nic").read_bytes() != before
+    res = run("decode", workdir / "a.nic", "-o", workdir / "a.png")
+    assert res.exit_code == 1, "the input image must not be overwritten without --force"
+    assert not list(workdir.glob(".*tmp")), "no temporary files left behind"
+
+
+def test_folders_and_batches(workdir):
+    out = workdir / "enc"
+    res = run("encode", workdir, "-o", out, "--json")
+    assert res.exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.nic", "b.nic"]
+    assert len(json.loads(res.output)) == 2
+    res = run("decode", out, "-o", workdir / "dec")
+    assert res.exit_code == 0
+    assert sorted(p.name for p in (workdir / "dec").iterdir()) == ["a.png", "b.png"]
+
+
+def test_stdin_stdout(workdir):
+    png = (workdir / "a.png").read_bytes()
+    res = CliRunner().invoke(main, ["encode", "-", "-o", "-"], input=png)
+    assert res.exit_code == 0
+    encoded = res.stdout_bytes
+    res = CliRunner().invoke(main, ["decode", "-", "-o", "-"], input=encoded)
+    assert res.exit_code == 0 and res.stdout_bytes.startswith(b"\x89PNG")
+
+
+def test_bad_data_exit_codes(workdir):
+    (workdir / "junk.nic").write_bytes(b"this is not a nicodec file")
+    res = run("decode", workdir / "junk.nic", "-o", workdir / "junk.png")
+    assert res.exit_code == 1 and "not a nicodec file" in res.output
+    assert not (workdir / "junk.png").exists()
+    (workdir / "notimage.png").write_bytes(b"garbage")
+    res = run("encode", workdir / "notimage.png", "-o", workdir / "x.nic")
+    assert res.exit_code == 1 and "cannot read image" in res.output
+    assert not (workdir / "x.nic").exists()
+    assert run("info", workdir / "junk.nic").exit_code == 1
+
+
+def test_damaged_file_is_concealed_or_refused(workdir):
+    run("encode", workdir / "a.png", "-o", workdir / "a.nic", "--packets", "4")
+    data = bytearray((workdir / "a.nic").read_bytes())
+    data[-1] ^= 0xFF
+    (workdir / "bad.nic").write_bytes(bytes(data))
+    res = run("decode", workdir / "bad.nic", "-o", workdir / "bad.png")
+    assert res.exit_code == 0 and "concealed" in res.output
+    res = run("decode", workdir / "bad.nic", "-o", workdir / "strict.png", "--strict")
+    assert res.exit_code == 1 and not (workdir / "strict.png").exists()
+
+
+def test_usage_errors(workdir):
+    assert run("encode").exit_code == 2
+    assert run("encode", workdir / "missing.png").exit_code == 1
+    assert run("encode", workdir / "a.png", "--quality", "99").exit_code == 2
+    assert run("encode", workdir / "a.png", "--model", "nope").exit_code == 2
+    assert run("decode", workdir / "a.png", "-o", workdir / "x.unknownext").exit_code == 2
+    assert run("bogus").exit_code == 2
+
+
+def test_models_listing():
+    res = run("models", "--json")
+    models = json.loads(res.output)
+    assert any(m["default"] and m["installed"] for m in models)
+    assert "default" in run("models").output
+
+
+def test_console_script_as_subprocess(workdir):
+    exe = shutil.which("codec", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, str(ROOT / "cli.py")]
+    enc = subprocess.run(cmd + ["encode", str(workdir / "a.png"), "-o", str(workdir / "s.nic")],
+                         capture_output=True, text=True)
+    assert enc.returncode == 0, enc.stderr
+    dec = subprocess.run(cmd + ["decode", str(workdir / "s.nic"), "-o", str(workdir / "s.png")],
+                         capture_output=True, text=True)
+    assert dec.returncode == 0 and dec.stderr == ""
+    bad = subprocess.run(cmd + ["decode", str(workdir / "a.png")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert np.asarray(Image.open(workdir / "s.png")).shape == (37, 53, 3)

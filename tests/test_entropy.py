@@ -1,0 +1,95 @@
+"""Integer frequency tables, the range coder, and bit-exactness of the fixed-point prior."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bitstream.entropy import (
+    TOTAL,
+    PacketDecoder,
+    PacketEncoder,
+    cost_bits,
+    freqs_from_counts,
+    freqs_from_logits,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_freqs_from_logits_is_a_valid_table():
+    rng = np.random.default_rng(0)
+    logits = rng.integers(-20000, 20000, size=(100, 256))
+    freqs = freqs_from_logits(logits)
+    assert (freqs.sum(-1) == TOTAL).all() and freqs.min() >= 1
+    assert (np.argmax(freqs, -1) == np.argmax(logits, -1)).all()
+    # shifting all logits of a row changes nothing: only differences matter
+    assert (freqs_from_logits(logits + 12345) == freqs).all()
+    with pytest.raises(TypeError):
+        freqs_from_logits(logits.astype(np.float32))
+
+
+def test_freqs_follow_softmax():
+    logits = np.array([[0, -256, -512, -2560]])  # log2 units with 8 fractional bits
+    freqs = freqs_from_logits(logits)[0]
+    expected = np.array([1, 0.5, 0.25, 2 ** -10])
+    np.testing.assert_allclose(freqs / TOTAL, expected / expected.sum(), rtol=2e-3)
+
+
+def test_range_coder_round_trip_and_overhead():
+    rng = np.random.default_rng(1)
+    static = freqs_from_counts(rng.integers(1, 1000, 256))
+    sym0 = rng.choice(256, size=5000, p=static / TOTAL)
+    tables = freqs_from_logits(rng.integers(-3000, 0, size=(3000, 64)))
+    sym1 = np.array([rng.choice(64, p=t / TOTAL) for t in tables])
+    enc = PacketEncoder()
+    enc.encode(sym0, static)
+    enc.encode(sym1, tables)
+    payload = enc.finish()
+    dec = PacketDecoder(payload)
+    assert (dec.decode(static, len(sym0)) == sym0).all()
+    assert (dec.decode(tables) == sym1).all()
+    ideal = cost_bits(sym0, static) + cost_bits(sym1, tables)
+    assert len(payload) * 8 <= ideal * 1.002 + 32
+
+
+PRIOR_SCRIPT = """
+import hashlib, sys
+import numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+torch.manual_seed(0)
+from models.tiny_mcq import ChannelPrior, IntChannelPrior
+prior = IntChannelPrior.from_float(ChannelPrior(4, 256, 64), np.arange(256) + 1.0)
+rng = np.random.default_rng(0)
+ctx = rng.integers(0, 256, size=(3, 20000))
+digest = hashlib.sha256()
+for g in range(4):
+    digest.update(prior.freqs(ctx[:g], g).tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_prior_tables_identical_across_thread_counts():
+    """The same integer tables with 1 and 2 threads (separate processes, as on two machines)."""
+    out = [subprocess.run([sys.executable, "-c", PRIOR_SCRIPT, str(n)], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout for n in (1, 2)]
+    assert out[0] == out[1] and len(out[0].strip()) == 64
+
+
+def test_prior_tables_independent_of_batch_composition():
+    import torch
+
+    from models.tiny_mcq import ChannelPrior, IntChannelPrior
+
+    torch.manual_seed(0)
+    prior = IntChannelPrior.from_float(ChannelPrior(4, 256, 64), np.arange(256) + 1.0)
+    ctx = np.random.default_rng(2).integers(0, 256, size=(3, 4000))
+    for g in range(1, 4):
+        whole = prior.freqs(ctx[:g], g)
+        order = np.random.default_rng(g).permutation(4000)
+        parts = [prior.freqs(ctx[:g, chunk], g) for chunk in np.array_split(order, 7)]
+        assert (np.concatenate(parts) == whole[order]).all()
