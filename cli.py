@@ -23,7 +23,7 @@ from bitstream.errors import BitstreamError
 from bitstream.format import parse_header, unpack
 from codec.image import IMAGE_SUFFIXES, UnsupportedImageError, to_pil
 from codec.pipeline import decode_detailed, encode
-from codec.registry import DEFAULT_MODEL, MODELS, available_models
+from codec.registry import DEFAULT_MODEL, MODELS, available_models, measured_rates
 
 ENCODED_SUFFIX = ".nic"
 BAD_DATA = 1
@@ -140,7 +140,7 @@ def main() -> None:
 @click.option("-q", "--quality", type=int, help="Rate setting of the model (see 'codec models'); "
               "higher means more bits. Default: the model's default.")
 @click.option("--packets", type=click.IntRange(1, 4096), help="Number of independently decodable "
-              "packets. Default: about one per 1024 latent positions (max 16).")
+              "packets. Default: about one per 4 KB of payload (max 16).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def encode_cmd(inputs, output, model, quality, packets, force, as_json) -> None:
@@ -252,7 +252,8 @@ def models_cmd(as_json) -> None:
     records = [{"name": i.name, "id": i.model_id, "family": i.family.name.lower(),
                 "qualities": list(i.qualities), "default_quality": i.default_quality,
                 "default": i.name == DEFAULT_MODEL, "installed": i.name in shipped,
-                "description": i.description} for i in MODELS.values()]
+                "description": i.description, "measured": measured_rates(i.name)}
+               for i in MODELS.values()]
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return
@@ -261,6 +262,10 @@ def models_cmd(as_json) -> None:
         missing = "" if r["installed"] else " [weights missing]"
         click.echo(f"{r['name']}{flag}{missing}: {r['family']}, qualities {r['qualities']} "
                    f"(default {r['default_quality']})\n  {r['description']}")
+        if r["measured"]:
+            rates = ", ".join(f"q{m['quality']} {m['bpp']:.3f} bpp / {m['psnr']:.1f} dB"
+                              for m in r["measured"])
+            click.echo(f"  held-out photos: {rates}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ garbage.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -57,6 +58,17 @@ def model_info(name: str) -> ModelInfo:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     return MODELS[name]
+
+
+def measured_rates(name: str) -> list[dict]:
+    """Per-quality bpp and PSNR measured at export on held-back training photos (from metadata)."""
+    from safetensors import safe_open
+
+    path = WEIGHTS_DIR / model_info(name).weights
+    if not path.exists():
+        return []
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("validation", "[]"))
 
 
 def info_by_id(model_id: int) -> ModelInfo | None:

@@ -146,7 +146,8 @@ def main() -> None:
     train_autoencoder(model, sampler, args, args.out / "checkpoint.pt", device)
     model = model.cpu()
     prior = fit_prior(model, collect_indices(model, sampler.images[::4]), args.prior_steps)
-    rows = evaluate(model, prior, load_images(val_paths, 64))
+    val_images = load_images(val_paths, 64)
+    rows = evaluate(model, prior, val_images) if val_images else []
     report = {"train_images": len(train_paths), "val_images": len(val_paths),
               "steps": args.steps, "batch": args.batch, "crop": args.crop,
               "device": str(device), "threads": torch.get_num_threads(),
@@ -155,7 +156,8 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     if args.export:
         save_weights(model, prior, str(args.export),
-                     {"steps": args.steps, "data": "shared/data/train minus held-out 5%"})
+                     {"steps": args.steps, "validation": json.dumps(rows),
+                      "data": f"{args.data.name}/ minus held-out 5% ({len(train_paths)} images)"})
         print(f"wrote {args.export}")
 
 
