@@ -126,6 +126,8 @@ def main() -> None:
       codec decode photo.nic -o photo.png       decompress
       codec info photo.nic                      header, packets, bits per pixel
       codec models                              shipped models and their rate settings
+      codec eval                                rate-distortion run against classical codecs
+      codec bench                               encode/decode timing
 
     Exit codes: 0 ok, 1 bad data, 2 usage error.
     """
@@ -266,6 +268,28 @@ def models_cmd(as_json) -> None:
             rates = ", ".join(f"q{m['quality']} {m['bpp']:.3f} bpp / {m['psnr']:.1f} dB"
                               for m in r["measured"])
             click.echo(f"  held-out photos: {rates}")
+
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True,
+                 "help_option_names": []}
+
+
+@main.command("eval", context_settings=_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def eval_cmd(args) -> None:
+    """Rate-distortion run against JPEG, WebP, AVIF, JPEG XL (see 'codec eval --help')."""
+    from eval.rd import main as rd_main
+
+    rd_main(list(args))
+
+
+@main.command("bench", context_settings=_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_cmd(args) -> None:
+    """Encode/decode timing next to CompressAI's hyperprior (see 'codec bench --help')."""
+    from eval.bench import main as bench_main
+
+    bench_main(list(args))
 
 
 if __name__ == "__main__":

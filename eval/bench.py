@@ -1,0 +1,115 @@
+"""Encode and decode wall time per image: nicodec models next to CompressAI's hyperprior.
+
+    python -m eval.bench [--images ../shared/data/kodak] [--limit 4] [--runs 3] [--threads N]
+    codec bench ...
+
+Times are medians over ``--runs`` repetitions of each image, then averaged over images, measured
+in the same process on the same machine. CompressAI's ``bmshj2018_hyperprior`` is built with
+untrained weights (nothing may be downloaded); its run time does not depend on the weights' values
+beyond the rate, so this is a fair timing reference, not a quality one. Benchmark on an idle
+machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eval.rd import DEFAULT_IMAGES, load_images
+
+
+def _median_seconds(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_nicodec(images, model: str, quality: int | None, runs: int) -> dict:
+    """Whole pipeline: pixels -> file bytes, file bytes -> pixels."""
+    import codec
+
+    codec.load_model(model)  # loading is not part of coding time
+    enc, dec, size = [], [], []
+    for _, pixels in images:
+        data = codec.encode(pixels, model=model, quality=quality)
+        enc.append(_median_seconds(lambda: codec.encode(pixels, model=model, quality=quality), runs))
+        dec.append(_median_seconds(lambda: codec.decode_array(data), runs))
+        size.append(8 * len(data) / (pixels.shape[0] * pixels.shape[1]))
+    return {"codec": f"nicodec {model}" + (f" q{quality}" if quality else ""),
+            "encode_s": float(np.mean(enc)), "decode_s": float(np.mean(dec)),
+            "bpp": float(np.mean(size))}
+
+
+def bench_hyperprior(images, quality: int, runs: int) -> dict:
+    """CompressAI bmshj2018_hyperprior (untrained weights): compress and decompress."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from compressai.zoo import bmshj2018_hyperprior
+    net = bmshj2018_hyperprior(quality=quality, pretrained=False).eval()
+    net.update(force=True)
+    enc, dec = [], []
+    for _, pixels in images:
+        def to_tensor():
+            x = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)[None].float() / 255
+            h, w = x.shape[2:]
+            return F.pad(x, (0, -w % 64, 0, -h % 64))
+        with torch.no_grad():
+            out = net.compress(to_tensor())
+            enc.append(_median_seconds(lambda: net.compress(to_tensor()), runs))
+            dec.append(_median_seconds(
+                lambda: net.decompress(out["strings"], out["shape"])["x_hat"].clamp(0, 1), runs))
+    return {"codec": f"compressai bmshj2018-hyperprior q{quality} (untrained)",
+            "encode_s": float(np.mean(enc)), "decode_s": float(np.mean(dec)), "bpp": None}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="codec bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--limit", type=int, default=4, help="number of images")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions per image (median)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--models", default=None, help="comma-separated nicodec models "
+                        "(default: every shipped model, default quality)")
+    parser.add_argument("--hyperprior-quality", type=int, default=4)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from codec.registry import available_models
+
+    images = load_images(args.images, args.limit)
+    rows = [bench_nicodec(images, m, None, args.runs)
+            for m in (args.models.split(",") if args.models else available_models())]
+    rows.append(bench_hyperprior(images, args.hyperprior_quality, args.runs))
+    ref = rows[-1]["encode_s"] + rows[-1]["decode_s"]
+    for r in rows:
+        r["speedup_vs_hyperprior"] = ref / (r["encode_s"] + r["decode_s"])
+    meta = {"threads": torch.get_num_threads(), "images": len(images), "runs": args.runs}
+    if args.json:
+        print(json.dumps({"setup": meta, "rows": rows}, indent=2))
+        return rows
+    print(f"{len(images)} images, median of {args.runs} runs each, "
+          f"torch threads: {meta['threads']}", file=sys.stderr)
+    print(f"{'codec':<48}{'encode s':>10}{'decode s':>10}{'speed-up':>10}")
+    for r in rows:
+        print(f"{r['codec']:<48}{r['encode_s']:>10.3f}{r['decode_s']:>10.3f}"
+              f"{r['speedup_vs_hyperprior']:>9.2f}x")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Evaluation: Bjøntegaard deltas on hand-computed cases, and a small end-to-end RD run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import codec
+from eval import bench, rd
+from eval.baselines import available_baselines
+from eval.bd import bd_psnr, bd_rate
+
+RATE = [0.1, 0.2, 0.4, 0.8]
+PSNR = [28.0, 31.0, 34.0, 37.0]
+
+
+def test_bd_rate_of_a_constant_rate_factor():
+    # the test codec needs 80% of the bits for the same PSNR everywhere: exactly -20%
+    assert bd_rate(RATE, PSNR, [r * 0.8 for r in RATE], PSNR) == pytest.approx(-20.0, abs=1e-9)
+    assert bd_rate(RATE, PSNR, [r * 1.5 for r in RATE], PSNR) == pytest.approx(50.0, abs=1e-9)
+
+
+def test_bd_psnr_of_a_constant_quality_shift():
+    assert bd_psnr(RATE, PSNR, RATE, [p + 1.0 for p in PSNR]) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_bd_rate_by_hand_for_a_linear_curve():
+    # PSNR linear in log2(rate): 3 dB per doubling. Shifting by +1 dB equals 2**(-1/3) the rate.
+    expected = 100 * (2 ** (-1 / 3) - 1)
+    assert bd_rate(RATE, PSNR, RATE, [p + 1.0 for p in PSNR]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_bd_without_overlap_is_nan_and_outliers_are_dropped():
+    assert math.isnan(bd_rate(RATE, PSNR, RATE, [p + 20 for p in PSNR]))
+    noisy_rate, noisy_psnr = RATE + [0.3], PSNR + [30.0]  # a dominated point
+    assert bd_rate(noisy_rate, noisy_psnr, [r * 0.8 for r in RATE], PSNR) == pytest.approx(-20.0)
+
+
+def mean_abs_error(reference: np.ndarray, distorted: np.ndarray) -> float:
+    """A user metric plugged in through --metric."""
+    return float(np.abs(reference.astype(int) - distorted.astype(int)).mean())
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory, small_rgb):
+    folder = tmp_path_factory.mktemp("images")
+    big = np.array(Image.fromarray(small_rgb).resize((200, 176), Image.BICUBIC))
+    Image.fromarray(big).save(folder / "a.png")
+    Image.fromarray(big[::-1, ::-1].copy()).save(folder / "b.png")
+    return folder
+
+
+def test_rd_run_end_to_end(image_folder, tmp_path):
+    out = tmp_path / "rd"
+    summary = rd.main(["--images", str(image_folder), "--models", "mcq-tiny@1/4",
+                       "--baselines", "jpeg,webp", "--out", str(out),
+                       "--metric", "tests.test_eval:mean_abs_error"])
+    assert set(summary["curves"]) == {"nicodec mcq-tiny", "jpeg", "webp"}
+    assert summary["bd"]["webp"]["bd_rate_psnr_pct"] == pytest.approx(0.0, abs=1e-9)
+    for name in ("per_image.csv", "per_image.json", "summary.json", "summary.txt",
+                 "rd_psnr.png", "rd_ms_ssim.png"):
+        assert (out / name).stat().st_size > 0
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    nic = [r for r in rows if r["codec"] == "nicodec mcq-tiny" and r["image"] == "a.png"
+           and r["setting"] == "4"][0]
+    pixels = np.asarray(Image.open(image_folder / "a.png"))
+    assert int(nic["bytes"]) == len(codec.encode(pixels, quality=4)), "bpp from real file bytes"
+    assert float(nic["bpp"]) == pytest.approx(8 * int(nic["bytes"]) / (200 * 176))
+    assert "mean_abs_error" in rows[0]
+    assert json.loads((out / "summary.json").read_text())["count"] == 2
+
+
+def test_missing_baselines_are_reported_not_fatal(image_folder, tmp_path, monkeypatch, capsys):
+    found, missing = available_baselines()
+    monkeypatch.setattr(rd, "available_baselines",
+                        lambda: ({"jpeg": found["jpeg"]}, {"jxl": "not installed here"}))
+    summary = rd.main(["--images", str(image_folder), "--models", "mcq-tiny@4",
+                       "--baselines", "jpeg,jxl", "--out", str(tmp_path), "--limit", "1"])
+    assert summary["skipped_baselines"] == {"jxl": "not installed here"}
+    assert "jxl skipped" in capsys.readouterr().err
+
+
+def test_bench_runs(image_folder):
+    rows = bench.main(["--images", str(image_folder), "--limit", "1", "--runs", "1"])
+    assert rows[-1]["codec"].startswith("compressai bmshj2018-hyperprior")
+    assert all(r["encode_s"] > 0 and r["decode_s"] > 0 for r in rows)
