@@ -1,9 +1,15 @@
 """Vector quantizers.
 
-:class:`MultiCodebookVQ` splits the latent channels into M groups and quantizes each group with its
-own codebook (the multi-codebook VQ of McQuic). Training uses the straight-through estimator with
-exponential-moving-average codebook updates, and re-seeds dead codewords from the current batch so
-that the whole codebook stays in use.
+Both quantizers split the latent channels into M groups and quantize each group with its own
+codebook (the multi-codebook VQ of McQuic), and re-seed dead codewords from the current batch so
+that the whole codebook stays in use. They differ in training:
+
+* :class:`MultiCodebookVQ`: straight-through nearest codeword, exponential-moving-average codebooks
+  and a commitment loss (the VQ-VAE recipe);
+* :class:`GumbelMultiCodebookVQ`: probabilistic quantization as in McQuic. Logits are negative
+  scaled distances to the codewords, so the latent is modelled as a Gaussian mixture whose means
+  are the codewords; training draws a hard Gumbel-softmax sample (straight-through on the soft
+  one) and the codebooks learn by gradient. Encoding uses the nearest codeword.
 """
 
 from __future__ import annotations
@@ -13,28 +19,33 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class MultiCodebookVQ(nn.Module):
+class _Codebooks(nn.Module):
     """M codebooks of K codewords of dimension d over a (B, M*d, H, W) latent."""
 
-    def __init__(self, groups: int, codebook_size: int, dim: int, decay: float = 0.99) -> None:
+    codebooks: torch.Tensor
+
+    def __init__(self, groups: int, codebook_size: int, dim: int) -> None:
         super().__init__()
-        self.groups, self.codebook_size, self.dim, self.decay = groups, codebook_size, dim, decay
-        self.register_buffer("codebooks", torch.randn(groups, codebook_size, dim) * 0.1)
-        self.register_buffer("ema_count", torch.ones(groups, codebook_size))
-        self.register_buffer("ema_sum", self.codebooks.clone())
-        self.register_buffer("initialised", torch.tensor(False))
+        self.groups, self.codebook_size, self.dim = groups, codebook_size, dim
 
     def _split(self, z: torch.Tensor) -> torch.Tensor:
         b, _, h, w = z.shape
         return z.view(b, self.groups, self.dim, h, w).permute(1, 0, 3, 4, 2).reshape(
             self.groups, -1, self.dim)
 
+    def _merge(self, flat: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        return flat.view(self.groups, b, h, w, self.dim).permute(1, 0, 4, 2, 3).reshape(
+            b, self.groups * self.dim, h, w)
+
+    def _distances(self, flat: torch.Tensor) -> torch.Tensor:
+        """Squared distances (M, N, K) of split latents (M, N, d) to every codeword."""
+        return (flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ self.codebooks.transpose(1, 2)
+                + self.codebooks.pow(2).sum(-1)[:, None, :])
+
     def indices(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest codeword per group: (B, M*d, H, W) -> (B, M, H, W) int64."""
         b, _, h, w = z.shape
-        flat = self._split(z)  # (M, N, d)
-        dist = (flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ self.codebooks.transpose(1, 2)
-                + self.codebooks.pow(2).sum(-1)[:, None, :])
+        dist = self._distances(self._split(z))
         return dist.argmin(-1).view(self.groups, b, h, w).permute(1, 0, 2, 3)
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
@@ -42,6 +53,27 @@ class MultiCodebookVQ(nn.Module):
         b, m, h, w = indices.shape
         parts = [self.codebooks[g][indices[:, g]] for g in range(m)]  # each (B, H, W, d)
         return torch.stack(parts, 1).permute(0, 1, 4, 2, 3).reshape(b, m * self.dim, h, w)
+
+    @torch.no_grad()
+    def _reseed(self, dead: torch.Tensor, flat: torch.Tensor) -> None:
+        """Replace dead codewords (M, K mask) by random latents of the batch (M, N, d)."""
+        for g in range(self.groups):
+            n_dead = int(dead[g].sum())
+            if n_dead:
+                pick = torch.randint(0, flat.shape[1], (n_dead,), device=flat.device)
+                self.codebooks.data[g, dead[g]] = flat[g, pick]
+
+
+class MultiCodebookVQ(_Codebooks):
+    """Straight-through VQ with EMA codebook updates."""
+
+    def __init__(self, groups: int, codebook_size: int, dim: int, decay: float = 0.99) -> None:
+        super().__init__(groups, codebook_size, dim)
+        self.decay = decay
+        self.register_buffer("codebooks", torch.randn(groups, codebook_size, dim) * 0.1)
+        self.register_buffer("ema_count", torch.ones(groups, codebook_size))
+        self.register_buffer("ema_sum", self.codebooks.clone())
+        self.register_buffer("initialised", torch.tensor(False))
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, idx: torch.Tensor) -> None:
@@ -57,13 +89,9 @@ class MultiCodebookVQ(nn.Module):
         self.codebooks.copy_(self.ema_sum / self.ema_count.clamp(min=1e-5)[..., None])
         dead = self.ema_count < 1e-2
         if dead.any():
-            for g in range(self.groups):
-                n_dead = int(dead[g].sum())
-                if n_dead:
-                    pick = torch.randint(0, flat.shape[1], (n_dead,), device=flat.device)
-                    self.codebooks[g, dead[g]] = flat[g, pick]
-                    self.ema_sum[g, dead[g]] = flat[g, pick]
-                    self.ema_count[g, dead[g]] = 1.0
+            self._reseed(dead, flat)
+            self.ema_sum[dead] = self.codebooks[dead]
+            self.ema_count[dead] = 1.0
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Quantize: returns (straight-through latent, indices (B, M, H, W), commitment loss)."""
@@ -75,3 +103,35 @@ class MultiCodebookVQ(nn.Module):
         zq = self.embed(idx)
         commitment = F.mse_loss(z, zq.detach())
         return z + (zq - z).detach(), idx, commitment
+
+
+class GumbelMultiCodebookVQ(_Codebooks):
+    """Probabilistic multi-codebook quantization (McQuic): hard Gumbel-softmax in training."""
+
+    def __init__(self, groups: int, codebook_size: int, dim: int, tau: float = 1.0,
+                 usage_decay: float = 0.99) -> None:
+        super().__init__(groups, codebook_size, dim)
+        self.tau, self.usage_decay = tau, usage_decay
+        self.codebooks = nn.Parameter(torch.randn(groups, codebook_size, dim) * 0.1)
+        self.log_scale = nn.Parameter(torch.zeros(groups))  # logits = -scale * distance
+        self.register_buffer("usage", torch.ones(groups, codebook_size) / codebook_size)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantize: returns (latent, indices (B, M, H, W), zero auxiliary loss)."""
+        b, _, h, w = z.shape
+        flat = self._split(z)
+        logits = -self._distances(flat) * self.log_scale.exp()[:, None, None]
+        idx = logits.argmax(-1)  # (M, N)
+        if self.training:
+            sample = F.gumbel_softmax(logits, tau=self.tau, hard=True)
+            zq = self._merge(sample @ self.codebooks, b, h, w)
+            with torch.no_grad():
+                counts = F.one_hot(idx, self.codebook_size).float().mean(1)
+                self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+                self._reseed(self.usage < 1e-3 / self.codebook_size, flat.detach())
+                self.usage.clamp_(min=1e-3 / self.codebook_size * 1.01)
+        else:
+            zq = self._merge(torch.stack([self.codebooks[g][idx[g]] for g in range(self.groups)]),
+                             b, h, w)
+        indices = idx.view(self.groups, b, h, w).permute(1, 0, 2, 3)
+        return zq, indices, z.new_zeros(())

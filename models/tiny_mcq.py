@@ -11,8 +11,8 @@ It is the foundation's default model, and the MCQ family in its smallest form:
   a small network on the indices of groups < g at the *same* position. No spatial context, so all
   positions of a group are decoded in one vectorised step, and packets stay independent.
 
-The prior is trained in float and shipped as integers: :class:`IntChannelPrior` evaluates it
-exactly (``models/fixedpoint.py``) so probabilities are bit-identical on every machine.
+The prior (``models/prior.py``) is trained in float and shipped as integers, evaluated exactly so
+that probabilities are bit-identical on every machine.
 """
 
 from __future__ import annotations
@@ -26,18 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitstream.entropy import LOGIT_FRAC, freqs_from_counts, freqs_from_logits
-from models.fixedpoint import exact_matmul, floor_shift, to_fixed
+from models.prior import ChannelPrior, IntChannelPrior
 from models.quantizers import MultiCodebookVQ
 
 with warnings.catch_warnings():  # compressai calls the deprecated torch.jit.script on import
     warnings.simplefilter("ignore", FutureWarning)
     from compressai.layers import GDN
-
-HIDDEN_FRAC = 8  # fixed-point bits of the prior's hidden layer
-OUT_FRAC = 10  # fixed-point bits of the prior's output weights
-HIDDEN_CAP = 1 << 16
-
 
 @dataclass(frozen=True)
 class TinyMCQConfig:
@@ -56,71 +50,6 @@ def _conv(cin: int, cout: int) -> nn.Conv2d:
 
 def _deconv(cin: int, cout: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1)
-
-
-class ChannelPrior(nn.Module):
-    """p(i_g | i_<g) at one position: summed embeddings of earlier indices, ReLU, linear logits."""
-
-    def __init__(self, groups: int, codebook_size: int, hidden: int) -> None:
-        super().__init__()
-        self.groups, self.codebook_size = groups, codebook_size
-        self.embed = nn.Parameter(torch.randn(groups, groups, codebook_size, hidden) * 0.1)
-        self.bias = nn.Parameter(torch.zeros(groups, hidden))
-        self.out = nn.Parameter(torch.randn(groups, hidden, codebook_size) * 0.05)
-        self.out_bias = nn.Parameter(torch.zeros(groups, codebook_size))
-
-    def logits(self, context: torch.Tensor, g: int) -> torch.Tensor:
-        """Natural-log logits (N, K) of group g given context indices (g, N) of groups < g."""
-        h = self.bias[g].expand(context.shape[1], -1)
-        for j in range(g):
-            h = h + self.embed[g, j][context[j]]
-        return F.relu(h) @ self.out[g] + self.out_bias[g]
-
-
-class IntChannelPrior:
-    """The integer version of :class:`ChannelPrior`, evaluated exactly."""
-
-    def __init__(self, embed: np.ndarray, bias: np.ndarray, out: np.ndarray,
-                 out_bias: np.ndarray, static: np.ndarray) -> None:
-        self.embed, self.bias, self.out, self.out_bias = embed, bias, out, out_bias
-        self.static = static  # (K,) frequencies of group 0
-
-    @classmethod
-    def from_float(cls, prior: ChannelPrior, group0_counts: np.ndarray) -> "IntChannelPrior":
-        """Quantize a trained prior; output weights are converted to log2 units on the way."""
-        log2e = 1.0 / np.log(2.0)
-        return cls(
-            embed=to_fixed(prior.embed, HIDDEN_FRAC),
-            bias=to_fixed(prior.bias, HIDDEN_FRAC),
-            out=to_fixed(prior.out * log2e, OUT_FRAC),
-            out_bias=to_fixed(prior.out_bias * log2e, LOGIT_FRAC),
-            static=freqs_from_counts(group0_counts),
-        )
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """The integer tensors as stored in the weight file (int16, the static table int32)."""
-        return {"prior.embed": torch.from_numpy(self.embed.astype(np.int16)),
-                "prior.bias": torch.from_numpy(self.bias.astype(np.int16)),
-                "prior.out": torch.from_numpy(self.out.astype(np.int16)),
-                "prior.out_bias": torch.from_numpy(self.out_bias.astype(np.int16)),
-                "prior.static": torch.from_numpy(self.static.astype(np.int32))}
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "IntChannelPrior":
-        def get(name: str) -> np.ndarray:
-            return tensors[f"prior.{name}"].numpy().astype(np.int64)
-        return cls(get("embed"), get("bias"), get("out"), get("out_bias"), get("static"))
-
-    def freqs(self, context: np.ndarray, g: int) -> np.ndarray:
-        """Frequency table(s) of group g: shared (K,) for g = 0, else (N, K) from context (g, N)."""
-        if g == 0:
-            return self.static
-        h = np.broadcast_to(self.bias[g], (context.shape[1], self.bias.shape[1])).astype(np.int64)
-        for j in range(g):
-            h = h + self.embed[g, j][context[j]]
-        h = np.clip(h, 0, HIDDEN_CAP)
-        logits = floor_shift(exact_matmul(h, self.out[g]), HIDDEN_FRAC + OUT_FRAC - LOGIT_FRAC)
-        return freqs_from_logits(logits + self.out_bias[g])
 
 
 class TinyMCQ(nn.Module):

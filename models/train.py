@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from bitstream.entropy import cost_bits
 from models.data import CropSampler, is_held_out, list_images, load_images
-from models.tiny_mcq import IntChannelPrior, TinyMCQ, TinyMCQConfig, save_weights
+from models.prior import IntChannelPrior
+from models.tiny_mcq import TinyMCQ, TinyMCQConfig, save_weights
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "train"
 
@@ -88,8 +89,7 @@ def fit_prior(model: TinyMCQ, indices: np.ndarray, steps: int) -> IntChannelPrio
     for step in tqdm(range(steps), desc="prior", leave=False):
         pick = torch.randint(0, idx.shape[1], (4096,))
         batch = idx[:, pick]
-        loss = sum(F.cross_entropy(prior.logits(batch[:g], g), batch[g])
-                   for g in range(1, model.config.groups))
+        loss = prior.loss(batch[:0], batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -62,7 +62,7 @@ import hashlib, sys
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
 torch.manual_seed(0)
-from models.tiny_mcq import ChannelPrior, IntChannelPrior
+from models.prior import ChannelPrior, IntChannelPrior
 prior = IntChannelPrior.from_float(ChannelPrior(4, 256, 64), np.arange(256) + 1.0)
 rng = np.random.default_rng(0)
 ctx = rng.integers(0, 256, size=(3, 20000))
@@ -83,7 +83,7 @@ def test_prior_tables_identical_across_thread_counts():
 def test_prior_tables_independent_of_batch_composition():
     import torch
 
-    from models.tiny_mcq import ChannelPrior, IntChannelPrior
+    from models.prior import ChannelPrior, IntChannelPrior
 
     torch.manual_seed(0)
     prior = IntChannelPrior.from_float(ChannelPrior(4, 256, 64), np.arange(256) + 1.0)

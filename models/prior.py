@@ -1,0 +1,108 @@
+"""Positionwise conditional priors over codebook indices, trained in float, shipped as integers.
+
+:class:`ChannelPrior` predicts the index of codebook group g at one position from a list of
+context indices: ``extra`` tokens that every group sees (e.g. the coarser level's indices at the
+parent position) followed by the indices of groups < g at the same position. Each context slot has
+its own embedding table; the embeddings are summed, passed through a ReLU and a linear layer to
+logits. There is no spatial context, so every position of a group is predicted in one vectorised
+step.
+
+:class:`IntChannelPrior` is the same network in integers, evaluated exactly with
+``models/fixedpoint.py``: its frequency tables are bit-identical on every machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bitstream.entropy import LOGIT_FRAC, freqs_from_counts, freqs_from_logits
+from models.fixedpoint import exact_matmul, floor_shift, to_fixed
+
+HIDDEN_FRAC = 8  # fixed-point bits of the hidden layer
+OUT_FRAC = 10  # fixed-point bits of the output weights
+HIDDEN_CAP = 1 << 16
+
+
+class ChannelPrior(nn.Module):
+    """p(i_g | extra tokens, i_<g) for ``groups`` targets over ``codebook_size`` symbols."""
+
+    def __init__(self, groups: int, codebook_size: int, hidden: int, extra: int = 0,
+                 context_size: int | None = None) -> None:
+        super().__init__()
+        self.groups, self.codebook_size, self.extra = groups, codebook_size, extra
+        vocab = max(codebook_size, context_size or 0)
+        self.embed = nn.Parameter(torch.randn(groups, extra + groups, vocab, hidden) * 0.1)
+        self.bias = nn.Parameter(torch.zeros(groups, hidden))
+        self.out = nn.Parameter(torch.randn(groups, hidden, codebook_size) * 0.05)
+        self.out_bias = nn.Parameter(torch.zeros(groups, codebook_size))
+
+    def logits(self, context: torch.Tensor, g: int) -> torch.Tensor:
+        """Natural-log logits (N, K) of group g from context indices (extra + g, N)."""
+        h = self.bias[g].expand(context.shape[1], -1)
+        for j in range(self.extra + g):
+            h = h + self.embed[g, j][context[j]]
+        return F.relu(h) @ self.out[g] + self.out_bias[g]
+
+    def loss(self, context: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy in bits per symbol: extra tokens (E, N), targets (groups, N)."""
+        total = 0.0
+        for g in range(self.groups):
+            if self.extra + g == 0:
+                continue  # group 0 without context uses a counted static table
+            ctx = torch.cat([context, targets[:g]]) if self.extra else targets[:g]
+            total = total + F.cross_entropy(self.logits(ctx, g), targets[g]) / np.log(2)
+        return total / self.groups
+
+
+class IntChannelPrior:
+    """The integer version of :class:`ChannelPrior`, evaluated exactly."""
+
+    def __init__(self, embed: np.ndarray, bias: np.ndarray, out: np.ndarray,
+                 out_bias: np.ndarray, static: np.ndarray | None) -> None:
+        self.embed, self.bias, self.out, self.out_bias = embed, bias, out, out_bias
+        self.extra = embed.shape[1] - embed.shape[0]
+        self.static = static  # (K,) frequencies of group 0 when it has no context
+
+    @classmethod
+    def from_float(cls, prior: ChannelPrior, group0_counts: np.ndarray | None = None
+                   ) -> "IntChannelPrior":
+        """Quantize a trained prior; output weights are converted to log2 units on the way."""
+        log2e = 1.0 / np.log(2.0)
+        return cls(
+            embed=to_fixed(prior.embed, HIDDEN_FRAC),
+            bias=to_fixed(prior.bias, HIDDEN_FRAC),
+            out=to_fixed(prior.out * log2e, OUT_FRAC),
+            out_bias=to_fixed(prior.out_bias * log2e, LOGIT_FRAC),
+            static=None if prior.extra else freqs_from_counts(group0_counts),
+        )
+
+    def tensors(self, prefix: str = "prior") -> dict[str, torch.Tensor]:
+        """The integer tensors as stored in a weight file (int16, the static table int32)."""
+        out = {f"{prefix}.{name}": torch.from_numpy(getattr(self, name).astype(np.int16))
+               for name in ("embed", "bias", "out", "out_bias")}
+        if self.static is not None:
+            out[f"{prefix}.static"] = torch.from_numpy(self.static.astype(np.int32))
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str = "prior"
+                     ) -> "IntChannelPrior":
+        def get(name: str) -> np.ndarray | None:
+            t = tensors.get(f"{prefix}.{name}")
+            return None if t is None else t.numpy().astype(np.int64)
+        return cls(get("embed"), get("bias"), get("out"), get("out_bias"), get("static"))
+
+    def freqs(self, context: np.ndarray, g: int) -> np.ndarray:
+        """Frequency table(s) of group g: shared (K,) when there is no context, else (N, K)."""
+        if self.extra + g == 0:
+            return self.static
+        n = context.shape[1]
+        h = np.broadcast_to(self.bias[g], (n, self.bias.shape[1])).astype(np.int64)
+        for j in range(self.extra + g):
+            h = h + self.embed[g, j][context[j]]
+        h = np.clip(h, 0, HIDDEN_CAP)
+        logits = floor_shift(exact_matmul(h, self.out[g]), HIDDEN_FRAC + OUT_FRAC - LOGIT_FRAC)
+        return freqs_from_logits(logits + self.out_bias[g])
