@@ -1,10 +1,11 @@
 """Encode and decode: pixels <-> symbols <-> packets <-> one file.
 
-Positions of the latent grid are dealt to packets in a diagonal interleave, so that the four
-neighbours of a position always sit in other packets: a lost packet removes scattered positions,
-which the model conceals from their surviving neighbours. Each packet has its own range coder, so
-packets decode independently; within a packet the groups are coded in order, each conditioned on
-the earlier groups at the same position.
+A model maps the image to a grid of *units* (one unit = ``model.unit`` pixels square), each
+holding the same number of symbols (``model.columns(quality)``). Units are dealt to packets in a
+diagonal interleave, so that the four neighbours of a unit always sit in other packets: a lost
+packet removes scattered units, which the model conceals from their surviving neighbours. Each
+packet has its own range coder, so packets decode independently; within a packet the columns are
+coded in order, each with tables that the model computes from the earlier columns of the same unit.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
         raise ValueError(f"model {name!r} has qualities {info.qualities}, got {quality}")
     pixels = load_pixels(image)
     m = load_model(name)
-    indices = m.analyze(_pad_to(pixels, m.downsampling), quality)
+    indices = m.analyze(_pad_to(pixels, m.unit), quality)
     groups, h, w = indices.shape
     flat = indices.reshape(groups, -1)
     tables = [m.freqs(flat[:g], g) for g in range(groups)]
@@ -124,7 +125,7 @@ def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
     """Decode, concealing damaged packets unless ``strict``; report what was lost."""
     header, payloads = unpack(bytes(data))
     m = _model_for(header)
-    groups, scale = header.quality, m.downsampling
+    groups, scale = m.columns(header.quality), m.unit
     h, w = -(-header.height // scale), -(-header.width // scale)
     n_packets = len(payloads)
     if n_packets > h * w:

@@ -8,6 +8,7 @@ garbage.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,6 +31,7 @@ class ModelInfo:
     model_id: int
     family: Family
     weights: str
+    module: str  # the models module with load_weights(path) -> (net, integer prior)
     qualities: tuple[int, ...]
     default_quality: int
     description: str
@@ -40,6 +42,7 @@ MODELS: dict[str, ModelInfo] = {
     for info in [
         ModelInfo(
             name="mcq-tiny", model_id=1, family=Family.MCQ, weights="mcq-tiny.safetensors",
+            module="models.tiny_mcq",
             qualities=(1, 2, 3, 4), default_quality=4,
             description="one-level multi-codebook VQ trained on a CPU in minutes "
                         "(foundation default; see models/weights/mcq-tiny.md)"),
@@ -82,28 +85,30 @@ def weights_digest(path: Path) -> int:
 
 
 class Model:
-    """A loaded positionwise model: analysis, integer prior, synthesis.
+    """A loaded model: analysis, integer prior, synthesis, over a grid of units.
 
-    ``analyze`` gives indices (G, h, w); group g at a position is coded with ``freqs(context, g)``
-    where context holds the indices of groups < g at the same positions.
+    ``analyze`` gives symbols (columns, h, w) for an image padded to a multiple of ``unit``;
+    column j of a unit is coded with ``freqs(context, j)``, where context holds columns < j of the
+    same units; ``synthesize`` inverts ``analyze``, concealing lost units.
     """
 
     def __init__(self, info: ModelInfo, path: Path) -> None:
-        from models.tiny_mcq import load_weights
-
         self.info = info
         self.digest = weights_digest(path)
-        self.net, self.prior = load_weights(str(path))
-        self.downsampling = self.net.downsampling
+        self.net, self.prior = importlib.import_module(info.module).load_weights(str(path))
+        self.unit = self.net.unit
+
+    def columns(self, quality: int) -> int:
+        return self.net.columns(quality)
 
     def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
         return self.net.analyze(x, quality)
 
-    def freqs(self, context: np.ndarray, g: int) -> np.ndarray:
-        return self.prior.freqs(context, g)
+    def freqs(self, context: np.ndarray, j: int) -> np.ndarray:
+        return self.prior.freqs(context, j)
 
-    def synthesize(self, indices: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
-        return self.net.synthesize(indices, lost)
+    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
+        return self.net.synthesize(symbols, lost)
 
 
 @lru_cache(maxsize=None)

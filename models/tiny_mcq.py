@@ -18,7 +18,6 @@ that probabilities are bit-identical on every machine.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,12 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers import GDN, conv, deconv, inpaint
 from models.prior import ChannelPrior, IntChannelPrior
 from models.quantizers import MultiCodebookVQ
-
-with warnings.catch_warnings():  # compressai calls the deprecated torch.jit.script on import
-    warnings.simplefilter("ignore", FutureWarning)
-    from compressai.layers import GDN
 
 @dataclass(frozen=True)
 class TinyMCQConfig:
@@ -44,28 +40,24 @@ class TinyMCQConfig:
     prior_hidden: int = 64
 
 
-def _conv(cin: int, cout: int) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 5, stride=2, padding=2)
-
-
-def _deconv(cin: int, cout: int) -> nn.ConvTranspose2d:
-    return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1)
-
-
 class TinyMCQ(nn.Module):
     """Analysis / multi-codebook VQ / synthesis; the prior lives beside it (float and integer)."""
 
-    downsampling = 8
+    unit = 8  # pixels per latent position: the packet unit
 
     def __init__(self, config: TinyMCQConfig = TinyMCQConfig()) -> None:
         super().__init__()
         self.config = config
         n, latent = config.channels, config.groups * config.group_dim
-        self.g_a = nn.Sequential(_conv(3, n), GDN(n), _conv(n, n), GDN(n), _conv(n, latent))
-        self.g_s = nn.Sequential(_deconv(latent, n), GDN(n, inverse=True), _deconv(n, n),
-                                 GDN(n, inverse=True), _deconv(n, 3))
+        self.g_a = nn.Sequential(conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, latent))
+        self.g_s = nn.Sequential(deconv(latent, n), GDN(n, inverse=True), deconv(n, n),
+                                 GDN(n, inverse=True), deconv(n, 3))
         self.quantizer = MultiCodebookVQ(config.groups, config.codebook_size, config.group_dim)
         self.prior = ChannelPrior(config.groups, config.codebook_size, config.prior_hidden)
+
+    def columns(self, quality: int) -> int:
+        """Symbols per unit at a quality: one index per kept group."""
+        return quality
 
     def group_mask(self, active: torch.Tensor) -> torch.Tensor:
         """(B,) number of active groups -> (B, M*d, 1, 1) mask of kept latent channels."""
@@ -94,29 +86,13 @@ class TinyMCQ(nn.Module):
         idx = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))[None]
         z = self.quantizer.embed(idx)
         if lost is not None and lost.any():
-            z = _inpaint(z, torch.from_numpy(lost))
+            z = inpaint(z, torch.from_numpy(lost))
         pad = self.config.groups * self.config.group_dim - z.shape[1]
         z = F.pad(z, (0, 0, 0, 0, 0, pad))
         return self.g_s(z).clamp(0, 1)
 
     def config_dict(self) -> dict:
         return asdict(self.config)
-
-
-def _inpaint(z: torch.Tensor, lost: torch.Tensor) -> torch.Tensor:
-    """Fill lost latent positions with the average of known 3x3 neighbours, growing inwards."""
-    known = (~lost).float()[None, None]
-    z = z * known
-    kernel = torch.ones(1, 1, 3, 3)
-    for _ in range(max(lost.shape)):
-        if bool(known.min() > 0):
-            break
-        weight = F.conv2d(known, kernel, padding=1)
-        total = F.conv2d(z.view(-1, 1, *z.shape[2:]), kernel, padding=1).view_as(z)
-        fill = (weight > 0) & (known == 0)
-        z = torch.where(fill, total / weight.clamp(min=1), z)
-        known = torch.where(fill, torch.ones_like(known), known)
-    return z
 
 
 def save_weights(model: TinyMCQ, prior: IntChannelPrior, path: str, metadata: dict) -> None:

@@ -1,9 +1,16 @@
-"""Training entry point: ``python -m models.train tiny --out runs/tiny``.
+"""Training entry point: ``python -m models.train {tiny,mcq} --out runs/NAME``.
 
 Resumable: the run folder holds ``checkpoint.pt`` (model, optimizer, step, sampler state), written
 every ``--save-every`` steps; running the same command again continues where it stopped. After the
-autoencoder steps the prior is fitted on the training indices, the model is evaluated on the
-held-back training images (never Kodak) and the shipped weight file is written.
+training steps the integer prior is exported, the model is evaluated on the held-back training
+images (never Kodak) and, with ``--export``, the shipped weight file is written.
+
+* ``tiny``: TinyMCQ (``models/tiny_mcq.py``); EMA VQ, distortion-only training, then the prior is
+  fitted on the training indices.
+* ``mcq``: MCQ (``models/mcq.py``); Gumbel-softmax quantizers, the cascaded prior trained jointly
+  on the (detached) indices.
+
+Runs on CPU or CUDA unchanged (the device is picked automatically).
 """
 
 from __future__ import annotations
@@ -20,23 +27,49 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bitstream.entropy import cost_bits
+from models import mcq, tiny_mcq
 from models.data import CropSampler, is_held_out, list_images, load_images
 from models.prior import IntChannelPrior
-from models.tiny_mcq import TinyMCQ, TinyMCQConfig, save_weights
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "train"
 
 
-def _crop8(img: np.ndarray) -> torch.Tensor:
-    h, w = img.shape[0] // 8 * 8, img.shape[1] // 8 * 8
+def _whole(img: np.ndarray, unit: int) -> torch.Tensor:
+    """An image cropped to a multiple of ``unit`` as a (1, 3, H, W) tensor in [0, 1]."""
+    h, w = img.shape[0] // unit * unit, img.shape[1] // unit * unit
     return torch.from_numpy(img[:h, :w].copy()).permute(2, 0, 1)[None].float().div(255)
 
 
-def train_autoencoder(model: TinyMCQ, sampler: CropSampler, args: argparse.Namespace,
-                      ckpt_path: Path, device: torch.device) -> None:
-    """Distortion-only training (the VQ fixes the rate) with nested random group counts."""
-    opt = torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("prior.")],
-                           lr=args.lr)
+def _tiny_loss(model: tiny_mcq.TinyMCQ, x: torch.Tensor, args) -> tuple[torch.Tensor, float]:
+    groups = model.config.groups
+    active = torch.randint(1, groups + 1, (x.shape[0],), device=x.device)
+    active[0] = groups  # always train the full-rate path too
+    out = model(x, active)
+    mse = F.mse_loss(out["x_hat"], x)
+    return mse + args.beta * out["commitment"], mse.item()
+
+
+def _mcq_loss(model: mcq.MCQ, x: torch.Tensor, args) -> tuple[torch.Tensor, float]:
+    groups = model.config.groups
+    active = torch.randint(0, groups + 1, (x.shape[0],), device=x.device)
+    active[0] = groups
+    out = model(x, active)
+    mse = F.mse_loss(out["x_hat"], x)
+    # the prior's cross-entropy reaches only the prior's parameters (indices are integers)
+    return mse + model.prior_loss(out["coarse"], out["fine"]), mse.item()
+
+
+FAMILIES = {
+    "tiny": (tiny_mcq.TinyMCQ, tiny_mcq.TinyMCQConfig, _tiny_loss, ("prior.",)),
+    "mcq": (mcq.MCQ, mcq.MCQConfig, _mcq_loss, ()),
+}
+
+
+def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, args,
+                ckpt_path: Path, device: torch.device) -> None:
+    """The training loop, resumable from ``ckpt_path``; parameters under ``frozen`` are left out."""
+    params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
+    opt = torch.optim.Adam(params, lr=args.lr)
     step = 0
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=True)
@@ -44,26 +77,19 @@ def train_autoencoder(model: TinyMCQ, sampler: CropSampler, args: argparse.Names
         opt.load_state_dict(ckpt["opt"])
         step = int(ckpt["step"])
         sampler.rng.bit_generator.state = json.loads(ckpt["sampler"])
-    groups = model.config.groups
-    bar = tqdm(total=args.steps, initial=step, desc="autoencoder", dynamic_ncols=True)
+    bar = tqdm(total=args.steps, initial=step, desc="training", dynamic_ncols=True)
     model.train()
     while step < args.steps:
-        lr = args.lr * (0.1 if step >= 0.8 * args.steps else 1.0)
         for group in opt.param_groups:
-            group["lr"] = lr
-        x = sampler.batch(args.batch).to(device)
-        active = torch.randint(1, groups + 1, (x.shape[0],), device=device)
-        active[0] = groups  # always train the full-rate path too
-        out = model(x, active)
-        mse = F.mse_loss(out["x_hat"], x)
-        loss = mse + args.beta * out["commitment"]
+            group["lr"] = args.lr * (0.1 if step >= 0.8 * args.steps else 1.0)
+        loss, mse = loss_fn(model, sampler.batch(args.batch).to(device), args)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         bar.update(1)
         if step % 20 == 0:
-            bar.set_postfix(psnr=f"{-10 * math.log10(mse.item()):.2f}")
+            bar.set_postfix(psnr=f"{-10 * math.log10(mse):.2f}", loss=f"{loss.item():.4f}")
         if step % args.save_every == 0 or step == args.steps:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                         "sampler": json.dumps(sampler.rng.bit_generator.state)}, ckpt_path)
@@ -71,24 +97,23 @@ def train_autoencoder(model: TinyMCQ, sampler: CropSampler, args: argparse.Names
 
 
 @torch.no_grad()
-def collect_indices(model: TinyMCQ, images: list[np.ndarray]) -> np.ndarray:
-    """Indices (M, N) of all positions of whole images."""
+def collect_symbols(model, images: list[np.ndarray], quality: int) -> np.ndarray:
+    """Symbols (columns, N units) of whole images at one quality."""
     model.eval()
-    parts = [model.analyze(_crop8(img), model.config.groups).reshape(model.config.groups, -1)
+    parts = [model.analyze(_whole(img, model.unit), quality).reshape(model.columns(quality), -1)
              for img in tqdm(images, desc="indexing", leave=False)]
     return np.concatenate(parts, axis=1)
 
 
-def fit_prior(model: TinyMCQ, indices: np.ndarray, steps: int) -> IntChannelPrior:
-    """Cross-entropy fit of the channel prior on training indices, then integer export."""
-    k = model.config.codebook_size
-    counts = np.bincount(indices[0], minlength=k) + 0.5
+def fit_tiny_prior(model: tiny_mcq.TinyMCQ, images: list[np.ndarray], steps: int):
+    """Cross-entropy fit of the tiny model's channel prior on training indices, then export."""
+    indices = collect_symbols(model, images, model.config.groups)
+    counts = np.bincount(indices[0], minlength=model.config.codebook_size) + 0.5
     idx = torch.from_numpy(indices)
     prior = model.prior.train()
     opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
-    for step in tqdm(range(steps), desc="prior", leave=False):
-        pick = torch.randint(0, idx.shape[1], (4096,))
-        batch = idx[:, pick]
+    for _ in tqdm(range(steps), desc="prior", leave=False):
+        batch = idx[:, torch.randint(0, idx.shape[1], (4096,))]
         loss = prior.loss(batch[:0], batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,37 +121,44 @@ def fit_prior(model: TinyMCQ, indices: np.ndarray, steps: int) -> IntChannelPrio
     return IntChannelPrior.from_float(prior, counts)
 
 
+def export_mcq_prior(model: mcq.MCQ, images: list[np.ndarray]) -> mcq.IntMCQPrior:
+    """The jointly trained MCQ prior, with a static table counted for coarse group 0."""
+    coarse0 = collect_symbols(model, images, 0)[0]
+    counts = np.bincount(coarse0, minlength=model.config.coarse_codebook_size) + 0.5
+    return mcq.export_prior(model, counts)
+
+
 @torch.no_grad()
-def evaluate(model: TinyMCQ, prior: IntChannelPrior, images: list[np.ndarray]) -> list[dict]:
+def evaluate(model, prior, images: list[np.ndarray], qualities) -> list[dict]:
     """Ideal bpp (integer prior) and PSNR on whole held-back images, per quality."""
     model.eval()
     rows = []
-    for q in range(1, model.config.groups + 1):
+    for q in qualities:
         bits = pixels = sq_err = 0.0
         for img in images:
-            x = _crop8(img)
-            idx = model.analyze(x, q)
-            flat = idx.reshape(q, -1)
-            bits += sum(cost_bits(flat[g], prior.freqs(flat[:g], g)) for g in range(q))
-            x_hat = (model.synthesize(idx) * 255).round() / 255
+            x = _whole(img, model.unit)
+            sym = model.analyze(x, q)
+            flat = sym.reshape(sym.shape[0], -1)
+            bits += sum(cost_bits(flat[j], prior.freqs(flat[:j], j)) for j in range(len(flat)))
+            x_hat = (model.synthesize(sym) * 255).round() / 255
             sq_err += F.mse_loss(x_hat, x, reduction="sum").item()
             pixels += x.shape[2] * x.shape[3]
-        mse = sq_err / (pixels * 3)
-        rows.append({"quality": q, "bpp": bits / pixels, "psnr": -10 * math.log10(mse)})
+        rows.append({"quality": q, "bpp": bits / pixels,
+                     "psnr": -10 * math.log10(sq_err / (pixels * 3))})
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("family", choices=["tiny"], help="model family to train")
+    parser.add_argument("family", choices=sorted(FAMILIES), help="model family to train")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of training photos")
-    parser.add_argument("--out", type=Path, default=Path("runs/tiny"), help="run folder")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/FAMILY)")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--beta", type=float, default=0.25, help="commitment loss weight")
-    parser.add_argument("--prior-steps", type=int, default=1500)
+    parser.add_argument("--beta", type=float, default=0.25, help="commitment weight (tiny)")
+    parser.add_argument("--prior-steps", type=int, default=1500, help="prior fitting steps (tiny)")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--export", type=Path, default=None, help="write the shipped weights here")
@@ -136,28 +168,37 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out or Path("runs") / args.family
+    out.mkdir(parents=True, exist_ok=True)
     paths = list_images(args.data)
     train_paths = [p for p in paths if not is_held_out(p)]
     val_paths = [p for p in paths if is_held_out(p)]
     start = time.time()
-    model = TinyMCQ(TinyMCQConfig()).to(device)
+    net_cls, config_cls, loss_fn, frozen = FAMILIES[args.family]
+    model = net_cls(config_cls()).to(device)
     sampler = CropSampler(load_images(train_paths, args.crop), args.crop)
-    train_autoencoder(model, sampler, args, args.out / "checkpoint.pt", device)
-    model = model.cpu()
-    prior = fit_prior(model, collect_indices(model, sampler.images[::4]), args.prior_steps)
+    train_steps(model, loss_fn, frozen, sampler, args, out / "checkpoint.pt", device)
+    model = model.cpu().eval()
+    if args.family == "tiny":
+        prior = fit_tiny_prior(model, sampler.images[::4], args.prior_steps)
+        qualities = range(1, model.config.groups + 1)
+    else:
+        prior = export_mcq_prior(model, sampler.images[::4])
+        qualities = range(0, model.config.groups + 1)
     val_images = load_images(val_paths, 64)
-    rows = evaluate(model, prior, val_images) if val_images else []
-    report = {"train_images": len(train_paths), "val_images": len(val_paths),
+    rows = evaluate(model, prior, val_images, qualities) if val_images else []
+    report = {"family": args.family, "config": model.config_dict(),
+              "train_images": len(train_paths), "val_images": len(val_paths),
               "steps": args.steps, "batch": args.batch, "crop": args.crop,
               "device": str(device), "threads": torch.get_num_threads(),
               "wall_seconds_this_run": round(time.time() - start), "validation": rows}
-    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     if args.export:
-        save_weights(model, prior, str(args.export),
-                     {"steps": args.steps, "validation": json.dumps(rows),
-                      "data": f"{args.data.name}/ minus held-out 5% ({len(train_paths)} images)"})
+        save = tiny_mcq.save_weights if args.family == "tiny" else mcq.save_weights
+        save(model, prior, str(args.export),
+             {"steps": args.steps, "validation": json.dumps(rows),
+              "data": f"{args.data.name}/ minus held-out 5% ({len(train_paths)} images)"})
         print(f"wrote {args.export}")
 
 

@@ -1,0 +1,189 @@
+"""MCQ: multi-codebook quantization with a cascaded (coarse-to-fine) conditional prior.
+
+After McQuic (Zhu et al., CVPR 2022), in two quantized levels:
+
+* analysis to 1/8 (three strided 5x5 convolutions with GDN);
+* **coarse level** at 1/16: a hyper-analysis of the 1/8 features, quantized by Mc codebooks;
+* **fine level** at 1/8: the coarse codewords are decoded into a prediction of the 1/8 latent, and
+  the *residual* is quantized by M codebooks. Quality q keeps the first q fine groups (nested
+  groups, trained with a random q per image), so one network gives M + 1 rate points;
+* quantizers are probabilistic (Gumbel-softmax over negative distances, the Gaussian mixture whose
+  means are the codewords) in training and nearest-codeword when coding.
+
+The prior is cascaded: coarse group g is coded from the coarse groups < g at the same position
+(group 0 with a static table), and every fine group from the coarse indices of its parent
+position plus the fine groups before it — no serial spatial context, so each group of a level is
+decoded in one vectorised step. Both priors are integer networks (``models/prior.py``).
+
+Packet unit: one coarse position (16x16 pixels) with its 2x2 fine children. The symbols of a unit
+are ordered ``[coarse 0..Mc-1] + [fine group g, child c for g < q, c < 4]`` (group-major, children
+``c = 2*dy + dx``), so the meaning of a column does not depend on the quality.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.layers import GDN, conv, deconv, inpaint
+from models.prior import ChannelPrior, IntChannelPrior
+from models.quantizers import GumbelMultiCodebookVQ
+
+
+@dataclass(frozen=True)
+class MCQConfig:
+    """Widths of the network; stored in the weight file's metadata."""
+
+    channels: int = 64
+    groups: int = 8  # fine codebook groups at 1/8 (= quality steps)
+    group_dim: int = 8
+    codebook_size: int = 256
+    coarse_groups: int = 2
+    coarse_dim: int = 16
+    coarse_codebook_size: int = 256
+    prior_hidden: int = 64
+
+
+class MCQ(nn.Module):
+    """Analysis, coarse and fine multi-codebook quantizers, prediction, synthesis, priors."""
+
+    unit = 16
+
+    def __init__(self, config: MCQConfig = MCQConfig()) -> None:
+        super().__init__()
+        self.config = c = config
+        n, fine, coarse = c.channels, c.groups * c.group_dim, c.coarse_groups * c.coarse_dim
+        self.g_a = nn.Sequential(conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n))
+        self.fine_head = conv(n, fine, stride=1, kernel=3)
+        self.h_a = nn.Sequential(conv(n, n), GDN(n), conv(n, coarse, stride=1, kernel=3))
+        self.h_s = nn.Sequential(deconv(coarse, n), nn.ReLU(), conv(n, fine, stride=1, kernel=3))
+        self.g_s = nn.Sequential(deconv(fine, n), GDN(n, inverse=True), deconv(n, n),
+                                 GDN(n, inverse=True), deconv(n, 3))
+        self.coarse_vq = GumbelMultiCodebookVQ(c.coarse_groups, c.coarse_codebook_size,
+                                               c.coarse_dim)
+        self.fine_vq = GumbelMultiCodebookVQ(c.groups, c.codebook_size, c.group_dim)
+        self.coarse_prior = ChannelPrior(c.coarse_groups, c.coarse_codebook_size, c.prior_hidden)
+        self.fine_prior = ChannelPrior(c.groups, c.codebook_size, c.prior_hidden,
+                                       extra=c.coarse_groups, context_size=c.coarse_codebook_size)
+
+    def columns(self, quality: int) -> int:
+        """Symbols per unit: the coarse indices and q fine indices for each of 4 children."""
+        return self.config.coarse_groups + 4 * quality
+
+    def _mask(self, active: torch.Tensor) -> torch.Tensor:
+        group = torch.arange(self.config.groups, device=active.device)
+        keep = (group[None, :] < active[:, None]).float()
+        return keep.repeat_interleave(self.config.group_dim, 1)[:, :, None, None]
+
+    def forward(self, x: torch.Tensor, active: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training pass: x in [0, 1] (sides multiples of 16), ``active`` fine groups per image."""
+        f = self.g_a(x)
+        cq, c_idx, _ = self.coarse_vq(self.h_a(f))
+        prediction = self.h_s(cq)
+        rq, f_idx, _ = self.fine_vq(self.fine_head(f) - prediction)
+        x_hat = self.g_s(prediction + rq * self._mask(active))
+        return {"x_hat": x_hat, "coarse": c_idx, "fine": f_idx}
+
+    def prior_loss(self, coarse: torch.Tensor, fine: torch.Tensor, sample: int = 2048
+                   ) -> torch.Tensor:
+        """Bits per symbol of both priors on (detached) training indices, at most ``sample``
+        random positions per level (plenty for the small prior, and it keeps steps cheap)."""
+        mc = self.config.coarse_groups
+        c_flat = coarse.permute(1, 0, 2, 3).reshape(mc, -1)
+        parent = F.interpolate(coarse.float(), scale_factor=2, mode="nearest").long()
+        p_flat = parent.permute(1, 0, 2, 3).reshape(mc, -1)
+        f_flat = fine.permute(1, 0, 2, 3).reshape(self.config.groups, -1)
+        c_pick = torch.randperm(c_flat.shape[1], device=coarse.device)[:sample]
+        f_pick = torch.randperm(f_flat.shape[1], device=fine.device)[:sample]
+        return (self.coarse_prior.loss(c_flat[:0, c_pick], c_flat[:, c_pick])
+                + self.fine_prior.loss(p_flat[:, f_pick], f_flat[:, f_pick]))
+
+    @torch.no_grad()
+    def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
+        """Image (1, 3, H, W), sides multiples of 16 -> symbols (columns, H/16, W/16)."""
+        f = self.g_a(x)
+        coarse = self.coarse_vq.indices(self.h_a(f))
+        prediction = self.h_s(self.coarse_vq.embed(coarse))
+        fine = self.fine_vq.indices(self.fine_head(f) - prediction)[0, :quality]
+        q, h, w = fine.shape
+        children = fine.view(q, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3)  # q, dy, dx, uh, uw
+        units = children.reshape(q * 4, h // 2, w // 2)
+        return torch.cat([coarse[0], units]).cpu().numpy()
+
+    @torch.no_grad()
+    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
+        """Symbols (columns, uh, uw) -> image (1, 3, 16uh, 16uw); ``lost`` (uh, uw) is concealed."""
+        mc, c = self.config.coarse_groups, self.config
+        s = torch.from_numpy(np.ascontiguousarray(symbols, dtype=np.int64))
+        q, uh, uw = (s.shape[0] - mc) // 4, s.shape[1], s.shape[2]
+        coarse = self.coarse_vq.embed(s[None, :mc])
+        fine_idx = s[mc:].view(q, 2, 2, uh, uw).permute(0, 3, 1, 4, 2).reshape(1, q, 2 * uh, 2 * uw)
+        residual = self.fine_vq.embed(fine_idx) if q else torch.zeros(1, 0, 2 * uh, 2 * uw)
+        residual = F.pad(residual, (0, 0, 0, 0, 0, (c.groups - q) * c.group_dim))
+        if lost is not None and lost.any():
+            coarse = inpaint(coarse, torch.from_numpy(lost))
+        y = self.h_s(coarse) + residual
+        if lost is not None and lost.any():
+            fine_lost = torch.from_numpy(lost).repeat_interleave(2, 0).repeat_interleave(2, 1)
+            y = inpaint(y, fine_lost)
+        return self.g_s(y).clamp(0, 1)
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+
+class IntMCQPrior:
+    """Column-wise integer tables for the unit layout of :class:`MCQ`."""
+
+    def __init__(self, coarse: IntChannelPrior, fine: IntChannelPrior, coarse_groups: int) -> None:
+        self.coarse, self.fine, self.mc = coarse, fine, coarse_groups
+
+    def freqs(self, context: np.ndarray, j: int) -> np.ndarray:
+        """Tables of column j from columns < j of the same units."""
+        if j < self.mc:
+            return self.coarse.freqs(context[:j], j)
+        g, child = divmod(j - self.mc, 4)
+        own = [self.mc + 4 * k + child for k in range(g)]
+        return self.fine.freqs(context[list(range(self.mc)) + own], g)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.coarse.tensors("coarse_prior"), **self.fine.tensors("fine_prior")}
+
+
+def export_prior(model: MCQ, coarse_counts: np.ndarray) -> IntMCQPrior:
+    """Integer priors of a trained model (coarse group 0 gets a counted static table)."""
+    return IntMCQPrior(IntChannelPrior.from_float(model.coarse_prior, coarse_counts),
+                       IntChannelPrior.from_float(model.fine_prior),
+                       model.config.coarse_groups)
+
+
+def save_weights(model: MCQ, prior: IntMCQPrior, path: str, metadata: dict) -> None:
+    """Write shipped weights: float transforms and codebooks, integer priors, config."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
+               if not k.startswith(("coarse_prior.", "fine_prior.")) and not k.endswith("usage")}
+    tensors.update(prior.tensors())
+    meta = {"config": json.dumps(model.config_dict()), **{k: str(v) for k, v in metadata.items()}}
+    save_file(tensors, path, metadata=meta)
+
+
+def load_weights(path: str) -> tuple[MCQ, IntMCQPrior]:
+    """Read weights written by :func:`save_weights` (safetensors: nothing is unpickled)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        config = MCQConfig(**json.loads(f.metadata()["config"]))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model = MCQ(config)
+    state = model.state_dict()
+    state.update({k: v for k, v in tensors.items() if k in state})
+    model.load_state_dict(state)
+    prior = IntMCQPrior(IntChannelPrior.from_tensors(tensors, "coarse_prior"),
+                        IntChannelPrior.from_tensors(tensors, "fine_prior"), config.coarse_groups)
+    return model.eval(), prior
