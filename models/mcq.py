@@ -22,7 +22,6 @@ are ordered ``[coarse 0..Mc-1] + [fine group g, child c for g < q, c < 4]`` (gro
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import weightfile
 from models.layers import GDN, conv, deconv, inpaint
 from models.prior import ChannelPrior, IntChannelPrior
 from models.quantizers import GumbelMultiCodebookVQ
@@ -164,26 +164,15 @@ def export_prior(model: MCQ, coarse_counts: np.ndarray) -> IntMCQPrior:
 
 def save_weights(model: MCQ, prior: IntMCQPrior, path: str, metadata: dict) -> None:
     """Write shipped weights: float transforms and codebooks, integer priors, config."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
-               if not k.startswith(("coarse_prior.", "fine_prior.")) and not k.endswith("usage")}
-    tensors.update(prior.tensors())
-    meta = {"config": json.dumps(model.config_dict()), **{k: str(v) for k, v in metadata.items()}}
-    save_file(tensors, path, metadata=meta)
+    weightfile.write(path, model, lambda k: not k.startswith(("coarse_prior.", "fine_prior."))
+                     and not k.endswith("usage"), prior.tensors(), model.config_dict(), metadata)
 
 
 def load_weights(path: str) -> tuple[MCQ, IntMCQPrior]:
-    """Read weights written by :func:`save_weights` (safetensors: nothing is unpickled)."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        config = MCQConfig(**json.loads(f.metadata()["config"]))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    model = MCQ(config)
-    state = model.state_dict()
-    state.update({k: v for k, v in tensors.items() if k in state})
-    model.load_state_dict(state)
+    """Read weights written by :func:`save_weights`."""
+    config, tensors = weightfile.read(path)
+    model = weightfile.load_state(MCQ(MCQConfig(**config)), tensors)
     prior = IntMCQPrior(IntChannelPrior.from_tensors(tensors, "coarse_prior"),
-                        IntChannelPrior.from_tensors(tensors, "fine_prior"), config.coarse_groups)
-    return model.eval(), prior
+                        IntChannelPrior.from_tensors(tensors, "fine_prior"),
+                        model.config.coarse_groups)
+    return model, prior

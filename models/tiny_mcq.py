@@ -17,7 +17,6 @@ that probabilities are bit-identical on every machine.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import weightfile
 from models.layers import GDN, conv, deconv, inpaint
 from models.prior import ChannelPrior, IntChannelPrior
 from models.quantizers import MultiCodebookVQ
@@ -97,26 +97,13 @@ class TinyMCQ(nn.Module):
 
 def save_weights(model: TinyMCQ, prior: IntChannelPrior, path: str, metadata: dict) -> None:
     """Write the shipped weights: float transforms and codebooks, integer prior, config."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
-               if k.startswith(("g_a.", "g_s.")) or k == "quantizer.codebooks"}
-    tensors.update(prior.tensors())
-    meta = {"config": json.dumps(model.config_dict()), **{k: str(v) for k, v in metadata.items()}}
-    save_file(tensors, path, metadata=meta)
+    weightfile.write(path, model,
+                     lambda k: k.startswith(("g_a.", "g_s.")) or k == "quantizer.codebooks",
+                     prior.tensors(), model.config_dict(), metadata)
 
 
 def load_weights(path: str) -> tuple[TinyMCQ, IntChannelPrior]:
-    """Read weights written by :func:`save_weights` (safetensors: nothing is unpickled)."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        config = TinyMCQConfig(**json.loads(f.metadata()["config"]))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    model = TinyMCQ(config)
-    state = model.state_dict()
-    for key, value in tensors.items():
-        if not key.startswith("prior."):
-            state[key] = value
-    model.load_state_dict(state)
-    return model.eval(), IntChannelPrior.from_tensors(tensors)
+    """Read weights written by :func:`save_weights`."""
+    config, tensors = weightfile.read(path)
+    model = weightfile.load_state(TinyMCQ(TinyMCQConfig(**config)), tensors)
+    return model, IntChannelPrior.from_tensors(tensors)

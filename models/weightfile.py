@@ -1,0 +1,41 @@
+"""Shipped weight files: safetensors with the network's config in the metadata.
+
+Float tensors of the transforms and codebooks are stored as float32, the integer priors as the
+integers they are. Reading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def write(path: str, model: nn.Module, keep: Callable[[str], bool],
+          extra: dict[str, torch.Tensor], config: dict, metadata: dict) -> None:
+    """Save the state entries that ``keep`` accepts, plus ``extra`` tensors, config, metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
+               if keep(k)}
+    tensors.update(extra)
+    meta = {"config": json.dumps(config), **{k: str(v) for k, v in metadata.items()}}
+    save_file(tensors, path, metadata=meta)
+
+
+def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, tensors) of a weight file."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return json.loads(f.metadata()["config"]), {k: f.get_tensor(k) for k in f.keys()}
+
+
+def load_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Copy the file's tensors that belong to ``model`` into it; return it in eval mode."""
+    state = model.state_dict()
+    state.update({k: v for k, v in tensors.items() if k in state})
+    model.load_state_dict(state)
+    return model.eval()
