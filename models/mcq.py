@@ -87,7 +87,9 @@ class MCQ(nn.Module):
         prediction = self.h_s(cq)
         rq, f_idx, _ = self.fine_vq(self.fine_head(f) - prediction)
         x_hat = self.g_s(prediction + rq * self._mask(active))
-        return {"x_hat": x_hat, "coarse": c_idx, "fine": f_idx}
+        # the prior's cross-entropy reaches only the prior's parameters (indices are integers)
+        return {"x_hat": x_hat, "coarse": c_idx, "fine": f_idx,
+                "prior_bits": self.prior_loss(c_idx, f_idx)}
 
     def prior_loss(self, coarse: torch.Tensor, fine: torch.Tensor, sample: int = 2048
                    ) -> torch.Tensor:

@@ -10,7 +10,8 @@ images (never Kodak) and, with ``--export``, the shipped weight file is written.
 * ``mcq``: MCQ (``models/mcq.py``); Gumbel-softmax quantizers, the cascaded prior trained jointly
   on the (detached) indices.
 
-Runs on CPU or CUDA unchanged (the device is picked automatically).
+Runs on CPU or CUDA unchanged (the device is picked automatically), and under
+``torchrun --nproc_per_node N -m models.train ...`` with DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from bitstream.entropy import cost_bits
@@ -40,8 +45,8 @@ def _whole(img: np.ndarray, unit: int) -> torch.Tensor:
     return torch.from_numpy(img[:h, :w].copy()).permute(2, 0, 1)[None].float().div(255)
 
 
-def _tiny_loss(model: tiny_mcq.TinyMCQ, x: torch.Tensor, args) -> tuple[torch.Tensor, float]:
-    groups = model.config.groups
+def _tiny_loss(model, x: torch.Tensor, args) -> tuple[torch.Tensor, float]:
+    groups = _plain(model).config.groups
     active = torch.randint(1, groups + 1, (x.shape[0],), device=x.device)
     active[0] = groups  # always train the full-rate path too
     out = model(x, active)
@@ -49,14 +54,32 @@ def _tiny_loss(model: tiny_mcq.TinyMCQ, x: torch.Tensor, args) -> tuple[torch.Te
     return mse + args.beta * out["commitment"], mse.item()
 
 
-def _mcq_loss(model: mcq.MCQ, x: torch.Tensor, args) -> tuple[torch.Tensor, float]:
-    groups = model.config.groups
+def _mcq_loss(model, x: torch.Tensor, args) -> tuple[torch.Tensor, float]:
+    groups = _plain(model).config.groups
     active = torch.randint(0, groups + 1, (x.shape[0],), device=x.device)
     active[0] = groups
     out = model(x, active)
     mse = F.mse_loss(out["x_hat"], x)
-    # the prior's cross-entropy reaches only the prior's parameters (indices are integers)
-    return mse + model.prior_loss(out["coarse"], out["fine"]), mse.item()
+    return mse + out["prior_bits"], mse.item()
+
+
+def _plain(model: nn.Module) -> nn.Module:
+    """The network itself, under a DistributedDataParallel wrapper or not."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device): torchrun sets WORLD_SIZE; NCCL on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if world > 1:
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        return dist.get_rank(), world, device
+    return 0, 1, device
 
 
 FAMILIES = {
@@ -66,31 +89,46 @@ FAMILIES = {
 
 
 def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, args,
-                ckpt_path: Path, device: torch.device) -> None:
-    """The training loop, resumable from ``ckpt_path``; parameters under ``frozen`` are left out."""
+                ckpt_path: Path, device: torch.device, rank: int = 0, world: int = 1) -> None:
+    """The training loop, resumable from ``ckpt_path``; parameters under ``frozen`` are left out.
+
+    Under torchrun every process trains on its own crops (batch ``--batch`` each), gradients are
+    averaged by DistributedDataParallel, and rank 0 writes the checkpoints.
+    """
     params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
     opt = torch.optim.Adam(params, lr=args.lr)
     step = 0
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True)
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location=device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         step = int(ckpt["step"])
         sampler.rng.bit_generator.state = json.loads(ckpt["sampler"])
-    bar = tqdm(total=args.steps, initial=step, desc="training", dynamic_ncols=True)
-    model.train()
+    if world > 1:  # other ranks draw other crops, reproducibly
+        sampler.rng = np.random.default_rng([rank, step, int(sampler.rng.integers(2**31))])
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
+                                      else None)
+    else:
+        net = model
+    bar = tqdm(total=args.steps, initial=step, desc="training", dynamic_ncols=True,
+               disable=rank > 0)
+    net.train()
     while step < args.steps:
         for group in opt.param_groups:
             group["lr"] = args.lr * (0.1 if step >= 0.8 * args.steps else 1.0)
-        loss, mse = loss_fn(model, sampler.batch(args.batch).to(device), args)
+        loss, mse = loss_fn(net, sampler.batch(args.batch).to(device), args)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if world > 1:  # codeword re-seeding is local: keep every rank on rank 0's codebooks
+            for name, p in model.named_parameters():
+                if name.endswith("codebooks"):
+                    dist.broadcast(p.data, 0)
         step += 1
         bar.update(1)
         if step % 20 == 0:
             bar.set_postfix(psnr=f"{-10 * math.log10(mse):.2f}", loss=f"{loss.item():.4f}")
-        if step % args.save_every == 0 or step == args.steps:
+        if rank == 0 and (step % args.save_every == 0 or step == args.steps):
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                         "sampler": json.dumps(sampler.rng.bit_generator.state)}, ckpt_path)
     bar.close()
@@ -167,7 +205,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world, device = init_distributed()
     out = args.out or Path("runs") / args.family
     out.mkdir(parents=True, exist_ok=True)
     paths = list_images(args.data)
@@ -177,7 +215,12 @@ def main() -> None:
     net_cls, config_cls, loss_fn, frozen = FAMILIES[args.family]
     model = net_cls(config_cls()).to(device)
     sampler = CropSampler(load_images(train_paths, args.crop), args.crop)
-    train_steps(model, loss_fn, frozen, sampler, args, out / "checkpoint.pt", device)
+    train_steps(model, loss_fn, frozen, sampler, args, out / "checkpoint.pt", device, rank, world)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+        if rank > 0:
+            return
     model = model.cpu().eval()
     if args.family == "tiny":
         prior = fit_tiny_prior(model, sampler.images[::4], args.prior_steps)
@@ -190,7 +233,7 @@ def main() -> None:
     report = {"family": args.family, "config": model.config_dict(),
               "train_images": len(train_paths), "val_images": len(val_paths),
               "steps": args.steps, "batch": args.batch, "crop": args.crop,
-              "device": str(device), "threads": torch.get_num_threads(),
+              "device": str(device), "processes": world, "threads": torch.get_num_threads(),
               "wall_seconds_this_run": round(time.time() - start), "validation": rows}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -51,3 +51,21 @@ def test_training_refuses_kodak(tmp_path):
                           "--out", str(tmp_path / "r"), "--steps", "1"], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode != 0 and "Kodak" in res.stderr
+
+
+def test_torchrun_data_parallel(tmp_path):
+    """Two processes under torchrun (gloo on the CPU): training, checkpoint and export work."""
+    rng = np.random.default_rng(1)
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29517", "-m", "models.train", "mcq", "--data", str(data),
+           "--out", str(out), "--steps", "3", "--batch", "2", "--crop", "64", "--threads", "1",
+           "--save-every", "1", "--export", str(out / "w.safetensors")]
+    subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=300)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert json.loads((out / "report.json").read_text())["processes"] == 2
+    assert (out / "w.safetensors").stat().st_size > 0
