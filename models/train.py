@@ -119,6 +119,8 @@ def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, a
         loss, mse = loss_fn(net, sampler.batch(args.batch).to(device), args)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, args.clip)
         opt.step()
         if world > 1:  # codeword re-seeding is local: keep every rank on rank 0's codebooks
             for name, p in model.named_parameters():
@@ -197,6 +199,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--beta", type=float, default=0.25, help="commitment weight (tiny)")
     parser.add_argument("--prior-steps", type=int, default=1500, help="prior fitting steps (tiny)")
+    parser.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (0: off)")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--export", type=Path, default=None, help="write the shipped weights here")
