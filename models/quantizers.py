@@ -55,13 +55,16 @@ class _Codebooks(nn.Module):
         return torch.stack(parts, 1).permute(0, 1, 4, 2, 3).reshape(b, m * self.dim, h, w)
 
     @torch.no_grad()
-    def _reseed(self, dead: torch.Tensor, flat: torch.Tensor) -> None:
-        """Replace dead codewords (M, K mask) by random latents of the batch (M, N, d)."""
+    def _reseed(self, dead: torch.Tensor, flat: torch.Tensor, limit: int | None = None) -> None:
+        """Replace dead codewords (M, K mask) by random latents of the batch (M, N, d), at most
+        ``limit`` per group and call (so that the codebook changes gradually)."""
         for g in range(self.groups):
-            n_dead = int(dead[g].sum())
-            if n_dead:
-                pick = torch.randint(0, flat.shape[1], (n_dead,), device=flat.device)
-                self.codebooks.data[g, dead[g]] = flat[g, pick]
+            where = dead[g].nonzero()[:, 0][:limit]
+            if len(where):
+                pick = torch.randint(0, flat.shape[1], (len(where),), device=flat.device)
+                self.codebooks.data[g, where] = flat[g, pick]
+                dead[g] = False
+                dead[g, where] = True
 
 
 class MultiCodebookVQ(_Codebooks):
@@ -121,11 +124,15 @@ class GumbelMultiCodebookVQ(_Codebooks):
         self.codebooks = nn.Parameter(torch.randn(groups, codebook_size, dim) * 0.1)
         self.log_scale = nn.Parameter(torch.zeros(groups))  # logits = -scale * distance
         self.register_buffer("usage", torch.ones(groups, codebook_size) / codebook_size)
+        self.register_buffer("initialised", torch.tensor(False))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Quantize: returns (latent, indices (B, M, H, W), zero auxiliary loss)."""
         b, _, h, w = z.shape
         flat = self._split(z)
+        if self.training and not bool(self.initialised):  # data-dependent init: no dead start
+            self._reseed(torch.ones_like(self.usage, dtype=torch.bool), flat.detach())
+            self.initialised.fill_(True)
         with torch.no_grad():
             nearest = self._distances(flat).topk(self.candidates, dim=-1, largest=False).indices
         idx = nearest[..., 0]  # (M, N): topk is sorted, the first is the nearest
@@ -139,8 +146,9 @@ class GumbelMultiCodebookVQ(_Codebooks):
                 counts = torch.zeros_like(self.usage).scatter_add_(
                     1, idx, torch.ones_like(idx, dtype=self.usage.dtype)) / idx.shape[1]
                 self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
-                self._reseed(self.usage < 1e-3 / self.codebook_size, flat.detach())
-                self.usage.clamp_(min=1e-3 / self.codebook_size * 1.01)
+                dead = self.usage < 0.03 / self.codebook_size
+                self._reseed(dead, flat.detach(), limit=max(1, self.codebook_size // 64))
+                self.usage[dead] = 1.0 / self.codebook_size
         else:
             zq = self._merge(torch.stack([self.codebooks[g][idx[g]] for g in range(self.groups)]),
                              b, h, w)
