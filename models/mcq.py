@@ -75,18 +75,13 @@ class MCQ(nn.Module):
         """Symbols per unit: the coarse indices and q fine indices for each of 4 children."""
         return self.config.coarse_groups + 4 * quality
 
-    def _mask(self, active: torch.Tensor) -> torch.Tensor:
-        group = torch.arange(self.config.groups, device=active.device)
-        keep = (group[None, :] < active[:, None]).float()
-        return keep.repeat_interleave(self.config.group_dim, 1)[:, :, None, None]
-
     def forward(self, x: torch.Tensor, active: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training pass: x in [0, 1] (sides multiples of 16), ``active`` fine groups per image."""
         f = self.g_a(x)
         cq, c_idx, _ = self.coarse_vq(self.h_a(f))
         prediction = self.h_s(cq)
         rq, f_idx, _ = self.fine_vq(self.fine_head(f) - prediction)
-        x_hat = self.g_s(prediction + rq * self._mask(active))
+        x_hat = self.g_s(prediction + rq * self.fine_vq.group_mask(active))
         # the prior's cross-entropy reaches only the prior's parameters (indices are integers)
         return {"x_hat": x_hat, "coarse": c_idx, "fine": f_idx,
                 "prior_bits": self.prior_loss(c_idx, f_idx)}

@@ -54,6 +54,13 @@ class _Codebooks(nn.Module):
         parts = [self.codebooks[g][indices[:, g]] for g in range(m)]  # each (B, H, W, d)
         return torch.stack(parts, 1).permute(0, 1, 4, 2, 3).reshape(b, m * self.dim, h, w)
 
+    def group_mask(self, active: torch.Tensor) -> torch.Tensor:
+        """(B,) number of active groups -> (B, M*d, 1, 1) mask keeping the first groups' channels
+        (nested groups: the rate control of the multi-codebook models)."""
+        group = torch.arange(self.groups, device=active.device)
+        keep = (group[None, :] < active[:, None]).float()
+        return keep.repeat_interleave(self.dim, 1)[:, :, None, None]
+
     @torch.no_grad()
     def _reseed(self, dead: torch.Tensor, flat: torch.Tensor, limit: int | None = None) -> None:
         """Replace dead codewords (M, K mask) by random latents of the batch (M, N, d), at most
@@ -149,8 +156,7 @@ class GumbelMultiCodebookVQ(_Codebooks):
                 dead = self.usage < 0.03 / self.codebook_size
                 self._reseed(dead, flat.detach(), limit=max(1, self.codebook_size // 64))
                 self.usage[dead] = 1.0 / self.codebook_size
-        else:
-            zq = self._merge(torch.stack([self.codebooks[g][idx[g]] for g in range(self.groups)]),
-                             b, h, w)
         indices = idx.view(self.groups, b, h, w).permute(1, 0, 2, 3)
+        if not self.training:
+            zq = self.embed(indices)
         return zq, indices, z.new_zeros(())

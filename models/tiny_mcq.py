@@ -59,16 +59,10 @@ class TinyMCQ(nn.Module):
         """Symbols per unit at a quality: one index per kept group."""
         return quality
 
-    def group_mask(self, active: torch.Tensor) -> torch.Tensor:
-        """(B,) number of active groups -> (B, M*d, 1, 1) mask of kept latent channels."""
-        group = torch.arange(self.config.groups, device=active.device)
-        keep = (group[None, :] < active[:, None]).float()
-        return keep.repeat_interleave(self.config.group_dim, 1)[:, :, None, None]
-
     def forward(self, x: torch.Tensor, active: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training pass: x in [0, 1], ``active`` groups per image."""
         zq, idx, commitment = self.quantizer(self.g_a(x))
-        x_hat = self.g_s(zq * self.group_mask(active))
+        x_hat = self.g_s(zq * self.quantizer.group_mask(active))
         return {"x_hat": x_hat, "indices": idx, "commitment": commitment}
 
     @torch.no_grad()
