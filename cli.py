@@ -20,10 +20,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from bitstream.errors import BitstreamError
-from bitstream.format import parse_header, unpack
+from bitstream.format import Family, parse_header, unpack
 from codec.image import IMAGE_SUFFIXES, UnsupportedImageError, to_pil
 from codec.pipeline import decode_detailed, encode
-from codec.registry import DEFAULT_MODEL, MODELS, available_models, measured_rates
+from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, available_models,
+                            measured_rates)
 
 ENCODED_SUFFIX = ".nic"
 BAD_DATA = 1
@@ -137,20 +138,28 @@ def main() -> None:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", help="Output file (one input) or folder (several inputs or a "
               "folder); '-' for stdout. Default: next to the input, with suffix .nic.")
-@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
-              type=click.Choice(sorted(MODELS)), help="Model to encode with.")
+@click.option("-m", "--model", type=click.Choice(sorted(MODELS)),
+              help=f"Model to encode with. Default: {DEFAULT_MODEL} ({LOSSLESS_MODEL} with "
+                   "--lossless).")
+@click.option("--lossless", is_flag=True, help="Exact coding: every pixel decodes bit for bit "
+              f"(the {LOSSLESS_MODEL} model, or the lossless --model given).")
 @click.option("-q", "--quality", type=int, help="Rate setting of the model (see 'codec models'); "
               "higher means more bits. Default: the model's default.")
 @click.option("--packets", type=click.IntRange(1, 4096), help="Number of independently decodable "
               "packets. Default: about one per 4 KB of payload (max 16).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def encode_cmd(inputs, output, model, quality, packets, force, as_json) -> None:
+def encode_cmd(inputs, output, model, lossless, quality, packets, force, as_json) -> None:
     """Compress images (files, folders, or '-' for stdin).
 
     Accepts PNG, JPEG, WebP, TIFF, BMP and anything else Pillow reads; 8-bit grayscale or RGB,
     EXIF orientation applied. Images with transparency or 16-bit samples are refused.
     """
+    if lossless and model is not None and MODELS[model].family != Family.LOSSLESS:
+        exact = ", ".join(n for n, i in MODELS.items() if i.family == Family.LOSSLESS)
+        raise click.BadParameter(f"model {model} is lossy; lossless models: {exact}",
+                                 param_hint="--lossless")
+    model = model or (LOSSLESS_MODEL if lossless else DEFAULT_MODEL)
     info = MODELS[model]
     if quality is not None and quality not in info.qualities:
         raise click.BadParameter(f"model {model} has qualities {list(info.qualities)}",

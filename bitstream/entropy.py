@@ -50,15 +50,29 @@ def freqs_from_logits(logits: np.ndarray) -> np.ndarray:
     if logits.dtype.kind not in "iu":
         raise TypeError("freqs_from_logits takes integer logits (use exact fixed-point inference)")
     logits = logits.astype(np.int64)
-    k = logits.shape[-1]
+    drop = np.minimum(logits.max(axis=-1, keepdims=True) - logits, _MAX_DROP)
+    return freqs_from_weights(_EXP2[drop & 0xFF] >> (drop >> LOGIT_FRAC))
+
+
+def freqs_from_weights(weights: np.ndarray) -> np.ndarray:
+    """Non-negative integer weights (..., K), proportional to probabilities, to frequencies.
+
+    Every symbol keeps at least 1, the floor of its share of the rest, and the rounding remainder
+    goes to the heaviest symbol. Integer-only; weights must stay below 2**(63 - PRECISION).
+    """
+    weights = np.asarray(weights)
+    if weights.dtype.kind not in "iu":
+        raise TypeError("freqs_from_weights takes integer weights")
+    weights = weights.astype(np.int64)
+    k = weights.shape[-1]
     if not 2 <= k <= TOTAL // 4:
         raise ValueError(f"alphabet size {k} is out of range")
-    drop = np.minimum(logits.max(axis=-1, keepdims=True) - logits, _MAX_DROP)
-    weights = _EXP2[drop & 0xFF] >> (drop >> LOGIT_FRAC)
-    total = weights.sum(axis=-1, keepdims=True)
+    if weights.size and (weights.min() < 0 or weights.max() >= 1 << (63 - PRECISION)):
+        raise ValueError("weights must be non-negative and below 2**(63 - PRECISION)")
+    total = np.maximum(weights.sum(axis=-1, keepdims=True), 1)
     freqs = 1 + (weights * (TOTAL - k)) // total
     remainder = TOTAL - freqs.sum(axis=-1)
-    top = np.argmax(logits, axis=-1)
+    top = np.argmax(weights, axis=-1)
     np.put_along_axis(freqs, top[..., None], np.take_along_axis(freqs, top[..., None], -1)
                       + remainder[..., None], axis=-1)
     return freqs

@@ -2,6 +2,7 @@
 
     import codec
     data = codec.encode("photo.png", quality=4)     # bytes
+    exact = codec.encode("photo.png", lossless=True)  # every pixel decodes bit for bit
     image = codec.decode(data)                      # PIL.Image
     codec.available_models()                        # ['mcq-tiny', ...]
 
@@ -30,11 +31,11 @@ from bitstream.errors import (
 )
 from codec.image import UnsupportedImageError, to_pil
 from codec.pipeline import Decoded, decode_detailed, encode
-from codec.registry import DEFAULT_MODEL, ModelInfo, available_models, load_model, model_info
+from codec.registry import DEFAULT_MODEL, LOSSLESS_MODEL, ModelInfo, available_models, load_model, model_info
 
 __all__ = [
     "encode", "decode", "decode_array", "decode_tensor", "decode_detailed", "load_model",
-    "available_models", "model_info", "ModelInfo", "DEFAULT_MODEL", "Decoded",
+    "available_models", "model_info", "ModelInfo", "DEFAULT_MODEL", "LOSSLESS_MODEL", "Decoded",
     "BitstreamError", "CorruptHeaderError", "ModelMismatchError", "NotNicodecError",
     "PacketLossError", "TruncatedError", "UnsupportedVersionError", "UnsupportedImageError",
     "ConcealedWarning",

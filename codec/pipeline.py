@@ -17,9 +17,10 @@ import torch
 
 from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
 from bitstream.errors import CorruptHeaderError, ModelMismatchError, PacketLossError
-from bitstream.format import Header, pack, unpack
+from bitstream.format import Family, Header, pack, unpack
 from codec.image import ImageInput, load_pixels
-from codec.registry import DEFAULT_MODEL, Model, info_by_id, load_model, model_info
+from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, Model, info_by_id, load_model,
+                            model_info)
 
 BYTES_PER_PACKET = 4096  # default packet size: framing stays near 0.2% of the payload
 MAX_AUTO_PACKETS = 16
@@ -72,19 +73,21 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     indices = m.analyze(_pad_to(pixels, m.unit), quality)
     groups, h, w = indices.shape
     flat = indices.reshape(groups, -1)
-    tables = [m.freqs(flat[:g], g) for g in range(groups)]
-    bits = sum(cost_bits(flat[g], tables[g]) for g in range(groups))
-    n_packets = packets or int(np.clip(round(bits / 8 / BYTES_PER_PACKET), 1, MAX_AUTO_PACKETS))
+    estimate = m.estimate_bits(flat)
+    n_packets = packets or int(np.clip(round(estimate / 8 / BYTES_PER_PACKET), 1,
+                                       MAX_AUTO_PACKETS))
     if not 1 <= n_packets <= h * w:
         raise ValueError(f"packets must be 1..{h * w} for this image, got {n_packets}")
     owner = packet_of_positions(h, w, n_packets)
-    payloads = []
-    for p in range(n_packets):
-        where = owner == p
-        coder = PacketEncoder()
-        for g in range(groups):
-            coder.encode(flat[g, where], tables[g] if g == 0 else tables[g][where])
-        payloads.append(coder.finish())
+    wheres = [owner == p for p in range(n_packets)]
+    coders = [PacketEncoder() for _ in range(n_packets)]
+    session, bits = m.session(h * w), 0.0
+    for g in range(groups):  # all units at once: each unit's tables depend on itself only
+        table = session.freqs(flat[:g], g)
+        bits += cost_bits(flat[g], table)
+        for where, coder in zip(wheres, coders):
+            coder.encode(flat[g, where], table if table.ndim == 1 else table[where])
+    payloads = [coder.finish() for coder in coders]
     fields = dict(family=info.family, model_id=info.model_id, weights_digest=m.digest,
                   width=pixels.shape[1], height=pixels.shape[0], channels=pixels.shape[2],
                   bit_depth=8, quality=quality)
@@ -92,13 +95,19 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
 
 
 def encode(image: ImageInput, model: str | None = None, quality: int | None = None,
-           packets: int | None = None) -> bytes:
+           packets: int | None = None, lossless: bool = False) -> bytes:
     """Compress an image (path, bytes, PIL image, uint8 array or [0, 1] tensor) to bytes.
 
     ``quality`` picks the rate setting (see ``available_models``/``codec models``); ``packets``
     the number of independently decodable packets (default: about one per 4 KB of payload, at
     most 16, so that a damaged byte costs a small part of the image and framing stays small).
+    ``lossless`` codes every pixel exactly (with ``LOSSLESS_MODEL`` unless ``model`` names
+    another lossless model).
     """
+    if lossless:
+        model = model or LOSSLESS_MODEL
+        if model_info(model).family != Family.LOSSLESS:
+            raise ValueError(f"model {model!r} is lossy; lossless=True needs a lossless model")
     return encode_detailed(image, model, quality, packets).data
 
 
@@ -137,9 +146,10 @@ def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
         where = owner == p
         if payload is not None:
             try:
-                decoder = PacketDecoder(payload)
+                decoder, session = PacketDecoder(payload), m.session(int(where.sum()))
                 for g in range(groups):
-                    flat[g, where] = decoder.decode(m.freqs(flat[:g, where], g), int(where.sum()))
+                    flat[g, where] = decoder.decode(session.freqs(flat[:g, where], g),
+                                                    int(where.sum()))
                 continue
             except (ValueError, RuntimeError):
                 payloads[p] = None

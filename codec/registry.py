@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import models
+from bitstream.entropy import cost_bits
 from bitstream.format import Family
 
 WEIGHTS_DIR = Path(models.__file__).resolve().parent / "weights"
@@ -46,9 +47,26 @@ MODELS: dict[str, ModelInfo] = {
             qualities=(1, 2, 3, 4), default_quality=4,
             description="one-level multi-codebook VQ trained on a CPU in minutes "
                         "(foundation default; see models/weights/mcq-tiny.md)"),
+        ModelInfo(
+            name="pc-mnist", model_id=3, family=Family.LOSSLESS, weights="pc-mnist.safetensors",
+            module="models.pc.tiles", qualities=(0,), default_quality=0,
+            description="lossless probabilistic circuit (HCLT) for 28x28 grayscale digits; "
+                        "a strip of many digits is one stream (models/weights/pc-mnist.md)"),
+        ModelInfo(
+            name="pc-fashion", model_id=4, family=Family.LOSSLESS,
+            weights="pc-fashion.safetensors", module="models.pc.tiles", qualities=(0,),
+            default_quality=0,
+            description="lossless probabilistic circuit (HCLT) for 28x28 grayscale "
+                        "Fashion-MNIST images (models/weights/pc-fashion.md)"),
+        ModelInfo(
+            name="pc-photo", model_id=5, family=Family.LOSSLESS, weights="pc-photo.safetensors",
+            module="models.pc.tiles", qualities=(0,), default_quality=0,
+            description="lossless photos: probabilistic circuit (HCLT) over colour-transformed "
+                        "prediction residuals, 32x32 tiles (models/weights/pc-photo.md)"),
     ]
 }
 DEFAULT_MODEL = "mcq-tiny"
+LOSSLESS_MODEL = "pc-photo"
 
 
 def available_models() -> list[str]:
@@ -88,8 +106,8 @@ class Model:
     """A loaded model: analysis, integer prior, synthesis, over a grid of units.
 
     ``analyze`` gives symbols (columns, h, w) for an image padded to a multiple of ``unit``;
-    column j of a unit is coded with ``freqs(context, j)``, where context holds columns < j of the
-    same units; ``synthesize`` inverts ``analyze``, concealing lost units.
+    column j of a unit is coded with ``session(n).freqs(context, j)``, where context holds columns
+    < j of the same units; ``synthesize`` inverts ``analyze``, concealing lost units.
     """
 
     def __init__(self, info: ModelInfo, path: Path) -> None:
@@ -104,8 +122,21 @@ class Model:
     def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
         return self.net.analyze(x, quality)
 
-    def freqs(self, context: np.ndarray, j: int) -> np.ndarray:
-        return self.prior.freqs(context, j)
+    @property
+    def streaming(self) -> bool:
+        """Whether the prior keeps state across columns (tables only in column order)."""
+        return hasattr(self.prior, "session")
+
+    def session(self, n: int):
+        """Table source for n units: ``freqs(context, j)``, columns requested in order."""
+        return self.prior.session(n) if self.streaming else self.prior
+
+    def estimate_bits(self, flat: np.ndarray) -> float:
+        """Expected bits of the symbols (columns, n): used to choose the packet count before
+        coding; a streaming prior answers from its measured rate instead of a coding pass."""
+        if self.streaming:
+            return self.prior.bits_per_symbol * flat.size
+        return sum(cost_bits(flat[g], self.prior.freqs(flat[:g], g)) for g in range(len(flat)))
 
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
         return self.net.synthesize(symbols, lost)

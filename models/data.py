@@ -61,3 +61,20 @@ class CropSampler:
             patch = img[y : y + self.crop, x : x + self.crop]
             out[i] = patch[:, ::-1] if self.rng.random() < 0.5 else patch
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().div(255)
+
+
+def load_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format, optionally gzipped) as a numpy array of its dtype/shape."""
+    import gzip
+
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * k:8 + 4 * k], "big") for k in range(dims))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * dims)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: truncated IDX file")
+    return data.reshape(shape)

@@ -32,7 +32,9 @@ from torch import nn
 from models import weightfile
 from models.layers import GDN, conv, deconv, inpaint
 from models.prior import ChannelPrior, IntChannelPrior
-from models.quantizers import GumbelMultiCodebookVQ
+from models.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ
+
+QUANTIZERS = {"gumbel": GumbelMultiCodebookVQ, "ema": MultiCodebookVQ}
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class MCQConfig:
     coarse_dim: int = 16
     coarse_codebook_size: int = 256
     prior_hidden: int = 64
+    quantizer: str = "gumbel"  # "gumbel" (McQuic's probabilistic VQ) or "ema" (VQ-VAE recipe)
 
 
 class MCQ(nn.Module):
@@ -64,9 +67,9 @@ class MCQ(nn.Module):
         self.h_s = nn.Sequential(deconv(coarse, n), nn.ReLU(), conv(n, fine, stride=1, kernel=3))
         self.g_s = nn.Sequential(deconv(fine, n), GDN(n, inverse=True), deconv(n, n),
                                  GDN(n, inverse=True), deconv(n, 3))
-        self.coarse_vq = GumbelMultiCodebookVQ(c.coarse_groups, c.coarse_codebook_size,
-                                               c.coarse_dim)
-        self.fine_vq = GumbelMultiCodebookVQ(c.groups, c.codebook_size, c.group_dim)
+        vq = QUANTIZERS[c.quantizer]
+        self.coarse_vq = vq(c.coarse_groups, c.coarse_codebook_size, c.coarse_dim)
+        self.fine_vq = vq(c.groups, c.codebook_size, c.group_dim)
         self.coarse_prior = ChannelPrior(c.coarse_groups, c.coarse_codebook_size, c.prior_hidden)
         self.fine_prior = ChannelPrior(c.groups, c.codebook_size, c.prior_hidden,
                                        extra=c.coarse_groups, context_size=c.coarse_codebook_size)
@@ -78,12 +81,12 @@ class MCQ(nn.Module):
     def forward(self, x: torch.Tensor, active: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training pass: x in [0, 1] (sides multiples of 16), ``active`` fine groups per image."""
         f = self.g_a(x)
-        cq, c_idx, _ = self.coarse_vq(self.h_a(f))
+        cq, c_idx, c_commit = self.coarse_vq(self.h_a(f))
         prediction = self.h_s(cq)
-        rq, f_idx, _ = self.fine_vq(self.fine_head(f) - prediction)
+        rq, f_idx, f_commit = self.fine_vq(self.fine_head(f) - prediction)
         x_hat = self.g_s(prediction + rq * self.fine_vq.group_mask(active))
         # the prior's cross-entropy reaches only the prior's parameters (indices are integers)
-        return {"x_hat": x_hat, "coarse": c_idx, "fine": f_idx,
+        return {"x_hat": x_hat, "coarse": c_idx, "fine": f_idx, "commitment": c_commit + f_commit,
                 "prior_bits": self.prior_loss(c_idx, f_idx)}
 
     def prior_loss(self, coarse: torch.Tensor, fine: torch.Tensor, sample: int = 2048
@@ -162,7 +165,7 @@ def export_prior(model: MCQ, coarse_counts: np.ndarray) -> IntMCQPrior:
 def save_weights(model: MCQ, prior: IntMCQPrior, path: str, metadata: dict) -> None:
     """Write shipped weights: float transforms and codebooks, integer priors, config."""
     weightfile.write(path, model, lambda k: not k.startswith(("coarse_prior.", "fine_prior."))
-                     and not k.endswith("usage"), prior.tensors(), model.config_dict(), metadata)
+                     and not k.endswith(("usage", "ema_count", "ema_sum")), prior.tensors(), model.config_dict(), metadata)
 
 
 def load_weights(path: str) -> tuple[MCQ, IntMCQPrior]:

@@ -124,22 +124,33 @@ class GumbelMultiCodebookVQ(_Codebooks):
     """
 
     def __init__(self, groups: int, codebook_size: int, dim: int, tau: float = 1.0,
-                 candidates: int = 16, usage_decay: float = 0.99) -> None:
+                 candidates: int = 16, usage_decay: float = 0.99, sharpness: float = 4.0) -> None:
         super().__init__(groups, codebook_size, dim)
-        self.tau, self.usage_decay = tau, usage_decay
+        self.tau, self.usage_decay, self.sharpness = tau, usage_decay, sharpness
         self.candidates = min(candidates, codebook_size)
         self.codebooks = nn.Parameter(torch.randn(groups, codebook_size, dim) * 0.1)
         self.log_scale = nn.Parameter(torch.zeros(groups))  # logits = -scale * distance
         self.register_buffer("usage", torch.ones(groups, codebook_size) / codebook_size)
         self.register_buffer("initialised", torch.tensor(False))
 
+    @torch.no_grad()
+    def _init_from_data(self, flat: torch.Tensor) -> None:
+        """Codewords drawn from the first batch (no dead start) and a mixture scale that makes
+        the typical nearest codeword ``sharpness`` nats likelier than a uniform pick among the
+        candidates: with the default scale of 1 a small latent gives near-uniform samples, pure
+        noise that teaches the synthesis to ignore the group."""
+        self._reseed(torch.ones_like(self.usage, dtype=torch.bool), flat)
+        dist = self._distances(flat).topk(self.candidates, dim=-1, largest=False).values
+        spread = (dist.mean(-1) - dist[..., 0]).mean(-1).clamp(min=1e-8)  # (M,)
+        self.log_scale.copy_((self.sharpness / spread).log())
+        self.initialised.fill_(True)
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Quantize: returns (latent, indices (B, M, H, W), zero auxiliary loss)."""
         b, _, h, w = z.shape
         flat = self._split(z)
-        if self.training and not bool(self.initialised):  # data-dependent init: no dead start
-            self._reseed(torch.ones_like(self.usage, dtype=torch.bool), flat.detach())
-            self.initialised.fill_(True)
+        if self.training and not bool(self.initialised):
+            self._init_from_data(flat.detach())
         with torch.no_grad():
             nearest = self._distances(flat).topk(self.candidates, dim=-1, largest=False).indices
         idx = nearest[..., 0]  # (M, N): topk is sorted, the first is the nearest
@@ -148,7 +159,9 @@ class GumbelMultiCodebookVQ(_Codebooks):
             dist = (flat[:, :, None, :] - cand).pow(2).sum(-1)  # (M, N, candidates)
             logits = -dist * self.log_scale.exp()[:, None, None]
             sample = F.gumbel_softmax(logits, tau=self.tau, hard=True)
-            zq = self._merge((sample[..., None] * cand).sum(-2), b, h, w)
+            # the sampled codeword, with an identity path to the latent as well: through the
+            # softmax alone the encoder's gradient vanishes as the mixture sharpens
+            zq = self._merge((sample[..., None] * cand).sum(-2), b, h, w) + z - z.detach()
             with torch.no_grad():
                 counts = torch.zeros_like(self.usage).scatter_add_(
                     1, idx, torch.ones_like(idx, dtype=self.usage.dtype)) / idx.shape[1]

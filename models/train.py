@@ -17,6 +17,7 @@ Runs on CPU or CUDA unchanged (the device is picked automatically), and under
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from bitstream.entropy import cost_bits
-from models import mcq, tiny_mcq
+from models import mcq, tiny_mcq, weightfile
 from models.data import CropSampler, is_held_out, list_images, load_images
 from models.prior import IntChannelPrior
 
@@ -60,7 +61,7 @@ def _mcq_loss(model, x: torch.Tensor, args) -> tuple[torch.Tensor, float]:
     active[0] = groups
     out = model(x, active)
     mse = F.mse_loss(out["x_hat"], x)
-    return mse + out["prior_bits"], mse.item()
+    return mse + args.beta * out["commitment"] + out["prior_bits"], mse.item()
 
 
 def _plain(model: nn.Module) -> nn.Module:
@@ -86,6 +87,31 @@ FAMILIES = {
     "tiny": (tiny_mcq.TinyMCQ, tiny_mcq.TinyMCQConfig, _tiny_loss, ("prior.",)),
     "mcq": (mcq.MCQ, mcq.MCQConfig, _mcq_loss, ()),
 }
+
+
+def make_config(config_cls, overrides: list[str]):
+    """The default config with ``FIELD=VALUE`` overrides, each converted to the field's type."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    values = {}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(fields)}")
+        values[name] = type(fields[name].default)(value)
+    return config_cls(**values)
+
+
+def warm_start(model: nn.Module, path: Path) -> list[str]:
+    """Copy the float tensors of a weight file into ``model`` where name and shape match;
+    returns the names taken."""
+    _, tensors = weightfile.read(str(path))
+    state = model.state_dict()
+    taken = [k for k, v in tensors.items()
+             if k in state and state[k].shape == v.shape and v.is_floating_point()]
+    state.update({k: tensors[k] for k in taken})
+    model.load_state_dict(state)
+    return taken
 
 
 def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, args,
@@ -197,11 +223,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--beta", type=float, default=0.25, help="commitment weight (tiny)")
+    parser.add_argument("--beta", type=float, default=0.25, help="commitment weight (EMA VQ)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a field of the model config (repeatable), e.g. "
+                             "--set quantizer=ema")
     parser.add_argument("--prior-steps", type=int, default=1500, help="prior fitting steps (tiny)")
     parser.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (0: off)")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from the tensors of a shipped weight file whose names and "
+                             "shapes match (e.g. the transforms of another model)")
     parser.add_argument("--export", type=Path, default=None, help="write the shipped weights here")
     args = parser.parse_args()
 
@@ -216,7 +248,10 @@ def main() -> None:
     val_paths = [p for p in paths if is_held_out(p)]
     start = time.time()
     net_cls, config_cls, loss_fn, frozen = FAMILIES[args.family]
-    model = net_cls(config_cls()).to(device)
+    model = net_cls(make_config(config_cls, args.set))
+    if args.init and not (out / "checkpoint.pt").exists():
+        print(f"initialised from {args.init}: {', '.join(warm_start(model, args.init))}")
+    model = model.to(device)
     sampler = CropSampler(load_images(train_paths, args.crop), args.crop)
     train_steps(model, loss_fn, frozen, sampler, args, out / "checkpoint.pt", device, rank, world)
     if world > 1:

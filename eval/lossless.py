@@ -1,0 +1,149 @@
+"""Lossless benchmark: ``python -m eval.lossless`` (bits per dimension, throughput, baselines).
+
+For each small-image dataset (MNIST, Fashion-MNIST test sets) it measures
+
+* nicodec's PC model coding the whole test set as **one stream** (a 28 x 28N strip: one header,
+  units dealt to packets as usual), its bits per dimension from the file size, encode and decode
+  throughput (images/s), and that the decode is exact;
+* the cost of a **single-image file** (one digit, header included);
+* the efficient (pre-order, computation reused) against the naive (every conditional from
+  scratch) table computation on a few images: time and speed-up, tables checked identical;
+* PNG (``optimize=True``), WebP lossless (method 6) and JPEG XL lossless in the same run, both
+  per image file and on one grid image holding the whole set (their best case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, features
+
+from codec.pipeline import decode_detailed, encode
+from codec.registry import load_model
+from models.pc.train import load_split
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MODELS = {"mnist": "pc-mnist", "fashion-mnist": "pc-fashion"}
+
+
+def lossless_baselines() -> dict[str, dict]:
+    """Pillow save options of the lossless classical codecs available here."""
+    found = {"png": {"format": "PNG", "optimize": True}}
+    if features.check("webp"):
+        found["webp-lossless"] = {"format": "WEBP", "lossless": True, "method": 6, "quality": 100}
+    try:
+        import pillow_jxl  # noqa: F401
+        found["jxl-lossless"] = {"format": "JXL", "lossless": True, "effort": 7}
+    except ImportError:
+        pass
+    return found
+
+
+def _baseline_bytes(pixels: np.ndarray, options: dict) -> int:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, **options)
+    with Image.open(io.BytesIO(buffer.getvalue())) as img:
+        if not (np.asarray(img.convert("L")) == pixels).all():
+            raise RuntimeError(f"{options['format']} did not round-trip losslessly")
+    return len(buffer.getvalue())
+
+
+def naive_vs_efficient(model_name: str, images: np.ndarray) -> dict:
+    """Seconds to compute every table of ``images`` both ways (tables must agree)."""
+    prior = load_model(model_name).prior.model
+    data = images.reshape(len(images), -1).astype(np.int64)
+    order = prior.order.preorder
+    start = time.perf_counter()
+    coder, efficient = prior.start(len(data)), []
+    for k, node in enumerate(order):
+        efficient.append(coder.freqs(k))
+        coder.observe(k, data[:, node])
+    t_eff = time.perf_counter() - start
+    start = time.perf_counter()
+    for k in range(len(order)):
+        if not (prior.naive_freqs(data, k) == efficient[k]).all():
+            raise RuntimeError("naive and efficient tables differ")
+    t_naive = time.perf_counter() - start
+    return {"images": len(data), "efficient_s": t_eff, "naive_s": t_naive,
+            "speedup": t_naive / t_eff}
+
+
+def run_dataset(name: str, count: int, naive_images: int, baseline_images: int) -> dict:
+    model = MODELS[name]
+    images = load_split(DATA / name, "t10k").reshape(-1, 28, 28)[:count]
+    dims = images.size
+    strip = np.concatenate(list(images), axis=1)[:, :, None]  # 28 x 28N, one unit per image
+    start = time.perf_counter()
+    data = encode(strip, model=model)
+    t_enc = time.perf_counter() - start
+    start = time.perf_counter()
+    decoded = decode_detailed(data)
+    t_dec = time.perf_counter() - start
+    if not (decoded.pixels == strip).all():
+        raise RuntimeError("decode is not exact")
+    single = [len(encode(img[:, :, None], model=model)) for img in images[:100]]
+    row = {"dataset": name, "model": model, "images": len(images),
+           "stream_bytes": len(data), "stream_bpd": 8 * len(data) / dims,
+           "single_image_bytes_mean": float(np.mean(single)),
+           "single_image_bpd": 8 * float(np.mean(single)) / 784,
+           "encode_images_per_s": len(images) / t_enc,
+           "decode_images_per_s": len(images) / t_dec,
+           "naive_vs_efficient": naive_vs_efficient(model, images[:naive_images]),
+           "baselines": {}}
+    side = int(np.ceil(np.sqrt(len(images))))
+    grid = np.zeros((side * side, 28, 28), np.uint8)
+    grid[:len(images)] = images
+    grid = grid.reshape(side, side, 28, 28).transpose(0, 2, 1, 3).reshape(side * 28, side * 28)
+    for codec_name, options in lossless_baselines().items():
+        per_image = [_baseline_bytes(img, options) for img in images[:baseline_images]]
+        row["baselines"][codec_name] = {
+            "per_image_bpd": 8 * float(np.mean(per_image)) / 784,
+            "grid_bpd": 8 * _baseline_bytes(grid, options) / (side * side * 784),
+        }
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        nv = r["naive_vs_efficient"]
+        lines += [f"{r['dataset']} test set, {r['images']} images ({r['model']})",
+                  f"  nicodec one stream      {r['stream_bpd']:.4f} bpd "
+                  f"({r['stream_bytes']} bytes)",
+                  f"  nicodec single-image    {r['single_image_bpd']:.4f} bpd "
+                  f"({r['single_image_bytes_mean']:.1f} bytes per file, header included)",
+                  f"  encode {r['encode_images_per_s']:.0f} images/s, decode "
+                  f"{r['decode_images_per_s']:.0f} images/s (2-core CPU)",
+                  f"  tables, {nv['images']} images: efficient {nv['efficient_s']:.3f} s, naive "
+                  f"{nv['naive_s']:.1f} s -> {nv['speedup']:.0f}x"]
+        for name, b in r["baselines"].items():
+            lines.append(f"  {name:<22}  {b['grid_bpd']:.4f} bpd as one grid image, "
+                         f"{b['per_image_bpd']:.4f} bpd per image file")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
+    parser.add_argument("--count", type=int, default=10000, help="test images per dataset")
+    parser.add_argument("--naive-images", type=int, default=10)
+    parser.add_argument("--baseline-images", type=int, default=1000,
+                        help="images coded one file each by the classical codecs")
+    parser.add_argument("--out", type=Path, default=Path("eval/results/lossless"))
+    args = parser.parse_args()
+    rows = [run_dataset(name, args.count, args.naive_images, args.baseline_images)
+            for name in args.datasets]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(rows, indent=2))
+    table = format_table(rows)
+    (args.out / "summary.txt").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The lossless PC models as codec models: an HCLT over the patches of square tiles.
+
+A tile of ``unit`` x ``unit`` pixels is one packet unit. It is cut into patches of ``patch`` x
+``patch`` pixels; the HCLT models one patch (its pixels, or for photos its colour-transformed
+prediction residuals, ``models/pc/residuals.py``) and the patches are coded side by side. The
+symbols of a unit are ordered ``column = k * patches + p``: variable k of the HCLT's coding order
+(pre-order of the latent tree) for every patch p, so that column j is coded with the tables of
+:class:`models.pc.coder.TreeCoder` after the columns before it.
+
+* ``pc-mnist`` / ``pc-fashion``: grayscale 28 x 28 tiles, one patch of raw pixels per tile. A
+  strip of 10 000 digits is one stream: the header is paid once.
+* ``pc-photo``: RGB 32 x 32 tiles, 4 x 4 patches of residuals (48 variables).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from models.pc import residuals
+from models.pc.coder import IntHCLT, TreeCoder
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """How an image becomes HCLT samples; stored in the weight file's metadata."""
+
+    unit: int  # tile side (packet unit)
+    patch: int  # patch side (one HCLT sample)
+    channels: int  # 1: grayscale pixels, 3: RGB through the residual transform
+
+    @property
+    def patches(self) -> int:
+        return (self.unit // self.patch) ** 2
+
+    @property
+    def variables(self) -> int:
+        return self.patch * self.patch * self.channels
+
+    def samples(self, tiles: np.ndarray) -> np.ndarray:
+        """(N, unit, unit, channels) uint8 tiles -> (N, patches, variables) symbols."""
+        n, u, s = len(tiles), self.unit, self.patch
+        x = residuals.to_symbols(tiles) if self.channels == 3 else tiles.astype(np.int64)
+        x = x.reshape(n, u // s, s, u // s, s, self.channels).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(n, self.patches, self.variables)
+
+    def tiles(self, samples: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`samples`."""
+        n, u, s = len(samples), self.unit, self.patch
+        x = samples.reshape(n, u // s, u // s, s, s, self.channels).transpose(0, 1, 3, 2, 4, 5)
+        x = x.reshape(n, u, u, self.channels)
+        return residuals.from_symbols(x) if self.channels == 3 else x.astype(np.uint8)
+
+
+class PatchSession:
+    """Tables for n units column by column (the pipeline's ``freqs(context, j)`` protocol): the
+    HCLT codes variable k of all n x patches samples at once, at the first column of k."""
+
+    def __init__(self, model: IntHCLT, n: int, patches: int) -> None:
+        self.coder: TreeCoder = model.start(n * patches)
+        self.n, self.patches, self.next = n, patches, 0
+        self.tables = np.empty(0)
+
+    def freqs(self, context: np.ndarray, j: int) -> np.ndarray:
+        if j != self.next:
+            raise ValueError("columns must be requested in order")
+        self.next += 1
+        k, p = divmod(j, self.patches)
+        if p == 0:
+            if k:
+                done = context[(k - 1) * self.patches:k * self.patches]  # (patches, n)
+                self.coder.observe(k - 1, done.T.reshape(-1))
+            self.tables = self.coder.freqs(k).reshape(self.n, self.patches, -1)
+        return self.tables[:, p]
+
+
+class TilePrior:
+    """An :class:`IntHCLT` with what the pipeline needs: sessions and a rate estimate."""
+
+    def __init__(self, model: IntHCLT, patches: int, bits_per_symbol: float) -> None:
+        self.model, self.patches, self.bits_per_symbol = model, patches, bits_per_symbol
+
+    def session(self, n: int) -> PatchSession:
+        return PatchSession(self.model, n, self.patches)
+
+
+class TileHCLT:
+    """Analysis (pixels -> symbols in coding order) and synthesis (the inverse), both exact."""
+
+    def __init__(self, layout: TileLayout, order: np.ndarray) -> None:
+        self.layout, self.unit, self.order = layout, layout.unit, order
+
+    def columns(self, quality: int) -> int:
+        return self.layout.variables * self.layout.patches
+
+    def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
+        """(1, 3, H, W) in [0, 1] -> symbols (columns, H/unit, W/unit)."""
+        u, c = self.unit, self.layout.channels
+        if c == 1 and not (x[0, 0] == x[0, 1]).all() & (x[0, 0] == x[0, 2]).all():
+            raise ValueError("this model codes grayscale images losslessly; the image has colour")
+        pixels = (x[0, :c] * 255).round().to(torch.int64).permute(1, 2, 0).numpy()
+        h, w = pixels.shape[0] // u, pixels.shape[1] // u
+        tiles = pixels.reshape(h, u, w, u, c).transpose(0, 2, 1, 3, 4).reshape(h * w, u, u, c)
+        samples = self.layout.samples(tiles.astype(np.uint8))[:, :, self.order]  # (n, P, D)
+        return samples.transpose(2, 1, 0).reshape(-1, h, w)
+
+    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
+        """Symbols -> (1, 3, H, W) image in [0, 1]; lost tiles come out mid-grey (a lossless
+        code has nothing to conceal them with beyond the surviving tiles)."""
+        u, c = self.unit, self.layout.channels
+        h, w = symbols.shape[1:]
+        samples = np.empty((h * w, self.layout.patches, self.layout.variables), np.int64)
+        samples[:, :, self.order] = symbols.reshape(len(self.order), self.layout.patches,
+                                                    h * w).transpose(2, 1, 0)
+        tiles = self.layout.tiles(samples)
+        if lost is not None:
+            tiles[lost.reshape(-1)] = 128
+        pixels = tiles.reshape(h, w, u, u, c).transpose(0, 2, 1, 3, 4).reshape(h * u, w * u, c)
+        image = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]
+        return image.expand(1, 3, -1, -1) if c == 1 else image
+
+
+def save_weights(model: IntHCLT, layout: TileLayout, path: str, config: dict,
+                 metadata: dict) -> None:
+    """The shipped file: parent array and integer tables (int16); config and layout in the
+    metadata."""
+    tensors = {"parent": torch.from_numpy(model.order.parent.astype(np.int32)),
+               "root": torch.from_numpy(model.root.astype(np.int16)),
+               "trans": torch.from_numpy(model.trans.astype(np.int16)),
+               "emit": torch.from_numpy(model.emit.astype(np.int16))}
+    meta = {"config": json.dumps(config), "layout": json.dumps(layout.__dict__),
+            **{k: str(v) for k, v in metadata.items()}}
+    save_file(tensors, path, metadata=meta)
+
+
+def load_weights(path: str) -> tuple[TileHCLT, TilePrior]:
+    """Read a weight file written by :func:`save_weights` (integer tables, no pickle)."""
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata()
+        t = {k: f.get_tensor(k).numpy().astype(np.int64) for k in f.keys()}
+    model = IntHCLT(t["parent"], t["root"], t["trans"], t["emit"])
+    layout = TileLayout(**json.loads(meta["layout"]))
+    bits = json.loads(meta.get("validation", "{}")).get("val_bpd", 8.0) * 1.0
+    return TileHCLT(layout, model.order.preorder), TilePrior(model, layout.patches, bits)
