@@ -69,9 +69,10 @@ DEFAULT_MODEL = "mcq-tiny"
 LOSSLESS_MODEL = "pc-photo"
 
 
-def available_models() -> list[str]:
-    """Names of the models this installation ships."""
-    return [name for name, info in MODELS.items() if (WEIGHTS_DIR / info.weights).exists()]
+def available_models(lossy_only: bool = False) -> list[str]:
+    """Names of the models this installation ships (only the lossy ones: for RD curves)."""
+    return [name for name, info in MODELS.items() if (WEIGHTS_DIR / info.weights).exists()
+            and not (lossy_only and info.family == Family.LOSSLESS)]
 
 
 def model_info(name: str) -> ModelInfo:

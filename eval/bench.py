@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--runs", type=int, default=3, help="repetitions per image (median)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--models", default=None, help="comma-separated nicodec models "
-                        "(default: every shipped model, default quality)")
+                        "(default: every shipped lossy model, default quality)")
     parser.add_argument("--hyperprior-quality", type=int, default=4)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from codec.registry import available_models
 
     images = load_images(args.images, args.limit)
-    rows = [bench_nicodec(images, m, None, args.runs)
-            for m in (args.models.split(",") if args.models else available_models())]
+    names = args.models.split(",") if args.models else available_models(lossy_only=True)
+    rows = [bench_nicodec(images, m, None, args.runs) for m in names]
     rows.append(bench_hyperprior(images, args.hyperprior_quality, args.runs))
     ref = rows[-1]["encode_s"] + rows[-1]["decode_s"]
     for r in rows:

@@ -154,7 +154,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of images")
     parser.add_argument("--models", default=None,
                         help="comma-separated nicodec models, each optionally name@q1/q2 "
-                             "(default: every shipped model at all its qualities)")
+                             "(default: every shipped lossy model at all its qualities)")
     parser.add_argument("--baselines", default="jpeg,webp,avif,jxl",
                         help="comma-separated classical codecs (jpeg, webp, avif, jxl, jpeg2000), "
                              "or 'none'")
@@ -175,7 +175,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _nicodec_codecs(spec: str | None) -> dict:
     from codec.registry import available_models, model_info
 
-    entries = spec.split(",") if spec else available_models()
+    entries = spec.split(",") if spec else available_models(lossy_only=True)
     codecs = {}
     for entry in entries:
         name, _, qs = entry.strip().partition("@")

@@ -128,3 +128,17 @@ def test_console_script_as_subprocess(workdir):
     bad = subprocess.run(cmd + ["decode", str(workdir / "a.png")], capture_output=True, text=True)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert np.asarray(Image.open(workdir / "s.png")).shape == (37, 53, 3)
+
+
+def test_lossless_flag(workdir):
+    res = run("encode", workdir / "a.png", "--lossless", "-o", workdir / "l.nic", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["model"] == "pc-photo"
+    assert run("decode", workdir / "l.nic", "-o", workdir / "l.png").exit_code == 0
+    assert (np.asarray(Image.open(workdir / "l.png")) ==
+            np.asarray(Image.open(workdir / "a.png"))).all()
+    res = run("encode", workdir / "a.png", "--lossless", "--model", "mcq-tiny", "-o",
+              workdir / "x.nic")
+    assert res.exit_code == 2 and "lossy" in res.output and not (workdir / "x.nic").exists()
+    res = run("encode", workdir / "a.png", "--model", "pc-mnist", "-o", workdir / "x.nic")
+    assert res.exit_code == 1 and "grayscale" in res.output and not (workdir / "x.nic").exists()

@@ -253,3 +253,17 @@ def test_photo_lossless_round_trip(trained_photo, monkeypatch):
                 == gray).all()
     finally:
         registry.load_model.cache_clear()
+
+
+def test_shipped_digit_models_code_test_digits_exactly():
+    """The shipped models on 200 test images of their datasets, as one stream: exact, and at
+    the rate measured at export (a regression guard, not the benchmark: eval/lossless.py)."""
+    import codec
+
+    for name, folder, bound in (("pc-mnist", MNIST, 1.32), ("pc-fashion", MNIST.parent /
+                                                             "fashion-mnist", 3.5)):
+        images = load_idx(folder / "t10k-images-idx3-ubyte.gz")[:200]
+        strip = np.concatenate(list(images), axis=1)
+        data = codec.encode(strip[:, :, None], model=name)
+        assert (codec.decode_array(data) == strip).all()
+        assert 8 * len(data) / strip.size < bound
