@@ -273,7 +273,9 @@ def models_cmd(as_json) -> None:
         missing = "" if r["installed"] else " [weights missing]"
         click.echo(f"{r['name']}{flag}{missing}: {r['family']}, qualities {r['qualities']} "
                    f"(default {r['default_quality']})\n  {r['description']}")
-        if r["measured"]:
+        if r["measured"] and "val_bpd" in r["measured"][0]:
+            click.echo(f"  held-out data: {r['measured'][0]['val_bpd']:.4f} bits per symbol")
+        elif r["measured"]:
             rates = ", ".join(f"q{m['quality']} {m['bpp']:.3f} bpp / {m['psnr']:.1f} dB"
                               for m in r["measured"])
             click.echo(f"  held-out photos: {rates}")

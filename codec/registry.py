@@ -83,14 +83,16 @@ def model_info(name: str) -> ModelInfo:
 
 
 def measured_rates(name: str) -> list[dict]:
-    """Per-quality bpp and PSNR measured at export on held-back training photos (from metadata)."""
+    """Per-quality bpp and PSNR measured at export on held-back training photos (lossless
+    models: one entry with bits per symbol, ``val_bpd``), from the weight file's metadata."""
     from safetensors import safe_open
 
     path = WEIGHTS_DIR / model_info(name).weights
     if not path.exists():
         return []
     with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("validation", "[]"))
+        measured = json.loads((f.metadata() or {}).get("validation", "[]"))
+    return measured if isinstance(measured, list) else [measured]  # lossless: one {val_bpd}
 
 
 def info_by_id(model_id: int) -> ModelInfo | None:

@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from codec.image import UnsupportedImageError
 from models.pc import residuals
 from models.pc.coder import IntHCLT, TreeCoder
 
@@ -102,7 +103,8 @@ class TileHCLT:
         """(1, 3, H, W) in [0, 1] -> symbols (columns, H/unit, W/unit)."""
         u, c = self.unit, self.layout.channels
         if c == 1 and not (x[0, 0] == x[0, 1]).all() & (x[0, 0] == x[0, 2]).all():
-            raise ValueError("this model codes grayscale images losslessly; the image has colour")
+            raise UnsupportedImageError("this model codes grayscale images losslessly; the image "
+                                        "has colour (use pc-photo: --lossless)")
         pixels = (x[0, :c] * 255).round().to(torch.int64).permute(1, 2, 0).numpy()
         h, w = pixels.shape[0] // u, pixels.shape[1] // u
         tiles = pixels.reshape(h, u, w, u, c).transpose(0, 2, 1, 3, 4).reshape(h * w, u, u, c)
