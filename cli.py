@@ -20,11 +20,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from bitstream.errors import BitstreamError
-from bitstream.format import Family, parse_header, unpack
+from bitstream.format import parse_header, unpack
 from codec.image import IMAGE_SUFFIXES, UnsupportedImageError, to_pil
 from codec.pipeline import decode_detailed, encode
 from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, available_models,
-                            measured_rates)
+                            measured_rates, resolve_model)
 
 ENCODED_SUFFIX = ".nic"
 BAD_DATA = 1
@@ -155,11 +155,10 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, force, as_json
     Accepts PNG, JPEG, WebP, TIFF, BMP and anything else Pillow reads; 8-bit grayscale or RGB,
     EXIF orientation applied. Images with transparency or 16-bit samples are refused.
     """
-    if lossless and model is not None and MODELS[model].family != Family.LOSSLESS:
-        exact = ", ".join(n for n, i in MODELS.items() if i.family == Family.LOSSLESS)
-        raise click.BadParameter(f"model {model} is lossy; lossless models: {exact}",
-                                 param_hint="--lossless")
-    model = model or (LOSSLESS_MODEL if lossless else DEFAULT_MODEL)
+    try:
+        model = resolve_model(model, lossless)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--lossless") from None
     info = MODELS[model]
     if quality is not None and quality not in info.qualities:
         raise click.BadParameter(f"model {model} has qualities {list(info.qualities)}",

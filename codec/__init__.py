@@ -31,7 +31,8 @@ from bitstream.errors import (
 )
 from codec.image import UnsupportedImageError, to_pil
 from codec.pipeline import Decoded, decode_detailed, encode
-from codec.registry import DEFAULT_MODEL, LOSSLESS_MODEL, ModelInfo, available_models, load_model, model_info
+from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, ModelInfo, available_models, load_model,
+                            model_info)
 
 __all__ = [
     "encode", "decode", "decode_array", "decode_tensor", "decode_detailed", "load_model",

@@ -17,10 +17,9 @@ import torch
 
 from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
 from bitstream.errors import CorruptHeaderError, ModelMismatchError, PacketLossError
-from bitstream.format import Family, Header, pack, unpack
+from bitstream.format import Header, pack, unpack
 from codec.image import ImageInput, load_pixels
-from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, Model, info_by_id, load_model,
-                            model_info)
+from codec.registry import Model, info_by_id, load_model, model_info, resolve_model
 
 BYTES_PER_PACKET = 4096  # default packet size: framing stays near 0.2% of the payload
 MAX_AUTO_PACKETS = 16
@@ -63,7 +62,7 @@ def _pad_to(pixels: np.ndarray, multiple: int) -> torch.Tensor:
 def encode_detailed(image: ImageInput, model: str | None = None, quality: int | None = None,
                     packets: int | None = None) -> Encoded:
     """Encode and also return the model's ideal bits and the symbols (for tests and benchmarks)."""
-    name = model or DEFAULT_MODEL
+    name = resolve_model(model)
     info = model_info(name)
     quality = info.default_quality if quality is None else quality
     if quality not in info.qualities:
@@ -73,7 +72,7 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     indices = m.analyze(_pad_to(pixels, m.unit), quality)
     groups, h, w = indices.shape
     flat = indices.reshape(groups, -1)
-    estimate = m.estimate_bits(flat)
+    estimate, tables = m.tables(flat)
     n_packets = packets or int(np.clip(round(estimate / 8 / BYTES_PER_PACKET), 1,
                                        MAX_AUTO_PACKETS))
     if not 1 <= n_packets <= h * w:
@@ -81,9 +80,8 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     owner = packet_of_positions(h, w, n_packets)
     wheres = [owner == p for p in range(n_packets)]
     coders = [PacketEncoder() for _ in range(n_packets)]
-    session, bits = m.session(h * w), 0.0
-    for g in range(groups):  # all units at once: each unit's tables depend on itself only
-        table = session.freqs(flat[:g], g)
+    bits = 0.0
+    for g, table in enumerate(tables):  # all units at once: a unit's tables depend on it only
         bits += cost_bits(flat[g], table)
         for where, coder in zip(wheres, coders):
             coder.encode(flat[g, where], table if table.ndim == 1 else table[where])
@@ -104,11 +102,7 @@ def encode(image: ImageInput, model: str | None = None, quality: int | None = No
     ``lossless`` codes every pixel exactly (with ``LOSSLESS_MODEL`` unless ``model`` names
     another lossless model).
     """
-    if lossless:
-        model = model or LOSSLESS_MODEL
-        if model_info(model).family != Family.LOSSLESS:
-            raise ValueError(f"model {model!r} is lossy; lossless=True needs a lossless model")
-    return encode_detailed(image, model, quality, packets).data
+    return encode_detailed(image, resolve_model(model, lossless), quality, packets).data
 
 
 def _model_for(header: Header) -> Model:

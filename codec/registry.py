@@ -12,6 +12,7 @@ import importlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,18 @@ def available_models(lossy_only: bool = False) -> list[str]:
             and not (lossy_only and info.family == Family.LOSSLESS)]
 
 
+def resolve_model(name: str | None, lossless: bool = False) -> str:
+    """The model to encode with: ``name``, else the default (the lossless default when
+    ``lossless``); asking for lossless coding with a lossy model is an error."""
+    if not lossless:
+        return name or DEFAULT_MODEL
+    name = name or LOSSLESS_MODEL
+    if model_info(name).family != Family.LOSSLESS:
+        exact = ", ".join(n for n, i in MODELS.items() if i.family == Family.LOSSLESS)
+        raise ValueError(f"model {name!r} is lossy; lossless models: {exact}")
+    return name
+
+
 def model_info(name: str) -> ModelInfo:
     """Registry entry of ``name``; a clear error lists the valid names."""
     if name not in MODELS:
@@ -134,12 +147,20 @@ class Model:
         """Table source for n units: ``freqs(context, j)``, columns requested in order."""
         return self.prior.session(n) if self.streaming else self.prior
 
-    def estimate_bits(self, flat: np.ndarray) -> float:
-        """Expected bits of the symbols (columns, n): used to choose the packet count before
-        coding; a streaming prior answers from its measured rate instead of a coding pass."""
+    def tables(self, flat: np.ndarray) -> tuple[float, Iterable[np.ndarray]]:
+        """(expected bits, the table of every column) for the units ``flat`` (columns, n).
+
+        A positionwise prior's tables are computed once, here, and the estimate is their exact
+        cost. A streaming prior's tables come lazily, in column order (each needs the columns
+        before it, and all of them at once would not fit in memory); the estimate is then its
+        measured rate. The estimate sets the packet count before anything is coded.
+        """
         if self.streaming:
-            return self.prior.bits_per_symbol * flat.size
-        return sum(cost_bits(flat[g], self.prior.freqs(flat[:g], g)) for g in range(len(flat)))
+            session = self.prior.session(flat.shape[1])
+            return (self.prior.bits_per_symbol * flat.size,
+                    (session.freqs(flat[:j], j) for j in range(len(flat))))
+        tables = [self.prior.freqs(flat[:j], j) for j in range(len(flat))]
+        return sum(cost_bits(f, t) for f, t in zip(flat, tables)), tables
 
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
         return self.net.synthesize(symbols, lost)
