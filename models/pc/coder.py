@@ -24,6 +24,8 @@ are identical on every machine, thread count and batch split.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from bitstream.entropy import freqs_from_weights
@@ -80,14 +82,19 @@ class IntHCLT:
         """Coding state for ``n`` units (images or tiles) coded side by side."""
         return TreeCoder(self, n)
 
+    def tables(self, data: np.ndarray, count: int | None = None) -> Iterator[np.ndarray]:
+        """Tables (n, V) of the first ``count`` (default all) variables in coding order, each
+        given the true values of the earlier ones; ``data`` (n, D) in variable order."""
+        coder = self.start(len(data))
+        for k, node in enumerate(self.order.preorder[:count]):
+            yield coder.freqs(k)
+            coder.observe(k, data[:, node])
+
     def naive_freqs(self, data: np.ndarray, k: int) -> np.ndarray:
         """Tables of the k-th coded variable from scratch (the naive scheme: nothing is reused
-        between variables). ``data`` (n, D) holds the values in variable order."""
-        coder = self.start(len(data))
-        for j in range(k):
-            coder.freqs(j)
-            coder.observe(j, data[:, self.order.preorder[j]])
-        return coder.freqs(k)
+        between variables)."""
+        *_, last = self.tables(data, k + 1)
+        return last
 
 
 class TreeCoder:

@@ -40,6 +40,11 @@ class TileLayout:
         return (self.unit // self.patch) ** 2
 
     @property
+    def values(self) -> int:
+        """Alphabet of a symbol: 8-bit gray values, or residual symbols for RGB."""
+        return residuals.SYMBOLS if self.channels == 3 else 256
+
+    @property
     def variables(self) -> int:
         return self.patch * self.patch * self.channels
 
@@ -147,5 +152,5 @@ def load_weights(path: str) -> tuple[TileHCLT, TilePrior]:
         t = {k: f.get_tensor(k).numpy().astype(np.int64) for k in f.keys()}
     model = IntHCLT(t["parent"], t["root"], t["trans"], t["emit"])
     layout = TileLayout(**json.loads(meta["layout"]))
-    bits = json.loads(meta.get("validation", "{}")).get("val_bpd", 8.0) * 1.0
+    bits = json.loads(meta.get("validation", "{}")).get("val_bpd", 8.0)
     return TileHCLT(layout, model.order.preorder), TilePrior(model, layout.patches, bits)

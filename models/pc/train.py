@@ -29,7 +29,6 @@ from bitstream.entropy import TOTAL
 from models.data import is_held_out, list_images, load_idx
 from models.pc.coder import IntHCLT
 from models.pc.hclt import HCLT, HCLTConfig, bits_per_dim, chow_liu_tree, mutual_information
-from models.pc.residuals import SYMBOLS
 from models.pc.tiles import TileLayout, save_weights
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -79,12 +78,8 @@ def ideal_bits(model: IntHCLT, data: np.ndarray, batch: int = 5000) -> float:
     total = 0.0
     for start in range(0, len(data), batch):
         part = data[start:start + batch].astype(np.int64)
-        coder = model.start(len(part))
-        for k, node in enumerate(model.order.preorder):
-            freqs = coder.freqs(k)
-            values = part[:, node]
-            total -= np.log2(np.take_along_axis(freqs, values[:, None], 1) / TOTAL).sum()
-            coder.observe(k, values)
+        for freqs, node in zip(model.tables(part), model.order.preorder):
+            total -= np.log2(np.take_along_axis(freqs, part[:, node, None], 1) / TOTAL).sum()
     return total / data.size
 
 
@@ -116,18 +111,17 @@ def main() -> None:
     out = args.out or Path("runs") / f"pc-{args.dataset}"
     out.mkdir(parents=True, exist_ok=True)
     train, val, test, layout = load_dataset(args.dataset, root, args.samples, args.patch)
-    values = SYMBOLS if layout.channels == 3 else 256
     start = time.time()
 
     ckpt_path = out / "checkpoint.safetensors"
-    config = HCLTConfig(variables=train.shape[1], values=values, hidden=args.hidden)
+    config = HCLTConfig(variables=train.shape[1], values=layout.values, hidden=args.hidden)
     if ckpt_path.exists():
         state = load_file(str(ckpt_path))
         model = HCLT(config, state["parent"].numpy())
         model.load_state_dict(state)
         done = json.loads((out / "progress.json").read_text())
     else:
-        model = HCLT(config, chow_liu_tree(mutual_information(train, values)))
+        model = HCLT(config, chow_liu_tree(mutual_information(train, layout.values)))
         model.init_emissions(train)
         done = {"epoch": 0, "batches": 0, "history": []}
     rng = np.random.default_rng(done["epoch"])
