@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,22 +47,16 @@ def _whole(img: np.ndarray, unit: int) -> torch.Tensor:
     return torch.from_numpy(img[:h, :w].copy()).permute(2, 0, 1)[None].float().div(255)
 
 
-def _tiny_loss(model, x: torch.Tensor, args) -> tuple[torch.Tensor, float]:
+def nested_loss(model, x: torch.Tensor, args, fewest: int) -> tuple[torch.Tensor, float]:
+    """MSE with a random number of active groups per image (``fewest`` .. all; the first image
+    always all, so the full-rate path is trained too), plus the commitment loss and, for models
+    that return one, the prior's cross-entropy (which reaches only the prior's parameters)."""
     groups = _plain(model).config.groups
-    active = torch.randint(1, groups + 1, (x.shape[0],), device=x.device)
-    active[0] = groups  # always train the full-rate path too
-    out = model(x, active)
-    mse = F.mse_loss(out["x_hat"], x)
-    return mse + args.beta * out["commitment"], mse.item()
-
-
-def _mcq_loss(model, x: torch.Tensor, args) -> tuple[torch.Tensor, float]:
-    groups = _plain(model).config.groups
-    active = torch.randint(0, groups + 1, (x.shape[0],), device=x.device)
+    active = torch.randint(fewest, groups + 1, (x.shape[0],), device=x.device)
     active[0] = groups
     out = model(x, active)
     mse = F.mse_loss(out["x_hat"], x)
-    return mse + args.beta * out["commitment"] + out["prior_bits"], mse.item()
+    return mse + args.beta * out["commitment"] + out.get("prior_bits", 0.0), mse.item()
 
 
 def _plain(model: nn.Module) -> nn.Module:
@@ -84,8 +79,9 @@ def init_distributed() -> tuple[int, int, torch.device]:
 
 
 FAMILIES = {
-    "tiny": (tiny_mcq.TinyMCQ, tiny_mcq.TinyMCQConfig, _tiny_loss, ("prior.",)),
-    "mcq": (mcq.MCQ, mcq.MCQConfig, _mcq_loss, ()),
+    "tiny": (tiny_mcq.TinyMCQ, tiny_mcq.TinyMCQConfig, partial(nested_loss, fewest=1),
+             ("prior.",)),
+    "mcq": (mcq.MCQ, mcq.MCQConfig, partial(nested_loss, fewest=0), ()),
 }
 
 
