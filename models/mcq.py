@@ -5,8 +5,9 @@ After McQuic (Zhu et al., CVPR 2022), in two quantized levels:
 * analysis to 1/8 (three strided 5x5 convolutions with GDN);
 * **coarse level** at 1/16: a hyper-analysis of the 1/8 features, quantized by Mc codebooks;
 * **fine level** at 1/8: the coarse codewords are decoded into a prediction of the 1/8 latent, and
-  the *residual* is quantized by M codebooks. Quality q keeps the first q fine groups (nested
-  groups, trained with a random q per image), so one network gives M + 1 rate points;
+  the *residual* is quantized by M codebooks, either as M channel groups or (``quantizer="rvq"``)
+  as M residual stages over all channels. Quality q keeps the first q fine groups (nested,
+  trained with a random q per image), so one network gives M + 1 rate points;
 * quantizers are probabilistic (Gumbel-softmax over negative distances, the Gaussian mixture whose
   means are the codewords) in training and nearest-codeword when coding.
 
@@ -32,9 +33,9 @@ from torch import nn
 from models import weightfile
 from models.layers import GDN, conv, deconv, inpaint
 from models.prior import ChannelPrior, IntChannelPrior
-from models.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ
+from models.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ, ResidualVQ
 
-QUANTIZERS = {"gumbel": GumbelMultiCodebookVQ, "ema": MultiCodebookVQ}
+QUANTIZERS = {"gumbel": GumbelMultiCodebookVQ, "ema": MultiCodebookVQ, "rvq": ResidualVQ}
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,18 @@ class MCQConfig:
 
     channels: int = 64
     groups: int = 8  # fine codebook groups at 1/8 (= quality steps)
-    group_dim: int = 8
+    group_dim: int = 8  # codeword dimension (rvq: the whole fine latent)
     codebook_size: int = 256
     coarse_groups: int = 2
     coarse_dim: int = 16
     coarse_codebook_size: int = 256
     prior_hidden: int = 64
-    quantizer: str = "gumbel"  # "gumbel" (McQuic's probabilistic VQ) or "ema" (VQ-VAE recipe)
+    quantizer: str = "gumbel"  # "gumbel" (McQuic), "ema" (VQ-VAE recipe), "rvq" (residual)
+
+    @property
+    def fine_width(self) -> int:
+        """Channels of the fine latent: M groups side by side, or one residual-stage width."""
+        return self.group_dim if self.quantizer == "rvq" else self.groups * self.group_dim
 
 
 class MCQ(nn.Module):
@@ -60,7 +66,7 @@ class MCQ(nn.Module):
     def __init__(self, config: MCQConfig = MCQConfig()) -> None:
         super().__init__()
         self.config = c = config
-        n, fine, coarse = c.channels, c.groups * c.group_dim, c.coarse_groups * c.coarse_dim
+        n, fine, coarse = c.channels, c.fine_width, c.coarse_groups * c.coarse_dim
         self.g_a = nn.Sequential(conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n))
         self.fine_head = conv(n, fine, stride=1, kernel=3)
         self.h_a = nn.Sequential(conv(n, n), GDN(n), conv(n, coarse, stride=1, kernel=3))
@@ -68,7 +74,8 @@ class MCQ(nn.Module):
         self.g_s = nn.Sequential(deconv(fine, n), GDN(n, inverse=True), deconv(n, n),
                                  GDN(n, inverse=True), deconv(n, 3))
         vq = QUANTIZERS[c.quantizer]
-        self.coarse_vq = vq(c.coarse_groups, c.coarse_codebook_size, c.coarse_dim)
+        coarse_vq = MultiCodebookVQ if c.quantizer == "rvq" else vq
+        self.coarse_vq = coarse_vq(c.coarse_groups, c.coarse_codebook_size, c.coarse_dim)
         self.fine_vq = vq(c.groups, c.codebook_size, c.group_dim)
         self.coarse_prior = ChannelPrior(c.coarse_groups, c.coarse_codebook_size, c.prior_hidden)
         self.fine_prior = ChannelPrior(c.groups, c.codebook_size, c.prior_hidden,
@@ -83,8 +90,8 @@ class MCQ(nn.Module):
         f = self.g_a(x)
         cq, c_idx, c_commit = self.coarse_vq(self.h_a(f))
         prediction = self.h_s(cq)
-        rq, f_idx, f_commit = self.fine_vq(self.fine_head(f) - prediction)
-        x_hat = self.g_s(prediction + rq * self.fine_vq.group_mask(active))
+        rq, f_idx, f_commit = self.fine_vq(self.fine_head(f) - prediction, active)
+        x_hat = self.g_s(prediction + rq)
         # the prior's cross-entropy reaches only the prior's parameters (indices are integers)
         return {"x_hat": x_hat, "coarse": c_idx, "fine": f_idx, "commitment": c_commit + f_commit,
                 "prior_bits": self.prior_loss(c_idx, f_idx)}
@@ -118,13 +125,12 @@ class MCQ(nn.Module):
     @torch.no_grad()
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
         """Symbols (columns, uh, uw) -> image (1, 3, 16uh, 16uw); ``lost`` (uh, uw) is concealed."""
-        mc, c = self.config.coarse_groups, self.config
+        mc = self.config.coarse_groups
         s = torch.from_numpy(np.ascontiguousarray(symbols, dtype=np.int64))
         q, uh, uw = (s.shape[0] - mc) // 4, s.shape[1], s.shape[2]
         coarse = self.coarse_vq.embed(s[None, :mc])
         fine_idx = s[mc:].view(q, 2, 2, uh, uw).permute(0, 3, 1, 4, 2).reshape(1, q, 2 * uh, 2 * uw)
-        residual = self.fine_vq.embed(fine_idx) if q else torch.zeros(1, 0, 2 * uh, 2 * uw)
-        residual = F.pad(residual, (0, 0, 0, 0, 0, (c.groups - q) * c.group_dim))
+        residual = self.fine_vq.embed_prefix(fine_idx)
         if lost is not None and lost.any():
             coarse = inpaint(coarse, torch.from_numpy(lost))
         y = self.h_s(coarse) + residual

@@ -1,8 +1,8 @@
 """Vector quantizers.
 
-Both quantizers split the latent channels into M groups and quantize each group with its own
-codebook (the multi-codebook VQ of McQuic), and re-seed dead codewords from the current batch so
-that the whole codebook stays in use. They differ in training:
+The multi-codebook quantizers split the latent channels into M groups and quantize each group with
+its own codebook (the multi-codebook VQ of McQuic), and re-seed dead codewords from the current
+batch so that the whole codebook stays in use. They differ in training:
 
 * :class:`MultiCodebookVQ`: straight-through nearest codeword, exponential-moving-average codebooks
   and a commitment loss (the VQ-VAE recipe);
@@ -10,6 +10,13 @@ that the whole codebook stays in use. They differ in training:
   scaled distances to the codewords, so the latent is modelled as a Gaussian mixture whose means
   are the codewords; training draws a hard Gumbel-softmax sample (straight-through on the soft
   one) and the codebooks learn by gradient. Encoding uses the nearest codeword.
+
+:class:`ResidualVQ` instead quantizes the *whole* latent in S stages, each stage the error that
+the stages before it left (residual VQ, as in SoundStream), with EMA codebooks.
+
+All three are *nested*: given ``active`` (B,) the training output keeps only the first groups
+(stages) per image, and ``embed_prefix`` decodes the first q groups of indices into the full latent
+(zeros, or the partial sum, for the rest). That is the rate control of the MCQ models.
 """
 
 from __future__ import annotations
@@ -53,6 +60,17 @@ class _Codebooks(nn.Module):
         b, m, h, w = indices.shape
         parts = [self.codebooks[g][indices[:, g]] for g in range(m)]  # each (B, H, W, d)
         return torch.stack(parts, 1).permute(0, 1, 4, 2, 3).reshape(b, m * self.dim, h, w)
+
+    @property
+    def width(self) -> int:
+        """Channels of the quantized latent."""
+        return self.groups * self.dim
+
+    def embed_prefix(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codewords of the first q groups (B, q, H, W) as the full latent, zeros elsewhere."""
+        b, q, h, w = indices.shape
+        head = self.embed(indices) if q else indices.new_zeros((b, 0, h, w), dtype=torch.float)
+        return F.pad(head, (0, 0, 0, 0, 0, (self.groups - q) * self.dim))
 
     def group_mask(self, active: torch.Tensor) -> torch.Tensor:
         """(B,) number of active groups -> (B, M*d, 1, 1) mask keeping the first groups' channels
@@ -103,8 +121,10 @@ class MultiCodebookVQ(_Codebooks):
             self.ema_sum[dead] = self.codebooks[dead]
             self.ema_count[dead] = 1.0
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Quantize: returns (straight-through latent, indices (B, M, H, W), commitment loss)."""
+    def forward(self, z: torch.Tensor, active: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantize: returns (straight-through latent, indices (B, M, H, W), commitment loss);
+        with ``active`` only the first groups of each image are kept."""
         idx = self.indices(z)
         if self.training:
             flat = self._split(z.detach())
@@ -112,7 +132,8 @@ class MultiCodebookVQ(_Codebooks):
             idx = self.indices(z)
         zq = self.embed(idx)
         commitment = F.mse_loss(z, zq.detach())
-        return z + (zq - z).detach(), idx, commitment
+        zq = z + (zq - z).detach()
+        return (zq if active is None else zq * self.group_mask(active)), idx, commitment
 
 
 class GumbelMultiCodebookVQ(_Codebooks):
@@ -145,8 +166,10 @@ class GumbelMultiCodebookVQ(_Codebooks):
         self.log_scale.copy_((self.sharpness / spread).log())
         self.initialised.fill_(True)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Quantize: returns (latent, indices (B, M, H, W), zero auxiliary loss)."""
+    def forward(self, z: torch.Tensor, active: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantize: returns (latent, indices (B, M, H, W), zero auxiliary loss); with
+        ``active`` only the first groups of each image are kept."""
         b, _, h, w = z.shape
         flat = self._split(z)
         if self.training and not bool(self.initialised):
@@ -172,4 +195,65 @@ class GumbelMultiCodebookVQ(_Codebooks):
         indices = idx.view(self.groups, b, h, w).permute(1, 0, 2, 3)
         if not self.training:
             zq = self.embed(indices)
+        if active is not None:
+            zq = zq * self.group_mask(active)
         return zq, indices, z.new_zeros(())
+
+
+class ResidualVQ(nn.Module):
+    """S stages of EMA VQ over the whole latent (B, d, H, W): stage s quantizes the error left by
+    stages < s, so every stage refines all channels. A stage costs the same bits as a channel
+    group, but a later stage still has the whole remaining error to work on, where a later
+    channel group of a nested split only has its own channels (measured: their energy falls
+    off steeply, so those groups spend full rate on almost nothing)."""
+
+    def __init__(self, stages: int, codebook_size: int, dim: int, decay: float = 0.99) -> None:
+        super().__init__()
+        self.groups, self.codebook_size, self.dim = stages, codebook_size, dim
+        self.stages = nn.ModuleList(MultiCodebookVQ(1, codebook_size, dim, decay)
+                                    for _ in range(stages))
+
+    @property
+    def width(self) -> int:
+        return self.dim
+
+    def _quantize(self, z: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(stage codewords (S, B, d, H, W), indices (B, S, H, W)); ``update``: EMA step."""
+        residual, words, indices = z.detach(), [], []
+        for stage in self.stages:
+            idx = stage.indices(residual)
+            if update:
+                stage._update(stage._split(residual), idx.permute(1, 0, 2, 3).reshape(1, -1))
+                idx = stage.indices(residual)
+            word = stage.embed(idx)
+            residual = residual - word
+            words.append(word)
+            indices.append(idx)
+        return torch.stack(words), torch.cat(indices, 1)
+
+    @torch.no_grad()
+    def indices(self, z: torch.Tensor) -> torch.Tensor:
+        """Indices (B, S, H, W) of every stage, in order."""
+        return self._quantize(z, update=False)[1]
+
+    def embed_prefix(self, indices: torch.Tensor) -> torch.Tensor:
+        """The sum of the first q stages' codewords (zeros for q = 0)."""
+        b, q, h, w = indices.shape
+        total = indices.new_zeros((b, self.dim, h, w), dtype=torch.float)
+        for s in range(q):
+            total = total + self.stages[s].embed(indices[:, s : s + 1])
+        return total
+
+    def forward(self, z: torch.Tensor, active: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantize: (straight-through partial sum of the first ``active`` stages per image,
+        indices (B, S, H, W), commitment of z to the sum of all stages)."""
+        words, idx = self._quantize(z, update=self.training)
+        sums = words.cumsum(0)  # (S, B, d, H, W): the latent after 1..S stages
+        if active is None:
+            active = torch.full((z.shape[0],), self.groups, device=z.device)
+        b = torch.arange(z.shape[0], device=z.device)
+        partial = torch.cat([torch.zeros_like(sums[:1]), sums])[active, b]
+        commitment = F.mse_loss(z, sums[-1])
+        through = (active > 0).float()[:, None, None, None]  # no gradient when nothing is sent
+        return partial + (z - z.detach()) * through, idx, commitment

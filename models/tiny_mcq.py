@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models import weightfile
@@ -61,8 +60,8 @@ class TinyMCQ(nn.Module):
 
     def forward(self, x: torch.Tensor, active: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training pass: x in [0, 1], ``active`` groups per image."""
-        zq, idx, commitment = self.quantizer(self.g_a(x))
-        x_hat = self.g_s(zq * self.quantizer.group_mask(active))
+        zq, idx, commitment = self.quantizer(self.g_a(x), active)
+        x_hat = self.g_s(zq)
         return {"x_hat": x_hat, "indices": idx, "commitment": commitment}
 
     @torch.no_grad()
@@ -78,11 +77,9 @@ class TinyMCQ(nn.Module):
         concealed by the mean of the surviving latents around them (repeated for lost runs).
         """
         idx = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))[None]
-        z = self.quantizer.embed(idx)
+        z = self.quantizer.embed_prefix(idx)
         if lost is not None and lost.any():
             z = inpaint(z, torch.from_numpy(lost))
-        pad = self.config.groups * self.config.group_dim - z.shape[1]
-        z = F.pad(z, (0, 0, 0, 0, 0, pad))
         return self.g_s(z).clamp(0, 1)
 
     def config_dict(self) -> dict:

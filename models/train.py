@@ -99,9 +99,12 @@ def make_config(config_cls, overrides: list[str]):
 
 
 def warm_start(model: nn.Module, path: Path) -> list[str]:
-    """Copy the float tensors of a weight file into ``model`` where name and shape match;
-    returns the names taken."""
-    _, tensors = weightfile.read(str(path))
+    """Copy the float tensors of a shipped weight file (``.safetensors``) or of a run's
+    ``checkpoint.pt`` into ``model`` where name and shape match; returns the names taken."""
+    if path.suffix == ".pt":
+        tensors = torch.load(path, weights_only=True, map_location="cpu")["model"]
+    else:
+        _, tensors = weightfile.read(str(path))
     state = model.state_dict()
     taken = [k for k, v in tensors.items()
              if k in state and state[k].shape == v.shape and v.is_floating_point()]
@@ -228,8 +231,9 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--init", type=Path, default=None,
-                        help="start from the tensors of a shipped weight file whose names and "
-                             "shapes match (e.g. the transforms of another model)")
+                        help="start from the tensors of a shipped weight file or a run's "
+                             "checkpoint.pt whose names and shapes match (e.g. the transforms "
+                             "of another model)")
     parser.add_argument("--export", type=Path, default=None, help="write the shipped weights here")
     args = parser.parse_args()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +18,20 @@ from bitstream.format import Family
 from codec import registry
 from codec.pipeline import decode_detailed, encode_detailed
 from models.mcq import MCQ, MCQConfig, load_weights
+from models.quantizers import ResidualVQ
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = MCQConfig(channels=16, groups=3, group_dim=4, codebook_size=32, coarse_groups=2,
                   coarse_dim=4, coarse_codebook_size=16, prior_hidden=8)
 
 
-def test_unit_layout_round_trips():
+@pytest.mark.parametrize("quantizer", ["gumbel", "ema", "rvq"])
+def test_unit_layout_round_trips(quantizer):
     torch.manual_seed(0)
-    model = MCQ(SMALL).eval()
+    model = MCQ(replace(SMALL, quantizer=quantizer))
     x = torch.rand(1, 3, 48, 64)
+    model.train()(torch.rand(2, 3, 48, 64), torch.tensor([SMALL.groups, 1]))  # data init
+    model.eval()
     for q in range(SMALL.groups + 1):
         symbols = model.analyze(x, q)
         assert symbols.shape == (model.columns(q), 3, 4)
@@ -39,6 +44,26 @@ def test_unit_layout_round_trips():
     symbols = model.analyze(x, SMALL.groups)
     g, dy, dx, uy, ux = 2, 1, 0, 2, 3
     assert symbols[SMALL.coarse_groups + 4 * g + 2 * dy + dx, uy, ux] == fine[g, 2 * uy + dy, 2 * ux + dx]
+
+
+def test_residual_vq_stages_refine_the_whole_latent():
+    torch.manual_seed(0)
+    vq = ResidualVQ(stages=4, codebook_size=16, dim=6).train()
+    z = torch.randn(3, 6, 8, 8, requires_grad=True)
+    for _ in range(5):  # a few EMA steps on the same latents
+        vq(z)
+    zq, idx, commitment = vq(z, torch.tensor([4, 2, 0]))
+    assert idx.shape == (3, 4, 8, 8)
+    vq.eval()
+    errors = [(z - vq.embed_prefix(idx[:, :q])).pow(2).mean().item() for q in range(5)]
+    assert all(a > b for a, b in zip(errors, errors[1:]))  # every stage lowers the error
+    assert errors[4] < 0.5 * errors[1]
+    # training output: each image's partial sum; gradient only where something is sent
+    for b, q in enumerate([4, 2, 0]):
+        assert torch.allclose(zq[b], vq.embed_prefix(idx[b : b + 1, :q])[0], atol=1e-5)
+    zq.sum().backward()
+    assert z.grad[0].abs().min() > 0 and z.grad[2].abs().max() == 0
+    assert commitment.item() == pytest.approx(errors[4], rel=1e-4)
 
 
 def _generated_photos(folder: Path, n: int = 40) -> None:
