@@ -1,7 +1,9 @@
 """Training entry point: ``python -m models.train {tiny,mcq} --out runs/NAME``.
 
 Resumable: the run folder holds ``checkpoint.pt`` (model, optimizer, step, sampler state), written
-every ``--save-every`` steps; running the same command again continues where it stopped. After the
+every ``--save-every`` steps; running the same command again continues where it stopped. Every
+``--eval-every`` steps a line goes to ``curve.jsonl``: mean training loss and PSNR, and the PSNR
+of every quality on fixed crops of the held-back images (plot with ``python -m eval.curves``). After the
 training steps the integer prior is exported, the model is evaluated on the held-back training
 images (never Kodak) and, with ``--export``, the shipped weight file is written.
 
@@ -113,8 +115,23 @@ def warm_start(model: nn.Module, path: Path) -> list[str]:
     return taken
 
 
+@torch.no_grad()
+def held_out_psnr(model, crops: torch.Tensor) -> dict[int, float]:
+    """PSNR of the model's reconstruction of fixed held-back crops at every quality."""
+    was_training = model.training
+    model.eval()
+    groups = model.config.groups
+    out = {}
+    for q in range(groups + 1):
+        x_hat = model(crops, torch.full((len(crops),), q, device=crops.device))["x_hat"]
+        out[q] = round(-10 * math.log10(F.mse_loss(x_hat.clamp(0, 1), crops).item()), 3)
+    model.train(was_training)
+    return out
+
+
 def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, args,
-                ckpt_path: Path, device: torch.device, rank: int = 0, world: int = 1) -> None:
+                ckpt_path: Path, device: torch.device, rank: int = 0, world: int = 1,
+                val_crops: torch.Tensor | None = None) -> None:
     """The training loop, resumable from ``ckpt_path``; parameters under ``frozen`` are left out.
 
     Under torchrun every process trains on its own crops (batch ``--batch`` each), gradients are
@@ -138,6 +155,8 @@ def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, a
     bar = tqdm(total=args.steps, initial=step, desc="training", dynamic_ncols=True,
                disable=rank > 0)
     net.train()
+    curve = ckpt_path.parent / "curve.jsonl"
+    sums = [0.0, 0.0, 0]  # loss, mse, steps since the last curve point
     while step < args.steps:
         for group in opt.param_groups:
             group["lr"] = args.lr * (0.1 if step >= 0.8 * args.steps else 1.0)
@@ -153,12 +172,32 @@ def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, a
                     dist.broadcast(p.data, 0)
         step += 1
         bar.update(1)
+        sums = [sums[0] + loss.item(), sums[1] + mse, sums[2] + 1]
+        if rank == 0 and val_crops is not None and step % args.eval_every == 0:
+            point = {"step": step, "loss": sums[0] / sums[2],
+                     "train_psnr": -10 * math.log10(sums[1] / sums[2]),
+                     "held_out_psnr": held_out_psnr(model, val_crops.to(device))}
+            with curve.open("a") as f:
+                f.write(json.dumps(point) + "\n")
+            sums = [0.0, 0.0, 0]
         if step % 20 == 0:
             bar.set_postfix(psnr=f"{-10 * math.log10(mse):.2f}", loss=f"{loss.item():.4f}")
         if rank == 0 and (step % args.save_every == 0 or step == args.steps):
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                         "sampler": json.dumps(sampler.rng.bit_generator.state)}, ckpt_path)
     bar.close()
+
+
+def center_crops(images: list[np.ndarray], size: int, unit: int, count: int = 8
+                 ) -> torch.Tensor | None:
+    """Up to ``count`` centre crops (at most ``size``, a multiple of ``unit``, square) of the
+    first images, as one batch; None without images."""
+    if not images:
+        return None
+    side = min(size, *(min(img.shape[:2]) for img in images[:count])) // unit * unit
+    crops = [img[(img.shape[0] - side) // 2:][:side, (img.shape[1] - side) // 2:][:, :side]
+             for img in images[:count]]
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255)
 
 
 @torch.no_grad()
@@ -229,6 +268,8 @@ def main() -> None:
     parser.add_argument("--prior-steps", type=int, default=1500, help="prior fitting steps (tiny)")
     parser.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (0: off)")
     parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--eval-every", type=int, default=500,
+                        help="steps between held-out PSNR points in curve.jsonl")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from the tensors of a shipped weight file or a run's "
@@ -253,7 +294,9 @@ def main() -> None:
         print(f"initialised from {args.init}: {', '.join(warm_start(model, args.init))}")
     model = model.to(device)
     sampler = CropSampler(load_images(train_paths, args.crop), args.crop)
-    train_steps(model, loss_fn, frozen, sampler, args, out / "checkpoint.pt", device, rank, world)
+    val_images = load_images(val_paths, 64)
+    train_steps(model, loss_fn, frozen, sampler, args, out / "checkpoint.pt", device, rank, world,
+                val_crops=center_crops(val_images, 256, model.unit))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -266,7 +309,6 @@ def main() -> None:
     else:
         prior = export_mcq_prior(model, sampler.images[::4])
         qualities = range(0, model.config.groups + 1)
-    val_images = load_images(val_paths, 64)
     rows = evaluate(model, prior, val_images, qualities) if val_images else []
     report = {"family": args.family, "config": model.config_dict(),
               "train_images": len(train_paths), "val_images": len(val_paths),

@@ -89,3 +89,17 @@ def test_bench_runs(image_folder):
     rows = bench.main(["--images", str(image_folder), "--limit", "1", "--runs", "1"])
     assert rows[-1]["codec"].startswith("compressai bmshj2018-hyperprior")
     assert all(r["encode_s"] > 0 and r["decode_s"] > 0 for r in rows)
+
+
+def test_training_curve_plot(tmp_path):
+    from eval.curves import plot, read_curve
+
+    curve = tmp_path / "run" / "curve.jsonl"
+    curve.parent.mkdir()
+    points = [{"step": s, "loss": 1 / s, "train_psnr": 20 + s / 100,
+               "held_out_psnr": {"0": 18.0, "1": 20 + s / 200}} for s in (500, 1000)]
+    curve.write_text("".join(json.dumps(p) + "\n" for p in reversed(points)))
+    assert [p["step"] for p in read_curve(curve)] == [500, 1000]
+    plot({"run": read_curve(curve)}, tmp_path / "curve.png")
+    with Image.open(tmp_path / "curve.png") as img:
+        assert img.size[0] > 500

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _train(data: Path, out: Path, steps: int) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "models.train", "tiny", "--data", str(data), "--out", str(out),
            "--steps", str(steps), "--batch", "2", "--crop", "64", "--prior-steps", "3",
-           "--save-every", "2", "--export", str(out / "w.safetensors")]
+           "--save-every", "2", "--eval-every", "2", "--export", str(out / "w.safetensors")]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
 
 
@@ -34,6 +34,9 @@ def test_train_resume_and_export(tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
     _train(data, out, 4)  # continues from step 2
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
+    curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert [point["step"] for point in curve] == [2, 4]  # one point per 2 steps, across resumes
+    assert set(curve[0]["held_out_psnr"]) == {"0", "1", "2", "3", "4"}
     report = json.loads((out / "report.json").read_text())
     assert report["val_images"] > 0 and len(report["validation"]) == 4
     model, prior = load_weights(str(out / "w.safetensors"))
