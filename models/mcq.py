@@ -110,6 +110,21 @@ class MCQ(nn.Module):
         return (self.coarse_prior.loss(c_flat[:0, c_pick], c_flat[:, c_pick])
                 + self.fine_prior.loss(p_flat[:, f_pick], f_flat[:, f_pick]))
 
+    def unit_prior_loss(self, units: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (bits per symbol) of both priors on symbols (columns, N) of whole units
+        in the layout of :meth:`analyze`: the fine symbols of each child with its parent's
+        coarse indices as context."""
+        mc, groups, n = self.config.coarse_groups, self.config.groups, units.shape[1]
+        coarse, fine = units[:mc], units[mc:].reshape(groups, 4 * n)  # fine: (g, child * n)
+        return (self.coarse_prior.loss(coarse[:0], coarse)
+                + self.fine_prior.loss(coarse.repeat(1, 4), fine))
+
+    def export_prior(self, column0: np.ndarray) -> "IntMCQPrior":
+        """The integer priors; coarse group 0 gets a static table counted from ``column0``."""
+        counts = np.bincount(column0, minlength=self.config.coarse_codebook_size) + 0.5
+        return IntMCQPrior(IntChannelPrior.from_float(self.coarse_prior, counts),
+                           IntChannelPrior.from_float(self.fine_prior), self.config.coarse_groups)
+
     @torch.no_grad()
     def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
         """Image (1, 3, H, W), sides multiples of 16 -> symbols (columns, H/16, W/16)."""
@@ -159,13 +174,6 @@ class IntMCQPrior:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**self.coarse.tensors("coarse_prior"), **self.fine.tensors("fine_prior")}
-
-
-def export_prior(model: MCQ, coarse_counts: np.ndarray) -> IntMCQPrior:
-    """Integer priors of a trained model (coarse group 0 gets a counted static table)."""
-    return IntMCQPrior(IntChannelPrior.from_float(model.coarse_prior, coarse_counts),
-                       IntChannelPrior.from_float(model.fine_prior),
-                       model.config.coarse_groups)
 
 
 def save_weights(model: MCQ, prior: IntMCQPrior, path: str, metadata: dict) -> None:

@@ -82,6 +82,15 @@ class TinyMCQ(nn.Module):
             z = inpaint(z, torch.from_numpy(lost))
         return self.g_s(z).clamp(0, 1)
 
+    def unit_prior_loss(self, units: torch.Tensor) -> torch.Tensor:
+        """Prior cross-entropy (bits per symbol) of symbols (columns, N) of whole units."""
+        return self.prior.loss(units[:0], units)
+
+    def export_prior(self, column0: np.ndarray) -> IntChannelPrior:
+        """The integer prior; group 0 gets a static table counted from ``column0`` symbols."""
+        counts = np.bincount(column0, minlength=self.config.codebook_size) + 0.5
+        return IntChannelPrior.from_float(self.prior, counts)
+
     def config_dict(self) -> dict:
         return asdict(self.config)
 

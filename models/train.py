@@ -209,27 +209,26 @@ def collect_symbols(model, images: list[np.ndarray], quality: int) -> np.ndarray
     return np.concatenate(parts, axis=1)
 
 
-def fit_tiny_prior(model: tiny_mcq.TinyMCQ, images: list[np.ndarray], steps: int):
-    """Cross-entropy fit of the tiny model's channel prior on training indices, then export."""
-    indices = collect_symbols(model, images, model.config.groups)
-    counts = np.bincount(indices[0], minlength=model.config.codebook_size) + 0.5
-    idx = torch.from_numpy(indices)
-    prior = model.prior.train()
-    opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
+def fit_prior(model, images: list[np.ndarray], steps: int):
+    """Fit the model's prior by cross-entropy on the indices of training images (the transforms
+    and codebooks frozen), then export it as integers.
+
+    The MCQ prior is also trained jointly, but on the indices of the training mode, where dead
+    codewords are re-seeded all the time; measured on held-back images it then costs more than a
+    static table of the final indices (7.7 against 4.6 bits per symbol for the first fine stage).
+    Fitted here on the final indices it learns the distribution that is actually coded.
+    """
+    units = torch.from_numpy(collect_symbols(model, images, model.config.groups))
+    prior = [p for n, p in model.named_parameters() if "prior." in n]
+    opt = torch.optim.Adam(prior, lr=3e-3)
+    model.train()
     for _ in tqdm(range(steps), desc="prior", leave=False):
-        batch = idx[:, torch.randint(0, idx.shape[1], (4096,))]
-        loss = prior.loss(batch[:0], batch)
+        loss = model.unit_prior_loss(units[:, torch.randint(0, units.shape[1], (1024,))])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return IntChannelPrior.from_float(prior, counts)
-
-
-def export_mcq_prior(model: mcq.MCQ, images: list[np.ndarray]) -> mcq.IntMCQPrior:
-    """The jointly trained MCQ prior, with a static table counted for coarse group 0."""
-    coarse0 = collect_symbols(model, images, 0)[0]
-    counts = np.bincount(coarse0, minlength=model.config.coarse_codebook_size) + 0.5
-    return mcq.export_prior(model, counts)
+    model.eval()
+    return model.export_prior(units[0].numpy())
 
 
 @torch.no_grad()
@@ -265,7 +264,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a field of the model config (repeatable), e.g. "
                              "--set quantizer=ema")
-    parser.add_argument("--prior-steps", type=int, default=1500, help="prior fitting steps (tiny)")
+    parser.add_argument("--prior-steps", type=int, default=1500, help="prior fitting steps after training")
     parser.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (0: off)")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--eval-every", type=int, default=500,
@@ -303,12 +302,8 @@ def main() -> None:
         if rank > 0:
             return
     model = model.cpu().eval()
-    if args.family == "tiny":
-        prior = fit_tiny_prior(model, sampler.images[::4], args.prior_steps)
-        qualities = range(1, model.config.groups + 1)
-    else:
-        prior = export_mcq_prior(model, sampler.images[::4])
-        qualities = range(0, model.config.groups + 1)
+    prior = fit_prior(model, sampler.images[::4], args.prior_steps)
+    qualities = range(1 if args.family == "tiny" else 0, model.config.groups + 1)
     rows = evaluate(model, prior, val_images, qualities) if val_images else []
     report = {"family": args.family, "config": model.config_dict(),
               "train_images": len(train_paths), "val_images": len(val_paths),
