@@ -1,0 +1,138 @@
+"""The shipped VQ model as the codec sees it: one VQGAN, a ladder of codebooks, static tables.
+
+Quality q selects codebook ``sizes[q - 1]`` (8, 16, ... 2048, then the full trained codebook).
+Each 16x16 unit of the image is one symbol, the index of the nearest codeword of that codebook
+to the encoder's unit-norm latent; it is coded with the codebook's static frequency table
+(counted on training images), so a Kodak image at K = 8 costs about 1536 * 3 bits.
+
+The registry (``codec/registry.py``) asks for the quality-specific parts through ``at(quality)``
+on the network and on the prior: both the codewords and the tables depend on it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models import weightfile
+from models.layers import inpaint
+from models.vq.ladder import nearest
+from models.vq.vqgan import VQGAN, VQGANConfig
+
+TRANSFORMS = ("encoder.", "quant_in.", "quant_out.", "decoder.")
+
+
+class VQLevel:
+    """The network at one quality: ``analyze`` / ``synthesize`` with that quality's codebook."""
+
+    unit = VQGAN.unit
+
+    def __init__(self, model: VQGAN, codebook: torch.Tensor) -> None:
+        self.model, self.codebook = model, codebook
+
+    def columns(self, quality: int | None = None) -> int:
+        return 1
+
+    @torch.no_grad()
+    def analyze(self, x: torch.Tensor, quality: int | None = None) -> np.ndarray:
+        """Image (1, 3, H, W) in [0, 1], sides multiples of 16 -> indices (1, H/16, W/16)."""
+        if x.shape[-1] % self.unit or x.shape[-2] % self.unit:
+            raise ValueError(f"image sides must be multiples of {self.unit}, got "
+                             f"{tuple(x.shape[-2:])}")
+        return nearest(self.model.encode(x), self.codebook).cpu().numpy()
+
+    @torch.no_grad()
+    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
+        """Indices (1, h, w) -> image (1, 3, 16h, 16w) in [0, 1].
+
+        ``lost`` (h, w) marks units from damaged packets: their latent (after the projection
+        out of the lookup space) is filled from the surviving neighbours, as in the other
+        families (``models.layers.inpaint``).
+        """
+        idx = torch.from_numpy(np.ascontiguousarray(symbols, dtype=np.int64))
+        if idx.ndim != 3 or idx.shape[0] != 1:
+            raise ValueError(f"expected symbols of shape (1, h, w), got {tuple(idx.shape)}")
+        if idx.numel() and (idx.min() < 0 or idx.max() >= len(self.codebook)):
+            raise ValueError(f"symbols must lie in 0..{len(self.codebook) - 1}")
+        z = self.model.quant_out(self.codebook[idx].permute(0, 3, 1, 2))
+        if lost is not None and lost.any():
+            z = inpaint(z, torch.from_numpy(np.asarray(lost, dtype=bool)))
+        return self.model.decoder(z).clamp(0, 1)
+
+
+class VQNet:
+    """The ladder: one VQGAN and a codebook per quality (1-based)."""
+
+    unit = VQGAN.unit
+
+    def __init__(self, model: VQGAN, codebooks: list[torch.Tensor]) -> None:
+        self.model, self.codebooks = model.eval(), codebooks
+        self.sizes = [len(c) for c in codebooks]
+
+    def at(self, quality: int) -> VQLevel:
+        if not 1 <= quality <= len(self.codebooks):
+            raise ValueError(f"VQ qualities are 1..{len(self.codebooks)}, got {quality}")
+        return VQLevel(self.model, self.codebooks[quality - 1])
+
+    def columns(self, quality: int) -> int:
+        return self.at(quality).columns()
+
+    def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
+        return self.at(quality).analyze(x)
+
+    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None,
+                   quality: int | None = None) -> torch.Tensor:
+        if quality is None:
+            raise ValueError("the VQ model needs the quality to know which codebook was used")
+        return self.at(quality).synthesize(symbols, lost)
+
+
+class StaticPrior:
+    """One static (K,) frequency table for the single column of every unit."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = table
+
+    def freqs(self, context: np.ndarray, j: int) -> np.ndarray:
+        if j != 0:
+            raise ValueError(f"the VQ model codes one column per unit, asked for column {j}")
+        return self.table
+
+
+class LadderPrior:
+    """The static tables of every quality; ``at(quality)`` gives that quality's prior."""
+
+    def __init__(self, tables: list[np.ndarray]) -> None:
+        self.tables = tables
+
+    def at(self, quality: int) -> StaticPrior:
+        if not 1 <= quality <= len(self.tables):
+            raise ValueError(f"VQ qualities are 1..{len(self.tables)}, got {quality}")
+        return StaticPrior(self.tables[quality - 1])
+
+
+def save_weights(model: VQGAN, codebooks: list[torch.Tensor], tables: list[np.ndarray],
+                 path: str, metadata: dict, half: bool = True) -> None:
+    """Write the shipped file: transforms (float16 unless ``half`` is off), per-quality codebooks
+    (float32) and integer tables (int32); the VQGAN config and ladder sizes in the metadata."""
+    dtype = torch.float16 if half else torch.float32
+    extra = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()
+             if k.startswith(TRANSFORMS)}
+    for q, (cb, table) in enumerate(zip(codebooks, tables), start=1):
+        extra[f"ladder.{q}.codebook"] = cb.detach().float().contiguous()
+        extra[f"ladder.{q}.freqs"] = torch.from_numpy(np.asarray(table, dtype=np.int32))
+    config = {**model.config_dict(), "sizes": [len(c) for c in codebooks]}
+    weightfile.write(path, model, lambda k: False, extra, config, metadata)
+
+
+def load_weights(path: str) -> tuple[VQNet, LadderPrior]:
+    """Read a file written by :func:`save_weights` (computation is float32 either way)."""
+    config, tensors = weightfile.read(path)
+    sizes = config.pop("sizes")
+    model = weightfile.load_state(VQGAN(VQGANConfig(**config)), tensors)
+    codebooks = [tensors[f"ladder.{q}.codebook"].float() for q in range(1, len(sizes) + 1)]
+    tables = [tensors[f"ladder.{q}.freqs"].numpy().astype(np.int64)
+              for q in range(1, len(sizes) + 1)]
+    if [len(c) for c in codebooks] != sizes or [len(t) for t in tables] != sizes:
+        raise ValueError(f"{path}: ladder codebooks or tables disagree with sizes {sizes}")
+    return VQNet(model, codebooks), LadderPrior(tables)

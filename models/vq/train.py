@@ -1,0 +1,215 @@
+"""VQ mode training: ``python -m models.vq.train {vqgan,ladder}``.
+
+* ``vqgan --out runs/vq``: trains :class:`models.vq.vqgan.VQGAN` on random crops of the training
+  photos (never Kodak): L1 + MS-SSIM reconstruction, codebook/commitment loss, and after
+  ``--gan-start`` steps a hinge-loss patch discriminator. Resumable: ``checkpoint.pt`` in the run
+  folder is written every ``--save-every`` steps, and the same command again continues (raise
+  ``--steps`` to train longer). ``log.jsonl`` records PSNR and wall time.
+* ``ladder --out runs/vq``: k-means of the trained codebook (weighted by how often each codeword
+  is used) into the smaller ladder sizes, fine-tuning of each small codebook through the frozen
+  decoder, static index tables counted on training images, evaluation on the held-back training
+  images, and with ``--export`` the shipped weight file (``models/vq/codec.py``).
+
+CPU or CUDA unchanged (the device is picked automatically); ``--threads 1`` for a shared CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+from tqdm import tqdm
+
+from models.data import CropSampler, is_held_out, list_images, load_images
+from models.vq.vqgan import VQGAN, PatchDiscriminator, VQGANConfig
+
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
+MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ms_ssim(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """MS-SSIM with as many of the five standard scales as the crop allows (11x11 windows need
+    a side above 10 * 2**(scales - 1)); the weights of the kept scales are renormalised."""
+    side = min(x.shape[-2:])
+    scales = max(s for s in range(1, 6) if side > 10 * 2 ** (s - 1))
+    betas = torch.tensor(MSSSIM_BETAS[:scales])
+    return multiscale_structural_similarity_index_measure(
+        x_hat, x, data_range=1.0, betas=tuple((betas / betas.sum()).tolist()))
+
+
+def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, ssim_weight: float) -> torch.Tensor:
+    """L1 plus ``ssim_weight`` * (1 - MS-SSIM) (MS-SSIM on the clamped image)."""
+    loss = (x_hat - x).abs().mean()
+    if ssim_weight:
+        loss = loss + ssim_weight * (1 - ms_ssim(x_hat.clamp(0, 1), x))
+    return loss
+
+
+def adaptive_weight(rec: torch.Tensor, g_loss: torch.Tensor, model: VQGAN) -> torch.Tensor:
+    """Ratio of the reconstruction and adversarial gradient norms at the decoder's last layer
+    (Esser et al.): the adversarial term then pulls with ``--gan-weight`` times the strength of
+    the reconstruction term, whatever the discriminator's current scale."""
+    last = model.decoder.layers[-1].weight
+    g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+    return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(max=1e4).detach()
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def split_paths(data: Path) -> tuple[list[Path], list[Path]]:
+    """(training, held-back) image paths; the split is the fixed hash of ``models/data.py``."""
+    paths = list_images(data)
+    return [p for p in paths if not is_held_out(p)], [p for p in paths if is_held_out(p)]
+
+
+def _config_from_args(args) -> VQGANConfig:
+    widths = tuple(int(w) for w in args.widths.split(","))
+    return VQGANConfig(widths=widths, blocks=args.blocks, codebook_size=args.codebook_size,
+                       code_dim=args.code_dim, disc_width=args.disc_width)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[VQGAN, dict]:
+    """The VQGAN of a run's checkpoint (eval mode) and the raw checkpoint."""
+    ckpt = torch.load(path, weights_only=True, map_location=device)
+    model = VQGAN(VQGANConfig(**json.loads(ckpt["config"])))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def train_vqgan(args) -> Path:
+    """The VQGAN training loop (resumable); returns the checkpoint path."""
+    device = pick_device()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    config = _config_from_args(args)
+    if ckpt_path.exists():  # the run's own config wins over the flags
+        config = VQGANConfig(**json.loads(torch.load(ckpt_path, weights_only=True)["config"]))
+    model = VQGAN(config).to(device)
+    disc = PatchDiscriminator(config.disc_width).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.9))
+    train_paths, _ = split_paths(args.data)
+    sampler = CropSampler(load_images(train_paths, args.crop), args.crop, seed=args.seed)
+    step, wall = 0, 0.0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        disc.load_state_dict(ckpt["disc"])
+        opt.load_state_dict(ckpt["opt"])
+        opt_d.load_state_dict(ckpt["opt_d"])
+        step, wall = int(ckpt["step"]), float(ckpt["wall"])
+        sampler.rng.bit_generator.state = json.loads(ckpt["sampler"])
+
+    def save() -> None:
+        torch.save({"model": model.state_dict(), "disc": disc.state_dict(),
+                    "opt": opt.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
+                    "wall": wall, "config": json.dumps(model.config_dict()),
+                    "sampler": json.dumps(sampler.rng.bit_generator.state)}, ckpt_path)
+
+    bar = tqdm(total=args.steps, initial=step, desc="vqgan", dynamic_ncols=True)
+    model.train()
+    with (out / "log.jsonl").open("a") as log:
+        while step < args.steps:
+            start = time.time()
+            lr = args.lr * (0.1 if step >= args.decay_at * args.steps else 1.0)
+            for group in opt.param_groups + opt_d.param_groups:
+                group["lr"] = lr
+            x = sampler.batch(args.batch).to(device)
+            out_ = model(x, args.beta)
+            x_hat = out_["x_hat"]
+            rec = reconstruction_loss(x_hat, x, args.ssim_weight)
+            loss = rec + out_["vq_loss"]
+            gan = step >= args.gan_start and args.gan_weight > 0
+            if gan:  # generator side of the hinge loss, weighted as in VQGAN (below)
+                g_loss = -disc(x_hat).mean()
+                loss = loss + args.gan_weight * adaptive_weight(rec, g_loss, model) * g_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            d_loss = torch.zeros(())
+            if gan:
+                d_loss = (F.relu(1 - disc(x)).mean() + F.relu(1 + disc(x_hat.detach())).mean())
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+            step += 1
+            wall += time.time() - start
+            bar.update(1)
+            if step % 10 == 0:
+                mse = F.mse_loss(x_hat.detach().clamp(0, 1), x).item()
+                used = int((model.quantizer.usage > 0.03 / config.codebook_size).sum())
+                row = {"step": step, "wall": round(wall, 1), "psnr": -10 * math.log10(mse),
+                       "loss": loss.item(), "d_loss": d_loss.item(), "codes_used": used}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix(psnr=f"{row['psnr']:.2f}", used=used)
+            if step % args.save_every == 0 or step == args.steps:
+                save()
+    bar.close()
+    return ckpt_path
+
+
+def run_ladder(args) -> None:
+    from models.vq.ladder import build_ladder
+
+    build_ladder(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["vqgan", "ladder"])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of training photos")
+    parser.add_argument("--out", type=Path, default=Path("runs/vq"), help="run folder")
+    parser.add_argument("--steps", type=int, default=2000, help="vqgan: total training steps")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=50)
+    parser.add_argument("--widths", default="32,64,96,128", help="vqgan: channels per stage")
+    parser.add_argument("--blocks", type=int, default=1, help="vqgan: residual blocks per stage")
+    parser.add_argument("--codebook-size", type=int, default=4096)
+    parser.add_argument("--code-dim", type=int, default=16, help="dimension of the lookup space")
+    parser.add_argument("--disc-width", type=int, default=32)
+    parser.add_argument("--beta", type=float, default=0.25, help="commitment weight")
+    parser.add_argument("--ssim-weight", type=float, default=0.2, help="weight of 1 - MS-SSIM")
+    parser.add_argument("--gan-start", type=int, default=10**9,
+                        help="step from which the discriminator trains (after reconstructions "
+                             "have stabilised)")
+    parser.add_argument("--gan-weight", type=float, default=0.1,
+                        help="adversarial gradient as a fraction of the reconstruction one")
+    parser.add_argument("--decay-at", type=float, default=0.8,
+                        help="fraction of --steps after which the learning rate drops 10x")
+    parser.add_argument("--sizes", default="8,16,32,64,128,256,512,1024,2048",
+                        help="ladder: codebook sizes of qualities 1.. (the full codebook is "
+                             "the last quality)")
+    parser.add_argument("--finetune-steps", type=int, default=150,
+                        help="ladder: fine-tuning steps per small codebook")
+    parser.add_argument("--pool", type=int, default=512, help="ladder: training crops to tune on")
+    parser.add_argument("--count-images", type=int, default=160,
+                        help="ladder: training images whose indices fill the static tables")
+    parser.add_argument("--fp32", action="store_true", help="ladder: ship float32 transforms")
+    parser.add_argument("--export", type=Path, default=None, help="ladder: weight file to write")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.command == "vqgan":
+        train_vqgan(args)
+    else:
+        run_ladder(args)
+
+
+if __name__ == "__main__":
+    main()
