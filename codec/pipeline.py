@@ -72,7 +72,7 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     indices = m.analyze(_pad_to(pixels, m.unit), quality)
     groups, h, w = indices.shape
     flat = indices.reshape(groups, -1)
-    estimate, tables = m.tables(flat)
+    estimate, tables = m.tables(flat, quality)
     n_packets = packets or int(np.clip(round(estimate / 8 / BYTES_PER_PACKET), 1,
                                        MAX_AUTO_PACKETS))
     if not 1 <= n_packets <= h * w:
@@ -140,7 +140,8 @@ def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
         where = owner == p
         if payload is not None:
             try:
-                decoder, session = PacketDecoder(payload), m.session(int(where.sum()))
+                decoder = PacketDecoder(payload)
+                session = m.session(int(where.sum()), header.quality)
                 for g in range(groups):
                     flat[g, where] = decoder.decode(session.freqs(flat[:g, where], g),
                                                     int(where.sum()))
@@ -154,7 +155,7 @@ def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
     if lost_packets and strict:
         raise PacketLossError(f"{lost_packets} of {n_packets} packets are damaged or missing")
     indices = flat.reshape(groups, h, w)
-    x_hat = m.synthesize(indices, lost.reshape(h, w) if lost_packets else None)
+    x_hat = m.synthesize(indices, lost.reshape(h, w) if lost_packets else None, header.quality)
     pixels = (x_hat[0, :, : header.height, : header.width].permute(1, 2, 0) * 255).round()
     pixels = pixels.to(torch.uint8).numpy()
     if header.channels == 1:

@@ -49,6 +49,12 @@ MODELS: dict[str, ModelInfo] = {
             description="one-level multi-codebook VQ trained on a CPU in minutes "
                         "(foundation default; see models/weights/mcq-tiny.md)"),
         ModelInfo(
+            name="mcq", model_id=2, family=Family.MCQ, weights="mcq.safetensors",
+            module="models.mcq", qualities=tuple(range(9)), default_quality=4,
+            description="MCQ: coarse 1/16 codebooks and 8 residual VQ stages at 1/8 with a "
+                        "cascaded prior, 0.06-0.8 bpp; small CPU-trained configuration "
+                        "(models/weights/mcq.md)"),
+        ModelInfo(
             name="pc-mnist", model_id=3, family=Family.LOSSLESS, weights="pc-mnist.safetensors",
             module="models.pc.tiles", qualities=(0,), default_quality=0,
             description="lossless probabilistic circuit (HCLT) for 28x28 grayscale digits; "
@@ -64,9 +70,15 @@ MODELS: dict[str, ModelInfo] = {
             module="models.pc.tiles", qualities=(0,), default_quality=0,
             description="lossless photos: probabilistic circuit (HCLT) over colour-transformed "
                         "prediction residuals, 32x32 tiles (models/weights/pc-photo.md)"),
+        ModelInfo(
+            name="vq", model_id=6, family=Family.VQ, weights="vq-cpu.safetensors",
+            module="models.vq.codec", qualities=tuple(range(1, 11)), default_quality=8,
+            description="extreme rates (<= 0.05 bpp): VQGAN, one index per 16x16 block from a "
+                        "codebook of 8 (q1) .. 2048 (q9) or 4096 (q10) words; small "
+                        "CPU-trained configuration (models/weights/vq-cpu.md)"),
     ]
 }
-DEFAULT_MODEL = "mcq-tiny"
+DEFAULT_MODEL = "mcq"
 LOSSLESS_MODEL = "pc-photo"
 
 
@@ -135,6 +147,13 @@ class Model:
     def columns(self, quality: int) -> int:
         return self.net.columns(quality)
 
+    def _at(self, quality: int | None):
+        """(net, prior) at a quality: a model whose codewords and tables depend on the quality
+        (the VQ ladder) gives them through ``at(quality)``."""
+        if quality is None or not hasattr(self.net, "at"):
+            return self.net, self.prior
+        return self.net.at(quality), self.prior.at(quality)
+
     def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
         return self.net.analyze(x, quality)
 
@@ -143,11 +162,13 @@ class Model:
         """Whether the prior keeps state across columns (tables only in column order)."""
         return hasattr(self.prior, "session")
 
-    def session(self, n: int):
+    def session(self, n: int, quality: int | None = None):
         """Table source for n units: ``freqs(context, j)``, columns requested in order."""
-        return self.prior.session(n) if self.streaming else self.prior
+        prior = self._at(quality)[1]
+        return prior.session(n) if self.streaming else prior
 
-    def tables(self, flat: np.ndarray) -> tuple[float, Iterable[np.ndarray]]:
+    def tables(self, flat: np.ndarray, quality: int | None = None
+               ) -> tuple[float, Iterable[np.ndarray]]:
         """(expected bits, the table of every column) for the units ``flat`` (columns, n).
 
         A positionwise prior's tables are computed once, here, and the estimate is their exact
@@ -159,11 +180,13 @@ class Model:
             session = self.prior.session(flat.shape[1])
             return (self.prior.bits_per_symbol * flat.size,
                     (session.freqs(flat[:j], j) for j in range(len(flat))))
-        tables = [self.prior.freqs(flat[:j], j) for j in range(len(flat))]
+        prior = self._at(quality)[1]
+        tables = [prior.freqs(flat[:j], j) for j in range(len(flat))]
         return sum(cost_bits(f, t) for f, t in zip(flat, tables)), tables
 
-    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
-        return self.net.synthesize(symbols, lost)
+    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None,
+                   quality: int | None = None) -> torch.Tensor:
+        return self._at(quality)[0].synthesize(symbols, lost)
 
 
 @lru_cache(maxsize=None)

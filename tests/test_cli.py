@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import codec
 from cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def test_encode_decode_info(workdir):
     assert res.exit_code == 0 and Image.open(workdir / "out.png").size == (53, 37)
     res = run("info", workdir / "a.nic", "--json")
     info = json.loads(res.output)
-    assert info["model"] == "mcq-tiny" and info["header_bytes"] <= 12
+    assert info["model"] == codec.DEFAULT_MODEL and info["header_bytes"] <= 12
     assert all(p["ok"] for p in info["packets"])
     assert "header" in run("info", workdir / "a.nic").output
 

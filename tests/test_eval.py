@@ -69,7 +69,7 @@ def test_rd_run_end_to_end(image_folder, tmp_path):
     nic = [r for r in rows if r["codec"] == "nicodec mcq-tiny" and r["image"] == "a.png"
            and r["setting"] == "4"][0]
     pixels = np.asarray(Image.open(image_folder / "a.png"))
-    assert int(nic["bytes"]) == len(codec.encode(pixels, quality=4)), "bpp from real file bytes"
+    assert int(nic["bytes"]) == len(codec.encode(pixels, model="mcq-tiny", quality=4)), "bpp from real file bytes"
     assert float(nic["bpp"]) == pytest.approx(8 * int(nic["bytes"]) / (200 * 176))
     assert "mean_abs_error" in rows[0]
     assert json.loads((out / "summary.json").read_text())["count"] == 2

@@ -80,7 +80,7 @@ def trained(tmp_path_factory):
     _generated_photos(tmp / "photos")
     cmd = [sys.executable, "-m", "models.train", "mcq", "--data", str(tmp / "photos"),
            "--out", str(tmp / "run"), "--steps", "2", "--batch", "2", "--crop", "64",
-           "--export", str(tmp / "mcq.safetensors")]
+           "--prior-steps", "3", "--export", str(tmp / "mcq.safetensors")]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     return tmp / "mcq.safetensors"
 
