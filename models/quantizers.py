@@ -80,6 +80,18 @@ class _Codebooks(nn.Module):
         return keep.repeat_interleave(self.dim, 1)[:, :, None, None]
 
     @torch.no_grad()
+    def _track_usage(self, idx: torch.Tensor, flat: torch.Tensor) -> None:
+        """Running share of each codeword in the indices (M, N) (subclasses keep a ``usage``
+        buffer and ``usage_decay``); codewords far below a uniform share are re-seeded from the
+        batch latents (M, N, d), at most K/64 per call."""
+        counts = torch.zeros_like(self.usage).scatter_add_(
+            1, idx, torch.ones_like(idx, dtype=self.usage.dtype)) / idx.shape[1]
+        self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+        dead = self.usage < 0.03 / self.codebook_size
+        self._reseed(dead, flat, limit=max(1, self.codebook_size // 64))
+        self.usage[dead] = 1.0 / self.codebook_size
+
+    @torch.no_grad()
     def _reseed(self, dead: torch.Tensor, flat: torch.Tensor, limit: int | None = None) -> None:
         """Replace dead codewords (M, K mask) by random latents of the batch (M, N, d), at most
         ``limit`` per group and call (so that the codebook changes gradually)."""
@@ -185,13 +197,7 @@ class GumbelMultiCodebookVQ(_Codebooks):
             # the sampled codeword, with an identity path to the latent as well: through the
             # softmax alone the encoder's gradient vanishes as the mixture sharpens
             zq = self._merge((sample[..., None] * cand).sum(-2), b, h, w) + z - z.detach()
-            with torch.no_grad():
-                counts = torch.zeros_like(self.usage).scatter_add_(
-                    1, idx, torch.ones_like(idx, dtype=self.usage.dtype)) / idx.shape[1]
-                self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
-                dead = self.usage < 0.03 / self.codebook_size
-                self._reseed(dead, flat.detach(), limit=max(1, self.codebook_size // 64))
-                self.usage[dead] = 1.0 / self.codebook_size
+            self._track_usage(idx, flat.detach())
         indices = idx.view(self.groups, b, h, w).permute(1, 0, 2, 3)
         if not self.training:
             zq = self.embed(indices)

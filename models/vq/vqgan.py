@@ -126,13 +126,7 @@ class SphericalVQ(_Codebooks):
         zq = self.codebooks[0][idx[0]][None]
         loss = F.mse_loss(zq, flat.detach()) + beta * F.mse_loss(flat, zq.detach())
         if self.training:
-            with torch.no_grad():
-                counts = torch.zeros_like(self.usage).scatter_add_(
-                    1, idx, torch.ones_like(idx, dtype=self.usage.dtype)) / idx.shape[1]
-                self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
-                dead = self.usage < 0.03 / self.codebook_size
-                self._reseed(dead, flat.detach(), limit=max(1, self.codebook_size // 64))
-                self.usage[dead] = 1.0 / self.codebook_size
+            self._track_usage(idx, flat.detach())
         zq = self._merge(flat + (zq - flat).detach(), b, h, w)
         return zq, idx.view(b, h, w), loss
 
