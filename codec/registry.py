@@ -47,7 +47,7 @@ MODELS: dict[str, ModelInfo] = {
             module="models.tiny_mcq",
             qualities=(1, 2, 3, 4), default_quality=4,
             description="one-level multi-codebook VQ trained on a CPU in minutes "
-                        "(foundation default; see models/weights/mcq-tiny.md)"),
+                        "(the first default; see models/weights/mcq-tiny.md)"),
         ModelInfo(
             name="mcq", model_id=2, family=Family.MCQ, weights="mcq.safetensors",
             module="models.mcq", qualities=tuple(range(9)), default_quality=4,
