@@ -17,6 +17,8 @@ from tqdm import tqdm
 
 from codec.image import IMAGE_SUFFIXES
 
+DEFAULT_TRAIN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "train"
+
 
 def list_images(root: Path) -> list[Path]:
     """All image files under ``root``, sorted."""
@@ -30,6 +32,18 @@ def is_held_out(path: Path, fraction: float = 0.05) -> bool:
     """Whether ``path`` belongs to the validation split (stable hash of its file name)."""
     digest = hashlib.sha256(path.name.encode()).digest()
     return int.from_bytes(digest[:4], "big") < fraction * 2**32
+
+
+def split_paths(root: Path) -> tuple[list[Path], list[Path]]:
+    """(training, held-back) image paths under ``root``, split by :func:`is_held_out`."""
+    paths = list_images(root)
+    return [p for p in paths if not is_held_out(p)], [p for p in paths if is_held_out(p)]
+
+
+def whole_image(img: np.ndarray, unit: int) -> torch.Tensor:
+    """An image cropped to a multiple of ``unit`` as a (1, 3, H, W) tensor in [0, 1]."""
+    h, w = img.shape[0] // unit * unit, img.shape[1] // unit * unit
+    return torch.from_numpy(img[:h, :w].copy()).permute(2, 0, 1)[None].float().div(255)
 
 
 def load_images(paths: list[Path], min_side: int) -> list[np.ndarray]:

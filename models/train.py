@@ -3,9 +3,10 @@
 Resumable: the run folder holds ``checkpoint.pt`` (model, optimizer, step, sampler state), written
 every ``--save-every`` steps; running the same command again continues where it stopped. Every
 ``--eval-every`` steps a line goes to ``curve.jsonl``: mean training loss and PSNR, and the PSNR
-of every quality on fixed crops of the held-back images (plot with ``python -m eval.curves``). After the
-training steps the integer prior is exported, the model is evaluated on the held-back training
-images (never Kodak) and, with ``--export``, the shipped weight file is written.
+of every quality on fixed crops of the held-back images (plot with ``python -m eval.curves``).
+After the training steps the prior is fitted on the final indices and exported as integers, the
+model is evaluated on the held-back training images (never Kodak) and, with ``--export``, the
+shipped weight file is written.
 
 * ``tiny``: TinyMCQ (``models/tiny_mcq.py``); EMA VQ, distortion-only training, then the prior is
   fitted on the training indices.
@@ -37,16 +38,9 @@ from tqdm import tqdm
 
 from bitstream.entropy import cost_bits
 from models import mcq, tiny_mcq, weightfile
-from models.data import CropSampler, is_held_out, list_images, load_images
+from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths, whole_image
 from models.prior import IntChannelPrior
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "train"
-
-
-def _whole(img: np.ndarray, unit: int) -> torch.Tensor:
-    """An image cropped to a multiple of ``unit`` as a (1, 3, H, W) tensor in [0, 1]."""
-    h, w = img.shape[0] // unit * unit, img.shape[1] // unit * unit
-    return torch.from_numpy(img[:h, :w].copy()).permute(2, 0, 1)[None].float().div(255)
 
 
 def nested_loss(model, x: torch.Tensor, args, fewest: int) -> tuple[torch.Tensor, float]:
@@ -195,8 +189,8 @@ def center_crops(images: list[np.ndarray], size: int, unit: int, count: int = 8
     if not images:
         return None
     side = min(size, *(min(img.shape[:2]) for img in images[:count])) // unit * unit
-    crops = [img[(img.shape[0] - side) // 2:][:side, (img.shape[1] - side) // 2:][:, :side]
-             for img in images[:count]]
+    corners = [((img.shape[0] - side) // 2, (img.shape[1] - side) // 2) for img in images[:count]]
+    crops = [img[y:y + side, x:x + side] for img, (y, x) in zip(images, corners)]
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255)
 
 
@@ -204,7 +198,7 @@ def center_crops(images: list[np.ndarray], size: int, unit: int, count: int = 8
 def collect_symbols(model, images: list[np.ndarray], quality: int) -> np.ndarray:
     """Symbols (columns, N units) of whole images at one quality."""
     model.eval()
-    parts = [model.analyze(_whole(img, model.unit), quality).reshape(model.columns(quality), -1)
+    parts = [model.analyze(whole_image(img, model.unit), quality).reshape(model.columns(quality), -1)
              for img in tqdm(images, desc="indexing", leave=False)]
     return np.concatenate(parts, axis=1)
 
@@ -239,7 +233,7 @@ def evaluate(model, prior, images: list[np.ndarray], qualities) -> list[dict]:
     for q in qualities:
         bits = pixels = sq_err = 0.0
         for img in images:
-            x = _whole(img, model.unit)
+            x = whole_image(img, model.unit)
             sym = model.analyze(x, q)
             flat = sym.reshape(sym.shape[0], -1)
             bits += sum(cost_bits(flat[j], prior.freqs(flat[:j], j)) for j in range(len(flat)))
@@ -254,7 +248,7 @@ def evaluate(model, prior, images: list[np.ndarray], qualities) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("family", choices=sorted(FAMILIES), help="model family to train")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of training photos")
+    parser.add_argument("--data", type=Path, default=DEFAULT_TRAIN, help="folder of training photos")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/FAMILY)")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=8)
@@ -264,7 +258,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a field of the model config (repeatable), e.g. "
                              "--set quantizer=ema")
-    parser.add_argument("--prior-steps", type=int, default=1500, help="prior fitting steps after training")
+    parser.add_argument("--prior-steps", type=int, default=1500,
+                        help="prior fitting steps after training")
     parser.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (0: off)")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--eval-every", type=int, default=500,
@@ -283,9 +278,7 @@ def main() -> None:
     rank, world, device = init_distributed()
     out = args.out or Path("runs") / args.family
     out.mkdir(parents=True, exist_ok=True)
-    paths = list_images(args.data)
-    train_paths = [p for p in paths if not is_held_out(p)]
-    val_paths = [p for p in paths if is_held_out(p)]
+    train_paths, val_paths = split_paths(args.data)
     start = time.time()
     net_cls, config_cls, loss_fn, frozen = FAMILIES[args.family]
     model = net_cls(make_config(config_cls, args.set))

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from bitstream.entropy import TOTAL
-from models.data import is_held_out, list_images, load_idx
+from models.data import load_idx, split_paths
 from models.pc.coder import IntHCLT
 from models.pc.hclt import HCLT, HCLTConfig, bits_per_dim, chow_liu_tree, mutual_information
 from models.pc.tiles import TileLayout, save_weights
@@ -64,9 +64,9 @@ def load_dataset(name: str, root: Path, samples: int, patch: int
     """(train, validation, test or None, layout); samples are rows of HCLT variables."""
     if name == "photos":
         layout = TileLayout(unit=PHOTO_UNIT, patch=patch, channels=3)
-        paths = list_images(root)
-        train = photo_samples(layout, [p for p in paths if not is_held_out(p)], samples, 0)
-        val = photo_samples(layout, [p for p in paths if is_held_out(p)], samples // 10, 1)
+        train_paths, val_paths = split_paths(root)
+        train = photo_samples(layout, train_paths, samples, 0)
+        val = photo_samples(layout, val_paths, samples // 10, 1)
         return train, val, None, layout
     images = load_split(root, "train")
     held = min(HELD_OUT, len(images) // 10)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bitstream.entropy import cost_bits, freqs_from_counts
+from models.data import CropSampler, load_images, split_paths, whole_image
 
 
 def nearest(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -72,8 +73,6 @@ def kmeans(points: torch.Tensor, k: int, weights: torch.Tensor | None = None, it
 
 def crop_pool(images: list[np.ndarray], n: int, crop: int, seed: int = 0) -> torch.Tensor:
     """n random crops (uint8, (n, 3, crop, crop)) of the training images, fixed by the seed."""
-    from models.data import CropSampler
-
     sampler = CropSampler(images, crop, seed=seed)
     return torch.cat([(sampler.batch(min(64, n - i)) * 255).round().to(torch.uint8)
                       for i in range(0, n, 64)])
@@ -106,18 +105,13 @@ def finetune_codebook(model, codebook: torch.Tensor, latents: torch.Tensor, pool
     return cb.detach()
 
 
-def _whole(img: np.ndarray, unit: int = 16) -> torch.Tensor:
-    h, w = img.shape[0] // unit * unit, img.shape[1] // unit * unit
-    return torch.from_numpy(img[:h, :w].copy()).permute(2, 0, 1)[None].float().div(255)
-
-
 @torch.no_grad()
 def count_indices(model, codebooks: list[torch.Tensor], images: list[np.ndarray]
                   ) -> list[np.ndarray]:
     """Index counts of every codebook over whole training images (the encoder runs once)."""
     counts = [np.zeros(len(cb), dtype=np.int64) for cb in codebooks]
     for img in tqdm(images, desc="counting", leave=False):
-        z = model.encode(_whole(img))
+        z = model.encode(whole_image(img, model.unit))
         for c, cb in zip(counts, codebooks):
             c += np.bincount(nearest(z, cb).flatten().numpy(), minlength=len(cb))
     return counts
@@ -132,7 +126,7 @@ def evaluate(model, codebooks: list[torch.Tensor], tables: list[np.ndarray],
     sq_err = np.zeros(len(codebooks))
     pixels = 0
     for img in tqdm(images, desc="evaluating", leave=False):
-        x = _whole(img)
+        x = whole_image(img, model.unit)
         z = model.encode(x)
         for q, (cb, table) in enumerate(zip(codebooks, tables)):
             idx = nearest(z, cb)
@@ -153,9 +147,8 @@ def _perplexity(counts: torch.Tensor) -> float:
 
 def build_ladder(args) -> None:
     """``python -m models.vq.train ladder``: k-means, fine-tuning, tables, evaluation, export."""
-    from models.data import load_images
     from models.vq import codec
-    from models.vq.train import load_checkpoint, reconstruction_loss, split_paths
+    from models.vq.train import load_checkpoint, reconstruction_loss
 
     start = time.time()
     out: Path = args.out

@@ -26,10 +26,9 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 from tqdm import tqdm
 
-from models.data import CropSampler, is_held_out, list_images, load_images
+from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths
 from models.vq.vqgan import VQGAN, PatchDiscriminator, VQGANConfig
 
-DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
@@ -63,12 +62,6 @@ def adaptive_weight(rec: torch.Tensor, g_loss: torch.Tensor, model: VQGAN) -> to
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def split_paths(data: Path) -> tuple[list[Path], list[Path]]:
-    """(training, held-back) image paths; the split is the fixed hash of ``models/data.py``."""
-    paths = list_images(data)
-    return [p for p in paths if not is_held_out(p)], [p for p in paths if is_held_out(p)]
 
 
 def _config_from_args(args) -> VQGANConfig:
@@ -168,7 +161,7 @@ def run_ladder(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["vqgan", "ladder"])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of training photos")
+    parser.add_argument("--data", type=Path, default=DEFAULT_TRAIN, help="folder of training photos")
     parser.add_argument("--out", type=Path, default=Path("runs/vq"), help="run folder")
     parser.add_argument("--steps", type=int, default=2000, help="vqgan: total training steps")
     parser.add_argument("--batch", type=int, default=8)
