@@ -176,12 +176,11 @@ class Model:
         before it, and all of them at once would not fit in memory); the estimate is then its
         measured rate. The estimate sets the packet count before anything is coded.
         """
+        session = self.session(flat.shape[1], quality)
         if self.streaming:
-            session = self.prior.session(flat.shape[1])
             return (self.prior.bits_per_symbol * flat.size,
                     (session.freqs(flat[:j], j) for j in range(len(flat))))
-        prior = self._at(quality)[1]
-        tables = [prior.freqs(flat[:j], j) for j in range(len(flat))]
+        tables = [session.freqs(flat[:j], j) for j in range(len(flat))]
         return sum(cost_bits(f, t) for f, t in zip(flat, tables)), tables
 
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None,
