@@ -205,7 +205,9 @@ def decode_cmd(inputs, output, strict, force, as_json) -> None:
         if result.lost_packets:
             click.echo(f"warning: {src}: {result.lost_packets} of "
                        f"{len(result.header.packet_lengths)} packets damaged; concealed "
-                       f"{result.concealed_fraction:.1%} of the image", err=True)
+                       f"{result.concealed_fraction:.1%} of the image"
+                       + (" (lost indices restored by the index transformer)"
+                          if result.restored else ""), err=True)
         buffer = io.BytesIO()
         fmt = "PNG" if dst == "-" else Image.registered_extensions()[Path(dst).suffix.lower()]
         to_pil(result.pixels).save(buffer, format=fmt)
@@ -300,6 +302,15 @@ def bench_cmd(args) -> None:
     from eval.bench import main as bench_main
 
     bench_main(list(args))
+
+
+@main.command("loss", context_settings=_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def loss_cmd(args) -> None:
+    """Quality under lost packets: restored vs naive fills (see 'codec loss --help')."""
+    from eval.loss import main as loss_main
+
+    loss_main(list(args))
 
 
 if __name__ == "__main__":

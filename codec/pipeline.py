@@ -6,6 +6,11 @@ diagonal interleave, so that the four neighbours of a unit always sit in other p
 packet removes scattered units, which the model conceals from their surviving neighbours. Each
 packet has its own range coder, so packets decode independently; within a packet the columns are
 coded in order, each with tables that the model computes from the earlier columns of the same unit.
+
+A model with a spatial prior (the VQ mode's masked index transformer) codes a one-packet file in
+stages over the whole grid instead: the tables of each stage come from the stages before it. Its
+multi-packet files use the model's static tables, and indices of lost packets are restored by the
+prior rather than concealed in the latent.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ class Decoded:
     """A decoded image and what happened on the way."""
 
     pixels: np.ndarray  # (H, W, 1 or 3) uint8
-    indices: np.ndarray  # (groups, h, w) decoded symbols (zeros where concealed)
+    indices: np.ndarray  # (groups, h, w) decoded symbols (restored or zeros where concealed)
     header: Header
     lost_packets: int
     concealed_fraction: float  # fraction of latent positions filled in by concealment
+    lost: np.ndarray  # (h, w) units whose packet was lost
+    restored: bool = False  # lost indices were predicted by the model's prior (VQ transformer)
 
 
 def packet_of_positions(h: int, w: int, n_packets: int) -> np.ndarray:
@@ -78,18 +85,44 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     if not 1 <= n_packets <= h * w:
         raise ValueError(f"packets must be 1..{h * w} for this image, got {n_packets}")
     owner = packet_of_positions(h, w, n_packets)
-    wheres = [owner == p for p in range(n_packets)]
     coders = [PacketEncoder() for _ in range(n_packets)]
-    bits = 0.0
-    for g, table in enumerate(tables):  # all units at once: a unit's tables depend on it only
-        bits += cost_bits(flat[g], table)
-        for where, coder in zip(wheres, coders):
-            coder.encode(flat[g, where], table if table.ndim == 1 else table[where])
+    staged = m.staged(quality) if n_packets == 1 else None
+    if staged:
+        bits = _encode_stages(staged, flat[0], coders[0], h, w)
+    else:
+        wheres = [owner == p for p in range(n_packets)]
+        bits = 0.0
+        for g, table in enumerate(tables):  # all units at once: a unit's tables depend on it
+            bits += cost_bits(flat[g], table)
+            for where, coder in zip(wheres, coders):
+                coder.encode(flat[g, where], table if table.ndim == 1 else table[where])
     payloads = [coder.finish() for coder in coders]
     fields = dict(family=info.family, model_id=info.model_id, weights_digest=m.digest,
                   width=pixels.shape[1], height=pixels.shape[0], channels=pixels.shape[2],
                   bit_depth=8, quality=quality)
     return Encoded(pack(fields, payloads), bits, indices)
+
+
+def _encode_stages(staged, grid: np.ndarray, coder: PacketEncoder, h: int, w: int) -> float:
+    """Code a spatial model's index grid (h*w,) stage by stage; returns the ideal bits."""
+    bits = 0.0
+    stage = staged.stage_map(h, w)
+    for s in range(staged.stages):
+        table = staged.stage_tables(grid, s, h, w)
+        coder.encode(grid[stage == s], table)
+        bits += cost_bits(grid[stage == s], table)
+    return bits
+
+
+def _decode_stages(staged, payload: bytes, h: int, w: int) -> np.ndarray:
+    """Decode a spatial model's grid (h*w,) stage by stage."""
+    grid = np.zeros(h * w, dtype=np.int64)
+    decoder = PacketDecoder(payload)
+    stage = staged.stage_map(h, w)
+    for s in range(staged.stages):
+        grid[stage == s] = decoder.decode(staged.stage_tables(grid, s, h, w),
+                                          int((stage == s).sum()))
+    return grid
 
 
 def encode(image: ImageInput, model: str | None = None, quality: int | None = None,
@@ -124,6 +157,16 @@ def _model_for(header: Header) -> Model:
     return m
 
 
+def render(x_hat: torch.Tensor, header: Header) -> np.ndarray:
+    """A synthesized (1, 3, H', W') image in [0, 1] as the file's (H, W, 1 or 3) uint8 pixels."""
+    pixels = (x_hat[0, :, : header.height, : header.width].permute(1, 2, 0) * 255).round()
+    pixels = pixels.to(torch.uint8).numpy()
+    if header.channels == 1:
+        gray = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        pixels = np.clip(np.rint(gray), 0, 255).astype(np.uint8)[:, :, None]
+    return pixels
+
+
 def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
     """Decode, concealing damaged packets unless ``strict``; report what was lost."""
     header, payloads = unpack(bytes(data))
@@ -134,31 +177,35 @@ def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
     if n_packets > h * w:
         raise CorruptHeaderError("header is damaged (more packets than positions)")
     owner = packet_of_positions(h, w, n_packets)
+    staged = m.staged(header.quality)
     flat = np.zeros((groups, h * w), dtype=np.int64)
-    lost = np.zeros(h * w, dtype=bool)
     for p, payload in enumerate(payloads):
         where = owner == p
-        if payload is not None:
-            try:
-                decoder = PacketDecoder(payload)
-                session = m.session(int(where.sum()), header.quality)
-                for g in range(groups):
-                    flat[g, where] = decoder.decode(session.freqs(flat[:g, where], g),
-                                                    int(where.sum()))
+        if payload is None:
+            continue
+        try:
+            if staged and n_packets == 1:
+                flat[0] = _decode_stages(staged, payload, h, w)
                 continue
-            except (ValueError, RuntimeError):
-                payloads[p] = None
-        lost |= where
+            decoder = PacketDecoder(payload)
+            session = m.session(int(where.sum()), header.quality)
+            for g in range(groups):
+                flat[g, where] = decoder.decode(session.freqs(flat[:g, where], g),
+                                                int(where.sum()))
+        except (ValueError, RuntimeError):
+            payloads[p] = None
+    lost = np.isin(owner, [p for p, payload in enumerate(payloads) if payload is None])
     lost_packets = sum(p is None for p in payloads)
     if lost_packets == n_packets:
         raise PacketLossError("every packet of the file is damaged or missing: nothing to decode")
     if lost_packets and strict:
         raise PacketLossError(f"{lost_packets} of {n_packets} packets are damaged or missing")
     indices = flat.reshape(groups, h, w)
-    x_hat = m.synthesize(indices, lost.reshape(h, w) if lost_packets else None, header.quality)
-    pixels = (x_hat[0, :, : header.height, : header.width].permute(1, 2, 0) * 255).round()
-    pixels = pixels.to(torch.uint8).numpy()
-    if header.channels == 1:
-        gray = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        pixels = np.clip(np.rint(gray), 0, 255).astype(np.uint8)[:, :, None]
-    return Decoded(pixels, indices, header, lost_packets, float(lost.mean()))
+    lost_grid = lost.reshape(h, w) if lost_packets else None
+    mixture = None
+    if staged and lost_packets:  # the transformer restores the lost indices themselves
+        filled, probs = staged.restore(indices[0], lost_grid)
+        indices, mixture, lost_grid = filled[None], (lost_grid, probs), None
+    pixels = render(m.synthesize(indices, lost_grid, header.quality, mixture), header)
+    return Decoded(pixels, indices, header, lost_packets, float(lost.mean()), lost.reshape(h, w),
+                   restored=bool(staged and lost_packets))

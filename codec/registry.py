@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import models
 from bitstream.entropy import cost_bits
 from bitstream.format import Family
+from models.weightfile import WEIGHTS
 
-WEIGHTS_DIR = Path(models.__file__).resolve().parent / "weights"
+WEIGHTS_DIR = WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,17 @@ MODELS: dict[str, ModelInfo] = {
             description="lossless photos: probabilistic circuit (HCLT) over colour-transformed "
                         "prediction residuals, 32x32 tiles (models/weights/pc-photo.md)"),
         ModelInfo(
-            name="vq", model_id=6, family=Family.VQ, weights="vq-cpu.safetensors",
+            name="vq-static", model_id=6, family=Family.VQ, weights="vq-cpu.safetensors",
             module="models.vq.codec", qualities=tuple(range(1, 11)), default_quality=8,
+            description="the VQ ladder of `vq` with static index tables (no spatial context: "
+                        "faster, about 25% larger files; models/weights/vq-cpu.md)"),
+        ModelInfo(
+            name="vq", model_id=7, family=Family.VQ, weights="vq-prior.safetensors",
+            module="models.vq.masked", qualities=tuple(range(1, 11)), default_quality=8,
             description="extreme rates (<= 0.05 bpp): VQGAN, one index per 16x16 block from a "
-                        "codebook of 8 (q1) .. 2048 (q9) or 4096 (q10) words; small "
-                        "CPU-trained configuration (models/weights/vq-cpu.md)"),
+                        "codebook of 8 (q1) .. 2048 (q9) or 4096 (q10) words, coded and "
+                        "restored by a masked index transformer; small CPU-trained "
+                        "configuration (models/weights/vq-prior.md, vq-cpu.md)"),
     ]
 }
 DEFAULT_MODEL = "mcq"
@@ -157,6 +163,16 @@ class Model:
     def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
         return self.net.analyze(x, quality)
 
+    def staged(self, quality: int):
+        """The prior at ``quality`` if it codes stage by stage over the grid (spatial context,
+        one column per unit: the masked index transformer), else None."""
+        prior = self._at(quality)[1]
+        return prior if getattr(prior, "spatial", False) else None
+
+    def alphabet(self, quality: int) -> int:
+        """Symbols per column of a one-column model (the codebook size)."""
+        return self._at(quality)[0].alphabet
+
     @property
     def streaming(self) -> bool:
         """Whether the prior keeps state across columns (tables only in column order)."""
@@ -184,8 +200,12 @@ class Model:
         return sum(cost_bits(f, t) for f, t in zip(flat, tables)), tables
 
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None,
-                   quality: int | None = None) -> torch.Tensor:
-        return self._at(quality)[0].synthesize(symbols, lost)
+                   quality: int | None = None, mixture=None) -> torch.Tensor:
+        """Image from symbols; ``lost`` units are concealed by the network, or (VQ) decoded
+        from ``mixture`` = (where (h, w), probabilities (n, K)) as expected codewords."""
+        net = self._at(quality)[0]
+        return net.synthesize(symbols, lost) if mixture is None else \
+            net.synthesize(symbols, lost, mixture)
 
 
 @lru_cache(maxsize=None)

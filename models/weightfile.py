@@ -7,10 +7,13 @@ integers they are. Reading never unpickles anything.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"  # the shipped weight files and cards
 
 
 def write(path: str, model: nn.Module, keep: Callable[[str], bool],

@@ -21,7 +21,7 @@ from models.vq.ladder import kmeans, nearest
 from models.vq.vqgan import VQGAN, VQGANConfig
 
 TINY = VQGANConfig(widths=(8, 8, 8, 8), codebook_size=64, code_dim=4, disc_width=4)
-SHIPPED = WEIGHTS_DIR / model_info("vq").weights
+SHIPPED = WEIGHTS_DIR / model_info("vq-static").weights
 needs_weights = pytest.mark.skipif(not SHIPPED.exists(), reason="vq-cpu weights not built")
 
 
@@ -127,7 +127,7 @@ def test_train_resume_ladder_and_export(tmp_path):
 def vq():
     if not SHIPPED.exists():
         pytest.skip("vq-cpu weights not built")
-    return load_model("vq")
+    return load_model("vq-static")
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def kodak_pixels(kodak_path):
 
 @needs_weights
 def test_shipped_ladder_sizes_and_tables(vq):
-    info = model_info("vq")
+    info = model_info("vq-static")
     assert info.qualities == tuple(range(1, 11)) and info.default_quality in info.qualities
     full = vq.net.model.config.codebook_size
     assert vq.net.sizes == [8 << (q - 1) for q in range(1, 10)] + [full] and full >= 4096
@@ -152,7 +152,7 @@ def test_shipped_ladder_sizes_and_tables(vq):
 def test_round_trip_matches_the_network(vq, kodak_pixels):
     crop = kodak_pixels[:200, :300]  # padded to 208 x 304 by the pipeline
     for q in (1, 10):
-        enc = encode_detailed(crop, model="vq", quality=q)
+        enc = encode_detailed(crop, model="vq-static", quality=q)
         dec = decode_detailed(enc.data)
         assert dec.lost_packets == 0 and dec.pixels.shape == crop.shape
         assert np.array_equal(dec.indices, enc.indices) and enc.indices.shape == (1, 13, 19)
@@ -163,23 +163,23 @@ def test_round_trip_matches_the_network(vq, kodak_pixels):
         ref = (ref.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         assert np.array_equal(dec.pixels, ref)
         assert np.array_equal(codec.decode_array(enc.data), ref)
-        assert encode_detailed(crop, model="vq", quality=q).data == enc.data  # deterministic
+        assert encode_detailed(crop, model="vq-static", quality=q).data == enc.data  # deterministic
 
 
 @needs_weights
 def test_kodak_header_and_payload_stay_tiny(vq, kodak_path):
-    data = codec.encode(kodak_path, model="vq", quality=1)
+    data = codec.encode(kodak_path, model="vq-static", quality=1)
     header, offset = parse_header(data)
     assert header.quality == 1 and offset == 12  # one packet, 12-byte header
     assert len(data) - offset - 2 <= 48 * 32 * 3 / 8  # at most 3 bits per 16x16 unit
-    rates = [len(codec.encode(kodak_path, model="vq", quality=q)) * 8 / (768 * 512)
+    rates = [len(codec.encode(kodak_path, model="vq-static", quality=q)) * 8 / (768 * 512)
              for q in (1, 5, 10)]
     assert rates == sorted(rates) and rates[-1] <= 0.05
 
 
 @needs_weights
 def test_damage_is_concealed_or_refused(vq, kodak_path):
-    data = codec.encode(kodak_path, model="vq", quality=10, packets=4)
+    data = codec.encode(kodak_path, model="vq-static", quality=10, packets=4)
     clean = decode_detailed(data)
     bad = bytearray(data)
     bad[len(bad) // 2] ^= 0xFF

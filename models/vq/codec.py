@@ -33,6 +33,11 @@ class VQLevel:
     def columns(self, quality: int | None = None) -> int:
         return 1
 
+    @property
+    def alphabet(self) -> int:
+        """Codewords in this quality's codebook (K)."""
+        return len(self.codebook)
+
     @torch.no_grad()
     def analyze(self, x: torch.Tensor, quality: int | None = None) -> np.ndarray:
         """Image (1, 3, H, W) in [0, 1], sides multiples of 16 -> indices (1, H/16, W/16)."""
@@ -42,19 +47,26 @@ class VQLevel:
         return nearest(self.model.encode(x), self.codebook).cpu().numpy()
 
     @torch.no_grad()
-    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
+    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None,
+                   mixture: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
         """Indices (1, h, w) -> image (1, 3, 16h, 16w) in [0, 1].
 
         ``lost`` (h, w) marks units from damaged packets: their latent (after the projection
         out of the lookup space) is filled from the surviving neighbours, as in the other
-        families (``models.layers.inpaint``).
+        families (``models.layers.inpaint``). ``mixture`` = (where (h, w), probabilities
+        (n, K)) instead gives the units at ``where`` (raster order) the expected codeword under
+        a predicted distribution (the index transformer's restoration).
         """
         idx = torch.from_numpy(np.ascontiguousarray(symbols, dtype=np.int64))
         if idx.ndim != 3 or idx.shape[0] != 1:
             raise ValueError(f"expected symbols of shape (1, h, w), got {tuple(idx.shape)}")
         if idx.numel() and (idx.min() < 0 or idx.max() >= len(self.codebook)):
             raise ValueError(f"symbols must lie in 0..{len(self.codebook) - 1}")
-        z = self.model.quant_out(self.codebook[idx].permute(0, 3, 1, 2))
+        codes = self.codebook[idx]  # (1, h, w, d)
+        if mixture is not None:
+            where, probs = mixture
+            codes[0][torch.from_numpy(where)] = torch.from_numpy(probs).float() @ self.codebook
+        z = self.model.quant_out(codes.permute(0, 3, 1, 2))
         if lost is not None and lost.any():
             z = inpaint(z, torch.from_numpy(np.asarray(lost, dtype=bool)))
         return self.model.decoder(z).clamp(0, 1)
@@ -81,10 +93,10 @@ class VQNet:
         return self.at(quality).analyze(x)
 
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None,
-                   quality: int | None = None) -> torch.Tensor:
+                   quality: int | None = None, mixture=None) -> torch.Tensor:
         if quality is None:
             raise ValueError("the VQ model needs the quality to know which codebook was used")
-        return self.at(quality).synthesize(symbols, lost)
+        return self.at(quality).synthesize(symbols, lost, mixture)
 
 
 class StaticPrior:

@@ -1,4 +1,4 @@
-"""VQ mode training: ``python -m models.vq.train {vqgan,ladder}``.
+"""VQ mode training: ``python -m models.vq.train {vqgan,ladder,prior}``.
 
 * ``vqgan --out runs/vq``: trains :class:`models.vq.vqgan.VQGAN` on random crops of the training
   photos (never Kodak): L1 + MS-SSIM reconstruction, codebook/commitment loss, and after
@@ -9,6 +9,9 @@
   is used) into the smaller ladder sizes, fine-tuning of each small codebook through the frozen
   decoder, static index tables counted on training images, evaluation on the held-back training
   images, and with ``--export`` the shipped weight file (``models/vq/codec.py``).
+* ``prior --out runs/vqprior``: the masked index transformer over the frozen ladder's index grids
+  (entropy model and restorer of lost indices, ``models/vq/prior_train.py``); ``--export`` writes
+  its exact integer weights (``models/vq/exact.py``).
 
 CPU or CUDA unchanged (the device is picked automatically); ``--threads 1`` for a shared CPU.
 """
@@ -27,6 +30,7 @@ from torchmetrics.functional.image import multiscale_structural_similarity_index
 from tqdm import tqdm
 
 from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths
+from models.weightfile import WEIGHTS
 from models.vq.vqgan import VQGAN, PatchDiscriminator, VQGANConfig
 
 MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -158,12 +162,18 @@ def run_ladder(args) -> None:
     build_ladder(args)
 
 
+def run_prior(args) -> None:
+    from models.vq.prior_train import train_prior
+
+    train_prior(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["vqgan", "ladder"])
+    parser.add_argument("command", choices=["vqgan", "ladder", "prior"])
     parser.add_argument("--data", type=Path, default=DEFAULT_TRAIN, help="folder of training photos")
     parser.add_argument("--out", type=Path, default=Path("runs/vq"), help="run folder")
-    parser.add_argument("--steps", type=int, default=2000, help="vqgan: total training steps")
+    parser.add_argument("--steps", type=int, default=2000, help="vqgan, prior: total steps")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -193,15 +203,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count-images", type=int, default=160,
                         help="ladder: training images whose indices fill the static tables")
     parser.add_argument("--fp32", action="store_true", help="ladder: ship float32 transforms")
-    parser.add_argument("--export", type=Path, default=None, help="ladder: weight file to write")
+    parser.add_argument("--export", type=Path, default=None,
+                        help="ladder, prior: weight file to write")
+    parser.add_argument("--ladder", type=Path, default=WEIGHTS / "vq-cpu.safetensors",
+                        help="prior: the VQ weight file whose index grids it models")
+    parser.add_argument("--dim", type=int, default=128, help="prior: transformer width")
+    parser.add_argument("--layers", type=int, default=4, help="prior: transformer blocks")
+    parser.add_argument("--heads", type=int, default=4, help="prior: attention heads")
+    parser.add_argument("--radius", type=int, default=3,
+                        help="prior: attention window radius (window side 2r+1)")
+    parser.add_argument("--mlp", type=int, default=2, help="prior: MLP width / dim")
+    parser.add_argument("--grid", type=int, default=16, help="prior: training crop in indices")
+    parser.add_argument("--schedule", default="s6", help="prior: coding schedule to ship")
+    parser.add_argument("--eval-every", type=int, default=500, help="prior: held-back check")
+    parser.add_argument("--val-grids", type=int, default=29,
+                        help="prior: held-back grids in the periodic check")
+    parser.add_argument("--eval-qualities", default="6,8",
+                        help="prior: qualities in the periodic check")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.command == "vqgan":
         train_vqgan(args)
-    else:
+    elif args.command == "ladder":
         run_ladder(args)
+    else:
+        run_prior(args)
 
 
 if __name__ == "__main__":

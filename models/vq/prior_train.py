@@ -1,0 +1,231 @@
+"""Training of the masked index transformer: ``python -m models.vq.train prior``.
+
+The VQGAN and its ladder are frozen (the shipped ``vq-cpu.safetensors``), so the index grids of
+the training photos are computed once, for every codebook of the ladder, and cached in the run
+folder; each photo gives four grids (as is, mirrored, and both shifted by half a unit), because
+the /16 grid is not shift- or flip-invariant. Training then sees only integers: random
+``--grid`` x ``--grid`` crops of the grids, one ladder quality per step, masked as in
+:func:`models.vq.transformer.training_masks`. Held-back photos (never Kodak) measure the coding
+rate under each schedule every ``--eval-every`` steps (``log.jsonl``). Resumable: run the same
+command again. ``--export`` writes the integer network (``models/vq/exact.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from bitstream.entropy import TOTAL
+from models.data import split_paths, whole_image
+from models.vq.ladder import nearest
+from models.vq.transformer import (SCHEDULES, IndexTransformer, PriorConfig, stage_map,
+                                   training_masks)
+
+
+def static_logits(tables: list[np.ndarray]) -> list[torch.Tensor]:
+    """log2-probabilities of the ladder's static integer tables."""
+    return [torch.from_numpy(np.log2(t / TOTAL)).float() for t in tables]
+
+
+@torch.no_grad()
+def index_grids(net, paths: list[Path], variants: bool) -> list[np.ndarray]:
+    """Index grids (qualities, h, w) int16 of each photo under every codebook of the ladder;
+    with ``variants`` also of the mirrored photo and of both shifted by 8 pixels."""
+    grids = []
+    for path in tqdm(paths, desc="index grids", leave=False):
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+        versions = [array, array[:, ::-1]] if variants else [array]
+        shifts = [0, 8] if variants else [0]
+        for version in versions:
+            for s in shifts:
+                x = whole_image(version[s:, s:], net.unit)
+                if min(x.shape[-2:]) < net.unit:
+                    continue
+                z = net.model.encode(x)
+                grids.append(np.stack([nearest(z, cb)[0].numpy() for cb in net.codebooks])
+                             .astype(np.int16))
+    return grids
+
+
+def _save_grids(path: Path, grids: list[np.ndarray]) -> None:
+    shapes = np.array([g.shape for g in grids], dtype=np.int64)
+    np.savez(path, data=np.concatenate([g.ravel() for g in grids]), shapes=shapes)
+
+
+def _load_grids(path: Path) -> list[np.ndarray]:
+    with np.load(path) as f:
+        data, shapes = f["data"], f["shapes"]
+    grids, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        grids.append(data[start:start + size].reshape(shape))
+        start += size
+    return grids
+
+
+def cached_grids(net, data: Path, out: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(training grids, held-back grids), computed once per run folder."""
+    paths = {"train": out / "grids_train.npz", "val": out / "grids_val.npz"}
+    if not all(p.exists() for p in paths.values()):
+        train_paths, val_paths = split_paths(data)
+        _save_grids(paths["train"], index_grids(net, train_paths, variants=True))
+        _save_grids(paths["val"], index_grids(net, val_paths, variants=False))
+    return _load_grids(paths["train"]), _load_grids(paths["val"])
+
+
+class GridSampler:
+    """Random square crops of the index grids at one quality, as a (B, g, g) int64 tensor."""
+
+    def __init__(self, grids: list[np.ndarray], size: int, seed: int = 0) -> None:
+        self.grids = [g for g in grids if min(g.shape[1:]) >= size]
+        if not self.grids:
+            raise ValueError(f"no index grid of at least {size}x{size}")
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, n: int, q: int) -> torch.Tensor:
+        out = np.empty((n, self.size, self.size), dtype=np.int64)
+        for i in range(n):
+            g = self.grids[self.rng.integers(len(self.grids))][q - 1]
+            y = self.rng.integers(g.shape[0] - self.size + 1)
+            x = self.rng.integers(g.shape[1] - self.size + 1)
+            out[i] = g[y:y + self.size, x:x + self.size]
+        return torch.from_numpy(out)
+
+
+@torch.no_grad()
+def coding_bits(model: IndexTransformer, grid: np.ndarray, q: int, schedule: str) -> float:
+    """Ideal bits of one (h, w) grid coded stage by stage under ``schedule`` (float model)."""
+    h, w = grid.shape
+    stages = torch.from_numpy(stage_map(h, w, schedule))
+    n = int(stages.max()) + 1
+    idx = torch.from_numpy(grid.astype(np.int64))[None].expand(n, h, w)
+    visible = stages[None] < torch.arange(n)[:, None, None]
+    logp = torch.log_softmax(model(idx, visible, q), -1) / math.log(2)
+    chosen = logp.gather(-1, idx[..., None])[..., 0]  # (n, h, w)
+    return float(-(chosen * (stages[None] == torch.arange(n)[:, None, None])).sum())
+
+
+def evaluate(model: IndexTransformer, grids: list[np.ndarray], schedules: list[str],
+             qualities: list[int]) -> list[dict]:
+    """Bits per index under each schedule and quality on held-back grids."""
+    model.eval()
+    rows = []
+    for q in qualities:
+        k = len(model.codebook(q))
+        count = sum(g[q - 1].size for g in grids)
+        row = {"quality": q, "K": k, "fixed_bits": math.log2(k)}
+        for s in schedules:
+            row[s] = sum(coding_bits(model, g[q - 1], q, s) for g in grids) / count
+        rows.append(row)
+    model.train()
+    return rows
+
+
+def load_ladder(path: Path):
+    """The shipped VQ ladder (network and static tables) the prior is trained for."""
+    from models.vq.codec import load_weights
+
+    return load_weights(str(path))
+
+
+def build_model(config: PriorConfig, net, ladder_prior) -> IndexTransformer:
+    return IndexTransformer(config, net.codebooks, static_logits(ladder_prior.tables))
+
+
+def train_prior(args) -> None:
+    """The training loop (resumable), then optionally the export of the integer network."""
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    net, ladder_prior = load_ladder(args.ladder)
+    train_grids, val_grids = cached_grids(net, args.data, out)
+    ckpt_path = out / "prior.pt"
+    config = PriorConfig(dim=args.dim, layers=args.layers, heads=args.heads,
+                         radius=args.radius, mlp=args.mlp, code_dim=net.codebooks[0].shape[1],
+                         qualities=len(net.codebooks))
+    if ckpt_path.exists():  # the run's own config wins over the flags
+        config = PriorConfig(**json.loads(torch.load(ckpt_path, weights_only=True)["config"]))
+    model = build_model(config, net, ladder_prior)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    sampler = GridSampler(train_grids, args.grid, seed=args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    step, wall = 0, 0.0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        step, wall = int(ckpt["step"]), float(ckpt["wall"])
+        sampler.rng.bit_generator.state = json.loads(ckpt["sampler"])
+        gen.set_state(ckpt["gen"])
+
+    def save() -> None:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "wall": wall, "config": json.dumps(model.config_dict()),
+                    "sampler": json.dumps(sampler.rng.bit_generator.state),
+                    "gen": gen.get_state()}, ckpt_path)
+
+    schedules = list(SCHEDULES)
+    bar = tqdm(total=args.steps, initial=step, desc="index prior", dynamic_ncols=True)
+    model.train()
+    with (out / "log.jsonl").open("a") as log:
+        while step < args.steps:
+            start = time.time()
+            warm = min(1.0, (step + 1) / 200)
+            decay = 0.5 * (1 + math.cos(math.pi * step / args.steps))
+            for group in opt.param_groups:
+                group["lr"] = args.lr * warm * (0.05 + 0.95 * decay)
+            q = int(torch.randint(1, config.qualities + 1, (), generator=gen))
+            idx = sampler.batch(args.batch, q)
+            visible = training_masks(tuple(idx.shape), "s6", gen)
+            loss = model.loss(idx, visible, q)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            wall += time.time() - start
+            bar.update(1)
+            bar.set_postfix(bits=f"{loss.item():.3f}", K=len(model.codebook(q)))
+            if step % 20 == 0:
+                log.write(json.dumps({"step": step, "wall": round(wall, 1), "q": q,
+                                      "train_bits": loss.item()}) + "\n")
+            if step % args.eval_every == 0 or step == args.steps:
+                rows = evaluate(model, val_grids[: args.val_grids], schedules,
+                                [int(v) for v in args.eval_qualities.split(",")])
+                log.write(json.dumps({"step": step, "wall": round(wall, 1), "val": rows}) + "\n")
+                tqdm.write(f"step {step}: " + ", ".join(
+                    f"K={r['K']}: " + " ".join(f"{s} {r[s]:.3f}" for s in schedules)
+                    + f" (fixed {r['fixed_bits']:.0f})" for r in rows))
+            log.flush()
+            if step % args.save_every == 0 or step == args.steps:
+                save()
+    bar.close()
+    if args.export:
+        export_prior(model, args, val_grids, wall, step)
+
+
+def export_prior(model: IndexTransformer, args, val_grids: list[np.ndarray], wall: float,
+                 step: int) -> None:
+    """Quantize to the exact integer network and write the shipped weight file."""
+    from models.vq.exact import IntIndexTransformer, save_prior
+
+    model.eval()
+    int_model = IntIndexTransformer.from_float(model, args.schedule)
+    rows = evaluate(model, val_grids, [args.schedule], list(range(1, model.config.qualities + 1)))
+    report = {"steps": step, "train_wall_seconds": round(wall), "schedule": args.schedule,
+              "config": model.config_dict(), "grid": args.grid, "batch": args.batch,
+              "validation_float": rows}
+    (args.out / "prior_export.json").write_text(json.dumps(report, indent=2))
+    save_prior(int_model, str(args.export), args.ladder, {
+        "steps": step, "train_wall_seconds": round(wall), "grid": args.grid,
+        "validation": json.dumps(rows)})
+    print(json.dumps(report, indent=2))
+    print(f"wrote {args.export} ({args.export.stat().st_size / 1e6:.1f} MB)")
