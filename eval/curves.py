@@ -1,8 +1,12 @@
-"""Plot training curves written by ``models.train`` (``curve.jsonl`` in a run folder).
+"""Plot training curves written by ``models.train`` (``curve.jsonl`` in a run folder) or by the
+VQ index prior's training (``log.jsonl`` of ``python -m models.vq.train prior``).
 
     python -m eval.curves runs/NAME/curve.jsonl [more.jsonl ...] --out eval/results/NAME.png
+    python -m eval.curves runs/vqprior/log.jsonl --out eval/results/vq-prior/curve.png
 
-One panel with the training loss, one with the held-back PSNR of every quality against the step.
+MCQ runs: one panel with the training loss, one with the held-back PSNR of every quality against
+the step. Index prior: training bits per index (per codebook size) and the held-back coding rate
+of every checked codebook and schedule, against the fixed-length log2(K).
 """
 
 from __future__ import annotations
@@ -41,12 +45,46 @@ def plot(curves: dict[str, list[dict]], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def plot_prior(points: list[dict], out: Path) -> None:
+    """Index prior: training bits per index and held-back bits per index per schedule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+    train = [p for p in points if "train_bits" in p]
+    for q in sorted({p["q"] for p in train}):
+        mine = [p for p in train if p["q"] == q]
+        ax_train.plot([p["step"] for p in mine], [p["train_bits"] for p in mine], ".-",
+                      linewidth=0.5, markersize=3, label=f"q{q}")
+    checks = [p for p in points if "val" in p]
+    for i, row in enumerate(checks[-1]["val"] if checks else []):
+        for schedule, style in zip([k for k in row if k.startswith("s")], ["-", "--", ":"]):
+            ax_val.plot([p["step"] for p in checks], [p["val"][i][schedule] for p in checks],
+                        style, marker="o", color=f"C{i}", label=f"K={row['K']} {schedule}")
+        ax_val.axhline(row["fixed_bits"], color=f"C{i}", alpha=0.3)
+    ax_train.set(xlabel="step", ylabel="training bits per masked index")
+    ax_val.set(xlabel="step", ylabel="held-back bits per index (coded)")
+    ax_train.legend(fontsize=6, ncol=2, markerscale=4)
+    ax_val.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("curves", nargs="+", type=Path, help="curve.jsonl files")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args()
-    plot({p.parent.name: read_curve(p) for p in args.curves}, args.out)
+    curves = {p.parent.name: read_curve(p) for p in args.curves}
+    if any("train_bits" in point for points in curves.values() for point in points):
+        if len(curves) != 1:
+            parser.error("index prior logs are plotted one at a time")
+        plot_prior(next(iter(curves.values())), args.out)
+    else:
+        plot(curves, args.out)
     print(f"wrote {args.out}")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 KODAK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
 
@@ -20,6 +21,13 @@ def kodak_path() -> Path:
     if not images:
         pytest.skip("Kodak images not found beside the repository (../shared/data/kodak)")
     return images[0]
+
+
+@pytest.fixture(scope="session")
+def kodak_pixels(kodak_path) -> np.ndarray:
+    """The first Kodak image as an (H, W, 3) uint8 array."""
+    with Image.open(kodak_path) as img:
+        return np.asarray(img.convert("RGB"))
 
 
 @pytest.fixture(scope="session")

@@ -130,12 +130,6 @@ def vq():
     return load_model("vq-static")
 
 
-@pytest.fixture(scope="module")
-def kodak_pixels(kodak_path):
-    with Image.open(kodak_path) as img:
-        return np.asarray(img.convert("RGB"))
-
-
 @needs_weights
 def test_shipped_ladder_sizes_and_tables(vq):
     info = model_info("vq-static")

@@ -8,9 +8,9 @@ several packets for loss resilience codes each packet with the ladder's static t
 packets must decode independently, and a packet's own indices are too sparse a context to pay
 for a transformer pass per packet and stage (``eval/loss.py`` measures what it would save).
 
-Restoration: the indices of lost packets are masked and predicted from everything that arrived,
-most confident first over a few passes (as in MaskGIT's decoding), then decoded by the VQGAN
-like any other index.
+Restoration: the indices of lost packets are masked and predicted from everything that arrived
+(in one pass by default; more passes commit the most confident predictions first, as in MaskGIT's
+decoding), and each lost unit is synthesized from the expected codeword under its prediction.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ from models.vq.codec import LadderPrior, StaticPrior, VQNet, load_weights as loa
 from models.vq.exact import IntIndexTransformer, load_prior
 from models.vq.transformer import num_stages, stage_map
 
-RESTORE_PASSES = 4
+# Passes of most-confident-first restoration. Measured on Kodak (4 images x 2 draws, 20% of
+# indices lost, q8): 1 pass 0.93 dB below the loss-free decode, 2 passes 0.96, 4 passes 0.98,
+# 8 passes 1.00 (and each pass costs a transformer evaluation): with the expected-codeword
+# synthesis, committing hard guesses as context for later passes does not pay.
+RESTORE_PASSES = 1
 
 
 class StagedPrior:
