@@ -169,10 +169,6 @@ class Model:
         prior = self._at(quality)[1]
         return prior if getattr(prior, "spatial", False) else None
 
-    def alphabet(self, quality: int) -> int:
-        """Symbols per column of a one-column model (the codebook size)."""
-        return self._at(quality)[0].alphabet
-
     @property
     def streaming(self) -> bool:
         """Whether the prior keeps state across columns (tables only in column order)."""

@@ -76,11 +76,14 @@ def run(images, model: str, quality: int, packets: int, losses: list[float], tri
         seed: int) -> dict:
     """Measure every image at every loss level; returns the summary."""
     rows = []
-    sizes = {"one_packet": [], "packets": []}
+    sizes = {"one_packet": [], "packets": [], "framing_one": [], "framing_packets": []}
     for i, (name, pixels) in enumerate(tqdm(images, desc="loss", file=sys.stderr)):
         data = encode(pixels, model=model, quality=quality, packets=packets)
+        single = encode(pixels, model=model, quality=quality, packets=1)
         sizes["packets"].append(len(data))
-        sizes["one_packet"].append(len(encode(pixels, model=model, quality=quality, packets=1)))
+        sizes["one_packet"].append(len(single))
+        sizes["framing_packets"].append(parse_header(data)[1] + 2 * packets)  # header, CRCs
+        sizes["framing_one"].append(parse_header(single)[1] + 2)
         clean, _, clean_s = decode_all_ways(data, model)
         clean_psnr = psnr(pixels, clean["restored"])
         rng = np.random.default_rng([seed, i])
@@ -119,7 +122,9 @@ def summarize(rows: list[dict], sizes: dict, images, model: str, quality: int,
             "trials": max(r["trial"] for r in rows) + 1, "levels": levels,
             "bytes_one_packet": one, "bytes_packets": many,
             "bpp_one_packet": one * 8 / pixels, "bpp_packets": many * 8 / pixels,
-            "packetisation_bytes_per_image": (many - one) / len(images), "rows": rows}
+            "packetisation_bytes_per_image": (many - one) / len(images),
+            "framing_bytes_one_packet": float(np.mean(sizes["framing_one"])),
+            "framing_bytes_packets": float(np.mean(sizes["framing_packets"])), "rows": rows}
 
 
 def table(summary: dict) -> str:
@@ -129,7 +134,9 @@ def table(summary: dict) -> str:
              f"size: one packet (transformer coding) {s['bpp_one_packet']:.4f} bpp; "
              f"{s['packets']} packets (static tables, packet table, CRCs) "
              f"{s['bpp_packets']:.4f} bpp: +{s['packetisation_bytes_per_image']:.0f} bytes "
-             f"per image",
+             f"per image, of which framing (header, packet table, CRCs) "
+             f"{s['framing_bytes_packets']:.0f} vs {s['framing_bytes_one_packet']:.0f} bytes and "
+             f"the rest static instead of transformer coding",
              "",
              "lost   indices  clean dB | " + " | ".join(f"{m} dB (drop) MS-SSIM" for m in METHODS)
              + " | decode s"]

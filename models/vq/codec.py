@@ -33,11 +33,6 @@ class VQLevel:
     def columns(self, quality: int | None = None) -> int:
         return 1
 
-    @property
-    def alphabet(self) -> int:
-        """Codewords in this quality's codebook (K)."""
-        return len(self.codebook)
-
     @torch.no_grad()
     def analyze(self, x: torch.Tensor, quality: int | None = None) -> np.ndarray:
         """Image (1, 3, H, W) in [0, 1], sides multiples of 16 -> indices (1, H/16, W/16)."""

@@ -214,18 +214,25 @@ def train_prior(args) -> None:
 
 def export_prior(model: IndexTransformer, args, val_grids: list[np.ndarray], wall: float,
                  step: int) -> None:
-    """Quantize to the exact integer network and write the shipped weight file."""
+    """Quantize to the exact integer network and write the shipped weight file. Its held-out
+    figures per quality: the ladder's PSNR (same indices) at the transformer's rate."""
+    from safetensors import safe_open
+
     from models.vq.exact import IntIndexTransformer, save_prior
 
     model.eval()
     int_model = IntIndexTransformer.from_float(model, args.schedule)
     rows = evaluate(model, val_grids, [args.schedule], list(range(1, model.config.qualities + 1)))
+    with safe_open(str(args.ladder), framework="pt") as f:
+        ladder = {r["quality"]: r for r in json.loads(f.metadata().get("validation", "[]"))}
+    measured = [{"quality": r["quality"], "bpp": r[args.schedule] / 256,
+                 "psnr": ladder[r["quality"]]["psnr"]} for r in rows if r["quality"] in ladder]
     report = {"steps": step, "train_wall_seconds": round(wall), "schedule": args.schedule,
               "config": model.config_dict(), "grid": args.grid, "batch": args.batch,
               "validation_float": rows}
     (args.out / "prior_export.json").write_text(json.dumps(report, indent=2))
     save_prior(int_model, str(args.export), args.ladder, {
         "steps": step, "train_wall_seconds": round(wall), "grid": args.grid,
-        "validation": json.dumps(rows)})
+        "bits_per_index": json.dumps(rows), "validation": json.dumps(measured)})
     print(json.dumps(report, indent=2))
     print(f"wrote {args.export} ({args.export.stat().st_size / 1e6:.1f} MB)")
