@@ -174,15 +174,22 @@ def plot(summary: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="codec loss", description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    parser.add_argument("--model", default="vq")
-    parser.add_argument("--quality", type=int, default=8)
-    parser.add_argument("--packets", type=int, default=20, help="packets per file")
-    parser.add_argument("--losses", default="0,5,10,20,30", help="percent of packets lost")
-    parser.add_argument("--trials", type=int, default=2, help="random draws per loss level")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
+                        help="folder of test images (default: Kodak)")
+    parser.add_argument("--model", default="vq", help="a VQ model of the registry (default: vq)")
+    parser.add_argument("--quality", type=int, default=8, help="ladder quality (default: 8)")
+    parser.add_argument("--packets", type=int, default=20,
+                        help="packets per file; one packet's indices are scattered over the "
+                             "image (default: 20, so each packet is 5%% of the indices)")
+    parser.add_argument("--losses", default="0,5,10,20,30",
+                        help="percent of packets lost, comma-separated (default: 0,5,10,20,30)")
+    parser.add_argument("--trials", type=int, default=2,
+                        help="random draws of the lost packets per loss level (default: 2)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("eval/results/vq-loss"))
+    parser.add_argument("--seed", type=int, default=0, help="seed of the packet draws")
+    parser.add_argument("--out", type=Path, default=Path("eval/results/vq-loss"),
+                        help="folder for summary.json, summary.txt and the plot "
+                             "(default: eval/results/vq-loss)")
     args = parser.parse_args(argv)
     losses = [float(v) / 100 for v in args.losses.split(",")]
     if args.packets < 2 or any(not 0 <= v < 1 for v in losses):

@@ -76,10 +76,13 @@ def table(rows: list[dict], images: int) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    parser.add_argument("--qualities", default=",".join(str(q) for q in range(1, 11)))
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
+                        help="folder of test images (default: Kodak)")
+    parser.add_argument("--qualities", default=",".join(str(q) for q in range(1, 11)),
+                        help="ladder qualities, comma-separated (default: all ten)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
-    parser.add_argument("--out", type=Path, default=Path("eval/results/vq-prior"))
+    parser.add_argument("--out", type=Path, default=Path("eval/results/vq-prior"),
+                        help="folder for rate.json and rate.txt (default: eval/results/vq-prior)")
     args = parser.parse_args(argv)
     images = load_images(args.images, args.limit)
     rows = measure(images, [int(q) for q in args.qualities.split(",")])

@@ -67,7 +67,7 @@ def test_torchrun_data_parallel(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29517", "-m", "models.train", "mcq", "--data", str(data),
            "--out", str(out), "--steps", "3", "--batch", "2", "--crop", "64", "--threads", "1",
-           "--save-every", "1", "--export", str(out / "w.safetensors")]
+           "--prior-steps", "3", "--save-every", "1", "--export", str(out / "w.safetensors")]
     subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=300)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
     assert json.loads((out / "report.json").read_text())["processes"] == 2

@@ -26,7 +26,6 @@ from models.vq.transformer import (SCHEDULES, IndexTransformer, PriorConfig, num
 
 TINY = PriorConfig(dim=32, layers=2, heads=2, radius=2, mlp=2, code_dim=4, qualities=2)
 SHIPPED = WEIGHTS_DIR / model_info("vq").weights
-needs_weights = pytest.mark.skipif(not SHIPPED.exists(), reason="vq prior weights not built")
 
 
 def _tiny(perturb: float = 0.3) -> IndexTransformer:
@@ -82,6 +81,25 @@ def test_integer_network_follows_the_float_one():
         float_bits = -logp[np.arange(len(target)), target].sum().item()
         assert abs(cost_bits(target, freqs) - float_bits) < 0.02 * float_bits
         assert len(np.unique(freqs, axis=0)) > 50  # tables depend on the context
+
+
+def test_warm_start_rebuilds_the_float_network_from_an_export():
+    from models.vq.prior_train import warm_start
+
+    model = _tiny()
+    exact = IntIndexTransformer.from_float(model, "s6")
+    torch.manual_seed(5)
+    rebuilt = IndexTransformer(TINY, [model.codebook(q) for q in (1, 2)],
+                               [getattr(model, f"static{q}") for q in (1, 2)]).eval()
+    assert warm_start(rebuilt, exact, iterations=500) < 1e-3
+    gen = torch.Generator().manual_seed(2)
+    for q, k in ((1, 8), (2, 16)):
+        idx = torch.randint(0, k, (2, 6, 9), generator=gen)
+        visible = torch.rand(2, 6, 9, generator=gen) > 0.5
+        with torch.no_grad():
+            p = torch.softmax(model(idx, visible, q), -1)
+            kl = (p * (p.log() - torch.log_softmax(rebuilt(idx, visible, q), -1))).sum(-1)
+        assert kl.mean() / np.log(2) < 0.01  # bits per index lost by the round trip
 
 
 def test_integer_network_is_batch_and_order_free():
@@ -158,12 +176,9 @@ def test_prior_training_resumes_and_exports(tmp_path):
 
 @pytest.fixture(scope="module")
 def vq():
-    if not SHIPPED.exists():
-        pytest.skip("vq prior weights not built")
     return load_model("vq")
 
 
-@needs_weights
 def test_staged_round_trip_is_exact_and_smaller(vq, kodak_pixels):
     crop = kodak_pixels[:200, :300]
     for q in (2, 8):
@@ -179,7 +194,6 @@ def test_staged_round_trip_is_exact_and_smaller(vq, kodak_pixels):
         assert abs(len(enc.data) * 8 - framing - enc.model_bits) < 40  # coder flush
 
 
-@needs_weights
 def test_stage_zero_table_is_the_full_grid_one(vq):
     staged = vq.staged(5)
     grid = np.random.default_rng(0).integers(0, 128, 7 * 10)
@@ -188,7 +202,6 @@ def test_stage_zero_table_is_the_full_grid_one(vq):
     assert (full == staged.stage_tables(grid, 0, 7, 10)).all()
 
 
-@needs_weights
 def test_shipped_prior_file(vq):
     info = model_info("vq")
     assert info.qualities == tuple(range(1, 11)) and SHIPPED.stat().st_size <= 20e6
@@ -197,7 +210,6 @@ def test_shipped_prior_file(vq):
     assert staged.stages == num_stages(vq.prior.model.schedule)
 
 
-@needs_weights
 def test_multi_packet_files_restore_lost_indices(vq, kodak_path):
     data = codec.encode(kodak_path, model="vq", quality=8, packets=10)
     clean = decode_detailed(data)
@@ -224,7 +236,6 @@ def test_multi_packet_files_restore_lost_indices(vq, kodak_path):
         decode_detailed(damage(data, list(range(10))))
 
 
-@needs_weights
 def test_cli_reports_restoration(vq, kodak_path, tmp_path):
     from cli import main
 
@@ -238,7 +249,6 @@ def test_cli_reports_restoration(vq, kodak_path, tmp_path):
     assert strict.exit_code == 1 and not (tmp_path / "s.png").exists()
 
 
-@needs_weights
 def test_loss_evaluation(vq, kodak_pixels, tmp_path):
     from eval.loss import main
 

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from bitstream.entropy import TOTAL
+from bitstream.entropy import LOGIT_FRAC, TOTAL
 from models.data import split_paths, whole_image
+from models.vq.exact import ACT_FRAC, LOG2E, IntIndexTransformer, load_prior, save_prior
 from models.vq.ladder import nearest
 from models.vq.transformer import (SCHEDULES, IndexTransformer, PriorConfig, stage_map,
                                    training_masks)
@@ -141,6 +143,85 @@ def build_model(config: PriorConfig, net, ladder_prior) -> IndexTransformer:
     return IndexTransformer(config, net.codebooks, static_logits(ladder_prior.tables))
 
 
+def _real(int_model, name: str, frac: int | None = None) -> torch.Tensor:
+    """A stored integer tensor of the exported network as real values."""
+    frac = int_model.fracs[name] if frac is None else frac
+    return torch.from_numpy(int_model.t[name].astype(np.float64) / (1 << frac)).float()
+
+
+@torch.no_grad()
+def _fit_input(model: IndexTransformer, int_model) -> None:
+    """Input side from the per-quality tables: each table is codeword @ W.T + u_q (one W for all
+    qualities, u_q = bias + quality embedding), its last row mask_token + u_q; least squares."""
+    c = model.config
+    rows, targets = [], []
+    for q in range(1, c.qualities + 1):
+        cb = model.codebook(q)
+        onehot = torch.zeros(len(cb), c.qualities)
+        onehot[:, q - 1] = 1
+        rows.append(torch.cat([cb, onehot], 1))
+        targets.append(_real(int_model, f"embed.{q}")[:-1])
+    solution = torch.linalg.lstsq(torch.cat(rows).double(), torch.cat(targets).double()).solution
+    model.embed_in.weight.copy_(solution[: c.code_dim].T)
+    model.embed_in.bias.zero_()
+    model.quality.weight.copy_(solution[c.code_dim:])
+    masks = torch.stack([_real(int_model, f"embed.{q}")[-1] for q in range(1, c.qualities + 1)])
+    model.mask_token.copy_((masks - model.quality.weight).mean(0))
+
+
+def _fit_output(model: IndexTransformer, int_model, iterations: int = 2000) -> float:
+    """Output side: the codeword MLP is nonlinear, so it is refitted (full-batch L-BFGS) to the
+    exported output tables of every quality; returns the final mean squared error."""
+    qualities = range(1, model.config.qualities + 1)
+    targets = [(_real(int_model, f"head.{q}.emb") / LOG2E,
+                _real(int_model, f"head.{q}.bias", LOGIT_FRAC) / LOG2E) for q in qualities]
+    opt = torch.optim.LBFGS([*model.out1.parameters(), *model.out2.parameters()],
+                            max_iter=iterations, history_size=50, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = sum(F.mse_loss(emb, target_emb) + F.mse_loss(bias, target_bias)
+                   for (emb, bias), (target_emb, target_bias)
+                   in zip((model.output_table(q) for q in qualities), targets)) / len(targets)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return closure().item()
+
+
+@torch.no_grad()
+def _copy_blocks(model: IndexTransformer, int_model) -> None:
+    """Blocks and final norm, undoing the scales folded in at export."""
+    c = model.config
+    scale = torch.ones(3 * c.dim)
+    scale[: c.dim] = LOG2E / math.sqrt(c.head_dim)
+    for i, block in enumerate(model.blocks):
+        p = f"block.{i}."
+        block.norm1.gain.copy_(_real(int_model, p + "norm1", ACT_FRAC))
+        block.norm2.gain.copy_(_real(int_model, p + "norm2", ACT_FRAC))
+        block.attn.qkv.weight.copy_(_real(int_model, p + "qkv.w") / scale[:, None])
+        block.attn.qkv.bias.copy_(_real(int_model, p + "qkv.b", ACT_FRAC) / scale)
+        block.attn.bias.copy_(_real(int_model, p + "attn_bias", LOGIT_FRAC) / LOG2E)
+        for name, layer in (("proj", block.attn.proj), ("fc1", block.fc1), ("fc2", block.fc2)):
+            layer.weight.copy_(_real(int_model, p + name + ".w"))
+            layer.bias.copy_(_real(int_model, p + name + ".b", ACT_FRAC))
+    model.norm.gain.copy_(_real(int_model, "norm", ACT_FRAC))
+
+
+def warm_start(model: IndexTransformer, int_model, iterations: int = 2000) -> float:
+    """Rebuild the float network from an exported integer one (``--init``), to continue its
+    training: blocks and input embeddings exactly (up to the int16 rounding), the output
+    codeword MLP refitted in ``iterations`` L-BFGS steps; returns that refit's mean squared
+    error (natural-log logits)."""
+    if int_model.config != model.config:
+        raise SystemExit(f"--init: the file's network is {int_model.config}, not {model.config}")
+    _copy_blocks(model, int_model)
+    _fit_input(model, int_model)
+    return _fit_output(model, int_model, iterations)
+
+
 def train_prior(args) -> None:
     """The training loop (resumable), then optionally the export of the integer network."""
     out: Path = args.out
@@ -154,6 +235,12 @@ def train_prior(args) -> None:
     if ckpt_path.exists():  # the run's own config wins over the flags
         config = PriorConfig(**json.loads(torch.load(ckpt_path, weights_only=True)["config"]))
     model = build_model(config, net, ladder_prior)
+    if args.init and not ckpt_path.exists():
+        int_model, _ = load_prior(str(args.init))
+        config = int_model.config
+        model = build_model(config, net, ladder_prior)
+        print(f"initialised from {args.init} (output tables refitted, mse "
+              f"{warm_start(model, int_model):.2e})")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sampler = GridSampler(train_grids, args.grid, seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -173,16 +260,18 @@ def train_prior(args) -> None:
                     "gen": gen.get_state()}, ckpt_path)
 
     schedules = list(SCHEDULES)
+    qualities = ([int(v) for v in args.train_qualities.split(",")] if args.train_qualities
+                 else list(range(1, config.qualities + 1)))
     bar = tqdm(total=args.steps, initial=step, desc="index prior", dynamic_ncols=True)
     model.train()
     with (out / "log.jsonl").open("a") as log:
         while step < args.steps:
             start = time.time()
-            warm = min(1.0, (step + 1) / 200)
+            warm = min(1.0, (step + 1) / max(1, min(200, args.steps // 10)))
             decay = 0.5 * (1 + math.cos(math.pi * step / args.steps))
             for group in opt.param_groups:
                 group["lr"] = args.lr * warm * (0.05 + 0.95 * decay)
-            q = int(torch.randint(1, config.qualities + 1, (), generator=gen))
+            q = qualities[int(torch.randint(len(qualities), (), generator=gen))]
             idx = sampler.batch(args.batch, q)
             visible = training_masks(tuple(idx.shape), "s6", gen)
             loss = model.loss(idx, visible, q)
@@ -217,8 +306,6 @@ def export_prior(model: IndexTransformer, args, val_grids: list[np.ndarray], wal
     """Quantize to the exact integer network and write the shipped weight file. Its held-out
     figures per quality: the ladder's PSNR (same indices) at the transformer's rate."""
     from safetensors import safe_open
-
-    from models.vq.exact import IntIndexTransformer, save_prior
 
     model.eval()
     int_model = IntIndexTransformer.from_float(model, args.schedule)

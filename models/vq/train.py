@@ -220,6 +220,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="prior: held-back grids in the periodic check")
     parser.add_argument("--eval-qualities", default="6,8",
                         help="prior: qualities in the periodic check")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="prior: continue from an exported prior file (e.g. the shipped "
+                             "vq-prior.safetensors) instead of a random network; its own "
+                             "configuration replaces --dim/--layers/...")
+    parser.add_argument("--train-qualities", default="",
+                        help="prior: train on these qualities only (default: every quality, one "
+                             "network conditioned on the codebook)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
