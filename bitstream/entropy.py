@@ -49,9 +49,13 @@ def freqs_from_logits(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits)
     if logits.dtype.kind not in "iu":
         raise TypeError("freqs_from_logits takes integer logits (use exact fixed-point inference)")
-    logits = logits.astype(np.int64)
-    drop = np.minimum(logits.max(axis=-1, keepdims=True) - logits, _MAX_DROP)
-    return freqs_from_weights(_EXP2[drop & 0xFF] >> (drop >> LOGIT_FRAC))
+    logits = logits.astype(np.int64, copy=False)
+    drop = logits.max(axis=-1, keepdims=True) - logits  # in-place steps: this is a hot path
+    np.minimum(drop, _MAX_DROP, out=drop)
+    weights = np.take(_EXP2, drop & 0xFF)
+    np.right_shift(drop, LOGIT_FRAC, out=drop)
+    np.right_shift(weights, drop, out=weights)
+    return _rescale(weights)
 
 
 def freqs_from_weights(weights: np.ndarray) -> np.ndarray:
@@ -63,18 +67,25 @@ def freqs_from_weights(weights: np.ndarray) -> np.ndarray:
     weights = np.asarray(weights)
     if weights.dtype.kind not in "iu":
         raise TypeError("freqs_from_weights takes integer weights")
-    weights = weights.astype(np.int64)
+    weights = weights.astype(np.int64, copy=False)
+    if weights.size and (weights.min() < 0 or weights.max() >= 1 << (63 - PRECISION)):
+        raise ValueError("weights must be non-negative and below 2**(63 - PRECISION)")
+    return _rescale(weights.copy())
+
+
+def _rescale(weights: np.ndarray) -> np.ndarray:
+    """:func:`freqs_from_weights` on valid int64 weights, which it overwrites with the result."""
     k = weights.shape[-1]
     if not 2 <= k <= TOTAL // 4:
         raise ValueError(f"alphabet size {k} is out of range")
-    if weights.size and (weights.min() < 0 or weights.max() >= 1 << (63 - PRECISION)):
-        raise ValueError("weights must be non-negative and below 2**(63 - PRECISION)")
     total = np.maximum(weights.sum(axis=-1, keepdims=True), 1)
-    freqs = 1 + (weights * (TOTAL - k)) // total
-    remainder = TOTAL - freqs.sum(axis=-1)
-    top = np.argmax(weights, axis=-1)
-    np.put_along_axis(freqs, top[..., None], np.take_along_axis(freqs, top[..., None], -1)
-                      + remainder[..., None], axis=-1)
+    top = np.argmax(weights, axis=-1)[..., None]
+    freqs = weights
+    np.multiply(freqs, TOTAL - k, out=freqs)
+    np.floor_divide(freqs, total, out=freqs)
+    freqs += 1
+    remainder = TOTAL - freqs.sum(axis=-1, keepdims=True)
+    np.put_along_axis(freqs, top, np.take_along_axis(freqs, top, -1) + remainder, axis=-1)
     return freqs
 
 

@@ -167,6 +167,32 @@ def render(x_hat: torch.Tensor, header: Header) -> np.ndarray:
     return pixels
 
 
+def _decode_columns(m: Model, quality: int, payloads: list[bytes | None], owner: np.ndarray,
+                    flat: np.ndarray) -> None:
+    """Decode the columns ``flat`` (columns, units) column by column. A column's tables are
+    computed once for the units of every received packet, as at encoding, and each packet's
+    range decoder takes its units from them. A packet that fails to decode is set to None in
+    ``payloads``; its units are left to concealment."""
+    received = np.isin(owner, [p for p, payload in enumerate(payloads) if payload is not None])
+    units = owner[received]
+    decoders = {p: PacketDecoder(payload) for p, payload in enumerate(payloads)
+                if payload is not None}
+    wheres = {p: units == p for p in decoders}
+    session = m.session(len(units), quality)
+    for g in range(len(flat)):
+        table = session.freqs(flat[:g, received], g)
+        column = flat[g, received]
+        for p in list(decoders):
+            where = wheres[p]
+            try:
+                column[where] = decoders[p].decode(table if table.ndim == 1 else table[where],
+                                                   int(where.sum()))
+            except (ValueError, RuntimeError):
+                payloads[p] = None
+                del decoders[p]
+        flat[g, received] = column
+
+
 def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
     """Decode, concealing damaged packets unless ``strict``; report what was lost."""
     header, payloads = unpack(bytes(data))
@@ -179,21 +205,14 @@ def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
     owner = packet_of_positions(h, w, n_packets)
     staged = m.staged(header.quality)
     flat = np.zeros((groups, h * w), dtype=np.int64)
-    for p, payload in enumerate(payloads):
-        where = owner == p
-        if payload is None:
-            continue
+    if staged and n_packets == 1:
         try:
-            if staged and n_packets == 1:
-                flat[0] = _decode_stages(staged, payload, h, w)
-                continue
-            decoder = PacketDecoder(payload)
-            session = m.session(int(where.sum()), header.quality)
-            for g in range(groups):
-                flat[g, where] = decoder.decode(session.freqs(flat[:g, where], g),
-                                                int(where.sum()))
+            if payloads[0] is not None:
+                flat[0] = _decode_stages(staged, payloads[0], h, w)
         except (ValueError, RuntimeError):
-            payloads[p] = None
+            payloads[0] = None
+    else:
+        _decode_columns(m, header.quality, payloads, owner, flat)
     lost = np.isin(owner, [p for p, payload in enumerate(payloads) if payload is None])
     lost_packets = sum(p is None for p in payloads)
     if lost_packets == n_packets:

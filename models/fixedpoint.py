@@ -24,12 +24,11 @@ def to_fixed(values: torch.Tensor | np.ndarray, frac_bits: int) -> np.ndarray:
                    -INT_LIMIT, INT_LIMIT).astype(np.int32)
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Integer matrix product (n, k) @ (k, m) computed exactly in float64."""
-    bound = float(np.abs(a).max(initial=0)) * float(np.abs(b).max(initial=0)) * a.shape[-1]
-    if bound >= EXACT_LIMIT:
+def check_exact(max_a: float, max_b: float, terms: int) -> None:
+    """Refuse integer products whose sums of ``terms`` products of magnitudes up to ``max_a``
+    and ``max_b`` could leave float64's exact integer range."""
+    if float(max_a) * float(max_b) * terms >= EXACT_LIMIT:
         raise OverflowError("fixed-point product could exceed float64's exact integer range")
-    return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
 
 
 def floor_shift(values: np.ndarray, bits: int) -> np.ndarray:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import weightfile
-from models.layers import GDN, conv, deconv, inpaint
+from models.layers import GDN, channels_last, conv, deconv, inpaint
 from models.prior import ChannelPrior, IntChannelPrior
 from models.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ, ResidualVQ
 
@@ -128,9 +128,9 @@ class MCQ(nn.Module):
     @torch.no_grad()
     def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
         """Image (1, 3, H, W), sides multiples of 16 -> symbols (columns, H/16, W/16)."""
-        f = self.g_a(x)
+        f = self.g_a(channels_last(x))
         coarse = self.coarse_vq.indices(self.h_a(f))
-        prediction = self.h_s(self.coarse_vq.embed(coarse))
+        prediction = self.h_s(channels_last(self.coarse_vq.embed(coarse)))
         fine = self.fine_vq.indices(self.fine_head(f) - prediction)[0, :quality]
         q, h, w = fine.shape
         children = fine.view(q, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3)  # q, dy, dx, uh, uw
@@ -148,11 +148,11 @@ class MCQ(nn.Module):
         residual = self.fine_vq.embed_prefix(fine_idx)
         if lost is not None and lost.any():
             coarse = inpaint(coarse, torch.from_numpy(lost))
-        y = self.h_s(coarse) + residual
+        y = self.h_s(channels_last(coarse)) + residual
         if lost is not None and lost.any():
             fine_lost = torch.from_numpy(lost).repeat_interleave(2, 0).repeat_interleave(2, 1)
             y = inpaint(y, fine_lost)
-        return self.g_s(y).clamp(0, 1)
+        return self.g_s(channels_last(y)).clamp(0, 1)
 
     def config_dict(self) -> dict:
         return asdict(self.config)

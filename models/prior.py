@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitstream.entropy import LOGIT_FRAC, freqs_from_counts, freqs_from_logits
-from models.fixedpoint import exact_matmul, floor_shift, to_fixed
+from models.fixedpoint import check_exact, floor_shift, to_fixed
 
 HIDDEN_FRAC = 8  # fixed-point bits of the hidden layer
 OUT_FRAC = 10  # fixed-point bits of the output weights
@@ -65,6 +65,9 @@ class IntChannelPrior:
         self.embed, self.bias, self.out, self.out_bias = embed, bias, out, out_bias
         self.extra = embed.shape[1] - embed.shape[0]
         self.static = static  # (K,) frequencies of group 0 when it has no context
+        # The hidden layer is clipped to [0, HIDDEN_CAP], so one bound covers every product.
+        check_exact(HIDDEN_CAP, np.abs(out).max(initial=0), out.shape[1])
+        self._out = out.astype(np.float64)  # converted once: this is the hot path of MCQ coding
 
     @classmethod
     def from_float(cls, prior: ChannelPrior, group0_counts: np.ndarray | None = None
@@ -104,5 +107,6 @@ class IntChannelPrior:
         for j in range(self.extra + g):
             h = h + self.embed[g, j][context[j]]
         h = np.clip(h, 0, HIDDEN_CAP)
-        logits = floor_shift(exact_matmul(h, self.out[g]), HIDDEN_FRAC + OUT_FRAC - LOGIT_FRAC)
+        products = np.matmul(h.astype(np.float64), self._out[g]).astype(np.int64)  # exact
+        logits = floor_shift(products, HIDDEN_FRAC + OUT_FRAC - LOGIT_FRAC)
         return freqs_from_logits(logits + self.out_bias[g])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bitstream.entropy import _EXP2, LOGIT_FRAC, freqs_from_logits
-from models.fixedpoint import EXACT_LIMIT, INT_LIMIT, to_fixed
+from models.fixedpoint import EXACT_LIMIT, INT_LIMIT, check_exact, to_fixed
 from models.vq.transformer import IndexTransformer, PriorConfig, neighbour_offsets
 
 ACT_FRAC = 10  # fractional bits of every activation
@@ -176,8 +176,7 @@ _EXP16_T = torch.from_numpy(_EXP16)
 
 def _check(a: torch.Tensor, b: torch.Tensor, terms: int) -> None:
     """Refuse a product whose sums could leave float64's exact integer range."""
-    if float(a.abs().max()) * float(b.abs().max()) * terms >= EXACT_LIMIT:
-        raise OverflowError("fixed-point product could exceed float64's exact integer range")
+    check_exact(a.abs().max(), b.abs().max(), terms)
 
 
 def _floor_shift(x: torch.Tensor, bits: int) -> torch.Tensor:
