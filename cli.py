@@ -264,7 +264,8 @@ def models_cmd(as_json) -> None:
     records = [{"name": i.name, "id": i.model_id, "family": i.family.name.lower(),
                 "qualities": list(i.qualities), "default_quality": i.default_quality,
                 "default": i.name == DEFAULT_MODEL, "installed": i.name in shipped,
-                "description": i.description, "measured": measured_rates(i.name)}
+                "description": i.description, "measured": measured_rates(i.name),
+                "retired_weights": list(i.retired)}
                for i in MODELS.values()]
     if as_json:
         click.echo(json.dumps(records, indent=2))
@@ -280,6 +281,8 @@ def models_cmd(as_json) -> None:
             rates = ", ".join(f"q{m['quality']} {m['bpp']:.3f} bpp / {m['psnr']:.1f} dB"
                               for m in r["measured"])
             click.echo(f"  held-out photos: {rates}")
+        if r["retired_weights"]:
+            click.echo(f"  still decodes files of earlier weights: {', '.join(r['retired_weights'])}")
 
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True,

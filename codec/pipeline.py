@@ -24,7 +24,8 @@ from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
 from bitstream.errors import CorruptHeaderError, ModelMismatchError, PacketLossError
 from bitstream.format import Header, pack, unpack
 from codec.image import ImageInput, load_pixels
-from codec.registry import Model, info_by_id, load_model, model_info, resolve_model
+from codec.registry import (Model, info_by_id, load_model, load_revision, model_info,
+                            resolve_model)
 
 BYTES_PER_PACKET = 4096  # default packet size: framing stays near 0.2% of the payload
 MAX_AUTO_PACKETS = 16
@@ -145,12 +146,12 @@ def _model_for(header: Header) -> Model:
                                  f"which this nicodec installation does not have")
     if info.family != header.family:
         raise CorruptHeaderError("header is damaged (model and family disagree)")
-    m = load_model(info.name)
-    if m.digest != header.weights_digest:
+    m = load_revision(info.name, header.weights_digest)
+    if m is None:
         raise ModelMismatchError(
             f"the file was made with other weights of model {info.name!r} (digest "
-            f"{header.weights_digest:04x}, installed {m.digest:04x}); decoding it would give "
-            f"garbage: install the nicodec version that wrote it")
+            f"{header.weights_digest:04x}, installed {load_model(info.name).digest:04x}); "
+            f"decoding it would give garbage: install the nicodec version that wrote it")
     if header.quality not in info.qualities:
         raise CorruptHeaderError(f"header is damaged (quality {header.quality} is not one of "
                                  f"{info.qualities} for model {info.name!r})")

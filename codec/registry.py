@@ -2,7 +2,8 @@
 
 A model's id and its weights' digest go into every file it writes, so a decoder can refuse a file
 made with a model (or a retrained version of it) that it does not have, instead of producing
-garbage.
+garbage. When a model is retrained, its earlier weight files stay shipped as ``retired``
+revisions: files they wrote keep decoding, new files use the current weights.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ModelInfo:
     qualities: tuple[int, ...]
     default_quality: int
     description: str
+    retired: tuple[str, ...] = ()  # earlier weight files of this model, kept to decode their files
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -81,7 +83,8 @@ MODELS: dict[str, ModelInfo] = {
             description="extreme rates (<= 0.05 bpp): VQGAN, one index per 16x16 block from a "
                         "codebook of 8 (q1) .. 2048 (q9) or 4096 (q10) words, coded and "
                         "restored by a masked index transformer; small CPU-trained "
-                        "configuration (models/weights/vq-prior.md, vq-cpu.md)"),
+                        "configuration (models/weights/vq-prior.md, vq-cpu.md)",
+            retired=("vq-prior-r1.safetensors",)),
     ]
 }
 DEFAULT_MODEL = "mcq"
@@ -205,10 +208,29 @@ class Model:
 
 
 @lru_cache(maxsize=None)
-def load_model(name: str) -> Model:
-    """Load (once per process) the shipped model ``name``."""
+def load_model(name: str, weights: str | None = None) -> Model:
+    """Load (once per process) the shipped model ``name`` with its current weights, or with the
+    weight file ``weights`` (one of its retired revisions)."""
     info = model_info(name)
-    path = WEIGHTS_DIR / info.weights
+    path = WEIGHTS_DIR / (weights or info.weights)
     if not path.exists():
         raise FileNotFoundError(f"weights of model {name!r} are missing: {path}")
     return Model(info, path)
+
+
+def load_revision(name: str, digest: int) -> Model | None:
+    """The model ``name`` with whichever shipped weights (current or retired) have the digest a
+    file's header names; None when no shipped revision has it."""
+    current = load_model(name)
+    if current.digest == digest:
+        return current
+    for weights in model_info(name).retired:
+        path = WEIGHTS_DIR / weights
+        if path.exists() and _file_digest(str(path)) == digest:
+            return load_model(name, weights)
+    return None
+
+
+@lru_cache(maxsize=None)
+def _file_digest(path: str) -> int:
+    return weights_digest(Path(path))

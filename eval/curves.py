@@ -2,7 +2,7 @@
 VQ index prior's training (``log.jsonl`` of ``python -m models.vq.train prior``).
 
     python -m eval.curves runs/NAME/curve.jsonl [more.jsonl ...] --out eval/results/NAME.png
-    python -m eval.curves runs/vqprior/log.jsonl --out eval/results/vq-prior/curve.png
+    python -m eval.curves runs/vqprior/log.jsonl --out eval/results/vq-prior/curve-r1.png
 
 MCQ runs: one panel with the training loss, one with the held-back PSNR of every quality against
 the step. Index prior: training bits per index (per codebook size) and the held-back coding rate

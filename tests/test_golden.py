@@ -10,6 +10,7 @@ add new ones next to them when the format version changes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -17,7 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codec.pipeline import decode_detailed
+from bitstream.errors import ModelMismatchError
+from bitstream.format import parse_header
+from codec import registry
+from codec.pipeline import decode_detailed, encode_detailed
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
@@ -36,3 +40,49 @@ def test_old_files_decode_to_the_same_symbols(name):
     assert _sha(decoded.indices, np.int64) == expected["indices_sha256"]
     if "pixels_sha256" in expected:  # lossless: the pixels themselves
         assert _sha(decoded.pixels) == expected["pixels_sha256"]
+
+
+def test_every_revision_of_a_model_has_its_own_digest():
+    for info in registry.MODELS.values():
+        files = [info.weights, *info.retired]
+        digests = [registry.weights_digest(registry.WEIGHTS_DIR / f) for f in files]
+        assert len(set(digests)) == len(files), info.name
+
+
+def test_retired_weights_still_decode_their_files(monkeypatch, tmp_path, small_rgb):
+    """After a retrain, a file written with the earlier weights decodes with them; a file whose
+    weights no shipped revision has is refused."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    shipped = registry.WEIGHTS_DIR / registry.MODELS["mcq-tiny"].weights
+    old = tmp_path / "old.safetensors"
+    old.write_bytes(shipped.read_bytes())
+    with safe_open(str(shipped), framework="pt") as f:  # a retrained file: other numbers
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 100)
+    tensors[name] = tensors[name] * 1.5
+    save_file(tensors, str(tmp_path / "new.safetensors"), metadata=meta)
+
+    info = dataclasses.replace(registry.MODELS["mcq-tiny"], name="mcq-rev", model_id=97,
+                               weights="old.safetensors")
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setitem(registry.MODELS, "mcq-rev", info)
+    registry.load_model.cache_clear()
+    try:
+        encoded = encode_detailed(small_rgb, model="mcq-rev", quality=2)
+        retrained = dataclasses.replace(info, weights="new.safetensors")
+        monkeypatch.setitem(registry.MODELS, "mcq-rev", retrained)
+        registry.load_model.cache_clear()  # a new installation: a new process
+        with pytest.raises(ModelMismatchError, match="other weights"):
+            decode_detailed(encoded.data)
+        monkeypatch.setitem(registry.MODELS, "mcq-rev",
+                            dataclasses.replace(retrained, retired=("old.safetensors",)))
+        registry.load_model.cache_clear()
+        assert (decode_detailed(encoded.data).indices == encoded.indices).all()
+        again = encode_detailed(small_rgb, model="mcq-rev", quality=2)
+        assert parse_header(again.data)[0].weights_digest != parse_header(encoded.data)[0].weights_digest
+        assert (decode_detailed(again.data).indices == again.indices).all()
+    finally:
+        registry.load_model.cache_clear()

@@ -111,7 +111,7 @@ class IntIndexTransformer:
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         w = self._w(name + ".w")
         _check(x, w, x.shape[-1])
-        return _floor_shift(x @ w.T, self.fracs[name + ".w"]) + self._w(name + ".b")
+        return _floor_shift(x @ w.T, self.fracs[name + ".w"]).add_(self._w(name + ".b"))
 
     def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         _check(x, x, x.shape[-1])
@@ -119,7 +119,8 @@ class IntIndexTransformer:
         return _floor_div(x * self._w(name), isqrt(ms).clamp(min=1))
 
     def _attention(self, x: torch.Tensor, i: int, h: int, w: int) -> torch.Tensor:
-        """Neighbourhood attention, one window offset at a time (no gathered copies)."""
+        """Neighbourhood attention, one window offset at a time (no gathered copies); fused
+        products (``vecdot``, ``addcmul_``) save a temporary per offset."""
         c, r = self.config, self.config.radius
         v_ = x.shape[0]
         qkv = self._linear(x, f"block.{i}.qkv").view(v_, h, w, 3, c.heads, c.head_dim)
@@ -128,7 +129,7 @@ class IntIndexTransformer:
         kp, vp = torch.nn.functional.pad(k, pad), torch.nn.functional.pad(v, pad)
         offsets = neighbour_offsets(r)
         _check(q, k, c.head_dim)
-        scores = torch.stack([(q * kp[:, r + dy:r + dy + h, r + dx:r + dx + w]).sum(-1)
+        scores = torch.stack([torch.linalg.vecdot(q, kp[:, r + dy:r + dy + h, r + dx:r + dx + w])
                               for dy, dx in offsets], -1)  # (V, h, w, heads, W)
         scores = _floor_shift(scores, 2 * ACT_FRAC - LOGIT_FRAC)
         scores = scores + self._w(f"block.{i}.attn_bias").view(c.heads, -1)
@@ -140,7 +141,7 @@ class IntIndexTransformer:
         _check(weights, v, len(offsets))
         out = torch.zeros_like(q)
         for o, (dy, dx) in enumerate(offsets):
-            out += weights[..., o, None] * vp[:, r + dy:r + dy + h, r + dx:r + dx + w]
+            out.addcmul_(weights[..., o, None], vp[:, r + dy:r + dy + h, r + dx:r + dx + w])
         out = _floor_div(out, weights.sum(-1, keepdim=True))
         return self._linear(out.reshape(v_, h * w, c.dim), f"block.{i}.proj")
 
@@ -176,12 +177,20 @@ _EXP16_T = torch.from_numpy(_EXP16)
 
 def _check(a: torch.Tensor, b: torch.Tensor, terms: int) -> None:
     """Refuse a product whose sums could leave float64's exact integer range."""
-    check_exact(a.abs().max(), b.abs().max(), terms)
+    check_exact(_max_abs(a), _max_abs(b), terms)
+
+
+def _max_abs(x: torch.Tensor) -> float:
+    if not x.numel():
+        return 0.0
+    low, high = torch.aminmax(x)
+    return max(-float(low), float(high))
 
 
 def _floor_shift(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """floor(x / 2**bits) (x * 2**-bits for negative bits): exact on integer-valued float64."""
-    return torch.floor(x * 2.0 ** -bits)
+    """floor(x / 2**bits) (x * 2**-bits for negative bits), in place: exact on integer-valued
+    float64. Only ever applied to fresh products."""
+    return x.mul_(2.0 ** -bits).floor_()
 
 
 def _floor_div(a: torch.Tensor, b: torch.Tensor | int) -> torch.Tensor:
