@@ -114,6 +114,19 @@ def test_integer_network_is_batch_and_order_free():
     assert torch.equal(together, together.round())  # integers all the way
 
 
+def test_features_of_chosen_rows_equal_the_full_grid_rows():
+    """The coder asks for one stage's positions only (the last block runs for those rows): the
+    integers must be those of the whole-grid pass, at the grid's edges and corners too."""
+    exact = IntIndexTransformer.from_float(_tiny(), "s6")
+    rng = np.random.default_rng(1)
+    for h, w in ((6, 9), (1, 1), (2, 3)):
+        idx, visible = rng.integers(0, 16, (2, h, w)), rng.random((2, h, w)) > 0.5
+        full = exact.features(idx, visible, 2)
+        for n in (0, 1, (h * w + 1) // 2, h * w):
+            rows = np.sort(rng.choice(h * w, n, replace=False))
+            assert torch.equal(exact.features(idx, visible, 2, rows), full[:, rows])
+
+
 _THREADS_SCRIPT = """
 import hashlib, sys, numpy as np, torch
 sys.path.insert(0, {root!r})

@@ -118,22 +118,35 @@ class IntIndexTransformer:
         ms = _floor_div(x.square().sum(-1, keepdim=True), x.shape[-1])
         return _floor_div(x * self._w(name), isqrt(ms).clamp(min=1))
 
-    def _attention(self, x: torch.Tensor, i: int, h: int, w: int) -> torch.Tensor:
+    def _attention(self, x: torch.Tensor, i: int, h: int, w: int,
+                   rows: np.ndarray | None = None) -> torch.Tensor:
         """Neighbourhood attention, one window offset at a time (no gathered copies); fused
-        products (``vecdot``, ``addcmul_``) save a temporary per offset."""
+        products (``vecdot``, ``addcmul_``) save a temporary per offset. With ``rows`` (raster
+        positions), only those positions query: (V, len(rows), dim) instead of (V, h*w, dim)."""
         c, r = self.config, self.config.radius
         v_ = x.shape[0]
         qkv = self._linear(x, f"block.{i}.qkv").view(v_, h, w, 3, c.heads, c.head_dim)
         q, k, v = qkv.unbind(3)
         pad = (0, 0, 0, 0, r, r, r, r)  # zero keys and values outside the grid
         kp, vp = torch.nn.functional.pad(k, pad), torch.nn.functional.pad(v, pad)
+        valid = _window_valid(h, w, r)  # (h, w, W)
+        if rows is None:
+            def window(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+                return t[:, r + dy:r + dy + h, r + dx:r + dx + w]
+        else:  # the window of each query row, gathered from the padded grid
+            y, x_ = np.divmod(rows, w)
+            base = torch.from_numpy((y + r) * (w + 2 * r) + x_ + r)
+
+            def window(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+                return t.flatten(1, 2)[:, base + dy * (w + 2 * r) + dx]
+            q, valid = q.flatten(1, 2)[:, torch.from_numpy(rows)], valid.flatten(0, 1)[rows]
         offsets = neighbour_offsets(r)
         _check(q, k, c.head_dim)
-        scores = torch.stack([torch.linalg.vecdot(q, kp[:, r + dy:r + dy + h, r + dx:r + dx + w])
-                              for dy, dx in offsets], -1)  # (V, h, w, heads, W)
+        scores = torch.stack([torch.linalg.vecdot(q, window(kp, dy, dx)) for dy, dx in offsets],
+                             -1)  # (V, h, w, heads, W) or (V, rows, heads, W)
         scores = _floor_shift(scores, 2 * ACT_FRAC - LOGIT_FRAC)
         scores = scores + self._w(f"block.{i}.attn_bias").view(c.heads, -1)
-        valid = _window_valid(h, w, r)[None, :, :, None, :]  # (1, h, w, 1, W)
+        valid = valid.unsqueeze(-2)[None]  # (1, ..., 1, W)
         scores = torch.where(valid, scores, -EXACT_LIMIT / 4)
         drop = (scores.amax(-1, keepdim=True) - scores).clamp(max=_MAX_DROP).long()
         weights = (_EXP16_T[drop & 0xFF] >> (drop >> LOGIT_FRAC)) * valid
@@ -141,20 +154,26 @@ class IntIndexTransformer:
         _check(weights, v, len(offsets))
         out = torch.zeros_like(q)
         for o, (dy, dx) in enumerate(offsets):
-            out.addcmul_(weights[..., o, None], vp[:, r + dy:r + dy + h, r + dx:r + dx + w])
+            out.addcmul_(weights[..., o, None], window(vp, dy, dx))
         out = _floor_div(out, weights.sum(-1, keepdim=True))
-        return self._linear(out.reshape(v_, h * w, c.dim), f"block.{i}.proj")
+        return self._linear(out.reshape(v_, -1, c.dim), f"block.{i}.proj")
 
-    def features(self, idx: np.ndarray, visible: np.ndarray, q: int) -> torch.Tensor:
+    def features(self, idx: np.ndarray, visible: np.ndarray, q: int,
+                 rows: np.ndarray | None = None) -> torch.Tensor:
         """Final normalised integer features (V, h*w, dim), as float64, of index grids
-        (V, h, w) under the visibility masks (V, h, w)."""
+        (V, h, w) under the visibility masks (V, h, w); with ``rows`` (raster positions), the
+        features of those positions only, (V, len(rows), dim). Every position feeds the
+        earlier blocks; the last one runs only for the requested rows, which is what the coder
+        needs (the positions of one stage, or the lost ones) and gives the same integers."""
         v_, h, w = idx.shape
         table = self._w(f"embed.{q}")
         tokens = torch.from_numpy(np.where(visible, idx, len(table) - 1).reshape(v_, -1))
         x = _floor_shift(table[tokens], self.fracs[f"embed.{q}"] - ACT_FRAC)
         for i in range(self.config.layers):
             p = f"block.{i}."
-            x = x + self._attention(self._norm(x, p + "norm1"), i, h, w)
+            last = rows if i == self.config.layers - 1 else None
+            attended = self._attention(self._norm(x, p + "norm1"), i, h, w, last)
+            x = (x if last is None else x[:, torch.from_numpy(last)]) + attended
             x = x + self._linear(self._linear(self._norm(x, p + "norm2"), p + "fc1").relu(),
                                  p + "fc2")
         return self._norm(x, "norm")

@@ -61,8 +61,8 @@ class StagedPrior:
             return self.model.freqs(features, self.quality)[0]
         stage = self.stage_map(h, w)
         features = self.model.features(grid.reshape(1, h, w), (stage < s).reshape(1, h, w),
-                                       self.quality)[0]
-        return self.model.freqs(features[stage == s], self.quality)
+                                       self.quality, np.flatnonzero(stage == s))[0]
+        return self.model.freqs(features, self.quality)
 
     def restore(self, grid: np.ndarray, lost: np.ndarray, passes: int = RESTORE_PASSES
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +81,8 @@ class StagedPrior:
             todo = np.flatnonzero(~known)
             if not len(todo):
                 break
-            features = self.model.features(grid[None], known[None], self.quality)[0]
-            freqs = self.model.freqs(features[todo], self.quality)
+            features = self.model.features(grid[None], known[None], self.quality, todo)[0]
+            freqs = self.model.freqs(features, self.quality)
             best, confidence = freqs.argmax(1), freqs.max(1)
             keep = np.argsort(-confidence, kind="stable")[: math.ceil(len(todo) / (passes - p))]
             grid.flat[todo[keep]] = best[keep]
