@@ -119,7 +119,7 @@ class IntIndexTransformer:
         return _floor_div(x * self._w(name), isqrt(ms).clamp(min=1))
 
     def _attention(self, x: torch.Tensor, i: int, h: int, w: int,
-                   rows: np.ndarray | None = None) -> torch.Tensor:
+                   rows: torch.Tensor | None = None) -> torch.Tensor:
         """Neighbourhood attention, one window offset at a time (no gathered copies); fused
         products (``vecdot``, ``addcmul_``) save a temporary per offset. With ``rows`` (raster
         positions), only those positions query: (V, len(rows), dim) instead of (V, h*w, dim)."""
@@ -134,12 +134,11 @@ class IntIndexTransformer:
             def window(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
                 return t[:, r + dy:r + dy + h, r + dx:r + dx + w]
         else:  # the window of each query row, gathered from the padded grid
-            y, x_ = np.divmod(rows, w)
-            base = torch.from_numpy((y + r) * (w + 2 * r) + x_ + r)
+            base = (rows // w + r) * (w + 2 * r) + rows % w + r
 
             def window(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
                 return t.flatten(1, 2)[:, base + dy * (w + 2 * r) + dx]
-            q, valid = q.flatten(1, 2)[:, torch.from_numpy(rows)], valid.flatten(0, 1)[rows]
+            q, valid = q.flatten(1, 2)[:, rows], valid.flatten(0, 1)[rows]
         offsets = neighbour_offsets(r)
         _check(q, k, c.head_dim)
         scores = torch.stack([torch.linalg.vecdot(q, window(kp, dy, dx)) for dy, dx in offsets],
@@ -169,11 +168,12 @@ class IntIndexTransformer:
         table = self._w(f"embed.{q}")
         tokens = torch.from_numpy(np.where(visible, idx, len(table) - 1).reshape(v_, -1))
         x = _floor_shift(table[tokens], self.fracs[f"embed.{q}"] - ACT_FRAC)
+        query = None if rows is None else torch.from_numpy(np.asarray(rows, np.int64))
         for i in range(self.config.layers):
             p = f"block.{i}."
-            last = rows if i == self.config.layers - 1 else None
+            last = query if i == self.config.layers - 1 else None
             attended = self._attention(self._norm(x, p + "norm1"), i, h, w, last)
-            x = (x if last is None else x[:, torch.from_numpy(last)]) + attended
+            x = (x if last is None else x[:, last]) + attended
             x = x + self._linear(self._linear(self._norm(x, p + "norm2"), p + "fc1").relu(),
                                  p + "fc2")
         return self._norm(x, "norm")
