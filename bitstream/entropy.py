@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import constriction
 import numpy as np
+import torch
 
 PRECISION = 16
 TOTAL = 1 << PRECISION
@@ -40,22 +41,31 @@ _EXP2 = _exp2_table()
 _MAX_DROP = 30 << LOGIT_FRAC  # below 2**-30 of the top symbol a weight is simply 0
 
 
-def freqs_from_logits(logits: np.ndarray) -> np.ndarray:
+def _weight_table() -> torch.Tensor:
+    """Softmax weight of every logit drop 0.._MAX_DROP: 2**30 * 2**(-drop/256), floored, as the
+    table of fractional steps shifted by the whole bits (one lookup instead of three steps)."""
+    drop = np.arange(_MAX_DROP + 1)
+    return torch.from_numpy(_EXP2[drop & 0xFF] >> (drop >> LOGIT_FRAC))
+
+
+_WEIGHTS = _weight_table()
+
+
+def freqs_from_logits(logits: np.ndarray | torch.Tensor) -> np.ndarray:
     """Integer log2-logits (..., K), in units of 2**-LOGIT_FRAC bits, to frequencies (..., K).
 
-    Integer-only: softmax via a table of 2**(-f/256) and shifts, then a rescale to ``TOTAL``
-    where every symbol keeps at least 1 and the rounding remainder goes to the most likely one.
+    Integer-only: softmax via a table of 2**(-drop/256) below each row's largest logit, then a
+    rescale to ``TOTAL`` where every symbol keeps at least 1 and the rounding remainder goes to
+    the most likely one. The steps are torch integer operations: this is the hot path of every
+    learned prior, and torch spreads each step over the threads (int64 arithmetic gives the
+    same integers on any thread count).
     """
-    logits = np.asarray(logits)
-    if logits.dtype.kind not in "iu":
+    logits = torch.as_tensor(logits)
+    if logits.is_floating_point() or logits.is_complex() or logits.dtype == torch.bool:
         raise TypeError("freqs_from_logits takes integer logits (use exact fixed-point inference)")
-    logits = logits.astype(np.int64, copy=False)
-    drop = logits.max(axis=-1, keepdims=True) - logits  # in-place steps: this is a hot path
-    np.minimum(drop, _MAX_DROP, out=drop)
-    weights = np.take(_EXP2, drop & 0xFF)
-    np.right_shift(drop, LOGIT_FRAC, out=drop)
-    np.right_shift(weights, drop, out=weights)
-    return _rescale(weights)
+    logits = logits.long()
+    drop = (logits.amax(-1, keepdim=True) - logits).clamp_(max=_MAX_DROP)
+    return _rescale(torch.take(_WEIGHTS, drop)).numpy()
 
 
 def freqs_from_weights(weights: np.ndarray) -> np.ndarray:
@@ -70,23 +80,18 @@ def freqs_from_weights(weights: np.ndarray) -> np.ndarray:
     weights = weights.astype(np.int64, copy=False)
     if weights.size and (weights.min() < 0 or weights.max() >= 1 << (63 - PRECISION)):
         raise ValueError("weights must be non-negative and below 2**(63 - PRECISION)")
-    return _rescale(weights.copy())
+    return _rescale(torch.from_numpy(weights.copy())).numpy()
 
 
-def _rescale(weights: np.ndarray) -> np.ndarray:
+def _rescale(weights: torch.Tensor) -> torch.Tensor:
     """:func:`freqs_from_weights` on valid int64 weights, which it overwrites with the result."""
     k = weights.shape[-1]
     if not 2 <= k <= TOTAL // 4:
         raise ValueError(f"alphabet size {k} is out of range")
-    total = np.maximum(weights.sum(axis=-1, keepdims=True), 1)
-    top = np.argmax(weights, axis=-1)[..., None]
-    freqs = weights
-    np.multiply(freqs, TOTAL - k, out=freqs)
-    np.floor_divide(freqs, total, out=freqs)
-    freqs += 1
-    remainder = TOTAL - freqs.sum(axis=-1, keepdims=True)
-    np.put_along_axis(freqs, top, np.take_along_axis(freqs, top, -1) + remainder, axis=-1)
-    return freqs
+    total = weights.sum(-1, keepdim=True).clamp_(min=1)
+    top = weights.argmax(-1, keepdim=True)
+    freqs = torch.div(weights.mul_(TOTAL - k), total, rounding_mode="floor").add_(1)
+    return freqs.scatter_add_(-1, top, TOTAL - freqs.sum(-1, keepdim=True))
 
 
 def freqs_from_counts(counts: np.ndarray) -> np.ndarray:
@@ -110,7 +115,8 @@ def cost_bits(symbols: np.ndarray, freqs: np.ndarray) -> float:
 
 
 def _model_args(freqs: np.ndarray):
-    probs = np.ascontiguousarray(freqs, dtype=np.float64) / TOTAL  # exact: TOTAL is a power of 2
+    # one pass, exact: TOTAL is a power of 2
+    probs = np.ascontiguousarray(np.multiply(freqs, 1.0 / TOTAL, dtype=np.float64))
     if freqs.ndim == 1:
         return (constriction.stream.model.Categorical(probs, perfect=False),)
     return constriction.stream.model.Categorical(perfect=False), probs

@@ -30,7 +30,3 @@ def check_exact(max_a: float, max_b: float, terms: int) -> None:
     if float(max_a) * float(max_b) * terms >= EXACT_LIMIT:
         raise OverflowError("fixed-point product could exceed float64's exact integer range")
 
-
-def floor_shift(values: np.ndarray, bits: int) -> np.ndarray:
-    """floor(values / 2**bits) for int64 arrays: the exact rescale between fixed-point formats."""
-    return values >> bits

@@ -10,7 +10,22 @@ from torch import nn
 
 with warnings.catch_warnings():  # compressai calls the deprecated torch.jit.script on import
     warnings.simplefilter("ignore", FutureWarning)
-    from compressai.layers import GDN
+    from compressai.layers import GDN as _CompressaiGDN
+
+
+class GDN(_CompressaiGDN):
+    """CompressAI's GDN (same parameters and training pass); without autograd it runs in place:
+    two full-size tensors instead of four. Each fresh tensor of a full-resolution layer costs
+    page faults on first touch, which made GDN take as long as the convolutions around it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(x)
+        c = x.shape[1]
+        gamma = self.gamma_reparam(self.gamma).reshape(c, c, 1, 1)
+        norm = F.conv2d(x * x, gamma, self.beta_reparam(self.beta))
+        return (norm.sqrt_() if self.inverse else norm.rsqrt_()).mul_(x)
+
 
 __all__ = ["GDN", "channels_last", "conv", "deconv", "inpaint"]
 

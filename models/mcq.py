@@ -131,7 +131,7 @@ class MCQ(nn.Module):
         f = self.g_a(channels_last(x))
         coarse = self.coarse_vq.indices(self.h_a(f))
         prediction = self.h_s(channels_last(self.coarse_vq.embed(coarse)))
-        fine = self.fine_vq.indices(self.fine_head(f) - prediction)[0, :quality]
+        fine = self.fine_vq.indices(self.fine_head(f) - prediction, quality)[0]
         q, h, w = fine.shape
         children = fine.view(q, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3)  # q, dy, dx, uh, uw
         units = children.reshape(q * 4, h // 2, w // 2)

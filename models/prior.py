@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitstream.entropy import LOGIT_FRAC, freqs_from_counts, freqs_from_logits
-from models.fixedpoint import check_exact, floor_shift, to_fixed
+from models.fixedpoint import check_exact, to_fixed
 
 HIDDEN_FRAC = 8  # fixed-point bits of the hidden layer
 OUT_FRAC = 10  # fixed-point bits of the output weights
@@ -67,7 +67,11 @@ class IntChannelPrior:
         self.static = static  # (K,) frequencies of group 0 when it has no context
         # The hidden layer is clipped to [0, HIDDEN_CAP], so one bound covers every product.
         check_exact(HIDDEN_CAP, np.abs(out).max(initial=0), out.shape[1])
-        self._out = out.astype(np.float64)  # converted once: this is the hot path of MCQ coding
+        # torch copies, made once: this is the hot path of MCQ coding, and one thread pool
+        # (torch's) serves all of it (numpy's BLAS beside torch's threads halves the speed)
+        self._embed, self._bias = torch.from_numpy(embed), torch.from_numpy(bias)
+        self._out = torch.from_numpy(out.astype(np.float64))
+        self._out_bias = torch.from_numpy(out_bias)
 
     @classmethod
     def from_float(cls, prior: ChannelPrior, group0_counts: np.ndarray | None = None
@@ -102,11 +106,10 @@ class IntChannelPrior:
         """Frequency table(s) of group g: shared (K,) when there is no context, else (N, K)."""
         if self.extra + g == 0:
             return self.static
-        n = context.shape[1]
-        h = np.broadcast_to(self.bias[g], (n, self.bias.shape[1])).astype(np.int64)
+        context = torch.from_numpy(np.asarray(context, dtype=np.int64))
+        h = self._bias[g].expand(context.shape[1], -1).clone()
         for j in range(self.extra + g):
-            h = h + self.embed[g, j][context[j]]
-        h = np.clip(h, 0, HIDDEN_CAP)
-        products = np.matmul(h.astype(np.float64), self._out[g]).astype(np.int64)  # exact
-        logits = floor_shift(products, HIDDEN_FRAC + OUT_FRAC - LOGIT_FRAC)
-        return freqs_from_logits(logits + self.out_bias[g])
+            h += self._embed[g, j][context[j]]
+        products = h.clamp_(0, HIDDEN_CAP).double() @ self._out[g]  # exact (check_exact)
+        logits = products.long().bitwise_right_shift_(HIDDEN_FRAC + OUT_FRAC - LOGIT_FRAC)
+        return freqs_from_logits(logits.add_(self._out_bias[g]))

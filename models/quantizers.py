@@ -49,11 +49,12 @@ class _Codebooks(nn.Module):
         return (flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ self.codebooks.transpose(1, 2)
                 + self.codebooks.pow(2).sum(-1)[:, None, :])
 
-    def indices(self, z: torch.Tensor) -> torch.Tensor:
-        """Nearest codeword per group: (B, M*d, H, W) -> (B, M, H, W) int64."""
+    def indices(self, z: torch.Tensor, groups: int | None = None) -> torch.Tensor:
+        """Nearest codeword per group: (B, M*d, H, W) -> (B, M, H, W) int64, or only the first
+        ``groups`` of them."""
         b, _, h, w = z.shape
         dist = self._distances(self._split(z))
-        return dist.argmin(-1).view(self.groups, b, h, w).permute(1, 0, 2, 3)
+        return dist.argmin(-1).view(self.groups, b, h, w).permute(1, 0, 2, 3)[:, :groups]
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
         """Codewords of (B, M, H, W) indices as a (B, M*d, H, W) latent."""
@@ -78,6 +79,15 @@ class _Codebooks(nn.Module):
         group = torch.arange(self.groups, device=active.device)
         keep = (group[None, :] < active[:, None]).float()
         return keep.repeat_interleave(self.dim, 1)[:, :, None, None]
+
+    @torch.no_grad()
+    def adopt_codebooks(self) -> None:
+        """Treat the current codewords as trained (after loading them from a weight file that
+        keeps no training state): no re-initialisation from the first batch."""
+        self.initialised.fill_(True)
+        if hasattr(self, "ema_sum"):
+            self.ema_count.fill_(1.0)
+            self.ema_sum.copy_(self.codebooks)
 
     @torch.no_grad()
     def _track_usage(self, idx: torch.Tensor, flat: torch.Tensor) -> None:
@@ -223,10 +233,12 @@ class ResidualVQ(nn.Module):
     def width(self) -> int:
         return self.dim
 
-    def _quantize(self, z: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(stage codewords (S, B, d, H, W), indices (B, S, H, W)); ``update``: EMA step."""
+    def _quantize(self, z: torch.Tensor, update: bool, stages: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(stage codewords (S, B, d, H, W), indices (B, S, H, W)) of the first ``stages``
+        stages (default all); ``update``: EMA step."""
         residual, words, indices = z.detach(), [], []
-        for stage in self.stages:
+        for stage in self.stages[:stages]:
             idx = stage.indices(residual)
             if update:
                 stage._update(stage._split(residual), idx.permute(1, 0, 2, 3).reshape(1, -1))
@@ -238,9 +250,13 @@ class ResidualVQ(nn.Module):
         return torch.stack(words), torch.cat(indices, 1)
 
     @torch.no_grad()
-    def indices(self, z: torch.Tensor) -> torch.Tensor:
-        """Indices (B, S, H, W) of every stage, in order."""
-        return self._quantize(z, update=False)[1]
+    def indices(self, z: torch.Tensor, stages: int | None = None) -> torch.Tensor:
+        """Indices (B, S, H, W) of every stage, in order, or of the first ``stages`` (the later
+        ones are not computed: encoding at quality q needs q stages)."""
+        if stages == 0:
+            b, _, h, w = z.shape
+            return torch.zeros((b, 0, h, w), dtype=torch.long, device=z.device)
+        return self._quantize(z, update=False, stages=stages)[1]
 
     def embed_prefix(self, indices: torch.Tensor) -> torch.Tensor:
         """The sum of the first q stages' codewords (zeros for q = 0)."""

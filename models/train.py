@@ -106,6 +106,9 @@ def warm_start(model: nn.Module, path: Path) -> list[str]:
              if k in state and state[k].shape == v.shape and v.is_floating_point()]
     state.update({k: tensors[k] for k in taken})
     model.load_state_dict(state)
+    for name, module in model.named_modules():  # loaded codebooks start trained, not from data
+        if hasattr(module, "adopt_codebooks") and f"{name}.codebooks" in taken:
+            module.adopt_codebooks()
     return taken
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bitstream.entropy import (
     TOTAL,
@@ -31,6 +32,37 @@ def test_freqs_from_logits_is_a_valid_table():
     assert (freqs_from_logits(logits + 12345) == freqs).all()
     with pytest.raises(TypeError):
         freqs_from_logits(logits.astype(np.float32))
+
+
+def _reference_freqs(logits: np.ndarray) -> np.ndarray:
+    """The table rule written out step by step in plain Python integers (the specification the
+    vectorised :func:`freqs_from_logits` must match bit for bit)."""
+    step = [1 << 30]
+    for _ in range(255):
+        step.append((step[-1] * 1070838486 + (1 << 29)) >> 30)
+    rows = []
+    for row in logits.tolist():
+        top = max(row)
+        weights = [step[d & 0xFF] >> (d >> 8) for d in (min(top - v, 30 << 8) for v in row)]
+        total, k = sum(weights), len(row)
+        freqs = [1 + w * (TOTAL - k) // total for w in weights]
+        freqs[weights.index(max(weights))] += TOTAL - sum(freqs)
+        rows.append(freqs)
+    return np.array(rows)
+
+
+def test_freqs_from_logits_match_the_reference_rule():
+    rng = np.random.default_rng(3)
+    logits = np.concatenate([
+        rng.integers(-20000, 20000, size=(40, 256)),  # most symbols far below the top
+        rng.integers(-900, 900, size=(40, 256)),  # all within a few bits
+        np.repeat(rng.integers(-5, 5, size=(10, 1)), 256, axis=1),  # ties: uniform rows
+        rng.integers(-8000, 0, size=(10, 256)) // 256 * 256,  # exact powers of two
+    ])
+    expected = _reference_freqs(logits)
+    assert (freqs_from_logits(logits) == expected).all()
+    assert (freqs_from_logits(torch.from_numpy(logits.astype(np.int32))) == expected).all()
+    assert freqs_from_logits(np.zeros((0, 256), np.int64)).shape == (0, 256)
 
 
 def test_freqs_follow_softmax():

@@ -72,3 +72,22 @@ def test_torchrun_data_parallel(tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
     assert json.loads((out / "report.json").read_text())["processes"] == 2
     assert (out / "w.safetensors").stat().st_size > 0
+
+
+def test_warm_start_keeps_the_shipped_codebooks():
+    """Codebooks taken from a shipped weight file (which keeps no EMA state) are the starting
+    point of training: the first training batch must not re-seed them from its own latents."""
+    from models import mcq
+    from models.train import warm_start
+
+    path = ROOT / "models" / "weights" / "mcq.safetensors"
+    shipped, _ = mcq.load_weights(str(path))
+    model = mcq.MCQ(shipped.config)
+    warm_start(model, path)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(2, 3, 64, 64), torch.tensor([8, 8]))
+    for name in ("coarse_vq", "fine_vq.stages.0", "fine_vq.stages.7"):
+        after = model.get_submodule(name).codebooks
+        before = shipped.get_submodule(name).codebooks
+        assert (after - before).abs().amax() < 0.2 * before.abs().amax(), name
