@@ -85,9 +85,13 @@ class MCQ(nn.Module):
         """Symbols per unit: the coarse indices and q fine indices for each of 4 children."""
         return self.config.coarse_groups + 4 * quality
 
-    def forward(self, x: torch.Tensor, active: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training pass: x in [0, 1] (sides multiples of 16), ``active`` fine groups per image."""
+    def forward(self, x: torch.Tensor, active: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Training pass: x in [0, 1] (sides multiples of 16), ``active`` fine groups per image;
+        ``active=None`` is the autoencoder alone (analysis, fine head, synthesis, nothing
+        quantized), the pretraining pass of ``models.train --pretrain-steps``."""
         f = self.g_a(x)
+        if active is None:
+            return {"x_hat": self.g_s(self.fine_head(f)), "commitment": x.new_zeros(())}
         cq, c_idx, c_commit = self.coarse_vq(self.h_a(f))
         prediction = self.h_s(cq)
         rq, f_idx, f_commit = self.fine_vq(self.fine_head(f) - prediction, active)

@@ -57,7 +57,9 @@ def test_training_refuses_kodak(tmp_path):
 
 
 def test_torchrun_data_parallel(tmp_path):
-    """Two processes under torchrun (gloo on the CPU): training, checkpoint and export work."""
+    """Two processes under torchrun (gloo on the CPU): training (two autoencoder pretraining
+    steps, whose unused quantizers DistributedDataParallel must accept, then nested steps),
+    checkpoint and export work."""
     rng = np.random.default_rng(1)
     data = tmp_path / "photos"
     data.mkdir()
@@ -66,10 +68,11 @@ def test_torchrun_data_parallel(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29517", "-m", "models.train", "mcq", "--data", str(data),
-           "--out", str(out), "--steps", "3", "--batch", "2", "--crop", "64", "--threads", "1",
+           "--out", str(out), "--steps", "4", "--pretrain-steps", "2", "--batch", "2", "--crop",
+           "64", "--threads", "1",
            "--prior-steps", "3", "--save-every", "1", "--export", str(out / "w.safetensors")]
     subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=300)
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
     assert json.loads((out / "report.json").read_text())["processes"] == 2
     assert (out / "w.safetensors").stat().st_size > 0
 
@@ -91,3 +94,20 @@ def test_warm_start_keeps_the_shipped_codebooks():
         after = model.get_submodule(name).codebooks
         before = shipped.get_submodule(name).codebooks
         assert (after - before).abs().amax() < 0.2 * before.abs().amax(), name
+
+
+def test_autoencoder_pass_leaves_the_quantizers_alone():
+    """The pretraining pass (``active=None``) trains analysis and synthesis only: no codebook
+    moves or gets initialised, and gradients reach the transforms."""
+    from models import mcq
+
+    torch.manual_seed(0)
+    model = mcq.MCQ(mcq.MCQConfig(quantizer="rvq", group_dim=64)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "_vq." in k}
+    x = torch.rand(2, 3, 64, 64)
+    out = model(x, None)
+    torch.nn.functional.mse_loss(out["x_hat"], x).backward()
+    assert out["x_hat"].shape == x.shape
+    assert all((model.state_dict()[k] == v).all() for k, v in before.items())
+    assert model.g_a[0].weight.grad is not None and model.g_s[0].weight.grad is not None
+    assert model.h_a[0].weight.grad is None
