@@ -90,6 +90,12 @@ class _Codebooks(nn.Module):
             self.ema_sum.copy_(self.codebooks)
 
     @torch.no_grad()
+    def restart_from_data(self) -> None:
+        """Draw the codewords afresh from the next training batch (after the latents moved
+        away from them, e.g. at the end of autoencoder pretraining)."""
+        self.initialised.fill_(False)
+
+    @torch.no_grad()
     def _track_usage(self, idx: torch.Tensor, flat: torch.Tensor) -> None:
         """Running share of each codeword in the indices (M, N) (subclasses keep a ``usage``
         buffer and ``usage_decay``); codewords far below a uniform share are re-seeded from the
@@ -131,6 +137,7 @@ class MultiCodebookVQ(_Codebooks):
             pick = torch.randint(0, flat.shape[1], (self.codebook_size,), device=flat.device)
             self.codebooks.copy_(flat[:, pick])
             self.ema_sum.copy_(self.codebooks)
+            self.ema_count.fill_(1.0)
             self.initialised.fill_(True)
             return
         onehot = F.one_hot(idx, self.codebook_size).type(flat.dtype)  # (M, N, K)
@@ -232,6 +239,11 @@ class ResidualVQ(nn.Module):
     @property
     def width(self) -> int:
         return self.dim
+
+    def restart_from_data(self) -> None:
+        """Every stage draws its codewords afresh from its residuals in the next batch."""
+        for stage in self.stages:
+            stage.restart_from_data()
 
     def _quantize(self, z: torch.Tensor, update: bool, stages: int | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:

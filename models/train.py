@@ -169,6 +169,11 @@ def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, a
         for group in opt.param_groups:
             group["lr"] = args.lr * (0.1 if step >= 0.8 * args.steps else 1.0)
         pretraining = step < args.pretrain_steps
+        if step == args.pretrain_steps > 0:
+            # the pretrained latents left the fine codewords behind: coding them against the
+            # stale codebooks made the commitment loss dwarf the distortion and the run
+            # collapsed (held-back PSNR 24 -> 9 dB within 2 000 steps); start them from the data
+            model.fine_vq.restart_from_data()
         loss, mse = (autoencoder_loss if pretraining else loss_fn)(
             net, sampler.batch(args.batch).to(device), args)
         opt.zero_grad(set_to_none=True)
