@@ -126,6 +126,7 @@ class MultiCodebookVQ(_Codebooks):
     def __init__(self, groups: int, codebook_size: int, dim: int, decay: float = 0.99) -> None:
         super().__init__(groups, codebook_size, dim)
         self.decay = decay
+        self.update_codebooks = True  # False: training leaves the codewords as they are
         self.register_buffer("codebooks", torch.randn(groups, codebook_size, dim) * 0.1)
         self.register_buffer("ema_count", torch.ones(groups, codebook_size))
         self.register_buffer("ema_sum", self.codebooks.clone())
@@ -155,7 +156,7 @@ class MultiCodebookVQ(_Codebooks):
         """Quantize: returns (straight-through latent, indices (B, M, H, W), commitment loss);
         with ``active`` only the first groups of each image are kept."""
         idx = self.indices(z)
-        if self.training:
+        if self.training and self.update_codebooks:
             flat = self._split(z.detach())
             self._update(flat, idx.permute(1, 0, 2, 3).reshape(self.groups, -1))
             idx = self.indices(z)
@@ -235,6 +236,7 @@ class ResidualVQ(nn.Module):
         self.groups, self.codebook_size, self.dim = stages, codebook_size, dim
         self.stages = nn.ModuleList(MultiCodebookVQ(1, codebook_size, dim, decay)
                                     for _ in range(stages))
+        self.update_codebooks = True  # False: training leaves the codewords as they are
 
     @property
     def width(self) -> int:
@@ -282,7 +284,7 @@ class ResidualVQ(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Quantize: (straight-through partial sum of the first ``active`` stages per image,
         indices (B, S, H, W), commitment of z to the sum of all stages)."""
-        words, idx = self._quantize(z, update=self.training)
+        words, idx = self._quantize(z, update=self.training and self.update_codebooks)
         sums = words.cumsum(0)  # (S, B, d, H, W): the latent after 1..S stages
         if active is None:
             active = torch.full((z.shape[0],), self.groups, device=z.device)

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from bitstream.entropy import cost_bits
 from models import mcq, tiny_mcq, weightfile
 from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths, whole_image
-from models.prior import IntChannelPrior
+from models.quantizers import GumbelMultiCodebookVQ
 
 
 
@@ -107,6 +107,16 @@ def make_config(config_cls, overrides: list[str]):
                              f"{', '.join(fields)}")
         values[name] = type(fields[name].default)(value)
     return config_cls(**values)
+
+
+def freeze_codebooks(model: nn.Module, pretrain_steps: int) -> None:
+    """``--freeze-codebooks``: every EMA quantizer of ``model`` keeps its codewords."""
+    quantizers = [m for m in model.modules() if hasattr(m, "update_codebooks")]
+    if pretrain_steps or any(isinstance(m, GumbelMultiCodebookVQ) for m in model.modules()):
+        raise SystemExit("--freeze-codebooks needs EMA quantizers and no --pretrain-steps "
+                         "(whose hand-over re-draws the codebooks)")
+    for module in quantizers:
+        module.update_codebooks = False
 
 
 def warm_start(model: nn.Module, path: Path) -> list[str]:
@@ -289,6 +299,10 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=0,
                         help="mcq, experimental: the first N steps train the transforms alone, "
                              "nothing quantized (counted in --steps); see autoencoder_loss")
+    parser.add_argument("--freeze-codebooks", action="store_true",
+                        help="EMA quantizers keep their codewords (e.g. fine-tuning a shipped "
+                             "model: EMA updates beside the encoder's gradient made its first "
+                             "residual stage collapse within 600 steps; frozen, it stayed stable)")
     parser.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (0: off)")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--eval-every", type=int, default=500,
@@ -313,6 +327,8 @@ def main() -> None:
     if args.pretrain_steps and args.family != "mcq":
         raise SystemExit("--pretrain-steps is for the mcq family")
     model = net_cls(make_config(config_cls, args.set))
+    if args.freeze_codebooks:
+        freeze_codebooks(model, args.pretrain_steps)
     if args.init and not (out / "checkpoint.pt").exists():
         print(f"initialised from {args.init}: {', '.join(warm_start(model, args.init))}")
     model = model.to(device)

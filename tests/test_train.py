@@ -111,3 +111,23 @@ def test_autoencoder_pass_leaves_the_quantizers_alone():
     assert all((model.state_dict()[k] == v).all() for k, v in before.items())
     assert model.g_a[0].weight.grad is not None and model.g_s[0].weight.grad is not None
     assert model.h_a[0].weight.grad is None
+
+
+def test_frozen_codebooks_stay_put_in_training():
+    """``--freeze-codebooks``: a training pass moves no codeword of the EMA quantizers (the
+    coarse codebooks and every residual stage); Gumbel quantizers are refused."""
+    import pytest
+
+    from models import mcq
+    from models.train import freeze_codebooks
+
+    torch.manual_seed(0)
+    model = mcq.MCQ(mcq.MCQConfig(quantizer="rvq", group_dim=64)).train()
+    freeze_codebooks(model, pretrain_steps=0)
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("codebooks")}
+    model(torch.rand(2, 3, 64, 64), torch.tensor([8, 3]))
+    assert all((model.state_dict()[k] == v).all() for k, v in before.items())
+    with pytest.raises(SystemExit):
+        freeze_codebooks(mcq.MCQ(mcq.MCQConfig(quantizer="gumbel")), pretrain_steps=0)
+    with pytest.raises(SystemExit):
+        freeze_codebooks(mcq.MCQ(mcq.MCQConfig(quantizer="rvq", group_dim=64)), pretrain_steps=5)
