@@ -67,8 +67,9 @@ class IntChannelPrior:
         self.static = static  # (K,) frequencies of group 0 when it has no context
         # The hidden layer is clipped to [0, HIDDEN_CAP], so one bound covers every product.
         check_exact(HIDDEN_CAP, np.abs(out).max(initial=0), out.shape[1])
-        # torch copies, made once: this is the hot path of MCQ coding, and one thread pool
-        # (torch's) serves all of it (numpy's BLAS beside torch's threads halves the speed)
+        # torch views of the same integers (the output weights converted to float64 once):
+        # this is the hot path of MCQ coding, and one thread pool (torch's) serves all of it
+        # (numpy's BLAS beside torch's threads halves the speed)
         self._embed, self._bias = torch.from_numpy(embed), torch.from_numpy(bias)
         self._out = torch.from_numpy(out.astype(np.float64))
         self._out_bias = torch.from_numpy(out_bias)

@@ -85,9 +85,6 @@ class _Codebooks(nn.Module):
         """Treat the current codewords as trained (after loading them from a weight file that
         keeps no training state): no re-initialisation from the first batch."""
         self.initialised.fill_(True)
-        if hasattr(self, "ema_sum"):
-            self.ema_count.fill_(1.0)
-            self.ema_sum.copy_(self.codebooks)
 
     @torch.no_grad()
     def restart_from_data(self) -> None:
@@ -131,6 +128,13 @@ class MultiCodebookVQ(_Codebooks):
         self.register_buffer("ema_count", torch.ones(groups, codebook_size))
         self.register_buffer("ema_sum", self.codebooks.clone())
         self.register_buffer("initialised", torch.tensor(False))
+
+    @torch.no_grad()
+    def adopt_codebooks(self) -> None:
+        """As for every codebook, and the EMA statistics restart from the loaded codewords."""
+        super().adopt_codebooks()
+        self.ema_count.fill_(1.0)
+        self.ema_sum.copy_(self.codebooks)
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, idx: torch.Tensor) -> None:
@@ -236,7 +240,6 @@ class ResidualVQ(nn.Module):
         self.groups, self.codebook_size, self.dim = stages, codebook_size, dim
         self.stages = nn.ModuleList(MultiCodebookVQ(1, codebook_size, dim, decay)
                                     for _ in range(stages))
-        self.update_codebooks = True  # False: training leaves the codewords as they are
 
     @property
     def width(self) -> int:
@@ -254,7 +257,7 @@ class ResidualVQ(nn.Module):
         residual, words, indices = z.detach(), [], []
         for stage in self.stages[:stages]:
             idx = stage.indices(residual)
-            if update:
+            if update and stage.update_codebooks:
                 stage._update(stage._split(residual), idx.permute(1, 0, 2, 3).reshape(1, -1))
                 idx = stage.indices(residual)
             word = stage.embed(idx)
@@ -284,7 +287,7 @@ class ResidualVQ(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Quantize: (straight-through partial sum of the first ``active`` stages per image,
         indices (B, S, H, W), commitment of z to the sum of all stages)."""
-        words, idx = self._quantize(z, update=self.training and self.update_codebooks)
+        words, idx = self._quantize(z, update=self.training)
         sums = words.cumsum(0)  # (S, B, d, H, W): the latent after 1..S stages
         if active is None:
             active = torch.full((z.shape[0],), self.groups, device=z.device)

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from bitstream.entropy import cost_bits
 from models import mcq, tiny_mcq, weightfile
 from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths, whole_image
-from models.quantizers import GumbelMultiCodebookVQ
+from models.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ
 
 
 
@@ -111,7 +111,7 @@ def make_config(config_cls, overrides: list[str]):
 
 def freeze_codebooks(model: nn.Module, pretrain_steps: int) -> None:
     """``--freeze-codebooks``: every EMA quantizer of ``model`` keeps its codewords."""
-    quantizers = [m for m in model.modules() if hasattr(m, "update_codebooks")]
+    quantizers = [m for m in model.modules() if isinstance(m, MultiCodebookVQ)]
     if pretrain_steps or any(isinstance(m, GumbelMultiCodebookVQ) for m in model.modules()):
         raise SystemExit("--freeze-codebooks needs EMA quantizers and no --pretrain-steps "
                          "(whose hand-over re-draws the codebooks)")
