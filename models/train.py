@@ -342,6 +342,8 @@ def main() -> None:
         if rank > 0:
             return
     model = model.cpu().eval()
+    if args.family == "mcq":  # fit and measure exactly what the float16 weight file holds
+        weightfile.round_to_half(model, mcq.shipped_float)
     prior = fit_prior(model, sampler.images[::4], args.prior_steps)
     qualities = range(1 if args.family == "tiny" else 0, model.config.groups + 1)
     rows = evaluate(model, prior, val_images, qualities) if val_images else []

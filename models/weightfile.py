@@ -1,7 +1,8 @@
 """Shipped weight files: safetensors with the network's config in the metadata.
 
-Float tensors of the transforms and codebooks are stored as float32, the integer priors as the
-integers they are. Reading never unpickles anything.
+Float tensors of the transforms and codebooks are stored as float32 or float16 (the model
+family's choice; computation is float32 either way), the integer priors as the integers they
+are. Reading never unpickles anything.
 """
 
 from __future__ import annotations
@@ -17,15 +18,27 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"  # the shipped weight file
 
 
 def write(path: str, model: nn.Module, keep: Callable[[str], bool],
-          extra: dict[str, torch.Tensor], config: dict, metadata: dict) -> None:
-    """Save the state entries that ``keep`` accepts, plus ``extra`` tensors, config, metadata."""
+          extra: dict[str, torch.Tensor], config: dict, metadata: dict,
+          dtype: torch.dtype = torch.float32) -> None:
+    """Save the state entries that ``keep`` accepts (as ``dtype``), plus ``extra`` tensors,
+    config, metadata."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
+    tensors = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()
                if keep(k)}
     tensors.update(extra)
     meta = {"config": json.dumps(config), **{k: str(v) for k, v in metadata.items()}}
     save_file(tensors, path, metadata=meta)
+
+
+@torch.no_grad()
+def round_to_half(model: nn.Module, keep: Callable[[str], bool]) -> None:
+    """Round the float state entries that ``keep`` accepts to float16 values, in place (they stay
+    float32 tensors): whatever is measured or fitted afterwards (prior, validation, index counts)
+    is then exactly what a float16 file of the model gives."""
+    for k, v in model.state_dict().items():
+        if keep(k) and v.is_floating_point():
+            v.copy_(v.half())
 
 
 def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,7 +18,9 @@ from bitstream.entropy import TOTAL
 from bitstream.format import Family
 from codec import registry
 from codec.pipeline import decode_detailed, encode_detailed
-from models.mcq import MCQ, MCQConfig, load_weights
+from models import weightfile
+from models.data import load_images, split_paths
+from models.mcq import MCQ, MCQConfig, load_weights, shipped_float
 from models.quantizers import ResidualVQ
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +112,22 @@ def test_exported_prior_tables(trained):
         freqs = prior.freqs(flat[:j], j)
         assert freqs.min() >= 1 and (freqs.sum(-1) == TOTAL).all()
         assert freqs.ndim == (1 if j == 0 else 2)
+
+
+def test_export_is_float16_and_its_report_measures_the_shipped_file(trained):
+    """The transforms and codebooks ship as float16; the prior was fitted and the held-back
+    figures measured on exactly those rounded weights, so the file reproduces the report."""
+    from models.train import evaluate
+
+    _, tensors = weightfile.read(str(trained))
+    floats = {k: t.dtype for k, t in tensors.items() if t.is_floating_point()}
+    assert floats and set(floats.values()) == {torch.float16}
+    assert all(shipped_float(k) for k in floats)
+    model, prior = load_weights(str(trained))
+    report = json.loads((trained.parent / "run" / "report.json").read_text())
+    _, val_paths = split_paths(trained.parent / "photos")
+    rows = evaluate(model, prior, load_images(val_paths, 64), range(model.config.groups + 1))
+    assert rows == report["validation"]
 
 
 def test_codec_round_trip_and_concealment(trained, monkeypatch, small_rgb):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bitstream.entropy import cost_bits, freqs_from_counts
+from models import weightfile
 from models.data import CropSampler, load_images, split_paths, whole_image
 
 
@@ -180,10 +181,7 @@ def build_ladder(args) -> None:
     uniform = freqs_from_counts(np.ones(len(full)))
     fp32_psnr = evaluate(model, [full], [uniform], val_images)[0]["psnr"]
     if not args.fp32:  # evaluate, count and ship exactly the float16-rounded transforms
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.startswith(codec.TRANSFORMS):
-                    p.copy_(p.half().float())
+        weightfile.round_to_half(model, lambda k: k.startswith(codec.TRANSFORMS))
     counts = count_indices(model, codebooks, images[:: max(1, len(images) // args.count_images)])
     tables = [freqs_from_counts(c + 0.5) for c in counts]
     rows = evaluate(model, codebooks, tables, val_images)
