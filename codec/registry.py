@@ -2,8 +2,9 @@
 
 A model's id and its weights' digest go into every file it writes, so a decoder can refuse a file
 made with a model (or a retrained version of it) that it does not have, instead of producing
-garbage. When a model is retrained, its earlier weight files stay shipped as ``retired``
-revisions: files they wrote keep decoding, new files use the current weights.
+garbage. When a model is retrained, its previous weight file stays shipped as a ``retired``
+revision: files it wrote keep decoding, new files use the current weights. Older revisions are
+dropped to keep the package small; their files are refused with a message that says so.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ MODELS: dict[str, ModelInfo] = {
             description="MCQ: coarse 1/16 codebooks and 8 residual VQ stages at 1/8 with a "
                         "cascaded prior, 0.06-0.8 bpp; small CPU-trained configuration "
                         "(models/weights/mcq.md)",
-            retired=("mcq-r1.safetensors",)),
+            retired=("mcq-r2.safetensors",)),
         ModelInfo(
             name="pc-mnist", model_id=3, family=Family.LOSSLESS, weights="pc-mnist.safetensors",
             module="models.pc.tiles", qualities=(0,), default_quality=0,
