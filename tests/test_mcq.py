@@ -22,6 +22,7 @@ from models import weightfile
 from models.data import load_images, split_paths
 from models.mcq import MCQ, MCQConfig, load_weights, shipped_float
 from models.quantizers import ResidualVQ
+from models.train import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = MCQConfig(channels=16, groups=3, group_dim=4, codebook_size=32, coarse_groups=2,
@@ -117,8 +118,6 @@ def test_exported_prior_tables(trained):
 def test_export_is_float16_and_its_report_measures_the_shipped_file(trained):
     """The transforms and codebooks ship as float16; the prior was fitted and the held-back
     figures measured on exactly those rounded weights, so the file reproduces the report."""
-    from models.train import evaluate
-
     _, tensors = weightfile.read(str(trained))
     floats = {k: t.dtype for k, t in tensors.items() if t.is_floating_point()}
     assert floats and set(floats.values()) == {torch.float16}
