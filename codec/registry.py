@@ -55,9 +55,9 @@ MODELS: dict[str, ModelInfo] = {
             name="mcq", model_id=2, family=Family.MCQ, weights="mcq.safetensors",
             module="models.mcq", qualities=tuple(range(9)), default_quality=4,
             description="MCQ: coarse 1/16 codebooks and 8 residual VQ stages at 1/8 with a "
-                        "cascaded prior, 0.06-0.8 bpp; small CPU-trained configuration "
+                        "cascaded prior, 0.06-0.65 bpp; small CPU-trained configuration "
                         "(models/weights/mcq.md)",
-            retired=("mcq-r2.safetensors",)),
+            retired=("mcq-r5.safetensors",)),
         ModelInfo(
             name="pc-mnist", model_id=3, family=Family.LOSSLESS, weights="pc-mnist.safetensors",
             module="models.pc.tiles", qualities=(0,), default_quality=0,

@@ -33,9 +33,12 @@ def plot(curves: dict[str, list[dict]], out: Path) -> None:
     for (name, points), style in zip(curves.items(), ["-", "--", ":", "-."] * 8):
         steps = [p["step"] for p in points]
         ax_loss.plot(steps, [p["loss"] for p in points], style, label=name)
-        for q in points[0]["held_out_psnr"]:
-            ax_psnr.plot(steps, [p["held_out_psnr"][q] for p in points], style,
-                         label=f"{name} q{q}")
+        keys = dict.fromkeys(k for p in points for k in p["held_out_psnr"])
+        for key in keys:  # quality q, or "autoencoder" (pretraining) where a run has it
+            mine = [p for p in points if key in p["held_out_psnr"]]
+            ax_psnr.plot([p["step"] for p in mine], [p["held_out_psnr"][key] for p in mine],
+                         style, marker="." if len(mine) == 1 else None,
+                         label=f"{name} {'q' if key.isdigit() else ''}{key}")
     ax_loss.set(xlabel="step", ylabel="training loss", yscale="log")
     ax_psnr.set(xlabel="step", ylabel="held-back PSNR (dB)")
     ax_loss.legend(fontsize=7)
@@ -74,7 +77,7 @@ def plot_prior(points: list[dict], out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("curves", nargs="+", type=Path, help="curve.jsonl files")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args()

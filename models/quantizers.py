@@ -17,6 +17,9 @@ the stages before it left (residual VQ, as in SoundStream), with EMA codebooks.
 All three are *nested*: given ``active`` (B,) the training output keeps only the first groups
 (stages) per image, and ``embed_prefix`` decodes the first q groups of indices into the full latent
 (zeros, or the partial sum, for the rest). That is the rate control of the MCQ models.
+
+:func:`kmeans` fits codebooks offline: the VQ ladder's smaller codebooks, and MCQ's at the end of
+autoencoder pretraining.
 """
 
 from __future__ import annotations
@@ -85,12 +88,6 @@ class _Codebooks(nn.Module):
         """Treat the current codewords as trained (after loading them from a weight file that
         keeps no training state): no re-initialisation from the first batch."""
         self.initialised.fill_(True)
-
-    @torch.no_grad()
-    def restart_from_data(self) -> None:
-        """Draw the codewords afresh from the next training batch (after the latents moved
-        away from them, e.g. at the end of autoencoder pretraining)."""
-        self.initialised.fill_(False)
 
     @torch.no_grad()
     def _track_usage(self, idx: torch.Tensor, flat: torch.Tensor) -> None:
@@ -245,11 +242,6 @@ class ResidualVQ(nn.Module):
     def width(self) -> int:
         return self.dim
 
-    def restart_from_data(self) -> None:
-        """Every stage draws its codewords afresh from its residuals in the next batch."""
-        for stage in self.stages:
-            stage.restart_from_data()
-
     def _quantize(self, z: torch.Tensor, update: bool, stages: int | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """(stage codewords (S, B, d, H, W), indices (B, S, H, W)) of the first ``stages``
@@ -296,3 +288,42 @@ class ResidualVQ(nn.Module):
         commitment = F.mse_loss(z, sums[-1])
         through = (active > 0).float()[:, None, None, None]  # no gradient when nothing is sent
         return partial + (z - z.detach()) * through, idx, commitment
+
+
+def kmeans(points: torch.Tensor, k: int, weights: torch.Tensor | None = None, iters: int = 40,
+           seed: int = 0) -> torch.Tensor:
+    """Weighted k-means (Lloyd) of points (N, d) into k centroids (k, d).
+
+    Initialised by weighted k-means++ seeding; a centroid left without points is moved to the
+    point that is currently worst served. Deterministic for a given seed.
+    """
+    n = len(points)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be 1..{n} for {n} points, got {k}")
+    w = torch.ones(n) if weights is None else weights.float().clamp(min=0)
+    if w.sum() <= 0:
+        raise ValueError("k-means weights must not all be zero")
+    gen = torch.Generator().manual_seed(seed)
+    points = points.float()
+    centroids = points[torch.multinomial(w, 1, generator=gen)]
+    best = (points - centroids[0]).pow(2).sum(1)
+    for _ in range(1, k):  # k-means++: next seed with probability ~ weight * distance^2
+        p = w * best
+        pick = torch.multinomial(p if p.sum() > 0 else w, 1, generator=gen)
+        centroids = torch.cat([centroids, points[pick]])
+        best = torch.minimum(best, (points - points[pick]).pow(2).sum(1))
+    for _ in range(iters):
+        dist = torch.cdist(points, centroids).pow(2)
+        assign = dist.argmin(1)
+        total = torch.zeros(k).index_add_(0, assign, w)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, points * w[:, None])
+        new = torch.where(total[:, None] > 0, sums / total.clamp(min=1e-12)[:, None], centroids)
+        for empty in (total == 0).nonzero()[:, 0]:
+            served = (w * dist.gather(1, assign[:, None])[:, 0])
+            worst = int(served.argmax())
+            new[empty] = points[worst]
+            dist[worst] = 0  # do not hand the same point to two empty clusters
+        if torch.allclose(new, centroids):
+            break
+        centroids = new
+    return centroids

@@ -70,22 +70,6 @@ def test_residual_vq_stages_refine_the_whole_latent():
     assert commitment.item() == pytest.approx(errors[4], rel=1e-4)
 
 
-def test_residual_vq_restart_draws_every_stage_from_its_residuals():
-    """After pretraining moved the latents, the stale codewords are replaced by latents of the
-    next batch: stage 0 by latents, stage s by what stages < s left."""
-    torch.manual_seed(0)
-    vq = ResidualVQ(stages=3, codebook_size=8, dim=4).train()
-    vq(torch.randn(2, 4, 4, 4))
-    z = 50 + torch.randn(2, 4, 4, 4)  # far from every codeword
-    vq.restart_from_data()
-    vq(z)
-    latents = z.permute(0, 2, 3, 1).reshape(-1, 4)
-    first = vq.stages[0].codebooks[0]
-    assert all((latents - word).abs().sum(-1).min() < 1e-5 for word in first)
-    assert vq.stages[1].codebooks.abs().max() < 10  # residuals, not latents
-    assert (z - vq.embed_prefix(vq.indices(z))).pow(2).mean() < 10
-
-
 def _generated_photos(folder: Path, n: int = 40) -> None:
     rng = np.random.default_rng(0)
     folder.mkdir()

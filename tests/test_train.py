@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -59,20 +60,25 @@ def test_training_refuses_kodak(tmp_path):
 def test_torchrun_data_parallel(tmp_path):
     """Two processes under torchrun (gloo on the CPU): training (two autoencoder pretraining
     steps, whose unused quantizers DistributedDataParallel must accept, then nested steps),
-    checkpoint and export work."""
+    checkpoint, curve (the autoencoder's PSNR while pretraining, every quality's after the
+    hand-over) and export work."""
     rng = np.random.default_rng(1)
     data = tmp_path / "photos"
     data.mkdir()
-    for i in range(30):
+    for i in range(40):
         Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(data / f"{i}.png")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29517", "-m", "models.train", "mcq", "--data", str(data),
            "--out", str(out), "--steps", "4", "--pretrain-steps", "2", "--batch", "2", "--crop",
-           "64", "--threads", "1",
-           "--prior-steps", "3", "--save-every", "1", "--export", str(out / "w.safetensors")]
+           "64", "--threads", "1", "--set", "quantizer=rvq",
+           "--prior-steps", "3", "--save-every", "1", "--eval-every", "1",
+           "--export", str(out / "w.safetensors")]
     subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=300)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
+    curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert [list(p["held_out_psnr"]) for p in curve] == [["autoencoder"]] * 2 + [
+        [str(q) for q in range(9)]] * 2
     assert json.loads((out / "report.json").read_text())["processes"] == 2
     assert (out / "w.safetensors").stat().st_size > 0
 
@@ -113,11 +119,54 @@ def test_autoencoder_pass_leaves_the_quantizers_alone():
     assert model.h_a[0].weight.grad is None
 
 
+def test_autoencoder_pass_normalises_the_latent():
+    """Pretraining decodes the fine latent at unit RMS plus noise, so the encoder cannot grow
+    it past the quantization error it will meet."""
+    from models.mcq import MCQ
+
+    torch.manual_seed(0)
+    y = 50 * torch.randn(4, 8, 6, 6)
+    clean = MCQ.pretrain_latent(y, max_noise=0.0)
+    assert clean.pow(2).mean().item() == pytest.approx(1.0, rel=1e-4)
+    assert torch.allclose(clean, y / y.pow(2).mean().sqrt(), atol=1e-5)
+    noisy = MCQ.pretrain_latent(y, max_noise=0.3)
+    assert 0 < (noisy - clean).pow(2).mean().sqrt() < 0.3
+
+
+def test_handover_fits_and_freezes_the_codebooks():
+    """End of pretraining: the fine latent is rescaled to unit RMS, every codebook is fitted by
+    k-means (each residual stage lowers the error), and training moves no codeword after it."""
+    from models import mcq
+    from models.data import CropSampler
+    from models.train import handover
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
+    config = mcq.MCQConfig(quantizer="rvq", groups=3, group_dim=8, codebook_size=16,
+                           coarse_codebook_size=16, channels=16)
+    model = mcq.MCQ(config).train()
+    handover(model, CropSampler(images, 32), crops=16)
+    assert model.training
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)
+    with torch.no_grad():
+        f = model.g_a(x)
+        y = model.fine_head(f)
+        coarse = model.coarse_vq.indices(model.h_a(f))
+        residual = y - model.h_s(model.coarse_vq.embed(coarse))
+        errors = [(residual - model.fine_vq.embed_prefix(model.fine_vq.indices(residual, q))
+                   ).pow(2).mean().item() for q in range(4)]
+    assert y.pow(2).mean().item() == pytest.approx(1.0, rel=0.3)
+    assert errors == sorted(errors, reverse=True) and errors[3] < 0.5 * errors[0]
+    assert len(coarse.unique()) > 4  # codewords from the data, not one lonely winner
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("codebooks")}
+    model(x[:2], torch.tensor([3, 1]))
+    assert all((model.state_dict()[k] == v).all() for k, v in before.items())
+
+
 def test_frozen_codebooks_stay_put_in_training():
     """``--freeze-codebooks``: a training pass moves no codeword of the EMA quantizers (the
     coarse codebooks and every residual stage); Gumbel quantizers are refused."""
-    import pytest
-
     from models import mcq
     from models.train import freeze_codebooks
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from bitstream.entropy import cost_bits, freqs_from_counts
 from models import weightfile
 from models.data import CropSampler, load_images, split_paths, whole_image
+from models.quantizers import kmeans
 
 
 def nearest(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -31,45 +32,6 @@ def nearest(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
     dist = codebook.pow(2).sum(1)[None] - 2 * flat @ codebook.T  # |z|^2 does not change argmin
     return dist.argmin(1).view(z.shape[0], *z.shape[2:])
-
-
-def kmeans(points: torch.Tensor, k: int, weights: torch.Tensor | None = None, iters: int = 40,
-           seed: int = 0) -> torch.Tensor:
-    """Weighted k-means (Lloyd) of points (N, d) into k centroids (k, d).
-
-    Initialised by weighted k-means++ seeding; a centroid left without points is moved to the
-    point that is currently worst served. Deterministic for a given seed.
-    """
-    n = len(points)
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be 1..{n} for {n} points, got {k}")
-    w = torch.ones(n) if weights is None else weights.float().clamp(min=0)
-    if w.sum() <= 0:
-        raise ValueError("k-means weights must not all be zero")
-    gen = torch.Generator().manual_seed(seed)
-    points = points.float()
-    centroids = points[torch.multinomial(w, 1, generator=gen)]
-    best = (points - centroids[0]).pow(2).sum(1)
-    for _ in range(1, k):  # k-means++: next seed with probability ~ weight * distance^2
-        p = w * best
-        pick = torch.multinomial(p if p.sum() > 0 else w, 1, generator=gen)
-        centroids = torch.cat([centroids, points[pick]])
-        best = torch.minimum(best, (points - points[pick]).pow(2).sum(1))
-    for _ in range(iters):
-        dist = torch.cdist(points, centroids).pow(2)
-        assign = dist.argmin(1)
-        total = torch.zeros(k).index_add_(0, assign, w)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, points * w[:, None])
-        new = torch.where(total[:, None] > 0, sums / total.clamp(min=1e-12)[:, None], centroids)
-        for empty in (total == 0).nonzero()[:, 0]:
-            served = (w * dist.gather(1, assign[:, None])[:, 0])
-            worst = int(served.argmax())
-            new[empty] = points[worst]
-            dist[worst] = 0  # do not hand the same point to two empty clusters
-        if torch.allclose(new, centroids):
-            break
-        centroids = new
-    return centroids
 
 
 def crop_pool(images: list[np.ndarray], n: int, crop: int, seed: int = 0) -> torch.Tensor:
