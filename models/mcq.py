@@ -111,6 +111,8 @@ class MCQ(nn.Module):
         random level per image, 0 .. ``max_noise`` (the residual VQ's error after 1 to 8 stages
         is 0.03-0.2 of the latent's RMS), so the synthesis learns to decode coarse latents."""
         y = y * y.pow(2).mean().add(1e-8).rsqrt()
+        if max_noise == 0:  # evaluation: no noise, and no draw from the random stream
+            return y
         level = torch.rand(y.shape[0], 1, 1, 1, device=y.device) * max_noise
         return y + level * torch.randn_like(y)
 
