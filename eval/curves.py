@@ -77,7 +77,7 @@ def plot_prior(points: list[dict], out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("curves", nargs="+", type=Path, help="curve.jsonl files")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args()

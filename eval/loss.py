@@ -173,7 +173,7 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="codec loss", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser = argparse.ArgumentParser(prog="codec loss", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
                         help="folder of test images (default: Kodak)")
     parser.add_argument("--model", default="vq", help="a VQ model of the registry (default: vq)")

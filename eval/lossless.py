@@ -171,7 +171,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
     parser.add_argument("--count", type=int, default=10000, help="test images per dataset")
     parser.add_argument("--naive-images", type=int, default=10)

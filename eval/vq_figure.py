@@ -25,7 +25,7 @@ CLASSICAL = [("JPEG 2000 (same size)", "jpeg2000", None), ("AVIF quality 0", "av
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGES / "kodim23.png")
     parser.add_argument("--bpp", type=float, default=0.03, help="target rate of the VQ panel")
     parser.add_argument("--box", default="200,120,456,376", help="crop x0,y0,x1,y1")

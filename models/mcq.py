@@ -62,6 +62,7 @@ class MCQ(nn.Module):
     """Analysis, coarse and fine multi-codebook quantizers, prediction, synthesis, priors."""
 
     unit = 16
+    pretrain_noise = 0.3  # highest noise level of the pretraining pass, see pretrain_latent
 
     def __init__(self, config: MCQConfig = MCQConfig()) -> None:
         super().__init__()
@@ -92,7 +93,7 @@ class MCQ(nn.Module):
         training mode)."""
         f = self.g_a(x)
         if active is None:
-            noise = 0.3 if self.training else 0.0
+            noise = self.pretrain_noise if self.training else 0.0
             return {"x_hat": self.g_s(self.pretrain_latent(self.fine_head(f), noise)),
                     "commitment": x.new_zeros(())}
         cq, c_idx, c_commit = self.coarse_vq(self.h_a(f))
@@ -104,7 +105,7 @@ class MCQ(nn.Module):
                 "prior_bits": self.prior_loss(c_idx, f_idx)}
 
     @staticmethod
-    def pretrain_latent(y: torch.Tensor, max_noise: float = 0.3) -> torch.Tensor:
+    def pretrain_latent(y: torch.Tensor, max_noise: float) -> torch.Tensor:
         """The fine latent as the pretraining pass decodes it: scaled to unit RMS over the batch
         (so the encoder cannot outgrow the quantization error: left free, the latent grew about
         13x in energy, mostly in directions the synthesis ignores) plus Gaussian noise of a

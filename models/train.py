@@ -110,14 +110,19 @@ def make_config(config_cls, overrides: list[str]):
     return config_cls(**values)
 
 
+def _freeze(model: nn.Module) -> None:
+    """Every EMA quantizer of ``model`` keeps its codewords in training."""
+    for module in model.modules():
+        if isinstance(module, MultiCodebookVQ):
+            module.update_codebooks = False
+
+
 def freeze_codebooks(model: nn.Module, pretrain_steps: int) -> None:
     """``--freeze-codebooks``: every EMA quantizer of ``model`` keeps its codewords."""
-    quantizers = [m for m in model.modules() if isinstance(m, MultiCodebookVQ)]
     if pretrain_steps or any(isinstance(m, GumbelMultiCodebookVQ) for m in model.modules()):
         raise SystemExit("--freeze-codebooks needs EMA quantizers and no --pretrain-steps "
                          "(which fits the codebooks afresh and then freezes them itself)")
-    for module in quantizers:
-        module.update_codebooks = False
+    _freeze(model)
 
 
 @torch.no_grad()
@@ -139,11 +144,10 @@ def handover(model: nn.Module, sampler: CropSampler, crops: int = 64) -> None:
     model.fine_head.weight.mul_(scale)
     model.fine_head.bias.mul_(scale)
     y = y * scale
-    coarse_vq = model.coarse_vq
-    z = coarse_vq._split(model.h_a(f))
-    for g in range(coarse_vq.groups):
-        coarse_vq.codebooks[g] = kmeans(z[g].cpu(), coarse_vq.codebook_size, iters=20).to(device)
-    residual = y - model.h_s(coarse_vq.embed(coarse_vq.indices(model.h_a(f))))
+    coarse_vq, z = model.coarse_vq, model.h_a(f)
+    for g, points in enumerate(coarse_vq._split(z)):
+        coarse_vq.codebooks[g] = kmeans(points.cpu(), coarse_vq.codebook_size, iters=20).to(device)
+    residual = y - model.h_s(coarse_vq.embed(coarse_vq.indices(z)))
     for stage in model.fine_vq.stages:
         stage.codebooks[0] = kmeans(stage._split(residual)[0].cpu(), stage.codebook_size,
                                     iters=20).to(device)
@@ -151,7 +155,7 @@ def handover(model: nn.Module, sampler: CropSampler, crops: int = 64) -> None:
     for module in model.modules():
         if isinstance(module, MultiCodebookVQ):
             module.adopt_codebooks()
-            module.update_codebooks = False
+    _freeze(model)
     model.train()
 
 
@@ -208,9 +212,7 @@ def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, a
         step = int(ckpt["step"])
         sampler.rng.bit_generator.state = json.loads(ckpt["sampler"])
         if step > args.pretrain_steps > 0:  # handed over before the checkpoint: stay frozen
-            for module in model.modules():
-                if isinstance(module, MultiCodebookVQ):
-                    module.update_codebooks = False
+            _freeze(model)
     if world > 1:  # other ranks draw other crops, reproducibly
         sampler.rng = np.random.default_rng([rank, step, int(sampler.rng.integers(2**31))])
         net = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
