@@ -77,10 +77,9 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
         raise ValueError(f"model {name!r} has qualities {info.qualities}, got {quality}")
     pixels = load_pixels(image)
     m = load_model(name)
-    indices = m.analyze(_pad_to(pixels, m.unit), quality)
+    indices, estimate, tables = m.analyze_coded(_pad_to(pixels, m.unit), quality)
     groups, h, w = indices.shape
     flat = indices.reshape(groups, -1)
-    estimate, tables = m.tables(flat, quality)
     n_packets = packets or int(np.clip(round(estimate / 8 / BYTES_PER_PACKET), 1,
                                        MAX_AUTO_PACKETS))
     if not 1 <= n_packets <= h * w:

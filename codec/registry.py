@@ -40,6 +40,9 @@ class ModelInfo:
     default_quality: int
     description: str
     retired: tuple[str, ...] = ()  # earlier weight files of this model, kept to decode their files
+    # encoder only, per quality, for the current weights: the weight of bits against squared
+    # latent error when a model picks its indices (models with ``analyze_coded``; empty: 0)
+    rate_weights: tuple[float, ...] = ()
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -154,6 +157,7 @@ class Model:
         self.digest = weights_digest(path)
         self.net, self.prior = importlib.import_module(info.module).load_weights(str(path))
         self.unit = self.net.unit
+        self.current = path.name == info.weights  # not a retired revision
 
     def columns(self, quality: int) -> int:
         return self.net.columns(quality)
@@ -165,8 +169,21 @@ class Model:
             return self.net, self.prior
         return self.net.at(quality), self.prior.at(quality)
 
-    def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
-        return self.net.analyze(x, quality)
+    def analyze_coded(self, x: torch.Tensor, quality: int
+                      ) -> tuple[np.ndarray, float, Iterable[np.ndarray]]:
+        """(symbols (columns, h, w), expected bits, the table of every column) of an image
+        padded to a multiple of ``unit``, as the encoder codes them. A network that picks its
+        indices with the prior in view (``analyze_coded``: rate-distortion optimised choice, at
+        this quality's ``rate_weights``) gives its tables with them; otherwise they come from
+        :meth:`tables`."""
+        if not hasattr(self.net, "analyze_coded"):
+            symbols = self.net.analyze(x, quality)
+            return (symbols, *self.tables(symbols.reshape(len(symbols), -1), quality))
+        weights = self.info.rate_weights if self.current else ()
+        symbols, tables = self.net.analyze_coded(x, quality, self.prior,
+                                                 weights[quality] if weights else 0.0)
+        flat = symbols.reshape(len(symbols), -1)
+        return symbols, sum(cost_bits(f, t) for f, t in zip(flat, tables)), tables
 
     def staged(self, quality: int):
         """The prior at ``quality`` if it codes stage by stage over the grid (spatial context,

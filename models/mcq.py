@@ -30,10 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitstream.entropy import PRECISION
 from models import weightfile
 from models.layers import GDN, channels_last, conv, deconv, inpaint
 from models.prior import ChannelPrior, IntChannelPrior
-from models.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ, ResidualVQ
+from models.quantizers import (GumbelMultiCodebookVQ, MultiCodebookVQ, ResidualVQ,
+                               squared_distances)
 
 QUANTIZERS = {"gumbel": GumbelMultiCodebookVQ, "ema": MultiCodebookVQ, "rvq": ResidualVQ}
 
@@ -146,17 +148,56 @@ class MCQ(nn.Module):
         return IntMCQPrior(IntChannelPrior.from_float(self.coarse_prior, counts),
                            IntChannelPrior.from_float(self.fine_prior), self.config.coarse_groups)
 
-    @torch.no_grad()
-    def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
-        """Image (1, 3, H, W), sides multiples of 16 -> symbols (columns, H/16, W/16)."""
+    def _latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(coarse indices (1, Mc, H/16, W/16), fine residual (1, d, H/8, W/8)) of an image."""
         f = self.g_a(channels_last(x))
         coarse = self.coarse_vq.indices(self.h_a(f))
         prediction = self.h_s(channels_last(self.coarse_vq.embed(coarse)))
-        fine = self.fine_vq.indices(self.fine_head(f) - prediction, quality)[0]
+        return coarse, self.fine_head(f) - prediction
+
+    @torch.no_grad()
+    def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
+        """Image (1, 3, H, W), sides multiples of 16 -> symbols (columns, H/16, W/16), every
+        index the nearest codeword."""
+        coarse, residual = self._latents(x)
+        fine = self.fine_vq.indices(residual, quality)[0]
         q, h, w = fine.shape
         children = fine.view(q, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3)  # q, dy, dx, uh, uw
         units = children.reshape(q * 4, h // 2, w // 2)
         return torch.cat([coarse[0], units]).cpu().numpy()
+
+    @torch.no_grad()
+    def analyze_coded(self, x: torch.Tensor, quality: int, prior: "IntMCQPrior",
+                      rate_weight: float) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Symbols as :meth:`analyze` gives them, and the integer table of every column.
+
+        The fine indices are chosen group by group (residual stage or channel group), each the
+        codeword that minimises squared latent error plus ``rate_weight`` times its code length
+        in bits under ``prior`` (greedy entropy-constrained VQ; the coarse indices stay
+        nearest). Weight 0 is the nearest codeword. Only the encoder decides this way: the decoder reads indices as before, and
+        the tables computed here are the ones the coder uses, so nothing is computed twice.
+        """
+        coarse, residual = self._latents(x)
+        mc, (_, d, h, w) = self.config.coarse_groups, residual.shape
+        # the residual in unit layout: (child c = 2 dy + dx, unit, d)
+        residual = residual[0].view(d, h // 2, 2, w // 2, 2).permute(2, 4, 1, 3, 0)
+        residual = residual.reshape(4, -1, d).contiguous()
+        columns = [c.reshape(-1) for c in coarse[0].cpu().numpy()]
+        tables = [prior.freqs(np.stack(columns), j) for j in range(mc)]  # from columns < j
+        for s in range(quality):
+            channels, words = self.fine_vq.stage_codebook(s)
+            for child in range(4):
+                table = prior.freqs(np.stack(columns), len(columns))
+                target = residual[child][:, channels]
+                score = squared_distances(target, words)
+                if rate_weight:
+                    bits = PRECISION - torch.from_numpy(table).float().log2_()
+                    score = score.add_(bits, alpha=rate_weight)
+                idx = score.argmin(-1)
+                target -= words[idx]  # a view: residual stages code what is left
+                columns.append(idx.numpy())
+                tables.append(table)
+        return np.stack(columns).reshape(len(columns), h // 2, w // 2), tables
 
     @torch.no_grad()
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:

@@ -29,6 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def squared_distances(points: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """Squared distances (..., N, K) of points (..., N, d) to codewords (..., K, d)."""
+    return (points.pow(2).sum(-1, keepdim=True) - 2 * points @ words.transpose(-1, -2)
+            + words.pow(2).sum(-1).unsqueeze(-2))
+
+
 class _Codebooks(nn.Module):
     """M codebooks of K codewords of dimension d over a (B, M*d, H, W) latent."""
 
@@ -49,8 +55,11 @@ class _Codebooks(nn.Module):
 
     def _distances(self, flat: torch.Tensor) -> torch.Tensor:
         """Squared distances (M, N, K) of split latents (M, N, d) to every codeword."""
-        return (flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ self.codebooks.transpose(1, 2)
-                + self.codebooks.pow(2).sum(-1)[:, None, :])
+        return squared_distances(flat, self.codebooks)
+
+    def stage_codebook(self, g: int) -> tuple[slice, torch.Tensor]:
+        """(the latent channels that group g codes, its codewords (K, d))."""
+        return slice(g * self.dim, (g + 1) * self.dim), self.codebooks[g]
 
     def indices(self, z: torch.Tensor, groups: int | None = None) -> torch.Tensor:
         """Nearest codeword per group: (B, M*d, H, W) -> (B, M, H, W) int64, or only the first
@@ -266,6 +275,10 @@ class ResidualVQ(nn.Module):
             b, _, h, w = z.shape
             return torch.zeros((b, 0, h, w), dtype=torch.long, device=z.device)
         return self._quantize(z, update=False, stages=stages)[1]
+
+    def stage_codebook(self, s: int) -> tuple[slice, torch.Tensor]:
+        """(the latent channels that stage s codes: all of them, its codewords (K, d))."""
+        return slice(None), self.stages[s].codebooks[0]
 
     def embed_prefix(self, indices: torch.Tensor) -> torch.Tensor:
         """The sum of the first q stages' codewords (zeros for q = 0)."""

@@ -32,7 +32,7 @@ def test_kodak_round_trip_is_exact(path):
     decoded = decode_detailed(encoded.data)
     model = load_model(codec.DEFAULT_MODEL)
     image = np.asarray(Image.open(path))
-    indices = model.analyze(_pad_to(image, 8), decoded.header.quality)
+    indices = model.analyze_coded(_pad_to(image, 8), decoded.header.quality)[0]
     assert (indices == encoded.indices).all()
     assert decoded.lost_packets == 0
     expected = _expected_pixels(model, indices, *image.shape[:2])

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import codec
-from bitstream.entropy import TOTAL
+from bitstream.entropy import TOTAL, cost_bits
 from bitstream.format import Family
 from codec import registry
 from codec.pipeline import decode_detailed, encode_detailed
@@ -99,6 +99,35 @@ def test_exported_prior_tables(trained):
         assert freqs.ndim == (1 if j == 0 else 2)
 
 
+def _fine_grid(symbols: np.ndarray, coarse_groups: int) -> torch.Tensor:
+    """The fine indices of unit-layout symbols on the 1/8 grid, (1, q, 2 uh, 2 uw)."""
+    s = torch.from_numpy(symbols[coarse_groups:])
+    q, uh, uw = len(s) // 4, s.shape[1], s.shape[2]
+    return s.view(q, 2, 2, uh, uw).permute(0, 3, 1, 4, 2).reshape(1, q, 2 * uh, 2 * uw)
+
+
+def test_rate_weighted_indices(trained):
+    """analyze_coded: weight 0 picks the nearest codewords; a positive weight gives up latent
+    error for bits; either way its tables are those the decoder computes from the symbols."""
+    model, prior = load_weights(str(trained))
+    x, q, mc = torch.rand(1, 3, 64, 96), model.config.groups, model.config.coarse_groups
+    _, residual = model._latents(x)
+    results = {}
+    for weight in (0.0, 0.5, 50.0):
+        symbols, tables = model.analyze_coded(x, q, prior, weight)
+        flat = symbols.reshape(len(symbols), -1)
+        assert len(tables) == len(flat) == model.columns(q)
+        for j, table in enumerate(tables):
+            assert np.array_equal(table, prior.freqs(flat[:j], j))
+        latent = model.fine_vq.embed_prefix(_fine_grid(symbols, mc))
+        results[weight] = (sum(cost_bits(f, t) for f, t in zip(flat, tables)),
+                           (residual - latent).pow(2).sum().item(), symbols)
+    assert (results[0.0][2] == model.analyze(x, q)).all()
+    bits, errors = zip(*[(b, e) for b, e, _ in results.values()])
+    assert bits[0] > bits[1] > bits[2] and errors[0] < errors[1] < errors[2]
+    assert (results[50.0][2][:mc] == results[0.0][2][:mc]).all()  # coarse indices: nearest
+
+
 def test_export_is_float16_and_its_report_measures_the_shipped_file(trained):
     """The transforms and codebooks ship as float16; the prior was fitted and the held-back
     figures measured on exactly those rounded weights, so the file reproduces the report."""
@@ -116,7 +145,8 @@ def test_export_is_float16_and_its_report_measures_the_shipped_file(trained):
 def test_codec_round_trip_and_concealment(trained, monkeypatch, small_rgb):
     info = registry.ModelInfo(name="mcq-test", model_id=99, family=Family.MCQ,
                               weights=trained.name, module="models.mcq",
-                              qualities=tuple(range(9)), default_quality=8, description="test")
+                              qualities=tuple(range(9)), default_quality=8, description="test",
+                              rate_weights=(0.0,) + (0.5,) * 8)  # the rate-optimised encoder
     monkeypatch.setattr(registry, "WEIGHTS_DIR", trained.parent)
     monkeypatch.setitem(registry.MODELS, "mcq-test", info)
     registry.load_model.cache_clear()
