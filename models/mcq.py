@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bitstream.entropy import PRECISION
@@ -38,6 +37,26 @@ from models.quantizers import (GumbelMultiCodebookVQ, MultiCodebookVQ, ResidualV
                                squared_distances)
 
 QUANTIZERS = {"gumbel": GumbelMultiCodebookVQ, "ema": MultiCodebookVQ, "rvq": ResidualVQ}
+# The children of a unit (c = 2 dy + dx) coded before child c whose index of the same fine group
+# the prior sees, by neighbour slot (left, up, up-left, up-right); -1: no such child (the slot
+# holds the token ``codebook_size``). Children of one unit sit in one packet, so this context
+# never reaches across packets, and each column is still decoded in one vectorised step.
+SIBLINGS = ((-1, -1, -1, -1), (0, -1, -1, -1), (-1, 0, -1, 1), (2, 1, 0, -1))
+
+
+def fine_context(units: np.ndarray | torch.Tensor, coarse_groups: int, g: int, child: int,
+                 sibling_groups: int, absent: int) -> list:
+    """The context rows of fine group g at ``child``, from unit columns (columns, N): the
+    parent's coarse indices; with ``sibling_groups``, four sibling slots (the group's indices at
+    the children of SIBLINGS, or ``absent`` where there is none or g >= sibling_groups); then
+    the child's own groups < g."""
+    rows = [units[k] for k in range(coarse_groups)]
+    if sibling_groups:
+        none = (np.full(units.shape[1], absent) if isinstance(units, np.ndarray) else
+                torch.full((units.shape[1],), absent, dtype=units.dtype, device=units.device))
+        rows += [units[coarse_groups + 4 * g + c] if c >= 0 and g < sibling_groups else none
+                 for c in SIBLINGS[child]]
+    return rows + [units[coarse_groups + 4 * k + child] for k in range(g)]
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,9 @@ class MCQConfig:
     coarse_codebook_size: int = 256
     prior_hidden: int = 64
     quantizer: str = "gumbel"  # "gumbel" (McQuic), "ema" (VQ-VAE recipe), "rvq" (residual)
+    # the first N fine groups are also predicted from the same group at the unit's children
+    # coded before (see SIBLINGS); 0: from the coarse indices and earlier groups only
+    sibling_groups: int = 0
 
     @property
     def fine_width(self) -> int:
@@ -81,8 +103,11 @@ class MCQ(nn.Module):
         self.coarse_vq = coarse_vq(c.coarse_groups, c.coarse_codebook_size, c.coarse_dim)
         self.fine_vq = vq(c.groups, c.codebook_size, c.group_dim)
         self.coarse_prior = ChannelPrior(c.coarse_groups, c.coarse_codebook_size, c.prior_hidden)
+        siblings = 4 if c.sibling_groups else 0  # slots; their empty token is codebook_size
         self.fine_prior = ChannelPrior(c.groups, c.codebook_size, c.prior_hidden,
-                                       extra=c.coarse_groups, context_size=c.coarse_codebook_size)
+                                       extra=c.coarse_groups + siblings,
+                                       context_size=max(c.coarse_codebook_size,
+                                                        c.codebook_size + bool(siblings)))
 
     def columns(self, quality: int) -> int:
         """Symbols per unit: the coarse indices and q fine indices for each of 4 children."""
@@ -121,32 +146,34 @@ class MCQ(nn.Module):
 
     def prior_loss(self, coarse: torch.Tensor, fine: torch.Tensor, sample: int = 2048
                    ) -> torch.Tensor:
-        """Bits per symbol of both priors on (detached) training indices, at most ``sample``
-        random positions per level (plenty for the small prior, and it keeps steps cheap)."""
-        mc = self.config.coarse_groups
-        c_flat = coarse.permute(1, 0, 2, 3).reshape(mc, -1)
-        parent = F.interpolate(coarse.float(), scale_factor=2, mode="nearest").long()
-        p_flat = parent.permute(1, 0, 2, 3).reshape(mc, -1)
-        f_flat = fine.permute(1, 0, 2, 3).reshape(self.config.groups, -1)
-        c_pick = torch.randperm(c_flat.shape[1], device=coarse.device)[:sample]
-        f_pick = torch.randperm(f_flat.shape[1], device=fine.device)[:sample]
-        return (self.coarse_prior.loss(c_flat[:0, c_pick], c_flat[:, c_pick])
-                + self.fine_prior.loss(p_flat[:, f_pick], f_flat[:, f_pick]))
+        """Bits per symbol of both priors on (detached) training indices (B, Mc, h, w) and
+        (B, M, 2h, 2w), at most ``sample`` random units (plenty for the small prior, and it
+        keeps steps cheap)."""
+        b, g, h, w = fine.shape
+        children = fine.view(b, g, h // 2, 2, w // 2, 2).permute(1, 3, 5, 0, 2, 4)
+        units = torch.cat([coarse.permute(1, 0, 2, 3).reshape(coarse.shape[1], -1),
+                           children.reshape(4 * g, -1)])  # the layout of analyze
+        pick = torch.randperm(units.shape[1], device=units.device)[:sample]
+        return self.unit_prior_loss(units[:, pick])
 
     def unit_prior_loss(self, units: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (bits per symbol) of both priors on symbols (columns, N) of whole units
-        in the layout of :meth:`analyze`: the fine symbols of each child with its parent's
-        coarse indices as context."""
-        mc, groups, n = self.config.coarse_groups, self.config.groups, units.shape[1]
-        coarse, fine = units[:mc], units[mc:].reshape(groups, 4 * n)  # fine: (g, child * n)
-        return (self.coarse_prior.loss(coarse[:0], coarse)
-                + self.fine_prior.loss(coarse.repeat(1, 4), fine))
+        in the layout of :meth:`analyze`, each fine symbol with the context of
+        :func:`fine_context`."""
+        c, mc = self.config, self.config.coarse_groups
+        contexts = [torch.cat([torch.stack(fine_context(units, mc, g, child, c.sibling_groups,
+                                                        c.codebook_size)) for child in range(4)],
+                              1) for g in range(c.groups)]
+        fine = units[mc:].view(c.groups, 4, -1).reshape(c.groups, -1)  # (g, child * n)
+        return (self.coarse_prior.loss(units[:0], units[:mc])
+                + self.fine_prior.loss(contexts, fine))
 
     def export_prior(self, column0: np.ndarray) -> "IntMCQPrior":
         """The integer priors; coarse group 0 gets a static table counted from ``column0``."""
         counts = np.bincount(column0, minlength=self.config.coarse_codebook_size) + 0.5
         return IntMCQPrior(IntChannelPrior.from_float(self.coarse_prior, counts),
-                           IntChannelPrior.from_float(self.fine_prior), self.config.coarse_groups)
+                           IntChannelPrior.from_float(self.fine_prior), self.config.coarse_groups,
+                           self.config.sibling_groups)
 
     def _latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(coarse indices (1, Mc, H/16, W/16), fine residual (1, d, H/8, W/8)) of an image."""
@@ -223,16 +250,18 @@ class MCQ(nn.Module):
 class IntMCQPrior:
     """Column-wise integer tables for the unit layout of :class:`MCQ`."""
 
-    def __init__(self, coarse: IntChannelPrior, fine: IntChannelPrior, coarse_groups: int) -> None:
+    def __init__(self, coarse: IntChannelPrior, fine: IntChannelPrior, coarse_groups: int,
+                 sibling_groups: int = 0) -> None:
         self.coarse, self.fine, self.mc = coarse, fine, coarse_groups
+        self.sibling_groups, self.absent = sibling_groups, fine.out.shape[-1]
 
     def freqs(self, context: np.ndarray, j: int) -> np.ndarray:
         """Tables of column j from columns < j of the same units."""
         if j < self.mc:
             return self.coarse.freqs(context[:j], j)
         g, child = divmod(j - self.mc, 4)
-        own = [self.mc + 4 * k + child for k in range(g)]
-        return self.fine.freqs(context[list(range(self.mc)) + own], g)
+        rows = fine_context(context, self.mc, g, child, self.sibling_groups, self.absent)
+        return self.fine.freqs(np.stack(rows), g)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**self.coarse.tensors("coarse_prior"), **self.fine.tensors("fine_prior")}
@@ -259,5 +288,5 @@ def load_weights(path: str) -> tuple[MCQ, IntMCQPrior]:
     model = weightfile.load_state(MCQ(MCQConfig(**config)), tensors)
     prior = IntMCQPrior(IntChannelPrior.from_tensors(tensors, "coarse_prior"),
                         IntChannelPrior.from_tensors(tensors, "fine_prior"),
-                        model.config.coarse_groups)
+                        model.config.coarse_groups, model.config.sibling_groups)
     return model, prior

@@ -46,13 +46,19 @@ class ChannelPrior(nn.Module):
             h = h + self.embed[g, j][context[j]]
         return F.relu(h) @ self.out[g] + self.out_bias[g]
 
-    def loss(self, context: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy in bits per symbol: extra tokens (E, N), targets (groups, N)."""
+    def loss(self, context: torch.Tensor | list[torch.Tensor], targets: torch.Tensor
+             ) -> torch.Tensor:
+        """Mean cross-entropy in bits per symbol of targets (groups, N): ``context`` is the
+        extra tokens (E, N) that every group sees, followed by the groups < g of ``targets``,
+        or the whole context of each group, a list of (extra + g, N)."""
         total = 0.0
         for g in range(self.groups):
             if self.extra + g == 0:
                 continue  # group 0 without context uses a counted static table
-            ctx = torch.cat([context, targets[:g]]) if self.extra else targets[:g]
+            if isinstance(context, list):
+                ctx = context[g]
+            else:
+                ctx = torch.cat([context, targets[:g]]) if self.extra else targets[:g]
             total = total + F.cross_entropy(self.logits(ctx, g), targets[g]) / np.log(2)
         return total / self.groups
 

@@ -50,8 +50,11 @@ def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def load_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
-    """Copy the file's tensors that belong to ``model`` into it; return it in eval mode."""
+    """Copy the file's tensors that belong to ``model`` into it; return it in eval mode. An
+    integer tensor stored under the name of a float parameter (an integer prior beside the
+    float one it was exported from) is left out: its values are fixed-point, not the float's."""
     state = model.state_dict()
-    state.update({k: v for k, v in tensors.items() if k in state})
+    state.update({k: v for k, v in tensors.items()
+                  if k in state and v.is_floating_point() == state[k].is_floating_point()})
     model.load_state_dict(state)
     return model.eval()

@@ -20,7 +20,7 @@ from codec import registry
 from codec.pipeline import decode_detailed, encode_detailed
 from models import weightfile
 from models.data import load_images, split_paths
-from models.mcq import MCQ, MCQConfig, load_weights, shipped_float
+from models.mcq import MCQ, MCQConfig, load_weights, save_weights, shipped_float
 from models.quantizers import ResidualVQ
 from models.train import evaluate
 
@@ -48,6 +48,36 @@ def test_unit_layout_round_trips(quantizer):
     symbols = model.analyze(x, SMALL.groups)
     g, dy, dx, uy, ux = 2, 1, 0, 2, 3
     assert symbols[SMALL.coarse_groups + 4 * g + 2 * dy + dx, uy, ux] == fine[g, 2 * uy + dy, 2 * ux + dx]
+
+
+def test_sibling_context(tmp_path):
+    """With ``sibling_groups`` the first fine groups are also predicted from the same group at
+    the unit's children coded before: every table comes from earlier columns only, the context
+    changes the tables of those groups and of no other, and the weight file keeps it."""
+    torch.manual_seed(0)
+    model = MCQ(replace(SMALL, quantizer="rvq", sibling_groups=2))
+    model.train()(torch.rand(2, 3, 48, 64), torch.tensor([SMALL.groups, 1]))  # data init
+    model.eval()
+    mc, k = SMALL.coarse_groups, SMALL.codebook_size
+    units = model.analyze(torch.rand(1, 3, 64, 96), SMALL.groups).reshape(model.columns(3), -1)
+    loss = model.unit_prior_loss(torch.from_numpy(units))
+    loss.backward()
+    # (g, slot) gradient on the sibling slots' embeddings of real indices (not the empty token)
+    sibling_grad = model.fine_prior.embed.grad[:, mc : mc + 4, :k].abs().sum((2, 3))
+    assert (sibling_grad[:2].sum(1) > 0).all() and (sibling_grad[2] == 0).all()
+    prior = model.export_prior(units[0])
+    save_weights(model, prior, str(tmp_path / "w.safetensors"), {})
+    _, loaded = load_weights(str(tmp_path / "w.safetensors"))
+    for j in range(len(units)):  # columns < j are all a table may use
+        assert np.array_equal(prior.freqs(units[:j], j), loaded.freqs(units[:j], j))
+    changed = units.copy()
+    changed[mc] = (changed[mc] + 1) % k  # group 0, child 0
+    changed[mc + 8] = (changed[mc + 8] + 1) % k  # group 2, child 0
+    group0_child1, group2_child1 = mc + 1, mc + 9
+    assert not np.array_equal(prior.freqs(units[:group0_child1], group0_child1),
+                              prior.freqs(changed[:group0_child1], group0_child1))
+    assert np.array_equal(prior.freqs(units[:group2_child1], group2_child1),
+                          prior.freqs(changed[:group2_child1], group2_child1))
 
 
 def test_residual_vq_stages_refine_the_whole_latent():
