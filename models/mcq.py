@@ -59,6 +59,14 @@ def fine_context(units: np.ndarray | torch.Tensor, coarse_groups: int, g: int, c
     return rows + [units[coarse_groups + 4 * k + child] for k in range(g)]
 
 
+def unit_columns(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+    """Coarse indices (B, Mc, h, w) and fine indices (B, q, 2h, 2w) as the symbols of units,
+    (Mc + 4q, B, h, w): ``[coarse 0..Mc-1] + [fine group g, child c = 2 dy + dx]``."""
+    b, q, h, w = fine.shape
+    children = fine.view(b, q, h // 2, 2, w // 2, 2).permute(1, 3, 5, 0, 2, 4)  # q dy dx b h w
+    return torch.cat([coarse.transpose(0, 1), children.reshape(4 * q, b, h // 2, w // 2)])
+
+
 @dataclass(frozen=True)
 class MCQConfig:
     """Widths of the network; stored in the weight file's metadata."""
@@ -149,10 +157,7 @@ class MCQ(nn.Module):
         """Bits per symbol of both priors on (detached) training indices (B, Mc, h, w) and
         (B, M, 2h, 2w), at most ``sample`` random units (plenty for the small prior, and it
         keeps steps cheap)."""
-        b, g, h, w = fine.shape
-        children = fine.view(b, g, h // 2, 2, w // 2, 2).permute(1, 3, 5, 0, 2, 4)
-        units = torch.cat([coarse.permute(1, 0, 2, 3).reshape(coarse.shape[1], -1),
-                           children.reshape(4 * g, -1)])  # the layout of analyze
+        units = unit_columns(coarse, fine).flatten(1)
         pick = torch.randperm(units.shape[1], device=units.device)[:sample]
         return self.unit_prior_loss(units[:, pick])
 
@@ -187,11 +192,7 @@ class MCQ(nn.Module):
         """Image (1, 3, H, W), sides multiples of 16 -> symbols (columns, H/16, W/16), every
         index the nearest codeword."""
         coarse, residual = self._latents(x)
-        fine = self.fine_vq.indices(residual, quality)[0]
-        q, h, w = fine.shape
-        children = fine.view(q, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3)  # q, dy, dx, uh, uw
-        units = children.reshape(q * 4, h // 2, w // 2)
-        return torch.cat([coarse[0], units]).cpu().numpy()
+        return unit_columns(coarse, self.fine_vq.indices(residual, quality))[:, 0].cpu().numpy()
 
     @torch.no_grad()
     def analyze_coded(self, x: torch.Tensor, quality: int, prior: "IntMCQPrior",
