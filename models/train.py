@@ -273,15 +273,26 @@ def center_crops(images: list[np.ndarray], size: int, unit: int, count: int = 8
 
 
 @torch.no_grad()
-def collect_symbols(model, images: list[np.ndarray], quality: int) -> np.ndarray:
-    """Symbols (columns, N units) of whole images at one quality."""
+def collect_symbols(model, images: list[np.ndarray], quality: int, prior=None,
+                    rate_weights: tuple[float, ...] = ()) -> np.ndarray:
+    """Symbols (columns, N units) of whole images at one quality: nearest codewords, or with
+    ``prior`` and ``rate_weights`` (one per quality) as the encoder picks them, image i at the
+    weight of quality 1 + i mod (qualities - 1), so that every weight's choices are seen."""
     model.eval()
-    parts = [model.analyze(whole_image(img, model.unit), quality).reshape(model.columns(quality), -1)
-             for img in tqdm(images, desc="indexing", leave=False)]
+    parts = []
+    for i, img in enumerate(tqdm(images, desc="indexing", leave=False)):
+        x = whole_image(img, model.unit)
+        if prior is None:
+            symbols = model.analyze(x, quality)
+        else:
+            weight = rate_weights[1 + i % (len(rate_weights) - 1)]
+            symbols = model.analyze_coded(x, quality, prior, weight)[0]
+        parts.append(symbols.reshape(model.columns(quality), -1))
     return np.concatenate(parts, axis=1)
 
 
-def fit_prior(model, images: list[np.ndarray], steps: int):
+def fit_prior(model, images: list[np.ndarray], steps: int,
+              rate_weights: tuple[float, ...] = ()):
     """Fit the model's prior by cross-entropy on the indices of training images (the transforms
     and codebooks frozen), then export it as integers.
 
@@ -289,10 +300,26 @@ def fit_prior(model, images: list[np.ndarray], steps: int):
     codewords are re-seeded all the time; measured on held-back images it then costs more than a
     static table of the final indices (7.7 against 4.6 bits per symbol for the first fine stage).
     Fitted here on the final indices it learns the distribution that is actually coded.
+
+    With ``rate_weights`` (MCQ) the fit goes on for as many steps again on the indices that the
+    rate-weighted encoder picks under the first fit's tables (the encoder's choices and the
+    prior drawn together, as in entropy-constrained VQ): on r6 and 29 held-back photos that
+    cost 1.1% fewer bits at equal PSNR, tuned weights against tuned weights.
     """
     units = torch.from_numpy(collect_symbols(model, images, model.config.groups))
-    prior = [p for n, p in model.named_parameters() if "prior." in n]
-    opt = torch.optim.Adam(prior, lr=3e-3)
+    prior = _fit_prior_steps(model, units, steps)
+    if rate_weights:
+        units = torch.from_numpy(collect_symbols(model, images, model.config.groups, prior,
+                                                 rate_weights))
+        prior = _fit_prior_steps(model, units, steps)
+    return prior
+
+
+def _fit_prior_steps(model, units: torch.Tensor, steps: int):
+    """``steps`` Adam steps of the model's float prior on random batches of the units; the
+    integer prior exported from it (group 0's static table counted from these units)."""
+    params = [p for n, p in model.named_parameters() if "prior." in n]
+    opt = torch.optim.Adam(params, lr=3e-3)
     model.train()
     for _ in tqdm(range(steps), desc="prior", leave=False):
         loss = model.unit_prior_loss(units[:, torch.randint(0, units.shape[1], (1024,))])
@@ -304,17 +331,24 @@ def fit_prior(model, images: list[np.ndarray], steps: int):
 
 
 @torch.no_grad()
-def evaluate(model, prior, images: list[np.ndarray], qualities) -> list[dict]:
-    """Ideal bpp (integer prior) and PSNR on whole held-back images, per quality."""
+def evaluate(model, prior, images: list[np.ndarray], qualities,
+             rate_weights: tuple[float, ...] = ()) -> list[dict]:
+    """Ideal bpp (integer prior) and PSNR on whole held-back images, per quality; with
+    ``rate_weights`` (MCQ, one per quality) the indices the rate-weighted encoder picks."""
     model.eval()
     rows = []
     for q in qualities:
         bits = pixels = sq_err = 0.0
         for img in images:
             x = whole_image(img, model.unit)
-            sym = model.analyze(x, q)
-            flat = sym.reshape(sym.shape[0], -1)
-            bits += sum(cost_bits(flat[j], prior.freqs(flat[:j], j)) for j in range(len(flat)))
+            if rate_weights:
+                sym, tables = model.analyze_coded(x, q, prior, rate_weights[q])
+                flat = sym.reshape(sym.shape[0], -1)
+            else:
+                sym = model.analyze(x, q)
+                flat = sym.reshape(sym.shape[0], -1)
+                tables = [prior.freqs(flat[:j], j) for j in range(len(flat))]
+            bits += sum(cost_bits(f, t) for f, t in zip(flat, tables))
             x_hat = (model.synthesize(sym) * 255).round() / 255
             sq_err += F.mse_loss(x_hat, x, reduction="sum").item()
             pixels += x.shape[2] * x.shape[3]
@@ -338,6 +372,11 @@ def main() -> None:
                              "--set quantizer=ema")
     parser.add_argument("--prior-steps", type=int, default=1500,
                         help="prior fitting steps after training")
+    parser.add_argument("--rate-weights", default="", metavar="W0,W1,...",
+                        help="mcq: the encoder's rate weights, one per quality (as in the "
+                             "registry; python -m eval.rate_weights tunes them): the prior is "
+                             "fitted again on the indices they pick, and the held-back figures "
+                             "are measured with them")
     parser.add_argument("--pretrain-steps", type=int, default=0,
                         help="mcq: the first N steps train the transforms alone, nothing "
                              "quantized (counted in --steps); then the codebooks are fitted by "
@@ -368,6 +407,10 @@ def main() -> None:
     start = time.time()
     net_cls, config_cls, loss_fn, frozen = FAMILIES[args.family]
     model = net_cls(make_config(config_cls, args.set))
+    rate_weights = tuple(float(w) for w in args.rate_weights.split(",") if w)
+    if rate_weights and (args.family != "mcq" or len(rate_weights) != model.config.groups + 1):
+        raise SystemExit(f"--rate-weights is for the mcq family, one weight per quality "
+                         f"(0..{model.config.groups})")
     if args.pretrain_steps and getattr(model.config, "quantizer", None) != "rvq":
         raise SystemExit("--pretrain-steps is for the mcq family with --set quantizer=rvq "
                          "(its hand-over fits residual stages by k-means)")
@@ -388,12 +431,13 @@ def main() -> None:
     model = model.cpu().eval()
     if args.family == "mcq":  # fit and measure exactly what the float16 weight file holds
         weightfile.round_to_half(model, mcq.shipped_float)
-    prior = fit_prior(model, sampler.images[::4], args.prior_steps)
+    prior = fit_prior(model, sampler.images[::4], args.prior_steps, rate_weights)
     qualities = range(1 if args.family == "tiny" else 0, model.config.groups + 1)
-    rows = evaluate(model, prior, val_images, qualities) if val_images else []
+    rows = evaluate(model, prior, val_images, qualities, rate_weights) if val_images else []
     report = {"family": args.family, "config": model.config_dict(),
               "train_images": len(train_paths), "val_images": len(val_paths),
               "steps": args.steps, "batch": args.batch, "crop": args.crop,
+              "rate_weights": list(rate_weights),
               "device": str(device), "processes": world, "threads": torch.get_num_threads(),
               "wall_seconds_this_run": round(time.time() - start), "validation": rows}
     (out / "report.json").write_text(json.dumps(report, indent=2))

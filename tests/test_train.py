@@ -71,16 +71,27 @@ def test_torchrun_data_parallel(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29517", "-m", "models.train", "mcq", "--data", str(data),
            "--out", str(out), "--steps", "4", "--pretrain-steps", "2", "--batch", "2", "--crop",
-           "64", "--threads", "1", "--set", "quantizer=rvq",
+           "64", "--threads", "1", "--set", "quantizer=rvq", "--set", "sibling_groups=1",
            "--prior-steps", "3", "--save-every", "1", "--eval-every", "1",
+           "--rate-weights", ",".join(["0"] + ["0.2"] * 8),
            "--export", str(out / "w.safetensors")]
     subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=300)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
     curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
     assert [list(p["held_out_psnr"]) for p in curve] == [["autoencoder"]] * 2 + [
         [str(q) for q in range(9)]] * 2
-    assert json.loads((out / "report.json").read_text())["processes"] == 2
-    assert (out / "w.safetensors").stat().st_size > 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["processes"] == 2 and report["rate_weights"] == [0] + [0.2] * 8
+    from models.mcq import load_weights as load_mcq
+    model, prior = load_mcq(str(out / "w.safetensors"))
+    assert model.config.sibling_groups == 1 == prior.sibling_groups
+
+
+def test_rate_weights_need_one_per_quality(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "models.train", "mcq", "--out", str(tmp_path),
+                          "--steps", "1", "--rate-weights", "0,0.1"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "one weight per quality" in res.stderr
 
 
 def test_warm_start_keeps_the_shipped_codebooks():
