@@ -158,6 +158,29 @@ def test_rate_weighted_indices(trained):
     assert (results[50.0][2][:mc] == results[0.0][2][:mc]).all()  # coarse indices: nearest
 
 
+def test_rate_weight_tuning(trained):
+    """eval.rate_weights: weight 0 measures exactly what the export's evaluation measures (the
+    stages of quality q are the first columns of the full choice), and the choice per quality
+    is the weight furthest above the weight-0 curve, or 0 when none is above it."""
+    from eval.rate_weights import choose, measure
+
+    model, prior = load_weights(str(trained))
+    _, val_paths = split_paths(trained.parent / "photos")
+    images = load_images(val_paths, 64)[:2]
+    points = measure(str(trained), images, [0.0, 0.5])
+    assert len(points) == 2 * (model.config.groups + 1)
+    nearest = evaluate(model, prior, images, range(model.config.groups + 1))
+    measured = [p for p in points if p["weight"] == 0]
+    for key in ("quality", "bpp", "psnr"):
+        assert [p[key] for p in measured] == pytest.approx([row[key] for row in nearest])
+    curve = [{"quality": q, "weight": 0.0, "bpp": b, "psnr": d}
+             for q, b, d in [(1, 0.1, 24.0), (2, 0.2, 26.0), (3, 0.4, 28.0)]]
+    better = {"quality": 2, "weight": 0.1, "bpp": 0.18, "psnr": 25.9}  # above the curve
+    worse = {"quality": 3, "weight": 0.1, "bpp": 0.3, "psnr": 26.5}  # below it
+    assert choose(curve + [better, worse]) == {1: 0.0, 2: 0.1, 3: 0.0}
+    assert better["gain_db"] > 0 > worse["gain_db"]
+
+
 def test_export_is_float16_and_its_report_measures_the_shipped_file(trained):
     """The transforms and codebooks ship as float16; the prior was fitted and the held-back
     figures measured on exactly those rounded weights, so the file reproduces the report."""
