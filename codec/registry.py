@@ -58,7 +58,7 @@ MODELS: dict[str, ModelInfo] = {
             name="mcq", model_id=2, family=Family.MCQ, weights="mcq.safetensors",
             module="models.mcq", qualities=tuple(range(9)), default_quality=4,
             description="MCQ: coarse 1/16 codebooks and 8 residual VQ stages at 1/8 with a "
-                        "cascaded prior, 0.06-0.65 bpp; small CPU-trained configuration "
+                        "cascaded prior, 0.06-0.52 bpp; small CPU-trained configuration "
                         "(models/weights/mcq.md)",
             retired=("mcq-r6.safetensors",),
             # python -m eval.rate_weights (eval/results/mcq/rate_weights-r7.json)
