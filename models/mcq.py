@@ -202,20 +202,23 @@ class MCQ(nn.Module):
         The fine indices are chosen group by group (residual stage or channel group), each the
         codeword that minimises squared latent error plus ``rate_weight`` times its code length
         in bits under ``prior`` (greedy entropy-constrained VQ; the coarse indices stay
-        nearest). Weight 0 is the nearest codeword. Only the encoder decides this way: the decoder reads indices as before, and
-        the tables computed here are the ones the coder uses, so nothing is computed twice.
+        nearest). Weight 0 is the nearest codeword. Only the encoder decides this way: the
+        decoder reads indices as before, and the tables computed here are the ones the coder
+        uses, so nothing is computed twice.
         """
         coarse, residual = self._latents(x)
         mc, (_, d, h, w) = self.config.coarse_groups, residual.shape
         # the residual in unit layout: (child c = 2 dy + dx, unit, d)
         residual = residual[0].view(d, h // 2, 2, w // 2, 2).permute(2, 4, 1, 3, 0)
         residual = residual.reshape(4, -1, d).contiguous()
-        columns = [c.reshape(-1) for c in coarse[0].cpu().numpy()]
-        tables = [prior.freqs(np.stack(columns), j) for j in range(mc)]  # from columns < j
+        symbols = np.empty((self.columns(quality), residual.shape[1]), dtype=np.int64)
+        symbols[:mc] = coarse[0].reshape(mc, -1).cpu().numpy()
+        tables = [prior.freqs(symbols[:j], j) for j in range(mc)]
         for s in range(quality):
             channels, words = self.fine_vq.stage_codebook(s)
             for child in range(4):
-                table = prior.freqs(np.stack(columns), len(columns))
+                j = mc + 4 * s + child
+                table = prior.freqs(symbols[:j], j)  # from the columns before j only
                 target = residual[child][:, channels]
                 score = squared_distances(target, words)
                 if rate_weight:
@@ -223,9 +226,9 @@ class MCQ(nn.Module):
                     score = score.add_(bits, alpha=rate_weight)
                 idx = score.argmin(-1)
                 target -= words[idx]  # a view: residual stages code what is left
-                columns.append(idx.numpy())
+                symbols[j] = idx.numpy()
                 tables.append(table)
-        return np.stack(columns).reshape(len(columns), h // 2, w // 2), tables
+        return symbols.reshape(len(symbols), h // 2, w // 2), tables
 
     @torch.no_grad()
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
