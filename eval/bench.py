@@ -1,6 +1,7 @@
 """Encode and decode wall time per image: nicodec models next to CompressAI's hyperprior.
 
     python -m eval.bench [--images ../shared/data/kodak] [--limit 4] [--runs 3] [--threads N]
+                         [--models mcq] [--qualities 1,4,8]
     codec bench ...
 
 Times are medians over ``--runs`` repetitions of each image, then averaged over images, measured
@@ -47,7 +48,7 @@ def bench_nicodec(images, model: str, quality: int | None, runs: int) -> dict:
         enc.append(_median_seconds(lambda: codec.encode(pixels, model=model, quality=quality), runs))
         dec.append(_median_seconds(lambda: codec.decode_array(data), runs))
         size.append(8 * len(data) / (pixels.shape[0] * pixels.shape[1]))
-    return {"codec": f"nicodec {model}" + (f" q{quality}" if quality else ""),
+    return {"codec": f"nicodec {model}" + (f" q{quality}" if quality is not None else ""),
             "encode_s": float(np.mean(enc)), "decode_s": float(np.mean(dec)),
             "bpp": float(np.mean(size))}
 
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--models", default=None, help="comma-separated nicodec models "
                         "(default: every shipped lossy model, default quality)")
+    parser.add_argument("--qualities", default=None, metavar="Q1,Q2,...",
+                        help="qualities to time for every model in --models (default: each "
+                             "model's default quality), e.g. 1,4,8 for the MCQ rate range")
     parser.add_argument("--hyperprior-quality", type=int, default=4)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -93,7 +97,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     images = load_images(args.images, args.limit)
     names = args.models.split(",") if args.models else available_models(lossy_only=True)
-    rows = [bench_nicodec(images, m, None, args.runs) for m in names]
+    try:
+        qualities = [int(q) for q in args.qualities.split(",")] if args.qualities else [None]
+    except ValueError:
+        parser.error(f"--qualities takes comma-separated integers, got {args.qualities!r}")
+    rows = [bench_nicodec(images, m, q, args.runs) for m in names for q in qualities]
     rows.append(bench_hyperprior(images, args.hyperprior_quality, args.runs))
     ref = rows[-1]["encode_s"] + rows[-1]["decode_s"]
     for r in rows:

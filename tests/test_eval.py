@@ -91,6 +91,16 @@ def test_bench_runs(image_folder):
     assert all(r["encode_s"] > 0 and r["decode_s"] > 0 for r in rows)
 
 
+def test_bench_times_each_quality(image_folder, capsys):
+    rows = bench.main(["--images", str(image_folder), "--limit", "1", "--runs", "1",
+                       "--models", "mcq", "--qualities", "0,8"])
+    assert [r["codec"] for r in rows[:2]] == ["nicodec mcq q0", "nicodec mcq q8"]
+    assert rows[0]["bpp"] < rows[1]["bpp"]
+    with pytest.raises(SystemExit):
+        bench.main(["--images", str(image_folder), "--qualities", "high"])
+    assert "comma-separated integers" in capsys.readouterr().err
+
+
 def test_training_curve_plot(tmp_path):
     from eval.curves import plot, read_curve
 
