@@ -91,16 +91,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    try:
+        qualities = [int(q) for q in args.qualities.split(",")] if args.qualities else [None]
+    except ValueError:
+        parser.error(f"--qualities takes comma-separated integers, got {args.qualities!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     from codec.registry import available_models
 
     images = load_images(args.images, args.limit)
     names = args.models.split(",") if args.models else available_models(lossy_only=True)
-    try:
-        qualities = [int(q) for q in args.qualities.split(",")] if args.qualities else [None]
-    except ValueError:
-        parser.error(f"--qualities takes comma-separated integers, got {args.qualities!r}")
     rows = [bench_nicodec(images, m, q, args.runs) for m in names for q in qualities]
     rows.append(bench_hyperprior(images, args.hyperprior_quality, args.runs))
     ref = rows[-1]["encode_s"] + rows[-1]["decode_s"]
