@@ -12,7 +12,9 @@ shipped weight file is written.
   fitted on the training indices.
 * ``mcq``: MCQ (``models/mcq.py``); the quantizer set by ``--set quantizer=``, the cascaded
   prior trained jointly on the (detached) indices and refitted at the end; optionally
-  autoencoder pretraining first (``--pretrain-steps``, then k-means codebooks, frozen).
+  autoencoder pretraining first (``--pretrain-steps``, then k-means codebooks, frozen), or the
+  residual stages of the ``--init`` model refitted by entropy-constrained k-means first
+  (``--refit-codebooks``, frozen; with ``--steps 0`` only the prior is fitted after it).
 
 Runs on CPU or CUDA unchanged (the device is picked automatically), and under
 ``torchrun --nproc_per_node N -m models.train ...`` with DistributedDataParallel.
@@ -40,7 +42,8 @@ from tqdm import tqdm
 from bitstream.entropy import cost_bits
 from models import mcq, tiny_mcq, weightfile
 from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths, whole_image
-from models.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ, kmeans
+from models.quantizers import (GumbelMultiCodebookVQ, MultiCodebookVQ, ec_assign, ec_kmeans,
+                               kmeans)
 
 
 
@@ -125,6 +128,26 @@ def freeze_codebooks(model: nn.Module, pretrain_steps: int) -> None:
     _freeze(model)
 
 
+def _pool_features(model: nn.Module, sampler: CropSampler, crops: int) -> torch.Tensor:
+    """Analysis features of ``crops`` fixed training crops (seed 1): what codebooks are fitted to."""
+    pool = CropSampler(sampler.images, sampler.crop, seed=1).batch(crops)
+    device = next(model.parameters()).device
+    return torch.cat([model.g_a(x.to(device)) for x in pool.split(8)])
+
+
+def fit_residual_stages(model: nn.Module, residual: torch.Tensor,
+                        rate_weights: tuple[float, ...]) -> None:
+    """Fit every residual stage s in turn to what the stages before it leave of ``residual``
+    (B, d, H, W), by entropy-constrained k-means (:func:`ec_kmeans`) at ``rate_weights[s]``
+    (0: plain k-means)."""
+    device = residual.device
+    points = residual.permute(0, 2, 3, 1).reshape(-1, residual.shape[1]).cpu()
+    for stage, rate_weight in zip(model.fine_vq.stages, rate_weights, strict=True):
+        words, lengths = ec_kmeans(points, stage.codebook_size, rate_weight)
+        stage.codebooks[0] = words.to(device)
+        points = points - words[ec_assign(points, words, lengths, rate_weight)]
+
+
 @torch.no_grad()
 def handover(model: nn.Module, sampler: CropSampler, crops: int = 64) -> None:
     """End of ``--pretrain-steps``: make the pretrained transforms codable, then freeze the
@@ -135,10 +158,8 @@ def handover(model: nn.Module, sampler: CropSampler, crops: int = 64) -> None:
     the latents (residuals) of ``crops`` training crops; all EMA quantizers are then frozen
     (EMA updates beside the encoder's gradient collapsed the first residual stage, and drawing
     the codewords from one batch left the nested phase swinging between 15 and 25 dB)."""
-    pool = CropSampler(sampler.images, sampler.crop, seed=1).batch(crops)
     model.eval()
-    device = next(model.parameters()).device
-    f = torch.cat([model.g_a(x.to(device)) for x in pool.split(8)])
+    f = _pool_features(model, sampler, crops)
     y = model.fine_head(f)
     scale = y.pow(2).mean().rsqrt()
     model.fine_head.weight.mul_(scale)
@@ -146,15 +167,34 @@ def handover(model: nn.Module, sampler: CropSampler, crops: int = 64) -> None:
     y = y * scale
     coarse_vq, z = model.coarse_vq, model.h_a(f)
     for g, points in enumerate(coarse_vq._split(z)):
-        coarse_vq.codebooks[g] = kmeans(points.cpu(), coarse_vq.codebook_size, iters=20).to(device)
-    residual = y - model.h_s(coarse_vq.embed(coarse_vq.indices(z)))
-    for stage in model.fine_vq.stages:
-        stage.codebooks[0] = kmeans(stage._split(residual)[0].cpu(), stage.codebook_size,
-                                    iters=20).to(device)
-        residual = residual - stage.embed(stage.indices(residual))
+        coarse_vq.codebooks[g] = kmeans(points.cpu(), coarse_vq.codebook_size,
+                                        iters=20).to(f.device)
+    fit_residual_stages(model, y - model.h_s(coarse_vq.embed(coarse_vq.indices(z))),
+                        (0.0,) * model.config.groups)
     for module in model.modules():
         if isinstance(module, MultiCodebookVQ):
             module.adopt_codebooks()
+    _freeze(model)
+    model.train()
+
+
+@torch.no_grad()
+def refit_codebooks(model: nn.Module, sampler: CropSampler, rate_weights: tuple[float, ...],
+                    crops: int = 64) -> None:
+    """``--refit-codebooks W1,...``: refit the residual stages of a trained model to its own
+    residuals on ``crops`` training crops by entropy-constrained k-means, stage s at weight
+    ``rate_weights[s]`` (one weight: every stage at it), the
+    transforms and the coarse level unchanged; the codebooks are frozen from then on (the
+    stages' EMA codewords, as trained jointly with the prior, spread the indices more evenly
+    than a rate-aware fit: see models/weights/mcq.md)."""
+    model.eval()
+    f = _pool_features(model, sampler, crops)
+    coarse_vq, z = model.coarse_vq, model.h_a(f)
+    fit_residual_stages(model, model.fine_head(f) - model.h_s(coarse_vq.embed(
+        coarse_vq.indices(z))), rate_weights * model.config.groups if len(rate_weights) == 1
+        else rate_weights)
+    for stage in model.fine_vq.stages:
+        stage.adopt_codebooks()
     _freeze(model)
     model.train()
 
@@ -357,6 +397,17 @@ def evaluate(model, prior, images: list[np.ndarray], qualities,
     return rows
 
 
+def _weight_list(text: str, flag: str) -> tuple[float, ...]:
+    """Comma-separated non-negative numbers of a command-line flag."""
+    try:
+        weights = tuple(float(w) for w in text.split(",") if w)
+    except ValueError:
+        raise SystemExit(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if any(not w >= 0 for w in weights):
+        raise SystemExit(f"{flag}: weights must be non-negative, got {text!r}")
+    return weights
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("family", choices=sorted(FAMILIES), help="model family to train")
@@ -385,6 +436,11 @@ def main() -> None:
                         help="EMA quantizers keep their codewords (e.g. fine-tuning a shipped "
                              "model: EMA updates beside the encoder's gradient made its first "
                              "residual stage collapse within 600 steps; frozen, it stayed stable)")
+    parser.add_argument("--refit-codebooks", default=None, metavar="W[,W2,...]",
+                        help="mcq with quantizer=rvq: before training, refit the residual stages "
+                             "of the --init model by entropy-constrained k-means at rate weight "
+                             "W (squared latent error + W x bits; one weight per stage, or one "
+                             "for all), then keep them frozen")
     parser.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (0: off)")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--eval-every", type=int, default=500,
@@ -407,13 +463,23 @@ def main() -> None:
     start = time.time()
     net_cls, config_cls, loss_fn, frozen = FAMILIES[args.family]
     model = net_cls(make_config(config_cls, args.set))
-    rate_weights = tuple(float(w) for w in args.rate_weights.split(",") if w)
+    rate_weights = _weight_list(args.rate_weights, "--rate-weights")
     if rate_weights and (args.family != "mcq" or len(rate_weights) != model.config.groups + 1):
         raise SystemExit(f"--rate-weights is for the mcq family, one weight per quality "
                          f"(0..{model.config.groups})")
-    if args.pretrain_steps and getattr(model.config, "quantizer", None) != "rvq":
-        raise SystemExit("--pretrain-steps is for the mcq family with --set quantizer=rvq "
-                         "(its hand-over fits residual stages by k-means)")
+    if ((args.pretrain_steps or args.refit_codebooks is not None)
+            and getattr(model.config, "quantizer", None) != "rvq"):
+        raise SystemExit("--pretrain-steps and --refit-codebooks are for the mcq family with "
+                         "--set quantizer=rvq (they fit residual stages by k-means)")
+    refit = None if args.refit_codebooks is None else \
+        _weight_list(args.refit_codebooks, "--refit-codebooks")
+    if refit is not None and len(refit) not in (1, model.config.groups):
+        raise SystemExit(f"--refit-codebooks takes one weight, or one per residual stage "
+                         f"({model.config.groups})")
+    if refit is not None and (args.pretrain_steps or args.freeze_codebooks):
+        raise SystemExit("--refit-codebooks freezes the codebooks itself; it cannot be combined "
+                         "with --pretrain-steps (whose hand-over fits them afresh) or "
+                         "--freeze-codebooks")
     if args.freeze_codebooks:
         freeze_codebooks(model, args.pretrain_steps)
     if args.init and not (out / "checkpoint.pt").exists():
@@ -421,6 +487,11 @@ def main() -> None:
     model = model.to(device)
     sampler = CropSampler(load_images(train_paths, args.crop), args.crop)
     val_images = load_images(val_paths, 64)
+    if refit is not None:
+        if (out / "checkpoint.pt").exists():
+            _freeze(model)  # resuming: the checkpoint holds the refitted codebooks
+        else:
+            refit_codebooks(model, sampler, refit)
     train_steps(model, loss_fn, frozen, sampler, args, out / "checkpoint.pt", device, rank, world,
                 val_crops=center_crops(val_images, 256, model.unit))
     if world > 1:

@@ -175,6 +175,61 @@ def test_handover_fits_and_freezes_the_codebooks():
     assert all((model.state_dict()[k] == v).all() for k, v in before.items())
 
 
+def test_refit_codebooks_entropy_constrained():
+    """``--refit-codebooks``: only the residual stages change (the transforms and the coarse
+    level keep their values), each stage lowers the error, a rate weight gives the first stage
+    indices of lower entropy than plain k-means, and the codebooks stay frozen afterwards."""
+    from models import mcq
+    from models.data import CropSampler
+    from models.train import refit_codebooks
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
+    config = mcq.MCQConfig(quantizer="rvq", groups=3, group_dim=8, codebook_size=16,
+                           coarse_codebook_size=16, channels=16)
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)
+    entropies = []
+    for weight in (0.0, 0.002):  # the residual here: 0.01 per channel
+        torch.manual_seed(0)
+        model = mcq.MCQ(config).train()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        refit_codebooks(model, CropSampler(images, 32), (weight,), crops=16)
+        assert model.training
+        after = model.state_dict()
+        changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+        assert {k for k in changed if k.endswith("codebooks")} == {
+            f"fine_vq.stages.{s}.codebooks" for s in range(3)}
+        assert all(k.startswith("fine_vq.stages.") for k in changed)  # codewords, EMA state
+        with torch.no_grad():
+            f = model.g_a(x)
+            coarse = model.coarse_vq.indices(model.h_a(f))
+            residual = model.fine_head(f) - model.h_s(model.coarse_vq.embed(coarse))
+            idx = model.fine_vq.indices(residual, 3)
+            errors = [(residual - model.fine_vq.embed_prefix(idx[:, :q])).pow(2).mean().item()
+                      for q in range(4)]
+        assert errors == sorted(errors, reverse=True)
+        share = torch.bincount(idx[:, 0].flatten(), minlength=16).float() / idx[:, 0].numel()
+        entropies.append(-(share[share > 0] * share[share > 0].log2()).sum().item())
+        frozen = {k: v.clone() for k, v in after.items() if k.endswith("codebooks")}
+        model(x[:2], torch.tensor([3, 1]))
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in frozen.items())
+    assert entropies[1] < entropies[0] - 0.2
+
+
+def test_refit_codebooks_flag_conflicts(tmp_path):
+    rvq = ["--set", "quantizer=rvq"]
+    for extra, message in (([], "quantizer=rvq"), (rvq + ["--pretrain-steps", "2"], "combined"),
+                           (rvq + ["--freeze-codebooks"], "combined"),
+                           (rvq + ["--refit-codebooks", "0.1,0.2"], "one per residual stage"),
+                           (rvq + ["--refit-codebooks", "x"], "comma-separated numbers"),
+                           (rvq + ["--refit-codebooks", "-1"], "non-negative")):
+        res = subprocess.run([sys.executable, "-m", "models.train", "mcq", "--data",
+                              str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "1",
+                              "--refit-codebooks", "0.1", *extra], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert res.returncode != 0 and message in res.stderr, (extra, res.stderr)
+
+
 def test_frozen_codebooks_stay_put_in_training():
     """``--freeze-codebooks``: a training pass moves no codeword of the EMA quantizers (the
     coarse codebooks and every residual stage); Gumbel quantizers are refused."""

@@ -16,7 +16,7 @@ from bitstream.entropy import TOTAL
 from bitstream.format import parse_header
 from codec.pipeline import decode_detailed, encode_detailed
 from codec.registry import WEIGHTS_DIR, load_model, model_info
-from models.quantizers import kmeans
+from models.quantizers import ec_assign, ec_kmeans, kmeans
 from models.vq import codec as vqcodec
 from models.vq.ladder import nearest
 from models.vq.vqgan import VQGAN, VQGANConfig
@@ -85,6 +85,31 @@ def test_kmeans_on_toy_clusters():
     # nearest: (B, d, h, w) against (K, d)
     z = found.T.reshape(1, 2, 2, 2)
     assert nearest(z, found).flatten().tolist() == [0, 1, 2, 3]
+
+
+def test_ec_kmeans_trades_error_for_bits():
+    """Entropy-constrained k-means: weight 0 is plain k-means; a positive weight gives
+    assignments of lower entropy (the code lengths it returns are theirs) for a little more
+    squared error, and a large weight empties the least used codewords."""
+    points = torch.randn(2000, 4, generator=torch.Generator().manual_seed(0))
+
+    def entropy_and_error(words, lengths, weight):
+        idx = ec_assign(points, words, lengths, weight)
+        share = torch.bincount(idx, minlength=len(words)).float() / len(points)
+        entropy = -(share[share > 0] * share[share > 0].log2()).sum().item()
+        return entropy, (points - words[idx]).pow(2).sum(1).mean().item(), idx
+
+    words, lengths = ec_kmeans(points, 16, 0.0)
+    assert torch.equal(words, kmeans(points, 16, iters=20))
+    assert torch.equal(lengths, torch.full((16,), 4.0))
+    plain = entropy_and_error(words, lengths, 0.0)
+    words, lengths = ec_kmeans(points, 16, 0.4)
+    constrained = entropy_and_error(words, lengths, 0.4)
+    assert constrained[0] < plain[0] - 0.2 and plain[1] < constrained[1] < 1.5 * plain[1]
+    counts = torch.bincount(constrained[2], minlength=16).float()
+    assert torch.allclose(lengths, -torch.log2((counts + 0.5) / (counts.sum() + 8)), atol=0.2)
+    words, lengths = ec_kmeans(points, 16, 3.0)
+    assert len(entropy_and_error(words, lengths, 3.0)[2].unique()) < 16
 
 
 def _photos(folder, n: int = 24) -> None:

@@ -39,7 +39,8 @@ def ec_kmeans(points, k, rate_weight, iters=20):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     torch.manual_seed(0)  # the float prior (shipped as integers) starts from a random draw
-    out, rate_weight = sys.argv[1], float(sys.argv[2])
+    out = sys.argv[1]
+    weights = [float(v) for v in sys.argv[2].split(",")]  # one for all stages, or one per stage
     net, _ = load_weights("models/weights/mcq.safetensors")
     net.eval()
     pool = CropSampler(load_images(split_paths(DEFAULT_TRAIN)[0], 256), 256, seed=1).batch(64)
@@ -48,7 +49,8 @@ if __name__ == "__main__":
         f = torch.cat([net.g_a(channels_last(x)) for x in pool.split(8)])
         r = net.fine_head(f) - net.h_s(channels_last(cv.embed(cv.indices(net.h_a(f)))))
         r = r.permute(0, 2, 3, 1).reshape(-1, r.shape[1])
-        for stage in net.fine_vq.stages:
+        for s, stage in enumerate(net.fine_vq.stages):
+            rate_weight = weights[s] if len(weights) > 1 else weights[0]
             words, logp = ec_kmeans(r, 256, rate_weight)
             stage.codebooks[0] = words
             r = r - words[(squared_distances(r, words) - rate_weight * logp).argmin(-1)]
