@@ -183,16 +183,14 @@ def refit_codebooks(model: nn.Module, sampler: CropSampler, rate_weights: tuple[
                     crops: int = 64) -> None:
     """``--refit-codebooks W1,...``: refit the residual stages of a trained model to its own
     residuals on ``crops`` training crops by entropy-constrained k-means, stage s at weight
-    ``rate_weights[s]`` (one weight: every stage at it), the
-    transforms and the coarse level unchanged; the codebooks are frozen from then on (the
-    stages' EMA codewords, as trained jointly with the prior, spread the indices more evenly
-    than a rate-aware fit: see models/weights/mcq.md)."""
+    ``rate_weights[s]``, the transforms and the coarse level unchanged; the codebooks are
+    frozen from then on (EMA-trained codewords spread the indices more evenly than a
+    rate-aware fit: see models/weights/mcq.md)."""
     model.eval()
     f = _pool_features(model, sampler, crops)
     coarse_vq, z = model.coarse_vq, model.h_a(f)
     fit_residual_stages(model, model.fine_head(f) - model.h_s(coarse_vq.embed(
-        coarse_vq.indices(z))), rate_weights * model.config.groups if len(rate_weights) == 1
-        else rate_weights)
+        coarse_vq.indices(z))), rate_weights)
     for stage in model.fine_vq.stages:
         stage.adopt_codebooks()
     _freeze(model)
@@ -471,15 +469,18 @@ def main() -> None:
             and getattr(model.config, "quantizer", None) != "rvq"):
         raise SystemExit("--pretrain-steps and --refit-codebooks are for the mcq family with "
                          "--set quantizer=rvq (they fit residual stages by k-means)")
-    refit = None if args.refit_codebooks is None else \
-        _weight_list(args.refit_codebooks, "--refit-codebooks")
-    if refit is not None and len(refit) not in (1, model.config.groups):
-        raise SystemExit(f"--refit-codebooks takes one weight, or one per residual stage "
-                         f"({model.config.groups})")
-    if refit is not None and (args.pretrain_steps or args.freeze_codebooks):
-        raise SystemExit("--refit-codebooks freezes the codebooks itself; it cannot be combined "
-                         "with --pretrain-steps (whose hand-over fits them afresh) or "
-                         "--freeze-codebooks")
+    refit = None  # per residual stage
+    if args.refit_codebooks is not None:
+        refit = _weight_list(args.refit_codebooks, "--refit-codebooks")
+        if len(refit) not in (1, model.config.groups):
+            raise SystemExit(f"--refit-codebooks takes one weight, or one per residual stage "
+                             f"({model.config.groups})")
+        if args.pretrain_steps or args.freeze_codebooks:
+            raise SystemExit("--refit-codebooks freezes the codebooks itself; it cannot be "
+                             "combined with --pretrain-steps (whose hand-over fits them "
+                             "afresh) or --freeze-codebooks")
+        if len(refit) == 1:
+            refit = refit * model.config.groups
     if args.freeze_codebooks:
         freeze_codebooks(model, args.pretrain_steps)
     if args.init and not (out / "checkpoint.pt").exists():

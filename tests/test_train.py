@@ -193,7 +193,7 @@ def test_refit_codebooks_entropy_constrained():
         torch.manual_seed(0)
         model = mcq.MCQ(config).train()
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        refit_codebooks(model, CropSampler(images, 32), (weight,), crops=16)
+        refit_codebooks(model, CropSampler(images, 32), (weight,) * 3, crops=16)
         assert model.training
         after = model.state_dict()
         changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
