@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitstream.entropy import LOGIT_FRAC, freqs_from_counts, freqs_from_logits
-from models.fixedpoint import check_exact, to_fixed
+from models.fixedpoint import INT_LIMIT, check_exact, to_fixed
 
 HIDDEN_FRAC = 8  # fixed-point bits of the hidden layer
 OUT_FRAC = 10  # fixed-point bits of the output weights
 HIDDEN_CAP = 1 << 16
+FLOAT32_EXACT = 1 << 24  # integers below this are exact in float32, and so are their sums
 
 
 class ChannelPrior(nn.Module):
@@ -73,10 +74,19 @@ class IntChannelPrior:
         self.static = static  # (K,) frequencies of group 0 when it has no context
         # The hidden layer is clipped to [0, HIDDEN_CAP], so one bound covers every product.
         check_exact(HIDDEN_CAP, np.abs(out).max(initial=0), out.shape[1])
-        # torch views of the same integers (the output weights converted to float64 once):
-        # this is the hot path of MCQ coding, and one thread pool (torch's) serves all of it
-        # (numpy's BLAS beside torch's threads halves the speed)
-        self._embed, self._bias = torch.from_numpy(embed), torch.from_numpy(bias)
+        # torch views of the same integers: this is the hot path of MCQ coding, and one thread
+        # pool (torch's) serves all of it (numpy's BLAS beside torch's threads halves the speed).
+        # Each group's embedding tables are one float32 bag, so that the hidden layer is a
+        # single embedding_bag sum (a loop of row lookups took 15x longer); its terms are int16
+        # integers, so every partial sum stays an exact integer in float32, in any order.
+        groups, rows, vocab, hidden = embed.shape
+        if (rows + 1) * INT_LIMIT >= FLOAT32_EXACT:
+            raise OverflowError("too many context slots for an exact float32 hidden layer")
+        self._vocab = vocab
+        self._bag = torch.from_numpy(embed.reshape(groups, rows * vocab, hidden)
+                                     .astype(np.float32))
+        self._offsets = torch.arange(rows)[:, None] * vocab
+        self._bias = torch.from_numpy(bias.astype(np.float32))
         self._out = torch.from_numpy(out.astype(np.float64))
         self._out_bias = torch.from_numpy(out_bias)
 
@@ -114,9 +124,10 @@ class IntChannelPrior:
         if self.extra + g == 0:
             return self.static
         context = torch.from_numpy(np.asarray(context, dtype=np.int64))
-        h = self._bias[g].expand(context.shape[1], -1).clone()
-        for j in range(self.extra + g):
-            h += self._embed[g, j][context[j]]
+        if context.numel() and (context.min() < 0 or context.max() >= self._vocab):
+            raise ValueError(f"context index out of range 0..{self._vocab - 1}")
+        index = (context[:self.extra + g] + self._offsets[:self.extra + g]).t()
+        h = F.embedding_bag(index, self._bag[g], mode="sum").add_(self._bias[g])
         products = h.clamp_(0, HIDDEN_CAP).double() @ self._out[g]  # exact (check_exact)
         logits = products.long().bitwise_right_shift_(HIDDEN_FRAC + OUT_FRAC - LOGIT_FRAC)
         return freqs_from_logits(logits.add_(self._out_bias[g]))

@@ -125,3 +125,27 @@ def test_prior_tables_independent_of_batch_composition():
         order = np.random.default_rng(g).permutation(4000)
         parts = [prior.freqs(ctx[:g, chunk], g) for chunk in np.array_split(order, 7)]
         assert (np.concatenate(parts) == whole[order]).all()
+
+
+def test_prior_tables_match_an_int64_reference():
+    """The float32 embedding-bag hidden layer gives the integers of a plain int64 evaluation,
+    even with every weight at the int16 limit; context indices out of range are refused."""
+    from models.fixedpoint import INT_LIMIT
+    from models.prior import HIDDEN_CAP, HIDDEN_FRAC, LOGIT_FRAC, OUT_FRAC, IntChannelPrior
+
+    rng = np.random.default_rng(3)
+    groups, extra, vocab, hidden, k = 3, 6, 257, 16, 256
+    embed = rng.integers(-INT_LIMIT, INT_LIMIT + 1, (groups, extra + groups, vocab, hidden))
+    embed[0, :, 5] = INT_LIMIT  # index 5 everywhere: the largest possible sum
+    bias = rng.integers(-INT_LIMIT, INT_LIMIT + 1, (groups, hidden))
+    out = rng.integers(-2000, 2001, (groups, hidden, k))
+    out_bias = rng.integers(-3000, 3001, (groups, k))
+    prior = IntChannelPrior(embed, bias, out, out_bias, None)
+    ctx = rng.integers(0, vocab, (extra + groups, 3000))
+    ctx[:, :10] = 5
+    for g in range(groups):
+        h = bias[g] + sum(embed[g, j][ctx[j]] for j in range(extra + g))
+        logits = (np.clip(h, 0, HIDDEN_CAP) @ out[g]) >> (HIDDEN_FRAC + OUT_FRAC - LOGIT_FRAC)
+        assert (prior.freqs(ctx, g) == freqs_from_logits(logits + out_bias[g])).all()
+    with pytest.raises(ValueError, match="out of range"):
+        prior.freqs(np.full((extra + 1, 4), vocab), 1)
