@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 EXACT_LIMIT = 1 << 53
+FLOAT32_EXACT_LIMIT = 1 << 24  # the same for sums kept in float32
 INT_LIMIT = (1 << 15) - 1  # magnitude cap on every stored weight: they are stored as int16
 
 
@@ -24,9 +25,11 @@ def to_fixed(values: torch.Tensor | np.ndarray, frac_bits: int) -> np.ndarray:
                    -INT_LIMIT, INT_LIMIT).astype(np.int32)
 
 
-def check_exact(max_a: float, max_b: float, terms: int) -> None:
+def check_exact(max_a: float, max_b: float, terms: int, limit: int = EXACT_LIMIT) -> None:
     """Refuse integer products whose sums of ``terms`` products of magnitudes up to ``max_a``
-    and ``max_b`` could leave float64's exact integer range."""
-    if float(max_a) * float(max_b) * terms >= EXACT_LIMIT:
-        raise OverflowError("fixed-point product could exceed float64's exact integer range")
+    and ``max_b`` could leave the exact integer range below ``limit`` (float64's, or
+    ``FLOAT32_EXACT_LIMIT`` for sums kept in float32)."""
+    if float(max_a) * float(max_b) * terms >= limit:
+        raise OverflowError("fixed-point product could exceed the exact integer range "
+                            f"(below 2**{limit.bit_length() - 1})")
 

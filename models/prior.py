@@ -19,12 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitstream.entropy import LOGIT_FRAC, freqs_from_counts, freqs_from_logits
-from models.fixedpoint import INT_LIMIT, check_exact, to_fixed
+from models.fixedpoint import FLOAT32_EXACT_LIMIT, INT_LIMIT, check_exact, to_fixed
 
 HIDDEN_FRAC = 8  # fixed-point bits of the hidden layer
 OUT_FRAC = 10  # fixed-point bits of the output weights
 HIDDEN_CAP = 1 << 16
-FLOAT32_EXACT = 1 << 24  # integers below this are exact in float32, and so are their sums
 
 
 class ChannelPrior(nn.Module):
@@ -80,8 +79,7 @@ class IntChannelPrior:
         # single embedding_bag sum (a loop of row lookups took 15x longer); its terms are int16
         # integers, so every partial sum stays an exact integer in float32, in any order.
         groups, rows, vocab, hidden = embed.shape
-        if (rows + 1) * INT_LIMIT >= FLOAT32_EXACT:
-            raise OverflowError("too many context slots for an exact float32 hidden layer")
+        check_exact(INT_LIMIT, 1, rows + 1, FLOAT32_EXACT_LIMIT)  # rows and the bias
         self._vocab = vocab
         self._bag = torch.from_numpy(embed.reshape(groups, rows * vocab, hidden)
                                      .astype(np.float32))
