@@ -93,7 +93,7 @@ MODELS: dict[str, ModelInfo] = {
                         "codebook of 8 (q1) .. 2048 (q9) or 4096 (q10) words, coded and "
                         "restored by a masked index transformer; small CPU-trained "
                         "configuration (models/weights/vq-prior.md, vq-cpu.md)",
-            retired=("vq-prior-r1.safetensors",)),
+            retired=("vq-prior-r3.safetensors",)),
     ]
 }
 DEFAULT_MODEL = "mcq"

@@ -185,10 +185,11 @@ class IndexTransformer(nn.Module):
         return logits.view(*idx.shape, -1)
 
     def loss(self, idx: torch.Tensor, visible: torch.Tensor, q: int) -> torch.Tensor:
-        """Mean cross-entropy in bits over the masked positions."""
-        logits = self(idx, visible, q)
-        hidden = ~visible
-        return F.cross_entropy(logits[hidden], idx[hidden]) / math.log(2)
+        """Mean cross-entropy in bits over the masked positions (logits computed only there)."""
+        emb, bias = self.output_table(q)
+        hidden = ~visible.flatten(1)
+        logits = self.features(idx, visible, q)[hidden] @ emb.T + bias
+        return F.cross_entropy(logits, idx.flatten(1)[hidden]) / math.log(2)
 
     def config_dict(self) -> dict:
         return asdict(self.config)
