@@ -178,17 +178,19 @@ class IndexTransformer(nn.Module):
             x = block(x, h, w)
         return self.norm(x)
 
+    def logits(self, features: torch.Tensor, q: int) -> torch.Tensor:
+        """Natural-log logits (..., K) of quality q from final features (..., dim)."""
+        emb, bias = self.output_table(q)
+        return features @ emb.T + bias
+
     def forward(self, idx: torch.Tensor, visible: torch.Tensor, q: int) -> torch.Tensor:
         """Natural-log logits (B, h, w, K) at every position."""
-        emb, bias = self.output_table(q)
-        logits = self.features(idx, visible, q) @ emb.T + bias
-        return logits.view(*idx.shape, -1)
+        return self.logits(self.features(idx, visible, q), q).view(*idx.shape, -1)
 
     def loss(self, idx: torch.Tensor, visible: torch.Tensor, q: int) -> torch.Tensor:
         """Mean cross-entropy in bits over the masked positions (logits computed only there)."""
-        emb, bias = self.output_table(q)
         hidden = ~visible.flatten(1)
-        logits = self.features(idx, visible, q)[hidden] @ emb.T + bias
+        logits = self.logits(self.features(idx, visible, q)[hidden], q)
         return F.cross_entropy(logits, idx.flatten(1)[hidden]) / math.log(2)
 
     def config_dict(self) -> dict:
