@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -147,6 +148,18 @@ def test_train_resume_ladder_and_export(tmp_path):
         assert table.shape == (k,) and table.sum() == TOTAL and table.min() >= 1
     idx = net.analyze(torch.rand(1, 3, 32, 48), 2)
     assert idx.shape == (1, 2, 3) and idx.max() < 16
+    # a new run from the exported file: same transforms and full codebook, a held-back curve
+    from models.vq.train import init_from_file
+
+    start = init_from_file(out / "w.safetensors")
+    assert torch.equal(start.quantizer.codebooks[0], net.codebooks[-1])
+    assert torch.equal(start.decoder.layers[-1].weight, net.model.decoder.layers[-1].weight)
+    again = tmp_path / "again"
+    main(["vqgan", "--steps", "2", *common[:2], "--out", str(again), *common[4:],
+          "--init", str(out / "w.safetensors"), "--warmup", "2", "--eval-every", "1"])
+    curve = [json.loads(line) for line in (again / "curve.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in curve] == [0, 1, 2]
+    assert all(math.isfinite(p["held_out_psnr"]["full"]) for p in curve)
 
 
 @pytest.fixture(scope="module")

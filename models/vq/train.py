@@ -4,7 +4,9 @@
   photos (never Kodak): L1 + MS-SSIM reconstruction, codebook/commitment loss, and after
   ``--gan-start`` steps a hinge-loss patch discriminator. Resumable: ``checkpoint.pt`` in the run
   folder is written every ``--save-every`` steps, and the same command again continues (raise
-  ``--steps`` to train longer). ``log.jsonl`` records PSNR and wall time.
+  ``--steps`` to train longer). ``log.jsonl`` records PSNR and wall time, ``curve.jsonl`` the
+  held-back PSNR of the full codebook every ``--eval-every`` steps (``python -m eval.curves``).
+  ``--init`` starts from a shipped VQ weight file instead of a random network.
 * ``ladder --out runs/vq``: k-means of the trained codebook (weighted by how often each codeword
   is used) into the smaller ladder sizes, fine-tuning of each small codebook through the frozen
   decoder, static index tables counted on training images, evaluation on the held-back training
@@ -24,6 +26,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
@@ -82,6 +85,33 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[VQG
     return model.eval(), ckpt
 
 
+@torch.no_grad()
+def init_from_file(path: Path) -> VQGAN:
+    """A VQGAN holding a shipped VQ file's transforms and full codebook (its last ladder rung):
+    a new run continues from the shipped model (the discriminator and optimizers start fresh)."""
+    from models.vq.codec import load_weights
+
+    net, _ = load_weights(str(path))
+    model = VQGAN(net.model.config)
+    model.load_state_dict(net.model.state_dict())
+    model.quantizer.codebooks.copy_(net.codebooks[-1][None])
+    model.quantizer.initialised.fill_(True)
+    return model
+
+
+@torch.no_grad()
+def held_back_psnr(model: VQGAN, images: list) -> float:
+    """PSNR of the full codebook on whole held-back images (the ladder's evaluation)."""
+    from bitstream.entropy import freqs_from_counts
+    from models.vq.ladder import evaluate
+
+    model.eval()
+    full = model.quantizer.codebooks[0]
+    psnr = evaluate(model, [full], [freqs_from_counts(np.ones(len(full)))], images)[0]["psnr"]
+    model.train()
+    return psnr
+
+
 def train_vqgan(args) -> Path:
     """The VQGAN training loop (resumable); returns the checkpoint path."""
     device = pick_device()
@@ -91,12 +121,18 @@ def train_vqgan(args) -> Path:
     config = _config_from_args(args)
     if ckpt_path.exists():  # the run's own config wins over the flags
         config = VQGANConfig(**json.loads(torch.load(ckpt_path, weights_only=True)["config"]))
-    model = VQGAN(config).to(device)
+        model = VQGAN(config).to(device)
+    elif args.init:
+        model = init_from_file(args.init).to(device)
+        config = model.config
+    else:
+        model = VQGAN(config).to(device)
     disc = PatchDiscriminator(config.disc_width).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.9))
-    train_paths, _ = split_paths(args.data)
+    train_paths, val_paths = split_paths(args.data)
     sampler = CropSampler(load_images(train_paths, args.crop), args.crop, seed=args.seed)
+    val_images = load_images(val_paths, 64)[:8]
     step, wall = 0, 0.0
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=True, map_location=device)
@@ -114,11 +150,18 @@ def train_vqgan(args) -> Path:
                     "sampler": json.dumps(sampler.rng.bit_generator.state)}, ckpt_path)
 
     bar = tqdm(total=args.steps, initial=step, desc="vqgan", dynamic_ncols=True)
+    if step == 0:  # the starting point of the curve (an --init model's held-back PSNR)
+        with (out / "curve.jsonl").open("a") as curve:
+            curve.write(json.dumps({"step": 0, "loss": float("nan"),
+                                    "held_out_psnr": {"full": held_back_psnr(model, val_images)}})
+                        + "\n")
     model.train()
-    with (out / "log.jsonl").open("a") as log:
+    losses: list[float] = []
+    with (out / "log.jsonl").open("a") as log, (out / "curve.jsonl").open("a") as curve:
         while step < args.steps:
             start = time.time()
             lr = args.lr * (0.1 if step >= args.decay_at * args.steps else 1.0)
+            lr *= min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
             for group in opt.param_groups + opt_d.param_groups:
                 group["lr"] = lr
             x = sampler.batch(args.batch).to(device)
@@ -141,7 +184,14 @@ def train_vqgan(args) -> Path:
                 opt_d.step()
             step += 1
             wall += time.time() - start
+            losses.append(loss.item())
             bar.update(1)
+            if step % args.eval_every == 0 or step == args.steps:
+                psnr = held_back_psnr(model, val_images)
+                curve.write(json.dumps({"step": step, "loss": sum(losses) / len(losses),
+                                        "held_out_psnr": {"full": psnr}}) + "\n")
+                curve.flush()
+                losses.clear()
             if step % 10 == 0:
                 mse = F.mse_loss(x_hat.detach().clamp(0, 1), x).item()
                 used = int((model.quantizer.usage > 0.03 / config.codebook_size).sum())
@@ -192,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
                              "have stabilised)")
     parser.add_argument("--gan-weight", type=float, default=0.1,
                         help="adversarial gradient as a fraction of the reconstruction one")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="vqgan: steps of linear learning-rate warm-up (a fresh optimizer "
+                             "on an --init model otherwise jolts it: -2 dB in 2 steps at 5e-4)")
     parser.add_argument("--decay-at", type=float, default=0.8,
                         help="fraction of --steps after which the learning rate drops 10x")
     parser.add_argument("--sizes", default="8,16,32,64,128,256,512,1024,2048",
@@ -215,13 +268,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mlp", type=int, default=2, help="prior: MLP width / dim")
     parser.add_argument("--grid", type=int, default=16, help="prior: training crop in indices")
     parser.add_argument("--schedule", default="s6", help="prior: coding schedule to ship")
-    parser.add_argument("--eval-every", type=int, default=500, help="prior: held-back check")
+    parser.add_argument("--eval-every", type=int, default=500,
+                        help="vqgan, prior: steps between held-back checks")
     parser.add_argument("--val-grids", type=int, default=29,
                         help="prior: held-back grids in the periodic check")
     parser.add_argument("--eval-qualities", default="6,8",
                         help="prior: qualities in the periodic check")
     parser.add_argument("--init", type=Path, default=None,
-                        help="prior: continue from an exported prior file (e.g. the shipped "
+                        help="vqgan: start from a shipped VQ weight file (e.g. vq-cpu.safetensors;"
+                             " transforms and full codebook). prior: continue from an exported prior file (e.g. the shipped "
                              "vq-prior.safetensors) instead of a random network; its own "
                              "configuration replaces --dim/--layers/...")
     parser.add_argument("--train-qualities", default="",
