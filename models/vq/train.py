@@ -92,8 +92,7 @@ def init_from_file(path: Path) -> VQGAN:
     from models.vq.codec import load_weights
 
     net, _ = load_weights(str(path))
-    model = VQGAN(net.model.config)
-    model.load_state_dict(net.model.state_dict())
+    model = net.model
     model.quantizer.codebooks.copy_(net.codebooks[-1][None])
     model.quantizer.initialised.fill_(True)
     return model
@@ -150,14 +149,17 @@ def train_vqgan(args) -> Path:
                     "sampler": json.dumps(sampler.rng.bit_generator.state)}, ckpt_path)
 
     bar = tqdm(total=args.steps, initial=step, desc="vqgan", dynamic_ncols=True)
-    if step == 0:  # the starting point of the curve (an --init model's held-back PSNR)
-        with (out / "curve.jsonl").open("a") as curve:
-            curve.write(json.dumps({"step": 0, "loss": float("nan"),
-                                    "held_out_psnr": {"full": held_back_psnr(model, val_images)}})
-                        + "\n")
-    model.train()
     losses: list[float] = []
     with (out / "log.jsonl").open("a") as log, (out / "curve.jsonl").open("a") as curve:
+        def record(loss: float) -> None:
+            psnr = held_back_psnr(model, val_images)
+            curve.write(json.dumps({"step": step, "loss": loss,
+                                    "held_out_psnr": {"full": psnr}}) + "\n")
+            curve.flush()
+
+        if step == 0:  # the starting point of the curve (an --init model's held-back PSNR)
+            record(float("nan"))
+        model.train()
         while step < args.steps:
             start = time.time()
             lr = args.lr * (0.1 if step >= args.decay_at * args.steps else 1.0)
@@ -187,10 +189,7 @@ def train_vqgan(args) -> Path:
             losses.append(loss.item())
             bar.update(1)
             if step % args.eval_every == 0 or step == args.steps:
-                psnr = held_back_psnr(model, val_images)
-                curve.write(json.dumps({"step": step, "loss": sum(losses) / len(losses),
-                                        "held_out_psnr": {"full": psnr}}) + "\n")
-                curve.flush()
+                record(sum(losses) / len(losses))
                 losses.clear()
             if step % 10 == 0:
                 mse = F.mse_loss(x_hat.detach().clamp(0, 1), x).item()
@@ -275,8 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-qualities", default="6,8",
                         help="prior: qualities in the periodic check")
     parser.add_argument("--init", type=Path, default=None,
-                        help="vqgan: start from a shipped VQ weight file (e.g. vq-cpu.safetensors;"
-                             " transforms and full codebook). prior: continue from an exported prior file (e.g. the shipped "
+                        help="vqgan: start from a shipped VQ weight file (e.g. "
+                             "vq-cpu.safetensors: its transforms and full codebook). prior: "
+                             "continue from an exported prior file (e.g. the shipped "
                              "vq-prior.safetensors) instead of a random network; its own "
                              "configuration replaces --dim/--layers/...")
     parser.add_argument("--train-qualities", default="",
