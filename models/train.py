@@ -1,9 +1,10 @@
 """Training entry point: ``python -m models.train {tiny,mcq} --out runs/NAME``.
 
 Resumable: the run folder holds ``checkpoint.pt`` (model, optimizer, step, sampler state), written
-every ``--save-every`` steps; running the same command again continues where it stopped. Every
-``--eval-every`` steps a line goes to ``curve.jsonl``: mean training loss and PSNR, and the PSNR
-of every quality on fixed crops of the held-back images (plot with ``python -m eval.curves``).
+every ``--save-every`` steps and when ``--minutes`` runs out (``models/budget.py``); running the
+same command again continues where it stopped. Every ``--eval-every`` steps a line goes to
+``curve.jsonl``: mean training loss and PSNR, and the PSNR of every quality on fixed crops of the
+held-back images (plot with ``python -m eval.curves``).
 After the training steps the prior is fitted on the final indices and exported as integers, the
 model is evaluated on the held-back training images (never Kodak) and, with ``--export``, the
 shipped weight file is written.
@@ -40,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from bitstream.entropy import cost_bits
-from models import mcq, tiny_mcq, weightfile
+from models import budget, mcq, tiny_mcq, weightfile
 from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths, whole_image
 from models.quantizers import (GumbelMultiCodebookVQ, MultiCodebookVQ, ec_assign, ec_kmeans,
                                kmeans)
@@ -234,11 +235,13 @@ def held_out_psnr(model, crops: torch.Tensor, pretraining: bool = False) -> dict
 
 def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, args,
                 ckpt_path: Path, device: torch.device, rank: int = 0, world: int = 1,
-                val_crops: torch.Tensor | None = None) -> None:
+                val_crops: torch.Tensor | None = None) -> int:
     """The training loop, resumable from ``ckpt_path``; parameters under ``frozen`` are left out.
+    Returns the step reached: below ``--steps`` when ``--minutes`` ran out first.
 
     Under torchrun every process trains on its own crops (batch ``--batch`` each), gradients are
-    averaged by DistributedDataParallel, and rank 0 writes the checkpoints.
+    averaged by DistributedDataParallel, and rank 0 writes the checkpoints; every rank stops at
+    the same step when the budget of any of them is spent.
     """
     params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
     opt = torch.optim.Adam(params, lr=args.lr)
@@ -292,10 +295,18 @@ def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, a
             sums = [0.0, 0.0, 0]
         if step % 20 == 0:
             bar.set_postfix(psnr=f"{-10 * math.log10(mse):.2f}", loss=f"{loss.item():.4f}")
-        if rank == 0 and (step % args.save_every == 0 or step == args.steps):
+        out_of_time = args.budget.spent()
+        if world > 1:
+            flag = torch.tensor(float(out_of_time), device=device)
+            dist.all_reduce(flag, dist.ReduceOp.MAX)
+            out_of_time = bool(flag)
+        if rank == 0 and (step % args.save_every == 0 or step == args.steps or out_of_time):
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                         "sampler": json.dumps(sampler.rng.bit_generator.state)}, ckpt_path)
+        if out_of_time:
+            break
     bar.close()
+    return step
 
 
 def center_crops(images: list[np.ndarray], size: int, unit: int, count: int = 8
@@ -449,7 +460,9 @@ def main() -> None:
                              "checkpoint.pt whose names and shapes match (e.g. the transforms "
                              "of another model)")
     parser.add_argument("--export", type=Path, default=None, help="write the shipped weights here")
+    budget.add_minutes_argument(parser)
     args = parser.parse_args()
+    args.budget = budget.Budget(args.minutes)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -493,13 +506,16 @@ def main() -> None:
             _freeze(model)  # resuming: the checkpoint holds the refitted codebooks
         else:
             refit_codebooks(model, sampler, refit)
-    train_steps(model, loss_fn, frozen, sampler, args, out / "checkpoint.pt", device, rank, world,
-                val_crops=center_crops(val_images, 256, model.unit))
+    reached = train_steps(model, loss_fn, frozen, sampler, args, out / "checkpoint.pt", device,
+                          rank, world, val_crops=center_crops(val_images, 256, model.unit))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
         if rank > 0:
             return
+    if reached < args.steps:
+        budget.stopped(reached, args.steps)
+        return
     model = model.cpu().eval()
     if args.family == "mcq":  # fit and measure exactly what the float16 weight file holds
         weightfile.round_to_half(model, mcq.shipped_float)

@@ -17,10 +17,11 @@ from models.tiny_mcq import load_weights
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _train(data: Path, out: Path, steps: int) -> subprocess.CompletedProcess:
+def _train(data: Path, out: Path, steps: int, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "models.train", "tiny", "--data", str(data), "--out", str(out),
            "--steps", str(steps), "--batch", "2", "--crop", "64", "--prior-steps", "3",
-           "--save-every", "2", "--eval-every", "2", "--export", str(out / "w.safetensors")]
+           "--save-every", "2", "--eval-every", "2", "--export", str(out / "w.safetensors"),
+           *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
 
 
@@ -31,7 +32,12 @@ def test_train_resume_and_export(tmp_path):
     for i in range(40):  # enough names that the hash split holds some back for validation
         Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(data / f"{i}.png")
     out = tmp_path / "run"
-    _train(data, out, 2)
+    # a spent --minutes budget: one step, the checkpoint written, nothing exported
+    res = _train(data, out, 4, "--minutes", "1e-9")
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
+    assert "--minutes spent at step 1 of 4" in res.stdout
+    assert not (out / "w.safetensors").exists() and not (out / "report.json").exists()
+    _train(data, out, 2)  # continues from step 1
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
     _train(data, out, 4)  # continues from step 2
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4

@@ -124,7 +124,8 @@ def _photos(folder, n: int = 24) -> None:
 
 
 def test_train_resume_ladder_and_export(tmp_path):
-    """Tiny widths: train 2 steps, resume to 4, build a 2-step ladder, export, load, code."""
+    """Tiny widths: train 1 step (--minutes spent), resume to 2 and 4, build a 2-step ladder,
+    export, load, code."""
     from models.vq.train import main
 
     data, out = tmp_path / "photos", tmp_path / "run"
@@ -132,6 +133,8 @@ def test_train_resume_ladder_and_export(tmp_path):
     common = ["--data", str(data), "--out", str(out), "--batch", "2", "--crop", "32",
               "--widths", "8,8,8,8", "--codebook-size", "64", "--code-dim", "4",
               "--disc-width", "4", "--threads", "1", "--save-every", "2", "--gan-start", "3"]
+    main(["vqgan", "--steps", "4", "--minutes", "1e-9", *common])  # budget spent: one step
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
     main(["vqgan", "--steps", "2", *common])
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
     main(["vqgan", "--steps", "4", *common])  # continues from step 2, discriminator from 3

@@ -175,8 +175,12 @@ def test_prior_training_resumes_and_exports(tmp_path):
     common = ["--out", str(run), "--data", str(data), "--ladder", str(ladder), "--dim", "16",
               "--layers", "1", "--heads", "2", "--radius", "1", "--grid", "4", "--batch", "4",
               "--eval-every", "2", "--eval-qualities", "1,3", "--save-every", "1"]
+    export = ["--export", str(tmp_path / "prior.safetensors")]
+    main(["prior", "--steps", "3", "--minutes", "1e-9", *common, *export])  # one step, no export
+    assert torch.load(run / "prior.pt", weights_only=True)["step"] == 1
+    assert not (tmp_path / "prior.safetensors").exists()
     main(["prior", "--steps", "2", *common])
-    main(["prior", "--steps", "3", *common, "--export", str(tmp_path / "prior.safetensors")])
+    main(["prior", "--steps", "3", *common, *export])
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val" in r] == [2, 3]  # resumed at 2, not from 0
     assert {v["K"] for v in rows[-1]["val"]} == {8, 64}

@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bitstream.entropy import LOGIT_FRAC, TOTAL
+from models import budget
 from models.data import split_paths, whole_image
 from models.vq.exact import ACT_FRAC, LOG2E, IntIndexTransformer, load_prior, save_prior
 from models.vq.ladder import nearest
@@ -223,7 +224,8 @@ def warm_start(model: IndexTransformer, int_model, iterations: int = 2000) -> fl
 
 
 def train_prior(args) -> None:
-    """The training loop (resumable), then optionally the export of the integer network."""
+    """The training loop (resumable, cut short by ``--minutes``), then optionally the export of
+    the integer network."""
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     net, ladder_prior = load_ladder(args.ladder)
@@ -294,10 +296,15 @@ def train_prior(args) -> None:
                     f"K={r['K']}: " + " ".join(f"{s} {r[s]:.3f}" for s in schedules)
                     + f" (fixed {r['fixed_bits']:.0f})" for r in rows))
             log.flush()
-            if step % args.save_every == 0 or step == args.steps:
+            out_of_time = args.budget.spent()
+            if step % args.save_every == 0 or step == args.steps or out_of_time:
                 save()
+            if out_of_time:
+                break
     bar.close()
-    if args.export:
+    if step < args.steps:
+        budget.stopped(step, args.steps)
+    elif args.export:
         export_prior(model, args, val_grids, wall, step)
 
 

@@ -15,7 +15,8 @@
   (entropy model and restorer of lost indices, ``models/vq/prior_train.py``); ``--export`` writes
   its exact integer weights (``models/vq/exact.py``).
 
-CPU or CUDA unchanged (the device is picked automatically); ``--threads 1`` for a shared CPU.
+CPU or CUDA unchanged (the device is picked automatically); ``--threads 1`` for a shared CPU;
+``--minutes`` ends a ``vqgan`` or ``prior`` command early at a checkpoint (``models/budget.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 from tqdm import tqdm
 
+from models import budget
 from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths
 from models.weightfile import WEIGHTS
 from models.vq.vqgan import VQGAN, PatchDiscriminator, VQGANConfig
@@ -112,7 +114,8 @@ def held_back_psnr(model: VQGAN, images: list) -> float:
 
 
 def train_vqgan(args) -> Path:
-    """The VQGAN training loop (resumable); returns the checkpoint path."""
+    """The VQGAN training loop (resumable, cut short by ``--minutes``); returns the checkpoint
+    path."""
     device = pick_device()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -199,9 +202,14 @@ def train_vqgan(args) -> Path:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 bar.set_postfix(psnr=f"{row['psnr']:.2f}", used=used)
-            if step % args.save_every == 0 or step == args.steps:
+            out_of_time = args.budget.spent()
+            if step % args.save_every == 0 or step == args.steps or out_of_time:
                 save()
+            if out_of_time:
+                break
     bar.close()
+    if step < args.steps:
+        budget.stopped(step, args.steps)
     return ckpt_path
 
 
@@ -282,7 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-qualities", default="",
                         help="prior: train on these qualities only (default: every quality, one "
                              "network conditioned on the codebook)")
+    budget.add_minutes_argument(parser)
     args = parser.parse_args(argv)
+    args.budget = budget.Budget(args.minutes)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
