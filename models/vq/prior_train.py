@@ -231,24 +231,26 @@ def train_prior(args) -> None:
     net, ladder_prior = load_ladder(args.ladder)
     train_grids, val_grids = cached_grids(net, args.data, out)
     ckpt_path = out / "prior.pt"
-    config = PriorConfig(dim=args.dim, layers=args.layers, heads=args.heads,
-                         radius=args.radius, mlp=args.mlp, code_dim=net.codebooks[0].shape[1],
-                         qualities=len(net.codebooks))
-    if ckpt_path.exists():  # the run's own config wins over the flags
-        config = PriorConfig(**json.loads(torch.load(ckpt_path, weights_only=True)["config"]))
-    model = build_model(config, net, ladder_prior)
-    if args.init and not ckpt_path.exists():
+    ckpt = torch.load(ckpt_path, weights_only=True) if ckpt_path.exists() else None
+    int_model = None
+    if ckpt is not None:  # the run's own config wins over the flags
+        config = PriorConfig(**json.loads(ckpt["config"]))
+    elif args.init:
         int_model, _ = load_prior(str(args.init))
         config = int_model.config
-        model = build_model(config, net, ladder_prior)
+    else:
+        config = PriorConfig(dim=args.dim, layers=args.layers, heads=args.heads,
+                             radius=args.radius, mlp=args.mlp,
+                             code_dim=net.codebooks[0].shape[1], qualities=len(net.codebooks))
+    model = build_model(config, net, ladder_prior)
+    if int_model is not None:
         print(f"initialised from {args.init} (output tables refitted, mse "
               f"{warm_start(model, int_model):.2e})")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sampler = GridSampler(train_grids, args.grid, seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     step, wall = 0, 0.0
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         step, wall = int(ckpt["step"]), float(ckpt["wall"])

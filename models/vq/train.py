@@ -120,15 +120,15 @@ def train_vqgan(args) -> Path:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    config = _config_from_args(args)
+    ckpt = None
     if ckpt_path.exists():  # the run's own config wins over the flags
-        config = VQGANConfig(**json.loads(torch.load(ckpt_path, weights_only=True)["config"]))
-        model = VQGAN(config).to(device)
+        model, ckpt = load_checkpoint(ckpt_path, device)
     elif args.init:
-        model = init_from_file(args.init).to(device)
-        config = model.config
+        model = init_from_file(args.init)
     else:
-        model = VQGAN(config).to(device)
+        model = VQGAN(_config_from_args(args))
+    model = model.to(device)
+    config = model.config
     disc = PatchDiscriminator(config.disc_width).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.9))
@@ -136,9 +136,7 @@ def train_vqgan(args) -> Path:
     sampler = CropSampler(load_images(train_paths, args.crop), args.crop, seed=args.seed)
     val_images = load_images(val_paths, 64)[:8]
     step, wall = 0, 0.0
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True, map_location=device)
-        model.load_state_dict(ckpt["model"])
+    if ckpt is not None:
         disc.load_state_dict(ckpt["disc"])
         opt.load_state_dict(ckpt["opt"])
         opt_d.load_state_dict(ckpt["opt_d"])
