@@ -50,13 +50,13 @@ MODELS: dict[str, ModelInfo] = {
     for info in [
         ModelInfo(
             name="mcq-tiny", model_id=1, family=Family.MCQ, weights="mcq-tiny.safetensors",
-            module="models.tiny_mcq",
+            module="models.mcq.tiny",
             qualities=(1, 2, 3, 4), default_quality=4,
             description="one-level multi-codebook VQ trained on a CPU in minutes "
                         "(the first default; see models/weights/mcq-tiny.md)"),
         ModelInfo(
             name="mcq", model_id=2, family=Family.MCQ, weights="mcq.safetensors",
-            module="models.mcq", qualities=tuple(range(9)), default_quality=4,
+            module="models.mcq.codec", qualities=tuple(range(9)), default_quality=4,
             description="MCQ: coarse 1/16 codebooks and 8 residual VQ stages at 1/8 with a "
                         "cascaded prior, 0.06-0.52 bpp; small CPU-trained configuration "
                         "(models/weights/mcq.md)",
@@ -67,18 +67,18 @@ MODELS: dict[str, ModelInfo] = {
             rate_weights=(0, 0.5, 0.3, 0.2, 0.1, 0.1, 0.05, 0.03, 0.02)),
         ModelInfo(
             name="pc-mnist", model_id=3, family=Family.LOSSLESS, weights="pc-mnist.safetensors",
-            module="models.pc.tiles", qualities=(0,), default_quality=0,
+            module="models.pc.codec", qualities=(0,), default_quality=0,
             description="lossless probabilistic circuit (HCLT) for 28x28 grayscale digits; "
                         "a strip of many digits is one stream (models/weights/pc-mnist.md)"),
         ModelInfo(
             name="pc-fashion", model_id=4, family=Family.LOSSLESS,
-            weights="pc-fashion.safetensors", module="models.pc.tiles", qualities=(0,),
+            weights="pc-fashion.safetensors", module="models.pc.codec", qualities=(0,),
             default_quality=0,
             description="lossless probabilistic circuit (HCLT) for 28x28 grayscale "
                         "Fashion-MNIST images (models/weights/pc-fashion.md)"),
         ModelInfo(
             name="pc-photo", model_id=5, family=Family.LOSSLESS, weights="pc-photo.safetensors",
-            module="models.pc.tiles", qualities=(0,), default_quality=0,
+            module="models.pc.codec", qualities=(0,), default_quality=0,
             description="lossless photos: probabilistic circuit (HCLT) over colour-transformed "
                         "prediction residuals, 32x32 tiles (models/weights/pc-photo.md)"),
         ModelInfo(

@@ -1,12 +1,13 @@
-"""Plot training curves written by ``models.train`` (``curve.jsonl`` in a run folder) or by the
-VQ index prior's training (``log.jsonl`` of ``python -m models.vq.train prior``).
+"""Plot training curves: the held-back ``curve.jsonl`` of a run folder (``models.mcq.train``,
+``models.vq.train vqgan``), or the VQ index prior's ``log.jsonl`` (``models.vq.train prior``).
 
-    python -m eval.curves runs/NAME/curve.jsonl [more.jsonl ...] --out eval/results/NAME.png
-    python -m eval.curves runs/vqprior/log.jsonl --out eval/results/vq-prior/curve-r1.png
+    python -m eval.curves runs/NAME/curve.jsonl [more.jsonl ...] --out eval/results/TOPIC/curve.png
+    python -m eval.curves runs/vqprior4/log.jsonl --out eval/results/vq-prior/curve-r4.png
 
-MCQ runs: one panel with the training loss, one with the held-back PSNR of every quality against
-the step. Index prior: training bits per index (per codebook size) and the held-back coding rate
-of every checked codebook and schedule, against the fixed-length log2(K).
+Training runs: one panel with the training loss, one with the held-back PSNR of every quality
+(MCQ; the full codebook for the VQGAN) against the step. Index prior: training bits per index
+(per codebook size) and the held-back coding rate of every checked codebook and schedule, against
+the fixed-length log2(K).
 """
 
 from __future__ import annotations

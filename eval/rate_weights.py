@@ -28,7 +28,7 @@ from tqdm import tqdm
 from bitstream.entropy import cost_bits
 from eval.bd import bd_rate
 from models.data import DEFAULT_TRAIN, load_images, split_paths, whole_image
-from models.mcq import load_weights
+from models.mcq.codec import load_weights
 from models.weightfile import WEIGHTS
 
 DEFAULT_GRID = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3)

@@ -20,9 +20,10 @@ from codec import registry
 from codec.pipeline import decode_detailed, encode_detailed
 from models import weightfile
 from models.data import load_images, split_paths
-from models.mcq import MCQ, MCQConfig, load_weights, save_weights, shipped_float
-from models.quantizers import ResidualVQ
-from models.train import evaluate
+from models.mcq.codec import load_weights, save_weights, shipped_float
+from models.mcq.network import MCQ, MCQConfig
+from models.mcq.quantizers import ResidualVQ
+from models.mcq.train import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = MCQConfig(channels=16, groups=3, group_dim=4, codebook_size=32, coarse_groups=2,
@@ -112,7 +113,7 @@ def trained(tmp_path_factory):
     """Two training steps of the default MCQ configuration, exported (prior and all)."""
     tmp = tmp_path_factory.mktemp("mcq")
     _generated_photos(tmp / "photos")
-    cmd = [sys.executable, "-m", "models.train", "mcq", "--data", str(tmp / "photos"),
+    cmd = [sys.executable, "-m", "models.mcq.train", "mcq", "--data", str(tmp / "photos"),
            "--out", str(tmp / "run"), "--steps", "2", "--batch", "2", "--crop", "64",
            "--prior-steps", "3", "--export", str(tmp / "mcq.safetensors")]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
@@ -197,7 +198,7 @@ def test_export_is_float16_and_its_report_measures_the_shipped_file(trained):
 
 def test_codec_round_trip_and_concealment(trained, monkeypatch, small_rgb):
     info = registry.ModelInfo(name="mcq-test", model_id=99, family=Family.MCQ,
-                              weights=trained.name, module="models.mcq",
+                              weights=trained.name, module="models.mcq.codec",
                               qualities=tuple(range(9)), default_quality=8, description="test",
                               rate_weights=(0.0,) + (0.5,) * 8)  # the rate-optimised encoder
     monkeypatch.setattr(registry, "WEIGHTS_DIR", trained.parent)

@@ -116,7 +116,9 @@ def _write_idx(path: Path, images: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def trained_pc(tmp_path_factory):
-    """One EM epoch of a small HCLT on 1 100 MNIST digits, exported like a shipped model."""
+    """One EM epoch of a small HCLT on 1 100 MNIST digits, exported like a shipped model: the
+    first command's budget is spent after one epoch of two (checkpoint, nothing exported), the
+    second ends the run there and exports."""
     tmp = tmp_path_factory.mktemp("pc")
     train = load_idx(MNIST / "train-images-idx3-ubyte.gz")[:1100]
     test = load_idx(MNIST / "t10k-images-idx3-ubyte.gz")[:40]
@@ -124,9 +126,13 @@ def trained_pc(tmp_path_factory):
     _write_idx(tmp / "data" / "train-images-idx3-ubyte.gz", train)
     _write_idx(tmp / "data" / "t10k-images-idx3-ubyte.gz", test)
     cmd = [sys.executable, "-m", "models.pc.train", "mnist", "--data", str(tmp / "data"),
-           "--out", str(tmp / "run"), "--hidden", "4", "--epochs", "1", "--batch", "200",
+           "--out", str(tmp / "run"), "--hidden", "4", "--batch", "200",
            "--export", str(tmp / "pc.safetensors")]
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    res = subprocess.run(cmd + ["--epochs", "2", "--minutes", "1e-9"], cwd=ROOT, check=True,
+                         capture_output=True, text=True)
+    assert "--minutes spent at epoch 1 of 2" in res.stdout
+    assert not (tmp / "pc.safetensors").exists()
+    subprocess.run(cmd + ["--epochs", "1"], cwd=ROOT, check=True, capture_output=True)
     return tmp / "pc.safetensors", test
 
 
@@ -134,7 +140,7 @@ def trained_pc(tmp_path_factory):
 def pc_model(trained_pc, monkeypatch):
     path, test = trained_pc
     info = registry.ModelInfo(name="pc-test", model_id=98, family=Family.LOSSLESS,
-                              weights=path.name, module="models.pc.tiles", qualities=(0,),
+                              weights=path.name, module="models.pc.codec", qualities=(0,),
                               default_quality=0, description="test")
     monkeypatch.setattr(registry, "WEIGHTS_DIR", path.parent)
     monkeypatch.setitem(registry.MODELS, "pc-test", info)
@@ -176,7 +182,7 @@ def test_lost_packet_blanks_only_its_tiles(pc_model):
 
 def test_tables_identical_across_thread_counts(trained_pc):
     path, _ = trained_pc
-    script = ("import numpy as np, sys; from models.pc.tiles import load_weights; "
+    script = ("import numpy as np, sys; from models.pc.codec import load_weights; "
               "from models.data import load_idx; "
               f"_, p = load_weights({str(path)!r}); "
               f"x = load_idx({str(MNIST / 't10k-images-idx3-ubyte.gz')!r})[:30].reshape(30, -1)"
@@ -229,7 +235,7 @@ def trained_photo(tmp_path_factory):
 
 def test_photo_lossless_round_trip(trained_photo, monkeypatch):
     info = registry.ModelInfo(name="pc-photo-test", model_id=97, family=Family.LOSSLESS,
-                              weights=trained_photo.name, module="models.pc.tiles",
+                              weights=trained_photo.name, module="models.pc.codec",
                               qualities=(0,), default_quality=0, description="test")
     monkeypatch.setattr(registry, "WEIGHTS_DIR", trained_photo.parent)
     monkeypatch.setitem(registry.MODELS, "pc-photo-test", info)

@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from models.tiny_mcq import load_weights
+from models.mcq.tiny import load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _train(data: Path, out: Path, steps: int, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "models.train", "tiny", "--data", str(data), "--out", str(out),
-           "--steps", str(steps), "--batch", "2", "--crop", "64", "--prior-steps", "3",
+    cmd = [sys.executable, "-m", "models.mcq.train", "tiny", "--data", str(data), "--out",
+           str(out), "--steps", str(steps), "--batch", "2", "--crop", "64", "--prior-steps", "3",
            "--save-every", "2", "--eval-every", "2", "--export", str(out / "w.safetensors"),
            *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
@@ -57,7 +57,7 @@ def test_train_resume_and_export(tmp_path):
 def test_training_refuses_kodak(tmp_path):
     kodak = tmp_path / "kodak"
     kodak.mkdir()
-    res = subprocess.run([sys.executable, "-m", "models.train", "tiny", "--data", str(kodak),
+    res = subprocess.run([sys.executable, "-m", "models.mcq.train", "tiny", "--data", str(kodak),
                           "--out", str(tmp_path / "r"), "--steps", "1"], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode != 0 and "Kodak" in res.stderr
@@ -75,7 +75,7 @@ def test_torchrun_data_parallel(tmp_path):
         Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(data / f"{i}.png")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "models.train", "mcq", "--data", str(data),
+           "--master_port", "29517", "-m", "models.mcq.train", "mcq", "--data", str(data),
            "--out", str(out), "--steps", "4", "--pretrain-steps", "2", "--batch", "2", "--crop",
            "64", "--threads", "1", "--set", "quantizer=rvq", "--set", "sibling_groups=1",
            "--prior-steps", "3", "--save-every", "1", "--eval-every", "1",
@@ -88,13 +88,13 @@ def test_torchrun_data_parallel(tmp_path):
         [str(q) for q in range(9)]] * 2
     report = json.loads((out / "report.json").read_text())
     assert report["processes"] == 2 and report["rate_weights"] == [0] + [0.2] * 8
-    from models.mcq import load_weights as load_mcq
+    from models.mcq.codec import load_weights as load_mcq
     model, prior = load_mcq(str(out / "w.safetensors"))
     assert model.config.sibling_groups == 1 == prior.sibling_groups
 
 
 def test_rate_weights_need_one_per_quality(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "models.train", "mcq", "--out", str(tmp_path),
+    res = subprocess.run([sys.executable, "-m", "models.mcq.train", "mcq", "--out", str(tmp_path),
                           "--steps", "1", "--rate-weights", "0,0.1"], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode != 0 and "one weight per quality" in res.stderr
@@ -103,12 +103,13 @@ def test_rate_weights_need_one_per_quality(tmp_path):
 def test_warm_start_keeps_the_shipped_codebooks():
     """Codebooks taken from a shipped weight file (which keeps no EMA state) are the starting
     point of training: the first training batch must not re-seed them from its own latents."""
-    from models import mcq
-    from models.train import warm_start
+    from models.mcq.codec import load_weights as load_mcq
+    from models.mcq.network import MCQ
+    from models.mcq.train import warm_start
 
     path = ROOT / "models" / "weights" / "mcq.safetensors"
-    shipped, _ = mcq.load_weights(str(path))
-    model = mcq.MCQ(shipped.config)
+    shipped, _ = load_mcq(str(path))
+    model = MCQ(shipped.config)
     warm_start(model, path)
     model.train()
     with torch.no_grad():
@@ -122,10 +123,10 @@ def test_warm_start_keeps_the_shipped_codebooks():
 def test_autoencoder_pass_leaves_the_quantizers_alone():
     """The pretraining pass (``active=None``) trains analysis and synthesis only: no codebook
     moves or gets initialised, and gradients reach the transforms."""
-    from models import mcq
+    from models.mcq.network import MCQ, MCQConfig
 
     torch.manual_seed(0)
-    model = mcq.MCQ(mcq.MCQConfig(quantizer="rvq", group_dim=64)).train()
+    model = MCQ(MCQConfig(quantizer="rvq", group_dim=64)).train()
     before = {k: v.clone() for k, v in model.state_dict().items() if "_vq." in k}
     x = torch.rand(2, 3, 64, 64)
     out = model(x, None)
@@ -139,7 +140,7 @@ def test_autoencoder_pass_leaves_the_quantizers_alone():
 def test_autoencoder_pass_normalises_the_latent():
     """Pretraining decodes the fine latent at unit RMS plus noise, so the encoder cannot grow
     it past the quantization error it will meet."""
-    from models.mcq import MCQ
+    from models.mcq.network import MCQ
 
     torch.manual_seed(0)
     y = 50 * torch.randn(4, 8, 6, 6)
@@ -153,16 +154,16 @@ def test_autoencoder_pass_normalises_the_latent():
 def test_handover_fits_and_freezes_the_codebooks():
     """End of pretraining: the fine latent is rescaled to unit RMS, every codebook is fitted by
     k-means (each residual stage lowers the error), and training moves no codeword after it."""
-    from models import mcq
     from models.data import CropSampler
-    from models.train import handover
+    from models.mcq.network import MCQ, MCQConfig
+    from models.mcq.train import handover
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
-    config = mcq.MCQConfig(quantizer="rvq", groups=3, group_dim=8, codebook_size=16,
+    config = MCQConfig(quantizer="rvq", groups=3, group_dim=8, codebook_size=16,
                            coarse_codebook_size=16, channels=16)
-    model = mcq.MCQ(config).train()
+    model = MCQ(config).train()
     handover(model, CropSampler(images, 32), crops=16)
     assert model.training
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)
@@ -185,19 +186,19 @@ def test_refit_codebooks_entropy_constrained():
     """``--refit-codebooks``: only the residual stages change (the transforms and the coarse
     level keep their values), each stage lowers the error, a rate weight gives the first stage
     indices of lower entropy than plain k-means, and the codebooks stay frozen afterwards."""
-    from models import mcq
     from models.data import CropSampler
-    from models.train import refit_codebooks
+    from models.mcq.network import MCQ, MCQConfig
+    from models.mcq.train import refit_codebooks
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
-    config = mcq.MCQConfig(quantizer="rvq", groups=3, group_dim=8, codebook_size=16,
+    config = MCQConfig(quantizer="rvq", groups=3, group_dim=8, codebook_size=16,
                            coarse_codebook_size=16, channels=16)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)
     entropies = []
     for weight in (0.0, 0.002):  # the residual here: 0.01 per channel
         torch.manual_seed(0)
-        model = mcq.MCQ(config).train()
+        model = MCQ(config).train()
         before = {k: v.clone() for k, v in model.state_dict().items()}
         refit_codebooks(model, CropSampler(images, 32), (weight,) * 3, crops=16)
         assert model.training
@@ -229,7 +230,7 @@ def test_refit_codebooks_flag_conflicts(tmp_path):
                            (rvq + ["--refit-codebooks", "0.1,0.2"], "one per residual stage"),
                            (rvq + ["--refit-codebooks", "x"], "comma-separated numbers"),
                            (rvq + ["--refit-codebooks", "-1"], "non-negative")):
-        res = subprocess.run([sys.executable, "-m", "models.train", "mcq", "--data",
+        res = subprocess.run([sys.executable, "-m", "models.mcq.train", "mcq", "--data",
                               str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "1",
                               "--refit-codebooks", "0.1", *extra], cwd=ROOT,
                              capture_output=True, text=True)
@@ -239,16 +240,16 @@ def test_refit_codebooks_flag_conflicts(tmp_path):
 def test_frozen_codebooks_stay_put_in_training():
     """``--freeze-codebooks``: a training pass moves no codeword of the EMA quantizers (the
     coarse codebooks and every residual stage); Gumbel quantizers are refused."""
-    from models import mcq
-    from models.train import freeze_codebooks
+    from models.mcq.network import MCQ, MCQConfig
+    from models.mcq.train import freeze_codebooks
 
     torch.manual_seed(0)
-    model = mcq.MCQ(mcq.MCQConfig(quantizer="rvq", group_dim=64)).train()
+    model = MCQ(MCQConfig(quantizer="rvq", group_dim=64)).train()
     freeze_codebooks(model, pretrain_steps=0)
     before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("codebooks")}
     model(torch.rand(2, 3, 64, 64), torch.tensor([8, 3]))
     assert all((model.state_dict()[k] == v).all() for k, v in before.items())
     with pytest.raises(SystemExit):
-        freeze_codebooks(mcq.MCQ(mcq.MCQConfig(quantizer="gumbel")), pretrain_steps=0)
+        freeze_codebooks(MCQ(MCQConfig(quantizer="gumbel")), pretrain_steps=0)
     with pytest.raises(SystemExit):
-        freeze_codebooks(mcq.MCQ(mcq.MCQConfig(quantizer="rvq", group_dim=64)), pretrain_steps=5)
+        freeze_codebooks(MCQ(MCQConfig(quantizer="rvq", group_dim=64)), pretrain_steps=5)

@@ -17,9 +17,10 @@ from bitstream.entropy import TOTAL
 from bitstream.format import parse_header
 from codec.pipeline import decode_detailed, encode_detailed
 from codec.registry import WEIGHTS_DIR, load_model, model_info
-from models.quantizers import ec_assign, ec_kmeans, kmeans
+from models.codebooks import kmeans
+from models.mcq.quantizers import ec_assign, ec_kmeans
 from models.vq import codec as vqcodec
-from models.vq.ladder import nearest
+from models.vq.vqgan import nearest
 from models.vq.vqgan import VQGAN, VQGANConfig
 
 TINY = VQGANConfig(widths=(8, 8, 8, 8), codebook_size=64, code_dim=4, disc_width=4)

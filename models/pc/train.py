@@ -7,8 +7,9 @@ report), or ``photos``: 4 x 4 patches of colour-transformed prediction residuals
 Structure: the Chow-Liu tree of the variables (mutual information on 4 bins of 20 000 samples).
 Parameters: mini-batch EM, the step size decaying from ``--step`` to ``--min-step``, Laplace
 pseudocounts. Resumable: the run folder holds a checkpoint after every epoch (running the same
-command again continues). With ``--export`` the integer model is written as a shipped weight
-file.
+command again continues; ``--minutes`` ends a command at the first epoch boundary past the
+budget, ``models/training.py``). With ``--export`` the integer model is written as a shipped
+weight file.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from bitstream.entropy import TOTAL
 from models.data import load_idx, split_paths
 from models.pc.coder import IntHCLT
 from models.pc.hclt import HCLT, HCLTConfig, bits_per_dim, chow_liu_tree, mutual_information
-from models.pc.tiles import TileLayout, save_weights
+from models.pc.codec import TileLayout, save_weights
+from models.training import Budget, Run, add_minutes_argument
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 DATASETS = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "photos": "train"}
@@ -104,34 +106,41 @@ def main() -> None:
                         help="patch side in pixels, one HCLT sample (photos only)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--export", type=Path, default=None)
+    add_minutes_argument(parser, unit="epoch")
     args = parser.parse_args()
+    budget = Budget(args.minutes)  # start-up and data loading count too
     if args.threads:
         torch.set_num_threads(args.threads)
     root = args.data or DATA / DATASETS[args.dataset]
-    out = args.out or Path("runs") / f"pc-{args.dataset}"
-    out.mkdir(parents=True, exist_ok=True)
+    run = Run(args.out or Path("runs") / f"pc-{args.dataset}", budget,
+              checkpoint="checkpoint.safetensors")
     train, val, test, layout = load_dataset(args.dataset, root, args.samples, args.patch)
     start = time.time()
 
-    ckpt_path = out / "checkpoint.safetensors"
     config = HCLTConfig(variables=train.shape[1], values=layout.values, hidden=args.hidden)
-    if ckpt_path.exists():
-        state = load_file(str(ckpt_path))
+    progress = run.out / "progress.json"
+    if run.path.exists():
+        state = load_file(str(run.path))
         model = HCLT(config, state["parent"].numpy())
         model.load_state_dict(state)
-        done = json.loads((out / "progress.json").read_text())
+        done = json.loads(progress.read_text())
     else:
         model = HCLT(config, chow_liu_tree(mutual_information(train, layout.values)))
         model.init_emissions(train)
         done = {"epoch": 0, "batches": 0, "history": []}
+
+    def save(epochs: int) -> None:  # the epoch count is in ``done``, written beside the model
+        save_file(model.state_dict(), str(run.path))
+        progress.write_text(json.dumps(done))
+
     rng = np.random.default_rng(done["epoch"])
     total = args.epochs + args.polish_epochs
-    for epoch in range(done["epoch"], total):
+    for epoch in run.steps(done["epoch"], total, 1, save, desc="EM epochs", unit="epoch"):
         polish = epoch >= args.epochs
         batch = args.batch * 4 if polish else args.batch
         perm = rng.permutation(len(train))
         bar = tqdm(range(0, len(train), batch), desc=f"EM epoch {epoch + 1}/{total}",
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, leave=False)
         for s in bar:
             x = torch.from_numpy(train[perm[s:s + batch]].astype(np.int64))
             ll, counts = model.expected_counts(x)
@@ -142,9 +151,9 @@ def main() -> None:
             bar.set_postfix(bpd=f"{-ll / (x.numel() * np.log(2)):.4f}", step=f"{step:.3f}")
         done["epoch"] = epoch + 1
         done["history"].append({"epoch": epoch + 1, "val_bpd": bits_per_dim(model, val)})
-        print(json.dumps(done["history"][-1]), flush=True)
-        save_file(model.state_dict(), str(ckpt_path))
-        (out / "progress.json").write_text(json.dumps(done))
+        tqdm.write(json.dumps(done["history"][-1]))
+    if not run.finished:
+        return
 
     int_model = IntHCLT.from_float(model)
     report = {"dataset": args.dataset, "config": config.__dict__, "epochs": args.epochs,
@@ -155,13 +164,11 @@ def main() -> None:
               "val_bpd_integer": ideal_bits(int_model, val),
               "test_bpd_integer": None if test is None else ideal_bits(int_model, test),
               "wall_seconds_this_run": round(time.time() - start)}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    if args.export:
-        save_weights(int_model, layout, str(args.export), asdict(config),
-                     {"validation": json.dumps({"val_bpd": report["val_bpd_integer"]}),
-                      "data": f"{root} ({len(train)} training samples)"})
-        print(f"wrote {args.export}")
+    run.report(report)
+    run.export(args.export, lambda path: save_weights(
+        int_model, layout, path, asdict(config),
+        {"validation": json.dumps({"val_bpd": report["val_bpd_integer"]}),
+         "data": f"{root} ({len(train)} training samples)"}))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,7 @@ import torch
 
 from models import weightfile
 from models.layers import inpaint
-from models.vq.ladder import nearest
-from models.vq.vqgan import VQGAN, VQGANConfig
+from models.vq.vqgan import VQGAN, VQGANConfig, nearest
 
 TRANSFORMS = ("encoder.", "quant_in.", "quant_out.", "decoder.")
 

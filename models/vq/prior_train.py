@@ -24,12 +24,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from bitstream.entropy import LOGIT_FRAC, TOTAL
-from models import budget
 from models.data import split_paths, whole_image
+from models.training import Run, checkpoint, restore
+from models.vq.codec import load_weights
 from models.vq.exact import ACT_FRAC, LOG2E, IntIndexTransformer, load_prior, save_prior
-from models.vq.ladder import nearest
 from models.vq.transformer import (SCHEDULES, IndexTransformer, PriorConfig, stage_map,
                                    training_masks)
+from models.vq.vqgan import nearest
 
 
 def static_logits(tables: list[np.ndarray]) -> list[torch.Tensor]:
@@ -133,13 +134,6 @@ def evaluate(model: IndexTransformer, grids: list[np.ndarray], schedules: list[s
     return rows
 
 
-def load_ladder(path: Path):
-    """The shipped VQ ladder (network and static tables) the prior is trained for."""
-    from models.vq.codec import load_weights
-
-    return load_weights(str(path))
-
-
 def build_model(config: PriorConfig, net, ladder_prior) -> IndexTransformer:
     return IndexTransformer(config, net.codebooks, static_logits(ladder_prior.tables))
 
@@ -226,12 +220,10 @@ def warm_start(model: IndexTransformer, int_model, iterations: int = 2000) -> fl
 def train_prior(args) -> None:
     """The training loop (resumable, cut short by ``--minutes``), then optionally the export of
     the integer network."""
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    net, ladder_prior = load_ladder(args.ladder)
-    train_grids, val_grids = cached_grids(net, args.data, out)
-    ckpt_path = out / "prior.pt"
-    ckpt = torch.load(ckpt_path, weights_only=True) if ckpt_path.exists() else None
+    run = Run(args.out, args.budget, checkpoint="prior.pt")
+    net, ladder_prior = load_weights(str(args.ladder))  # the ladder the prior is trained for
+    train_grids, val_grids = cached_grids(net, args.data, run.out)
+    ckpt = run.load()
     int_model = None
     if ckpt is not None:  # the run's own config wins over the flags
         config = PriorConfig(**json.loads(ckpt["config"]))
@@ -251,71 +243,58 @@ def train_prior(args) -> None:
     gen = torch.Generator().manual_seed(args.seed)
     step, wall = 0, 0.0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        step, wall = int(ckpt["step"]), float(ckpt["wall"])
-        sampler.rng.bit_generator.state = json.loads(ckpt["sampler"])
+        step = restore(ckpt, sampler, model=model, opt=opt)
+        wall = float(ckpt["wall"])
         gen.set_state(ckpt["gen"])
 
-    def save() -> None:
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "wall": wall, "config": json.dumps(model.config_dict()),
-                    "sampler": json.dumps(sampler.rng.bit_generator.state),
-                    "gen": gen.get_state()}, ckpt_path)
+    def save(done: int) -> None:
+        run.save(checkpoint(done, sampler, model=model, opt=opt, wall=wall,
+                            config=json.dumps(model.config_dict()), gen=gen.get_state()))
 
     schedules = list(SCHEDULES)
     qualities = ([int(v) for v in args.train_qualities.split(",")] if args.train_qualities
                  else list(range(1, config.qualities + 1)))
-    bar = tqdm(total=args.steps, initial=step, desc="index prior", dynamic_ncols=True)
     model.train()
-    with (out / "log.jsonl").open("a") as log:
-        while step < args.steps:
-            start = time.time()
-            warm = min(1.0, (step + 1) / max(1, min(200, args.steps // 10)))
-            decay = 0.5 * (1 + math.cos(math.pi * step / args.steps))
-            for group in opt.param_groups:
-                group["lr"] = args.lr * warm * (0.05 + 0.95 * decay)
-            q = qualities[int(torch.randint(len(qualities), (), generator=gen))]
-            idx = sampler.batch(args.batch, q)
-            visible = training_masks(tuple(idx.shape), "s6", gen)
-            loss = model.loss(idx, visible, q)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            wall += time.time() - start
-            bar.update(1)
-            bar.set_postfix(bits=f"{loss.item():.3f}", K=len(model.codebook(q)))
-            if step % 20 == 0:
-                log.write(json.dumps({"step": step, "wall": round(wall, 1), "q": q,
-                                      "train_bits": loss.item()}) + "\n")
-            if step % args.eval_every == 0 or step == args.steps:
-                rows = evaluate(model, val_grids[: args.val_grids], schedules,
-                                [int(v) for v in args.eval_qualities.split(",")])
-                log.write(json.dumps({"step": step, "wall": round(wall, 1), "val": rows}) + "\n")
-                tqdm.write(f"step {step}: " + ", ".join(
-                    f"K={r['K']}: " + " ".join(f"{s} {r[s]:.3f}" for s in schedules)
-                    + f" (fixed {r['fixed_bits']:.0f})" for r in rows))
-            log.flush()
-            out_of_time = args.budget.spent()
-            if step % args.save_every == 0 or step == args.steps or out_of_time:
-                save()
-            if out_of_time:
-                break
-    bar.close()
-    if step < args.steps:
-        budget.stopped(step, args.steps)
-    elif args.export:
-        export_prior(model, args, val_grids, wall, step)
+    for step in run.steps(step, args.steps, args.save_every, save, desc="index prior"):
+        start = time.time()
+        warm = min(1.0, (step + 1) / max(1, min(200, args.steps // 10)))
+        decay = 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for group in opt.param_groups:
+            group["lr"] = args.lr * warm * (0.05 + 0.95 * decay)
+        q = qualities[int(torch.randint(len(qualities), (), generator=gen))]
+        idx = sampler.batch(args.batch, q)
+        visible = training_masks(tuple(idx.shape), "s6", gen)
+        loss = model.loss(idx, visible, q)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        done = step + 1
+        wall += time.time() - start
+        run.bar.set_postfix(bits=f"{loss.item():.3f}", K=len(model.codebook(q)))
+        if done % 20 == 0:
+            run.log({"step": done, "wall": round(wall, 1), "q": q, "train_bits": loss.item()},
+                    "log.jsonl")
+        if done % args.eval_every == 0 or done == args.steps:
+            rows = evaluate(model, val_grids[: args.val_grids], schedules,
+                            [int(v) for v in args.eval_qualities.split(",")])
+            run.log({"step": done, "wall": round(wall, 1), "val": rows}, "log.jsonl")
+            tqdm.write(f"step {done}: " + ", ".join(
+                f"K={r['K']}: " + " ".join(f"{s} {r[s]:.3f}" for s in schedules)
+                + f" (fixed {r['fixed_bits']:.0f})" for r in rows))
+    if run.finished:
+        export_prior(model, args, run, val_grids, wall, run.step)
 
 
-def export_prior(model: IndexTransformer, args, val_grids: list[np.ndarray], wall: float,
-                 step: int) -> None:
-    """Quantize to the exact integer network and write the shipped weight file. Its held-out
-    figures per quality: the ladder's PSNR (same indices) at the transformer's rate."""
+def export_prior(model: IndexTransformer, args, run: Run, val_grids: list[np.ndarray],
+                 wall: float, step: int) -> None:
+    """With ``--export``: quantize to the exact integer network and write the shipped weight
+    file. Its held-out figures per quality: the ladder's PSNR (same indices) at the
+    transformer's rate."""
     from safetensors import safe_open
 
+    if args.export is None:
+        return
     model.eval()
     int_model = IntIndexTransformer.from_float(model, args.schedule)
     rows = evaluate(model, val_grids, [args.schedule], list(range(1, model.config.qualities + 1)))
@@ -326,9 +305,7 @@ def export_prior(model: IndexTransformer, args, val_grids: list[np.ndarray], wal
     report = {"steps": step, "train_wall_seconds": round(wall), "schedule": args.schedule,
               "config": model.config_dict(), "grid": args.grid, "batch": args.batch,
               "validation_float": rows}
-    (args.out / "prior_export.json").write_text(json.dumps(report, indent=2))
-    save_prior(int_model, str(args.export), args.ladder, {
+    run.report(report, "prior_export.json")
+    run.export(args.export, lambda path: save_prior(int_model, path, args.ladder, {
         "steps": step, "train_wall_seconds": round(wall), "grid": args.grid,
-        "bits_per_index": json.dumps(rows), "validation": json.dumps(measured)})
-    print(json.dumps(report, indent=2))
-    print(f"wrote {args.export} ({args.export.stat().st_size / 1e6:.1f} MB)")
+        "bits_per_index": json.dumps(rows), "validation": json.dumps(measured)}))

@@ -9,14 +9,15 @@
   ``--init`` starts from a shipped VQ weight file instead of a random network.
 * ``ladder --out runs/vq``: k-means of the trained codebook (weighted by how often each codeword
   is used) into the smaller ladder sizes, fine-tuning of each small codebook through the frozen
-  decoder, static index tables counted on training images, evaluation on the held-back training
-  images, and with ``--export`` the shipped weight file (``models/vq/codec.py``).
+  decoder (``models/vq/ladder.py``), static index tables counted on training images, evaluation
+  on the held-back training images, and with ``--export`` the shipped weight file
+  (``models/vq/codec.py``).
 * ``prior --out runs/vqprior``: the masked index transformer over the frozen ladder's index grids
   (entropy model and restorer of lost indices, ``models/vq/prior_train.py``); ``--export`` writes
   its exact integer weights (``models/vq/exact.py``).
 
 CPU or CUDA unchanged (the device is picked automatically); ``--threads 1`` for a shared CPU;
-``--minutes`` ends a ``vqgan`` or ``prior`` command early at a checkpoint (``models/budget.py``).
+``--minutes`` ends a ``vqgan`` or ``prior`` command early at a checkpoint (``models/training.py``).
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
-from tqdm import tqdm
 
-from models import budget
+from bitstream.entropy import freqs_from_counts
+from models import weightfile
+from models.codebooks import kmeans
 from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths
-from models.weightfile import WEIGHTS
-from models.vq.vqgan import VQGAN, PatchDiscriminator, VQGANConfig
+from models.training import Budget, Run, add_minutes_argument, checkpoint, restore
+from models.vq import codec, ladder
+from models.vq.prior_train import train_prior
+from models.vq.vqgan import VQGAN, PatchDiscriminator, VQGANConfig, nearest
 
 MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
@@ -79,21 +83,18 @@ def _config_from_args(args) -> VQGANConfig:
                        code_dim=args.code_dim, disc_width=args.disc_width)
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[VQGAN, dict]:
-    """The VQGAN of a run's checkpoint (eval mode) and the raw checkpoint."""
-    ckpt = torch.load(path, weights_only=True, map_location=device)
+def from_checkpoint(ckpt: dict) -> VQGAN:
+    """The VQGAN of a run's checkpoint (its own config), in eval mode."""
     model = VQGAN(VQGANConfig(**json.loads(ckpt["config"])))
     model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
+    return model.eval()
 
 
 @torch.no_grad()
 def init_from_file(path: Path) -> VQGAN:
     """A VQGAN holding a shipped VQ file's transforms and full codebook (its last ladder rung):
     a new run continues from the shipped model (the discriminator and optimizers start fresh)."""
-    from models.vq.codec import load_weights
-
-    net, _ = load_weights(str(path))
+    net, _ = codec.load_weights(str(path))
     model = net.model
     model.quantizer.codebooks.copy_(net.codebooks[-1][None])
     model.quantizer.initialised.fill_(True)
@@ -103,26 +104,21 @@ def init_from_file(path: Path) -> VQGAN:
 @torch.no_grad()
 def held_back_psnr(model: VQGAN, images: list) -> float:
     """PSNR of the full codebook on whole held-back images (the ladder's evaluation)."""
-    from bitstream.entropy import freqs_from_counts
-    from models.vq.ladder import evaluate
-
     model.eval()
     full = model.quantizer.codebooks[0]
-    psnr = evaluate(model, [full], [freqs_from_counts(np.ones(len(full)))], images)[0]["psnr"]
+    psnr = ladder.evaluate(model, [full], [freqs_from_counts(np.ones(len(full)))],
+                           images)[0]["psnr"]
     model.train()
     return psnr
 
 
-def train_vqgan(args) -> Path:
-    """The VQGAN training loop (resumable, cut short by ``--minutes``); returns the checkpoint
-    path."""
+def train_vqgan(args) -> None:
+    """``vqgan``: the VQGAN training loop (resumable, cut short by ``--minutes``)."""
     device = pick_device()
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    ckpt = None
-    if ckpt_path.exists():  # the run's own config wins over the flags
-        model, ckpt = load_checkpoint(ckpt_path, device)
+    run = Run(args.out, args.budget)
+    ckpt = run.load(device)
+    if ckpt is not None:  # the run's own config wins over the flags
+        model = from_checkpoint(ckpt)
     elif args.init:
         model = init_from_file(args.init)
     else:
@@ -137,90 +133,118 @@ def train_vqgan(args) -> Path:
     val_images = load_images(val_paths, 64)[:8]
     step, wall = 0, 0.0
     if ckpt is not None:
-        disc.load_state_dict(ckpt["disc"])
-        opt.load_state_dict(ckpt["opt"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        step, wall = int(ckpt["step"]), float(ckpt["wall"])
-        sampler.rng.bit_generator.state = json.loads(ckpt["sampler"])
+        step = restore(ckpt, sampler, disc=disc, opt=opt, opt_d=opt_d)
+        wall = float(ckpt["wall"])
 
-    def save() -> None:
-        torch.save({"model": model.state_dict(), "disc": disc.state_dict(),
-                    "opt": opt.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
-                    "wall": wall, "config": json.dumps(model.config_dict()),
-                    "sampler": json.dumps(sampler.rng.bit_generator.state)}, ckpt_path)
+    def save(done: int) -> None:
+        run.save(checkpoint(done, sampler, model=model, disc=disc, opt=opt, opt_d=opt_d,
+                            wall=wall, config=json.dumps(model.config_dict())))
 
-    bar = tqdm(total=args.steps, initial=step, desc="vqgan", dynamic_ncols=True)
+    def record(done: int, loss: float) -> None:
+        run.log({"step": done, "loss": loss,
+                 "held_out_psnr": {"full": held_back_psnr(model, val_images)}})
+
+    if step == 0:  # the starting point of the curve (an --init model's held-back PSNR)
+        record(0, float("nan"))
     losses: list[float] = []
-    with (out / "log.jsonl").open("a") as log, (out / "curve.jsonl").open("a") as curve:
-        def record(loss: float) -> None:
-            psnr = held_back_psnr(model, val_images)
-            curve.write(json.dumps({"step": step, "loss": loss,
-                                    "held_out_psnr": {"full": psnr}}) + "\n")
-            curve.flush()
-
-        if step == 0:  # the starting point of the curve (an --init model's held-back PSNR)
-            record(float("nan"))
-        model.train()
-        while step < args.steps:
-            start = time.time()
-            lr = args.lr * (0.1 if step >= args.decay_at * args.steps else 1.0)
-            lr *= min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
-            for group in opt.param_groups + opt_d.param_groups:
-                group["lr"] = lr
-            x = sampler.batch(args.batch).to(device)
-            out_ = model(x, args.beta)
-            x_hat = out_["x_hat"]
-            rec = reconstruction_loss(x_hat, x, args.ssim_weight)
-            loss = rec + out_["vq_loss"]
-            gan = step >= args.gan_start and args.gan_weight > 0
-            if gan:  # generator side of the hinge loss, weighted as in VQGAN (below)
-                g_loss = -disc(x_hat).mean()
-                loss = loss + args.gan_weight * adaptive_weight(rec, g_loss, model) * g_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            d_loss = torch.zeros(())
-            if gan:
-                d_loss = (F.relu(1 - disc(x)).mean() + F.relu(1 + disc(x_hat.detach())).mean())
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-            step += 1
-            wall += time.time() - start
-            losses.append(loss.item())
-            bar.update(1)
-            if step % args.eval_every == 0 or step == args.steps:
-                record(sum(losses) / len(losses))
-                losses.clear()
-            if step % 10 == 0:
-                mse = F.mse_loss(x_hat.detach().clamp(0, 1), x).item()
-                used = int((model.quantizer.usage > 0.03 / config.codebook_size).sum())
-                row = {"step": step, "wall": round(wall, 1), "psnr": -10 * math.log10(mse),
-                       "loss": loss.item(), "d_loss": d_loss.item(), "codes_used": used}
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                bar.set_postfix(psnr=f"{row['psnr']:.2f}", used=used)
-            out_of_time = args.budget.spent()
-            if step % args.save_every == 0 or step == args.steps or out_of_time:
-                save()
-            if out_of_time:
-                break
-    bar.close()
-    if step < args.steps:
-        budget.stopped(step, args.steps)
-    return ckpt_path
+    model.train()
+    for step in run.steps(step, args.steps, args.save_every, save, desc="vqgan"):
+        start = time.time()
+        lr = args.lr * (0.1 if step >= args.decay_at * args.steps else 1.0)
+        lr *= min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
+        for group in opt.param_groups + opt_d.param_groups:
+            group["lr"] = lr
+        x = sampler.batch(args.batch).to(device)
+        out = model(x, args.beta)
+        x_hat = out["x_hat"]
+        rec = reconstruction_loss(x_hat, x, args.ssim_weight)
+        loss = rec + out["vq_loss"]
+        gan = step >= args.gan_start and args.gan_weight > 0
+        if gan:  # generator side of the hinge loss, weighted as in VQGAN (below)
+            g_loss = -disc(x_hat).mean()
+            loss = loss + args.gan_weight * adaptive_weight(rec, g_loss, model) * g_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        d_loss = torch.zeros(())
+        if gan:
+            d_loss = (F.relu(1 - disc(x)).mean() + F.relu(1 + disc(x_hat.detach())).mean())
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        done = step + 1
+        wall += time.time() - start
+        losses.append(loss.item())
+        if done % args.eval_every == 0 or done == args.steps:
+            record(done, sum(losses) / len(losses))
+            losses.clear()
+        if done % 10 == 0:
+            mse = F.mse_loss(x_hat.detach().clamp(0, 1), x).item()
+            used = int((model.quantizer.usage > 0.03 / config.codebook_size).sum())
+            row = {"step": done, "wall": round(wall, 1), "psnr": -10 * math.log10(mse),
+                   "loss": loss.item(), "d_loss": d_loss.item(), "codes_used": used}
+            run.log(row, "log.jsonl")
+            run.bar.set_postfix(psnr=f"{row['psnr']:.2f}", used=used)
 
 
 def run_ladder(args) -> None:
-    from models.vq.ladder import build_ladder
-
-    build_ladder(args)
-
-
-def run_prior(args) -> None:
-    from models.vq.prior_train import train_prior
-
-    train_prior(args)
+    """``ladder``: k-means of the trained codebook into the smaller sizes, fine-tuning, static
+    tables, evaluation and export (``models/vq/ladder.py``); each fine-tuned codebook is kept in
+    ``ladder.pt``, so a stopped command continues."""
+    start = time.time()
+    run = Run(args.out, args.budget)
+    ckpt = run.load("cpu")
+    if ckpt is None:
+        raise SystemExit(f"{run.path}: no VQGAN checkpoint to build the ladder from (run vqgan)")
+    model = from_checkpoint(ckpt)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    full = model.quantizer.codebooks.detach()[0]
+    full = F.normalize(full, dim=-1)
+    if any(k >= len(full) for k in sizes) or sizes != sorted(sizes):
+        raise SystemExit(f"--sizes must increase and stay below the codebook size {len(full)}")
+    train_paths, val_paths = split_paths(args.data)
+    images = load_images(train_paths, args.crop)
+    pool = ladder.crop_pool(images, args.pool, args.crop, seed=args.seed)
+    latents = ladder.encode_pool(model, pool)
+    usage = torch.bincount(nearest(latents, full).flatten(), minlength=len(full)).float()
+    state_path = run.out / "ladder.pt"
+    done = torch.load(state_path, weights_only=True) if state_path.exists() else {}
+    loss_fn = lambda x_hat, x: reconstruction_loss(x_hat, x, args.ssim_weight)  # noqa: E731
+    codebooks = []
+    for k in sizes:
+        key = f"step{int(ckpt['step'])}:K{k}:tune{args.finetune_steps}"
+        if key not in done:
+            centroids = kmeans(full, k, weights=usage + 1e-3, seed=args.seed)
+            done[key] = ladder.finetune_codebook(model, centroids, latents, pool,
+                                                 args.finetune_steps, args.batch, args.lr,
+                                                 loss_fn, seed=args.seed)
+            torch.save(done, state_path)
+        codebooks.append(done[key])
+    codebooks.append(full)
+    val_images = load_images(val_paths, 64)
+    uniform = freqs_from_counts(np.ones(len(full)))
+    fp32_psnr = ladder.evaluate(model, [full], [uniform], val_images)[0]["psnr"]
+    if not args.fp32:  # evaluate, count and ship exactly the float16-rounded transforms
+        weightfile.round_to_half(model, lambda k: k.startswith(codec.TRANSFORMS))
+    counts = ladder.count_indices(model, codebooks,
+                                  images[:: max(1, len(images) // args.count_images)])
+    tables = [freqs_from_counts(c + 0.5) for c in counts]
+    rows = ladder.evaluate(model, codebooks, tables, val_images)
+    report = {"checkpoint_step": int(ckpt["step"]), "train_wall_seconds": float(ckpt["wall"]),
+              "config": model.config_dict(), "sizes": [len(c) for c in codebooks],
+              "finetune_steps": args.finetune_steps, "pool": args.pool, "crop": args.crop,
+              "val_images": len(val_images),
+              "full_codebook_used_on_pool": int((usage > 0).sum()),
+              "full_codebook_perplexity_on_pool": ladder.perplexity(usage),
+              "transforms": "float32" if args.fp32 else "float16",
+              "full_codebook_psnr_float32": fp32_psnr,
+              "ladder_wall_seconds": round(time.time() - start), "validation": rows}
+    run.report(report, "ladder.json")
+    meta = {"steps": int(ckpt["step"]), "validation": json.dumps(
+        [{"quality": r["quality"], "bpp": r["bpp"], "psnr": r["psnr"]} for r in rows]),
+        "data": f"{args.data.name}/ minus held-out 5% ({len(train_paths)} images)"}
+    run.export(args.export, lambda path: codec.save_weights(model, codebooks, tables, path, meta,
+                                                            half=not args.fp32))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -263,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fp32", action="store_true", help="ladder: ship float32 transforms")
     parser.add_argument("--export", type=Path, default=None,
                         help="ladder, prior: weight file to write")
-    parser.add_argument("--ladder", type=Path, default=WEIGHTS / "vq-cpu.safetensors",
+    parser.add_argument("--ladder", type=Path, default=weightfile.WEIGHTS / "vq-cpu.safetensors",
                         help="prior: the VQ weight file whose index grids it models")
     parser.add_argument("--dim", type=int, default=128, help="prior: transformer width")
     parser.add_argument("--layers", type=int, default=4, help="prior: transformer blocks")
@@ -288,18 +312,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-qualities", default="",
                         help="prior: train on these qualities only (default: every quality, one "
                              "network conditioned on the codebook)")
-    budget.add_minutes_argument(parser)
+    add_minutes_argument(parser)
     args = parser.parse_args(argv)
-    args.budget = budget.Budget(args.minutes)
+    args.budget = Budget(args.minutes)  # start-up and image loading count too
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    if args.command == "vqgan":
-        train_vqgan(args)
-    elif args.command == "ladder":
-        run_ladder(args)
-    else:
-        run_prior(args)
+    {"vqgan": train_vqgan, "ladder": run_ladder, "prior": train_prior}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ that does not fit, which is what the adversarial loss is for.
 * :class:`SphericalVQ`: a large codebook looked up in a low-dimensional space: the latent is
   projected to ``code_dim`` channels and l2-normalised, and so are the codewords (ViT-VQGAN), so
   nearest-codeword search is cosine similarity and no codeword can drift out of reach. Codewords
-  that the batches stop using are re-seeded from batch latents (``models/quantizers.py``);
+  that the batches stop using are re-seeded from batch latents (``models/codebooks.py``);
+  :func:`nearest` is the same lookup in any codebook (the ladder's smaller ones);
 * :class:`Decoder`: the mirror image, with transposed convolutions;
 * :class:`PatchDiscriminator`: a few strided convolutions giving one real/fake logit per patch.
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.quantizers import _Codebooks
+from models.codebooks import Codebooks
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Decoder(nn.Module):
         return (self.layers(z) + 1) / 2
 
 
-class SphericalVQ(_Codebooks):
+class SphericalVQ(Codebooks):
     """One codebook of unit-norm codewords over a unit-norm (B, d, H, W) latent.
 
     Trained by gradient with the VQ-VAE codebook and commitment terms (on the sphere the squared
@@ -129,6 +130,13 @@ class SphericalVQ(_Codebooks):
             self._track_usage(idx, flat.detach())
         zq = self._merge(flat + (zq - flat).detach(), b, h, w)
         return zq, idx.view(b, h, w), loss
+
+
+def nearest(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codeword (K, d) for each position of a (B, d, h, w) latent."""
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    dist = codebook.pow(2).sum(1)[None] - 2 * flat @ codebook.T  # |z|^2 does not change argmin
+    return dist.argmin(1).view(z.shape[0], *z.shape[2:])
 
 
 class VQGAN(nn.Module):

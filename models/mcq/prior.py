@@ -1,4 +1,5 @@
-"""Positionwise conditional priors over codebook indices, trained in float, shipped as integers.
+"""The MCQ family's priors: positionwise conditional priors over codebook indices, trained in
+float, shipped as integers.
 
 :class:`ChannelPrior` predicts the index of codebook group g at one position from a list of
 context indices: ``extra`` tokens that every group sees (e.g. the coarser level's indices at the
@@ -9,6 +10,10 @@ step.
 
 :class:`IntChannelPrior` is the same network in integers, evaluated exactly with
 ``models/fixedpoint.py``: its frequency tables are bit-identical on every machine.
+
+:class:`IntMCQPrior` gives the tables of the MCQ unit layout column by column: coarse groups from
+the coarse groups before them, fine groups from the context rows of :func:`fine_context` (the
+parent's coarse indices, optionally the same group at sibling children, the groups before it).
 """
 
 from __future__ import annotations
@@ -24,6 +29,27 @@ from models.fixedpoint import FLOAT32_EXACT_LIMIT, INT_LIMIT, check_exact, to_fi
 HIDDEN_FRAC = 8  # fixed-point bits of the hidden layer
 OUT_FRAC = 10  # fixed-point bits of the output weights
 HIDDEN_CAP = 1 << 16
+
+# The children of a unit (c = 2 dy + dx) coded before child c whose index of the same fine group
+# the prior sees, by neighbour slot (left, up, up-left, up-right); -1: no such child (the slot
+# holds the token ``codebook_size``). Children of one unit sit in one packet, so this context
+# never reaches across packets, and each column is still decoded in one vectorised step.
+SIBLINGS = ((-1, -1, -1, -1), (0, -1, -1, -1), (-1, 0, -1, 1), (2, 1, 0, -1))
+
+
+def fine_context(units: np.ndarray | torch.Tensor, coarse_groups: int, g: int, child: int,
+                 sibling_groups: int, absent: int) -> list:
+    """The context rows of fine group g at ``child``, from unit columns (columns, N): the
+    parent's coarse indices; with ``sibling_groups``, four sibling slots (the group's indices at
+    the children of SIBLINGS, or ``absent`` where there is none or g >= sibling_groups); then
+    the child's own groups < g."""
+    rows = [units[k] for k in range(coarse_groups)]
+    if sibling_groups:
+        none = (np.full(units.shape[1], absent) if isinstance(units, np.ndarray) else
+                torch.full((units.shape[1],), absent, dtype=units.dtype, device=units.device))
+        rows += [units[coarse_groups + 4 * g + c] if c >= 0 and g < sibling_groups else none
+                 for c in SIBLINGS[child]]
+    return rows + [units[coarse_groups + 4 * k + child] for k in range(g)]
 
 
 class ChannelPrior(nn.Module):
@@ -129,3 +155,23 @@ class IntChannelPrior:
         products = h.clamp_(0, HIDDEN_CAP).double() @ self._out[g]  # exact (check_exact)
         logits = products.long().bitwise_right_shift_(HIDDEN_FRAC + OUT_FRAC - LOGIT_FRAC)
         return freqs_from_logits(logits.add_(self._out_bias[g]))
+
+
+class IntMCQPrior:
+    """Column-wise integer tables for the unit layout of :class:`MCQ`."""
+
+    def __init__(self, coarse: IntChannelPrior, fine: IntChannelPrior, coarse_groups: int,
+                 sibling_groups: int = 0) -> None:
+        self.coarse, self.fine, self.mc = coarse, fine, coarse_groups
+        self.sibling_groups, self.absent = sibling_groups, fine.out.shape[-1]
+
+    def freqs(self, context: np.ndarray, j: int) -> np.ndarray:
+        """Tables of column j from columns < j of the same units."""
+        if j < self.mc:
+            return self.coarse.freqs(context[:j], j)
+        g, child = divmod(j - self.mc, 4)
+        rows = fine_context(context, self.mc, g, child, self.sibling_groups, self.absent)
+        return self.fine.freqs(np.stack(rows), g)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.coarse.tensors("coarse_prior"), **self.fine.tensors("fine_prior")}

@@ -1,7 +1,7 @@
-"""Training entry point: ``python -m models.train {tiny,mcq} --out runs/NAME``.
+"""MCQ family training: ``python -m models.mcq.train {tiny,mcq} --out runs/NAME``.
 
 Resumable: the run folder holds ``checkpoint.pt`` (model, optimizer, step, sampler state), written
-every ``--save-every`` steps and when ``--minutes`` runs out (``models/budget.py``); running the
+every ``--save-every`` steps and when ``--minutes`` runs out (``models/training.py``); running the
 same command again continues where it stopped. Every ``--eval-every`` steps a line goes to
 ``curve.jsonl``: mean training loss and PSNR, and the PSNR of every quality on fixed crops of the
 held-back images (plot with ``python -m eval.curves``).
@@ -9,16 +9,16 @@ After the training steps the prior is fitted on the final indices and exported a
 model is evaluated on the held-back training images (never Kodak) and, with ``--export``, the
 shipped weight file is written.
 
-* ``tiny``: TinyMCQ (``models/tiny_mcq.py``); EMA VQ, distortion-only training, then the prior is
-  fitted on the training indices.
-* ``mcq``: MCQ (``models/mcq.py``); the quantizer set by ``--set quantizer=``, the cascaded
-  prior trained jointly on the (detached) indices and refitted at the end; optionally
+* ``tiny``: TinyMCQ (``models/mcq/tiny.py``); EMA VQ, distortion-only training, then the prior
+  is fitted on the training indices.
+* ``mcq``: MCQ (``models/mcq/network.py``); the quantizer set by ``--set quantizer=``, the
+  cascaded prior trained jointly on the (detached) indices and refitted at the end; optionally
   autoencoder pretraining first (``--pretrain-steps``, then k-means codebooks, frozen), or the
   residual stages of the ``--init`` model refitted by entropy-constrained k-means first
   (``--refit-codebooks``, frozen; with ``--steps 0`` only the prior is fitted after it).
 
 Runs on CPU or CUDA unchanged (the device is picked automatically), and under
-``torchrun --nproc_per_node N -m models.train ...`` with DistributedDataParallel.
+``torchrun --nproc_per_node N -m models.mcq.train ...`` with DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import time
 from functools import partial
 from pathlib import Path
@@ -41,11 +40,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from bitstream.entropy import cost_bits
-from models import budget, mcq, tiny_mcq, weightfile
+from models import weightfile
+from models.codebooks import kmeans
 from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths, whole_image
-from models.quantizers import (GumbelMultiCodebookVQ, MultiCodebookVQ, ec_assign, ec_kmeans,
-                               kmeans)
-
+from models.mcq import codec, network, tiny
+from models.mcq.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ, ec_assign, ec_kmeans
+from models.training import Budget, Run, add_minutes_argument, checkpoint, init_distributed, restore
 
 
 def nested_loss(model, x: torch.Tensor, args, fewest: int) -> tuple[torch.Tensor, float]:
@@ -70,7 +70,7 @@ def autoencoder_loss(model, x: torch.Tensor, args) -> tuple[torch.Tensor, float]
     From r5, 3 000 pretraining steps and 5 000 nested steps gave r6 (held-back BD-rate -12%
     against r5; ``models/weights/mcq.md``). Without the normalisation the latent grew about 13x
     in energy, and with codebooks re-drawn from one batch and EMA updates the nested phase swung
-    between 15 and 25 dB on held-back crops (``eval/results/experiments/mcq_pretrain.png``)."""
+    between 15 and 25 dB on held-back crops (the "first hand-overs" in models/weights/mcq.md)."""
     mse = F.mse_loss(model(x, None)["x_hat"], x)
     return mse, mse.item()
 
@@ -80,24 +80,9 @@ def _plain(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device): torchrun sets WORLD_SIZE; NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if world > 1:
-        if cuda:
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if cuda else "gloo")
-        return dist.get_rank(), world, device
-    return 0, 1, device
-
-
 FAMILIES = {
-    "tiny": (tiny_mcq.TinyMCQ, tiny_mcq.TinyMCQConfig, partial(nested_loss, fewest=1),
-             ("prior.",)),
-    "mcq": (mcq.MCQ, mcq.MCQConfig, partial(nested_loss, fewest=0), ()),
+    "tiny": (tiny.TinyMCQ, tiny.TinyMCQConfig, partial(nested_loss, fewest=1), ("prior.",)),
+    "mcq": (network.MCQ, network.MCQConfig, partial(nested_loss, fewest=0), ()),
 }
 
 
@@ -233,40 +218,37 @@ def held_out_psnr(model, crops: torch.Tensor, pretraining: bool = False) -> dict
     return out
 
 
-def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, args,
-                ckpt_path: Path, device: torch.device, rank: int = 0, world: int = 1,
-                val_crops: torch.Tensor | None = None) -> int:
-    """The training loop, resumable from ``ckpt_path``; parameters under ``frozen`` are left out.
-    Returns the step reached: below ``--steps`` when ``--minutes`` ran out first.
+def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, args, run: Run,
+                val_crops: torch.Tensor | None = None) -> None:
+    """The training loop, resumable from the run's checkpoint; parameters under ``frozen`` are
+    left out. ``run.finished`` then says whether ``--steps`` was reached (not when ``--minutes``
+    ran out first).
 
     Under torchrun every process trains on its own crops (batch ``--batch`` each), gradients are
-    averaged by DistributedDataParallel, and rank 0 writes the checkpoints; every rank stops at
-    the same step when the budget of any of them is spent.
+    averaged by DistributedDataParallel, and rank 0 writes the checkpoints and the curve.
     """
+    device = run.device
     params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
     opt = torch.optim.Adam(params, lr=args.lr)
     step = 0
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True, map_location=device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        step = int(ckpt["step"])
-        sampler.rng.bit_generator.state = json.loads(ckpt["sampler"])
+    ckpt = run.load(device)
+    if ckpt is not None:
+        step = restore(ckpt, sampler, model=model, opt=opt)
         if step > args.pretrain_steps > 0:  # handed over before the checkpoint: stay frozen
             _freeze(model)
-    if world > 1:  # other ranks draw other crops, reproducibly
-        sampler.rng = np.random.default_rng([rank, step, int(sampler.rng.integers(2**31))])
+    if run.world > 1:  # other ranks draw other crops, reproducibly
+        sampler.rng = np.random.default_rng([run.rank, step, int(sampler.rng.integers(2**31))])
         net = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
                                       else None,
                                       find_unused_parameters=step < args.pretrain_steps)
     else:
         net = model
-    bar = tqdm(total=args.steps, initial=step, desc="training", dynamic_ncols=True,
-               disable=rank > 0)
     net.train()
-    curve = ckpt_path.parent / "curve.jsonl"
     sums = [0.0, 0.0, 0]  # loss, mse, steps since the last curve point
-    while step < args.steps:
+    def save(done: int) -> None:
+        run.save(checkpoint(done, sampler, model=model, opt=opt))
+
+    for step in run.steps(step, args.steps, args.save_every, save):
         for group in opt.param_groups:
             group["lr"] = args.lr * (0.1 if step >= 0.8 * args.steps else 1.0)
         pretraining = step < args.pretrain_steps
@@ -279,34 +261,19 @@ def train_steps(model, loss_fn, frozen: tuple[str, ...], sampler: CropSampler, a
         if args.clip > 0:
             torch.nn.utils.clip_grad_norm_(params, args.clip)
         opt.step()
-        if world > 1:  # codeword re-seeding is local: keep every rank on rank 0's codebooks
+        if run.world > 1:  # codeword re-seeding is local: keep every rank on rank 0's codebooks
             for name, p in model.named_parameters():
                 if name.endswith("codebooks"):
                     dist.broadcast(p.data, 0)
-        step += 1
-        bar.update(1)
+        done = step + 1
         sums = [sums[0] + loss.item(), sums[1] + mse, sums[2] + 1]
-        if rank == 0 and val_crops is not None and step % args.eval_every == 0:
-            point = {"step": step, "loss": sums[0] / sums[2],
+        if run.rank == 0 and val_crops is not None and done % args.eval_every == 0:
+            run.log({"step": done, "loss": sums[0] / sums[2],
                      "train_psnr": -10 * math.log10(sums[1] / sums[2]),
-                     "held_out_psnr": held_out_psnr(model, val_crops.to(device), pretraining)}
-            with curve.open("a") as f:
-                f.write(json.dumps(point) + "\n")
+                     "held_out_psnr": held_out_psnr(model, val_crops.to(device), pretraining)})
             sums = [0.0, 0.0, 0]
-        if step % 20 == 0:
-            bar.set_postfix(psnr=f"{-10 * math.log10(mse):.2f}", loss=f"{loss.item():.4f}")
-        out_of_time = args.budget.spent()
-        if world > 1:
-            flag = torch.tensor(float(out_of_time), device=device)
-            dist.all_reduce(flag, dist.ReduceOp.MAX)
-            out_of_time = bool(flag)
-        if rank == 0 and (step % args.save_every == 0 or step == args.steps or out_of_time):
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "sampler": json.dumps(sampler.rng.bit_generator.state)}, ckpt_path)
-        if out_of_time:
-            break
-    bar.close()
-    return step
+        if done % 20 == 0:
+            run.bar.set_postfix(psnr=f"{-10 * math.log10(mse):.2f}", loss=f"{loss.item():.4f}")
 
 
 def center_crops(images: list[np.ndarray], size: int, unit: int, count: int = 8
@@ -460,16 +427,16 @@ def main() -> None:
                              "checkpoint.pt whose names and shapes match (e.g. the transforms "
                              "of another model)")
     parser.add_argument("--export", type=Path, default=None, help="write the shipped weights here")
-    budget.add_minutes_argument(parser)
+    add_minutes_argument(parser)
     args = parser.parse_args()
-    args.budget = budget.Budget(args.minutes)
+    budget = Budget(args.minutes)  # start-up and image loading count too
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rank, world, device = init_distributed()
-    out = args.out or Path("runs") / args.family
-    out.mkdir(parents=True, exist_ok=True)
+    run = Run(args.out or Path("runs") / args.family, budget, rank=rank, world=world,
+              device=device)
     train_paths, val_paths = split_paths(args.data)
     start = time.time()
     net_cls, config_cls, loss_fn, frozen = FAMILIES[args.family]
@@ -496,29 +463,28 @@ def main() -> None:
             refit = refit * model.config.groups
     if args.freeze_codebooks:
         freeze_codebooks(model, args.pretrain_steps)
-    if args.init and not (out / "checkpoint.pt").exists():
+    if args.init and not run.path.exists():
         print(f"initialised from {args.init}: {', '.join(warm_start(model, args.init))}")
     model = model.to(device)
     sampler = CropSampler(load_images(train_paths, args.crop), args.crop)
     val_images = load_images(val_paths, 64)
     if refit is not None:
-        if (out / "checkpoint.pt").exists():
+        if run.path.exists():
             _freeze(model)  # resuming: the checkpoint holds the refitted codebooks
         else:
             refit_codebooks(model, sampler, refit)
-    reached = train_steps(model, loss_fn, frozen, sampler, args, out / "checkpoint.pt", device,
-                          rank, world, val_crops=center_crops(val_images, 256, model.unit))
+    train_steps(model, loss_fn, frozen, sampler, args, run,
+                val_crops=center_crops(val_images, 256, model.unit))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
         if rank > 0:
             return
-    if reached < args.steps:
-        budget.stopped(reached, args.steps)
+    if not run.finished:
         return
     model = model.cpu().eval()
     if args.family == "mcq":  # fit and measure exactly what the float16 weight file holds
-        weightfile.round_to_half(model, mcq.shipped_float)
+        weightfile.round_to_half(model, codec.shipped_float)
     prior = fit_prior(model, sampler.images[::4], args.prior_steps, rate_weights)
     qualities = range(1 if args.family == "tiny" else 0, model.config.groups + 1)
     rows = evaluate(model, prior, val_images, qualities, rate_weights) if val_images else []
@@ -528,14 +494,12 @@ def main() -> None:
               "rate_weights": list(rate_weights),
               "device": str(device), "processes": world, "threads": torch.get_num_threads(),
               "wall_seconds_this_run": round(time.time() - start), "validation": rows}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    if args.export:
-        save = tiny_mcq.save_weights if args.family == "tiny" else mcq.save_weights
-        save(model, prior, str(args.export),
-             {"steps": args.steps, "validation": json.dumps(rows),
-              "data": f"{args.data.name}/ minus held-out 5% ({len(train_paths)} images)"})
-        print(f"wrote {args.export}")
+    run.report(report)
+    save = tiny.save_weights if args.family == "tiny" else codec.save_weights
+    run.export(args.export, lambda path: save(
+        model, prior, path, {"steps": args.steps, "validation": json.dumps(rows),
+                             "data": f"{args.data.name}/ minus held-out 5% "
+                                     f"({len(train_paths)} images)"}))
 
 
 if __name__ == "__main__":

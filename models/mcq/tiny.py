@@ -4,15 +4,17 @@ It is the foundation's default model, and the MCQ family in its smallest form:
 
 * analysis transform to 1/8 resolution (three strided 5x5 convolutions with GDN), latent of
   M groups x d channels;
-* multi-codebook VQ: each group has its own codebook of K codewords (``models/quantizers.py``);
+* multi-codebook VQ: each group has its own codebook of K codewords
+  (``models/mcq/quantizers.py``);
 * rate control by **nested groups**: quality q keeps the first q groups and the synthesis sees
   zeros for the others (trained with a random q per step, as in nested dropout);
 * the prior codes the groups of one position in order: group 0 with a static table, group g with
   a small network on the indices of groups < g at the *same* position. No spatial context, so all
   positions of a group are decoded in one vectorised step, and packets stay independent.
 
-The prior (``models/prior.py``) is trained in float and shipped as integers, evaluated exactly so
-that probabilities are bit-identical on every machine.
+The prior (``models/mcq/prior.py``) is trained in float and shipped as integers, evaluated
+exactly so that probabilities are bit-identical on every machine. The weight file's reader and
+writer live here too: this module is the codec interface the registry loads for ``mcq-tiny``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from torch import nn
 
 from models import weightfile
 from models.layers import GDN, conv, deconv, inpaint
-from models.prior import ChannelPrior, IntChannelPrior
-from models.quantizers import MultiCodebookVQ
+from models.mcq.prior import ChannelPrior, IntChannelPrior
+from models.mcq.quantizers import MultiCodebookVQ
+
 
 @dataclass(frozen=True)
 class TinyMCQConfig:

@@ -14,7 +14,8 @@ After McQuic (Zhu et al., CVPR 2022), in two quantized levels:
 The prior is cascaded: coarse group g is coded from the coarse groups < g at the same position
 (group 0 with a static table), and every fine group from the coarse indices of its parent
 position plus the fine groups before it — no serial spatial context, so each group of a level is
-decoded in one vectorised step. Both priors are integer networks (``models/prior.py``).
+decoded in one vectorised step. Both priors are integer networks (``models/mcq/prior.py``,
+which also holds the context layout of the fine groups).
 
 Packet unit: one coarse position (16x16 pixels) with its 2x2 fine children. The symbols of a unit
 are ordered ``[coarse 0..Mc-1] + [fine group g, child c for g < q, c < 4]`` (group-major, children
@@ -30,33 +31,12 @@ import torch
 from torch import nn
 
 from bitstream.entropy import PRECISION
-from models import weightfile
+from models.codebooks import squared_distances
 from models.layers import GDN, channels_last, conv, deconv, inpaint
-from models.prior import ChannelPrior, IntChannelPrior
-from models.quantizers import (GumbelMultiCodebookVQ, MultiCodebookVQ, ResidualVQ,
-                               squared_distances)
+from models.mcq.prior import ChannelPrior, IntChannelPrior, IntMCQPrior, fine_context
+from models.mcq.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ, ResidualVQ
 
 QUANTIZERS = {"gumbel": GumbelMultiCodebookVQ, "ema": MultiCodebookVQ, "rvq": ResidualVQ}
-# The children of a unit (c = 2 dy + dx) coded before child c whose index of the same fine group
-# the prior sees, by neighbour slot (left, up, up-left, up-right); -1: no such child (the slot
-# holds the token ``codebook_size``). Children of one unit sit in one packet, so this context
-# never reaches across packets, and each column is still decoded in one vectorised step.
-SIBLINGS = ((-1, -1, -1, -1), (0, -1, -1, -1), (-1, 0, -1, 1), (2, 1, 0, -1))
-
-
-def fine_context(units: np.ndarray | torch.Tensor, coarse_groups: int, g: int, child: int,
-                 sibling_groups: int, absent: int) -> list:
-    """The context rows of fine group g at ``child``, from unit columns (columns, N): the
-    parent's coarse indices; with ``sibling_groups``, four sibling slots (the group's indices at
-    the children of SIBLINGS, or ``absent`` where there is none or g >= sibling_groups); then
-    the child's own groups < g."""
-    rows = [units[k] for k in range(coarse_groups)]
-    if sibling_groups:
-        none = (np.full(units.shape[1], absent) if isinstance(units, np.ndarray) else
-                torch.full((units.shape[1],), absent, dtype=units.dtype, device=units.device))
-        rows += [units[coarse_groups + 4 * g + c] if c >= 0 and g < sibling_groups else none
-                 for c in SIBLINGS[child]]
-    return rows + [units[coarse_groups + 4 * k + child] for k in range(g)]
 
 
 def unit_columns(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
@@ -124,7 +104,7 @@ class MCQ(nn.Module):
     def forward(self, x: torch.Tensor, active: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Training pass: x in [0, 1] (sides multiples of 16), ``active`` fine groups per image;
         ``active=None`` is the autoencoder alone (analysis, fine head, synthesis, nothing
-        quantized), the pretraining pass of ``models.train --pretrain-steps`` (noise only in
+        quantized), the pretraining pass of ``models.mcq.train --pretrain-steps`` (noise only in
         training mode)."""
         f = self.g_a(x)
         if active is None:
@@ -173,7 +153,7 @@ class MCQ(nn.Module):
         return (self.coarse_prior.loss(units[:0], units[:mc])
                 + self.fine_prior.loss(contexts, fine))
 
-    def export_prior(self, column0: np.ndarray) -> "IntMCQPrior":
+    def export_prior(self, column0: np.ndarray) -> IntMCQPrior:
         """The integer priors; coarse group 0 gets a static table counted from ``column0``."""
         counts = np.bincount(column0, minlength=self.config.coarse_codebook_size) + 0.5
         return IntMCQPrior(IntChannelPrior.from_float(self.coarse_prior, counts),
@@ -195,7 +175,7 @@ class MCQ(nn.Module):
         return unit_columns(coarse, self.fine_vq.indices(residual, quality))[:, 0].cpu().numpy()
 
     @torch.no_grad()
-    def analyze_coded(self, x: torch.Tensor, quality: int, prior: "IntMCQPrior",
+    def analyze_coded(self, x: torch.Tensor, quality: int, prior: IntMCQPrior,
                       rate_weight: float) -> tuple[np.ndarray, list[np.ndarray]]:
         """Symbols as :meth:`analyze` gives them, and the integer table of every column.
 
@@ -249,48 +229,3 @@ class MCQ(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
-
-
-class IntMCQPrior:
-    """Column-wise integer tables for the unit layout of :class:`MCQ`."""
-
-    def __init__(self, coarse: IntChannelPrior, fine: IntChannelPrior, coarse_groups: int,
-                 sibling_groups: int = 0) -> None:
-        self.coarse, self.fine, self.mc = coarse, fine, coarse_groups
-        self.sibling_groups, self.absent = sibling_groups, fine.out.shape[-1]
-
-    def freqs(self, context: np.ndarray, j: int) -> np.ndarray:
-        """Tables of column j from columns < j of the same units."""
-        if j < self.mc:
-            return self.coarse.freqs(context[:j], j)
-        g, child = divmod(j - self.mc, 4)
-        rows = fine_context(context, self.mc, g, child, self.sibling_groups, self.absent)
-        return self.fine.freqs(np.stack(rows), g)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {**self.coarse.tensors("coarse_prior"), **self.fine.tensors("fine_prior")}
-
-
-def shipped_float(name: str) -> bool:
-    """Whether a state entry is shipped as a float tensor: transforms and codebooks, not the
-    priors (shipped as integers) nor the codebooks' EMA training statistics."""
-    return (not name.startswith(("coarse_prior.", "fine_prior."))
-            and not name.endswith(("usage", "ema_count", "ema_sum")))
-
-
-def save_weights(model: MCQ, prior: IntMCQPrior, path: str, metadata: dict) -> None:
-    """Write shipped weights: transforms and codebooks in float16 (rounding them measured no
-    change: +-0.003 dB, +-0.05% bits on held-back photos), integer priors, config. Call
-    ``weightfile.round_to_half(model, shipped_float)`` before fitting and measuring the prior."""
-    weightfile.write(path, model, shipped_float, prior.tensors(), model.config_dict(), metadata,
-                     dtype=torch.float16)
-
-
-def load_weights(path: str) -> tuple[MCQ, IntMCQPrior]:
-    """Read weights written by :func:`save_weights`."""
-    config, tensors = weightfile.read(path)
-    model = weightfile.load_state(MCQ(MCQConfig(**config)), tensors)
-    prior = IntMCQPrior(IntChannelPrior.from_tensors(tensors, "coarse_prior"),
-                        IntChannelPrior.from_tensors(tensors, "fine_prior"),
-                        model.config.coarse_groups, model.config.sibling_groups)
-    return model, prior

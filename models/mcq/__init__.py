@@ -1,0 +1,10 @@
+"""MCQ mode: the multi-codebook family (after McQuic), 0.06-0.5 bpp; the default model.
+
+* ``network.py``: the network (analysis, coarse and fine quantizers, prediction, synthesis);
+* ``quantizers.py``: its multi-codebook, Gumbel and residual quantizers, entropy-constrained
+  k-means;
+* ``prior.py``: the cascaded prior, float and exact integer, and the unit's context layout;
+* ``codec.py``: the shipped model as the codec sees it (``load_weights``, ``save_weights``);
+* ``tiny.py``: TinyMCQ, the family's first network (``mcq-tiny``), with its weight file;
+* ``train.py``: ``python -m models.mcq.train {tiny,mcq}``.
+"""
