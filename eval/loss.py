@@ -2,7 +2,7 @@
 
     python -m eval.loss [--images ../shared/data/kodak] [--model vq] [--quality 8]
                         [--packets 20] [--losses 0,5,10,20,30] [--trials 2] [--limit N]
-                        [--out eval/results/vq-loss]
+                        [--out eval/results/vq-prior/loss]
     codec loss ...                (the same options)
 
 Each image is encoded once with ``--packets`` packets (units are dealt to packets in the
@@ -187,9 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="random draws of the lost packets per loss level (default: 2)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the packet draws")
-    parser.add_argument("--out", type=Path, default=Path("eval/results/vq-loss"),
+    parser.add_argument("--out", type=Path, default=Path("eval/results/vq-prior/loss"),
                         help="folder for summary.json, summary.txt and the plot "
-                             "(default: eval/results/vq-loss)")
+                             "(default: eval/results/vq-prior/loss)")
     args = parser.parse_args(argv)
     losses = [float(v) / 100 for v in args.losses.split(",")]
     if args.packets < 2 or any(not 0 <= v < 1 for v in losses):
