@@ -7,6 +7,9 @@ fine-tuned with the encoder and decoder frozen: indices are the nearest centroid
 encoder's latents, and the centroids learn from the reconstruction loss through the frozen
 decoder (the centroid of a cluster is a good average in the lookup space, but not necessarily the
 codeword that decodes best; this matters most when K is small).
+
+The ``ladder`` command of ``models/vq/train.py`` runs these steps on a VQGAN run's checkpoint and
+exports the shipped file.
 """
 
 from __future__ import annotations
