@@ -24,7 +24,7 @@ from bitstream.format import parse_header, unpack
 from codec.image import IMAGE_SUFFIXES, UnsupportedImageError, to_pil
 from codec.pipeline import decode_detailed, encode
 from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, available_models,
-                            measured_rates, resolve_model)
+                            check_effort, measured_rates, resolve_model)
 
 ENCODED_SUFFIX = ".nic"
 BAD_DATA = 1
@@ -147,9 +147,14 @@ def main() -> None:
               "higher means more bits. Default: the model's default.")
 @click.option("--packets", type=click.IntRange(1, 4096), help="Number of independently decodable "
               "packets. Default: about one per 4 KB of payload (max 16).")
+@click.option("-e", "--effort", type=click.IntRange(1, 3), default=1, show_default=True,
+              help="Encoder effort: 1 is one pass (under a second for a Kodak image); 2 and 3 "
+              "refine the latent through the decoder for a better rate-distortion trade-off "
+              "(mcq only; several seconds per image). Files decode the same way at any effort.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def encode_cmd(inputs, output, model, lossless, quality, packets, force, as_json) -> None:
+def encode_cmd(inputs, output, model, lossless, quality, packets, effort, force, as_json
+               ) -> None:
     """Compress images (files, folders, or '-' for stdin).
 
     Accepts PNG, JPEG, WebP, TIFF, BMP and anything else Pillow reads; 8-bit grayscale or RGB,
@@ -163,17 +168,22 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, force, as_json
     if quality is not None and quality not in info.qualities:
         raise click.BadParameter(f"model {model} has qualities {list(info.qualities)}",
                                  param_hint="--quality")
+    try:
+        check_effort(model, effort)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--effort") from None
     files = _expand(inputs, IMAGE_SUFFIXES)
     targets = _targets(files, output, ENCODED_SUFFIX, len(files) > 1 or Path(inputs[0]).is_dir())
 
     def work(src: str, dst: str) -> dict:
         start = time.perf_counter()
-        data = encode(_read(src), model=model, quality=quality, packets=packets)
+        data = encode(_read(src), model=model, quality=quality, packets=packets, effort=effort)
         header, _ = parse_header(data)
         _write(dst, data, force)
         return {"input": src, "output": dst, "bytes": len(data), "width": header.width,
                 "height": header.height, "bpp": round(8 * len(data) / header.width / header.height, 5),
-                "model": model, "quality": header.quality, "packets": len(header.packet_lengths),
+                "model": model, "quality": header.quality, "effort": effort,
+                "packets": len(header.packet_lengths),
                 "seconds": round(time.perf_counter() - start, 3)}
 
     _run_batch(files, targets, work, as_json, "encoding")
@@ -263,7 +273,7 @@ def models_cmd(as_json) -> None:
     shipped = set(available_models())
     records = [{"name": i.name, "id": i.model_id, "family": i.family.name.lower(),
                 "qualities": list(i.qualities), "default_quality": i.default_quality,
-                "default": i.name == DEFAULT_MODEL, "installed": i.name in shipped,
+                "efforts": list(i.efforts), "default": i.name == DEFAULT_MODEL, "installed": i.name in shipped,
                 "description": i.description, "measured": measured_rates(i.name),
                 "retired_weights": list(i.retired)}
                for i in MODELS.values()]
@@ -273,8 +283,9 @@ def models_cmd(as_json) -> None:
     for r in records:
         flag = " (default)" if r["default"] else ""
         missing = "" if r["installed"] else " [weights missing]"
+        efforts = f", efforts {r['efforts']}" if len(r["efforts"]) > 1 else ""
         click.echo(f"{r['name']}{flag}{missing}: {r['family']}, qualities {r['qualities']} "
-                   f"(default {r['default_quality']})\n  {r['description']}")
+                   f"(default {r['default_quality']}){efforts}\n  {r['description']}")
         if r["measured"] and "val_bpd" in r["measured"][0]:
             click.echo(f"  held-out data: {r['measured'][0]['val_bpd']:.4f} bits per symbol")
         elif r["measured"]:

@@ -24,8 +24,8 @@ from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
 from bitstream.errors import CorruptHeaderError, ModelMismatchError, PacketLossError
 from bitstream.format import Header, pack, unpack
 from codec.image import ImageInput, load_pixels
-from codec.registry import (Model, info_by_id, load_model, load_revision, model_info,
-                            resolve_model)
+from codec.registry import (Model, check_effort, info_by_id, load_model, load_revision,
+                            model_info, resolve_model)
 
 BYTES_PER_PACKET = 4096  # default packet size: framing stays near 0.2% of the payload
 MAX_AUTO_PACKETS = 16
@@ -68,16 +68,17 @@ def _pad_to(pixels: np.ndarray, multiple: int) -> torch.Tensor:
 
 
 def encode_detailed(image: ImageInput, model: str | None = None, quality: int | None = None,
-                    packets: int | None = None) -> Encoded:
+                    packets: int | None = None, effort: int = 1) -> Encoded:
     """Encode and also return the model's ideal bits and the symbols (for tests and benchmarks)."""
     name = resolve_model(model)
     info = model_info(name)
     quality = info.default_quality if quality is None else quality
     if quality not in info.qualities:
         raise ValueError(f"model {name!r} has qualities {info.qualities}, got {quality}")
+    check_effort(name, effort)
     pixels = load_pixels(image)
     m = load_model(name)
-    indices, estimate, tables = m.analyze_coded(_pad_to(pixels, m.unit), quality)
+    indices, estimate, tables = m.analyze_coded(_pad_to(pixels, m.unit), quality, effort)
     groups, h, w = indices.shape
     flat = indices.reshape(groups, -1)
     n_packets = packets or int(np.clip(round(estimate / 8 / BYTES_PER_PACKET), 1,
@@ -126,16 +127,18 @@ def _decode_stages(staged, payload: bytes, h: int, w: int) -> np.ndarray:
 
 
 def encode(image: ImageInput, model: str | None = None, quality: int | None = None,
-           packets: int | None = None, lossless: bool = False) -> bytes:
+           packets: int | None = None, lossless: bool = False, effort: int = 1) -> bytes:
     """Compress an image (path, bytes, PIL image, uint8 array or [0, 1] tensor) to bytes.
 
     ``quality`` picks the rate setting (see ``available_models``/``codec models``); ``packets``
     the number of independently decodable packets (default: about one per 4 KB of payload, at
     most 16, so that a damaged byte costs a small part of the image and framing stays small).
     ``lossless`` codes every pixel exactly (with ``LOSSLESS_MODEL`` unless ``model`` names
-    another lossless model).
+    another lossless model). ``effort`` above 1 (models that have effort levels: ``mcq``, 1..3)
+    searches longer at encode time for a better rate-distortion trade-off; the decoder is the
+    same.
     """
-    return encode_detailed(image, resolve_model(model, lossless), quality, packets).data
+    return encode_detailed(image, resolve_model(model, lossless), quality, packets, effort).data
 
 
 def _model_for(header: Header) -> Model:

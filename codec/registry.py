@@ -43,6 +43,9 @@ class ModelInfo:
     # encoder only, per quality, for the current weights: the weight of bits against squared
     # latent error when a model picks its indices (models with ``analyze_coded``; empty: 0)
     rate_weights: tuple[float, ...] = ()
+    # encoder effort levels (``--effort``): 1 is the single pass; higher levels search at encode
+    # time (slower encoding, the same decoder and bitstream)
+    efforts: tuple[int, ...] = (1,)
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -64,7 +67,8 @@ MODELS: dict[str, ModelInfo] = {
             # python -m eval.rate_weights (eval/results/mcq/rate_weights-r8.json): its choice,
             # but q3 and q7-q8 one grid step lower (within 0.03 dB of the best there), so that
             # the rate points stay evenly spaced and the top one keeps r7's rate
-            rate_weights=(0, 0.5, 0.3, 0.2, 0.1, 0.1, 0.05, 0.03, 0.02)),
+            rate_weights=(0, 0.5, 0.3, 0.2, 0.1, 0.1, 0.05, 0.03, 0.02),
+            efforts=(1, 2, 3)),
         ModelInfo(
             name="pc-mnist", model_id=3, family=Family.LOSSLESS, weights="pc-mnist.safetensors",
             module="models.pc.codec", qualities=(0,), default_quality=0,
@@ -116,6 +120,15 @@ def resolve_model(name: str | None, lossless: bool = False) -> str:
         exact = ", ".join(n for n, i in MODELS.items() if i.family == Family.LOSSLESS)
         raise ValueError(f"model {name!r} is lossy; lossless models: {exact}")
     return name
+
+
+def check_effort(name: str, effort: int) -> None:
+    """A clear error when ``name`` has no effort level ``effort``."""
+    efforts = model_info(name).efforts
+    if effort not in efforts:
+        searching = ", ".join(n for n, i in MODELS.items() if len(i.efforts) > 1)
+        raise ValueError(f"model {name!r} has effort levels {min(efforts)}..{max(efforts)}, "
+                         f"got {effort} (models with encoder search: {searching})")
 
 
 def model_info(name: str) -> ModelInfo:
@@ -173,7 +186,7 @@ class Model:
             return self.net, self.prior
         return self.net.at(quality), self.prior.at(quality)
 
-    def analyze_coded(self, x: torch.Tensor, quality: int
+    def analyze_coded(self, x: torch.Tensor, quality: int, effort: int = 1
                       ) -> tuple[np.ndarray, float, Iterable[np.ndarray]]:
         """(symbols (columns, h, w), expected bits, the table of every column) of an image
         padded to a multiple of ``unit``, as the encoder codes them. A network that picks its
@@ -185,7 +198,7 @@ class Model:
             return (symbols, *self.tables(symbols.reshape(len(symbols), -1), quality))
         weights = self.info.rate_weights if self.current else ()
         symbols, tables = self.net.analyze_coded(x, quality, self.prior,
-                                                 weights[quality] if weights else 0.0)
+                                                 weights[quality] if weights else 0.0, effort)
         flat = symbols.reshape(len(symbols), -1)
         return symbols, sum(cost_bits(f, t) for f, t in zip(flat, tables)), tables
 

@@ -42,12 +42,12 @@ def load_images(folder: Path, limit: int | None) -> list[tuple[str, np.ndarray]]
     return images
 
 
-def nicodec_runner(model: str):
-    """(pixels, quality) -> (bytes, decoded pixels) for a nicodec model."""
+def nicodec_runner(model: str, effort: int = 1):
+    """(pixels, quality) -> (bytes, decoded pixels) for a nicodec model at an encoder effort."""
     from codec.pipeline import decode_detailed, encode
 
     def run(pixels: np.ndarray, quality: float) -> tuple[bytes, np.ndarray]:
-        data = encode(pixels, model=model, quality=int(quality))
+        data = encode(pixels, model=model, quality=int(quality), effort=effort)
         return data, decode_detailed(data).pixels
     return run
 
@@ -155,6 +155,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", default=None,
                         help="comma-separated nicodec models, each optionally name@q1/q2 "
                              "(default: every shipped lossy model at all its qualities)")
+    parser.add_argument("--efforts", default="1",
+                        help="comma-separated encoder effort levels; each model is run at every "
+                             "level it has (curves 'nicodec NAME' for 1, 'nicodec NAME eE' above)")
     parser.add_argument("--baselines", default="jpeg,webp,avif,jxl",
                         help="comma-separated classical codecs (jpeg, webp, avif, jxl, jpeg2000), "
                              "or 'none'")
@@ -172,7 +175,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _nicodec_codecs(spec: str | None) -> dict:
+def _nicodec_codecs(spec: str | None, efforts: list[int]) -> dict:
     from codec.registry import available_models, model_info
 
     entries = spec.split(",") if spec else available_models(lossy_only=True)
@@ -181,7 +184,9 @@ def _nicodec_codecs(spec: str | None) -> dict:
         name, _, qs = entry.strip().partition("@")
         info = model_info(name)
         qualities = tuple(int(q) for q in qs.split("/")) if qs else info.qualities
-        codecs[f"nicodec {name}"] = (qualities, nicodec_runner(name))
+        for effort in (e for e in efforts if e in info.efforts):
+            label = f"nicodec {name}" + (f" e{effort}" if effort > 1 else "")
+            codecs[label] = (qualities, nicodec_runner(name, effort))
     return codecs
 
 
@@ -190,7 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
     images = load_images(args.images, args.limit)
     found, missing = available_baselines()
     wanted = [] if args.baselines == "none" else [b.strip() for b in args.baselines.split(",")]
-    codecs = _nicodec_codecs(args.models)
+    try:
+        efforts = [int(e) for e in args.efforts.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --efforts takes comma-separated integers, got {args.efforts!r}")
+    codecs = _nicodec_codecs(args.models, efforts)
     for name in wanted:
         if name in found:
             codecs[name] = (found[name].settings, found[name].run)

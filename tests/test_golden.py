@@ -2,7 +2,8 @@
 
 ``tests/data/golden`` holds small files (a 96x128 crop of kodim23; 32x64 for the lossless model)
 written by commit 2668911, format version 1, one per shipped model and coding path (one packet,
-several packets, staged transformer coding, static tables, lossless), with the SHA-256 of the
+several packets, staged transformer coding, static tables, lossless; mcq also at encoder
+effort 2 and 3, whose files the same decoder reads), with the SHA-256 of the
 symbols they decoded to then. Any change to tables, priors, packet layout or coder that would
 make old files decode differently fails here. Never regenerate these files to make the test pass:
 add new ones next to them when the format version changes, or when a model is retrained (files of

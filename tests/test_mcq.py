@@ -219,3 +219,34 @@ def test_codec_round_trip_and_concealment(trained, monkeypatch, small_rgb):
             decode_detailed(bytes(bad), strict=True)
     finally:
         registry.load_model.cache_clear()
+
+
+def test_unit_layout_of_the_search_round_trips():
+    from models.mcq.search import from_units, to_units
+
+    latent = torch.randn(1, 5, 6, 8)
+    units = to_units(latent)
+    assert units.shape == (4, 12, 5)
+    assert torch.equal(units[1, 0], latent[0, :, 0, 1])  # child 1 = dx 1 of the first unit
+    assert torch.equal(from_units(units, 6, 8), latent)
+
+
+def test_effort_search_lowers_the_rate_distortion_cost(kodak_pixels, monkeypatch):
+    """At effort 2 the shipped mcq codes a Kodak crop at a lower D + lambda R (pixel MSE, bits
+    per pixel, lambda as the search sets it) than at effort 1, with tiles smaller than the crop
+    (so that tile margins are exercised); the decoder reads the file as any other."""
+    from models.mcq import search
+
+    monkeypatch.setattr(search, "TILE", 8)
+    pixels = np.array(kodak_pixels[:128, :192])
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div(255)
+    costs = []
+    for effort in (1, 2):
+        enc = encode_detailed(pixels, model="mcq", quality=4, effort=effort)
+        dec = decode_detailed(enc.data)
+        assert (dec.indices == enc.indices).all()
+        mse = float(((torch.from_numpy(dec.pixels).permute(2, 0, 1)[None] / 255 - x) ** 2).mean())
+        bpp = 8 * len(enc.data) / pixels.shape[0] / pixels.shape[1]
+        costs.append((mse, bpp))
+    lam = search.RD_SLOPE * costs[0][0]
+    assert costs[1][0] + lam * costs[1][1] < costs[0][0] + lam * costs[0][1]

@@ -4,6 +4,7 @@
 * ``quantizers.py``: its multi-codebook, Gumbel and residual quantizers, entropy-constrained
   k-means;
 * ``prior.py``: the cascaded prior, float and exact integer, and the unit's context layout;
+* ``search.py``: the encoder's effort levels (latent refinement through the synthesis);
 * ``codec.py``: the shipped model as the codec sees it (``load_weights``, ``save_weights``);
 * ``tiny.py``: TinyMCQ, the family's first network (``mcq-tiny``), with its weight file;
 * ``train.py``: ``python -m models.mcq.train {tiny,mcq}``.

@@ -33,6 +33,7 @@ from torch import nn
 from bitstream.entropy import PRECISION
 from models.codebooks import squared_distances
 from models.layers import GDN, channels_last, conv, deconv, inpaint
+from models.mcq import search
 from models.mcq.prior import ChannelPrior, IntChannelPrior, IntMCQPrior, fine_context
 from models.mcq.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ, ResidualVQ
 
@@ -176,21 +177,30 @@ class MCQ(nn.Module):
 
     @torch.no_grad()
     def analyze_coded(self, x: torch.Tensor, quality: int, prior: IntMCQPrior,
-                      rate_weight: float) -> tuple[np.ndarray, list[np.ndarray]]:
+                      rate_weight: float, effort: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
         """Symbols as :meth:`analyze` gives them, and the integer table of every column.
 
         The fine indices are chosen group by group (residual stage or channel group), each the
         codeword that minimises squared latent error plus ``rate_weight`` times its code length
         in bits under ``prior`` (greedy entropy-constrained VQ; the coarse indices stay
-        nearest). Weight 0 is the nearest codeword. Only the encoder decides this way: the
-        decoder reads indices as before, and the tables computed here are the ones the coder
-        uses, so nothing is computed twice.
+        nearest). Weight 0 is the nearest codeword. ``effort`` above 1 first refines the fine
+        residual through the synthesis (``models/mcq/search.py``). Only the encoder decides
+        this way: the decoder reads indices as before, and the tables computed here are the
+        ones the coder uses, so nothing is computed twice.
         """
         coarse, residual = self._latents(x)
+        residual = search.refine_residual(self, prior, x, coarse, residual, quality, rate_weight,
+                                          search.effort_steps(effort))
+        return self.code_residual(coarse, residual, quality, prior, rate_weight)
+
+    @torch.no_grad()
+    def code_residual(self, coarse: torch.Tensor, residual: torch.Tensor, quality: int,
+                      prior: IntMCQPrior, rate_weight: float
+                      ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The coding step of :meth:`analyze_coded`: symbols (columns, h/2, w/2) and tables of
+        coarse indices (1, Mc, h/2, w/2) and a fine residual (1, d, h, w)."""
         mc, (_, d, h, w) = self.config.coarse_groups, residual.shape
-        # the residual in unit layout: (child c = 2 dy + dx, unit, d)
-        residual = residual[0].view(d, h // 2, 2, w // 2, 2).permute(2, 4, 1, 3, 0)
-        residual = residual.reshape(4, -1, d).contiguous()
+        residual = search.to_units(residual).contiguous()  # (child, unit, d), a copy
         symbols = np.empty((self.columns(quality), residual.shape[1]), dtype=np.int64)
         symbols[:mc] = coarse[0].reshape(mc, -1).cpu().numpy()
         tables = [prior.freqs(symbols[:j], j) for j in range(mc)]

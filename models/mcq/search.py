@@ -1,0 +1,147 @@
+"""Encoder-side search of the MCQ mode: the effort levels of ``codec encode --effort``.
+
+At effort 1 the encoder codes the analysis transform's latent as it comes (each residual stage
+picks the codeword of least squared latent error plus a rate weight times its bits). A higher
+effort first refines the fine residual itself for a few gradient steps, optimizing rate +
+lambda x distortion **in pixel space, through the frozen synthesis**, and then codes the refined
+residual the same way. Only the encoder changes: the decoder, the prior and the bitstream are
+exactly those of effort 1.
+
+The refinement carries stochastic Gumbel annealing (Yang, Bamler & Mandt, NeurIPS 2020) from
+scalar rounding to residual VQ, without the noise: every stage's hard codeword choice is replaced
+by a softmax over its codewords, with logits minus (squared distance + rate weight x bits) /
+temperature, and the temperature is annealed from soft to nearly hard, so the latent is pushed
+towards residuals that the stages code well. The bits are the prior's real code lengths given
+the current hard choice of the columns before (refreshed every few steps); the rate term is the
+expected bits of the soft choice. Lambda is set per image: ``RD_SLOPE`` times the MSE of the
+effort-1 reconstruction, the slope of the curve there (measured on held-back photos).
+
+The image is refined in tiles of units (each tile with a margin of latents around it that the
+synthesis sees but the step leaves alone), so memory stays that of one tile whatever the image
+size. Measured on held-back training photos and Kodak in ``models/weights/mcq.md``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bitstream.entropy import PRECISION
+from models.codebooks import squared_distances
+from models.layers import channels_last
+
+# latent refinement steps of each effort level (1: none)
+EFFORT_STEPS = {1: 0, 2: 10, 3: 24}
+LEARNING_RATE = 0.02
+TEMPERATURES = (0.3, 0.02)  # softmax temperature at the first and the last step (geometric)
+RD_SLOPE = 2.0  # lambda = RD_SLOPE x the effort-1 MSE, per bit per pixel
+TABLE_EVERY = 10  # steps between refreshes of the prior's code lengths
+TILE = 64  # fine latents per tile side (512 pixels)
+MARGIN = 4  # fine latents of context around a tile (the synthesis' reach is under 4)
+
+
+def to_units(latent: torch.Tensor) -> torch.Tensor:
+    """A fine latent (1, d, h, w) in unit layout (child c = 2 dy + dx, unit, d)."""
+    _, d, h, w = latent.shape
+    return latent[0].view(d, h // 2, 2, w // 2, 2).permute(2, 4, 1, 3, 0).reshape(4, -1, d)
+
+
+def from_units(units: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`to_units`."""
+    d = units.shape[-1]
+    return units.reshape(2, 2, h // 2, w // 2, d).permute(4, 2, 0, 3, 1).reshape(1, d, h, w)
+
+
+def code_lengths(net, prior, coarse: torch.Tensor, residual: torch.Tensor, quality: int,
+                 rate_weight: float) -> torch.Tensor:
+    """Bits (stage, child, unit, K) of every codeword of every fine column, given the hard
+    choice that :meth:`MCQ.code_residual` makes for the columns before it."""
+    _, tables = net.code_residual(coarse, residual, quality, prior, rate_weight)
+    mc = net.config.coarse_groups
+    bits = [PRECISION - torch.from_numpy(t).float().log2_() for t in tables[mc:]]
+    return torch.stack(bits).view(quality, 4, *bits[0].shape)
+
+
+def soft_residual(net, residual: torch.Tensor, quality: int, rate_weight: float,
+                  bits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the soft-quantized residual (1, d, h, w), expected bits per unit (unit,)) of the first
+    ``quality`` residual stages, each a softmax over its codewords."""
+    _, _, h, w = residual.shape
+    left = to_units(residual)
+    coded = torch.zeros_like(left)
+    rate = left.new_zeros(left.shape[1])
+    for s in range(quality):
+        _, words = net.fine_vq.stage_codebook(s)
+        score = squared_distances(left, words) + rate_weight * bits[s]
+        p = torch.softmax(-score / temperature, -1)
+        word = p @ words
+        left, coded = left - word, coded + word
+        rate = rate + (p * bits[s]).sum((0, 2))
+    return from_units(coded, h, w), rate
+
+
+def _spans(size: int) -> list[tuple[int, int]]:
+    """Tiles of at most TILE fine latents along one side (an even size: whole units)."""
+    return [(a, min(a + TILE, size)) for a in range(0, size, TILE)]
+
+
+def refine_residual(net, prior, x: torch.Tensor, coarse: torch.Tensor, residual: torch.Tensor,
+                    quality: int, rate_weight: float, steps: int) -> torch.Tensor:
+    """The fine residual (1, d, H/8, W/8) after ``steps`` annealed rate-distortion steps through
+    the synthesis (coarse indices fixed); ``x`` (1, 3, H, W) is the image it should decode to."""
+    if steps == 0 or quality == 0:
+        return residual
+    prediction = net.h_s(channels_last(net.coarse_vq.embed(coarse)))
+    symbols, _ = net.code_residual(coarse, residual, quality, prior, rate_weight)
+    mse = F.mse_loss(net.synthesize(symbols), x).item()
+    lam = RD_SLOPE * mse  # distortion per bit per pixel
+    residual = residual.clone()
+    _, _, h, w = residual.shape
+    for y0, y1 in _spans(h):
+        for x0, x1 in _spans(w):
+            a, b = max(0, y0 - MARGIN), min(h, y1 + MARGIN)
+            c, d = max(0, x0 - MARGIN), min(w, x1 + MARGIN)
+            residual[:, :, a:b, c:d] = _refine_tile(
+                net, prior, x[:, :, 8 * a:8 * b, 8 * c:8 * d], coarse[:, :, a // 2:b // 2, c // 2:d // 2],
+                prediction[:, :, a:b, c:d], residual[:, :, a:b, c:d], (y0 - a, y1 - a, x0 - c, x1 - c),
+                quality, rate_weight, steps, lam)
+    return residual
+
+
+def _refine_tile(net, prior, x, coarse, prediction, residual, inner, quality, rate_weight,
+                 steps, lam) -> torch.Tensor:
+    """One tile of :func:`refine_residual`: only the latents inside ``inner`` (y0, y1, x0, x1)
+    move, and only their pixels count."""
+    y0, y1, x0, x1 = inner
+    keep = torch.zeros_like(residual[:, :1])
+    keep[:, :, y0:y1, x0:x1] = 1
+    pixels = F.interpolate(keep, scale_factor=8.0)
+    units = torch.zeros(residual.shape[2] // 2, residual.shape[3] // 2)
+    units[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = 1
+    units = units.flatten()
+    count = float((y1 - y0) * (x1 - x0) * 64)
+    variable = residual.clone().requires_grad_(True)
+    opt = torch.optim.Adam([variable], lr=LEARNING_RATE)
+    t0, t1 = TEMPERATURES
+    for step in range(steps):
+        if step % TABLE_EVERY == 0:
+            bits = code_lengths(net, prior, coarse, variable.detach(), quality, rate_weight)
+        temperature = t0 * (t1 / t0) ** (step / max(1, steps - 1))
+        with torch.enable_grad():
+            coded, rate = soft_residual(net, variable, quality, rate_weight, bits, temperature)
+            x_hat = net.g_s(prediction + coded)
+            distortion = ((x_hat - x).pow(2) * pixels).sum() / (3 * count)
+            loss = distortion + lam * (rate * units).sum() / count
+            (grad,) = torch.autograd.grad(loss, [variable])
+        variable.grad = grad * keep
+        opt.step()
+    return variable.detach()
+
+
+def effort_steps(effort: int) -> int:
+    """Refinement steps of an effort level; a clear error for a level that does not exist."""
+    if effort not in EFFORT_STEPS:
+        raise ValueError(f"effort must be one of {min(EFFORT_STEPS)}..{max(EFFORT_STEPS)}, "
+                         f"got {effort}")
+    return EFFORT_STEPS[effort]
+
