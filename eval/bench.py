@@ -37,18 +37,23 @@ def _median_seconds(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def bench_nicodec(images, model: str, quality: int | None, runs: int) -> dict:
+def bench_nicodec(images, model: str, quality: int | None, runs: int, effort: int = 1) -> dict:
     """Whole pipeline: pixels -> file bytes, file bytes -> pixels."""
     import codec
 
     codec.load_model(model)  # loading is not part of coding time
     enc, dec, size = [], [], []
+
+    def encode(pixels):
+        return codec.encode(pixels, model=model, quality=quality, effort=effort)
+
     for _, pixels in images:
-        data = codec.encode(pixels, model=model, quality=quality)
-        enc.append(_median_seconds(lambda: codec.encode(pixels, model=model, quality=quality), runs))
+        data = encode(pixels)
+        enc.append(_median_seconds(lambda: encode(pixels), runs))
         dec.append(_median_seconds(lambda: codec.decode_array(data), runs))
         size.append(8 * len(data) / (pixels.shape[0] * pixels.shape[1]))
-    return {"codec": f"nicodec {model}" + (f" q{quality}" if quality is not None else ""),
+    return {"codec": f"nicodec {model}" + (f" q{quality}" if quality is not None else "")
+                     + (f" e{effort}" if effort > 1 else ""),
             "encode_s": float(np.mean(enc)), "decode_s": float(np.mean(dec)),
             "bpp": float(np.mean(size))}
 
@@ -86,6 +91,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--qualities", default=None, metavar="Q1,Q2,...",
                         help="qualities to time for every model in --models (default: each "
                              "model's default quality), e.g. 1,4,8 for the MCQ rate range")
+    parser.add_argument("--efforts", default="1", metavar="E1,E2,...",
+                        help="encoder effort levels to time, for the models that have them")
     parser.add_argument("--hyperprior-quality", type=int, default=4)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -93,15 +100,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("--runs must be at least 1")
     try:
         qualities = [int(q) for q in args.qualities.split(",")] if args.qualities else [None]
+        efforts = [int(e) for e in args.efforts.split(",")]
     except ValueError:
-        parser.error(f"--qualities takes comma-separated integers, got {args.qualities!r}")
+        parser.error(f"--qualities and --efforts take comma-separated integers, got "
+                     f"{args.qualities!r} and {args.efforts!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from codec.registry import available_models
+    from codec.registry import available_models, model_info
 
     images = load_images(args.images, args.limit)
     names = args.models.split(",") if args.models else available_models(lossy_only=True)
-    rows = [bench_nicodec(images, m, q, args.runs) for m in names for q in qualities]
+    rows = [bench_nicodec(images, m, q, args.runs, e) for m in names for q in qualities
+            for e in efforts if e in model_info(m).efforts]
     rows.append(bench_hyperprior(images, args.hyperprior_quality, args.runs))
     ref = rows[-1]["encode_s"] + rows[-1]["decode_s"]
     for r in rows:

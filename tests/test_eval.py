@@ -101,6 +101,17 @@ def test_bench_times_each_quality(image_folder, capsys):
     assert "comma-separated integers" in capsys.readouterr().err
 
 
+def test_effort_levels_in_rd_and_bench(image_folder, tmp_path):
+    """--efforts: a curve per effort level for the models that have it (mcq-tiny has none)."""
+    summary = rd.main(["--images", str(image_folder), "--models", "mcq@2,mcq-tiny@2",
+                       "--efforts", "1,2", "--baselines", "none", "--out", str(tmp_path),
+                       "--limit", "1"])
+    assert set(summary["curves"]) == {"nicodec mcq", "nicodec mcq e2", "nicodec mcq-tiny"}
+    rows = bench.main(["--images", str(image_folder), "--limit", "1", "--runs", "1",
+                       "--models", "mcq", "--qualities", "2", "--efforts", "1,2"])
+    assert [r["codec"] for r in rows[:2]] == ["nicodec mcq q2", "nicodec mcq q2 e2"]
+
+
 def test_training_curve_plot(tmp_path):
     from eval.curves import plot, read_curve
 
