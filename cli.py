@@ -147,7 +147,9 @@ def main() -> None:
               "higher means more bits. Default: the model's default.")
 @click.option("--packets", type=click.IntRange(1, 4096), help="Number of independently decodable "
               "packets. Default: about one per 4 KB of payload (max 16).")
-@click.option("-e", "--effort", type=click.IntRange(1, 3), default=1, show_default=True,
+@click.option("-e", "--effort",
+              type=click.IntRange(1, max(e for info in MODELS.values() for e in info.efforts)),
+              default=1, show_default=True,
               help="Encoder effort: 1 is one pass (under a second for a Kodak image); 2 and 3 "
               "refine the latent through the decoder for a better rate-distortion trade-off "
               "(mcq only; several seconds per image). Files decode the same way at any effort.")
@@ -273,7 +275,8 @@ def models_cmd(as_json) -> None:
     shipped = set(available_models())
     records = [{"name": i.name, "id": i.model_id, "family": i.family.name.lower(),
                 "qualities": list(i.qualities), "default_quality": i.default_quality,
-                "efforts": list(i.efforts), "default": i.name == DEFAULT_MODEL, "installed": i.name in shipped,
+                "efforts": list(i.efforts), "default": i.name == DEFAULT_MODEL,
+                "installed": i.name in shipped,
                 "description": i.description, "measured": measured_rates(i.name),
                 "retired_weights": list(i.retired)}
                for i in MODELS.values()]
