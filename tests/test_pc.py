@@ -25,6 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
+def _needs_mnist(folder: Path = MNIST) -> None:
+    """Skip when the data folder beside the repository (../shared/data) is not there."""
+    if not (folder / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"{folder.name} not found beside the repository ({folder})")
+
+
 def _chain_data(n: int = 4000, d: int = 6, seed: int = 0) -> np.ndarray:
     """Values 0..255 where each column copies its left neighbour with noise: a chain."""
     rng = np.random.default_rng(seed)
@@ -119,6 +125,7 @@ def trained_pc(tmp_path_factory):
     """One EM epoch of a small HCLT on 1 100 MNIST digits, exported like a shipped model: the
     first command's budget is spent after one epoch of two (checkpoint, nothing exported), the
     second ends the run there and exports."""
+    _needs_mnist()
     tmp = tmp_path_factory.mktemp("pc")
     train = load_idx(MNIST / "train-images-idx3-ubyte.gz")[:1100]
     test = load_idx(MNIST / "t10k-images-idx3-ubyte.gz")[:40]
@@ -262,6 +269,7 @@ def test_shipped_digit_models_code_test_digits_exactly():
 
     for name, folder, bound in (("pc-mnist", MNIST, 1.32), ("pc-fashion", MNIST.parent /
                                                              "fashion-mnist", 3.6)):
+        _needs_mnist(folder)
         images = load_idx(folder / "t10k-images-idx3-ubyte.gz")[:200]
         strip = np.concatenate(list(images), axis=1)
         data = codec.encode(strip[:, :, None], model=name)
