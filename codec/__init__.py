@@ -4,6 +4,7 @@
     data = codec.encode("photo.png", quality=4)     # bytes
     small = codec.encode("photo.png", effort=3)     # encoder search (mcq), same decoder
     exact = codec.encode("photo.png", lossless=True)  # every pixel decodes bit for bit
+    codec.encode_to_target("photo.png", target_bpp=0.2).data  # quality searched for a rate
     image = codec.decode(data)                      # PIL.Image
     codec.available_models()                        # ['mcq-tiny', ...]
 
@@ -11,6 +12,9 @@ Errors: bad or damaged data raises :class:`BitstreamError` (or a subclass); an i
 cannot be encoded raises :class:`UnsupportedImageError`. When packets of a file are damaged,
 ``decode`` conceals them and emits a :class:`ConcealedWarning`; pass ``strict=True`` to get
 :class:`PacketLossError` instead.
+
+Importing the package also registers the ``.nic`` format with Pillow (``codec/pillow_plugin.py``):
+``PIL.Image.open("photo.nic")`` and ``image.save("photo.nic", quality=4)`` work after it.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ from codec.image import UnsupportedImageError, to_pil
 from codec.pipeline import Decoded, decode_detailed, encode
 from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, ModelInfo, available_models, load_model,
                             model_info)
+from codec.target import TargetResult, encode_to_target
+from codec import pillow_plugin  # noqa: F401  (registers .nic with Pillow)
 
 __all__ = [
-    "encode", "decode", "decode_array", "decode_tensor", "decode_detailed", "load_model",
+    "encode", "encode_to_target", "TargetResult", "decode", "decode_array", "decode_tensor", "decode_detailed", "load_model",
     "available_models", "model_info", "ModelInfo", "DEFAULT_MODEL", "LOSSLESS_MODEL", "Decoded",
     "BitstreamError", "CorruptHeaderError", "ModelMismatchError", "NotNicodecError",
     "PacketLossError", "TruncatedError", "UnsupportedVersionError", "UnsupportedImageError",

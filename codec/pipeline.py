@@ -68,8 +68,13 @@ def _pad_to(pixels: np.ndarray, multiple: int) -> torch.Tensor:
 
 
 def encode_detailed(image: ImageInput, model: str | None = None, quality: int | None = None,
-                    packets: int | None = None, effort: int = 1) -> Encoded:
-    """Encode and also return the model's ideal bits and the symbols (for tests and benchmarks)."""
+                    packets: int | None = None, effort: int = 1,
+                    rate_weight: float | None = None) -> Encoded:
+    """Encode and also return the model's ideal bits and the symbols (for tests and benchmarks).
+
+    ``rate_weight`` overrides the encoder's weight of bits against latent error at this quality
+    (models whose encoder has one, ``Model.tunable``; the target search of ``codec.target``
+    steers the rate between quality steps with it). The decoder does not need it."""
     name = resolve_model(model)
     info = model_info(name)
     quality = info.default_quality if quality is None else quality
@@ -78,7 +83,8 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     check_effort(name, effort)
     pixels = load_pixels(image)
     m = load_model(name)
-    indices, estimate, tables = m.analyze_coded(_pad_to(pixels, m.unit), quality, effort)
+    indices, estimate, tables = m.analyze_coded(_pad_to(pixels, m.unit), quality, effort,
+                                                rate_weight)
     groups, h, w = indices.shape
     flat = indices.reshape(groups, -1)
     n_packets = packets or int(np.clip(round(estimate / 8 / BYTES_PER_PACKET), 1,

@@ -186,19 +186,30 @@ class Model:
             return self.net, self.prior
         return self.net.at(quality), self.prior.at(quality)
 
-    def analyze_coded(self, x: torch.Tensor, quality: int, effort: int = 1
+    @property
+    def tunable(self) -> bool:
+        """Whether the encoder's rate weight can be set (a network with ``analyze_coded``)."""
+        return hasattr(self.net, "analyze_coded")
+
+    def rate_weight(self, quality: int) -> float:
+        """The rate weight the encoder uses at ``quality`` by default: the registry's tuned
+        value for the current weights, 0 (nearest codewords) for a retired revision."""
+        weights = self.info.rate_weights if self.current else ()
+        return weights[quality] if weights else 0.0
+
+    def analyze_coded(self, x: torch.Tensor, quality: int, effort: int = 1,
+                      rate_weight: float | None = None
                       ) -> tuple[np.ndarray, float, Iterable[np.ndarray]]:
         """(symbols (columns, h, w), expected bits, the table of every column) of an image
         padded to a multiple of ``unit``, as the encoder codes them. A network that picks its
         indices with the prior in view (``analyze_coded``: rate-distortion optimised choice, at
-        this quality's ``rate_weights``) gives its tables with them; otherwise they come from
-        :meth:`tables`."""
-        if not hasattr(self.net, "analyze_coded"):
+        ``rate_weight``, by default this quality's :meth:`rate_weight`) gives its tables with
+        them; otherwise they come from :meth:`tables`."""
+        if not self.tunable:
             symbols = self.net.analyze(x, quality)
             return (symbols, *self.tables(symbols.reshape(len(symbols), -1), quality))
-        weights = self.info.rate_weights if self.current else ()
-        symbols, tables = self.net.analyze_coded(x, quality, self.prior,
-                                                 weights[quality] if weights else 0.0, effort)
+        weight = self.rate_weight(quality) if rate_weight is None else rate_weight
+        symbols, tables = self.net.analyze_coded(x, quality, self.prior, weight, effort)
         flat = symbols.reshape(len(symbols), -1)
         return symbols, sum(cost_bits(f, t) for f, t in zip(flat, tables)), tables
 

@@ -1,0 +1,106 @@
+"""nicodec files in Pillow: ``Image.open("photo.nic")`` and ``im.save("photo.nic", ...)``.
+
+``import codec`` registers the format (Pillow has no plugin entry points, so an import is how a
+plugin joins it, as with pillow-avif-plugin and pillow-jxl-plugin)::
+
+    import codec
+    from PIL import Image
+
+    with Image.open("photo.nic") as im:   # reads the header only: size and mode
+        print(im.size, im.mode)
+        im.load()                          # decodes the payload
+    im.save("copy.nic", model="mcq", quality=4, effort=1)  # or lossless=True, target_bpp=0.2
+
+Save options are those of ``codec.encode`` (``model``, ``quality``, ``effort``, ``lossless``,
+``packets``) or one target of ``codec.encode_to_target`` (``target_bpp``, ``target_size``,
+``target_psnr``; not with ``quality``). A file that starts like a nicodec file but whose header
+cannot be read raises ``PIL.UnidentifiedImageError`` with the reason; a file whose payload
+cannot be decoded (unknown model, every packet damaged) raises ``OSError`` at ``load()``. Damaged
+packets are concealed with a ``codec.ConcealedWarning``, as ``codec.decode`` does.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import IO
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from bitstream.errors import BitstreamError, NotNicodecError
+from bitstream.format import MAGIC, parse_header
+
+FORMAT = "NIC"
+EXTENSION = ".nic"
+MIME = "image/x-nicodec"
+MODES = {1: "L", 3: "RGB"}  # header channels -> Pillow mode
+SAVE_OPTIONS = ("model", "quality", "packets", "lossless", "effort")
+TARGET_OPTIONS = ("target_bpp", "target_size", "target_psnr")
+
+
+def _accept(prefix: bytes) -> bool:
+    return prefix[:1] == bytes([MAGIC])
+
+
+class NicodecImageFile(ImageFile.ImageFile):
+    """A nicodec file: size and mode from the header at open, pixels decoded at ``load()``."""
+
+    format = FORMAT
+    format_description = "nicodec learned image codec"
+
+    def _open(self) -> None:
+        data = self.fp.read()
+        try:
+            header, _ = parse_header(data)
+        except NotNicodecError as error:
+            raise SyntaxError(str(error)) from None  # Pillow tries the other formats
+        except BitstreamError as error:
+            raise UnidentifiedImageError(f"nicodec file {self.filename or ''}: {error}") from None
+        if header.channels not in MODES:
+            raise UnidentifiedImageError(f"nicodec file with {header.channels} channels")
+        self._mode = MODES[header.channels]
+        self._size = (header.width, header.height)
+        self.info.update(nicodec_model_id=header.model_id, nicodec_quality=header.quality,
+                         nicodec_packets=len(header.packet_lengths))
+        self._payload: bytes | None = data
+        self.tile = []
+
+    def load(self):
+        if self._payload is not None:
+            import codec
+
+            try:
+                pixels = codec.decode_array(self._payload)
+            except BitstreamError as error:
+                raise OSError(f"cannot decode nicodec file {self.filename or ''}: {error}"
+                              ) from None
+            self._payload = None
+            if self.fp and self._exclusive_fp:
+                self.fp.close()
+            self.fp = io.BytesIO(pixels.tobytes())
+            self.tile = [("raw", (0, 0, *self.size), 0, self.mode)]
+        return super().load()
+
+
+def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    import codec
+
+    options = {k: v for k, v in im.encoderinfo.items() if k in SAVE_OPTIONS + TARGET_OPTIONS}
+    targets = {k: options.pop(k) for k in TARGET_OPTIONS if k in options}
+    try:
+        if targets:
+            if "quality" in options or options.get("lossless"):
+                raise ValueError("a target (target_bpp, target_size, target_psnr) replaces "
+                                 "quality and cannot be lossless")
+            options.pop("lossless", None)
+            data = codec.encode_to_target(im, **targets, **options).data
+        else:
+            data = codec.encode(im, **options)
+    except codec.UnsupportedImageError as error:
+        raise OSError(f"cannot write {im.mode} image as nicodec: {error}") from None
+    fp.write(data)
+
+
+Image.register_open(FORMAT, NicodecImageFile, _accept)
+Image.register_save(FORMAT, _save)
+Image.register_extension(FORMAT, EXTENSION)
+Image.register_mime(FORMAT, MIME)
