@@ -103,7 +103,8 @@ def _run_batch(files: list[str], targets: list[str], work, as_json: bool, what: 
     """Apply ``work(input, output) -> record`` to each file; report; exit 1 if any failed."""
     records, failed = [], 0
     show = len(files) > 1 and not as_json
-    for src, dst in tqdm(list(zip(files, targets)), desc=what, disable=not show, file=sys.stderr):
+    for src, dst in tqdm(list(zip(files, targets)), desc=what, disable=None if show else True,
+                         file=sys.stderr):  # None: hidden when stderr is not a terminal
         try:
             records.append(work(src, dst))
         except (Failure, BitstreamError, UnsupportedImageError, OSError) as exc:
@@ -129,6 +130,7 @@ def main() -> None:
       codec models                              shipped models and their rate settings
       codec eval                                rate-distortion run against classical codecs
       codec bench                               encode/decode timing
+      codec demo                                code a sample photo, show what happened
 
     Exit codes: 0 ok, 1 bad data, 2 usage error.
     """
@@ -153,15 +155,34 @@ def main() -> None:
               help="Encoder effort: 1 is one pass (under a second for a Kodak image); 2 and 3 "
               "refine the latent through the decoder for a better rate-distortion trade-off "
               "(mcq only; several seconds per image). Files decode the same way at any effort.")
+@click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True),
+              help="Search the quality (and, for mcq, the encoder's rate weight) for the "
+              "largest file within B bits per pixel, as cwebp -size does.")
+@click.option("--target-size", type=click.IntRange(min=1),
+              help="As --target-bpp, with a budget in bytes per file.")
+@click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True),
+              help="Search for the smallest file whose decoded image reaches this PSNR (dB).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("-v", "--verbose", is_flag=True, help="One summary line per file on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def encode_cmd(inputs, output, model, lossless, quality, packets, effort, force, as_json
-               ) -> None:
+def encode_cmd(inputs, output, model, lossless, quality, packets, effort, target_bpp,
+               target_size, target_psnr, force, verbose, as_json) -> None:
     """Compress images (files, folders, or '-' for stdin).
 
     Accepts PNG, JPEG, WebP, TIFF, BMP and anything else Pillow reads; 8-bit grayscale or RGB,
     EXIF orientation applied. Images with transparency or 16-bit samples are refused.
+
+    A target (--target-bpp, --target-size, --target-psnr) replaces --quality: the encoder runs
+    several times (about 10) to find the setting. When the model cannot meet it, the closest
+    file is written and a warning says so (exit 0; "met": false with --json).
     """
+    goal = {name: value for name, value in (("bpp", target_bpp), ("size", target_size),
+                                            ("psnr", target_psnr)) if value is not None}
+    if len(goal) > 1 or (goal and quality is not None):
+        raise click.UsageError("--target-bpp, --target-size, --target-psnr and --quality "
+                               "exclude each other: give one")
+    if goal and lossless:
+        raise click.UsageError("a target rate or PSNR needs a lossy model, not --lossless")
     try:
         model = resolve_model(model, lossless)
     except ValueError as error:
@@ -179,14 +200,37 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, force,
 
     def work(src: str, dst: str) -> dict:
         start = time.perf_counter()
-        data = encode(_read(src), model=model, quality=quality, packets=packets, effort=effort)
+        found = None
+        if goal:
+            from codec.target import encode_to_target
+
+            found = encode_to_target(_read(src), model=model, effort=effort, packets=packets,
+                                     **{f"target_{k}": v for k, v in goal.items()})
+            data = found.data
+            if not found.met:
+                click.echo(f"warning: {src}: {found.describe()}", err=True)
+        else:
+            data = encode(_read(src), model=model, quality=quality, packets=packets,
+                          effort=effort)
         header, _ = parse_header(data)
         _write(dst, data, force)
-        return {"input": src, "output": dst, "bytes": len(data), "width": header.width,
-                "height": header.height, "bpp": round(8 * len(data) / header.width / header.height, 5),
-                "model": model, "quality": header.quality, "effort": effort,
-                "packets": len(header.packet_lengths),
-                "seconds": round(time.perf_counter() - start, 3)}
+        record = {"input": src, "output": dst, "bytes": len(data), "width": header.width,
+                  "height": header.height,
+                  "bpp": round(8 * len(data) / header.width / header.height, 5),
+                  "model": model, "quality": header.quality, "effort": effort,
+                  "packets": len(header.packet_lengths),
+                  "seconds": round(time.perf_counter() - start, 3)}
+        if found:
+            record.update(target={"kind": found.kind, "value": found.target},
+                          achieved=round(found.achieved, 5), met=found.met,
+                          rate_weight=found.rate_weight, encoder_runs=found.trials)
+        if verbose:
+            weight = f", rate weight {found.rate_weight:.3g}" if found and found.rate_weight \
+                is not None else ""
+            click.echo(f"{src} -> {dst}: {len(data)} bytes, {record['bpp']:.4f} bpp, {model} "
+                       f"q{header.quality}{weight}, {header.width}x{header.height}, "
+                       f"{record['seconds']:.2f} s", err=True)
+        return record
 
     _run_batch(files, targets, work, as_json, "encoding")
 
@@ -197,8 +241,9 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, force,
               "stdout. The format follows the suffix. Default: next to the input, as .png.")
 @click.option("--strict", is_flag=True, help="Fail on any damaged packet instead of concealing it.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("-v", "--verbose", is_flag=True, help="One summary line per file on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def decode_cmd(inputs, output, strict, force, as_json) -> None:
+def decode_cmd(inputs, output, strict, force, verbose, as_json) -> None:
     """Decompress nicodec files (files, folders of .nic files, or '-' for stdin).
 
     Damaged packets are concealed from their surroundings and reported on stderr; with --strict
@@ -207,6 +252,9 @@ def decode_cmd(inputs, output, strict, force, as_json) -> None:
     files = _expand(inputs, {ENCODED_SUFFIX})
     targets = _targets(files, output, ".png", len(files) > 1 or Path(inputs[0]).is_dir())
     for target in targets:
+        if target != "-" and Path(target).suffix.lower() == ENCODED_SUFFIX:
+            raise click.BadParameter(f"{target!r}: decode writes an image (.png, .webp, ...), "
+                                     f"not a {ENCODED_SUFFIX} file", param_hint="--output")
         if target != "-" and Path(target).suffix.lower() not in Image.registered_extensions():
             raise click.BadParameter(f"cannot tell the image format of {target!r} from its suffix",
                                      param_hint="--output")
@@ -224,10 +272,15 @@ def decode_cmd(inputs, output, strict, force, as_json) -> None:
         fmt = "PNG" if dst == "-" else Image.registered_extensions()[Path(dst).suffix.lower()]
         to_pil(result.pixels).save(buffer, format=fmt)
         _write(dst, buffer.getvalue(), force)
-        return {"input": src, "output": dst, "width": result.header.width,
-                "height": result.header.height, "lost_packets": result.lost_packets,
-                "concealed_fraction": round(result.concealed_fraction, 5),
-                "seconds": round(time.perf_counter() - start, 3)}
+        record = {"input": src, "output": dst, "width": result.header.width,
+                  "height": result.header.height, "lost_packets": result.lost_packets,
+                  "concealed_fraction": round(result.concealed_fraction, 5),
+                  "seconds": round(time.perf_counter() - start, 3)}
+        if verbose:
+            click.echo(f"{src} -> {dst}: {result.header.width}x{result.header.height}, "
+                       f"{result.lost_packets} of {len(result.header.packet_lengths)} packets "
+                       f"lost, {record['seconds']:.2f} s", err=True)
+        return record
 
     _run_batch(files, targets, work, as_json, "decoding")
 
@@ -297,6 +350,77 @@ def models_cmd(as_json) -> None:
             click.echo(f"  held-out photos: {rates}")
         if r["retired_weights"]:
             click.echo(f"  still decodes files of earlier weights: {', '.join(r['retired_weights'])}")
+
+
+DEMO_FOLDER = "nicodec-demo"
+
+
+def sample_photo() -> Path:
+    """The Grace Hopper portrait that matplotlib (a dependency) ships as sample data."""
+    import matplotlib.cbook
+
+    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+@main.command("demo")
+@click.option("-o", "--output", default=DEMO_FOLDER, show_default=True,
+              help="Folder for the compressed file and the decoded image.")
+@click.option("-m", "--model", type=click.Choice(sorted(MODELS)), default=DEFAULT_MODEL,
+              show_default=True, help="Model to encode with.")
+@click.option("-q", "--quality", type=int, help="Rate setting (default: the model's default).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite the files of an earlier demo.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def demo_cmd(output, model, quality, force, as_json) -> None:
+    """Compress and decompress a sample photo, and say what happened.
+
+    The photo is the Grace Hopper portrait shipped with matplotlib, so this runs anywhere the
+    package is installed. Writes FOLDER/grace_hopper.nic and the decoded FOLDER/grace_hopper.png.
+    """
+    from codec.image import load_pixels
+    from codec.registry import load_model
+    from codec.target import psnr
+
+    source = sample_photo()
+    folder = Path(output)
+    nic, png = folder / f"{source.stem}{ENCODED_SUFFIX}", folder / f"{source.stem}.png"
+    for path in (nic, png):
+        if path.exists() and not force:
+            click.echo(f"error: {path} exists (use --force to overwrite)", err=True)
+            sys.exit(BAD_DATA)
+    pixels = load_pixels(source)
+    start = time.perf_counter()
+    load_model(model)  # once per process: not part of the coding times
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    data = encode(pixels, model=model, quality=quality)
+    encode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    result = decode_detailed(data)
+    decode_s = time.perf_counter() - start
+    buffer = io.BytesIO()
+    to_pil(result.pixels).save(buffer, format="PNG")
+    _write(str(nic), data, force)
+    _write(str(png), buffer.getvalue(), force)
+    h, w = pixels.shape[:2]
+    record = {"input": str(source), "input_bytes": source.stat().st_size, "width": w,
+              "height": h, "model": model, "quality": result.header.quality,
+              "bytes": len(data), "bpp": round(8 * len(data) / (w * h), 5),
+              "psnr": round(psnr(pixels, result.pixels), 3), "load_s": round(load_s, 3),
+              "encode_s": round(encode_s, 3),
+              "decode_s": round(decode_s, 3), "compressed": str(nic), "decoded": str(png)}
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    click.echo(
+        f"sample photo: {source.name} from matplotlib, {w}x{h} RGB, JPEG of "
+        f"{record['input_bytes']} bytes\n"
+        f"loaded model {model} in {load_s:.2f} s\n"
+        f"encoded with {model} quality {record['quality']} in {encode_s:.2f} s: "
+        f"{len(data)} bytes, {record['bpp']:.3f} bits per pixel\n"
+        f"decoded in {decode_s:.2f} s: PSNR {record['psnr']:.2f} dB against the photo\n"
+        f"wrote {nic} and {png}\n"
+        f"your own image: codec encode photo.jpg -o photo.nic && codec decode photo.nic "
+        f"-o photo.png")
 
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True,

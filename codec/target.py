@@ -22,7 +22,7 @@ closest file and ``met`` is False.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class Trial:
 class TargetResult:
     """The chosen file and how it compares with the target."""
 
-    data: bytes
+    data: bytes = field(repr=False)
     kind: str  # "bpp", "size" or "psnr"
     target: float
     achieved: float  # bpp, bytes or PSNR (dB) of ``data``

@@ -158,3 +158,38 @@ def test_effort(workdir):
     assert not (workdir / "e9.nic").exists() and not (workdir / "v.nic").exists()
     with pytest.raises(ValueError, match="effort"):
         codec.encode(workdir / "a.png", effort=0)
+
+
+def test_demo_codes_the_sample_photo(tmp_path):
+    folder = tmp_path / "demo"
+    res = CliRunner().invoke(main, ["demo", "-o", str(folder), "--json"])
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    nic, png = folder / "grace_hopper.nic", folder / "grace_hopper.png"
+    assert record["bytes"] == nic.stat().st_size and (record["width"], record["height"]) == (512, 600)
+    assert record["bpp"] == pytest.approx(8 * nic.stat().st_size / (512 * 600), abs=1e-5)
+    decoded = codec.decode_array(nic.read_bytes())
+    assert np.array_equal(np.asarray(Image.open(png)), decoded)
+    assert 20 < record["psnr"] < 60
+    text = CliRunner().invoke(main, ["demo", "-o", str(folder), "--force"])
+    assert text.exit_code == 0 and "bits per pixel" in text.output and "PSNR" in text.output
+    before = nic.read_bytes()
+    again = CliRunner().invoke(main, ["demo", "-o", str(folder), "--quality", "1"])
+    assert again.exit_code == 1 and "--force" in again.output and nic.read_bytes() == before
+
+
+def test_verbose_summaries(workdir):
+    res = CliRunner().invoke(main, ["encode", str(workdir / "a.png"), "-o",
+                                    str(workdir / "a.nic"), "-v"])
+    size = (workdir / "a.nic").stat().st_size
+    assert res.exit_code == 0 and res.stdout == ""
+    assert f"a.nic: {size} bytes" in res.stderr and "bpp" in res.stderr and "q4" in res.stderr
+    res = CliRunner().invoke(main, ["decode", str(workdir / "a.nic"), "-o",
+                                    str(workdir / "a.out.png"), "--verbose"])
+    assert res.exit_code == 0 and "53x37, 0 of 1 packets lost" in res.stderr
+
+
+def test_decode_refuses_a_nic_output(workdir):
+    run("encode", workdir / "a.png", "-o", workdir / "a.nic")
+    assert run("decode", workdir / "a.nic", "-o", workdir / "b.nic").exit_code == 2
+    assert not (workdir / "b.nic").exists()

@@ -1,0 +1,106 @@
+"""Encoding to a target rate or PSNR: codec.encode_to_target and codec encode --target-*."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import codec
+from cli import main
+from codec.target import RATE_TOLERANCE, psnr
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """A 96x128 RGB image with texture and noise: its rate grows over every quality step."""
+    y, x = np.mgrid[0:96, 0:128]
+    img = np.stack([128 + 60 * np.sin(x / 5.0) * np.cos(y / 7.0), x * 1.5 + 30 * np.sin(y / 3.0),
+                    x + y], -1)
+    img = img + np.random.default_rng(0).normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def bpp(data: bytes, pixels: np.ndarray) -> float:
+    return 8 * len(data) / (pixels.shape[0] * pixels.shape[1])
+
+
+def test_target_bpp_between_quality_steps(photo):
+    q2, q3 = (bpp(codec.encode(photo, quality=q), photo) for q in (2, 3))
+    target = (q2 + q3) / 2
+    result = codec.encode_to_target(photo, target_bpp=target)
+    achieved = bpp(result.data, photo)
+    assert result.met and result.kind == "bpp" and result.achieved == pytest.approx(achieved)
+    assert (1 - RATE_TOLERANCE) * target <= achieved <= target
+    # closer than either quality step: the rate weight placed it between them
+    assert target - achieved < min(target - q2, q3 - target)
+    assert result.quality == 3 and result.rate_weight > codec.model_info("mcq").rate_weights[3]
+    # an ordinary file: the unchanged decoder reads it
+    decoded = codec.decode_array(result.data)
+    assert decoded.shape == photo.shape and psnr(photo, decoded) > 20
+
+
+def test_target_size_and_psnr(photo):
+    budget = len(codec.encode(photo, quality=5)) - 40
+    sized = codec.encode_to_target(photo, target_size=budget)
+    assert sized.met and (1 - RATE_TOLERANCE) * budget <= len(sized.data) <= budget
+    floor = psnr(photo, codec.decode_array(codec.encode(photo, quality=4))) - 0.3
+    found = codec.encode_to_target(photo, target_psnr=floor)
+    assert found.met and psnr(photo, codec.decode_array(found.data)) >= floor
+    assert found.achieved == pytest.approx(psnr(photo, codec.decode_array(found.data)))
+    assert len(found.data) < len(codec.encode(photo, quality=4)), "smaller than the step above"
+
+
+def test_unreachable_targets_give_the_closest_file(photo):
+    low = codec.encode_to_target(photo, target_bpp=0.001)
+    assert not low.met and low.quality == 0
+    assert low.data == codec.encode(photo, quality=0) and "cannot be met" in low.describe()
+    high = codec.encode_to_target(photo, target_psnr=80)
+    assert not high.met and high.quality == 8
+    assert high.achieved >= psnr(photo, codec.decode_array(codec.encode(photo, quality=8)))
+    with pytest.raises(ValueError, match="exactly one"):
+        codec.encode_to_target(photo, target_bpp=0.2, target_psnr=30)
+    with pytest.raises(ValueError, match="positive"):
+        codec.encode_to_target(photo, target_size=0)
+
+
+def test_models_without_rate_weight_pick_a_quality_step(photo):
+    steps = {q: bpp(codec.encode(photo, model="mcq-tiny", quality=q), photo) for q in (1, 2, 3, 4)}
+    result = codec.encode_to_target(photo, model="mcq-tiny", target_bpp=steps[3] + 1e-6)
+    assert result.quality == 3 and result.rate_weight is None and result.met
+
+
+def test_cli_target_json_and_warning(tmp_path, photo):
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    runner = CliRunner()
+    res = runner.invoke(main, ["encode", str(tmp_path / "p.png"), "-o", str(tmp_path / "p.nic"),
+                               "--target-bpp", "0.3", "--json"])
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    size = (tmp_path / "p.nic").stat().st_size
+    assert record["target"] == {"kind": "bpp", "value": 0.3} and record["met"] is True
+    assert record["achieved"] == pytest.approx(bpp(b"x" * size, photo), abs=1e-5)
+    assert 0.27 <= record["achieved"] <= 0.3 and record["rate_weight"] > 0
+    res = runner.invoke(main, ["encode", str(tmp_path / "p.png"), "-o", str(tmp_path / "low.nic"),
+                               "--target-bpp", "0.001", "--json"])
+    assert res.exit_code == 0 and "cannot be met" in res.stderr
+    assert json.loads(res.stdout)["met"] is False
+    assert (tmp_path / "low.nic").read_bytes() == codec.encode(photo, quality=0)
+
+
+@pytest.mark.parametrize("args", [
+    ["--target-bpp", "0.2", "--quality", "3"],
+    ["--target-bpp", "0.2", "--target-size", "1000"],
+    ["--target-size", "1000", "--target-psnr", "30"],
+    ["--target-psnr", "30", "--lossless"],
+    ["--target-bpp", "0"],
+])
+def test_cli_target_usage_errors(tmp_path, photo, args):
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    res = CliRunner().invoke(main, ["encode", str(tmp_path / "p.png"), "-o",
+                                    str(tmp_path / "p.nic"), *args])
+    assert res.exit_code == 2, res.output
+    assert not (tmp_path / "p.nic").exists()
