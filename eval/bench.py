@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from eval.rd import DEFAULT_IMAGES, load_images
 
@@ -110,9 +111,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     images = load_images(args.images, args.limit)
     names = args.models.split(",") if args.models else available_models(lossy_only=True)
-    rows = [bench_nicodec(images, m, q, args.runs, e) for m in names for q in qualities
-            for e in efforts if e in model_info(m).efforts]
-    rows.append(bench_hyperprior(images, args.hyperprior_quality, args.runs))
+    jobs = [(m, q, e) for m in names for q in qualities for e in efforts
+            if e in model_info(m).efforts]
+    rows = []
+    with tqdm(total=len(jobs) + 1, desc="bench", file=sys.stderr, disable=None) as bar:
+        for m, q, e in jobs:  # disable=None: the bar shows only on a terminal
+            rows.append(bench_nicodec(images, m, q, args.runs, e))
+            bar.update(1)
+        rows.append(bench_hyperprior(images, args.hyperprior_quality, args.runs))
+        bar.update(1)
     ref = rows[-1]["encode_s"] + rows[-1]["decode_s"]
     for r in rows:
         r["speedup_vs_hyperprior"] = ref / (r["encode_s"] + r["decode_s"])

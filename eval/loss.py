@@ -77,7 +77,7 @@ def run(images, model: str, quality: int, packets: int, losses: list[float], tri
     """Measure every image at every loss level; returns the summary."""
     rows = []
     sizes = {"one_packet": [], "packets": [], "framing_one": [], "framing_packets": []}
-    for i, (name, pixels) in enumerate(tqdm(images, desc="loss", file=sys.stderr)):
+    for i, (name, pixels) in enumerate(tqdm(images, desc="loss", file=sys.stderr, disable=None)):
         data = encode(pixels, model=model, quality=quality, packets=packets)
         single = encode(pixels, model=model, quality=quality, packets=1)
         sizes["packets"].append(len(data))

@@ -118,7 +118,7 @@ def run_photos(folder: Path, limit: int | None) -> dict:
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")[:limit]
     total = {"pixels": 0, "nicodec": 0, "encode_s": 0.0, "decode_s": 0.0}
     images = []
-    for path in tqdm(paths, desc="photos", leave=False):
+    for path in tqdm(paths, desc="photos", leave=False, disable=None):
         pixels = np.asarray(Image.open(path).convert("RGB"))
         start = time.perf_counter()
         data = encode(pixels, lossless=True)

@@ -53,7 +53,7 @@ def main() -> None:
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() == ".png")
     if not paths:
         parser.error(f"no PNG images in {args.images}")
-    rows = [measure(p, args.model, args.quality, args.packets) for p in tqdm(paths, leave=False)]
+    rows = [measure(p, args.model, args.quality, args.packets) for p in tqdm(paths, leave=False, disable=None)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return

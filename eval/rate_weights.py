@@ -42,7 +42,8 @@ def measure(weights: str, images: list[np.ndarray], grid: list[float]) -> list[d
     mc, stages = net.config.coarse_groups, net.config.groups
     totals = {(q, w): [0.0, 0.0] for q in range(stages + 1) for w in grid}  # bits, squared error
     pixels = 0
-    for img in tqdm(images, desc="held-back photos", file=sys.stderr):
+    for img in tqdm(images, desc="held-back photos", file=sys.stderr,
+                    disable=None):
         x = whole_image(img, net.unit)
         pixels += x.shape[2] * x.shape[3]
         for w in grid:

@@ -56,7 +56,8 @@ def measure(images, codecs, metrics) -> list[dict]:
     """Run every codec at every setting on every image; one row per (codec, setting, image)."""
     jobs = [(name, setting, run) for name, (settings, run) in codecs.items() for setting in settings]
     rows = []
-    with tqdm(total=len(jobs) * len(images), desc="rd", file=sys.stderr) as bar:
+    with tqdm(total=len(jobs) * len(images), desc="rd", file=sys.stderr,
+              disable=None) as bar:  # None: hidden when stderr is not a terminal
         for name, setting, run in jobs:
             for image_name, pixels in images:
                 start = time.perf_counter()

@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{len(images)} images of {args.images.name}\n\n"
               f"`{command}` ({time.strftime('%Y-%m-%d %H:%M')}, torch threads "
               f"{args.threads}). bpp from the file's bytes (header included); encode time is "
-              f"the whole search (every encoder run{', with a decode each' if kind == 'psnr' else ''}).")
+              f"the whole search (every encoder run"
+              f"{', with a decode each' if kind == 'psnr' else ''}).")
     text = report(rows, kind, target, header)
     print(text, end="")
     if args.out:

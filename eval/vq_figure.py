@@ -12,11 +12,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import codec
 from eval.baselines import available_baselines
-from eval.metrics import psnr
+from eval.figure import DEFAULT_BOX, save_sheet
 from eval.rd import DEFAULT_IMAGES
 
 # (panel title, baseline, setting): JPEG 2000 is targeted at the VQ file's bpp (setting None)
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGES / "kodim23.png")
     parser.add_argument("--bpp", type=float, default=0.03, help="target rate of the VQ panel")
-    parser.add_argument("--box", default="200,120,456,376", help="crop x0,y0,x1,y1")
+    parser.add_argument("--box", default=DEFAULT_BOX, help="crop x0,y0,x1,y1")
     parser.add_argument("--out", type=Path, default=Path("eval/results/vq/side_by_side.png"))
     args = parser.parse_args(argv)
     with Image.open(args.image) as img:
@@ -46,19 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         data, decoded = baselines[name].run(pixels, vq_bpp if setting is None else setting)
         panels.append((title, decoded, len(data)))
-    x0, y0, x1, y1 = (int(v) for v in args.box.split(","))
-    w, h, label = x1 - x0, y1 - y0, 30
-    sheet = Image.new("RGB", (w * len(panels), h + label), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (name, image, size) in enumerate(panels):
-        sheet.paste(Image.fromarray(image[y0:y1, x0:x1]), (i * w, label))
-        text = name if size is None else (f"{name}\n{size * 8 / n:.4f} bpp, "
-                                          f"{psnr(pixels, image):.2f} dB")
-        draw.multiline_text((i * w + 4, 1), text, fill="black")
-        print(text.replace("\n", ": "))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(args.out, optimize=True)
-    print(f"wrote {args.out}")
+    save_sheet(pixels, panels, args.box, args.out)
 
 
 if __name__ == "__main__":

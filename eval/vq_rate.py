@@ -38,7 +38,7 @@ def measure(images, qualities: list[int]) -> list[dict]:
     sizes = load_model("vq").net.sizes
     codec.decode_array(codec.encode(images[0][1], model="vq", quality=qualities[0]))  # warm-up
     rows = []
-    for q in tqdm(qualities, desc="qualities", file=sys.stderr):
+    for q in tqdm(qualities, desc="qualities", file=sys.stderr, disable=None):
         totals = {"pixels": 0, "vq": 0, "vq-static": 0, "vq_enc": 0.0, "vq_dec": 0.0,
                   "static_enc": 0.0, "static_dec": 0.0}
         for _, pixels in images:

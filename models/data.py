@@ -49,7 +49,7 @@ def whole_image(img: np.ndarray, unit: int) -> torch.Tensor:
 def load_images(paths: list[Path], min_side: int) -> list[np.ndarray]:
     """Decode images to RGB uint8 arrays; images smaller than ``min_side`` are skipped."""
     images = []
-    for path in tqdm(paths, desc="loading images", leave=False):
+    for path in tqdm(paths, desc="loading images", leave=False, disable=None):
         with Image.open(path) as img:
             array = np.asarray(img.convert("RGB"))
         if min(array.shape[:2]) >= min_side:

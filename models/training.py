@@ -128,7 +128,7 @@ class Run:
         ``self.step`` is then the number of steps done, ``self.finished`` whether it reached
         ``total``."""
         self.bar = tqdm(total=total, initial=step, desc=desc, dynamic_ncols=True,
-                        disable=self.rank > 0)
+                        disable=True if self.rank > 0 else None)  # None: hidden off a terminal
         while step < total:
             yield step
             step += 1

@@ -296,7 +296,7 @@ def collect_symbols(model, images: list[np.ndarray], quality: int, prior=None,
     weight of quality 1 + i mod (qualities - 1), so that every weight's choices are seen."""
     model.eval()
     parts = []
-    for i, img in enumerate(tqdm(images, desc="indexing", leave=False)):
+    for i, img in enumerate(tqdm(images, desc="indexing", leave=False, disable=None)):
         x = whole_image(img, model.unit)
         if prior is None:
             symbols = model.analyze(x, quality)
@@ -337,7 +337,7 @@ def _fit_prior_steps(model, units: torch.Tensor, steps: int):
     params = [p for n, p in model.named_parameters() if "prior." in n]
     opt = torch.optim.Adam(params, lr=3e-3)
     model.train()
-    for _ in tqdm(range(steps), desc="prior", leave=False):
+    for _ in tqdm(range(steps), desc="prior", leave=False, disable=None):
         loss = model.unit_prior_loss(units[:, torch.randint(0, units.shape[1], (1024,))])
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -52,7 +52,7 @@ def photo_samples(layout: TileLayout, paths: list[Path], count: int, seed: int) 
     u, per_tile = layout.unit, layout.patches
     tiles = []
     per_image = max(1, -(-count // (per_tile * max(1, len(paths)))))
-    for path in tqdm(paths, desc="sampling tiles", leave=False):
+    for path in tqdm(paths, desc="sampling tiles", leave=False, disable=None):
         img = np.asarray(Image.open(path).convert("RGB"))
         ys = rng.integers(0, img.shape[0] - u + 1, per_image)
         xs = rng.integers(0, img.shape[1] - u + 1, per_image)
@@ -140,7 +140,7 @@ def main() -> None:
         batch = args.batch * 4 if polish else args.batch
         perm = rng.permutation(len(train))
         bar = tqdm(range(0, len(train), batch), desc=f"EM epoch {epoch + 1}/{total}",
-                   dynamic_ncols=True, leave=False)
+                   dynamic_ncols=True, leave=False, disable=None)
         for s in bar:
             x = torch.from_numpy(train[perm[s:s + batch]].astype(np.int64))
             ll, counts = model.expected_counts(x)

@@ -48,7 +48,8 @@ def finetune_codebook(model, codebook: torch.Tensor, latents: torch.Tensor, pool
     cb = torch.nn.Parameter(codebook.clone())
     opt = torch.optim.Adam([cb], lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc=f"tune K={len(codebook)}", leave=False):
+    for _ in tqdm(range(steps), desc=f"tune K={len(codebook)}", leave=False,
+                  disable=None):
         pick = torch.randint(0, len(pool), (batch,), generator=gen)
         z = latents[pick]
         idx = nearest(z, cb.detach())
@@ -65,7 +66,7 @@ def count_indices(model, codebooks: list[torch.Tensor], images: list[np.ndarray]
                   ) -> list[np.ndarray]:
     """Index counts of every codebook over whole training images (the encoder runs once)."""
     counts = [np.zeros(len(cb), dtype=np.int64) for cb in codebooks]
-    for img in tqdm(images, desc="counting", leave=False):
+    for img in tqdm(images, desc="counting", leave=False, disable=None):
         z = model.encode(whole_image(img, model.unit))
         for c, cb in zip(counts, codebooks):
             c += np.bincount(nearest(z, cb).flatten().numpy(), minlength=len(cb))
@@ -80,7 +81,7 @@ def evaluate(model, codebooks: list[torch.Tensor], tables: list[np.ndarray],
     bits = np.zeros(len(codebooks))
     sq_err = np.zeros(len(codebooks))
     pixels = 0
-    for img in tqdm(images, desc="evaluating", leave=False):
+    for img in tqdm(images, desc="evaluating", leave=False, disable=None):
         x = whole_image(img, model.unit)
         z = model.encode(x)
         for q, (cb, table) in enumerate(zip(codebooks, tables)):

@@ -43,7 +43,7 @@ def index_grids(net, paths: list[Path], variants: bool) -> list[np.ndarray]:
     """Index grids (qualities, h, w) int16 of each photo under every codebook of the ladder;
     with ``variants`` also of the mirrored photo and of both shifted by 8 pixels."""
     grids = []
-    for path in tqdm(paths, desc="index grids", leave=False):
+    for path in tqdm(paths, desc="index grids", leave=False, disable=None):
         with Image.open(path) as img:
             array = np.asarray(img.convert("RGB"))
         versions = [array, array[:, ::-1]] if variants else [array]
