@@ -124,3 +124,29 @@ def test_training_curve_plot(tmp_path):
     plot({"run": read_curve(curve)}, tmp_path / "curve.png")
     with Image.open(tmp_path / "curve.png") as img:
         assert img.size[0] > 500
+
+
+def test_target_table(image_folder, tmp_path):
+    """eval.target: one row per image, bpp read back from the file it encodes, a summary."""
+    from eval import target
+
+    out = tmp_path / "target.md"
+    target.main(["--bpp", "0.3", "--images", str(image_folder), "--out", str(out)])
+    text = out.read_text()
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")
+            and ".png |" in line]
+    assert [r[0] for r in rows] == ["| a.png", "| b.png"]
+    for r in rows:
+        assert 0.27 <= float(r[4]) <= 0.3 and r[-1] == "yes |"
+    assert "within 10% of 0.3 bpp: 2 of 2" in text
+
+
+def test_side_by_side_figure(image_folder, tmp_path):
+    from eval import figure
+
+    out = tmp_path / "sheet.png"
+    figure.main(["--image", str(image_folder / "a.png"), "--bpp", "0.4", "--box", "0,0,64,48",
+                 "--out", str(out)])
+    with Image.open(out) as sheet:
+        panels = 3 if "webp" in available_baselines()[0] else 2
+        assert sheet.size == (64 * panels, 48 + 30)
