@@ -65,6 +65,10 @@ class TargetResult:
         if self.met:
             return ""
         unit = {"bpp": "bpp", "size": "bytes", "psnr": "dB"}[self.kind]
+        if self.kind != "psnr" and self.achieved <= self.target:
+            return (f"no setting of this model lands within {RATE_TOLERANCE:.0%} below the "
+                    f"target {self.target:g} {unit}; the largest file within it: "
+                    f"{self.achieved:g} {unit} (quality {self.quality})")
         return (f"target {self.target:g} {unit} cannot be met with this model; "
                 f"closest: {self.achieved:g} {unit} (quality {self.quality})")
 

@@ -71,6 +71,10 @@ def test_models_without_rate_weight_pick_a_quality_step(photo):
     steps = {q: bpp(codec.encode(photo, model="mcq-tiny", quality=q), photo) for q in (1, 2, 3, 4)}
     result = codec.encode_to_target(photo, model="mcq-tiny", target_bpp=steps[3] + 1e-6)
     assert result.quality == 3 and result.rate_weight is None and result.met
+    between = steps[2] / (1 - RATE_TOLERANCE) + 1e-3  # q2 is too far below, q3 above
+    assert between < steps[3]
+    result = codec.encode_to_target(photo, model="mcq-tiny", target_bpp=between)
+    assert result.quality == 2 and not result.met and "largest file within" in result.describe()
 
 
 def test_cli_target_json_and_warning(tmp_path, photo):
