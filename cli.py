@@ -225,10 +225,12 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, target
                           achieved=round(found.achieved, 5), met=found.met,
                           rate_weight=found.rate_weight, encoder_runs=found.trials)
         if verbose:
-            weight = f", rate weight {found.rate_weight:.3g}" if found and found.rate_weight \
-                is not None else ""
+            searched = "" if not found else (
+                f" (target {found.kind} {found.target:g} {'met' if found.met else 'not met'}"
+                + ("" if found.rate_weight is None else f", rate weight {found.rate_weight:.3g}")
+                + ")")
             click.echo(f"{src} -> {dst}: {len(data)} bytes, {record['bpp']:.4f} bpp, {model} "
-                       f"q{header.quality}{weight}, {header.width}x{header.height}, "
+                       f"q{header.quality}{searched}, {header.width}x{header.height}, "
                        f"{record['seconds']:.2f} s", err=True)
         return record
 
