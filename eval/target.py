@@ -12,6 +12,7 @@ how many images landed within 10% of the target (``codec.target.RATE_TOLERANCE``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -80,12 +81,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     kind, target = ("bpp", args.bpp) if args.bpp is not None else ("psnr", args.psnr)
     images = load_images(args.images, args.limit)
+    load = os.getloadavg()[0]  # times are only comparable on an idle machine
     rows = run(images, kind, target, args.model, args.effort)
     command = " ".join(["python -m eval.target", *(argv if argv is not None else sys.argv[1:])])
     header = (f"# Target {kind} {target:g}: {args.model}, effort {args.effort}, "
               f"{len(images)} images of {args.images.name}\n\n"
               f"`{command}` ({time.strftime('%Y-%m-%d %H:%M')}, torch threads "
-              f"{args.threads}). bpp from the file's bytes (header included); encode time is "
+              f"{args.threads}, load average {load:.1f} on {os.cpu_count()} cores at the "
+              f"start). bpp from the file's bytes (header included); encode time is "
               f"the whole search (every encoder run"
               f"{', with a decode each' if kind == 'psnr' else ''}).")
     text = report(rows, kind, target, header)
