@@ -151,8 +151,9 @@ def main() -> None:
               type=click.IntRange(1, max(e for info in MODELS.values() for e in info.efforts)),
               default=1, show_default=True,
               help="Encoder effort: 1 is one pass (under a second for a Kodak image); 2 and 3 "
-              "refine the latent through the decoder for a better rate-distortion trade-off "
-              "(mcq only; several seconds per image). Files decode the same way at any effort.")
+              "search through the decoder for a better rate-distortion trade-off (mcq: refine "
+              "the latent; vq, vq-static: re-choose indices in pixel space; seconds per "
+              "image). Files decode the same way at any effort.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def encode_cmd(inputs, output, model, lossless, quality, packets, effort, force, as_json

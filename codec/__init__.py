@@ -2,7 +2,7 @@
 
     import codec
     data = codec.encode("photo.png", quality=4)     # bytes
-    small = codec.encode("photo.png", effort=3)     # encoder search (mcq), same decoder
+    small = codec.encode("photo.png", effort=3)     # encoder search, same decoder
     exact = codec.encode("photo.png", lossless=True)  # every pixel decodes bit for bit
     image = codec.decode(data)                      # PIL.Image
     codec.available_models()                        # ['mcq-tiny', ...]

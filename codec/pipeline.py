@@ -134,9 +134,9 @@ def encode(image: ImageInput, model: str | None = None, quality: int | None = No
     the number of independently decodable packets (default: about one per 4 KB of payload, at
     most 16, so that a damaged byte costs a small part of the image and framing stays small).
     ``lossless`` codes every pixel exactly (with ``LOSSLESS_MODEL`` unless ``model`` names
-    another lossless model). ``effort`` above 1 (models that have effort levels: ``mcq``, 1..3)
-    searches longer at encode time for a better rate-distortion trade-off; the decoder is the
-    same.
+    another lossless model). ``effort`` above 1 (models that have effort levels: ``mcq``,
+    ``vq`` and ``vq-static``, 1..3) searches longer at encode time for a better
+    rate-distortion trade-off; the decoder is the same.
     """
     return encode_detailed(image, resolve_model(model, lossless), quality, packets, effort).data
 

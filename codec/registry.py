@@ -89,7 +89,8 @@ MODELS: dict[str, ModelInfo] = {
             name="vq-static", model_id=6, family=Family.VQ, weights="vq-cpu.safetensors",
             module="models.vq.codec", qualities=tuple(range(1, 11)), default_quality=8,
             description="the VQ ladder of `vq` with static index tables (no spatial context: "
-                        "faster, about 25% larger files; models/weights/vq-cpu.md)"),
+                        "faster, about 25% larger files; models/weights/vq-cpu.md)",
+            efforts=(1, 2, 3)),
         ModelInfo(
             name="vq", model_id=7, family=Family.VQ, weights="vq-prior.safetensors",
             module="models.vq.masked", qualities=tuple(range(1, 11)), default_quality=8,
@@ -97,7 +98,7 @@ MODELS: dict[str, ModelInfo] = {
                         "codebook of 8 (q1) .. 2048 (q9) or 4096 (q10) words, coded and "
                         "restored by a masked index transformer; small CPU-trained "
                         "configuration (models/weights/vq-prior.md, vq-cpu.md)",
-            retired=("vq-prior-r3.safetensors",)),
+            retired=("vq-prior-r3.safetensors",), efforts=(1, 2, 3)),
     ]
 }
 DEFAULT_MODEL = "mcq"
