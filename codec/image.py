@@ -174,7 +174,8 @@ def _from_pil(img: Image.Image, policy: Policy) -> Picture:
                         "several pages)", "only the first is coded")
         img.seek(0)
     metadata = _pil_metadata(img, policy)
-    if not img.mode.startswith("I") and any(";16" in str(tile.args) for tile in img.tile):
+    tiles = getattr(img, "tile", ())  # how a file still to be loaded will be read
+    if not img.mode.startswith("I") and any(";16" in str(t.args) for t in tiles):
         # 16-bit colour (or gray with alpha): Pillow keeps the high byte of each sample
         _refuse_or_warn(policy, "depth", "the image has 16-bit samples", "reduced to 8 bits")
     img = ImageOps.exif_transpose(img)
