@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bitstream.format import MAX_SIDE
+from bitstream.format import MAX_METADATA_BYTES, MAX_SIDE, Record, seal_metadata
 from bitstream.metadata import EXIF_PREFIX, MAX_PROFILE_BYTES, Metadata
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
@@ -67,6 +67,18 @@ class Picture:
     pixels: np.ndarray  # (H, W, 1 or 3) uint8
     metadata: Metadata
 
+    def records(self) -> list[Record]:
+        """The metadata records to write; refused, naming the choices that leave them out, when
+        they would pass the format's limit on the metadata block (a huge, noisy alpha plane)."""
+        records = self.metadata.to_records()
+        size = len(seal_metadata(records))
+        if size > MAX_METADATA_BYTES:
+            raise UnsupportedImageError(
+                f"the image's alpha plane and metadata take {size} bytes, over the "
+                f"{MAX_METADATA_BYTES >> 20} MiB a file may carry; pass {_option('alpha', 'drop')}"
+                f" or {_option('metadata', 'drop')}")
+        return records
+
 
 def _option(name: str, value: str) -> str:
     return f"{name}={value!r} (command line: --{name} {value})"
@@ -97,8 +109,7 @@ def _reduce_depth(array: np.ndarray, policy: Policy) -> np.ndarray:
     else:
         raise UnsupportedImageError(f"arrays must be uint8, uint16 or float in [0, 1] "
                                     f"(got {array.dtype})")
-    _refuse_or_warn(policy, "depth", f"the image has {what}",
-                    "reduced to 8 bits")
+    _refuse_or_warn(policy, "depth", f"the image has {what}", "reduced to 8 bits")
     return reduced.astype(np.uint8)
 
 

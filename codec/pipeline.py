@@ -107,7 +107,7 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     fields = dict(family=info.family, model_id=info.model_id, weights_digest=m.digest,
                   width=pixels.shape[1], height=pixels.shape[0], channels=pixels.shape[2],
                   bit_depth=8, quality=quality)
-    return Encoded(pack(fields, payloads, picture.metadata.to_records()), bits, indices)
+    return Encoded(pack(fields, payloads, picture.records()), bits, indices)
 
 
 def _encode_stages(staged, grid: np.ndarray, coder: PacketEncoder, h: int, w: int) -> float:

@@ -21,6 +21,7 @@ import codec
 from bitstream.format import parse_header
 from bitstream.metadata import MAX_PROFILE_BYTES
 from cli import main
+from codec import image as image_module
 from codec.pipeline import decode_detailed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,6 +217,16 @@ def test_metadata_dropped_when_asked_or_when_it_does_not_fit(small_rgb):
         codec.encode(huge)
     assert "metadata='drop'" in str(error.value)
     assert codec.encode(huge, metadata="drop") == plain
+
+
+
+def test_metadata_block_limit(small_rgb, alpha_plane, monkeypatch):
+    rgba = np.dstack([small_rgb, alpha_plane])
+    monkeypatch.setattr(image_module, "MAX_METADATA_BYTES", 64)  # the deflated plane is larger
+    with pytest.raises(codec.UnsupportedImageError, match="over the") as error:
+        codec.encode(rgba)
+    assert "alpha='drop'" in str(error.value)
+    assert codec.encode(rgba, alpha="drop") == codec.encode(small_rgb)
 
 
 # --- damaged metadata ---------------------------------------------------------------------------
