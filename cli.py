@@ -209,11 +209,11 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, alpha,
             click.echo(f"warning: {src}: {note}", err=True)
         header, _ = parse_header(data)
         _write(dst, data, force)
-        return {"warnings": notes, "input": src, "output": dst, "bytes": len(data), "width": header.width,
+        return {"input": src, "output": dst, "bytes": len(data), "width": header.width,
                 "height": header.height, "bpp": round(8 * len(data) / header.width / header.height, 5),
                 "model": model, "quality": header.quality, "effort": effort,
-                "packets": len(header.packet_lengths),
-                "seconds": round(time.perf_counter() - start, 3)}
+                "packets": len(header.packet_lengths), "metadata_bytes": header.metadata_length,
+                "warnings": notes, "seconds": round(time.perf_counter() - start, 3)}
 
     _run_batch(files, targets, work, as_json, "encoding")
 
@@ -247,8 +247,10 @@ def _image_bytes(result, fmt: str, src: str) -> bytes:
 def decode_cmd(inputs, output, strict, force, as_json) -> None:
     """Decompress nicodec files (files, folders of .nic files, or '-' for stdin).
 
-    Damaged packets are concealed from their surroundings and reported on stderr; with --strict
-    any damage is an error.
+    The ICC profile and EXIF kept in the file are written into the output image (PNG, JPEG,
+    WebP, TIFF), and its alpha plane too where the output format holds one. Damaged packets are
+    concealed from their surroundings and a damaged metadata block is dropped, both reported on
+    stderr; with --strict any damage is an error.
     """
     files = _expand(inputs, {ENCODED_SUFFIX})
     targets = _targets(files, output, ".png", len(files) > 1 or Path(inputs[0]).is_dir())
