@@ -26,7 +26,7 @@ class CorruptHeaderError(BitstreamError):
 
 
 class CorruptMetadataError(BitstreamError):
-    """The metadata block (ICC profile, EXIF, alpha plane) is damaged; the pixels may still decode."""
+    """The metadata block (ICC profile, EXIF, alpha plane) is damaged; the pixels still decode."""
 
 
 class ModelMismatchError(BitstreamError):

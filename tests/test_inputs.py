@@ -258,8 +258,10 @@ def test_damaged_metadata_block_still_decodes_the_pixels(small_rgb, alpha_plane,
 
 
 def test_cli_options_and_info(small_rgb, alpha_plane, tmp_path):
+    exif = Image.Exif()
+    exif[0x010F] = "nicodec test camera"
     Image.fromarray(np.dstack([small_rgb, alpha_plane])).save(tmp_path / "a.png",
-                                                               icc_profile=SRGB)
+                                                               icc_profile=SRGB, exif=exif)
     res = CliRunner().invoke(main, ["encode", str(tmp_path / "a.png"), "--alpha", "refuse"])
     assert res.exit_code == 1 and "--alpha keep" in res.stderr
     assert not (tmp_path / "a.nic").exists()
@@ -268,18 +270,20 @@ def test_cli_options_and_info(small_rgb, alpha_plane, tmp_path):
     res = CliRunner().invoke(main, ["info", str(tmp_path / "a.nic"), "--json"])
     info = json.loads(res.stdout)
     assert info["format_version"] == 2
-    assert [r["kind"] for r in info["metadata"]] == ["icc_profile", "alpha"]
+    assert [r["kind"] for r in info["metadata"]] == ["icc_profile", "exif", "alpha"]
     assert info["metadata"][0]["bytes"] == len(SRGB)
     res = CliRunner().invoke(main, ["decode", str(tmp_path / "a.nic"), "-o",
                                     str(tmp_path / "out.png")])
     with Image.open(tmp_path / "out.png") as out:
         assert out.mode == "RGBA" and out.info["icc_profile"] == SRGB
+        assert out.getexif()[0x010F] == "nicodec test camera"
         assert np.array_equal(np.asarray(out)[:, :, 3], alpha_plane)
     res = CliRunner().invoke(main, ["decode", str(tmp_path / "a.nic"), "-o",
                                     str(tmp_path / "out.jpg")])
     assert res.exit_code == 0 and "alpha plane dropped" in res.stderr
     with Image.open(tmp_path / "out.jpg") as out:
         assert out.mode == "RGB" and out.info["icc_profile"] == SRGB
+        assert out.getexif()[0x010F] == "nicodec test camera"
     assert "--frames" in CliRunner().invoke(main, ["encode", "--help"]).stdout
 
 
