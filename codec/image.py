@@ -16,21 +16,24 @@ refusal when asked:
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bitstream.format import MAX_METADATA_BYTES, MAX_SIDE, Record, seal_metadata
 from bitstream.metadata import EXIF_PREFIX, MAX_PROFILE_BYTES, Metadata
 
+if TYPE_CHECKING:
+    import torch
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                   ".gif"}
-ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray, "torch.Tensor"]
 POLICIES = {"alpha": ("keep", "drop", "refuse"), "depth": ("reduce", "refuse"),
             "frames": ("first", "refuse"), "metadata": ("keep", "drop")}
 ORIENTATION_TAG = 0x0112
@@ -200,6 +203,8 @@ def _from_pil(img: Image.Image, policy: Policy) -> Picture:
 
 
 def _from_tensor(tensor: torch.Tensor, policy: Policy) -> Picture:
+    import torch
+
     t = tensor.detach().cpu()
     if t.ndim == 4 and t.shape[0] == 1:
         t = t[0]
@@ -219,7 +224,8 @@ def load_image(source: ImageInput, policy: Policy = Policy()) -> Picture:
     """Any supported input -> 8-bit pixels (EXIF orientation applied) and their metadata."""
     if isinstance(source, np.ndarray):
         return _picture(source, policy)
-    if isinstance(source, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(source, torch.Tensor):
         return _from_tensor(source, policy)
     if isinstance(source, Image.Image):
         return _from_pil(source, policy)
