@@ -204,6 +204,23 @@ def test_icc_and_exif_round_trip_through_the_api(small_rgb, source):
             assert again.getexif()[0x0112] == 1, fmt
 
 
+@pytest.mark.parametrize("order", ["little", "big"])
+def test_exif_orientation_reset_in_place(order):
+    """Only the orientation value changes: every other byte (maker notes, offsets) stays."""
+    magic = b"II*\x00" if order == "little" else b"MM\x00*"
+    u16, u32 = (lambda v: v.to_bytes(2, order)), (lambda v: v.to_bytes(4, order))
+    entries = [(0x010F, 2, 4, b"abc\x00"), (0x0112, 3, 1, u16(8) + b"\x00\x00")]
+    tiff = magic + u32(8) + u16(len(entries)) + b"".join(
+        u16(tag) + u16(kind) + u32(count) + value for tag, kind, count, value in entries) + u32(0)
+    reset = image_module._reset_orientation(tiff)
+    assert len(reset) == len(tiff)
+    assert [i for i in range(len(tiff)) if reset[i] != tiff[i]] == [31 if order == "big" else 30]
+    exif = Image.Exif()
+    exif.load(reset)
+    assert exif[0x0112] == 1 and exif[0x010F] == "abc"
+    assert image_module._reset_orientation(b"not exif") == b"not exif"
+
+
 def test_metadata_dropped_when_asked_or_when_it_does_not_fit(small_rgb):
     plain = codec.encode(small_rgb)
     tagged = _tagged(small_rgb, "PNG", orientation=1)
