@@ -7,21 +7,24 @@ overwritten without ``--force``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import click
 from PIL import Image
 from tqdm import tqdm
 
-from bitstream.errors import BitstreamError
-from bitstream.format import parse_header, unpack
-from codec.image import IMAGE_SUFFIXES, UnsupportedImageError, to_pil
+from bitstream.errors import BitstreamError, CorruptMetadataError
+from bitstream.format import metadata_records, parse_header, unpack
+from bitstream.metadata import describe
+from codec.image import IMAGE_SUFFIXES, POLICIES, UnsupportedImageError, to_pil
 from codec.pipeline import decode_detailed, encode
 from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, available_models,
                             check_effort, measured_rates, resolve_model)
@@ -153,8 +156,24 @@ def main() -> None:
               type=click.IntRange(1, max(e for info in MODELS.values() for e in info.efforts)),
               default=1, show_default=True,
               help="Encoder effort: 1 is one pass (under a second for a Kodak image); 2 and 3 "
-              "refine the latent through the decoder for a better rate-distortion trade-off "
-              "(mcq only; several seconds per image). Files decode the same way at any effort.")
+              "search through the decoder for a better rate-distortion trade-off (mcq: refine "
+              "the latent; vq, vq-static: re-choose indices in pixel space; seconds per "
+              "image). Files decode the same way at any effort.")
+@click.option("--alpha", type=click.Choice(POLICIES["alpha"]), default="keep",
+              show_default=True,
+              help="Transparency: 'keep' codes the alpha plane losslessly in the file (it "
+              "decodes to RGBA); 'drop' codes the colour channels only; 'refuse' fails on "
+              "images that are not fully opaque.")
+@click.option("--depth", type=click.Choice(POLICIES["depth"]), default="reduce",
+              show_default=True, help="16-bit and float images: 'reduce' codes them at 8 bits "
+              "(with a warning); 'refuse' fails on them.")
+@click.option("--frames", type=click.Choice(POLICIES["frames"]), default="first",
+              show_default=True, help="Animations (GIF, APNG, WebP) and multi-page files: "
+              "'first' codes the first frame (with a warning); 'refuse' fails on them.")
+@click.option("--metadata", type=click.Choice(POLICIES["metadata"]), default="keep",
+              show_default=True, help="ICC profile and EXIF: 'keep' stores them in the file "
+              "(EXIF orientation reset to 1, as the rotation is applied to the pixels) and "
+              "decode writes them back; 'drop' leaves them out.")
 @click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True),
               help="Search the quality (and, for mcq, the encoder's rate weight) for the "
               "largest file within B bits per pixel, as cwebp -size does.")
@@ -165,12 +184,13 @@ def main() -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("-v", "--verbose", is_flag=True, help="One summary line per file on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def encode_cmd(inputs, output, model, lossless, quality, packets, effort, target_bpp,
-               target_size, target_psnr, force, verbose, as_json) -> None:
+def encode_cmd(inputs, output, model, lossless, quality, packets, effort, alpha, depth, frames,
+               metadata, target_bpp, target_size, target_psnr, force, verbose, as_json) -> None:
     """Compress images (files, folders, or '-' for stdin).
 
-    Accepts PNG, JPEG, WebP, TIFF, BMP and anything else Pillow reads; 8-bit grayscale or RGB,
-    EXIF orientation applied. Images with transparency or 16-bit samples are refused.
+    Accepts PNG, JPEG, WebP, GIF, TIFF, BMP and anything else Pillow reads. Palette, CMYK and
+    EXIF orientation are converted; transparency, 16-bit samples, animations and the ICC profile
+    and EXIF follow --alpha, --depth, --frames and --metadata (changes are reported on stderr).
 
     A target (--target-bpp, --target-size, --target-psnr) replaces --quality: the encoder runs
     several times (about 10) to find the setting. When the model cannot meet it, the closest
@@ -201,25 +221,32 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, target
     def work(src: str, dst: str) -> dict:
         start = time.perf_counter()
         found = None
-        if goal:
-            from codec.target import encode_to_target
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            policy = dict(alpha=alpha, depth=depth, frames=frames, metadata=metadata)
+            if goal:
+                from codec.target import encode_to_target
 
-            found = encode_to_target(_read(src), model=model, effort=effort, packets=packets,
-                                     **{f"target_{k}": v for k, v in goal.items()})
-            data = found.data
-            if not found.met:
-                click.echo(f"warning: {src}: {found.describe()}", err=True)
-        else:
-            data = encode(_read(src), model=model, quality=quality, packets=packets,
-                          effort=effort)
+                found = encode_to_target(_read(src), model=model, effort=effort,
+                                         packets=packets, **policy,
+                                         **{f"target_{k}": v for k, v in goal.items()})
+                data = found.data
+            else:
+                data = encode(_read(src), model=model, quality=quality, packets=packets,
+                              effort=effort, **policy)
+        notes = [str(w.message) for w in caught]
+        if found and not found.met:
+            notes.append(found.describe())
+        for note in notes:
+            click.echo(f"warning: {src}: {note}", err=True)
         header, _ = parse_header(data)
         _write(dst, data, force)
         record = {"input": src, "output": dst, "bytes": len(data), "width": header.width,
                   "height": header.height,
                   "bpp": round(8 * len(data) / header.width / header.height, 5),
                   "model": model, "quality": header.quality, "effort": effort,
-                  "packets": len(header.packet_lengths),
-                  "seconds": round(time.perf_counter() - start, 3)}
+                  "packets": len(header.packet_lengths), "metadata_bytes": header.metadata_length,
+                  "warnings": notes, "seconds": round(time.perf_counter() - start, 3)}
         if found:
             record.update(target={"kind": found.kind, "value": found.target},
                           achieved=round(found.achieved, 5), met=found.met,
@@ -237,6 +264,25 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, target
     _run_batch(files, targets, work, as_json, "encoding")
 
 
+def _save(pixels, metadata, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    to_pil(pixels, metadata).save(buffer, format=fmt, **metadata.pil_info())
+    return buffer.getvalue()
+
+
+def _image_bytes(result, fmt: str, src: str) -> bytes:
+    """The decoded image in format ``fmt`` with the file's ICC profile and EXIF; without the
+    alpha plane (and a warning) when the format cannot hold one."""
+    try:
+        return _save(result.pixels, result.metadata, fmt)
+    except (OSError, ValueError, KeyError):
+        if result.metadata.alpha is None:
+            raise
+    click.echo(f"warning: {src}: {fmt} cannot hold transparency; alpha plane dropped "
+               "(decode to .png, .webp or .tiff to keep it)", err=True)
+    return _save(result.pixels, dataclasses.replace(result.metadata, alpha=None), fmt)
+
+
 @main.command("decode")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", help="Output image (one input) or folder; '-' writes PNG to "
@@ -248,8 +294,10 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, target
 def decode_cmd(inputs, output, strict, force, verbose, as_json) -> None:
     """Decompress nicodec files (files, folders of .nic files, or '-' for stdin).
 
-    Damaged packets are concealed from their surroundings and reported on stderr; with --strict
-    any damage is an error.
+    The ICC profile and EXIF kept in the file are written into the output image (PNG, JPEG,
+    WebP, TIFF), and its alpha plane too where the output format holds one. Damaged packets are
+    concealed from their surroundings and a damaged metadata block is dropped, both reported on
+    stderr; with --strict any damage is an error.
     """
     files = _expand(inputs, {ENCODED_SUFFIX})
     targets = _targets(files, output, ".png", len(files) > 1 or Path(inputs[0]).is_dir())
@@ -270,10 +318,11 @@ def decode_cmd(inputs, output, strict, force, verbose, as_json) -> None:
                        f"{result.concealed_fraction:.1%} of the image"
                        + (" (lost indices restored by the index transformer)"
                           if result.restored else ""), err=True)
-        buffer = io.BytesIO()
+        if result.metadata_lost:
+            click.echo(f"warning: {src}: the metadata block is damaged; ICC profile, EXIF and "
+                       "alpha plane dropped", err=True)
         fmt = "PNG" if dst == "-" else Image.registered_extensions()[Path(dst).suffix.lower()]
-        to_pil(result.pixels).save(buffer, format=fmt)
-        _write(dst, buffer.getvalue(), force)
+        _write(dst, _image_bytes(result, fmt, src), force)
         record = {"input": src, "output": dst, "width": result.header.width,
                   "height": result.header.height, "lost_packets": result.lost_packets,
                   "concealed_fraction": round(result.concealed_fraction, 5),
@@ -291,13 +340,20 @@ def decode_cmd(inputs, output, strict, force, verbose, as_json) -> None:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def info_cmd(inputs, as_json) -> None:
-    """Show a file's header, its packets (and whether each passes its CRC) and bits per pixel."""
+    """Show a file's header, its metadata records (kind and size, nothing decoded), its packets
+    (and whether each passes its CRC) and bits per pixel."""
 
     def work(src: str, _dst: str) -> dict:
         data = _read(src)
         header, payloads = unpack(data)
-        _, header_bytes = parse_header(data)
-        record = {"input": src, "bytes": len(data), "header_bytes": header_bytes,
+        header_bytes = parse_header(data)[1] - header.metadata_length
+        try:
+            metadata = describe(metadata_records(data))
+        except CorruptMetadataError as error:
+            metadata = f"damaged: {error}"
+        record = {"input": src, "bytes": len(data), "format_version": header.version,
+                  "header_bytes": header_bytes, "metadata_bytes": header.metadata_length,
+                  "metadata": metadata,
                   "format_family": header.family.name.lower(), "model_id": header.model_id,
                   "model": next((n for n, i in MODELS.items() if i.model_id == header.model_id),
                                 None),
@@ -314,13 +370,22 @@ def info_cmd(inputs, as_json) -> None:
                        f"  image    {header.width}x{header.height}, {header.channels} channel(s), "
                        f"{header.bit_depth} bit\n"
                        f"  size     {len(data)} bytes, {record['bpp']} bpp, header "
-                       f"{header_bytes} bytes\n"
+                       f"{header_bytes} bytes (format version {header.version})\n"
+                       f"  metadata {_metadata_line(metadata, header.metadata_length)}\n"
                        f"  packets  {len(payloads)} ({damaged} damaged): "
                        + " ".join(str(n) for n in header.packet_lengths))
         return record
 
     files = list(inputs)
     _run_batch(files, files, work, as_json, "reading")
+
+
+def _metadata_line(metadata: list[dict] | str, size: int) -> str:
+    if isinstance(metadata, str):
+        return f"{size} bytes, {metadata}"
+    if not metadata:
+        return "none"
+    return f"{size} bytes: " + ", ".join(f"{r['kind']} {r['bytes']} bytes" for r in metadata)
 
 
 @main.command("models")
@@ -378,7 +443,7 @@ def demo_cmd(output, model, quality, force, as_json) -> None:
     The photo is the Grace Hopper portrait shipped with matplotlib, so this runs anywhere the
     package is installed. Writes FOLDER/grace_hopper.nic and the decoded FOLDER/grace_hopper.png.
     """
-    from codec.image import load_pixels
+    from codec.image import load_image
     from codec.registry import load_model
     from codec.target import psnr
 
@@ -389,20 +454,18 @@ def demo_cmd(output, model, quality, force, as_json) -> None:
         if path.exists() and not force:
             click.echo(f"error: {path} exists (use --force to overwrite)", err=True)
             sys.exit(BAD_DATA)
-    pixels = load_pixels(source)
+    pixels = load_image(source).pixels
     start = time.perf_counter()
     load_model(model)  # once per process: not part of the coding times
     load_s = time.perf_counter() - start
     start = time.perf_counter()
-    data = encode(pixels, model=model, quality=quality)
+    data = encode(source, model=model, quality=quality)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
     result = decode_detailed(data)
     decode_s = time.perf_counter() - start
-    buffer = io.BytesIO()
-    to_pil(result.pixels).save(buffer, format="PNG")
     _write(str(nic), data, force)
-    _write(str(png), buffer.getvalue(), force)
+    _write(str(png), _image_bytes(result, "PNG", str(source)), force)
     h, w = pixels.shape[:2]
     record = {"input": str(source), "input_bytes": source.stat().st_size, "width": w,
               "height": h, "model": model, "quality": result.header.quality,

@@ -25,6 +25,10 @@ class CorruptHeaderError(BitstreamError):
     """The header's checksum does not match: nothing in the file can be trusted."""
 
 
+class CorruptMetadataError(BitstreamError):
+    """The metadata block (ICC profile, EXIF, alpha plane) is damaged; the pixels still decode."""
+
+
 class ModelMismatchError(BitstreamError):
     """The file was made with a model (or weights) that this installation does not have."""
 

@@ -2,27 +2,35 @@
 
 The byte layout is the contract documented in ``bitstream/FORMAT.md``; this module is its only
 reader and writer. Everything is built from unsigned LEB128 variable-length integers so that a
-Kodak image in one packet carries a 12-byte header.
+Kodak image in one packet carries a 12-byte header. Version 2 (written now) adds an optional
+metadata block of typed records between the header and the packets (what the kinds mean is
+``bitstream/metadata.py``); version-1 files are still read.
 """
 
 from __future__ import annotations
 
 import binascii
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 from bitstream.errors import (
     CorruptHeaderError,
+    CorruptMetadataError,
     NotNicodecError,
     TruncatedError,
     UnsupportedVersionError,
 )
 
 MAGIC = 0x6E  # ASCII 'n'
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MAX_SIDE = 1 << 16
 MAX_PACKETS = 4096
 PACKET_CRC_BYTES = 2
+MAX_METADATA_BYTES = 64 << 20  # the whole metadata block, CRC included
+
+Record = tuple[int, bytes]  # (kind, body) of one metadata record
 
 
 class Family(IntEnum):
@@ -104,6 +112,15 @@ class Header:
     bit_depth: int  # 8
     quality: int
     packet_lengths: tuple[int, ...]  # bytes of each packet, CRC included
+    metadata_length: int = 0  # bytes of the metadata block, CRC included; 0: no block
+    version: int = VERSION  # the format version the header is (or was) written in
+
+    def _layout(self) -> int:
+        if self.version == 1:
+            if self.metadata_length:
+                raise ValueError("format version 1 has no metadata block")
+            return (self.quality << 2) | ((self.channels == 3) << 1)
+        return (self.quality << 3) | (bool(self.metadata_length) << 2) | ((self.channels == 3) << 1)
 
     def to_bytes(self) -> bytes:
         """Serialize the header and packet table (the last packet's length is implied)."""
@@ -113,13 +130,19 @@ class Header:
             raise ValueError("only 8-bit grayscale or RGB images are supported")
         if not 1 <= len(self.packet_lengths) <= MAX_PACKETS:
             raise ValueError(f"packet count must be 1..{MAX_PACKETS}")
-        layout = (self.quality << 2) | ((self.channels == 3) << 1)
-        out = bytearray([MAGIC, (VERSION << 4) | int(self.family)])
+        if self.version not in READABLE_VERSIONS:
+            raise ValueError(f"cannot write format version {self.version}")
+        if not 0 <= self.metadata_length <= MAX_METADATA_BYTES:
+            raise ValueError(f"the metadata block is {self.metadata_length} bytes, over the "
+                             f"{MAX_METADATA_BYTES >> 20} MiB limit")
+        out = bytearray([MAGIC, (self.version << 4) | int(self.family)])
         out += write_varint(self.model_id)
         out += self.weights_digest.to_bytes(2, "big")
         out += write_varint(self.width - 1)
         out += write_varint(self.height - 1)
-        out += write_varint(layout)
+        out += write_varint(self._layout())
+        if self.metadata_length:
+            out += write_varint(self.metadata_length)
         out += write_varint(len(self.packet_lengths))
         for length in self.packet_lengths[:-1]:
             out += write_varint(length)
@@ -130,6 +153,7 @@ class Header:
 def parse_header(data: bytes) -> tuple[Header, int]:
     """Read and verify the header; return it with the offset of the first packet.
 
+    The metadata block, if any, is the ``header.metadata_length`` bytes just before that offset.
     The last packet's length is whatever remains of the file (so a truncated file shows up as a
     damaged last packet, not as an unreadable header).
     """
@@ -138,9 +162,10 @@ def parse_header(data: bytes) -> tuple[Header, int]:
     if data[0] != MAGIC:
         raise NotNicodecError("not a nicodec file (wrong magic byte)")
     version, family = data[1] >> 4, data[1] & 0x0F
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise UnsupportedVersionError(
-            f"file uses nicodec format version {version}; this nicodec reads version {VERSION}"
+            f"file uses nicodec format version {version}; this nicodec reads versions "
+            f"{READABLE_VERSIONS[0]} to {VERSION}"
             + (" (the file is newer: upgrade nicodec)" if version > VERSION else "")
         )
     pos = 2
@@ -152,6 +177,12 @@ def parse_header(data: bytes) -> tuple[Header, int]:
     width_m1, pos = read_varint(data, pos)
     height_m1, pos = read_varint(data, pos)
     layout, pos = read_varint(data, pos)
+    quality_shift = 2 if version == 1 else 3
+    metadata_length = 0
+    if version >= 2 and layout & 4:
+        metadata_length, pos = read_varint(data, pos)
+        if not 1 <= metadata_length <= MAX_METADATA_BYTES:
+            raise CorruptHeaderError("header is damaged (impossible metadata length)")
     n_packets, pos = read_varint(data, pos)
     if not 1 <= n_packets <= MAX_PACKETS:
         # Checked before reading the table so garbage cannot make us loop for long.
@@ -164,7 +195,7 @@ def parse_header(data: bytes) -> tuple[Header, int]:
         raise TruncatedError("file ends inside the header")
     if crc8(data[:pos]) != data[pos]:
         raise CorruptHeaderError("header is damaged (checksum mismatch)")
-    pos += 1
+    pos += 1 + metadata_length
     try:
         family_enum = Family(family)
     except ValueError:
@@ -180,10 +211,50 @@ def parse_header(data: bytes) -> tuple[Header, int]:
         height=height_m1 + 1,
         channels=3 if layout & 2 else 1,
         bit_depth=8,
-        quality=layout >> 2,
+        quality=layout >> quality_shift,
         packet_lengths=tuple(lengths),
+        metadata_length=metadata_length,
+        version=version,
     )
     return header, pos
+
+
+# --- metadata block -----------------------------------------------------------------------------
+
+
+def seal_metadata(records: Sequence[Record]) -> bytes:
+    """The metadata block: every record as kind, length, body; then the CRC-16 of them all."""
+    body = b"".join(write_varint(kind) + write_varint(len(data)) + data for kind, data in records)
+    return seal_packet(body) if records else b""
+
+
+def metadata_records(data: bytes) -> list[Record]:
+    """The records of a file's metadata block, in file order ([] when it has none).
+
+    Raises :class:`CorruptMetadataError` when the block fails its CRC, is cut short or does not
+    parse into whole records: the packets (found through the header alone) are not affected.
+    """
+    header, end = parse_header(data)
+    if not header.metadata_length:
+        return []
+    block = data[end - header.metadata_length : end]
+    if len(block) < header.metadata_length:
+        raise CorruptMetadataError("the metadata block is cut short")
+    body, crc = block[:-PACKET_CRC_BYTES], block[-PACKET_CRC_BYTES:]
+    if len(crc) < PACKET_CRC_BYTES or crc16(body) != int.from_bytes(crc, "big"):
+        raise CorruptMetadataError("the metadata block is damaged (checksum mismatch)")
+    records, pos = [], 0
+    try:
+        while pos < len(body):
+            kind, pos = read_varint(body, pos)
+            length, pos = read_varint(body, pos)
+            if pos + length > len(body):
+                raise TruncatedError("record runs past the block")
+            records.append((kind, bytes(body[pos : pos + length])))
+            pos += length
+    except (TruncatedError, CorruptHeaderError) as exc:
+        raise CorruptMetadataError(f"the metadata block does not parse ({exc})") from None
+    return records
 
 
 # --- packets ------------------------------------------------------------------------------------
@@ -194,11 +265,14 @@ def seal_packet(payload: bytes) -> bytes:
     return payload + crc16(payload).to_bytes(PACKET_CRC_BYTES, "big")
 
 
-def pack(header_fields: dict, payloads: list[bytes]) -> bytes:
-    """Build a complete file from header fields (all but ``packet_lengths``) and packet payloads."""
+def pack(header_fields: dict, payloads: list[bytes], records: Sequence[Record] = ()) -> bytes:
+    """Build a complete file from header fields (all but ``packet_lengths`` and
+    ``metadata_length``), packet payloads and metadata records (none: no metadata block)."""
     packets = [seal_packet(p) for p in payloads]
-    header = Header(packet_lengths=tuple(len(p) for p in packets), **header_fields)
-    return header.to_bytes() + b"".join(packets)
+    metadata = seal_metadata(records)
+    header = Header(packet_lengths=tuple(len(p) for p in packets),
+                    metadata_length=len(metadata), **header_fields)
+    return header.to_bytes() + metadata + b"".join(packets)
 
 
 def unpack(data: bytes) -> tuple[Header, list[bytes | None]]:

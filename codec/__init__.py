@@ -2,16 +2,23 @@
 
     import codec
     data = codec.encode("photo.png", quality=4)     # bytes
-    small = codec.encode("photo.png", effort=3)     # encoder search (mcq), same decoder
+    small = codec.encode("photo.png", effort=3)     # encoder search, same decoder
     exact = codec.encode("photo.png", lossless=True)  # every pixel decodes bit for bit
     codec.encode_to_target("photo.png", target_bpp=0.2).data  # quality searched for a rate
-    image = codec.decode(data)                      # PIL.Image
+    image = codec.decode(data)                      # PIL.Image (RGBA if the input had alpha)
+    image.info.get("icc_profile")                   # ICC profile and EXIF ride along
     codec.available_models()                        # ['mcq-tiny', ...]
+
+Inputs: transparency is kept (the alpha plane coded losslessly beside the lossy colour),
+16-bit and float samples are reduced to 8 bits, an animation's first frame is coded, and the ICC
+profile and EXIF are kept; each change warns with :class:`ConversionWarning`, and ``encode``'s
+``alpha``, ``depth``, ``frames`` and ``metadata`` arguments drop or refuse instead.
 
 Errors: bad or damaged data raises :class:`BitstreamError` (or a subclass); an input image that
 cannot be encoded raises :class:`UnsupportedImageError`. When packets of a file are damaged,
 ``decode`` conceals them and emits a :class:`ConcealedWarning`; pass ``strict=True`` to get
-:class:`PacketLossError` instead.
+:class:`PacketLossError` instead. A damaged metadata block is dropped with a
+:class:`MetadataWarning` (strict: :class:`CorruptMetadataError`).
 
 Importing the package also registers the ``.nic`` format with Pillow (``codec/pillow_plugin.py``):
 ``PIL.Image.open("photo.nic")`` and ``image.save("photo.nic", quality=4)`` work after it.
@@ -28,13 +35,15 @@ from PIL import Image
 from bitstream.errors import (
     BitstreamError,
     CorruptHeaderError,
+    CorruptMetadataError,
     ModelMismatchError,
     NotNicodecError,
     PacketLossError,
     TruncatedError,
     UnsupportedVersionError,
 )
-from codec.image import UnsupportedImageError, to_pil
+from bitstream.metadata import Metadata
+from codec.image import ConversionWarning, UnsupportedImageError, to_pil
 from codec.pipeline import Decoded, decode_detailed, encode
 from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, ModelInfo, available_models, load_model,
                             model_info)
@@ -42,11 +51,12 @@ from codec.target import TargetResult, encode_to_target
 from codec import pillow_plugin  # noqa: F401  (registers .nic with Pillow)
 
 __all__ = [
-    "encode", "encode_to_target", "TargetResult", "decode", "decode_array", "decode_tensor", "decode_detailed", "load_model",
-    "available_models", "model_info", "ModelInfo", "DEFAULT_MODEL", "LOSSLESS_MODEL", "Decoded",
-    "BitstreamError", "CorruptHeaderError", "ModelMismatchError", "NotNicodecError",
-    "PacketLossError", "TruncatedError", "UnsupportedVersionError", "UnsupportedImageError",
-    "ConcealedWarning",
+    "encode", "encode_to_target", "TargetResult", "decode", "decode_array", "decode_tensor",
+    "decode_detailed", "load_model", "available_models", "model_info", "ModelInfo", "DEFAULT_MODEL", "LOSSLESS_MODEL", "Decoded",
+    "Metadata", "BitstreamError", "CorruptHeaderError", "CorruptMetadataError",
+    "ModelMismatchError", "NotNicodecError", "PacketLossError", "TruncatedError",
+    "UnsupportedVersionError", "UnsupportedImageError", "ConcealedWarning", "MetadataWarning",
+    "ConversionWarning",
 ]
 
 
@@ -54,24 +64,43 @@ class ConcealedWarning(UserWarning):
     """Some packets were damaged; their part of the image was concealed."""
 
 
-def decode_array(data: bytes, strict: bool = False) -> np.ndarray:
-    """Decode to an (H, W) or (H, W, 3) uint8 array."""
+class MetadataWarning(UserWarning):
+    """The file's metadata block was damaged: ICC profile, EXIF and alpha plane were dropped."""
+
+
+def _decode_warned(data: bytes, strict: bool) -> Decoded:
+    """decode_detailed, with a warning for each thing that was concealed or dropped."""
     result = decode_detailed(data, strict=strict)
     if result.lost_packets:
         warnings.warn(f"{result.lost_packets} damaged packet(s): concealed "
                       f"{result.concealed_fraction:.1%} of the image", ConcealedWarning,
-                      stacklevel=2)
-    return result.pixels[:, :, 0] if result.pixels.shape[2] == 1 else result.pixels
+                      stacklevel=3)
+    if result.metadata_lost:
+        warnings.warn("the metadata block is damaged: ICC profile, EXIF and alpha plane dropped",
+                      MetadataWarning, stacklevel=3)
+    return result
+
+
+def _with_alpha(result: Decoded) -> np.ndarray:
+    """(H, W, C) pixels with the alpha plane, if the file has one, as channel C."""
+    alpha = result.metadata.alpha
+    return result.pixels if alpha is None else np.dstack([result.pixels, alpha])
+
+
+def decode_array(data: bytes, strict: bool = False) -> np.ndarray:
+    """Decode to an (H, W) or (H, W, 3) uint8 array; (H, W, 2) or (H, W, 4) with alpha."""
+    pixels = _with_alpha(_decode_warned(data, strict))
+    return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
 
 
 def decode(data: bytes, strict: bool = False) -> Image.Image:
-    """Decode to a PIL image (mode L or RGB)."""
-    pixels = decode_array(data, strict=strict)
-    return to_pil(pixels if pixels.ndim == 3 else pixels[:, :, None])
+    """Decode to a PIL image (mode L or RGB; LA or RGBA with alpha) whose ``info`` holds the
+    file's ICC profile and EXIF (so that ``save`` writes them back)."""
+    result = _decode_warned(data, strict)
+    return to_pil(result.pixels, result.metadata)
 
 
 def decode_tensor(data: bytes, strict: bool = False) -> torch.Tensor:
-    """Decode to a (C, H, W) float tensor in [0, 1]."""
-    pixels = decode_array(data, strict=strict)
-    pixels = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    """Decode to a (C, H, W) float tensor in [0, 1] (alpha, if any, as the last channel)."""
+    pixels = _with_alpha(_decode_warned(data, strict))
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div(255)

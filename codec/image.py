@@ -1,70 +1,210 @@
 """Turning what users hand us (paths, PIL images, numpy arrays, tensors) into 8-bit pixels.
 
 The codec works on 8-bit grayscale or RGB. Anything else is converted when that loses nothing
-(palette, CMYK, a fully opaque alpha channel, EXIF rotation) and refused with a clear message when
-it would (transparency, 16-bit or float samples).
+(palette, CMYK, a fully opaque alpha channel, EXIF rotation). What would lose something follows
+the caller's policy, each with a :class:`ConversionWarning` when it changes the image or a clear
+refusal when asked:
+
+- ``alpha``: transparency is kept (the alpha plane is coded losslessly beside the pixels),
+  dropped, or refused;
+- ``depth``: 16-bit and float samples are reduced to 8 bits, or refused;
+- ``frames``: of an animation (or a multi-page file) the first frame is coded, or it is refused;
+- ``metadata``: the ICC profile and EXIF (its orientation reset to 1, as the rotation is applied
+  to the pixels) are kept in the file, or dropped.
 """
 
 from __future__ import annotations
 
 import io
+import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bitstream.format import MAX_SIDE
+from bitstream.format import MAX_METADATA_BYTES, MAX_SIDE, Record, seal_metadata
+from bitstream.metadata import EXIF_PREFIX, MAX_PROFILE_BYTES, Metadata
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                  ".gif"}
+ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray, "torch.Tensor"]
+POLICIES = {"alpha": ("keep", "drop", "refuse"), "depth": ("reduce", "refuse"),
+            "frames": ("first", "refuse"), "metadata": ("keep", "drop")}
+ORIENTATION_TAG = 0x0112
+COLOUR_SPACES = {1: b"GRAY", 3: b"RGB "}  # ICC data colour space of the coded channels
 
 
 class UnsupportedImageError(ValueError):
-    """The input cannot be encoded (unreadable, transparent, high bit depth, wrong shape)."""
+    """The input cannot be encoded (unreadable, wrong shape, or refused by the caller's policy)."""
 
 
-def _from_pil(img: Image.Image) -> np.ndarray:
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+class ConversionWarning(UserWarning):
+    """The input was changed on its way in (bit depth reduced, frames or metadata dropped)."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What to do with what 8-bit grayscale or RGB cannot hold (see the module docstring)."""
+
+    alpha: str = "keep"
+    depth: str = "reduce"
+    frames: str = "first"
+    metadata: str = "keep"
+
+    def __post_init__(self) -> None:
+        for name, choices in POLICIES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An input ready for the model: its pixels and what the file carries beside them."""
+
+    pixels: np.ndarray  # (H, W, 1 or 3) uint8
+    metadata: Metadata
+
+    def records(self) -> list[Record]:
+        """The metadata records to write; refused, naming the choices that leave them out, when
+        they would pass the format's limit on the metadata block (a huge, noisy alpha plane)."""
+        records = self.metadata.to_records()
+        size = len(seal_metadata(records))
+        if size > MAX_METADATA_BYTES:
+            raise UnsupportedImageError(
+                f"the image's alpha plane and metadata take {size} bytes, over the "
+                f"{MAX_METADATA_BYTES >> 20} MiB a file may carry; pass {_option('alpha', 'drop')}"
+                f" or {_option('metadata', 'drop')}")
+        return records
+
+
+def _option(name: str, value: str) -> str:
+    return f"{name}={value!r} (command line: --{name} {value})"
+
+
+def _refuse_or_warn(policy: Policy, name: str, what: str, done: str) -> None:
+    """Refuse ``what`` when the ``name`` policy says so (naming the choice that accepts it), else
+    warn that it was ``done`` (naming the choice that refuses it)."""
+    if getattr(policy, name) == "refuse":
+        accept = POLICIES[name][0]
+        raise UnsupportedImageError(f"{what}; pass {_option(name, accept)} to accept it")
+    warnings.warn(f"{what}: {done} (pass {_option(name, 'refuse')} to refuse such input instead)",
+                  ConversionWarning, stacklevel=4)
+
+
+def _reduce_depth(array: np.ndarray, policy: Policy) -> np.ndarray:
+    """16-bit (or wider integer) samples and float samples in [0, 1] -> uint8."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind in "ui":
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise UnsupportedImageError(f"{array.dtype} samples must lie in 0..65535")
+        what, reduced = "16-bit samples", (array.astype(np.int64) * 255 + 32767) // 65535
+    elif array.dtype.kind == "f":
+        if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
+            raise UnsupportedImageError("float samples must lie in [0, 1]")
+        what, reduced = "float samples", np.rint(array.astype(np.float64) * 255)
+    else:
+        raise UnsupportedImageError(f"arrays must be uint8, uint16 or float in [0, 1] "
+                                    f"(got {array.dtype})")
+    _refuse_or_warn(policy, "depth", f"the image has {what}", "reduced to 8 bits")
+    return reduced.astype(np.uint8)
+
+
+def _split_alpha(array: np.ndarray, policy: Policy) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, 2 or 4) -> colour channels and the alpha plane (None when fully opaque)."""
+    colour, alpha = array[:, :, :-1], array[:, :, -1]
+    if alpha.min() == 255 or policy.alpha == "drop":
+        return colour, None
+    if policy.alpha == "refuse":
         raise UnsupportedImageError(
-            f"{img.mode} images (16-bit or float samples) are not supported: convert to 8 bits")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode == "PA":
-        img = img.convert("RGBA")
-    if img.mode == "1":
-        img = img.convert("L")
-    if img.mode not in ("L", "LA", "RGB", "RGBA"):
-        img = img.convert("RGB")
-    return from_array(np.asarray(img))
+            "the image has transparency (an alpha channel that is not fully opaque); pass "
+            f"{_option('alpha', 'keep')} to code the alpha plane losslessly in the file, or "
+            f"{_option('alpha', 'drop')} to code the colour channels only")
+    return colour, np.ascontiguousarray(alpha)
 
 
-def from_array(array: np.ndarray) -> np.ndarray:
-    """Validate an array and return it as (H, W, 1) or (H, W, 3) uint8."""
-    if array.dtype != np.uint8:
-        raise UnsupportedImageError(
-            f"arrays must be uint8 (got {array.dtype}); 16-bit and float images are not supported")
+def _picture(array: np.ndarray, policy: Policy, metadata: Metadata = Metadata()) -> Picture:
+    """Validate an array and split it into (H, W, 1 or 3) uint8 pixels and the alpha plane."""
+    array = _reduce_depth(array, policy)
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
         raise UnsupportedImageError(f"expected an (H, W), (H, W, 3) or (H, W, 4) array, "
                                     f"got shape {array.shape}")
-    if array.shape[2] in (2, 4):
-        alpha = array[:, :, -1]
-        if alpha.min() < 255:
-            raise UnsupportedImageError(
-                "the image has transparency (an alpha channel that is not fully opaque), which "
-                "nicodec does not encode: flatten it onto a background first")
-        array = array[:, :, :-1]
     height, width = array.shape[:2]
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
         raise UnsupportedImageError(f"image sides must be 1..{MAX_SIDE} pixels, got {width}x{height}")
-    return np.ascontiguousarray(array)
+    alpha = None
+    if array.shape[2] in (2, 4):
+        array, alpha = _split_alpha(array, policy)
+    profile = metadata.icc_profile
+    if profile is not None and profile[16:20] != COLOUR_SPACES[array.shape[2]]:
+        warnings.warn(f"the ICC profile describes {profile[16:20].decode('latin-1').strip()!r} "
+                      "colour, not the coded pixels: dropped", ConversionWarning, stacklevel=3)
+        profile = None
+    return Picture(np.ascontiguousarray(array), Metadata(profile, metadata.exif, alpha))
 
 
-def _from_tensor(tensor: torch.Tensor) -> np.ndarray:
+def _reset_orientation(tiff: bytes) -> bytes:
+    """EXIF (TIFF structure) with the orientation tag of its first directory set to 1, all else
+    byte for byte (maker notes keep their offsets)."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return tiff
+    ifd = int.from_bytes(tiff[4:8], order)
+    count = int.from_bytes(tiff[ifd : ifd + 2], order) if ifd + 2 <= len(tiff) else 0
+    out = bytearray(tiff)
+    for entry in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
+        if int.from_bytes(tiff[entry : entry + 2], order) == ORIENTATION_TAG:
+            out[entry + 8 : entry + 10] = (1).to_bytes(2, order)  # a SHORT, left-justified
+    return bytes(out)
+
+
+def _pil_metadata(img: Image.Image, policy: Policy) -> Metadata:
+    """The ICC profile and EXIF of an image (none when the policy drops them)."""
+    profile, exif = img.info.get("icc_profile") or None, img.info.get("exif") or None
+    if policy.metadata == "drop":
+        return Metadata()
+    if exif is not None:
+        exif = _reset_orientation(exif.removeprefix(EXIF_PREFIX))
+    for name, data in (("ICC profile", profile), ("EXIF block", exif)):
+        if data is not None and len(data) > MAX_PROFILE_BYTES:
+            raise UnsupportedImageError(
+                f"the image's {name} is {len(data)} bytes, over the {MAX_PROFILE_BYTES >> 20} MiB "
+                f"a file may carry; pass {_option('metadata', 'drop')} to code it without")
+    return Metadata(profile, exif)
+
+
+def _from_pil(img: Image.Image, policy: Policy) -> Picture:
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        _refuse_or_warn(policy, "frames", f"the image has {frames} frames (an animation or "
+                        "several pages)", "only the first is coded")
+        img.seek(0)
+    metadata = _pil_metadata(img, policy)
+    tiles = getattr(img, "tile", ())  # how a file still to be loaded will be read
+    if not img.mode.startswith("I") and any(";16" in str(t.args) for t in tiles):
+        # 16-bit colour (or gray with alpha): Pillow keeps the high byte of each sample
+        _refuse_or_warn(policy, "depth", "the image has 16-bit samples", "reduced to 8 bits")
+    img = ImageOps.exif_transpose(img)
+    if "transparency" in img.info and img.mode in ("P", "L", "RGB"):
+        img = img.convert("LA" if img.mode == "L" else "RGBA")
+    if img.mode in ("P", "PA", "RGBa", "La", "1"):
+        img = img.convert({"P": "RGB", "La": "LA", "1": "L"}.get(img.mode, "RGBA"))
+    if img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F") and not img.mode.startswith("I;16"):
+        img = img.convert("RGB")
+    return _picture(np.asarray(img), policy, metadata)
+
+
+def _from_tensor(tensor: torch.Tensor, policy: Policy) -> Picture:
+    import torch
+
     t = tensor.detach().cpu()
     if t.ndim == 4 and t.shape[0] == 1:
         t = t[0]
@@ -77,22 +217,22 @@ def _from_tensor(tensor: torch.Tensor) -> np.ndarray:
         t = (t * 255).round().to(torch.uint8)
     elif t.dtype != torch.uint8:
         raise UnsupportedImageError(f"tensors must be float in [0, 1] or uint8, got {t.dtype}")
-    return from_array(t.permute(1, 2, 0).numpy())
+    return _picture(t.permute(1, 2, 0).numpy(), policy)
 
 
-def load_pixels(source: ImageInput) -> np.ndarray:
-    """Any supported input -> (H, W, 1 or 3) uint8 array, EXIF orientation applied."""
+def load_image(source: ImageInput, policy: Policy = Policy()) -> Picture:
+    """Any supported input -> 8-bit pixels (EXIF orientation applied) and their metadata."""
     if isinstance(source, np.ndarray):
-        return from_array(source)
-    if isinstance(source, torch.Tensor):
-        return _from_tensor(source)
+        return _picture(source, policy)
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(source, torch.Tensor):
+        return _from_tensor(source, policy)
     if isinstance(source, Image.Image):
-        return _from_pil(source)
+        return _from_pil(source, policy)
     if isinstance(source, (str, Path, bytes)):
         try:
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-                img.load()
-                return _from_pil(img)
+                return _from_pil(img, policy)
         except FileNotFoundError:
             raise
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
@@ -101,6 +241,11 @@ def load_pixels(source: ImageInput) -> np.ndarray:
                     f"numpy array or torch tensor")
 
 
-def to_pil(pixels: np.ndarray) -> Image.Image:
-    """(H, W, 1 or 3) uint8 -> PIL image in mode L or RGB."""
-    return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+def to_pil(pixels: np.ndarray, metadata: Metadata = Metadata()) -> Image.Image:
+    """(H, W, 1 or 3) uint8 (and the file's metadata) -> PIL image in mode L, LA, RGB or RGBA,
+    with the ICC profile and EXIF in its ``info`` (where Pillow's ``save`` looks for them)."""
+    if metadata.alpha is not None:
+        pixels = np.dstack([pixels, metadata.alpha])
+    img = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    img.info.update(metadata.pil_info())
+    return img

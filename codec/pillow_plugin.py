@@ -6,13 +6,15 @@ plugin joins it, as with pillow-avif-plugin and pillow-jxl-plugin)::
     import codec
     from PIL import Image
 
-    with Image.open("photo.nic") as im:   # reads the header only: size and mode
+    with Image.open("photo.nic") as im:   # reads the header: size, mode (L, LA, RGB, RGBA),
+                                           # ICC profile and EXIF in im.info
         print(im.size, im.mode)
         im.load()                          # decodes the payload
     im.save("copy.nic", model="mcq", quality=4, effort=1)  # or lossless=True, target_bpp=0.2
 
 Save options are those of ``codec.encode`` (``model``, ``quality``, ``effort``, ``lossless``,
-``packets``) or one target of ``codec.encode_to_target`` (``target_bpp``, ``target_size``,
+``packets``, ``alpha``, ``depth``, ``frames``, ``metadata``: the image's ICC profile and EXIF
+in ``im.info`` are kept) or one target of ``codec.encode_to_target`` (``target_bpp``, ``target_size``,
 ``target_psnr``; not with ``quality``). A file that starts like a nicodec file but whose header
 cannot be read raises ``PIL.UnidentifiedImageError`` with the reason; a file whose payload
 cannot be decoded (unknown model, every packet damaged) raises ``OSError`` at ``load()``. Damaged
@@ -24,16 +26,19 @@ from __future__ import annotations
 import io
 from typing import IO
 
+import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from bitstream.errors import BitstreamError, NotNicodecError
-from bitstream.format import MAGIC, parse_header
+from bitstream.errors import BitstreamError, CorruptMetadataError, NotNicodecError
+from bitstream.format import MAGIC, metadata_records, parse_header
+from bitstream.metadata import Kind, Metadata
 
 FORMAT = "NIC"
 EXTENSION = ".nic"
 MIME = "image/x-nicodec"
 MODES = {1: "L", 3: "RGB"}  # header channels -> Pillow mode
-SAVE_OPTIONS = ("model", "quality", "packets", "lossless", "effort")
+SAVE_OPTIONS = ("model", "quality", "packets", "lossless", "effort", "alpha", "depth", "frames",
+                "metadata")
 TARGET_OPTIONS = ("target_bpp", "target_size", "target_psnr")
 
 
@@ -57,8 +62,14 @@ class NicodecImageFile(ImageFile.ImageFile):
             raise UnidentifiedImageError(f"nicodec file {self.filename or ''}: {error}") from None
         if header.channels not in MODES:
             raise UnidentifiedImageError(f"nicodec file with {header.channels} channels")
-        self._mode = MODES[header.channels]
+        try:  # the metadata block is read, not inflated: whether there is alpha, ICC, EXIF
+            records = dict(metadata_records(data))
+        except CorruptMetadataError:
+            records = {}  # load() drops the block too, with a MetadataWarning
+        alpha = "A" if Kind.ALPHA in records else ""
+        self._mode = MODES[header.channels] + alpha
         self._size = (header.width, header.height)
+        self.info.update(Metadata(records.get(Kind.ICC_PROFILE), records.get(Kind.EXIF)).pil_info())
         self.info.update(nicodec_model_id=header.model_id, nicodec_quality=header.quality,
                          nicodec_packets=len(header.packet_lengths))
         self._payload: bytes | None = data
@@ -69,11 +80,15 @@ class NicodecImageFile(ImageFile.ImageFile):
             import codec
 
             try:
-                pixels = codec.decode_array(self._payload)
+                pixels = codec.decode_array(self._payload)  # with alpha as the last channel
             except BitstreamError as error:
                 raise OSError(f"cannot decode nicodec file {self.filename or ''}: {error}"
                               ) from None
             self._payload = None
+            pixels = pixels.reshape(*pixels.shape[:2], -1)
+            if pixels.shape[2] < len(self.mode):  # an alpha plane that failed to inflate was
+                opaque = np.full(pixels.shape[:2], 255, np.uint8)  # dropped (MetadataWarning)
+                pixels = np.dstack([pixels, opaque])
             if self.fp and self._exclusive_fp:
                 self.fp.close()
             self.fp = io.BytesIO(pixels.tobytes())

@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
-from bitstream.errors import CorruptHeaderError, ModelMismatchError, PacketLossError
-from bitstream.format import Header, pack, unpack
-from codec.image import ImageInput, load_pixels
+from bitstream.errors import (CorruptHeaderError, CorruptMetadataError, ModelMismatchError,
+                              PacketLossError)
+from bitstream.format import Header, metadata_records, pack, unpack
+from bitstream.metadata import Metadata
+from codec.image import ImageInput, Picture, Policy, load_image
 from codec.registry import (Model, check_effort, info_by_id, load_model, load_revision,
                             model_info, resolve_model)
 
@@ -51,6 +53,8 @@ class Decoded:
     concealed_fraction: float  # fraction of latent positions filled in by concealment
     lost: np.ndarray  # (h, w) units whose packet was lost
     restored: bool = False  # lost indices were predicted by the model's prior (VQ transformer)
+    metadata: Metadata = Metadata()  # ICC profile, EXIF, alpha plane (empty if lost)
+    metadata_lost: bool = False  # the metadata block was damaged and dropped
 
 
 def packet_of_positions(h: int, w: int, n_packets: int) -> np.ndarray:
@@ -69,19 +73,22 @@ def _pad_to(pixels: np.ndarray, multiple: int) -> torch.Tensor:
 
 def encode_detailed(image: ImageInput, model: str | None = None, quality: int | None = None,
                     packets: int | None = None, effort: int = 1,
-                    rate_weight: float | None = None) -> Encoded:
+                    policy: Policy = Policy(), rate_weight: float | None = None) -> Encoded:
     """Encode and also return the model's ideal bits and the symbols (for tests and benchmarks).
 
-    ``rate_weight`` overrides the encoder's weight of bits against latent error at this quality
-    (models whose encoder has one, ``Model.tunable``; the target search of ``codec.target``
-    steers the rate between quality steps with it). The decoder does not need it."""
+    ``image`` may also be a :class:`Picture` already loaded under a policy (the target search
+    of ``codec.target`` encodes one several times). ``rate_weight`` overrides the encoder's
+    weight of bits against latent error at this quality (models whose encoder has one,
+    ``Model.tunable``; the target search steers the rate between quality steps with it). The
+    decoder does not need it."""
     name = resolve_model(model)
     info = model_info(name)
     quality = info.default_quality if quality is None else quality
     if quality not in info.qualities:
         raise ValueError(f"model {name!r} has qualities {info.qualities}, got {quality}")
     check_effort(name, effort)
-    pixels = load_pixels(image)
+    picture = image if isinstance(image, Picture) else load_image(image, policy)
+    pixels = picture.pixels
     m = load_model(name)
     indices, estimate, tables = m.analyze_coded(_pad_to(pixels, m.unit), quality, effort,
                                                 rate_weight)
@@ -107,7 +114,7 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     fields = dict(family=info.family, model_id=info.model_id, weights_digest=m.digest,
                   width=pixels.shape[1], height=pixels.shape[0], channels=pixels.shape[2],
                   bit_depth=8, quality=quality)
-    return Encoded(pack(fields, payloads), bits, indices)
+    return Encoded(pack(fields, payloads, picture.records()), bits, indices)
 
 
 def _encode_stages(staged, grid: np.ndarray, coder: PacketEncoder, h: int, w: int) -> float:
@@ -133,18 +140,28 @@ def _decode_stages(staged, payload: bytes, h: int, w: int) -> np.ndarray:
 
 
 def encode(image: ImageInput, model: str | None = None, quality: int | None = None,
-           packets: int | None = None, lossless: bool = False, effort: int = 1) -> bytes:
+           packets: int | None = None, lossless: bool = False, effort: int = 1, *,
+           alpha: str = "keep", depth: str = "reduce", frames: str = "first",
+           metadata: str = "keep") -> bytes:
     """Compress an image (path, bytes, PIL image, uint8 array or [0, 1] tensor) to bytes.
 
     ``quality`` picks the rate setting (see ``available_models``/``codec models``); ``packets``
     the number of independently decodable packets (default: about one per 4 KB of payload, at
     most 16, so that a damaged byte costs a small part of the image and framing stays small).
     ``lossless`` codes every pixel exactly (with ``LOSSLESS_MODEL`` unless ``model`` names
-    another lossless model). ``effort`` above 1 (models that have effort levels: ``mcq``, 1..3)
-    searches longer at encode time for a better rate-distortion trade-off; the decoder is the
-    same.
+    another lossless model). ``effort`` above 1 (models that have effort levels: ``mcq``,
+    ``vq`` and ``vq-static``, 1..3) searches longer at encode time for a better
+    rate-distortion trade-off; the decoder is the same.
+
+    What 8-bit grayscale or RGB cannot hold follows four policies (``codec/image.py``), each
+    warning (:class:`ConversionWarning`) when it changes the image: ``alpha`` transparency is
+    kept (the alpha plane coded losslessly in the file), dropped or refused; ``depth`` 16-bit and
+    float samples are reduced to 8 bits or refused; ``frames`` an animation's first frame is
+    coded, or it is refused; ``metadata`` the ICC profile and EXIF are kept or dropped.
     """
-    return encode_detailed(image, resolve_model(model, lossless), quality, packets, effort).data
+    policy = Policy(alpha=alpha, depth=depth, frames=frames, metadata=metadata)
+    return encode_detailed(image, resolve_model(model, lossless), quality, packets, effort,
+                           policy).data
 
 
 def _model_for(header: Header) -> Model:
@@ -202,9 +219,21 @@ def _decode_columns(m: Model, quality: int, payloads: list[bytes | None], owner:
         flat[g, received] = column
 
 
+def _read_metadata(data: bytes, header: Header, strict: bool) -> tuple[Metadata, bool]:
+    """The file's metadata, and whether a damaged block was dropped (raises if ``strict``)."""
+    try:
+        return Metadata.from_records(metadata_records(data), header.height, header.width), False
+    except CorruptMetadataError:
+        if strict:
+            raise
+        return Metadata(), True
+
+
 def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
-    """Decode, concealing damaged packets unless ``strict``; report what was lost."""
+    """Decode, concealing damaged packets and dropping a damaged metadata block unless
+    ``strict``; report what was lost."""
     header, payloads = unpack(bytes(data))
+    metadata, metadata_lost = _read_metadata(bytes(data), header, strict)
     m = _model_for(header)
     groups, scale = m.columns(header.quality), m.unit
     h, w = -(-header.height // scale), -(-header.width // scale)
@@ -236,4 +265,5 @@ def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
         indices, mixture, lost_grid = filled[None], (lost_grid, probs), None
     pixels = render(m.synthesize(indices, lost_grid, header.quality, mixture), header)
     return Decoded(pixels, indices, header, lost_packets, float(lost.mean()), lost.reshape(h, w),
-                   restored=bool(staged and lost_packets))
+                   restored=bool(staged and lost_packets), metadata=metadata,
+                   metadata_lost=metadata_lost)

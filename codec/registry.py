@@ -89,7 +89,8 @@ MODELS: dict[str, ModelInfo] = {
             name="vq-static", model_id=6, family=Family.VQ, weights="vq-cpu.safetensors",
             module="models.vq.codec", qualities=tuple(range(1, 11)), default_quality=8,
             description="the VQ ladder of `vq` with static index tables (no spatial context: "
-                        "faster, about 25% larger files; models/weights/vq-cpu.md)"),
+                        "faster, about 25% larger files; models/weights/vq-cpu.md)",
+            efforts=(1, 2, 3)),
         ModelInfo(
             name="vq", model_id=7, family=Family.VQ, weights="vq-prior.safetensors",
             module="models.vq.masked", qualities=tuple(range(1, 11)), default_quality=8,
@@ -97,7 +98,7 @@ MODELS: dict[str, ModelInfo] = {
                         "codebook of 8 (q1) .. 2048 (q9) or 4096 (q10) words, coded and "
                         "restored by a masked index transformer; small CPU-trained "
                         "configuration (models/weights/vq-prior.md, vq-cpu.md)",
-            retired=("vq-prior-r3.safetensors",)),
+            retired=("vq-prior-r3.safetensors",), efforts=(1, 2, 3)),
     ]
 }
 DEFAULT_MODEL = "mcq"
@@ -188,8 +189,10 @@ class Model:
 
     @property
     def tunable(self) -> bool:
-        """Whether the encoder's rate weight can be set (a network with ``analyze_coded``)."""
-        return hasattr(self.net, "analyze_coded")
+        """Whether a rate weight steers this encoder's rate at every effort: a model with tuned
+        ``rate_weights`` (``mcq``; the VQ search weighs bits only at effort 2-3). The target
+        search of ``codec.target`` moves the rate between quality steps with it."""
+        return bool(self.info.rate_weights) and hasattr(self.net, "analyze_coded")
 
     def rate_weight(self, quality: int) -> float:
         """The rate weight the encoder uses at ``quality`` by default: the registry's tuned
@@ -205,7 +208,7 @@ class Model:
         indices with the prior in view (``analyze_coded``: rate-distortion optimised choice, at
         ``rate_weight``, by default this quality's :meth:`rate_weight`) gives its tables with
         them; otherwise they come from :meth:`tables`."""
-        if not self.tunable:
+        if not hasattr(self.net, "analyze_coded"):
             symbols = self.net.analyze(x, quality)
             return (symbols, *self.tables(symbols.reshape(len(symbols), -1), quality))
         weight = self.rate_weight(quality) if rate_weight is None else rate_weight

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from codec.image import ImageInput, load_pixels
+from codec.image import ImageInput, Picture, Policy, load_image
 from codec.pipeline import decode_detailed, encode_detailed
 from codec.registry import load_model, model_info, resolve_model
 
@@ -82,15 +82,16 @@ def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
 class _Search:
     """Runs the encoder on fixed pixels and judges each file against the target."""
 
-    def __init__(self, pixels: np.ndarray, kind: str, target: float, model: str,
+    def __init__(self, picture: Picture, kind: str, target: float, model: str,
                  effort: int, packets: int | None) -> None:
-        self.pixels, self.kind, self.target = pixels, kind, target
+        self.picture, self.pixels = picture, picture.pixels
+        self.kind, self.target = kind, target
         self.model, self.effort, self.packets = model, effort, packets
         self.trials: list[Trial] = []
 
     def run(self, quality: int, rate_weight: float | None = None) -> Trial:
-        data = encode_detailed(self.pixels, self.model, quality, self.packets, self.effort,
-                               rate_weight).data
+        data = encode_detailed(self.picture, self.model, quality, self.packets, self.effort,
+                               rate_weight=rate_weight).data
         if self.kind == "psnr":
             value = psnr(self.pixels, decode_detailed(data).pixels)
         else:
@@ -123,12 +124,15 @@ class _Search:
 def encode_to_target(image: ImageInput, target_bpp: float | None = None,
                      target_size: int | None = None, target_psnr: float | None = None,
                      model: str | None = None, effort: int = 1,
-                     packets: int | None = None) -> TargetResult:
+                     packets: int | None = None, *, alpha: str = "keep",
+                     depth: str = "reduce", frames: str = "first",
+                     metadata: str = "keep") -> TargetResult:
     """Encode ``image`` with the quality (and, for ``mcq``, encoder rate weight) that meets one
     target: ``target_bpp`` (bits per pixel of the whole file) or ``target_size`` (bytes), the
-    largest file within it; or ``target_psnr`` (dB against the input), the smallest file that
-    reaches it. Exactly one target must be given. When none can be met, the closest file comes
-    back with ``met=False`` (see :meth:`TargetResult.describe`)."""
+    largest file within it; or ``target_psnr`` (dB of the coded colour against the input's), the
+    smallest file that reaches it. Exactly one target must be given. When none can be met, the
+    closest file comes back with ``met=False`` (see :meth:`TargetResult.describe`). The other
+    arguments are those of ``codec.encode``; the image is loaded (and warned about) once."""
     given = {k: v for k, v in zip(KINDS, (target_bpp, target_size, target_psnr)) if v is not None}
     if len(given) != 1:
         raise ValueError(f"give exactly one target (target_bpp, target_size or target_psnr), "
@@ -137,7 +141,9 @@ def encode_to_target(image: ImageInput, target_bpp: float | None = None,
     if not target > 0:
         raise ValueError(f"target {kind} must be positive, got {target}")
     name = resolve_model(model)
-    search = _Search(load_pixels(image), kind, float(target), name, effort, packets)
+    picture = load_image(image, Policy(alpha=alpha, depth=depth, frames=frames,
+                                       metadata=metadata))
+    search = _Search(picture, kind, float(target), name, effort, packets)
     qualities = sorted(model_info(name).qualities)
     below, above = 0, len(qualities)  # qualities[:below] are low, qualities[above:] are not
     while below < above:

@@ -9,6 +9,7 @@ function takes two (H, W, 3) uint8 arrays (reference, distorted) and returns a f
 from __future__ import annotations
 
 import importlib
+import io
 from typing import Callable
 
 import numpy as np
@@ -48,8 +49,15 @@ def _ssimulacra2() -> Metric | None:
         return None
     from PIL import Image
 
+    def png(pixels: np.ndarray) -> io.BytesIO:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.squeeze()).save(buffer, format="PNG")
+        buffer.seek(0)
+        return buffer
+
     def metric(reference: np.ndarray, distorted: np.ndarray) -> float:
-        return float(compute_ssimulacra2(Image.fromarray(reference), Image.fromarray(distorted)))
+        # the package opens its inputs with Image.open: hand it lossless in-memory files
+        return float(compute_ssimulacra2(png(reference), png(distorted)))
     return metric
 
 

@@ -96,16 +96,18 @@ def test_exif_orientation(small_rgb, tmp_path):
 
 
 def test_alpha_and_high_bit_depth(small_rgb):
+    """Opaque alpha costs nothing; transparency and 16 bits are refused when asked (the input
+    policies themselves: tests/test_inputs.py)."""
     opaque = np.dstack([small_rgb, np.full(small_rgb.shape[:2], 255, np.uint8)])
     assert codec.encode(opaque) == codec.encode(small_rgb)
     transparent = opaque.copy()
     transparent[0, 0, 3] = 10
     with pytest.raises(codec.UnsupportedImageError, match="transparency"):
-        codec.encode(transparent)
+        codec.encode(transparent, alpha="refuse")
     with pytest.raises(codec.UnsupportedImageError, match="16-bit"):
-        codec.encode(small_rgb.astype(np.uint16) * 257)
+        codec.encode(small_rgb.astype(np.uint16) * 257, depth="refuse")
     with pytest.raises(codec.UnsupportedImageError, match="16-bit"):
-        codec.encode(Image.fromarray(small_rgb[:, :, 0].astype(np.uint16) * 257))
+        codec.encode(Image.fromarray(small_rgb[:, :, 0].astype(np.uint16) * 257), depth="refuse")
     with pytest.raises(codec.UnsupportedImageError, match="cannot read"):
         codec.encode(b"definitely not an image")
     with pytest.raises(TypeError):

@@ -97,8 +97,8 @@ def test_other_weights_and_unknown_models(kodak_file):
 
 def test_other_format_version(kodak_file):
     bad = bytearray(kodak_file)
-    bad[1] = (2 << 4) | (bad[1] & 0x0F)
-    with pytest.raises(codec.UnsupportedVersionError, match="version 2"):
+    bad[1] = (3 << 4) | (bad[1] & 0x0F)
+    with pytest.raises(codec.UnsupportedVersionError, match="version 3"):
         decode_detailed(bytes(bad))
     bad[1] = (0 << 4) | (bad[1] & 0x0F)
     with pytest.raises(codec.UnsupportedVersionError, match="version 0"):
@@ -114,4 +114,4 @@ def test_lossy_decode_never_warns_on_clean_files(kodak_file):
 def test_header_dataclass_is_the_contract():
     assert [f.name for f in dataclasses.fields(Header)] == [
         "family", "model_id", "weights_digest", "width", "height", "channels", "bit_depth",
-        "quality", "packet_lengths"]
+        "quality", "packet_lengths", "metadata_length", "version"]

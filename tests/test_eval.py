@@ -150,3 +150,19 @@ def test_side_by_side_figure(image_folder, tmp_path):
     with Image.open(out) as sheet:
         panels = 3 if "webp" in available_baselines()[0] else 2
         assert sheet.size == (64 * panels, 48 + 30)
+
+
+def test_ssimulacra2_scores_arrays():
+    """SSIMULACRA2 (the optional metric of --ssimulacra2) takes the arrays eval/rd.py holds:
+    100 for identical images, lower for a damaged one."""
+    from eval.metrics import _ssimulacra2
+
+    metric = _ssimulacra2()
+    if metric is None:
+        pytest.skip("ssimulacra2 is not installed (the eval extra)")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    damaged = image.copy()
+    damaged[16:32] = 0
+    assert metric(image, image) == pytest.approx(100.0)
+    assert metric(image, damaged) < 50

@@ -9,6 +9,13 @@ make old files decode differently fails here. Never regenerate these files to ma
 add new ones next to them when the format version changes, or when a model is retrained (files of
 the previous weight revision must keep decoding). A file whose weight revision is no longer
 shipped stays here marked ``refused``: it must be refused with a clear message, not decoded.
+
+Files of format version 2 are named ``v2-*`` and carry ``format_version: 2`` in the manifest.
+``v2-mcq-tiny-q2-p2-meta.nic`` (written by the commit that introduced version 2) holds a metadata
+block: the 96x128 top-left crop of kodim23 with an alpha plane (a soft-edged hole:
+``clip((hypot(y - 48, x - 64) - 30) * 16, 0, 255)``), Pillow's sRGB ICC profile and an EXIF block
+(Make "nicodec golden", orientation 1), coded with ``mcq-tiny`` at quality 2 in 2 packets; the
+manifest keeps the SHA-256 of each metadata record as decoded then.
 """
 
 from __future__ import annotations
@@ -47,6 +54,16 @@ def test_old_files_decode_to_the_same_symbols(name):
     assert _sha(decoded.indices, np.int64) == expected["indices_sha256"]
     if "pixels_sha256" in expected:  # lossless: the pixels themselves
         assert _sha(decoded.pixels) == expected["pixels_sha256"]
+    assert decoded.header.version == expected.get("format_version", 1)
+    assert not decoded.metadata_lost
+    metadata = expected.get("metadata", {})
+    for field in ("icc_profile", "exif", "alpha"):
+        value = getattr(decoded.metadata, field)
+        if f"{field}_sha256" in metadata:
+            data = value if isinstance(value, bytes) else value.tobytes()
+            assert hashlib.sha256(data).hexdigest() == metadata[f"{field}_sha256"], field
+        else:
+            assert value is None, field
 
 
 def test_every_revision_of_a_model_has_its_own_digest():

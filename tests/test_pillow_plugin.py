@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageCms, UnidentifiedImageError
 
 import codec
 from bitstream.format import MAX_SIDE
@@ -36,6 +36,20 @@ def test_grayscale_lossless_and_model_options(tmp_path, image):
         assert im.mode == "L" and np.array_equal(np.asarray(im), np.asarray(gray))
     image.save(tmp_path / "t.nic", model="mcq-tiny", quality=2)
     assert (tmp_path / "t.nic").read_bytes() == codec.encode(image, model="mcq-tiny", quality=2)
+
+
+def test_alpha_and_icc_profile(tmp_path, image):
+    rgba = image.convert("RGBA")
+    alpha = np.tile(np.arange(image.width, dtype=np.uint8) * 2, (image.height, 1))
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.info["icc_profile"] = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgba.save(tmp_path / "a.nic", quality=2)
+    data = (tmp_path / "a.nic").read_bytes()
+    with Image.open(tmp_path / "a.nic") as im:
+        assert im.mode == "RGBA" and im.info["icc_profile"] == rgba.info["icc_profile"]
+        pixels = np.asarray(im)
+    assert np.array_equal(pixels, codec.decode_array(data))
+    assert np.array_equal(pixels[:, :, 3], alpha), "alpha is coded losslessly"
 
 
 def test_save_to_a_target(tmp_path, image):

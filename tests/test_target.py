@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -65,6 +66,18 @@ def test_unreachable_targets_give_the_closest_file(photo):
         codec.encode_to_target(photo, target_bpp=0.2, target_psnr=30)
     with pytest.raises(ValueError, match="positive"):
         codec.encode_to_target(photo, target_size=0)
+
+
+def test_target_keeps_alpha_like_encode(photo):
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 128, np.uint8)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = codec.encode_to_target(rgba.astype(np.uint16) * 257, target_size=900)
+    assert [w.category for w in caught] == [codec.ConversionWarning], \
+        "16 bits reduced to 8: warned once, not at every encoder run"
+    decoded = codec.decode_array(result.data)
+    assert decoded.shape == rgba.shape and (decoded[:, :, 3] == 128).all()
+    assert result.met and len(result.data) <= 900
 
 
 def test_models_without_rate_weight_pick_a_quality_step(photo):

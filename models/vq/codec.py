@@ -16,6 +16,7 @@ import torch
 
 from models import weightfile
 from models.layers import inpaint
+from models.vq import search
 from models.vq.vqgan import VQGAN, VQGANConfig, nearest
 
 TRANSFORMS = ("encoder.", "quant_in.", "quant_out.", "decoder.")
@@ -39,6 +40,22 @@ class VQLevel:
             raise ValueError(f"image sides must be multiples of {self.unit}, got "
                              f"{tuple(x.shape[-2:])}")
         return nearest(self.model.encode(x), self.codebook).cpu().numpy()
+
+    @torch.no_grad()
+    def analyze_searched(self, x: torch.Tensor, table: np.ndarray, effort: int,
+                         rate_weight: float) -> np.ndarray:
+        """Indices (1, H/16, W/16) chosen in pixel space through the decoder
+        (``models/vq/search.py``); effort 1 is :meth:`analyze`."""
+        if search.effort_search(effort)[1] == 0:
+            return self.analyze(x)
+        chosen = search.refine_indices(self.decode, x, self.model.encode(x), self.codebook,
+                                       table, effort, rate_weight)
+        return chosen[None].numpy()
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Indices (B, h, w) -> images (B, 3, 16h, 16w) in [0, 1], nothing concealed."""
+        codes = self.codebook[indices].permute(0, 3, 1, 2)
+        return self.model.decoder(self.model.quant_out(codes)).clamp(0, 1)
 
     @torch.no_grad()
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None,
@@ -85,6 +102,15 @@ class VQNet:
 
     def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
         return self.at(quality).analyze(x)
+
+    def analyze_coded(self, x: torch.Tensor, quality: int, prior, rate_weight: float,
+                      effort: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(indices (1, h, w), [the quality's static table]) as the encoder codes them: at
+        effort above 1 searched through the decoder against that table's code lengths. (A
+        one-packet ``vq`` file codes the indices with the transformer instead; the static table
+        then only sets the packet count.)"""
+        table = prior.at(quality).freqs(None, 0)
+        return self.at(quality).analyze_searched(x, table, effort, rate_weight), [table]
 
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None,
                    quality: int | None = None, mixture=None) -> torch.Tensor:
