@@ -2,7 +2,10 @@
 
 Exit codes: 0 success, 1 bad data (unreadable image, damaged or foreign file), 2 usage error.
 Outputs are written atomically (temporary file, then rename) and existing files are never
-overwritten without ``--force``.
+overwritten without ``--force``. Commands that only read headers or the registry (``--help``,
+``info``, ``models``) never import torch: the coding commands import the pipeline when they run.
+With ``--jobs N`` the inputs are coded by N worker processes, with the same outputs, messages
+and exit codes as one by one.
 """
 
 from __future__ import annotations
@@ -13,16 +16,19 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import click
 from PIL import Image
-from tqdm import tqdm
 
 from bitstream.errors import BitstreamError
-from bitstream.format import parse_header, unpack
-from codec.image import IMAGE_SUFFIXES, UnsupportedImageError, to_pil
-from codec.pipeline import decode_detailed, encode
+from bitstream.format import MAX_PIXELS, check_pixels, parse_header, unpack
+from codec.image import IMAGE_SUFFIXES, UnsupportedImageError
 from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, available_models,
                             check_effort, measured_rates, resolve_model)
 
@@ -99,22 +105,131 @@ def _targets(files: list[str], output: str | None, suffix: str, batch: bool) -> 
     return targets
 
 
-def _run_batch(files: list[str], targets: list[str], work, as_json: bool, what: str) -> None:
-    """Apply ``work(input, output) -> record`` to each file; report; exit 1 if any failed."""
+Work = Callable[[str, str], "tuple[dict, list[str]]"]  # (input, output) -> (record, warnings)
+
+
+def _init_worker() -> None:
+    """A --jobs worker computes on one thread: N workers share the cores, not N x cores."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _results(files: list[str], targets: list[str], work: Work, jobs: int):
+    """(input, result or the exception it raised) per input, in input order; ``jobs`` > 1 runs
+    ``work`` (a picklable module-level function) in that many worker processes."""
+    pairs = list(zip(files, targets))
+    if jobs <= 1 or len(pairs) <= 1:
+        for src, dst in pairs:
+            try:
+                yield src, work(src, dst)
+            except Exception as exc:  # noqa: BLE001 (sorted out by the caller, as from a worker)
+                yield src, exc
+        return
+    with ProcessPoolExecutor(min(jobs, len(pairs)), mp_context=get_context("spawn"),
+                             initializer=_init_worker) as pool:
+        futures = [pool.submit(work, src, dst) for src, dst in pairs]
+        for (src, _), future in zip(pairs, futures):
+            try:
+                yield src, future.result()
+            except BrokenProcessPool:
+                yield src, Failure(f"{src}: the worker process died (out of memory?)")
+            except Exception as exc:  # noqa: BLE001
+                yield src, exc
+
+
+def _run_batch(files: list[str], targets: list[str], work: Work, as_json: bool, what: str,
+               jobs: int = 1) -> None:
+    """Apply ``work(input, output) -> (record, warnings)`` to each file (in ``jobs`` processes);
+    report; exit 1 if any failed."""
+    from tqdm import tqdm  # not needed by --help
+
     records, failed = [], 0
     show = len(files) > 1 and not as_json
-    for src, dst in tqdm(list(zip(files, targets)), desc=what, disable=not show, file=sys.stderr):
-        try:
-            records.append(work(src, dst))
-        except (Failure, BitstreamError, UnsupportedImageError, OSError) as exc:
+    results = _results(files, targets, work, jobs)
+    for src, result in tqdm(results, total=len(files), desc=what, disable=not show,
+                            file=sys.stderr):
+        if isinstance(result, (Failure, BitstreamError, UnsupportedImageError, OSError,
+                               MemoryError)):
             failed += 1
-            message = str(exc) if isinstance(exc, Failure) else f"{src}: {exc}"
+            message = str(result) if isinstance(result, Failure) else f"{src}: {result}"
+            if isinstance(result, MemoryError):
+                message = f"{src}: not enough memory"
             records.append({"input": src, "error": message})
             click.echo(f"error: {message}", err=True)
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            record, warnings = result
+            records.append(record)
+            for warning in warnings:
+                click.echo(f"warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(records if len(records) > 1 else records[0], indent=2))
     if failed:
         sys.exit(BAD_DATA)
+
+
+def _max_pixels(_ctx, _param, value: str | None) -> int | None:
+    """--max-pixels: a pixel count, or 0 / 'none' for no limit."""
+    if value is None:
+        return MAX_PIXELS
+    if value.lower() == "none":
+        return None
+    try:
+        limit = int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a pixel count or 'none', got {value!r}") from None
+    if limit < 0:
+        raise click.BadParameter("the limit cannot be negative")
+    return limit or None
+
+
+_jobs_option = click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Worker processes for several inputs (one thread each); the outputs are the same as "
+         "with one.")
+
+
+def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: int | None,
+                 effort: int, force: bool) -> tuple[dict, list[str]]:
+    from codec.pipeline import encode
+
+    start = time.perf_counter()
+    data = encode(_read(src), model=model, quality=quality, packets=packets, effort=effort)
+    header, _ = parse_header(data)
+    _write(dst, data, force)
+    return {"input": src, "output": dst, "bytes": len(data), "width": header.width,
+            "height": header.height, "bpp": round(8 * len(data) / header.width / header.height, 5),
+            "model": model, "quality": header.quality, "effort": effort,
+            "packets": len(header.packet_lengths),
+            "seconds": round(time.perf_counter() - start, 3)}, []
+
+
+def _decode_file(src: str, dst: str, strict: bool, max_pixels: int | None, force: bool
+                 ) -> tuple[dict, list[str]]:
+    start = time.perf_counter()
+    data = _read(src)
+    check_pixels(parse_header(data)[0], max_pixels)  # a bad header is refused without torch
+    from codec.image import to_pil
+    from codec.pipeline import decode_detailed
+
+    result = decode_detailed(data, strict=strict, max_pixels=max_pixels)
+    warnings = []
+    if result.lost_packets:
+        warnings.append(f"{src}: {result.lost_packets} of {len(result.header.packet_lengths)} "
+                        f"packets damaged; concealed {result.concealed_fraction:.1%} of the image"
+                        + (" (lost indices restored by the index transformer)"
+                           if result.restored else ""))
+    buffer = io.BytesIO()
+    fmt = "PNG" if dst == "-" else Image.registered_extensions()[Path(dst).suffix.lower()]
+    to_pil(result.pixels).save(buffer, format=fmt)
+    _write(dst, buffer.getvalue(), force)
+    return {"input": src, "output": dst, "width": result.header.width,
+            "height": result.header.height, "lost_packets": result.lost_packets,
+            "concealed_fraction": round(result.concealed_fraction, 5),
+            "seconds": round(time.perf_counter() - start, 3)}, warnings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -155,7 +270,8 @@ def main() -> None:
               "(mcq only; several seconds per image). Files decode the same way at any effort.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def encode_cmd(inputs, output, model, lossless, quality, packets, effort, force, as_json
+@_jobs_option
+def encode_cmd(inputs, output, model, lossless, quality, packets, effort, force, as_json, jobs
                ) -> None:
     """Compress images (files, folders, or '-' for stdin).
 
@@ -177,18 +293,9 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, force,
     files = _expand(inputs, IMAGE_SUFFIXES)
     targets = _targets(files, output, ENCODED_SUFFIX, len(files) > 1 or Path(inputs[0]).is_dir())
 
-    def work(src: str, dst: str) -> dict:
-        start = time.perf_counter()
-        data = encode(_read(src), model=model, quality=quality, packets=packets, effort=effort)
-        header, _ = parse_header(data)
-        _write(dst, data, force)
-        return {"input": src, "output": dst, "bytes": len(data), "width": header.width,
-                "height": header.height, "bpp": round(8 * len(data) / header.width / header.height, 5),
-                "model": model, "quality": header.quality, "effort": effort,
-                "packets": len(header.packet_lengths),
-                "seconds": round(time.perf_counter() - start, 3)}
-
-    _run_batch(files, targets, work, as_json, "encoding")
+    work = partial(_encode_file, model=model, quality=quality, packets=packets, effort=effort,
+                   force=force)
+    _run_batch(files, targets, work, as_json, "encoding", jobs)
 
 
 @main.command("decode")
@@ -196,13 +303,18 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, force,
 @click.option("-o", "--output", help="Output image (one input) or folder; '-' writes PNG to "
               "stdout. The format follows the suffix. Default: next to the input, as .png.")
 @click.option("--strict", is_flag=True, help="Fail on any damaged packet instead of concealing it.")
+@click.option("--max-pixels", callback=_max_pixels, metavar="N",
+              help=f"Refuse files whose header promises more than N pixels, before decoding "
+                   f"(a guard against decompression bombs); 0 or 'none': no limit. Default: "
+                   f"{MAX_PIXELS} (Pillow's limit).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def decode_cmd(inputs, output, strict, force, as_json) -> None:
+@_jobs_option
+def decode_cmd(inputs, output, strict, max_pixels, force, as_json, jobs) -> None:
     """Decompress nicodec files (files, folders of .nic files, or '-' for stdin).
 
     Damaged packets are concealed from their surroundings and reported on stderr; with --strict
-    any damage is an error.
+    any damage is an error. Any file that does not decode is reported in one line (exit 1).
     """
     files = _expand(inputs, {ENCODED_SUFFIX})
     targets = _targets(files, output, ".png", len(files) > 1 or Path(inputs[0]).is_dir())
@@ -211,34 +323,20 @@ def decode_cmd(inputs, output, strict, force, as_json) -> None:
             raise click.BadParameter(f"cannot tell the image format of {target!r} from its suffix",
                                      param_hint="--output")
 
-    def work(src: str, dst: str) -> dict:
-        start = time.perf_counter()
-        result = decode_detailed(_read(src), strict=strict)
-        if result.lost_packets:
-            click.echo(f"warning: {src}: {result.lost_packets} of "
-                       f"{len(result.header.packet_lengths)} packets damaged; concealed "
-                       f"{result.concealed_fraction:.1%} of the image"
-                       + (" (lost indices restored by the index transformer)"
-                          if result.restored else ""), err=True)
-        buffer = io.BytesIO()
-        fmt = "PNG" if dst == "-" else Image.registered_extensions()[Path(dst).suffix.lower()]
-        to_pil(result.pixels).save(buffer, format=fmt)
-        _write(dst, buffer.getvalue(), force)
-        return {"input": src, "output": dst, "width": result.header.width,
-                "height": result.header.height, "lost_packets": result.lost_packets,
-                "concealed_fraction": round(result.concealed_fraction, 5),
-                "seconds": round(time.perf_counter() - start, 3)}
-
-    _run_batch(files, targets, work, as_json, "decoding")
+    work = partial(_decode_file, strict=strict, max_pixels=max_pixels, force=force)
+    _run_batch(files, targets, work, as_json, "decoding", jobs)
 
 
 @main.command("info")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def info_cmd(inputs, as_json) -> None:
-    """Show a file's header, its packets (and whether each passes its CRC) and bits per pixel."""
+    """Show a file's header, its packets (and whether each passes its CRC) and bits per pixel.
 
-    def work(src: str, _dst: str) -> dict:
+    Reads the header and checks the packets' CRCs; never decodes the payload.
+    """
+
+    def work(src: str, _dst: str) -> tuple[dict, list[str]]:
         data = _read(src)
         header, payloads = unpack(data)
         _, header_bytes = parse_header(data)
@@ -262,7 +360,7 @@ def info_cmd(inputs, as_json) -> None:
                        f"{header_bytes} bytes\n"
                        f"  packets  {len(payloads)} ({damaged} damaged): "
                        + " ".join(str(n) for n in header.packet_lengths))
-        return record
+        return record, []
 
     files = list(inputs)
     _run_batch(files, files, work, as_json, "reading")

@@ -13,6 +13,7 @@ from enum import IntEnum
 
 from bitstream.errors import (
     CorruptHeaderError,
+    ImageTooLargeError,
     NotNicodecError,
     TruncatedError,
     UnsupportedVersionError,
@@ -22,6 +23,9 @@ MAGIC = 0x6E  # ASCII 'n'
 VERSION = 1
 MAX_SIDE = 1 << 16
 MAX_PACKETS = 4096
+# Decoders refuse headers promising more pixels than this unless told otherwise: Pillow's
+# decompression-bomb error threshold (2 * Image.MAX_IMAGE_PIXELS), about 179 megapixels.
+MAX_PIXELS = 2 * 89_478_485
 PACKET_CRC_BYTES = 2
 
 
@@ -184,6 +188,17 @@ def parse_header(data: bytes) -> tuple[Header, int]:
         packet_lengths=tuple(lengths),
     )
     return header, pos
+
+
+def check_pixels(header: Header, max_pixels: int | None = MAX_PIXELS) -> None:
+    """Refuse a header whose image has more than ``max_pixels`` pixels (None or 0: no limit),
+    before anything is allocated for it: a few forged header bytes must not cost gigabytes."""
+    pixels = header.width * header.height
+    if max_pixels and pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"image of {header.width}x{header.height} = {pixels:,} pixels exceeds the limit of "
+            f"{max_pixels:,} pixels (a guard against decompression bombs); raise it with "
+            f"max_pixels= (codec decode --max-pixels) if the file is trusted")
 
 
 # --- packets ------------------------------------------------------------------------------------

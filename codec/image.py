@@ -8,17 +8,20 @@ it would (transparency, 16-bit or float samples).
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bitstream.format import MAX_SIDE
 
+if TYPE_CHECKING:
+    import torch
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray, "torch.Tensor"]
 
 
 class UnsupportedImageError(ValueError):
@@ -65,6 +68,8 @@ def from_array(array: np.ndarray) -> np.ndarray:
 
 
 def _from_tensor(tensor: torch.Tensor) -> np.ndarray:
+    import torch
+
     t = tensor.detach().cpu()
     if t.ndim == 4 and t.shape[0] == 1:
         t = t[0]
@@ -84,7 +89,8 @@ def load_pixels(source: ImageInput) -> np.ndarray:
     """Any supported input -> (H, W, 1 or 3) uint8 array, EXIF orientation applied."""
     if isinstance(source, np.ndarray):
         return from_array(source)
-    if isinstance(source, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(source, torch.Tensor):
         return _from_tensor(source)
     if isinstance(source, Image.Image):
         return _from_pil(source)
