@@ -8,6 +8,7 @@ prints the times and whether torch was imported.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -24,17 +25,24 @@ _PROBE = ("import sys, runpy; sys.argv = ['codec'] + sys.argv[1:]\n"
           "sys.stderr.write('TORCH=%d' % ('torch' in sys.modules))\n")
 
 
-def _time(args: list[str], runs: int) -> tuple[float, bool]:
-    """Median seconds of ``python cli.py ARGS``, and whether torch was imported."""
-    times = []
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _time(args: list[str], runs: int) -> tuple[float, float, bool]:
+    """Median wall and CPU seconds of ``python cli.py ARGS`` (CPU time does not count waiting
+    for a busy machine's cores), and whether torch was imported."""
+    walls, cpus = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu()
         subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, check=True,
                        capture_output=True)
-        times.append(time.perf_counter() - start)
+        walls.append(time.perf_counter() - start)
+        cpus.append(_cpu() - cpu)
     probe = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=ROOT,
                            capture_output=True, text=True)
-    return statistics.median(times), "TORCH=1" in probe.stderr
+    return statistics.median(walls), statistics.median(cpus), "TORCH=1" in probe.stderr
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
                        cwd=ROOT, check=True)
         for label, cmd in [("codec --help", ["--help"]), ("codec info FILE", ["info", str(sample)]),
                            ("codec models", ["models"])]:
-            seconds, torch = _time(cmd, args.runs)
-            print(f"{label:18s} {seconds:6.3f} s (median of {args.runs})  "
+            wall, cpu, torch = _time(cmd, args.runs)
+            print(f"{label:18s} wall {wall:6.3f} s, CPU {cpu:6.3f} s (medians of {args.runs}), "
                   f"torch imported: {'yes' if torch else 'no'}")
 
 
