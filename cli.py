@@ -16,15 +16,11 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
 import click
-from PIL import Image
 
 from bitstream.errors import BitstreamError
 from bitstream.format import MAX_PIXELS, check_pixels, parse_header, unpack
@@ -118,15 +114,20 @@ def _init_worker() -> None:
 
 def _results(files: list[str], targets: list[str], work: Work, jobs: int):
     """(input, result or the exception it raised) per input, in input order; ``jobs`` > 1 runs
-    ``work`` (a picklable module-level function) in that many worker processes."""
+    ``work`` (a picklable module-level function) in that many worker processes (not with
+    stdin among the inputs: a worker has none)."""
     pairs = list(zip(files, targets))
-    if jobs <= 1 or len(pairs) <= 1:
+    if jobs <= 1 or len(pairs) <= 1 or "-" in files:
         for src, dst in pairs:
             try:
                 yield src, work(src, dst)
             except Exception as exc:  # noqa: BLE001 (sorted out by the caller, as from a worker)
                 yield src, exc
         return
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
     with ProcessPoolExecutor(min(jobs, len(pairs)), mp_context=get_context("spawn"),
                              initializer=_init_worker) as pool:
         futures = [pool.submit(work, src, dst) for src, dst in pairs]
@@ -212,6 +213,8 @@ def _decode_file(src: str, dst: str, strict: bool, max_pixels: int | None, force
     start = time.perf_counter()
     data = _read(src)
     check_pixels(parse_header(data)[0], max_pixels)  # a bad header is refused without torch
+    from PIL import Image
+
     from codec.image import to_pil
     from codec.pipeline import decode_detailed
 
@@ -316,6 +319,8 @@ def decode_cmd(inputs, output, strict, max_pixels, force, as_json, jobs) -> None
     Damaged packets are concealed from their surroundings and reported on stderr; with --strict
     any damage is an error. Any file that does not decode is reported in one line (exit 1).
     """
+    from PIL import Image
+
     files = _expand(inputs, {ENCODED_SUFFIX})
     targets = _targets(files, output, ".png", len(files) > 1 or Path(inputs[0]).is_dir())
     for target in targets:
