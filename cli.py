@@ -154,9 +154,12 @@ def _run_batch(files: list[str], targets: list[str], work: Work, as_json: bool, 
         if isinstance(result, (Failure, BitstreamError, UnsupportedImageError, OSError,
                                MemoryError)):
             failed += 1
-            message = str(result) if isinstance(result, Failure) else f"{src}: {result}"
-            if isinstance(result, MemoryError):
+            if isinstance(result, Failure):
+                message = str(result)
+            elif isinstance(result, MemoryError):
                 message = f"{src}: not enough memory"
+            else:
+                message = f"{src}: {result}"
             records.append({"input": src, "error": message})
             click.echo(f"error: {message}", err=True)
         elif isinstance(result, BaseException):
