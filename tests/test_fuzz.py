@@ -6,6 +6,7 @@ them, derandomized so that the suite is deterministic."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -89,3 +90,23 @@ def test_payload_garbage_with_valid_checksums(family):
 
 def test_cases_are_reproducible():
     assert case(0, "mcq", 5) == case(0, "mcq", 5) != case(1, "mcq", 5)
+
+
+def test_cli_reports_fuzzed_files_in_one_line_each(tmp_path):
+    """``codec decode`` on a batch of fuzz cases: exit 0 or 1, one line per bad file, no
+    traceback (click's runner re-raises anything that escapes)."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    for family in FAMILIES:
+        for number in range(8):
+            (tmp_path / f"{family}-{number}.nic").write_bytes(case(7, family, number))
+    res = CliRunner().invoke(main, ["decode", str(tmp_path), "-o", str(tmp_path / "out"),
+                                    "--max-pixels", "16384", "--json"], catch_exceptions=False)
+    assert res.exit_code in (0, 1)
+    records = json.loads(res.stdout)
+    errors = [r for r in records if "error" in r]
+    assert len(records) == 8 * len(FAMILIES) and errors
+    assert res.stderr.count("error: ") == len(errors)
+    assert len(list((tmp_path / "out").glob("*.png"))) == len(records) - len(errors)

@@ -238,8 +238,8 @@ def test_jobs_give_the_serial_outputs_and_errors(tmp_path):
         out = tmp_path / f"out{jobs}"
         res = _cli("encode", tmp_path, "-o", out, "-m", "mcq-tiny", "--jobs", jobs, "--json")
         assert res.exit_code == 1, res.output
-        assert res.output.count("error: ") == 1 and "bad.png" in res.output
-        records = json.loads(res.output[res.output.index("["):])
+        assert res.stderr.count("error: ") == 1 and "bad.png" in res.stderr
+        records = json.loads(res.stdout)
         assert [Path(r["input"]).name for r in records] == ["bad.png"] + [
             f"img{i}.png" for i in range(3)]
         outputs[jobs] = {p.name: p.read_bytes() for p in out.glob("*.nic")}
