@@ -2,7 +2,10 @@
 
 Exit codes: 0 success, 1 bad data (unreadable image, damaged or foreign file), 2 usage error.
 Outputs are written atomically (temporary file, then rename) and existing files are never
-overwritten without ``--force``.
+overwritten without ``--force``. Commands that only read headers or the registry (``--help``,
+``info``, ``models``) never import torch: the coding commands import the pipeline when they run.
+With ``--jobs N`` the inputs are coded by N worker processes, with the same outputs, messages
+and exit codes as one by one.
 """
 
 from __future__ import annotations
@@ -15,17 +18,16 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import click
-from PIL import Image
-from tqdm import tqdm
 
 from bitstream.errors import BitstreamError, CorruptMetadataError
-from bitstream.format import metadata_records, parse_header, unpack
+from bitstream.format import MAX_PIXELS, check_pixels, metadata_records, parse_header, unpack
 from bitstream.metadata import describe
-from codec.image import IMAGE_SUFFIXES, POLICIES, UnsupportedImageError, to_pil
-from codec.pipeline import decode_detailed, encode
+from codec.image import IMAGE_SUFFIXES, POLICIES, UnsupportedImageError
 from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, available_models,
                             check_effort, measured_rates, resolve_model)
 
@@ -102,23 +104,199 @@ def _targets(files: list[str], output: str | None, suffix: str, batch: bool) -> 
     return targets
 
 
-def _run_batch(files: list[str], targets: list[str], work, as_json: bool, what: str) -> None:
-    """Apply ``work(input, output) -> record`` to each file; report; exit 1 if any failed."""
+Work = Callable[[str, str], "tuple[dict, list[str]]"]  # (input, output) -> (record, warnings)
+
+
+def _init_worker() -> None:
+    """A --jobs worker computes on one thread: N workers share the cores, not N x cores."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _results(files: list[str], targets: list[str], work: Work, jobs: int):
+    """(input, result or the exception it raised) per input, in input order; ``jobs`` > 1 runs
+    ``work`` (a picklable module-level function) in that many worker processes (not with
+    stdin among the inputs: a worker has none)."""
+    pairs = list(zip(files, targets))
+    if jobs <= 1 or len(pairs) <= 1 or "-" in files:
+        for src, dst in pairs:
+            try:
+                yield src, work(src, dst)
+            except Exception as exc:  # noqa: BLE001 (sorted out by the caller, as from a worker)
+                yield src, exc
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(min(jobs, len(pairs)), mp_context=get_context("spawn"),
+                             initializer=_init_worker) as pool:
+        futures = [pool.submit(work, src, dst) for src, dst in pairs]
+        for (src, _), future in zip(pairs, futures):
+            try:
+                yield src, future.result()
+            except BrokenProcessPool:
+                yield src, Failure(f"{src}: the worker process died (out of memory?)")
+            except Exception as exc:  # noqa: BLE001
+                yield src, exc
+
+
+def _run_batch(files: list[str], targets: list[str], work: Work, as_json: bool, what: str,
+               jobs: int = 1) -> None:
+    """Apply ``work(input, output) -> (record, warnings)`` to each file (in ``jobs`` processes);
+    report; exit 1 if any failed."""
+    from tqdm import tqdm  # not needed by --help
+
     records, failed = [], 0
     show = len(files) > 1 and not as_json
-    for src, dst in tqdm(list(zip(files, targets)), desc=what, disable=None if show else True,
-                         file=sys.stderr):  # None: hidden when stderr is not a terminal
-        try:
-            records.append(work(src, dst))
-        except (Failure, BitstreamError, UnsupportedImageError, OSError) as exc:
+    results = _results(files, targets, work, jobs)
+    for src, result in tqdm(results, total=len(files), desc=what,
+                            disable=None if show else True,  # None: hidden off a terminal
+                            file=sys.stderr):
+        if isinstance(result, (Failure, BitstreamError, UnsupportedImageError, OSError,
+                               MemoryError)):
             failed += 1
-            message = str(exc) if isinstance(exc, Failure) else f"{src}: {exc}"
+            if isinstance(result, Failure):
+                message = str(result)
+            elif isinstance(result, MemoryError):
+                message = f"{src}: not enough memory"
+            else:
+                message = f"{src}: {result}"
             records.append({"input": src, "error": message})
             click.echo(f"error: {message}", err=True)
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            record, notes = result
+            records.append(record)
+            for note in notes:
+                click.echo(f"warning: {note}", err=True)
     if as_json:
         click.echo(json.dumps(records if len(records) > 1 else records[0], indent=2))
     if failed:
         sys.exit(BAD_DATA)
+
+
+def _max_pixels(_ctx, _param, value: str | None) -> int | None:
+    """--max-pixels: a pixel count, or 0 / 'none' for no limit."""
+    if value is None:
+        return MAX_PIXELS
+    if value.lower() == "none":
+        return None
+    try:
+        limit = int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a pixel count or 'none', got {value!r}") from None
+    if limit < 0:
+        raise click.BadParameter("the limit cannot be negative")
+    return limit or None
+
+
+_jobs_option = click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Worker processes for several inputs (one thread each); the outputs are the same as "
+         "with one.")
+
+
+def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: int | None,
+                 effort: int, force: bool, policy: dict, goal: dict, verbose: bool
+                 ) -> tuple[dict, list[str]]:
+    """Encode one file (``goal``: a target kind and value, or empty for ``quality``)."""
+    from codec.pipeline import encode
+
+    start = time.perf_counter()
+    found = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if goal:
+            from codec.target import encode_to_target
+
+            found = encode_to_target(_read(src), model=model, effort=effort, packets=packets,
+                                     **policy, **{f"target_{k}": v for k, v in goal.items()})
+            data = found.data
+        else:
+            data = encode(_read(src), model=model, quality=quality, packets=packets,
+                          effort=effort, **policy)
+    notes = [str(w.message) for w in caught]
+    if found and not found.met:
+        notes.append(found.describe())
+    header, _ = parse_header(data)
+    _write(dst, data, force)
+    record = {"input": src, "output": dst, "bytes": len(data), "width": header.width,
+              "height": header.height,
+              "bpp": round(8 * len(data) / header.width / header.height, 5),
+              "model": model, "quality": header.quality, "effort": effort,
+              "packets": len(header.packet_lengths), "metadata_bytes": header.metadata_length,
+              "warnings": notes, "seconds": round(time.perf_counter() - start, 3)}
+    if found:
+        record.update(target={"kind": found.kind, "value": found.target},
+                      achieved=round(found.achieved, 5), met=found.met,
+                      rate_weight=found.rate_weight, encoder_runs=found.trials)
+    if verbose:
+        searched = "" if not found else (
+            f" (target {found.kind} {found.target:g} {'met' if found.met else 'not met'}"
+            + ("" if found.rate_weight is None else f", rate weight {found.rate_weight:.3g}")
+            + ")")
+        click.echo(f"{src} -> {dst}: {len(data)} bytes, {record['bpp']:.4f} bpp, {model} "
+                   f"q{header.quality}{searched}, {header.width}x{header.height}, "
+                   f"{record['seconds']:.2f} s", err=True)
+    return record, [f"{src}: {note}" for note in notes]
+
+
+def _save(pixels, metadata, fmt: str) -> bytes:
+    from codec.image import to_pil
+
+    buffer = io.BytesIO()
+    to_pil(pixels, metadata).save(buffer, format=fmt, **metadata.pil_info())
+    return buffer.getvalue()
+
+
+def _image_bytes(result, fmt: str, src: str) -> tuple[bytes, list[str]]:
+    """The decoded image in format ``fmt`` with the file's ICC profile and EXIF; without the
+    alpha plane (and a warning) when the format cannot hold one."""
+    try:
+        return _save(result.pixels, result.metadata, fmt), []
+    except (OSError, ValueError, KeyError):
+        if result.metadata.alpha is None:
+            raise
+    return (_save(result.pixels, dataclasses.replace(result.metadata, alpha=None), fmt),
+            [f"{src}: {fmt} cannot hold transparency; alpha plane dropped (decode to .png, "
+             ".webp or .tiff to keep it)"])
+
+
+def _decode_file(src: str, dst: str, strict: bool, max_pixels: int | None, force: bool,
+                 verbose: bool) -> tuple[dict, list[str]]:
+    start = time.perf_counter()
+    data = _read(src)
+    check_pixels(parse_header(data)[0], max_pixels)  # a bad header is refused without torch
+    from PIL import Image
+
+    from codec.pipeline import decode_detailed
+
+    result = decode_detailed(data, strict=strict, max_pixels=max_pixels)
+    notes = []
+    if result.lost_packets:
+        notes.append(f"{src}: {result.lost_packets} of {len(result.header.packet_lengths)} "
+                     f"packets damaged; concealed {result.concealed_fraction:.1%} of the image"
+                     + (" (lost indices restored by the index transformer)"
+                        if result.restored else ""))
+    if result.metadata_lost:
+        notes.append(f"{src}: the metadata block is damaged; ICC profile, EXIF and alpha plane "
+                     "dropped")
+    fmt = "PNG" if dst == "-" else Image.registered_extensions()[Path(dst).suffix.lower()]
+    image, dropped = _image_bytes(result, fmt, src)
+    _write(dst, image, force)
+    record = {"input": src, "output": dst, "width": result.header.width,
+              "height": result.header.height, "lost_packets": result.lost_packets,
+              "concealed_fraction": round(result.concealed_fraction, 5),
+              "seconds": round(time.perf_counter() - start, 3)}
+    if verbose:
+        click.echo(f"{src} -> {dst}: {result.header.width}x{result.header.height}, "
+                   f"{result.lost_packets} of {len(result.header.packet_lengths)} packets "
+                   f"lost, {record['seconds']:.2f} s", err=True)
+    return record, notes + dropped
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -184,8 +362,10 @@ def main() -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("-v", "--verbose", is_flag=True, help="One summary line per file on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+@_jobs_option
 def encode_cmd(inputs, output, model, lossless, quality, packets, effort, alpha, depth, frames,
-               metadata, target_bpp, target_size, target_psnr, force, verbose, as_json) -> None:
+               metadata, target_bpp, target_size, target_psnr, force, verbose, as_json, jobs
+               ) -> None:
     """Compress images (files, folders, or '-' for stdin).
 
     Accepts PNG, JPEG, WebP, GIF, TIFF, BMP and anything else Pillow reads. Palette, CMYK and
@@ -218,69 +398,10 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, alpha,
     files = _expand(inputs, IMAGE_SUFFIXES)
     targets = _targets(files, output, ENCODED_SUFFIX, len(files) > 1 or Path(inputs[0]).is_dir())
 
-    def work(src: str, dst: str) -> dict:
-        start = time.perf_counter()
-        found = None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            policy = dict(alpha=alpha, depth=depth, frames=frames, metadata=metadata)
-            if goal:
-                from codec.target import encode_to_target
-
-                found = encode_to_target(_read(src), model=model, effort=effort,
-                                         packets=packets, **policy,
-                                         **{f"target_{k}": v for k, v in goal.items()})
-                data = found.data
-            else:
-                data = encode(_read(src), model=model, quality=quality, packets=packets,
-                              effort=effort, **policy)
-        notes = [str(w.message) for w in caught]
-        if found and not found.met:
-            notes.append(found.describe())
-        for note in notes:
-            click.echo(f"warning: {src}: {note}", err=True)
-        header, _ = parse_header(data)
-        _write(dst, data, force)
-        record = {"input": src, "output": dst, "bytes": len(data), "width": header.width,
-                  "height": header.height,
-                  "bpp": round(8 * len(data) / header.width / header.height, 5),
-                  "model": model, "quality": header.quality, "effort": effort,
-                  "packets": len(header.packet_lengths), "metadata_bytes": header.metadata_length,
-                  "warnings": notes, "seconds": round(time.perf_counter() - start, 3)}
-        if found:
-            record.update(target={"kind": found.kind, "value": found.target},
-                          achieved=round(found.achieved, 5), met=found.met,
-                          rate_weight=found.rate_weight, encoder_runs=found.trials)
-        if verbose:
-            searched = "" if not found else (
-                f" (target {found.kind} {found.target:g} {'met' if found.met else 'not met'}"
-                + ("" if found.rate_weight is None else f", rate weight {found.rate_weight:.3g}")
-                + ")")
-            click.echo(f"{src} -> {dst}: {len(data)} bytes, {record['bpp']:.4f} bpp, {model} "
-                       f"q{header.quality}{searched}, {header.width}x{header.height}, "
-                       f"{record['seconds']:.2f} s", err=True)
-        return record
-
-    _run_batch(files, targets, work, as_json, "encoding")
-
-
-def _save(pixels, metadata, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    to_pil(pixels, metadata).save(buffer, format=fmt, **metadata.pil_info())
-    return buffer.getvalue()
-
-
-def _image_bytes(result, fmt: str, src: str) -> bytes:
-    """The decoded image in format ``fmt`` with the file's ICC profile and EXIF; without the
-    alpha plane (and a warning) when the format cannot hold one."""
-    try:
-        return _save(result.pixels, result.metadata, fmt)
-    except (OSError, ValueError, KeyError):
-        if result.metadata.alpha is None:
-            raise
-    click.echo(f"warning: {src}: {fmt} cannot hold transparency; alpha plane dropped "
-               "(decode to .png, .webp or .tiff to keep it)", err=True)
-    return _save(result.pixels, dataclasses.replace(result.metadata, alpha=None), fmt)
+    work = partial(_encode_file, model=model, quality=quality, packets=packets, effort=effort,
+                   force=force, goal=goal, verbose=verbose,
+                   policy=dict(alpha=alpha, depth=depth, frames=frames, metadata=metadata))
+    _run_batch(files, targets, work, as_json, "encoding", jobs)
 
 
 @main.command("decode")
@@ -288,17 +409,25 @@ def _image_bytes(result, fmt: str, src: str) -> bytes:
 @click.option("-o", "--output", help="Output image (one input) or folder; '-' writes PNG to "
               "stdout. The format follows the suffix. Default: next to the input, as .png.")
 @click.option("--strict", is_flag=True, help="Fail on any damaged packet instead of concealing it.")
+@click.option("--max-pixels", callback=_max_pixels, metavar="N",
+              help=f"Refuse files whose header promises more than N pixels, before decoding "
+                   f"(a guard against decompression bombs); 0 or 'none': no limit. Default: "
+                   f"{MAX_PIXELS} (Pillow's limit).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("-v", "--verbose", is_flag=True, help="One summary line per file on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def decode_cmd(inputs, output, strict, force, verbose, as_json) -> None:
+@_jobs_option
+def decode_cmd(inputs, output, strict, max_pixels, force, verbose, as_json, jobs) -> None:
     """Decompress nicodec files (files, folders of .nic files, or '-' for stdin).
 
     The ICC profile and EXIF kept in the file are written into the output image (PNG, JPEG,
     WebP, TIFF), and its alpha plane too where the output format holds one. Damaged packets are
     concealed from their surroundings and a damaged metadata block is dropped, both reported on
-    stderr; with --strict any damage is an error.
+    stderr; with --strict any damage is an error. Any file that does not decode is reported in
+    one line (exit 1).
     """
+    from PIL import Image
+
     files = _expand(inputs, {ENCODED_SUFFIX})
     targets = _targets(files, output, ".png", len(files) > 1 or Path(inputs[0]).is_dir())
     for target in targets:
@@ -309,41 +438,22 @@ def decode_cmd(inputs, output, strict, force, verbose, as_json) -> None:
             raise click.BadParameter(f"cannot tell the image format of {target!r} from its suffix",
                                      param_hint="--output")
 
-    def work(src: str, dst: str) -> dict:
-        start = time.perf_counter()
-        result = decode_detailed(_read(src), strict=strict)
-        if result.lost_packets:
-            click.echo(f"warning: {src}: {result.lost_packets} of "
-                       f"{len(result.header.packet_lengths)} packets damaged; concealed "
-                       f"{result.concealed_fraction:.1%} of the image"
-                       + (" (lost indices restored by the index transformer)"
-                          if result.restored else ""), err=True)
-        if result.metadata_lost:
-            click.echo(f"warning: {src}: the metadata block is damaged; ICC profile, EXIF and "
-                       "alpha plane dropped", err=True)
-        fmt = "PNG" if dst == "-" else Image.registered_extensions()[Path(dst).suffix.lower()]
-        _write(dst, _image_bytes(result, fmt, src), force)
-        record = {"input": src, "output": dst, "width": result.header.width,
-                  "height": result.header.height, "lost_packets": result.lost_packets,
-                  "concealed_fraction": round(result.concealed_fraction, 5),
-                  "seconds": round(time.perf_counter() - start, 3)}
-        if verbose:
-            click.echo(f"{src} -> {dst}: {result.header.width}x{result.header.height}, "
-                       f"{result.lost_packets} of {len(result.header.packet_lengths)} packets "
-                       f"lost, {record['seconds']:.2f} s", err=True)
-        return record
-
-    _run_batch(files, targets, work, as_json, "decoding")
+    work = partial(_decode_file, strict=strict, max_pixels=max_pixels, force=force,
+                   verbose=verbose)
+    _run_batch(files, targets, work, as_json, "decoding", jobs)
 
 
 @main.command("info")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def info_cmd(inputs, as_json) -> None:
-    """Show a file's header, its metadata records (kind and size, nothing decoded), its packets
-    (and whether each passes its CRC) and bits per pixel."""
+    """Show a file's header, its metadata records (kind and size), its packets (and whether
+    each passes its CRC) and bits per pixel.
 
-    def work(src: str, _dst: str) -> dict:
+    Reads the header and checks the CRCs; never decodes the payload.
+    """
+
+    def work(src: str, _dst: str) -> tuple[dict, list[str]]:
         data = _read(src)
         header, payloads = unpack(data)
         header_bytes = parse_header(data)[1] - header.metadata_length
@@ -374,7 +484,7 @@ def info_cmd(inputs, as_json) -> None:
                        f"  metadata {_metadata_line(metadata, header.metadata_length)}\n"
                        f"  packets  {len(payloads)} ({damaged} damaged): "
                        + " ".join(str(n) for n in header.packet_lengths))
-        return record
+        return record, []
 
     files = list(inputs)
     _run_batch(files, files, work, as_json, "reading")
@@ -444,6 +554,7 @@ def demo_cmd(output, model, quality, force, as_json) -> None:
     package is installed. Writes FOLDER/grace_hopper.nic and the decoded FOLDER/grace_hopper.png.
     """
     from codec.image import load_image
+    from codec.pipeline import decode_detailed, encode
     from codec.registry import load_model
     from codec.target import psnr
 
@@ -465,7 +576,7 @@ def demo_cmd(output, model, quality, force, as_json) -> None:
     result = decode_detailed(data)
     decode_s = time.perf_counter() - start
     _write(str(nic), data, force)
-    _write(str(png), _image_bytes(result, "PNG", str(source)), force)
+    _write(str(png), _image_bytes(result, "PNG", str(source))[0], force)
     h, w = pixels.shape[:2]
     record = {"input": str(source), "input_bytes": source.stat().st_size, "width": w,
               "height": h, "model": model, "quality": result.header.quality,

@@ -35,3 +35,11 @@ class ModelMismatchError(BitstreamError):
 
 class PacketLossError(BitstreamError):
     """Packets are damaged or missing and the caller asked for a strict decode."""
+
+
+class ImageTooLargeError(BitstreamError):
+    """The header promises more pixels than the caller's limit (a decompression-bomb guard)."""
+
+
+class DecodeError(BitstreamError):
+    """The payload could not be decoded although its checksums pass (a forged or miscoded file)."""

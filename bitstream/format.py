@@ -17,6 +17,7 @@ from enum import IntEnum
 from bitstream.errors import (
     CorruptHeaderError,
     CorruptMetadataError,
+    ImageTooLargeError,
     NotNicodecError,
     TruncatedError,
     UnsupportedVersionError,
@@ -27,6 +28,9 @@ VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MAX_SIDE = 1 << 16
 MAX_PACKETS = 4096
+# Decoders refuse headers promising more pixels than this unless told otherwise: Pillow's
+# decompression-bomb error threshold (2 * Image.MAX_IMAGE_PIXELS), about 179 megapixels.
+MAX_PIXELS = 2 * 89_478_485
 PACKET_CRC_BYTES = 2
 MAX_METADATA_BYTES = 64 << 20  # the whole metadata block, CRC included
 
@@ -255,6 +259,15 @@ def metadata_records(data: bytes) -> list[Record]:
     except (TruncatedError, CorruptHeaderError) as exc:
         raise CorruptMetadataError(f"the metadata block does not parse ({exc})") from None
     return records
+def check_pixels(header: Header, max_pixels: int | None = MAX_PIXELS) -> None:
+    """Refuse a header whose image has more than ``max_pixels`` pixels (None or 0: no limit),
+    before anything is allocated for it: a few forged header bytes must not cost gigabytes."""
+    pixels = header.width * header.height
+    if max_pixels and pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"image of {header.width}x{header.height} = {pixels:,} pixels exceeds the limit of "
+            f"{max_pixels:,} pixels (a guard against decompression bombs); raise it with "
+            f"max_pixels= (codec decode --max-pixels) if the file is trusted")
 
 
 # --- packets ------------------------------------------------------------------------------------

@@ -14,50 +14,82 @@ Inputs: transparency is kept (the alpha plane coded losslessly beside the lossy 
 profile and EXIF are kept; each change warns with :class:`ConversionWarning`, and ``encode``'s
 ``alpha``, ``depth``, ``frames`` and ``metadata`` arguments drop or refuse instead.
 
-Errors: bad or damaged data raises :class:`BitstreamError` (or a subclass); an input image that
-cannot be encoded raises :class:`UnsupportedImageError`. When packets of a file are damaged,
-``decode`` conceals them and emits a :class:`ConcealedWarning`; pass ``strict=True`` to get
-:class:`PacketLossError` instead. A damaged metadata block is dropped with a
-:class:`MetadataWarning` (strict: :class:`CorruptMetadataError`).
+Errors: any bytes handed to ``decode*`` either decode or raise :class:`BitstreamError` (or a
+subclass), never another exception: :class:`ImageTooLargeError` when the header promises more
+than ``max_pixels`` pixels (default ``MAX_PIXELS``, Pillow's 179-megapixel bomb limit; pass
+``max_pixels=None`` for no limit), :class:`DecodeError` when a payload that passed its checksums
+does not decode. An input image that cannot be encoded raises :class:`UnsupportedImageError`.
+When packets of a file are damaged, ``decode`` conceals them and emits a
+:class:`ConcealedWarning`; pass ``strict=True`` to get :class:`PacketLossError` instead. A
+damaged metadata block is dropped with a :class:`MetadataWarning` (strict:
+:class:`CorruptMetadataError`).
 
 Importing the package also registers the ``.nic`` format with Pillow (``codec/pillow_plugin.py``):
 ``PIL.Image.open("photo.nic")`` and ``image.save("photo.nic", quality=4)`` work after it.
+
+The functions are safe to call from several threads at once (each model loads once). Importing
+``codec`` is cheap: torch and the models load on first use of a function that needs them.
 """
 
 from __future__ import annotations
 
+import importlib
 import warnings
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from PIL import Image
 
 from bitstream.errors import (
     BitstreamError,
     CorruptHeaderError,
     CorruptMetadataError,
+    DecodeError,
+    ImageTooLargeError,
     ModelMismatchError,
     NotNicodecError,
     PacketLossError,
     TruncatedError,
     UnsupportedVersionError,
 )
+from bitstream.format import MAX_PIXELS
 from bitstream.metadata import Metadata
 from codec.image import ConversionWarning, UnsupportedImageError, to_pil
-from codec.pipeline import Decoded, decode_detailed, encode
-from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, ModelInfo, available_models, load_model,
+from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, ModelInfo, available_models,
                             model_info)
-from codec.target import TargetResult, encode_to_target
 from codec import pillow_plugin  # noqa: F401  (registers .nic with Pillow)
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from codec.pipeline import Decoded
 
 __all__ = [
     "encode", "encode_to_target", "TargetResult", "decode", "decode_array", "decode_tensor",
-    "decode_detailed", "load_model", "available_models", "model_info", "ModelInfo", "DEFAULT_MODEL", "LOSSLESS_MODEL", "Decoded",
-    "Metadata", "BitstreamError", "CorruptHeaderError", "CorruptMetadataError",
+    "decode_detailed", "load_model", "available_models", "model_info", "ModelInfo",
+    "DEFAULT_MODEL", "LOSSLESS_MODEL", "Decoded", "Metadata", "MAX_PIXELS", "BitstreamError",
+    "CorruptHeaderError", "CorruptMetadataError", "DecodeError", "ImageTooLargeError",
     "ModelMismatchError", "NotNicodecError", "PacketLossError", "TruncatedError",
     "UnsupportedVersionError", "UnsupportedImageError", "ConcealedWarning", "MetadataWarning",
     "ConversionWarning",
 ]
+
+# Names that pull in torch, imported from their module on first use (PEP 562).
+_LAZY = {"encode": "codec.pipeline", "decode_detailed": "codec.pipeline",
+         "Decoded": "codec.pipeline", "load_model": "codec.registry",
+         "encode_to_target": "codec.target", "TargetResult": "codec.target"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'codec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 class ConcealedWarning(UserWarning):
@@ -68,9 +100,11 @@ class MetadataWarning(UserWarning):
     """The file's metadata block was damaged: ICC profile, EXIF and alpha plane were dropped."""
 
 
-def _decode_warned(data: bytes, strict: bool) -> Decoded:
+def _decode_warned(data: bytes, strict: bool, max_pixels: int | None) -> Decoded:
     """decode_detailed, with a warning for each thing that was concealed or dropped."""
-    result = decode_detailed(data, strict=strict)
+    from codec.pipeline import decode_detailed
+
+    result = decode_detailed(data, strict=strict, max_pixels=max_pixels)
     if result.lost_packets:
         warnings.warn(f"{result.lost_packets} damaged packet(s): concealed "
                       f"{result.concealed_fraction:.1%} of the image", ConcealedWarning,
@@ -87,20 +121,24 @@ def _with_alpha(result: Decoded) -> np.ndarray:
     return result.pixels if alpha is None else np.dstack([result.pixels, alpha])
 
 
-def decode_array(data: bytes, strict: bool = False) -> np.ndarray:
+def decode_array(data: bytes, strict: bool = False,
+                 max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Decode to an (H, W) or (H, W, 3) uint8 array; (H, W, 2) or (H, W, 4) with alpha."""
-    pixels = _with_alpha(_decode_warned(data, strict))
+    pixels = _with_alpha(_decode_warned(data, strict, max_pixels))
     return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
 
 
-def decode(data: bytes, strict: bool = False) -> Image.Image:
+def decode(data: bytes, strict: bool = False, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """Decode to a PIL image (mode L or RGB; LA or RGBA with alpha) whose ``info`` holds the
     file's ICC profile and EXIF (so that ``save`` writes them back)."""
-    result = _decode_warned(data, strict)
+    result = _decode_warned(data, strict, max_pixels)
     return to_pil(result.pixels, result.metadata)
 
 
-def decode_tensor(data: bytes, strict: bool = False) -> torch.Tensor:
+def decode_tensor(data: bytes, strict: bool = False,
+                  max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
     """Decode to a (C, H, W) float tensor in [0, 1] (alpha, if any, as the last channel)."""
-    pixels = _with_alpha(_decode_warned(data, strict))
+    import torch
+
+    pixels = _with_alpha(_decode_warned(data, strict, max_pixels))
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div(255)

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
-from bitstream.errors import (CorruptHeaderError, CorruptMetadataError, ModelMismatchError,
-                              PacketLossError)
-from bitstream.format import Header, metadata_records, pack, unpack
+from bitstream.errors import (BitstreamError, CorruptHeaderError, CorruptMetadataError,
+                              DecodeError, ModelMismatchError, PacketLossError)
+from bitstream.format import MAX_PIXELS, Header, check_pixels, metadata_records, pack, unpack
 from bitstream.metadata import Metadata
 from codec.image import ImageInput, Picture, Policy, load_image
 from codec.registry import (Model, check_effort, info_by_id, load_model, load_revision,
@@ -31,6 +31,9 @@ from codec.registry import (Model, check_effort, info_by_id, load_model, load_re
 
 BYTES_PER_PACKET = 4096  # default packet size: framing stays near 0.2% of the payload
 MAX_AUTO_PACKETS = 16
+# What the range decoder raises on data its tables cannot have produced (constriction: an
+# AssertionError); the packet is then lost, as if its CRC had failed.
+_UNDECODABLE = (ValueError, RuntimeError, AssertionError)
 
 
 @dataclass
@@ -206,6 +209,8 @@ def _decode_columns(m: Model, quality: int, payloads: list[bytes | None], owner:
     wheres = {p: units == p for p in decoders}
     session = m.session(len(units), quality)
     for g in range(len(flat)):
+        if not decoders:  # every packet failed: no more tables to compute for them
+            break
         table = session.freqs(flat[:g, received], g)
         column = flat[g, received]
         for p in list(decoders):
@@ -213,7 +218,7 @@ def _decode_columns(m: Model, quality: int, payloads: list[bytes | None], owner:
             try:
                 column[where] = decoders[p].decode(table if table.ndim == 1 else table[where],
                                                    int(where.sum()))
-            except (ValueError, RuntimeError):
+            except _UNDECODABLE:
                 payloads[p] = None
                 del decoders[p]
         flat[g, received] = column
@@ -229,12 +234,38 @@ def _read_metadata(data: bytes, header: Header, strict: bool) -> tuple[Metadata,
         return Metadata(), True
 
 
-def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
+def decode_detailed(data: bytes, strict: bool = False,
+                    max_pixels: int | None = MAX_PIXELS) -> Decoded:
     """Decode, concealing damaged packets and dropping a damaged metadata block unless
-    ``strict``; report what was lost."""
+    ``strict``; report what was lost.
+
+    Any bytes either decode or raise a :class:`BitstreamError`: a header promising more than
+    ``max_pixels`` pixels (None or 0: no limit) is refused before any work, and whatever fails
+    while decoding a payload that passed its checksums becomes a :class:`DecodeError`.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode takes bytes, got {type(data).__name__}")
     header, payloads = unpack(bytes(data))
+    check_pixels(header, max_pixels)
     metadata, metadata_lost = _read_metadata(bytes(data), header, strict)
     m = _model_for(header)
+    try:
+        result = _decode_payloads(m, header, payloads, strict)
+    except BitstreamError:
+        raise
+    except MemoryError:
+        raise DecodeError(f"not enough memory to decode a {header.width}x{header.height} "
+                          f"image") from None
+    except Exception as exc:  # numpy, torch, constriction on a forged file: still bad data
+        raise DecodeError(f"the file is damaged: its payload does not decode "
+                          f"({type(exc).__name__}: {exc})") from exc
+    result.metadata, result.metadata_lost = metadata, metadata_lost
+    return result
+
+
+def _decode_payloads(m: Model, header: Header, payloads: list[bytes | None],
+                     strict: bool) -> Decoded:
+    """Symbols from the packets that passed their CRC, then pixels (concealing the rest)."""
     groups, scale = m.columns(header.quality), m.unit
     h, w = -(-header.height // scale), -(-header.width // scale)
     n_packets = len(payloads)
@@ -247,7 +278,7 @@ def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
         try:
             if payloads[0] is not None:
                 flat[0] = _decode_stages(staged, payloads[0], h, w)
-        except (ValueError, RuntimeError):
+        except _UNDECODABLE:
             payloads[0] = None
     else:
         _decode_columns(m, header.quality, payloads, owner, flat)
@@ -265,5 +296,4 @@ def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
         indices, mixture, lost_grid = filled[None], (lost_grid, probs), None
     pixels = render(m.synthesize(indices, lost_grid, header.quality, mixture), header)
     return Decoded(pixels, indices, header, lost_packets, float(lost.mean()), lost.reshape(h, w),
-                   restored=bool(staged and lost_packets), metadata=metadata,
-                   metadata_lost=metadata_lost)
+                   restored=bool(staged and lost_packets))

@@ -5,6 +5,10 @@ made with a model (or a retrained version of it) that it does not have, instead 
 garbage. When a model is retrained, its previous weight file stays shipped as a ``retired``
 revision: files it wrote keep decoding, new files use the current weights. Older revisions are
 dropped to keep the package small; their files are refused with a message that says so.
+
+Reading the registry (``codec models``, ``codec info``) does not import torch: the loaded
+:class:`Model` imports the entropy coder and its family's network when it is first used.
+Loading is thread-safe: each (model, weights) pair is loaded once per process.
 """
 
 from __future__ import annotations
@@ -12,17 +16,18 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from bitstream.entropy import cost_bits
 from bitstream.format import Family
-from models.weightfile import WEIGHTS
+from models import WEIGHTS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 WEIGHTS_DIR = WEIGHTS
 
@@ -147,7 +152,7 @@ def measured_rates(name: str) -> list[dict]:
     path = WEIGHTS_DIR / model_info(name).weights
     if not path.exists():
         return []
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="numpy") as f:  # metadata only: no torch needed
         measured = json.loads((f.metadata() or {}).get("validation", "[]"))
     return measured if isinstance(measured, list) else [measured]  # lossless: one {val_bpd}
 
@@ -208,6 +213,8 @@ class Model:
         indices with the prior in view (``analyze_coded``: rate-distortion optimised choice, at
         ``rate_weight``, by default this quality's :meth:`rate_weight`) gives its tables with
         them; otherwise they come from :meth:`tables`."""
+        from bitstream.entropy import cost_bits  # torch and constriction: once a model is used
+
         if not hasattr(self.net, "analyze_coded"):
             symbols = self.net.analyze(x, quality)
             return (symbols, *self.tables(symbols.reshape(len(symbols), -1), quality))
@@ -241,6 +248,8 @@ class Model:
         before it, and all of them at once would not fit in memory); the estimate is then its
         measured rate. The estimate sets the packet count before anything is coded.
         """
+        from bitstream.entropy import cost_bits
+
         session = self.session(flat.shape[1], quality)
         if self.streaming:
             return (self.prior.bits_per_symbol * flat.size,
@@ -257,15 +266,26 @@ class Model:
             net.synthesize(symbols, lost, mixture)
 
 
-@lru_cache(maxsize=None)
+_LOADING = threading.Lock()  # lru_cache alone lets two threads load the same model at once
+
+
 def load_model(name: str, weights: str | None = None) -> Model:
-    """Load (once per process) the shipped model ``name`` with its current weights, or with the
-    weight file ``weights`` (one of its retired revisions)."""
+    """Load (once per process, whichever threads ask) the shipped model ``name`` with its current
+    weights, or with the weight file ``weights`` (one of its retired revisions)."""
+    with _LOADING:
+        return _load_model(name, weights)
+
+
+@lru_cache(maxsize=None)
+def _load_model(name: str, weights: str | None) -> Model:
     info = model_info(name)
     path = WEIGHTS_DIR / (weights or info.weights)
     if not path.exists():
         raise FileNotFoundError(f"weights of model {name!r} are missing: {path}")
     return Model(info, path)
+
+
+load_model.cache_clear = _load_model.cache_clear  # tests: a fresh process
 
 
 def load_revision(name: str, digest: int) -> Model | None:
@@ -281,6 +301,6 @@ def load_revision(name: str, digest: int) -> Model | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=None)  # a race only hashes a file twice, to the same result
 def _file_digest(path: str) -> int:
     return weights_digest(Path(path))
