@@ -23,6 +23,7 @@ import torch
 from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
 from bitstream.errors import CorruptHeaderError, ModelMismatchError, PacketLossError
 from bitstream.format import Header, pack, unpack
+from codec.columns import decode_columns, encode_columns
 from codec.image import ImageInput, load_pixels
 from codec.registry import (Model, check_effort, info_by_id, load_model, load_revision,
                             model_info, resolve_model)
@@ -59,14 +60,6 @@ def packet_of_positions(h: int, w: int, n_packets: int) -> np.ndarray:
     return (x + y * (n_packets // 2)) % n_packets
 
 
-def _pad_to(pixels: np.ndarray, multiple: int) -> torch.Tensor:
-    h, w = pixels.shape[:2]
-    padded = np.pad(pixels, ((0, -h % multiple), (0, -w % multiple), (0, 0)), mode="edge")
-    if padded.shape[2] == 1:
-        padded = np.repeat(padded, 3, axis=2)
-    return torch.from_numpy(padded).permute(2, 0, 1)[None].float().div(255)
-
-
 def encode_detailed(image: ImageInput, model: str | None = None, quality: int | None = None,
                     packets: int | None = None, effort: int = 1) -> Encoded:
     """Encode and also return the model's ideal bits and the symbols (for tests and benchmarks)."""
@@ -78,7 +71,7 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     check_effort(name, effort)
     pixels = load_pixels(image)
     m = load_model(name)
-    indices, estimate, tables = m.analyze_coded(_pad_to(pixels, m.unit), quality, effort)
+    indices, estimate, tables = m.analyze_coded(pixels, quality, effort)
     groups, h, w = indices.shape
     flat = indices.reshape(groups, -1)
     n_packets = packets or int(np.clip(round(estimate / 8 / BYTES_PER_PACKET), 1,
@@ -91,12 +84,7 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     if staged:
         bits = _encode_stages(staged, flat[0], coders[0], h, w)
     else:
-        wheres = [owner == p for p in range(n_packets)]
-        bits = 0.0
-        for g, table in enumerate(tables):  # all units at once: a unit's tables depend on it
-            bits += cost_bits(flat[g], table)
-            for where, coder in zip(wheres, coders):
-                coder.encode(flat[g, where], table if table.ndim == 1 else table[where])
+        bits = encode_columns(m, quality, flat, owner, coders, tables)
     payloads = [coder.finish() for coder in coders]
     fields = dict(family=info.family, model_id=info.model_id, weights_digest=m.digest,
                   width=pixels.shape[1], height=pixels.shape[0], channels=pixels.shape[2],
@@ -162,38 +150,17 @@ def _model_for(header: Header) -> Model:
 
 def render(x_hat: torch.Tensor, header: Header) -> np.ndarray:
     """A synthesized (1, 3, H', W') image in [0, 1] as the file's (H, W, 1 or 3) uint8 pixels."""
-    pixels = (x_hat[0, :, : header.height, : header.width].permute(1, 2, 0) * 255).round()
+    return _to_uint8(x_hat[:, :, : header.height, : header.width], header.channels)
+
+
+def _to_uint8(x_hat: torch.Tensor, channels: int) -> np.ndarray:
+    """A (1, 3, h, w) image in [0, 1] as (h, w, channels) uint8 (one channel: luma)."""
+    pixels = (x_hat[0].permute(1, 2, 0) * 255).round()
     pixels = pixels.to(torch.uint8).numpy()
-    if header.channels == 1:
+    if channels == 1:
         gray = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         pixels = np.clip(np.rint(gray), 0, 255).astype(np.uint8)[:, :, None]
     return pixels
-
-
-def _decode_columns(m: Model, quality: int, payloads: list[bytes | None], owner: np.ndarray,
-                    flat: np.ndarray) -> None:
-    """Decode the columns ``flat`` (columns, units) column by column. A column's tables are
-    computed once for the units of every received packet, as at encoding, and each packet's
-    range decoder takes its units from them. A packet that fails to decode is set to None in
-    ``payloads``; its units are left to concealment."""
-    received = np.isin(owner, [p for p, payload in enumerate(payloads) if payload is not None])
-    units = owner[received]
-    decoders = {p: PacketDecoder(payload) for p, payload in enumerate(payloads)
-                if payload is not None}
-    wheres = {p: units == p for p in decoders}
-    session = m.session(len(units), quality)
-    for g in range(len(flat)):
-        table = session.freqs(flat[:g, received], g)
-        column = flat[g, received]
-        for p in list(decoders):
-            where = wheres[p]
-            try:
-                column[where] = decoders[p].decode(table if table.ndim == 1 else table[where],
-                                                   int(where.sum()))
-            except (ValueError, RuntimeError):
-                payloads[p] = None
-                del decoders[p]
-        flat[g, received] = column
 
 
 def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
@@ -215,7 +182,7 @@ def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
         except (ValueError, RuntimeError):
             payloads[0] = None
     else:
-        _decode_columns(m, header.quality, payloads, owner, flat)
+        decode_columns(m, header.quality, payloads, owner, flat)
     lost = np.isin(owner, [p for p, payload in enumerate(payloads) if payload is None])
     lost_packets = sum(p is None for p in payloads)
     if lost_packets == n_packets:
@@ -228,6 +195,8 @@ def decode_detailed(data: bytes, strict: bool = False) -> Decoded:
     if staged and lost_packets:  # the transformer restores the lost indices themselves
         filled, probs = staged.restore(indices[0], lost_grid)
         indices, mixture, lost_grid = filled[None], (lost_grid, probs), None
-    pixels = render(m.synthesize(indices, lost_grid, header.quality, mixture), header)
+    out = np.empty((header.height, header.width, header.channels), np.uint8)
+    pixels = m.render(indices, lost_grid, header.quality, mixture, out,
+                      lambda x_hat: _to_uint8(x_hat, header.channels))
     return Decoded(pixels, indices, header, lost_packets, float(lost.mean()), lost.reshape(h, w),
                    restored=bool(staged and lost_packets))

@@ -14,7 +14,7 @@ import importlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,14 @@ import torch
 
 from bitstream.entropy import cost_bits
 from bitstream.format import Family
+from codec.columns import chunks
+from models.tiling import Pixels, synthesize_in_tiles
 from models.weightfile import WEIGHTS
 
 WEIGHTS_DIR = WEIGHTS
+# the encoder keeps the tables its analysis computed (for a network with ``analyze_coded``) up
+# to this many symbols (about 512 MB of int64 tables at K = 256); beyond, they are recomputed
+KEEP_SYMBOLS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -186,21 +191,25 @@ class Model:
             return self.net, self.prior
         return self.net.at(quality), self.prior.at(quality)
 
-    def analyze_coded(self, x: torch.Tensor, quality: int, effort: int = 1
-                      ) -> tuple[np.ndarray, float, Iterable[np.ndarray]]:
-        """(symbols (columns, h, w), expected bits, the table of every column) of an image
-        padded to a multiple of ``unit``, as the encoder codes them. A network that picks its
-        indices with the prior in view (``analyze_coded``: rate-distortion optimised choice, at
-        this quality's ``rate_weights``) gives its tables with them; otherwise they come from
-        :meth:`tables`."""
+    def analyze_coded(self, pixels: np.ndarray, quality: int, effort: int = 1
+                      ) -> tuple[np.ndarray, float, list[np.ndarray] | None]:
+        """(symbols (columns, h, w), expected bits, the table of every column or None) of an
+        image's (H, W, 1 or 3) uint8 pixels, as the encoder codes them; the network sees
+        them edge-padded to a multiple of ``unit``, in tiles (``models/tiling.py``). A network that picks its indices with the prior in
+        view (``analyze_coded``: rate-distortion optimised choice, at this quality's
+        ``rate_weights``) computes the tables on the way, and keeps them for the coder while
+        there are at most KEEP_SYMBOLS symbols (beyond, the coder computes them again in chunks,
+        ``codec/columns.py``); otherwise they come from :meth:`tables`."""
+        x = Pixels(pixels, self.unit)
         if not hasattr(self.net, "analyze_coded"):
             symbols = self.net.analyze(x, quality)
             return (symbols, *self.tables(symbols.reshape(len(symbols), -1), quality))
         weights = self.info.rate_weights if self.current else ()
-        symbols, tables = self.net.analyze_coded(x, quality, self.prior,
-                                                 weights[quality] if weights else 0.0, effort)
-        flat = symbols.reshape(len(symbols), -1)
-        return symbols, sum(cost_bits(f, t) for f, t in zip(flat, tables)), tables
+        keep = self.columns(quality) * (x.height // self.unit) * (x.width // self.unit) \
+            <= KEEP_SYMBOLS
+        symbols, tables, bits = self.net.analyze_coded(
+            x, quality, self.prior, weights[quality] if weights else 0.0, effort, keep)
+        return symbols, bits, tables
 
     def staged(self, quality: int):
         """The prior at ``quality`` if it codes stage by stage over the grid (spatial context,
@@ -219,20 +228,24 @@ class Model:
         return prior.session(n) if self.streaming else prior
 
     def tables(self, flat: np.ndarray, quality: int | None = None
-               ) -> tuple[float, Iterable[np.ndarray]]:
-        """(expected bits, the table of every column) for the units ``flat`` (columns, n).
+               ) -> tuple[float, list[np.ndarray] | None]:
+        """(expected bits, the table of every column, or None) for the units ``flat``
+        (columns, n).
 
-        A positionwise prior's tables are computed once, here, and the estimate is their exact
-        cost. A streaming prior's tables come lazily, in column order (each needs the columns
-        before it, and all of them at once would not fit in memory); the estimate is then its
-        measured rate. The estimate sets the packet count before anything is coded.
+        A stateless prior's tables are computed here, chunk by chunk (``codec/columns.py``), and
+        the estimate is their exact cost; they are returned when they are shared (K,) tables or
+        fit in one chunk, else the coder computes them again chunk by chunk (all of them at once
+        would not fit in memory). A streaming prior's tables come only in column order, in the
+        coder; the estimate is then its measured rate.
         """
-        session = self.session(flat.shape[1], quality)
         if self.streaming:
-            return (self.prior.bits_per_symbol * flat.size,
-                    (session.freqs(flat[:j], j) for j in range(len(flat))))
-        tables = [session.freqs(flat[:j], j) for j in range(len(flat))]
-        return sum(cost_bits(f, t) for f, t in zip(flat, tables)), tables
+            return self.prior.bits_per_symbol * flat.size, None
+        prior, bits, parts = self._at(quality)[1], 0.0, chunks(flat.shape[1])
+        for part in parts:
+            tables = [prior.freqs(flat[:j, part], j) for j in range(len(flat))]
+            bits += sum(cost_bits(f, t) for f, t in zip(flat[:, part], tables))
+        whole = len(parts) == 1 or all(t.ndim == 1 for t in tables)
+        return bits, tables if whole else None
 
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None,
                    quality: int | None = None, mixture=None) -> torch.Tensor:
@@ -241,6 +254,24 @@ class Model:
         net = self._at(quality)[0]
         return net.synthesize(symbols, lost) if mixture is None else \
             net.synthesize(symbols, lost, mixture)
+
+    def render(self, symbols: np.ndarray, lost: np.ndarray | None, quality: int,
+               mixture, out: np.ndarray, render: Callable[[torch.Tensor], np.ndarray]
+               ) -> np.ndarray:
+        """Decode symbols into ``out`` (H, W, channels) uint8 and return it; ``render`` turns a
+        (1, 3, h, w) image in [0, 1] into uint8 (h, w, channels). A network with a latent
+        (``conceal`` / ``decode_latent``) is decoded tile by tile from its concealed latent
+        grid (``models/tiling.py``); otherwise the whole image is synthesized and cropped."""
+        net = self._at(quality)[0]
+        if not hasattr(net, "decode_latent"):
+            image = self.synthesize(symbols, lost, quality, mixture)
+            height, width = out.shape[:2]
+            out[:] = render(image[:, :, :height, :width])
+            return out
+        latent = net.conceal(symbols, lost) if mixture is None else \
+            net.conceal(symbols, lost, mixture)
+        return synthesize_in_tiles(latent, net.decode_latent, net.latent_scale,
+                                   net.synthesis_margin, render, out)
 
 
 @lru_cache(maxsize=None)
