@@ -97,9 +97,11 @@ def _encode_stages(staged, grid: np.ndarray, coder: PacketEncoder, h: int, w: in
     bits = 0.0
     stage = staged.stage_map(h, w)
     for s in range(staged.stages):
-        table = staged.stage_tables(grid, s, h, w)
-        coder.encode(grid[stage == s], table)
-        bits += cost_bits(grid[stage == s], table)
+        for a, b in staged.bands(h, w):  # grid rows: the tables of one band at a time
+            symbols = grid[a * w:b * w][stage[a * w:b * w] == s]
+            table = staged.stage_tables(grid, s, h, w, (a, b))
+            coder.encode(symbols, table)
+            bits += cost_bits(symbols, table)
     return bits
 
 
@@ -109,8 +111,9 @@ def _decode_stages(staged, payload: bytes, h: int, w: int) -> np.ndarray:
     decoder = PacketDecoder(payload)
     stage = staged.stage_map(h, w)
     for s in range(staged.stages):
-        grid[stage == s] = decoder.decode(staged.stage_tables(grid, s, h, w),
-                                          int((stage == s).sum()))
+        for a, b in staged.bands(h, w):
+            where = np.flatnonzero(stage[a * w:b * w] == s) + a * w
+            grid[where] = decoder.decode(staged.stage_tables(grid, s, h, w, (a, b)), len(where))
     return grid
 
 

@@ -28,8 +28,9 @@ from models.weightfile import WEIGHTS
 
 WEIGHTS_DIR = WEIGHTS
 # the encoder keeps the tables its analysis computed (for a network with ``analyze_coded``) up
-# to this many symbols (about 512 MB of int64 tables at K = 256); beyond, they are recomputed
-KEEP_SYMBOLS = 1 << 18
+# to this many symbols (1 GB of uint16 tables at K = 256: mcq q4 up to 30 megapixels); beyond,
+# the coder computes them again chunk by chunk (twice the prior's time, bounded memory)
+KEEP_SYMBOLS = 1 << 21
 
 
 @dataclass(frozen=True)

@@ -191,8 +191,9 @@ class MCQ(nn.Module):
     def analyze_coded(self, x: Pixels | torch.Tensor, quality: int, prior: IntMCQPrior,
                       rate_weight: float, effort: int = 1, keep: bool = True
                       ) -> tuple[np.ndarray, list[np.ndarray] | None, float]:
-        """Symbols as :meth:`analyze` gives them, the integer table of every column (None
-        unless ``keep``: the coder then computes them again, in chunks) and their cost in bits.
+        """Symbols as :meth:`analyze` gives them, the integer table of every column (uint16
+        where they are per unit; None unless ``keep``: the coder then computes them again, in
+        chunks) and their cost in bits.
 
         The fine indices are chosen group by group (residual stage or channel group), each the
         codeword that minimises squared latent error plus ``rate_weight`` times its code length
@@ -239,9 +240,10 @@ class MCQ(nn.Module):
                     target -= words[idx]  # a view: residual stages code what is left
                     symbols[j, chunk] = idx.numpy()
                 bits += cost_bits(symbols[j, chunk], table)
-                if keep:
-                    kept[j].append(table)
-        tables = [t[0] if t[0].ndim == 1 else np.concatenate(t) for t in kept] if keep else None
+                if keep:  # frequencies are 1 .. 2**16 - 1: uint16 holds them in a quarter
+                    kept[j].append(table if table.ndim == 1 else table.astype(np.uint16))
+        tables = [t[0] if len(t) == 1 or t[0].ndim == 1 else np.concatenate(t) for t in kept] \
+            if keep else None
         return symbols.reshape(columns, h // 2, w // 2), tables, bits
 
     @torch.no_grad()

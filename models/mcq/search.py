@@ -23,6 +23,7 @@ size. Measured on held-back training photos and Kodak in ``models/weights/mcq.md
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -66,7 +67,7 @@ def code_lengths(net, prior, coarse: torch.Tensor, residual: torch.Tensor, quali
     choice that :meth:`MCQ.code_residual` makes for the columns before it."""
     _, tables, _ = net.code_residual(coarse, residual, quality, prior, rate_weight)
     mc = net.config.coarse_groups
-    bits = [PRECISION - torch.from_numpy(t).float().log2_() for t in tables[mc:]]
+    bits = [PRECISION - torch.from_numpy(t.astype(np.float32)).log2_() for t in tables[mc:]]
     return torch.stack(bits).view(quality, 4, *bits[0].shape)
 
 
