@@ -2,6 +2,7 @@
 
     python -m eval.bigimage [--mpx 1,12,48,100] [--models mcq,vq,pc-photo] [--root DIR]
                             [--limit-gb 8] [--timeout 600] [--out FILE]
+    python -m eval.bigimage --seams [--mpx 12] [--models mcq,vq]
 
 Test images are made here (never committed): a training photo upscaled (Lanczos) to 4:3 images
 of the given megapixels, kept as ``.npy`` in a temporary folder. Each encode and each decode
@@ -12,6 +13,10 @@ subprocess whose RSS passes ``--limit-gb`` or that runs past ``--timeout`` and r
 skipped, so a measurement never starves the machine. ``--root`` runs the codec of another
 checkout (e.g. ``/work/main``, for "before" figures): the subprocess only calls
 ``codec.pipeline.encode_detailed`` and ``decode_detailed``, which every version has.
+
+``--seams`` checks the tiles instead (in this process): the file of a tiled encoding against an
+untiled one (the tile size raised above the image), and the tiled decode against the untiled
+decode of the same file, PSNR over all pixels and over those within 16 pixels of a tile seam.
 """
 
 from __future__ import annotations
@@ -97,6 +102,42 @@ def run_child(root: Path, mode: str, src: Path, dst: Path, model: str, limit_gb:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def seam_check(model: str, mpx: float, folder: Path) -> str:
+    """A markdown row: tiled vs untiled encoding (same file?) and decoding (PSNR between the
+    two decodes, everywhere and near seams; PSNR of each against the original)."""
+    import torch
+
+    from codec.pipeline import decode_detailed, encode_detailed
+    from models import tiling
+
+    torch.set_num_threads(1)
+    pixels = np.load(make_image(mpx, folder))
+    tile = tiling.TILE
+    tiled = encode_detailed(pixels, model=model)
+    tiled_pixels = decode_detailed(tiled.data).pixels
+    tiling.TILE = 1 << 16  # one tile: the whole image
+    try:
+        whole = encode_detailed(pixels, model=model)
+        whole_pixels = decode_detailed(tiled.data).pixels
+    finally:
+        tiling.TILE = tile
+    near = np.zeros(pixels.shape[:2], bool)
+    for axis in (0, 1):
+        seams = np.arange(tile, pixels.shape[axis], tile)
+        index = np.abs(np.arange(pixels.shape[axis])[:, None] - seams[None]).min(1) < 16 \
+            if len(seams) else np.zeros(pixels.shape[axis], bool)
+        near |= index[:, None] if axis == 0 else index[None, :]
+
+    def psnr(a: np.ndarray, b: np.ndarray) -> str:
+        mse = np.mean((a.astype(np.float64) - b) ** 2)
+        return "identical" if mse == 0 else f"{10 * np.log10(255 ** 2 / mse):.2f} dB"
+
+    return (f"| {model} | {mpx:g} | {'yes' if tiled.data == whole.data else 'no'} | "
+            f"{psnr(tiled_pixels, whole_pixels)} | {psnr(tiled_pixels[near], whole_pixels[near])}"
+            f" | {np.mean(tiled_pixels != whole_pixels):.2e} | {psnr(tiled_pixels, pixels)} | "
+            f"{psnr(whole_pixels, pixels)} |")
+
+
 def _cell(result: dict) -> str:
     if "skipped" in result:
         return f"skipped ({result['skipped']})"
@@ -114,10 +155,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=Path, default=None,
                         help="folder for the test images (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="also append the rows to FILE")
+    parser.add_argument("--seams", action="store_true",
+                        help="compare tiled and untiled coding instead of measuring")
     args = parser.parse_args(argv)
     folder = args.images or Path(tempfile.mkdtemp(prefix="bigimage-"))
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
+    if args.seams:
+        print("| model | Mpx | same file | tiled vs untiled decode | near seams | pixels "
+              "differing | tiled vs original | untiled vs original |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for model in args.models.split(","):
+            for mpx in (float(m) for m in args.mpx.split(",")):
+                rows.append(seam_check(model, mpx, folder))
+                print(rows[-1], flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write("\n".join(rows) + "\n")
+        return
     print("| model | Mpx | encode (wall / peak RSS) | decode (wall / peak RSS) | file bytes |")
     print("| --- | --- | --- | --- | --- |")
     for model in args.models.split(","):
