@@ -19,12 +19,13 @@ import numpy as np
 
 from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
 
-CHUNK = 16384  # units per chunk of a column (tables: CHUNK x K integers); tests lower it
+CHUNK = 16384  # table rows per chunk of a column (CHUNK x K integers); tests lower it
 
 
-def chunks(n: int, size: int | None = None) -> list[slice]:
-    """Contiguous raster ranges of at most ``size`` (default :data:`CHUNK`) of n units."""
-    size = size or CHUNK
+def chunks(n: int, rows_per_unit: int = 1) -> list[slice]:
+    """Contiguous raster ranges of n units, each with at most :data:`CHUNK` table rows (a
+    unit has ``rows_per_unit``: the lossless models code many patches per unit)."""
+    size = max(1, CHUNK // rows_per_unit)
     return [slice(a, min(n, a + size)) for a in range(0, n, size)] or [slice(0, 0)]
 
 
@@ -35,7 +36,7 @@ def encode_columns(m, quality: int, flat: np.ndarray, owner: np.ndarray,
     is each unit's packet. ``tables`` (one per column: shared (K,) or (units, K)) are the
     analysis' own when it kept them; otherwise each chunk's tables come from ``m.session``.
     Returns the ideal code length in bits (-log2 p summed over the symbols)."""
-    parts = chunks(flat.shape[1])
+    parts = chunks(flat.shape[1], m.table_rows)
     sessions = [None if tables is not None else m.session(part.stop - part.start, quality)
                 for part in parts]
     wheres = [[owner[part] == p for p in range(len(coders))] for part in parts]
@@ -62,7 +63,7 @@ def decode_columns(m, quality: int, payloads: list[bytes | None], owner: np.ndar
                                               if payload is not None]))
     decoders = {p: PacketDecoder(payload) for p, payload in enumerate(payloads)
                 if payload is not None}
-    parts = chunks(len(received))
+    parts = chunks(len(received), m.table_rows)
     sessions = [m.session(part.stop - part.start, quality) for part in parts]
     wheres = [{p: owner[received[part]] == p for p in decoders} for part in parts]
     for j in range(len(flat)):

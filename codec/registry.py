@@ -219,6 +219,11 @@ class Model:
         return prior if getattr(prior, "spatial", False) else None
 
     @property
+    def table_rows(self) -> int:
+        """Rows of a column's tables per unit: 1, or the patches of a lossless tile."""
+        return getattr(self.prior, "patches", 1)
+
+    @property
     def streaming(self) -> bool:
         """Whether the prior keeps state across columns (tables only in column order)."""
         return hasattr(self.prior, "session")
@@ -241,7 +246,7 @@ class Model:
         """
         if self.streaming:
             return self.prior.bits_per_symbol * flat.size, None
-        prior, bits, parts = self._at(quality)[1], 0.0, chunks(flat.shape[1])
+        prior, bits, parts = self._at(quality)[1], 0.0, chunks(flat.shape[1], self.table_rows)
         for part in parts:
             tables = [prior.freqs(flat[:j, part], j) for j in range(len(flat))]
             bits += sum(cost_bits(f, t) for f, t in zip(flat[:, part], tables))
