@@ -262,23 +262,22 @@ class Model:
             net.synthesize(symbols, lost, mixture)
 
     def render(self, symbols: np.ndarray, lost: np.ndarray | None, quality: int,
-               mixture, out: np.ndarray, render: Callable[[torch.Tensor], np.ndarray]
+               mixture, out: np.ndarray, to_uint8: Callable[[torch.Tensor], np.ndarray]
                ) -> np.ndarray:
-        """Decode symbols into ``out`` (H, W, channels) uint8 and return it; ``render`` turns a
-        (1, 3, h, w) image in [0, 1] into uint8 (h, w, channels). A network with a latent
+        """Decode symbols into ``out`` (H, W, channels) uint8 and return it; ``to_uint8`` turns
+        a (1, 3, h, w) image in [0, 1] into uint8 (h, w, channels). A network with a latent
         (``conceal`` / ``decode_latent``) is decoded tile by tile from its concealed latent
         grid (``models/tiling.py``); otherwise the whole image is synthesized and cropped."""
         net = self._at(quality)[0]
         if not hasattr(net, "decode_latent"):
             image = self.synthesize(symbols, lost, quality, mixture)
             height, width = out.shape[:2]
-            out[:] = render(image[:, :, :height, :width])
+            out[:] = to_uint8(image[:, :, :height, :width])
             return out
         latent = net.conceal(symbols, lost) if mixture is None else \
             net.conceal(symbols, lost, mixture)
         return synthesize_in_tiles(latent, net.decode_latent, net.latent_scale,
-                                   net.synthesis_margin, render, out)
-
+                                   net.synthesis_margin, to_uint8, out)
 
 @lru_cache(maxsize=None)
 def load_model(name: str, weights: str | None = None) -> Model:
