@@ -1,7 +1,7 @@
 """Peak memory and wall time of encoding and decoding big images.
 
     python -m eval.bigimage [--mpx 1,12,48,100] [--models mcq,vq,pc-photo] [--root DIR]
-                            [--limit-gb 8] [--timeout 600] [--out FILE]
+                            [--limit-gb 8] [--timeout 600] [--packets N] [--out FILE]
     python -m eval.bigimage --seams [--mpx 12] [--models mcq,vq]
 
 Test images are made here (never committed): a training photo upscaled (Lanczos) to 4:3 images
@@ -40,11 +40,11 @@ import json, resource, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
 from codec.pipeline import decode_detailed, encode_detailed
-mode, src, dst, model = sys.argv[1:5]
+mode, src, dst, model, packets = sys.argv[1:6]
 if mode == "encode":
     pixels = np.load(src)
     start = time.perf_counter()
-    data = encode_detailed(pixels, model=model).data
+    data = encode_detailed(pixels, model=model, packets=int(packets) or None).data
     seconds = time.perf_counter() - start
     open(dst, "wb").write(data)
 else:
@@ -79,11 +79,12 @@ def _rss_gb(pid: int) -> float:
 
 
 def run_child(root: Path, mode: str, src: Path, dst: Path, model: str, limit_gb: float,
-              timeout: float) -> dict:
+              timeout: float, packets: int = 0) -> dict:
     """One encode or decode in a one-thread subprocess; {"skipped": why} past a limit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": str(root)}
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, mode, str(src), str(dst), model],
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, mode, str(src), str(dst), model,
+                             str(packets)],
                             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     start, peak = time.monotonic(), 0.0
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=Path, default=None,
                         help="folder for the test images (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="also append the rows to FILE")
+    parser.add_argument("--packets", type=int, default=0,
+                        help="packets per file (default 0: the encoder's choice)")
     parser.add_argument("--seams", action="store_true",
                         help="compare tiled and untiled coding instead of measuring")
     args = parser.parse_args(argv)
@@ -179,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         for mpx in (float(m) for m in args.mpx.split(",")):
             src = make_image(mpx, folder)
             coded, decoded = folder / f"{model}-{mpx:g}.nic", folder / f"{model}-{mpx:g}.out.npy"
-            enc = run_child(args.root, "encode", src, coded, model, args.limit_gb, args.timeout)
+            enc = run_child(args.root, "encode", src, coded, model, args.limit_gb, args.timeout,
+                            args.packets)
             dec = (run_child(args.root, "decode", coded, decoded, model, args.limit_gb,
                              args.timeout) if "skipped" not in enc else {"skipped": "no file"})
             size = enc.get("bytes", "")
