@@ -125,3 +125,20 @@ def test_pixels_tiles_equal_the_padded_image(photo):
     assert (whole[:, :, 49:, :70] == whole[:, :, 49:50, :70]).all()  # edge padding
     assert (pixels.tile(16, 64, 32, 80) == whole[:, :, 16:64, 32:80]).all()
     assert (pixels.uint8() == (whole[0] * 255).round().byte().permute(1, 2, 0).numpy()).all()
+
+
+def test_bigimage_script_measures_and_checks_seams(tmp_path, small_tiles, capsys):
+    """``python -m eval.bigimage``: a measured row per model and size (subprocesses), and the
+    seam check's row (tiled against untiled: the same file)."""
+    from eval import bigimage
+
+    if not bigimage.PHOTO.exists():
+        pytest.skip("training photos not found beside the repository (../shared/data/train)")
+    bigimage.main(["--mpx", "0.02", "--models", "vq-static", "--images", str(tmp_path)])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.startswith("| vq-static | 0.02 |") and row.count(" GB") == 2, row
+    small_tiles()
+    bigimage.main(["--seams", "--mpx", "0.1", "--models", "mcq", "--images", str(tmp_path)])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.startswith("| mcq | 0.1 | yes |"), row
+    assert tiling.TILE == SMALL_TILE  # restored after the untiled run
