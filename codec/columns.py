@@ -3,12 +3,12 @@
 Each packet's stream holds column 0 of its units (raster order), then column 1, and so on
 (``bitstream/FORMAT.md``); column j of a unit is coded with the table the model computes from
 columns < j of the same unit. A column's tables for every unit at once would take n_units x K
-integers (gigabytes for a 100-megapixel image), so they are computed for CHUNK units at a time
-(a contiguous raster range) and each packet's coder takes that chunk's units of the packet. The
-coders see the same symbols with the same tables in the same order as with one table for the
-whole column, so the bytes are identical; the tables of a chunk come from a table source (the
-prior, or a session of a stateful prior) of its own, which computes what it would compute for
-those units among all of them (the priors are positionwise and exact).
+integers (gigabytes for a 100-megapixel image), so they are computed for a chunk of units at a
+time (a contiguous raster range of CHUNK table rows) and each packet's coder takes that chunk's
+units of the packet. The coders see the same symbols with the same tables in the same order as
+with one table for the whole column, so the bytes are identical; the tables of a chunk come from
+a table source (the prior, or a session of a stateful prior) of its own, which computes what it
+would compute for those units among all of them (the priors are positionwise and exact).
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ def encode_columns(m, quality: int, flat: np.ndarray, owner: np.ndarray,
     bits = 0.0
     for j in range(len(flat)):
         for part, session, where in zip(parts, sessions, wheres):
-            table = session.freqs(flat[:j, part], j) if tables is None else tables[j]
-            if table.ndim > 1 and tables is not None:
-                table = table[part]
+            if tables is None:
+                table = session.freqs(flat[:j, part], j)
+            else:
+                table = tables[j] if tables[j].ndim == 1 else tables[j][part]
             column = flat[j, part]
             bits += cost_bits(column, table)
             for p, coder in enumerate(coders):

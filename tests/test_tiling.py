@@ -68,6 +68,13 @@ def test_tiled_coding_gives_the_same_file_and_pixels(photo, small_tiles, model, 
     _close(concealed.pixels, reference_damaged.pixels)
 
 
+def test_kept_tables_coded_in_chunks(photo, monkeypatch):
+    """The analysis' own tables (kept below KEEP_SYMBOLS) coded chunk by chunk: same file."""
+    whole = encode_detailed(photo[:256, :320], quality=6, packets=3)
+    monkeypatch.setattr(columns, "CHUNK", SMALL_CHUNK)
+    assert encode_detailed(photo[:256, :320], quality=6, packets=3).data == whole.data
+
+
 def test_tiled_effort_search_decodes_like_the_whole(photo, small_tiles):
     """Effort 2 refines in its own tiles; tiled analysis and error measurement keep its file
     within float rounding of the whole-image one: same size to a few bytes, same pixels
