@@ -195,12 +195,13 @@ class Model:
     def analyze_coded(self, pixels: np.ndarray, quality: int, effort: int = 1
                       ) -> tuple[np.ndarray, float, list[np.ndarray] | None]:
         """(symbols (columns, h, w), expected bits, the table of every column or None) of an
-        image's (H, W, 1 or 3) uint8 pixels, as the encoder codes them; the network sees
-        them edge-padded to a multiple of ``unit``, in tiles (``models/tiling.py``). A network that picks its indices with the prior in
-        view (``analyze_coded``: rate-distortion optimised choice, at this quality's
-        ``rate_weights``) computes the tables on the way, and keeps them for the coder while
-        there are at most KEEP_SYMBOLS symbols (beyond, the coder computes them again in chunks,
-        ``codec/columns.py``); otherwise they come from :meth:`tables`."""
+        image's (H, W, 1 or 3) uint8 pixels, as the encoder codes them; the network sees them
+        edge-padded to a multiple of ``unit``, in tiles (``models/tiling.py``). A network that
+        picks its indices with the prior in view (``analyze_coded``: rate-distortion optimised
+        choice, at this quality's ``rate_weights``) computes the tables on the way, and keeps
+        them for the coder while there are at most KEEP_SYMBOLS symbols (beyond, the coder
+        computes them again in chunks, ``codec/columns.py``); otherwise they come from
+        :meth:`tables`."""
         x = Pixels(pixels, self.unit)
         if not hasattr(self.net, "analyze_coded"):
             symbols = self.net.analyze(x, quality)
