@@ -25,17 +25,13 @@ from bitstream.errors import (BitstreamError, CorruptHeaderError, CorruptMetadat
                               DecodeError, ModelMismatchError, PacketLossError)
 from bitstream.format import MAX_PIXELS, Header, check_pixels, metadata_records, pack, unpack
 from bitstream.metadata import Metadata
+from codec.columns import UNDECODABLE, decode_columns, encode_columns
 from codec.image import ImageInput, Picture, Policy, load_image
 from codec.registry import (Model, check_effort, info_by_id, load_model, load_revision,
                             model_info, resolve_model)
 
 BYTES_PER_PACKET = 4096  # default packet size: framing stays near 0.2% of the payload
 MAX_AUTO_PACKETS = 16
-# What the range decoder raises on data its tables cannot have produced (constriction: an
-# AssertionError); the packet is then lost, as if its CRC had failed.
-_UNDECODABLE = (ValueError, RuntimeError, AssertionError)
-
-
 @dataclass
 class Encoded:
     """An encoded image and what the model predicted it would cost."""
@@ -66,14 +62,6 @@ def packet_of_positions(h: int, w: int, n_packets: int) -> np.ndarray:
     return (x + y * (n_packets // 2)) % n_packets
 
 
-def _pad_to(pixels: np.ndarray, multiple: int) -> torch.Tensor:
-    h, w = pixels.shape[:2]
-    padded = np.pad(pixels, ((0, -h % multiple), (0, -w % multiple), (0, 0)), mode="edge")
-    if padded.shape[2] == 1:
-        padded = np.repeat(padded, 3, axis=2)
-    return torch.from_numpy(padded).permute(2, 0, 1)[None].float().div(255)
-
-
 def encode_detailed(image: ImageInput, model: str | None = None, quality: int | None = None,
                     packets: int | None = None, effort: int = 1,
                     policy: Policy = Policy(), rate_weight: float | None = None) -> Encoded:
@@ -93,8 +81,7 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     picture = image if isinstance(image, Picture) else load_image(image, policy)
     pixels = picture.pixels
     m = load_model(name)
-    indices, estimate, tables = m.analyze_coded(_pad_to(pixels, m.unit), quality, effort,
-                                                rate_weight)
+    indices, estimate, tables = m.analyze_coded(pixels, quality, effort, rate_weight)
     groups, h, w = indices.shape
     flat = indices.reshape(groups, -1)
     n_packets = packets or int(np.clip(round(estimate / 8 / BYTES_PER_PACKET), 1,
@@ -107,12 +94,7 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     if staged:
         bits = _encode_stages(staged, flat[0], coders[0], h, w)
     else:
-        wheres = [owner == p for p in range(n_packets)]
-        bits = 0.0
-        for g, table in enumerate(tables):  # all units at once: a unit's tables depend on it
-            bits += cost_bits(flat[g], table)
-            for where, coder in zip(wheres, coders):
-                coder.encode(flat[g, where], table if table.ndim == 1 else table[where])
+        bits = encode_columns(m, quality, flat, owner, coders, tables)
     payloads = [coder.finish() for coder in coders]
     fields = dict(family=info.family, model_id=info.model_id, weights_digest=m.digest,
                   width=pixels.shape[1], height=pixels.shape[0], channels=pixels.shape[2],
@@ -125,9 +107,11 @@ def _encode_stages(staged, grid: np.ndarray, coder: PacketEncoder, h: int, w: in
     bits = 0.0
     stage = staged.stage_map(h, w)
     for s in range(staged.stages):
-        table = staged.stage_tables(grid, s, h, w)
-        coder.encode(grid[stage == s], table)
-        bits += cost_bits(grid[stage == s], table)
+        for a, b in staged.bands(h, w):  # grid rows: the tables of one band at a time
+            symbols = grid[a * w:b * w][stage[a * w:b * w] == s]
+            table = staged.stage_tables(grid, s, h, w, (a, b))
+            coder.encode(symbols, table)
+            bits += cost_bits(symbols, table)
     return bits
 
 
@@ -137,8 +121,9 @@ def _decode_stages(staged, payload: bytes, h: int, w: int) -> np.ndarray:
     decoder = PacketDecoder(payload)
     stage = staged.stage_map(h, w)
     for s in range(staged.stages):
-        grid[stage == s] = decoder.decode(staged.stage_tables(grid, s, h, w),
-                                          int((stage == s).sum()))
+        for a, b in staged.bands(h, w):
+            where = np.flatnonzero(stage[a * w:b * w] == s) + a * w
+            grid[where] = decoder.decode(staged.stage_tables(grid, s, h, w, (a, b)), len(where))
     return grid
 
 
@@ -188,40 +173,17 @@ def _model_for(header: Header) -> Model:
 
 def render(x_hat: torch.Tensor, header: Header) -> np.ndarray:
     """A synthesized (1, 3, H', W') image in [0, 1] as the file's (H, W, 1 or 3) uint8 pixels."""
-    pixels = (x_hat[0, :, : header.height, : header.width].permute(1, 2, 0) * 255).round()
+    return _to_uint8(x_hat[:, :, : header.height, : header.width], header.channels)
+
+
+def _to_uint8(x_hat: torch.Tensor, channels: int) -> np.ndarray:
+    """A (1, 3, h, w) image in [0, 1] as (h, w, channels) uint8 (one channel: luma)."""
+    pixels = (x_hat[0].permute(1, 2, 0) * 255).round()
     pixels = pixels.to(torch.uint8).numpy()
-    if header.channels == 1:
+    if channels == 1:
         gray = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         pixels = np.clip(np.rint(gray), 0, 255).astype(np.uint8)[:, :, None]
     return pixels
-
-
-def _decode_columns(m: Model, quality: int, payloads: list[bytes | None], owner: np.ndarray,
-                    flat: np.ndarray) -> None:
-    """Decode the columns ``flat`` (columns, units) column by column. A column's tables are
-    computed once for the units of every received packet, as at encoding, and each packet's
-    range decoder takes its units from them. A packet that fails to decode is set to None in
-    ``payloads``; its units are left to concealment."""
-    received = np.isin(owner, [p for p, payload in enumerate(payloads) if payload is not None])
-    units = owner[received]
-    decoders = {p: PacketDecoder(payload) for p, payload in enumerate(payloads)
-                if payload is not None}
-    wheres = {p: units == p for p in decoders}
-    session = m.session(len(units), quality)
-    for g in range(len(flat)):
-        if not decoders:  # every packet failed: no more tables to compute for them
-            break
-        table = session.freqs(flat[:g, received], g)
-        column = flat[g, received]
-        for p in list(decoders):
-            where = wheres[p]
-            try:
-                column[where] = decoders[p].decode(table if table.ndim == 1 else table[where],
-                                                   int(where.sum()))
-            except _UNDECODABLE:
-                payloads[p] = None
-                del decoders[p]
-        flat[g, received] = column
 
 
 def _read_metadata(data: bytes, header: Header, strict: bool) -> tuple[Metadata, bool]:
@@ -278,10 +240,10 @@ def _decode_payloads(m: Model, header: Header, payloads: list[bytes | None],
         try:
             if payloads[0] is not None:
                 flat[0] = _decode_stages(staged, payloads[0], h, w)
-        except _UNDECODABLE:
+        except UNDECODABLE:
             payloads[0] = None
     else:
-        _decode_columns(m, header.quality, payloads, owner, flat)
+        decode_columns(m, header.quality, payloads, owner, flat)
     lost = np.isin(owner, [p for p, payload in enumerate(payloads) if payload is None])
     lost_packets = sum(p is None for p in payloads)
     if lost_packets == n_packets:
@@ -294,6 +256,8 @@ def _decode_payloads(m: Model, header: Header, payloads: list[bytes | None],
     if staged and lost_packets:  # the transformer restores the lost indices themselves
         filled, probs = staged.restore(indices[0], lost_grid)
         indices, mixture, lost_grid = filled[None], (lost_grid, probs), None
-    pixels = render(m.synthesize(indices, lost_grid, header.quality, mixture), header)
+    out = np.empty((header.height, header.width, header.channels), np.uint8)
+    pixels = m.render(indices, lost_grid, header.quality, mixture, out,
+                      lambda x_hat: _to_uint8(x_hat, header.channels))
     return Decoded(pixels, indices, header, lost_packets, float(lost.mean()), lost.reshape(h, w),
                    restored=bool(staged and lost_packets))

@@ -19,7 +19,7 @@ import json
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable
 from pathlib import Path
 
 from bitstream.format import Family
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     import torch
 
 WEIGHTS_DIR = WEIGHTS
+# the encoder keeps the tables its analysis computed (for a network with ``analyze_coded``) up
+# to this many symbols (1 GB of uint16 tables at K = 256: mcq q4 up to 30 megapixels); beyond,
+# the coder computes them again chunk by chunk (twice the prior's time, bounded memory)
+KEEP_SYMBOLS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -205,29 +209,40 @@ class Model:
         weights = self.info.rate_weights if self.current else ()
         return weights[quality] if weights else 0.0
 
-    def analyze_coded(self, x: torch.Tensor, quality: int, effort: int = 1,
+    def analyze_coded(self, pixels: np.ndarray, quality: int, effort: int = 1,
                       rate_weight: float | None = None
-                      ) -> tuple[np.ndarray, float, Iterable[np.ndarray]]:
-        """(symbols (columns, h, w), expected bits, the table of every column) of an image
-        padded to a multiple of ``unit``, as the encoder codes them. A network that picks its
-        indices with the prior in view (``analyze_coded``: rate-distortion optimised choice, at
-        ``rate_weight``, by default this quality's :meth:`rate_weight`) gives its tables with
-        them; otherwise they come from :meth:`tables`."""
-        from bitstream.entropy import cost_bits  # torch and constriction: once a model is used
+                      ) -> tuple[np.ndarray, float, list[np.ndarray] | None]:
+        """(symbols (columns, h, w), expected bits, the table of every column or None) of an
+        image's (H, W, 1 or 3) uint8 pixels, as the encoder codes them; the network sees them
+        edge-padded to a multiple of ``unit``, in tiles (``models/tiling.py``). A network that
+        picks its indices with the prior in view (``analyze_coded``: rate-distortion optimised
+        choice, at ``rate_weight``, by default this quality's :meth:`rate_weight`) computes the
+        tables on the way, and keeps them for the coder while there are at most KEEP_SYMBOLS
+        symbols (beyond, the coder computes them again in chunks, ``codec/columns.py``);
+        otherwise they come from :meth:`tables`."""
+        from models.tiling import Pixels  # torch: once a model is used
 
+        x = Pixels(pixels, self.unit)
         if not hasattr(self.net, "analyze_coded"):
             symbols = self.net.analyze(x, quality)
             return (symbols, *self.tables(symbols.reshape(len(symbols), -1), quality))
         weight = self.rate_weight(quality) if rate_weight is None else rate_weight
-        symbols, tables = self.net.analyze_coded(x, quality, self.prior, weight, effort)
-        flat = symbols.reshape(len(symbols), -1)
-        return symbols, sum(cost_bits(f, t) for f, t in zip(flat, tables)), tables
+        keep = self.columns(quality) * (x.height // self.unit) * (x.width // self.unit) \
+            <= KEEP_SYMBOLS
+        symbols, tables, bits = self.net.analyze_coded(x, quality, self.prior, weight, effort,
+                                                       keep)
+        return symbols, bits, tables
 
     def staged(self, quality: int):
         """The prior at ``quality`` if it codes stage by stage over the grid (spatial context,
         one column per unit: the masked index transformer), else None."""
         prior = self._at(quality)[1]
         return prior if getattr(prior, "spatial", False) else None
+
+    @property
+    def table_rows(self) -> int:
+        """Rows of a column's tables per unit: 1, or the patches of a lossless tile."""
+        return getattr(self.prior, "patches", 1)
 
     @property
     def streaming(self) -> bool:
@@ -240,22 +255,27 @@ class Model:
         return prior.session(n) if self.streaming else prior
 
     def tables(self, flat: np.ndarray, quality: int | None = None
-               ) -> tuple[float, Iterable[np.ndarray]]:
-        """(expected bits, the table of every column) for the units ``flat`` (columns, n).
+               ) -> tuple[float, list[np.ndarray] | None]:
+        """(expected bits, the table of every column, or None) for the units ``flat``
+        (columns, n).
 
-        A positionwise prior's tables are computed once, here, and the estimate is their exact
-        cost. A streaming prior's tables come lazily, in column order (each needs the columns
-        before it, and all of them at once would not fit in memory); the estimate is then its
-        measured rate. The estimate sets the packet count before anything is coded.
+        A stateless prior's tables are computed here, chunk by chunk (``codec/columns.py``), and
+        the estimate is their exact cost; they are returned when they are shared (K,) tables or
+        fit in one chunk, else the coder computes them again chunk by chunk (all of them at once
+        would not fit in memory). A streaming prior's tables come only in column order, in the
+        coder; the estimate is then its measured rate.
         """
         from bitstream.entropy import cost_bits
+        from codec.columns import chunks
 
-        session = self.session(flat.shape[1], quality)
         if self.streaming:
-            return (self.prior.bits_per_symbol * flat.size,
-                    (session.freqs(flat[:j], j) for j in range(len(flat))))
-        tables = [session.freqs(flat[:j], j) for j in range(len(flat))]
-        return sum(cost_bits(f, t) for f, t in zip(flat, tables)), tables
+            return self.prior.bits_per_symbol * flat.size, None
+        prior, bits, parts = self._at(quality)[1], 0.0, chunks(flat.shape[1], self.table_rows)
+        for part in parts:
+            tables = [prior.freqs(flat[:j, part], j) for j in range(len(flat))]
+            bits += sum(cost_bits(f, t) for f, t in zip(flat[:, part], tables))
+        whole = len(parts) == 1 or all(t.ndim == 1 for t in tables)
+        return bits, tables if whole else None
 
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None,
                    quality: int | None = None, mixture=None) -> torch.Tensor:
@@ -265,6 +285,25 @@ class Model:
         return net.synthesize(symbols, lost) if mixture is None else \
             net.synthesize(symbols, lost, mixture)
 
+    def render(self, symbols: np.ndarray, lost: np.ndarray | None, quality: int,
+               mixture, out: np.ndarray, to_uint8: Callable[[torch.Tensor], np.ndarray]
+               ) -> np.ndarray:
+        """Decode symbols into ``out`` (H, W, channels) uint8 and return it; ``to_uint8`` turns
+        a (1, 3, h, w) image in [0, 1] into uint8 (h, w, channels). A network with a latent
+        (``conceal`` / ``decode_latent``) is decoded tile by tile from its concealed latent
+        grid (``models/tiling.py``); otherwise the whole image is synthesized and cropped."""
+        net = self._at(quality)[0]
+        if not hasattr(net, "decode_latent"):
+            image = self.synthesize(symbols, lost, quality, mixture)
+            height, width = out.shape[:2]
+            out[:] = to_uint8(image[:, :, :height, :width])
+            return out
+        latent = net.conceal(symbols, lost) if mixture is None else \
+            net.conceal(symbols, lost, mixture)
+        from models.tiling import synthesize_in_tiles
+
+        return synthesize_in_tiles(latent, net.decode_latent, net.latent_scale,
+                                   net.synthesis_margin, to_uint8, out)
 
 _LOADING = threading.Lock()  # lru_cache alone lets two threads load the same model at once
 

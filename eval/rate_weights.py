@@ -47,7 +47,7 @@ def measure(weights: str, images: list[np.ndarray], grid: list[float]) -> list[d
         x = whole_image(img, net.unit)
         pixels += x.shape[2] * x.shape[3]
         for w in grid:
-            symbols, tables = net.analyze_coded(x, stages, prior, w)
+            symbols, tables, _ = net.analyze_coded(x, stages, prior, w)
             flat = symbols.reshape(len(symbols), -1)
             bits = np.cumsum([cost_bits(f, t) for f, t in zip(flat, tables)])
             for q in range(stages + 1):

@@ -145,14 +145,16 @@ def test_rate_weighted_indices(trained):
     _, residual = model._latents(x)
     results = {}
     for weight in (0.0, 0.5, 50.0):
-        symbols, tables = model.analyze_coded(x, q, prior, weight)
+        symbols, tables, bits = model.analyze_coded(x, q, prior, weight)
         flat = symbols.reshape(len(symbols), -1)
         assert len(tables) == len(flat) == model.columns(q)
         for j, table in enumerate(tables):
             assert np.array_equal(table, prior.freqs(flat[:j], j))
         latent = model.fine_vq.embed_prefix(_fine_grid(symbols, mc))
-        results[weight] = (sum(cost_bits(f, t) for f, t in zip(flat, tables)),
-                           (residual - latent).pow(2).sum().item(), symbols)
+        assert bits == sum(cost_bits(f, t) for f, t in zip(flat, tables))
+        _, none, same_bits = model.analyze_coded(x, q, prior, weight, keep=False)
+        assert none is None and same_bits == bits
+        results[weight] = (bits, (residual - latent).pow(2).sum().item(), symbols)
     assert (results[0.0][2] == model.analyze(x, q)).all()
     bits, errors = zip(*[(b, e) for b, e, _ in results.values()])
     assert bits[0] > bits[1] > bits[2] and errors[0] < errors[1] < errors[2]

@@ -65,7 +65,7 @@ def test_forged_size_without_limit_ends_in_our_error(small_file):
 
 def test_range_decoder_assertion_loses_the_packet():
     """Regression: the AssertionError constriction raises on data its tables cannot have
-    produced escaped ``_decode_columns``. A packet of garbage behind a valid CRC-16 is now lost
+    produced escaped the column decoder. A packet of garbage behind a valid CRC-16 is now lost
     and concealed like a packet whose CRC fails."""
     data = codec.encode(_image(2, 96, 64), packets=2)
     header, offset = parse_header(data)
@@ -78,10 +78,10 @@ def test_range_decoder_assertion_loses_the_packet():
 
 
 def test_any_failure_of_the_payload_is_a_decode_error(small_file, monkeypatch):
-    def broken(x_hat, header):
+    def broken(*args, **kwargs):
         raise IndexError("index 9 is out of bounds")
 
-    monkeypatch.setattr(pipeline, "render", broken)
+    monkeypatch.setattr(registry.Model, "render", broken)  # the synthesis, after the symbols
     with pytest.raises(codec.DecodeError, match="does not decode.*IndexError") as error:
         decode_detailed(small_file)
     assert isinstance(error.value.__cause__, IndexError)

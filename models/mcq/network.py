@@ -30,13 +30,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitstream.entropy import PRECISION
+from bitstream.entropy import PRECISION, cost_bits
 from models.codebooks import squared_distances
 from models.layers import GDN, channels_last, conv, deconv, inpaint
 from models.mcq import search
 from models.mcq.prior import ChannelPrior, IntChannelPrior, IntMCQPrior, fine_context
 from models.mcq.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ, ResidualVQ
+from models.tiling import Pixels, analyze_in_tiles
 
+# tiles (models/tiling.py): pixels of context around an analysis tile (64 already gives
+# bit-identical latents), fine latents around a synthesis tile, and units per coding chunk
+ANALYSIS_MARGIN = 96
+SYNTHESIS_MARGIN = 4
+CODE_CHUNK = 8192
 QUANTIZERS = {"gumbel": GumbelMultiCodebookVQ, "ema": MultiCodebookVQ, "rvq": ResidualVQ}
 
 
@@ -75,6 +81,8 @@ class MCQ(nn.Module):
     """Analysis, coarse and fine multi-codebook quantizers, prediction, synthesis, priors."""
 
     unit = 16
+    latent_scale = 8  # pixels per position of the latent that decode_latent decodes
+    synthesis_margin = SYNTHESIS_MARGIN
     pretrain_noise = 0.3  # highest noise level of the pretraining pass, see pretrain_latent
 
     def __init__(self, config: MCQConfig = MCQConfig()) -> None:
@@ -161,8 +169,12 @@ class MCQ(nn.Module):
                            IntChannelPrior.from_float(self.fine_prior), self.config.coarse_groups,
                            self.config.sibling_groups)
 
-    def _latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(coarse indices (1, Mc, H/16, W/16), fine residual (1, d, H/8, W/8)) of an image."""
+    def _latents(self, x: Pixels | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(coarse indices (1, Mc, H/16, W/16), fine residual (1, d, H/8, W/8)) of an image,
+        in tiles (``models/tiling.py``) with ANALYSIS_MARGIN pixels of context."""
+        return analyze_in_tiles(Pixels.of(x, self.unit), self._tile_latents, ANALYSIS_MARGIN)
+
+    def _tile_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.g_a(channels_last(x))
         coarse = self.coarse_vq.indices(self.h_a(f))
         prediction = self.h_s(channels_last(self.coarse_vq.embed(coarse)))
@@ -176,9 +188,12 @@ class MCQ(nn.Module):
         return unit_columns(coarse, self.fine_vq.indices(residual, quality))[:, 0].cpu().numpy()
 
     @torch.no_grad()
-    def analyze_coded(self, x: torch.Tensor, quality: int, prior: IntMCQPrior,
-                      rate_weight: float, effort: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Symbols as :meth:`analyze` gives them, and the integer table of every column.
+    def analyze_coded(self, x: Pixels | torch.Tensor, quality: int, prior: IntMCQPrior,
+                      rate_weight: float, effort: int = 1, keep: bool = True
+                      ) -> tuple[np.ndarray, list[np.ndarray] | None, float]:
+        """Symbols as :meth:`analyze` gives them, the integer table of every column (uint16
+        where they are per unit; None unless ``keep``: the coder then computes them again, in
+        chunks) and their cost in bits.
 
         The fine indices are chosen group by group (residual stage or channel group), each the
         codeword that minimises squared latent error plus ``rate_weight`` times its code length
@@ -186,43 +201,55 @@ class MCQ(nn.Module):
         nearest). Weight 0 is the nearest codeword. ``effort`` above 1 first refines the fine
         residual through the synthesis (``models/mcq/search.py``). Only the encoder decides
         this way: the decoder reads indices as before, and the tables computed here are the
-        ones the coder uses, so nothing is computed twice.
+        ones the coder uses.
         """
-        coarse, residual = self._latents(x)
-        residual = search.refine_residual(self, prior, x, coarse, residual, quality, rate_weight,
-                                          search.effort_steps(effort))
-        return self.code_residual(coarse, residual, quality, prior, rate_weight)
+        pixels = Pixels.of(x, self.unit)
+        coarse, residual = self._latents(pixels)
+        residual = search.refine_residual(self, prior, pixels, coarse, residual, quality,
+                                          rate_weight, search.effort_steps(effort))
+        return self.code_residual(coarse, residual, quality, prior, rate_weight, keep)
 
     @torch.no_grad()
     def code_residual(self, coarse: torch.Tensor, residual: torch.Tensor, quality: int,
-                      prior: IntMCQPrior, rate_weight: float
-                      ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The coding step of :meth:`analyze_coded`: symbols (columns, h/2, w/2) and tables of
-        coarse indices (1, Mc, h/2, w/2) and a fine residual (1, d, h, w)."""
+                      prior: IntMCQPrior, rate_weight: float, keep: bool = True
+                      ) -> tuple[np.ndarray, list[np.ndarray] | None, float]:
+        """The coding step of :meth:`analyze_coded`: symbols (columns, h/2, w/2), tables (None
+        unless ``keep``) and bits of coarse indices (1, Mc, h/2, w/2) and a fine residual
+        (1, d, h, w). Units are independent (the prior has no spatial context), so they are
+        chosen in chunks of CODE_CHUNK, which bounds the memory of the tables."""
         mc, (_, d, h, w) = self.config.coarse_groups, residual.shape
-        residual = search.to_units(residual).contiguous()  # (child, unit, d), a copy
-        symbols = np.empty((self.columns(quality), residual.shape[1]), dtype=np.int64)
+        columns, n = self.columns(quality), h * w // 4
+        symbols = np.empty((columns, n), dtype=np.int64)
         symbols[:mc] = coarse[0].reshape(mc, -1).cpu().numpy()
-        tables = [prior.freqs(symbols[:j], j) for j in range(mc)]
-        for s in range(quality):
-            channels, words = self.fine_vq.stage_codebook(s)
-            for child in range(4):
-                j = mc + 4 * s + child
-                table = prior.freqs(symbols[:j], j)  # from the columns before j only
-                target = residual[child][:, channels]
-                score = squared_distances(target, words)
-                if rate_weight:
-                    bits = PRECISION - torch.from_numpy(table).float().log2_()
-                    score = score.add_(bits, alpha=rate_weight)
-                idx = score.argmin(-1)
-                target -= words[idx]  # a view: residual stages code what is left
-                symbols[j] = idx.numpy()
-                tables.append(table)
-        return symbols.reshape(len(symbols), h // 2, w // 2), tables
+        kept: list[list[np.ndarray]] = [[] for _ in range(columns)]
+        bits = 0.0
+        for a in range(0, n, CODE_CHUNK):
+            chunk = slice(a, min(n, a + CODE_CHUNK))
+            left = search.to_units(residual, chunk).contiguous()  # (child, unit, d), a copy
+            for j in range(columns):
+                table = prior.freqs(symbols[:j, chunk], j)  # from the columns before j only
+                if j >= mc:
+                    s, child = divmod(j - mc, 4)
+                    channels, words = self.fine_vq.stage_codebook(s)
+                    target = left[child][:, channels]
+                    score = squared_distances(target, words)
+                    if rate_weight:
+                        bits_of = PRECISION - torch.from_numpy(table).float().log2_()
+                        score = score.add_(bits_of, alpha=rate_weight)
+                    idx = score.argmin(-1)
+                    target -= words[idx]  # a view: residual stages code what is left
+                    symbols[j, chunk] = idx.numpy()
+                bits += cost_bits(symbols[j, chunk], table)
+                if keep:  # frequencies are 1 .. 2**16 - 1: uint16 holds them in a quarter
+                    kept[j].append(table if table.ndim == 1 else table.astype(np.uint16))
+        tables = [t[0] if len(t) == 1 or t[0].ndim == 1 else np.concatenate(t) for t in kept] \
+            if keep else None
+        return symbols.reshape(columns, h // 2, w // 2), tables, bits
 
     @torch.no_grad()
-    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
-        """Symbols (columns, uh, uw) -> image (1, 3, 16uh, 16uw); ``lost`` (uh, uw) is concealed."""
+    def conceal(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
+        """Symbols (columns, uh, uw) -> the latent (1, d, 2uh, 2uw) that :meth:`decode_latent`
+        turns into pixels; ``lost`` (uh, uw) units are filled from their neighbours."""
         mc = self.config.coarse_groups
         s = torch.from_numpy(np.ascontiguousarray(symbols, dtype=np.int64))
         q, uh, uw = (s.shape[0] - mc) // 4, s.shape[1], s.shape[2]
@@ -235,7 +262,18 @@ class MCQ(nn.Module):
         if lost is not None and lost.any():
             fine_lost = torch.from_numpy(lost).repeat_interleave(2, 0).repeat_interleave(2, 1)
             y = inpaint(y, fine_lost)
+        return y
+
+    @torch.no_grad()
+    def decode_latent(self, y: torch.Tensor) -> torch.Tensor:
+        """Latent (1, d, h, w) -> image (1, 3, 8h, 8w) in [0, 1] (any tile of it, with
+        SYNTHESIS_MARGIN latents of context for the interior to match the whole)."""
         return self.g_s(channels_last(y)).clamp(0, 1)
+
+    @torch.no_grad()
+    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
+        """Symbols (columns, uh, uw) -> image (1, 3, 16uh, 16uw); ``lost`` (uh, uw) is concealed."""
+        return self.decode_latent(self.conceal(symbols, lost))
 
     def config_dict(self) -> dict:
         return asdict(self.config)

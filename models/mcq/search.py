@@ -23,12 +23,15 @@ size. Measured on held-back training photos and Kodak in ``models/weights/mcq.md
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bitstream.entropy import PRECISION
 from models.codebooks import squared_distances
+from models import tiling
 from models.layers import channels_last
+from models.tiling import Pixels
 
 # latent refinement steps of each effort level (1: none)
 EFFORT_STEPS = {1: 0, 2: 10, 3: 24}
@@ -40,9 +43,15 @@ TILE = 64  # fine latents per tile side (512 pixels)
 MARGIN = 4  # fine latents of context around a tile (the synthesis' reach is under 4)
 
 
-def to_units(latent: torch.Tensor) -> torch.Tensor:
-    """A fine latent (1, d, h, w) in unit layout (child c = 2 dy + dx, unit, d)."""
+def to_units(latent: torch.Tensor, units: slice | None = None) -> torch.Tensor:
+    """A fine latent (1, d, h, w) in unit layout (child c = 2 dy + dx, unit, d); only the
+    units (raster order) of ``units`` when given, copying only the rows that hold them."""
     _, d, h, w = latent.shape
+    if units is not None:
+        row, width = units.start // (w // 2), w // 2
+        rows = latent[:, :, 2 * row:2 * -(-units.stop // width)]
+        start = units.start - row * width
+        return to_units(rows)[:, start:start + units.stop - units.start]
     return latent[0].view(d, h // 2, 2, w // 2, 2).permute(2, 4, 1, 3, 0).reshape(4, -1, d)
 
 
@@ -56,9 +65,9 @@ def code_lengths(net, prior, coarse: torch.Tensor, residual: torch.Tensor, quali
                  rate_weight: float) -> torch.Tensor:
     """Bits (stage, child, unit, K) of every codeword of every fine column, given the hard
     choice that :meth:`MCQ.code_residual` makes for the columns before it."""
-    _, tables = net.code_residual(coarse, residual, quality, prior, rate_weight)
+    _, tables, _ = net.code_residual(coarse, residual, quality, prior, rate_weight)
     mc = net.config.coarse_groups
-    bits = [PRECISION - torch.from_numpy(t).float().log2_() for t in tables[mc:]]
+    bits = [PRECISION - torch.from_numpy(t.astype(np.float32)).log2_() for t in tables[mc:]]
     return torch.stack(bits).view(quality, 4, *bits[0].shape)
 
 
@@ -85,16 +94,32 @@ def _spans(size: int) -> list[tuple[int, int]]:
     return [(a, min(a + TILE, size)) for a in range(0, size, TILE)]
 
 
-def refine_residual(net, prior, x: torch.Tensor, coarse: torch.Tensor, residual: torch.Tensor,
+def _mse(net, latent: torch.Tensor, x: Pixels) -> float:
+    """Mean squared error of the image that ``latent`` decodes to against ``x``, decoded in
+    tiles (``models/tiling.py``); one tile is the whole image."""
+    errors = []
+    scale, margin = net.latent_scale, net.synthesis_margin
+    for ya, yb, y0, y1 in tiling.spans(latent.shape[2], tiling.TILE // scale, margin):
+        for xa, xb, x0, x1 in tiling.spans(latent.shape[3], tiling.TILE // scale, margin):
+            image = net.decode_latent(latent[:, :, ya:yb, xa:xb])
+            inner = image[:, :, (y0 - ya) * scale:(y1 - ya) * scale,
+                          (x0 - xa) * scale:(x1 - xa) * scale]
+            errors.append((F.mse_loss(inner, x.tile(y0 * scale, y1 * scale, x0 * scale,
+                                                    x1 * scale)).item(), inner[0, 0].numel()))
+    if len(errors) == 1:
+        return errors[0][0]
+    return sum(e * n for e, n in errors) / sum(n for _, n in errors)
+
+
+def refine_residual(net, prior, x: Pixels, coarse: torch.Tensor, residual: torch.Tensor,
                     quality: int, rate_weight: float, steps: int) -> torch.Tensor:
     """The fine residual (1, d, H/8, W/8) after ``steps`` annealed rate-distortion steps through
-    the synthesis (coarse indices fixed); ``x`` (1, 3, H, W) is the image it should decode to."""
+    the synthesis (coarse indices fixed); ``x`` is the (padded) image it should decode to."""
     if steps == 0 or quality == 0:
         return residual
     prediction = net.h_s(channels_last(net.coarse_vq.embed(coarse)))
-    symbols, _ = net.code_residual(coarse, residual, quality, prior, rate_weight)
-    mse = F.mse_loss(net.synthesize(symbols), x).item()
-    lam = RD_SLOPE * mse  # distortion per bit per pixel
+    symbols, _, _ = net.code_residual(coarse, residual, quality, prior, rate_weight, keep=False)
+    lam = RD_SLOPE * _mse(net, net.conceal(symbols), x)  # distortion per bit per pixel
     residual = residual.clone()
     _, _, h, w = residual.shape
     for y0, y1 in _spans(h):
@@ -102,7 +127,7 @@ def refine_residual(net, prior, x: torch.Tensor, coarse: torch.Tensor, residual:
             a, b = max(0, y0 - MARGIN), min(h, y1 + MARGIN)
             c, d = max(0, x0 - MARGIN), min(w, x1 + MARGIN)
             residual[:, :, a:b, c:d] = _refine_tile(
-                net, prior, x[:, :, 8 * a:8 * b, 8 * c:8 * d], coarse[:, :, a // 2:b // 2, c // 2:d // 2],
+                net, prior, x.tile(8 * a, 8 * b, 8 * c, 8 * d), coarse[:, :, a // 2:b // 2, c // 2:d // 2],
                 prediction[:, :, a:b, c:d], residual[:, :, a:b, c:d], (y0 - a, y1 - a, x0 - c, x1 - c),
                 quality, rate_weight, steps, lam)
     return residual

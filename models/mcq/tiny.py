@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from models import weightfile
+from models.tiling import Pixels
 from models.layers import GDN, conv, deconv, inpaint
 from models.mcq.prior import ChannelPrior, IntChannelPrior
 from models.mcq.quantizers import MultiCodebookVQ
@@ -69,7 +70,9 @@ class TinyMCQ(nn.Module):
 
     @torch.no_grad()
     def analyze(self, x: torch.Tensor, groups: int) -> np.ndarray:
-        """Image (1, 3, H, W) in [0, 1], H and W multiples of 8 -> indices (groups, H/8, W/8)."""
+        """Image (1, 3, H, W) in [0, 1] (or :class:`models.tiling.Pixels`: taken whole), H and
+        W multiples of 8 -> indices (groups, H/8, W/8)."""
+        x = Pixels.of(x, self.unit).whole()
         return self.quantizer.indices(self.g_a(x))[0, :groups].cpu().numpy()
 
     @torch.no_grad()

@@ -358,7 +358,7 @@ def evaluate(model, prior, images: list[np.ndarray], qualities,
         for img in images:
             x = whole_image(img, model.unit)
             if rate_weights:
-                sym, tables = model.analyze_coded(x, q, prior, rate_weights[q])
+                sym, tables, _ = model.analyze_coded(x, q, prior, rate_weights[q])
                 flat = sym.reshape(sym.shape[0], -1)
             else:
                 sym = model.analyze(x, q)

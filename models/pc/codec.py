@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from codec.image import UnsupportedImageError
 from models.pc import residuals
 from models.pc.coder import IntHCLT, TreeCoder
+from models.tiling import Pixels
 
 
 @dataclass(frozen=True)
@@ -104,20 +105,26 @@ class TileHCLT:
     def columns(self, quality: int) -> int:
         return self.layout.variables * self.layout.patches
 
-    def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
-        """(1, 3, H, W) in [0, 1] -> symbols (columns, H/unit, W/unit)."""
+    def analyze(self, x: Pixels | torch.Tensor, quality: int) -> np.ndarray:
+        """(1, 3, H, W) in [0, 1] or :class:`Pixels` -> symbols (columns, H/unit, W/unit)."""
         u, c = self.unit, self.layout.channels
-        if c == 1 and not (x[0, 0] == x[0, 1]).all() & (x[0, 0] == x[0, 2]).all():
+        pixels = Pixels.of(x, u).uint8()
+        if c == 1 and not ((pixels[..., 0] == pixels[..., 1]).all()
+                           and (pixels[..., 0] == pixels[..., 2]).all()):
             raise UnsupportedImageError("this model codes grayscale images losslessly; the image "
                                         "has colour (use pc-photo: --lossless)")
-        pixels = (x[0, :c] * 255).round().to(torch.int64).permute(1, 2, 0).numpy()
         h, w = pixels.shape[0] // u, pixels.shape[1] // u
-        tiles = pixels.reshape(h, u, w, u, c).transpose(0, 2, 1, 3, 4).reshape(h * w, u, u, c)
-        samples = self.layout.samples(tiles.astype(np.uint8))[:, :, self.order]  # (n, P, D)
+        tiles = pixels[:, :, :c].reshape(h, u, w, u, c).transpose(0, 2, 1, 3, 4)
+        samples = self.layout.samples(tiles.reshape(h * w, u, u, c))[:, :, self.order]
         return samples.transpose(2, 1, 0).reshape(-1, h, w)
 
-    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
-        """Symbols -> (1, 3, H, W) image in [0, 1]; lost tiles come out mid-grey (a lossless
+    # Decoding goes through the tiled path of the lossy models (``codec/registry.py``), with
+    # the pixels themselves as the "latent": exact, and no float copy of the whole image.
+    latent_scale = 1
+    synthesis_margin = 0
+
+    def conceal(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
+        """Symbols -> the image (1, 3, H, W) as uint8; lost tiles come out mid-grey (a lossless
         code has nothing to conceal them with beyond the surviving tiles)."""
         u, c = self.unit, self.layout.channels
         h, w = symbols.shape[1:]
@@ -128,8 +135,17 @@ class TileHCLT:
         if lost is not None:
             tiles[lost.reshape(-1)] = 128
         pixels = tiles.reshape(h, w, u, u, c).transpose(0, 2, 1, 3, 4).reshape(h * u, w * u, c)
-        image = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]
+        image = torch.from_numpy(pixels.astype(np.uint8)).permute(2, 0, 1)[None]
         return image.expand(1, 3, -1, -1) if c == 1 else image
+
+    @staticmethod
+    def decode_latent(image: torch.Tensor) -> torch.Tensor:
+        """A uint8 tile of :meth:`conceal` as floats in [0, 1]."""
+        return image.float() / 255
+
+    def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
+        """Symbols -> (1, 3, H, W) image in [0, 1]."""
+        return self.decode_latent(self.conceal(symbols, lost))
 
 
 def save_weights(model: IntHCLT, layout: TileLayout, path: str, config: dict,

@@ -14,18 +14,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bitstream.entropy import cost_bits
 from models import weightfile
 from models.layers import inpaint
+from models.tiling import Pixels, analyze_in_tiles
 from models.vq import search
 from models.vq.vqgan import VQGAN, VQGANConfig, nearest
 
 TRANSFORMS = ("encoder.", "quant_in.", "quant_out.", "decoder.")
+# tiles (models/tiling.py): pixels of context around an encoder tile (128 already gives
+# bit-identical latents) and latent positions around a decoder tile
+ANALYSIS_MARGIN = 160
+SYNTHESIS_MARGIN = 8
 
 
 class VQLevel:
     """The network at one quality: ``analyze`` / ``synthesize`` with that quality's codebook."""
 
     unit = VQGAN.unit
+    latent_scale = VQGAN.unit  # pixels per position of the decoder's input
+    synthesis_margin = SYNTHESIS_MARGIN
 
     def __init__(self, model: VQGAN, codebook: torch.Tensor) -> None:
         self.model, self.codebook = model, codebook
@@ -34,22 +42,26 @@ class VQLevel:
         return 1
 
     @torch.no_grad()
-    def analyze(self, x: torch.Tensor, quality: int | None = None) -> np.ndarray:
-        """Image (1, 3, H, W) in [0, 1], sides multiples of 16 -> indices (1, H/16, W/16)."""
-        if x.shape[-1] % self.unit or x.shape[-2] % self.unit:
+    def analyze(self, x: Pixels | torch.Tensor, quality: int | None = None) -> np.ndarray:
+        """Image (1, 3, H, W) in [0, 1], sides multiples of 16 (or :class:`Pixels`) -> indices
+        (1, H/16, W/16); the encoder runs in tiles with ANALYSIS_MARGIN pixels of context."""
+        if isinstance(x, torch.Tensor) and (x.shape[-1] % self.unit or x.shape[-2] % self.unit):
             raise ValueError(f"image sides must be multiples of {self.unit}, got "
                              f"{tuple(x.shape[-2:])}")
-        return nearest(self.model.encode(x), self.codebook).cpu().numpy()
+        (z,) = analyze_in_tiles(Pixels.of(x, self.unit), lambda t: (self.model.encode(t),),
+                                ANALYSIS_MARGIN)
+        return nearest(z, self.codebook).cpu().numpy()
 
     @torch.no_grad()
-    def analyze_searched(self, x: torch.Tensor, table: np.ndarray, effort: int,
+    def analyze_searched(self, x: Pixels, table: np.ndarray, effort: int,
                          rate_weight: float) -> np.ndarray:
         """Indices (1, H/16, W/16) chosen in pixel space through the decoder
         (``models/vq/search.py``); effort 1 is :meth:`analyze`."""
         if search.effort_search(effort)[1] == 0:
             return self.analyze(x)
-        chosen = search.refine_indices(self.decode, x, self.model.encode(x), self.codebook,
-                                       table, effort, rate_weight)
+        (z,) = analyze_in_tiles(x, lambda t: (self.model.encode(t),), ANALYSIS_MARGIN)
+        chosen = search.refine_indices(self.decode, x, z, self.codebook, table, effort,
+                                       rate_weight)
         return chosen[None].numpy()
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
@@ -60,7 +72,20 @@ class VQLevel:
     @torch.no_grad()
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None,
                    mixture: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
-        """Indices (1, h, w) -> image (1, 3, 16h, 16w) in [0, 1].
+        """Indices (1, h, w) -> image (1, 3, 16h, 16w) in [0, 1]: :meth:`decode_latent` of
+        :meth:`conceal`."""
+        return self.decode_latent(self.conceal(symbols, lost, mixture))
+
+    @torch.no_grad()
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder input (1, c, h, w) -> image (1, 3, 16h, 16w) in [0, 1] (any tile of it, with
+        SYNTHESIS_MARGIN positions of context for the interior to match the whole)."""
+        return self.model.decoder(z).clamp(0, 1)
+
+    @torch.no_grad()
+    def conceal(self, symbols: np.ndarray, lost: np.ndarray | None = None,
+                mixture: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
+        """Indices (1, h, w) -> the decoder's input (1, c, h, w).
 
         ``lost`` (h, w) marks units from damaged packets: their latent (after the projection
         out of the lookup space) is filled from the surviving neighbours, as in the other
@@ -80,7 +105,7 @@ class VQLevel:
         z = self.model.quant_out(codes.permute(0, 3, 1, 2))
         if lost is not None and lost.any():
             z = inpaint(z, torch.from_numpy(np.asarray(lost, dtype=bool)))
-        return self.model.decoder(z).clamp(0, 1)
+        return z
 
 
 class VQNet:
@@ -103,14 +128,17 @@ class VQNet:
     def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
         return self.at(quality).analyze(x)
 
-    def analyze_coded(self, x: torch.Tensor, quality: int, prior, rate_weight: float,
-                      effort: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(indices (1, h, w), [the quality's static table]) as the encoder codes them: at
-        effort above 1 searched through the decoder against that table's code lengths. (A
-        one-packet ``vq`` file codes the indices with the transformer instead; the static table
-        then only sets the packet count.)"""
+    def analyze_coded(self, x: Pixels, quality: int, prior, rate_weight: float,
+                      effort: int = 1, keep: bool = True
+                      ) -> tuple[np.ndarray, list[np.ndarray], float]:
+        """(indices (1, h, w), [the quality's static table], their bits under it) as the
+        encoder codes them: at effort above 1 searched through the decoder against that table's
+        code lengths. (A one-packet ``vq`` file codes the indices with the transformer instead;
+        the static table then only sets the packet count.) One shared table: ``keep`` costs
+        nothing."""
         table = prior.at(quality).freqs(None, 0)
-        return self.at(quality).analyze_searched(x, table, effort, rate_weight), [table]
+        symbols = self.at(quality).analyze_searched(x, table, effort, rate_weight)
+        return symbols, [table], cost_bits(symbols.ravel(), table)
 
     def synthesize(self, symbols: np.ndarray, lost: np.ndarray | None = None,
                    quality: int | None = None, mixture=None) -> torch.Tensor:

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bitstream.entropy import TOTAL
 from models.vq.codec import LadderPrior, StaticPrior, VQNet, load_weights as load_ladder
@@ -31,6 +32,7 @@ from models.vq.transformer import num_stages, stage_map
 # 8 passes 1.00 (and each pass costs a transformer evaluation): with the expected-codeword
 # synthesis, committing hard guesses as context for later passes does not pay.
 RESTORE_PASSES = 1
+BAND_POSITIONS = 1 << 15  # grid positions per band of the transformer's pass (tests lower it)
 
 
 class StagedPrior:
@@ -50,19 +52,47 @@ class StagedPrior:
         """(h*w,) coding stage of every grid position, raster order."""
         return stage_map(h, w, self.model.schedule).ravel()
 
-    def stage_tables(self, grid: np.ndarray, s: int, h: int, w: int) -> np.ndarray:
-        """Tables of the stage-s positions (raster order) of ``grid`` (h*w,) when the indices
-        of the earlier stages are known (only those are read): (count, K), or one shared (K,)
-        table for stage 0. With nothing visible every position holds the mask token, attention
-        averages identical values, and every position gets exactly the features of a 1x1 grid."""
+    def bands(self, h: int, w: int) -> list[tuple[int, int]]:
+        """Bands of grid rows (start, end) that the coder takes one at a time: about
+        BAND_POSITIONS positions each, so tables and the transformer's pass stay bounded."""
+        rows = max(1, BAND_POSITIONS // max(w, 1))
+        return [(a, min(h, a + rows)) for a in range(0, h, rows)]
+
+    def stage_tables(self, grid: np.ndarray, s: int, h: int, w: int,
+                     band: tuple[int, int] | None = None) -> np.ndarray:
+        """Tables of the stage-s positions (raster order) of ``grid`` (h*w,), or of those in the
+        grid rows ``band``, when the indices of the earlier stages are known (only those are
+        read): (count, K), or one shared (K,) table for stage 0. With nothing visible every
+        position holds the mask token, attention averages identical values, and every position
+        gets exactly the features of a 1x1 grid."""
         if s == 0:
             features = self.model.features(np.zeros((1, 1, 1), np.int64),
                                            np.zeros((1, 1, 1), bool), self.quality)[0]
             return self.model.freqs(features, self.quality)[0]
-        stage = self.stage_map(h, w)
-        features = self.model.features(grid.reshape(1, h, w), (stage < s).reshape(1, h, w),
-                                       self.quality, np.flatnonzero(stage == s))[0]
-        return self.model.freqs(features, self.quality)
+        stage = self.stage_map(h, w).reshape(h, w)
+        a, b = band or (0, h)
+        rows = np.flatnonzero(stage[a:b] == s) + a * w
+        return self.model.freqs(self._features(grid.reshape(h, w), stage < s, rows),
+                                self.quality)
+
+    def _features(self, grid: np.ndarray, visible: np.ndarray, rows: np.ndarray
+                  ) -> torch.Tensor:
+        """Features (len(rows), dim) of the raster positions ``rows`` (ascending) of a grid
+        (h, w) under ``visible`` (h, w), computed band by band: each band of grid rows with
+        the transformer's reach (layers x radius) of rows above and below it. Attention only
+        reaches that far and the pass is exact integer arithmetic, so the features are
+        identical to those of the whole grid."""
+        h, w = grid.shape
+        reach = self.model.config.layers * self.model.config.radius
+        parts = []
+        for a, b in self.bands(h, w):
+            lo, hi = np.searchsorted(rows, [a * w, b * w])
+            if hi > lo:
+                top, bottom = max(0, a - reach), min(h, b + reach)
+                parts.append(self.model.features(grid[None, top:bottom], visible[None, top:bottom],
+                                                 self.quality, rows[lo:hi] - top * w)[0])
+        return torch.cat(parts) if parts else torch.zeros(0, self.model.config.dim,
+                                                          dtype=torch.float64)
 
     def restore(self, grid: np.ndarray, lost: np.ndarray, passes: int = RESTORE_PASSES
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +111,7 @@ class StagedPrior:
             todo = np.flatnonzero(~known)
             if not len(todo):
                 break
-            features = self.model.features(grid[None], known[None], self.quality, todo)[0]
+            features = self._features(grid, known, todo)
             freqs = self.model.freqs(features, self.quality)
             best, confidence = freqs.argmax(1), freqs.max(1)
             keep = np.argsort(-confidence, kind="stable")[: math.ceil(len(todo) / (passes - p))]

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from bitstream.entropy import PRECISION
+from models.tiling import Pixels
 
 # (codewords tried per unit, sweeps over the grid) of each effort level (1: the nearest only)
 EFFORT_SEARCH = {1: (1, 0), 2: (2, 1), 3: (3, 2)}
@@ -49,10 +50,11 @@ def _window_error(x_hat: torch.Tensor, x: torch.Tensor, unit: int) -> torch.Tens
 
 
 @torch.no_grad()
-def refine_indices(decode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+def refine_indices(decode: Callable[[torch.Tensor], torch.Tensor], x: Pixels,
                    latent: torch.Tensor, codebook: torch.Tensor, table: np.ndarray,
                    effort: int, rate_weight: float) -> torch.Tensor:
-    """Indices (h, w) of the codewords to code for the image ``x`` (1, 3, 16h, 16w).
+    """Indices (h, w) of the codewords to code for the image ``x`` (16h x 16w once padded;
+    the search reads it tile by tile).
 
     ``decode`` maps indices (1, h', w') to an image (1, 3, 16h', 16w') in [0, 1]; ``latent``
     (1, d, h, w) is the encoder's lookup-space latent, ``codebook`` (K, d) the quality's words,
@@ -68,7 +70,7 @@ def refine_indices(decode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     if len(ranked) == 1 or sweeps == 0:
         return indices
     bits = PRECISION - torch.from_numpy(np.asarray(table, dtype=np.float64)).float().log2()
-    unit = x.shape[-1] // w
+    unit = x.width // w
     for y0 in range(0, h, TILE):
         for x0 in range(0, w, TILE):
             a, b = max(0, y0 - MARGIN), min(h, y0 + TILE + MARGIN)
@@ -76,7 +78,7 @@ def refine_indices(decode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
             movable = torch.zeros(b - a, d - c, dtype=torch.bool)
             movable[y0 - a:min(h, y0 + TILE) - a, x0 - c:min(w, x0 + TILE) - c] = True
             indices[a:b, c:d] = _refine_tile(
-                decode, x[:, :, unit * a:unit * b, unit * c:unit * d], ranked[:, a:b, c:d],
+                decode, x.tile(unit * a, unit * b, unit * c, unit * d), ranked[:, a:b, c:d],
                 indices[a:b, c:d], movable, bits * rate_weight, sweeps, unit)
     return indices
 

@@ -132,11 +132,14 @@ class SphericalVQ(Codebooks):
         return zq, idx.view(b, h, w), loss
 
 
-def nearest(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest codeword (K, d) for each position of a (B, d, h, w) latent."""
+def nearest(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """Index of the nearest codeword (K, d) for each position of a (B, d, h, w) latent, for
+    ``chunk`` positions at a time (the distances of all would be positions x K floats)."""
     flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-    dist = codebook.pow(2).sum(1)[None] - 2 * flat @ codebook.T  # |z|^2 does not change argmin
-    return dist.argmin(1).view(z.shape[0], *z.shape[2:])
+    norms = codebook.pow(2).sum(1)[None]
+    idx = torch.cat([(norms - 2 * part @ codebook.T).argmin(1)  # |z|^2 does not change argmin
+                     for part in flat.split(chunk)]) if len(flat) else flat.new_zeros(0).long()
+    return idx.view(z.shape[0], *z.shape[2:])
 
 
 class VQGAN(nn.Module):

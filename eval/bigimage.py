@@ -1,0 +1,201 @@
+"""Peak memory and wall time of encoding and decoding big images.
+
+    python -m eval.bigimage [--mpx 1,12,48,100] [--models mcq,vq,pc-photo] [--root DIR]
+                            [--limit-gb 8] [--timeout 600] [--packets N] [--out FILE]
+    python -m eval.bigimage --seams [--mpx 12] [--models mcq,vq]
+
+Test images are made here (never committed): a training photo upscaled (Lanczos) to 4:3 images
+of the given megapixels, kept as ``.npy`` in a temporary folder. Each encode and each decode
+runs in its own subprocess with one thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``)
+and reports its wall time (the codec call alone, not loading the array) and peak RSS
+(``getrusage``: the whole process, model and pixel arrays included). A watchdog stops a
+subprocess whose RSS passes ``--limit-gb`` or that runs past ``--timeout`` and reports it as
+skipped, so a measurement never starves the machine. ``--root`` runs the codec of another
+checkout (e.g. ``/work/main``, for "before" figures): the subprocess only calls
+``codec.pipeline.encode_detailed`` and ``decode_detailed``, which every version has.
+
+``--seams`` checks the tiles instead (in this process): the file of a tiled encoding against an
+untiled one (the tile size raised above the image), and the tiled decode against the untiled
+decode of the same file, PSNR over all pixels and over those within 16 pixels of a tile seam.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train" / "bsds500"
+
+_CHILD = """
+import json, resource, sys, time
+import numpy as np, torch
+torch.set_num_threads(1)
+from codec.pipeline import decode_detailed, encode_detailed
+mode, src, dst, model, packets = sys.argv[1:6]
+if mode == "encode":
+    pixels = np.load(src)
+    start = time.perf_counter()
+    data = encode_detailed(pixels, model=model, packets=int(packets) or None).data
+    seconds = time.perf_counter() - start
+    open(dst, "wb").write(data)
+else:
+    data = open(src, "rb").read()
+    start = time.perf_counter()
+    pixels = decode_detailed(data).pixels
+    seconds = time.perf_counter() - start
+    np.save(dst, pixels)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps({"seconds": seconds, "rss_gb": rss, "bytes": len(data)}))
+"""
+
+
+def make_image(mpx: float, folder: Path) -> Path:
+    """A 4:3 RGB image of about ``mpx`` megapixels, upscaled from a training photo."""
+    path = folder / f"{mpx:g}mpx.npy"
+    if not path.exists():
+        photo = sorted(PHOTO.rglob("*.jpg"))[0] if PHOTO.exists() else None
+        source = Image.open(photo).convert("RGB") if photo else Image.new("RGB", (64, 48), "gray")
+        width = int(round((mpx * 1e6 * 4 / 3) ** 0.5))
+        np.save(path, np.asarray(source.resize((width, width * 3 // 4), Image.LANCZOS)))
+    return path
+
+
+def _rss_gb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        return kb / 2**20
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def run_child(root: Path, mode: str, src: Path, dst: Path, model: str, limit_gb: float,
+              timeout: float, packets: int = 0) -> dict:
+    """One encode or decode in a one-thread subprocess; {"skipped": why} past a limit."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, mode, str(src), str(dst), model,
+                             str(packets)],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    start, peak = time.monotonic(), 0.0
+    while proc.poll() is None:
+        peak = max(peak, _rss_gb(proc.pid))
+        why = (f"RSS over {limit_gb:g} GB" if peak > limit_gb else
+               f"over {timeout:g} s" if time.monotonic() - start > timeout else None)
+        if why:
+            proc.kill()
+            proc.wait()
+            return {"skipped": why}
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    if proc.returncode:
+        return {"skipped": f"failed: {err.strip().splitlines()[-1] if err.strip() else ''}"}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def seam_check(model: str, mpx: float, folder: Path) -> str:
+    """A markdown row: tiled vs untiled encoding (same file?) and decoding (PSNR between the
+    two decodes, everywhere and near seams; PSNR of each against the original)."""
+    import torch
+
+    from codec.pipeline import decode_detailed, encode_detailed
+    from models import tiling
+
+    torch.set_num_threads(1)
+    pixels = np.load(make_image(mpx, folder))
+    tile = tiling.TILE
+    tiled = encode_detailed(pixels, model=model)
+    tiled_pixels = decode_detailed(tiled.data).pixels
+    tiling.TILE = 1 << 16  # one tile: the whole image
+    try:
+        whole = encode_detailed(pixels, model=model)
+        whole_pixels = decode_detailed(tiled.data).pixels
+    finally:
+        tiling.TILE = tile
+    near = np.zeros(pixels.shape[:2], bool)
+    for axis in (0, 1):
+        seams = np.arange(tile, pixels.shape[axis], tile)
+        index = np.abs(np.arange(pixels.shape[axis])[:, None] - seams[None]).min(1) < 16 \
+            if len(seams) else np.zeros(pixels.shape[axis], bool)
+        near |= index[:, None] if axis == 0 else index[None, :]
+
+    def psnr(a: np.ndarray, b: np.ndarray) -> str:
+        mse = np.mean((a.astype(np.float64) - b) ** 2)
+        return "identical" if mse == 0 else f"{10 * np.log10(255 ** 2 / mse):.2f} dB"
+
+    return (f"| {model} | {mpx:g} | {'yes' if tiled.data == whole.data else 'no'} | "
+            f"{psnr(tiled_pixels, whole_pixels)} | {psnr(tiled_pixels[near], whole_pixels[near])}"
+            f" | {np.mean(tiled_pixels != whole_pixels):.2e} | {psnr(tiled_pixels, pixels)} | "
+            f"{psnr(whole_pixels, pixels)} |")
+
+
+def _cell(result: dict) -> str:
+    if "skipped" in result:
+        return f"skipped ({result['skipped']})"
+    return f"{result['seconds']:.1f} s / {result['rss_gb']:.2f} GB"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mpx", default="1,12,48,100")
+    parser.add_argument("--models", default="mcq,vq,pc-photo")
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1],
+                        help="checkout whose codec runs (default: this one)")
+    parser.add_argument("--limit-gb", type=float, default=8.0)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--images", type=Path, default=None,
+                        help="folder for the test images (default: a temporary one)")
+    parser.add_argument("--out", type=Path, default=None, help="also append the rows to FILE")
+    parser.add_argument("--packets", type=int, default=0,
+                        help="packets per file (default 0: the encoder's choice)")
+    parser.add_argument("--seams", action="store_true",
+                        help="compare tiled and untiled coding instead of measuring")
+    args = parser.parse_args(argv)
+    folder = args.images or Path(tempfile.mkdtemp(prefix="bigimage-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if args.seams:
+        print("| model | Mpx | same file | tiled vs untiled decode | near seams | pixels "
+              "differing | tiled vs original | untiled vs original |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for model in args.models.split(","):
+            for mpx in (float(m) for m in args.mpx.split(",")):
+                rows.append(seam_check(model, mpx, folder))
+                print(rows[-1], flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write("\n".join(rows) + "\n")
+        return
+    print("| model | Mpx | encode (wall / peak RSS) | decode (wall / peak RSS) | file bytes |")
+    print("| --- | --- | --- | --- | --- |")
+    for model in args.models.split(","):
+        for mpx in (float(m) for m in args.mpx.split(",")):
+            src = make_image(mpx, folder)
+            coded, decoded = folder / f"{model}-{mpx:g}.nic", folder / f"{model}-{mpx:g}.out.npy"
+            enc = run_child(args.root, "encode", src, coded, model, args.limit_gb, args.timeout,
+                            args.packets)
+            dec = (run_child(args.root, "decode", coded, decoded, model, args.limit_gb,
+                             args.timeout) if "skipped" not in enc else {"skipped": "no file"})
+            size = enc.get("bytes", "")
+            row = f"| {model} | {mpx:g} | {_cell(enc)} | {_cell(dec)} | {size} |"
+            print(row, flush=True)
+            rows.append(row)
+            for path in (coded, decoded):
+                path.unlink(missing_ok=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Analysis and synthesis of big images in overlapping tiles, so memory stays that of one tile.
+
+A convolutional transform's output at a position depends only on the input within its receptive
+field. Run on a tile that carries a margin of at least that reach around its interior, the
+interior of the output is what the whole image would give (up to float rounding: the kernels
+may sum in another order on another shape), and the margin is cropped. Tiles start on multiples
+of the model's unit, so strided layers sample the same positions as on the whole image, and a
+tile at the image border sees the same zero padding there as the whole image does. An image that
+fits in one tile is computed whole, exactly as without tiling.
+
+:class:`Pixels` hands out float tiles of the edge-padded image from its 8-bit pixels, so no
+float copy of the whole image is made; :func:`analyze_in_tiles` assembles an analysis' latent
+grids from tiles; :func:`synthesize_in_tiles` decodes a latent grid tile by tile into 8-bit
+pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+TILE = 2048  # pixels per tile side (a multiple of every model's unit); tests lower it
+
+
+def spans(size: int, tile: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """(outer start, outer end, inner start, inner end) of the tiles along one side of ``size``:
+    the inner spans cover 0..size once, each outer one adds up to ``margin`` on both sides."""
+    return [(max(0, a - margin), min(size, a + tile + margin), a, min(size, a + tile))
+            for a in range(0, size, tile)]
+
+
+class Pixels:
+    """An image as the analysis sees it: 8-bit (H, W, 1 or 3) pixels, edge-padded to a
+    multiple of ``unit``, handed out as float (1, 3, h, w) tiles in [0, 1]; or an already
+    padded float image (1, 3, H, W), handed out as slices."""
+
+    def __init__(self, image: np.ndarray | torch.Tensor, unit: int) -> None:
+        self.image, self.unit = image, unit
+        if isinstance(image, torch.Tensor):
+            self.height, self.width = image.shape[-2:]
+        else:
+            h, w = image.shape[:2]
+            self.height, self.width = h + -h % unit, w + -w % unit
+
+    @classmethod
+    def of(cls, x: "Pixels | torch.Tensor", unit: int) -> "Pixels":
+        return x if isinstance(x, Pixels) else cls(x, unit)
+
+    def tile(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        """Rows y0..y1, columns x0..x1 of the padded image as (1, 3, y1-y0, x1-x0) floats."""
+        if isinstance(self.image, torch.Tensor):
+            return self.image[:, :, y0:y1, x0:x1]
+        h, w = self.image.shape[:2]
+        part = self.image[min(y0, h - 1):min(y1, h), min(x0, w - 1):min(x1, w)]
+        part = np.pad(part, ((0, y1 - y0 - part.shape[0]), (0, x1 - x0 - part.shape[1]), (0, 0)),
+                      mode="edge")
+        if part.shape[2] == 1:
+            part = np.repeat(part, 3, axis=2)
+        return torch.from_numpy(part).permute(2, 0, 1)[None].float().div(255)
+
+    def whole(self) -> torch.Tensor:
+        return self.tile(0, self.height, 0, self.width)
+
+    def uint8(self) -> np.ndarray:
+        """The padded image as (H, W, 3) uint8 (for exact, pixel-level models)."""
+        if isinstance(self.image, torch.Tensor):
+            return (self.image[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        h, w = self.image.shape[:2]
+        padded = np.pad(self.image, ((0, self.height - h), (0, self.width - w), (0, 0)),
+                        mode="edge")
+        return np.repeat(padded, 3, axis=2) if padded.shape[2] == 1 else padded
+
+
+def analyze_in_tiles(pixels: Pixels, analysis: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+                     margin: int, tile: int | None = None) -> tuple[torch.Tensor, ...]:
+    """The outputs of ``analysis`` (a tuple of (1, c, H/s, W/s) tensors, each at its own
+    scale s) on the whole padded image, computed in tiles of ``tile`` pixels (default
+    :data:`TILE`) with ``margin`` pixels of context; both multiples of the unit."""
+    tile = tile or TILE
+    if pixels.height <= tile and pixels.width <= tile:
+        return analysis(pixels.whole())
+    outputs: list[torch.Tensor] = []
+    for ya, yb, y0, y1 in spans(pixels.height, tile, margin):
+        for xa, xb, x0, x1 in spans(pixels.width, tile, margin):
+            parts = analysis(pixels.tile(ya, yb, xa, xb))
+            if not outputs:
+                outputs = [p.new_empty((*p.shape[:2], pixels.height * p.shape[2] // (yb - ya),
+                                        pixels.width * p.shape[3] // (xb - xa))) for p in parts]
+            for out, part in zip(outputs, parts):
+                s = (yb - ya) // part.shape[2]  # pixels per position of this output
+                out[:, :, y0 // s:y1 // s, x0 // s:x1 // s] = \
+                    part[:, :, (y0 - ya) // s:(y1 - ya) // s, (x0 - xa) // s:(x1 - xa) // s]
+    return tuple(outputs)
+
+
+def synthesize_in_tiles(latent: torch.Tensor, synthesis: Callable[[torch.Tensor], torch.Tensor],
+                        scale: int, margin: int, render: Callable[[torch.Tensor], np.ndarray],
+                        out: np.ndarray, tile: int | None = None) -> np.ndarray:
+    """Decode a latent grid (1, c, h, w) of ``scale`` pixels per position into ``out``
+    (H, W, channels) uint8, H <= scale * h: ``synthesis`` maps latent tiles to (1, 3, ...)
+    images, ``render`` turns an image tile into uint8 (H', W', channels). Tiles of ``tile``
+    pixels (default :data:`TILE`) carry ``margin`` latent positions of context."""
+    step = (tile or TILE) // scale
+    height, width = out.shape[:2]
+    for ya, yb, y0, y1 in spans(latent.shape[2], step, margin):
+        for xa, xb, x0, x1 in spans(latent.shape[3], step, margin):
+            if y0 * scale >= height or x0 * scale >= width:
+                continue  # a tile of padding only
+            image = synthesis(latent[:, :, ya:yb, xa:xb])
+            inner = image[:, :, (y0 - ya) * scale:(y1 - ya) * scale,
+                          (x0 - xa) * scale:(x1 - xa) * scale]
+            rows, cols = min(y1 * scale, height) - y0 * scale, min(x1 * scale, width) - x0 * scale
+            out[y0 * scale:y0 * scale + rows, x0 * scale:x0 * scale + cols] = \
+                render(inner[:, :, :rows, :cols])
+    return out
