@@ -166,3 +166,25 @@ def test_ssimulacra2_scores_arrays():
     damaged[16:32] = 0
     assert metric(image, image) == pytest.approx(100.0)
     assert metric(image, damaged) < 50
+
+
+def test_mcq_ceiling_figures():
+    """eval.mcq_ceiling: more stages cost more bits and decode closer; optimizing the latent
+    through the synthesis lowers its error."""
+    import torch
+
+    from eval.mcq_ceiling import ceiling
+    from models.mcq.codec import load_weights
+    from models.weightfile import WEIGHTS
+
+    net, prior = load_weights(str(WEIGHTS / "mcq.safetensors"))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    ramp = torch.linspace(0, 1, 64)
+    x = torch.stack([ramp[None].expand(64, 64), ramp[:, None].expand(64, 64),
+                     0.5 + 0.1 * torch.sin(20 * ramp)[None].expand(64, 64)])[None]
+    row = ceiling(net, prior, x, steps=5)
+    assert row["q8"][1] > row["q4"][1] > 0
+    assert row["q8"][0] > row["q4"][0]
+    assert row["optimized"][0] > row["unquantized"][0]
+    assert len(row["optimized q8"]) == 2
