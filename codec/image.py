@@ -235,7 +235,10 @@ def load_image(source: ImageInput, policy: Policy = Policy()) -> Picture:
                 return _from_pil(img, policy)
         except FileNotFoundError:
             raise
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        except UnidentifiedImageError:
+            raise UnsupportedImageError("cannot read image: not a format Pillow knows "
+                                        "(PNG, JPEG, WebP, TIFF, BMP, ...)") from None
+        except (OSError, Image.DecompressionBombError) as exc:
             raise UnsupportedImageError(f"cannot read image: {exc}") from None
     raise TypeError(f"cannot encode a {type(source).__name__}: pass a path, bytes, PIL image, "
                     f"numpy array or torch tensor")

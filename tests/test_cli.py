@@ -85,7 +85,7 @@ def test_bad_data_exit_codes(workdir):
     assert not (workdir / "junk.png").exists()
     (workdir / "notimage.png").write_bytes(b"garbage")
     res = run("encode", workdir / "notimage.png", "-o", workdir / "x.nic")
-    assert res.exit_code == 1 and "cannot read image" in res.output
+    assert res.exit_code == 1 and "cannot read image: not a format Pillow knows" in res.output
     assert not (workdir / "x.nic").exists()
     assert run("info", workdir / "junk.nic").exit_code == 1
 
