@@ -270,6 +270,14 @@ class Model:
         """Whether the prior keeps state across columns (tables only in column order)."""
         return hasattr(self.prior, "session")
 
+    @property
+    def symbol_dtype(self) -> type:
+        """The integer type that holds this model's symbols (int16 for the lossless models,
+        whose images have three symbols per pixel)."""
+        import numpy as np
+
+        return getattr(self.net, "symbol_dtype", np.int64)
+
     def session(self, n: int, quality: int | None = None):
         """Table source for n units: ``freqs(context, j)``, columns requested in order."""
         prior = self._at(quality)[1]
