@@ -142,8 +142,9 @@ def test_lossless_packets_bound_the_coder_state(photo, monkeypatch):
     assert len(decode_detailed(reference.data).header.packet_lengths) < 8
 
 
-def test_groups_are_whole_packets_in_packet_order():
-    owner = np.array([0, 1, 2, 0, 1, 2, 0, 1, 0, 0])
+def test_groups_are_whole_packets_in_packet_order(monkeypatch):
+    monkeypatch.setattr(columns, "GROUP_UNITS", 5)
+    owner = np.array([0, 1, 2, 0, 1, 2, 0, 1, 0, 0])  # packets of 5, 3 and 2 units
     for streaming, expected in ((False, [[0, 3, 6, 8, 9, 1, 4, 7, 2, 5]]),
                                 (True, [[0, 3, 6, 8, 9], [1, 4, 7, 2, 5]])):
         groups = columns._groups(owner, range(3), streaming)
