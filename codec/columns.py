@@ -14,8 +14,8 @@ Units are taken packet by packet (packet-major order, raster order within a pack
 packet's units in a chunk are one contiguous range: its symbols and tables are views, not
 copies. A prior that keeps state across columns (``Model.streaming``: the lossless HCLT keeps
 messages for every patch until its last column) codes one group of whole packets at a time,
-GROUP_UNITS units or one packet: packets are independent streams, so only that group's state
-is alive, and memory is bounded by the packet size instead of growing with the image.
+GROUP_ROWS table rows or one packet: packets are independent streams, so only that group's
+state is alive, and memory is bounded by the packet size instead of growing with the image.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ import numpy as np
 from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
 
 CHUNK = 16384  # table rows per chunk of a column (CHUNK x K integers); tests lower it
-GROUP_UNITS = 1024  # units of a stateful prior coded at once (at least one packet); tests lower it
+# table rows (units x rows per unit) of a stateful prior coded at once, at least one packet: 1024
+# tiles of pc-photo (64 patches each: about 130 MB of coder state) or 65536 digits; tests lower it
+GROUP_ROWS = 1 << 16
 # What the range decoder raises on data its tables cannot have produced (constriction: an
 # AssertionError); the packet is then lost, as if its CRC had failed.
 UNDECODABLE = (ValueError, RuntimeError, AssertionError)
@@ -40,16 +42,22 @@ def chunks(n: int, rows_per_unit: int = 1) -> list[slice]:
     return [slice(a, min(n, a + size)) for a in range(0, n, size)] or [slice(0, 0)]
 
 
-def _groups(owner: np.ndarray, packets: Sequence[int], streaming: bool
+def group_units(m) -> int | None:
+    """Units of the model ``m`` whose coding state may be alive at once: None (no limit) for a
+    stateless prior, else GROUP_ROWS table rows' worth (the encoder makes packets no bigger)."""
+    return max(1, GROUP_ROWS // m.table_rows) if m.streaming else None
+
+
+def _groups(owner: np.ndarray, packets: Sequence[int], limit: int | None
             ) -> list[tuple[np.ndarray, dict[int, tuple[int, int]]]]:
     """The units of ``packets`` (unit numbers, packet-major) in groups coded one after another,
-    each with the range of every packet's units in it: one group, or for a ``streaming`` prior
-    groups of whole packets with at most GROUP_UNITS units (or one packet)."""
+    each with the range of every packet's units in it: one group, or groups of whole packets
+    with at most ``limit`` units (or one packet)."""
     members = {p: np.flatnonzero(owner == p) for p in packets}
     groups: list[list[int]] = [[]]
     size = 0
     for p in packets:
-        if streaming and groups[-1] and size + len(members[p]) > GROUP_UNITS:
+        if limit and groups[-1] and size + len(members[p]) > limit:
             groups.append([])
             size = 0
         groups[-1].append(p)
@@ -77,7 +85,7 @@ def encode_columns(m, quality: int, flat: np.ndarray, owner: np.ndarray,
     analysis' own when it kept them; otherwise each chunk's tables come from ``m.session``.
     Returns the ideal code length in bits (-log2 p summed over the symbols)."""
     bits = 0.0
-    for units, spans in _groups(owner, range(len(coders)), m.streaming):
+    for units, spans in _groups(owner, range(len(coders)), group_units(m)):
         symbols = flat[:, units]
         parts = chunks(len(units), m.table_rows)
         sessions = [None if tables is not None else m.session(part.stop - part.start, quality)
@@ -104,7 +112,7 @@ def decode_columns(m, quality: int, payloads: list[bytes | None], owner: np.ndar
     to concealment."""
     received = [p for p, payload in enumerate(payloads) if payload is not None]
     decoders = {p: PacketDecoder(payloads[p]) for p in received}
-    for units, spans in _groups(owner, received, m.streaming):
+    for units, spans in _groups(owner, received, group_units(m)):
         symbols = np.zeros((len(flat), len(units)), flat.dtype)
         parts = chunks(len(units), m.table_rows)
         sessions = [m.session(part.stop - part.start, quality) for part in parts]

@@ -88,9 +88,10 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     flat = indices.reshape(groups, -1)
     n_packets = packets or int(np.clip(round(estimate / 8 / BYTES_PER_PACKET), 1,
                                        MAX_AUTO_PACKETS))
-    if packets is None and m.streaming:  # a lossless coder's state lives for a whole packet:
-        # packets of about GROUP_UNITS units keep it bounded (images above 16 megapixels)
-        n_packets = min(max(n_packets, -(-h * w // columns.GROUP_UNITS)), MAX_PACKETS)
+    limit = columns.group_units(m)
+    if packets is None and limit:  # a lossless coder's state lives for a whole packet: packets
+        # of about the group limit keep it bounded (pc-photo: images above 16 megapixels)
+        n_packets = min(max(n_packets, -(-h * w // limit)), MAX_PACKETS)
     if not 1 <= n_packets <= h * w:
         raise ValueError(f"packets must be 1..{h * w} for this image, got {n_packets}")
     owner = packet_of_positions(h, w, n_packets)

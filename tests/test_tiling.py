@@ -30,7 +30,7 @@ def small_tiles(monkeypatch):
         monkeypatch.setattr(columns, "CHUNK", SMALL_CHUNK)
         monkeypatch.setattr(registry, "KEEP_SYMBOLS", 0)
         monkeypatch.setattr(masked, "BAND_POSITIONS", 400)  # bands of 10 grid rows
-        monkeypatch.setattr(columns, "GROUP_UNITS", 4)  # lossless: a packet at a time
+        monkeypatch.setattr(columns, "GROUP_ROWS", 4 * 64)  # lossless: 4 units, a packet at a time
         monkeypatch.setattr(pc_codec, "BAND_UNITS", 4)  # lossless: a row of tiles at a time
     return apply
 
@@ -122,12 +122,12 @@ def test_grayscale_big_image(small_tiles):
 
 
 def test_lossless_packets_bound_the_coder_state(photo, monkeypatch):
-    """A big lossless image gets packets of about GROUP_UNITS units (the coder's state lives
+    """A big lossless image gets packets of about GROUP_ROWS rows (the coder's state lives
     for a packet): here 15 units, groups of 2 -> 8 packets; the sessions that hold state never
     span more than a packet (or a group of small ones), at encoding and at decoding."""
     image = photo[:96, :160]
     reference = encode_detailed(image, model="pc-photo")
-    monkeypatch.setattr(columns, "GROUP_UNITS", 2)
+    monkeypatch.setattr(columns, "GROUP_ROWS", 2 * 64)  # 2 units of 64 patches
     model = registry.load_model("pc-photo")
     sizes = []
     real = type(model.prior).session
@@ -142,14 +142,14 @@ def test_lossless_packets_bound_the_coder_state(photo, monkeypatch):
     assert len(decode_detailed(reference.data).header.packet_lengths) < 8
 
 
-def test_groups_are_whole_packets_in_packet_order(monkeypatch):
-    monkeypatch.setattr(columns, "GROUP_UNITS", 5)
+def test_groups_are_whole_packets_in_packet_order():
     owner = np.array([0, 1, 2, 0, 1, 2, 0, 1, 0, 0])  # packets of 5, 3 and 2 units
-    for streaming, expected in ((False, [[0, 3, 6, 8, 9, 1, 4, 7, 2, 5]]),
-                                (True, [[0, 3, 6, 8, 9], [1, 4, 7, 2, 5]])):
-        groups = columns._groups(owner, range(3), streaming)
+    for limit, expected in ((None, [[0, 3, 6, 8, 9, 1, 4, 7, 2, 5]]),
+                            (5, [[0, 3, 6, 8, 9], [1, 4, 7, 2, 5]]),
+                            (2, [[0, 3, 6, 8, 9], [1, 4, 7], [2, 5]])):
+        groups = columns._groups(owner, range(3), limit)
         assert [list(units) for units, _ in groups] == expected
-    (units, spans), = columns._groups(owner, [1, 2], streaming=True)
+    (units, spans), = columns._groups(owner, [1, 2], 5)
     assert list(units) == [1, 4, 7, 2, 5] and spans == {1: (0, 3), 2: (3, 5)}
     assert columns._within(spans, slice(2, 4)) == {1: slice(0, 1), 2: slice(1, 2)}
 
