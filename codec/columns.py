@@ -53,7 +53,9 @@ def _groups(owner: np.ndarray, packets: Sequence[int], limit: int | None
     """The units of ``packets`` (unit numbers, packet-major) in groups coded one after another,
     each with the range of every packet's units in it: one group, or groups of whole packets
     with at most ``limit`` units (or one packet)."""
-    members = {p: np.flatnonzero(owner == p) for p in packets}
+    order = np.argsort(owner, kind="stable")  # packet-major, raster order within a packet
+    ends = np.cumsum(np.bincount(owner, minlength=max(packets, default=-1) + 1))
+    members = {p: order[ends[p - 1] if p else 0:ends[p]] for p in packets}
     groups: list[list[int]] = [[]]
     size = 0
     for p in packets:
