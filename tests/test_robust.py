@@ -309,3 +309,20 @@ def test_cli_broken_weights_is_one_line(broken_install, tmp_path):
     assert record["installed"] == (kind != "missing")
     line = next(line for line in _cli("models").stdout.splitlines() if line.startswith("mcq-tiny"))
     assert ("[weights" in line) == (kind not in ("other model",))
+
+
+def test_cli_broken_weights_as_a_process(tmp_path):
+    """As a real process: a truncated weight file gives exit 1 and one line, no traceback."""
+    name = registry.MODELS["mcq-tiny"].weights
+    (tmp_path / name).write_bytes((registry.WEIGHTS_DIR / name).read_bytes()[:1000])
+    Image.fromarray(_image(3)).save(tmp_path / "a.png")
+    probe = ("import sys, pathlib, cli, codec.registry\n"
+             f"codec.registry.WEIGHTS_DIR = pathlib.Path({str(tmp_path)!r})\n"
+             "cli.main(sys.argv[1:])\n")
+    res = subprocess.run([sys.executable, "-c", probe, "encode", str(tmp_path / "a.png"), "-m",
+                          "mcq-tiny", "-o", str(tmp_path / "a.nic")], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and res.stdout == "", res.stderr
+    assert res.stderr.startswith("error: the weights of model 'mcq-tiny'"), res.stderr
+    assert res.stderr.count("\n") == 1 and "reinstall" in res.stderr
+    assert not (tmp_path / "a.nic").exists()
