@@ -1,6 +1,7 @@
 """The ``codec`` command line: encode, decode, info, models.
 
-Exit codes: 0 success, 1 bad data (unreadable image, damaged or foreign file), 2 usage error.
+Exit codes: 0 success, 1 bad data (unreadable image, damaged or foreign file) or a broken
+installation (a missing or damaged weight file: one line, and the batch stops), 2 usage error.
 Outputs are written atomically (temporary file, then rename) and existing files are never
 overwritten without ``--force``. Commands that only read headers or the registry (``--help``,
 ``info``, ``models``) never import torch: the coding commands import the pipeline when they run.
@@ -28,8 +29,8 @@ from bitstream.errors import BitstreamError, CorruptMetadataError
 from bitstream.format import MAX_PIXELS, check_pixels, metadata_records, parse_header, unpack
 from bitstream.metadata import describe
 from codec.image import IMAGE_SUFFIXES, POLICIES, UnsupportedImageError
-from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, available_models,
-                            check_effort, measured_rates, resolve_model)
+from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, WeightsError,
+                            available_models, check_effort, measured_rates, resolve_model)
 
 ENCODED_SUFFIX = ".nic"
 BAD_DATA = 1
@@ -155,6 +156,8 @@ def _run_batch(files: list[str], targets: list[str], work: Work, as_json: bool, 
     for src, result in tqdm(results, total=len(files), desc=what,
                             disable=None if show else True,  # None: hidden off a terminal
                             file=sys.stderr):
+        if isinstance(result, WeightsError):  # every other input would fail the same way
+            _broken(result)
         if isinstance(result, (Failure, BitstreamError, UnsupportedImageError, OSError,
                                MemoryError)):
             failed += 1
@@ -177,6 +180,12 @@ def _run_batch(files: list[str], targets: list[str], work: Work, as_json: bool, 
         click.echo(json.dumps(records if len(records) > 1 else records[0], indent=2))
     if failed:
         sys.exit(BAD_DATA)
+
+
+def _broken(error: WeightsError) -> None:
+    """A broken installation: one line, exit 1."""
+    click.echo(f"error: {error}", err=True)
+    sys.exit(BAD_DATA)
 
 
 def _max_pixels(_ctx, _param, value: str | None) -> int | None:
@@ -507,7 +516,7 @@ def models_cmd(as_json) -> None:
                 "qualities": list(i.qualities), "default_quality": i.default_quality,
                 "efforts": list(i.efforts), "default": i.name == DEFAULT_MODEL,
                 "installed": i.name in shipped,
-                "description": i.description, "measured": measured_rates(i.name),
+                "description": i.description, **_measured(i.name),
                 "retired_weights": list(i.retired)}
                for i in MODELS.values()]
     if as_json:
@@ -515,7 +524,8 @@ def models_cmd(as_json) -> None:
         return
     for r in records:
         flag = " (default)" if r["default"] else ""
-        missing = "" if r["installed"] else " [weights missing]"
+        missing = (" [weights damaged: reinstall nicodec]" if r["weights_error"] else
+                   "" if r["installed"] else " [weights missing]")
         efforts = f", efforts {r['efforts']}" if len(r["efforts"]) > 1 else ""
         click.echo(f"{r['name']}{flag}{missing}: {r['family']}, qualities {r['qualities']} "
                    f"(default {r['default_quality']}){efforts}\n  {r['description']}")
@@ -527,6 +537,14 @@ def models_cmd(as_json) -> None:
             click.echo(f"  held-out photos: {rates}")
         if r["retired_weights"]:
             click.echo(f"  still decodes files of earlier weights: {', '.join(r['retired_weights'])}")
+
+
+def _measured(name: str) -> dict:
+    """A model's measured rates, or the error its damaged weight file gives."""
+    try:
+        return {"measured": measured_rates(name), "weights_error": None}
+    except WeightsError as error:
+        return {"measured": [], "weights_error": str(error)}
 
 
 DEMO_FOLDER = "nicodec-demo"
@@ -567,7 +585,10 @@ def demo_cmd(output, model, quality, force, as_json) -> None:
             sys.exit(BAD_DATA)
     pixels = load_image(source).pixels
     start = time.perf_counter()
-    load_model(model)  # once per process: not part of the coding times
+    try:
+        load_model(model)  # once per process: not part of the coding times
+    except WeightsError as error:
+        _broken(error)
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     data = encode(source, model=model, quality=quality)

@@ -19,6 +19,9 @@ subclass), never another exception: :class:`ImageTooLargeError` when the header 
 than ``max_pixels`` pixels (default ``MAX_PIXELS``, Pillow's 179-megapixel bomb limit; pass
 ``max_pixels=None`` for no limit), :class:`DecodeError` when a payload that passed its checksums
 does not decode. An input image that cannot be encoded raises :class:`UnsupportedImageError`.
+A shipped weight file that is missing, truncated or damaged raises :class:`WeightsError` from any
+function that needs the model (a ``RuntimeError``, not a ``BitstreamError``: the installation is
+broken, not the data; the message names the file and says to reinstall).
 When packets of a file are damaged, ``decode`` conceals them and emits a
 :class:`ConcealedWarning`; pass ``strict=True`` to get :class:`PacketLossError` instead. A
 damaged metadata block is dropped with a :class:`MetadataWarning` (strict:
@@ -54,8 +57,8 @@ from bitstream.errors import (
 from bitstream.format import MAX_PIXELS
 from bitstream.metadata import Metadata
 from codec.image import ConversionWarning, UnsupportedImageError, to_pil
-from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, ModelInfo, available_models,
-                            model_info)
+from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, ModelInfo, WeightsError,
+                            available_models, model_info)
 from codec import pillow_plugin  # noqa: F401  (registers .nic with Pillow)
 
 if TYPE_CHECKING:
@@ -71,7 +74,7 @@ __all__ = [
     "CorruptHeaderError", "CorruptMetadataError", "DecodeError", "ImageTooLargeError",
     "ModelMismatchError", "NotNicodecError", "PacketLossError", "TruncatedError",
     "UnsupportedVersionError", "UnsupportedImageError", "ConcealedWarning", "MetadataWarning",
-    "ConversionWarning",
+    "ConversionWarning", "WeightsError",
 ]
 
 # Names that pull in torch, imported from their module on first use (PEP 562).

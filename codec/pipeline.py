@@ -23,8 +23,10 @@ import torch
 from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
 from bitstream.errors import (BitstreamError, CorruptHeaderError, CorruptMetadataError,
                               DecodeError, ModelMismatchError, PacketLossError)
-from bitstream.format import MAX_PIXELS, Header, check_pixels, metadata_records, pack, unpack
+from bitstream.format import (MAX_PACKETS, MAX_PIXELS, Header, check_pixels, metadata_records,
+                              pack, unpack)
 from bitstream.metadata import Metadata
+from codec import columns
 from codec.columns import UNDECODABLE, decode_columns, encode_columns
 from codec.image import ImageInput, Picture, Policy, load_image
 from codec.registry import (Model, check_effort, info_by_id, load_model, load_revision,
@@ -86,6 +88,10 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     flat = indices.reshape(groups, -1)
     n_packets = packets or int(np.clip(round(estimate / 8 / BYTES_PER_PACKET), 1,
                                        MAX_AUTO_PACKETS))
+    limit = columns.group_units(m)
+    if packets is None and limit:  # a lossless coder's state lives for a whole packet: packets
+        # of about the group limit keep it bounded (pc-photo: images above 16 megapixels)
+        n_packets = min(max(n_packets, -(-h * w // limit)), MAX_PACKETS)
     if not 1 <= n_packets <= h * w:
         raise ValueError(f"packets must be 1..{h * w} for this image, got {n_packets}")
     owner = packet_of_positions(h, w, n_packets)
@@ -235,7 +241,7 @@ def _decode_payloads(m: Model, header: Header, payloads: list[bytes | None],
         raise CorruptHeaderError("header is damaged (more packets than positions)")
     owner = packet_of_positions(h, w, n_packets)
     staged = m.staged(header.quality)
-    flat = np.zeros((groups, h * w), dtype=np.int64)
+    flat = np.zeros((groups, h * w), dtype=m.symbol_dtype)
     if staged and n_packets == 1:
         try:
             if payloads[0] is not None:

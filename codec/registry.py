@@ -8,7 +8,9 @@ dropped to keep the package small; their files are refused with a message that s
 
 Reading the registry (``codec models``, ``codec info``) does not import torch: the loaded
 :class:`Model` imports the entropy coder and its family's network when it is first used.
-Loading is thread-safe: each (model, weights) pair is loaded once per process.
+Loading is thread-safe: each (model, weights) pair is loaded once per process. A shipped weight
+file that is missing, truncated or damaged raises :class:`WeightsError` (the installation is at
+fault, not the data being coded).
 """
 
 from __future__ import annotations
@@ -34,6 +36,22 @@ WEIGHTS_DIR = WEIGHTS
 # to this many symbols (1 GB of uint16 tables at K = 256: mcq q4 up to 30 megapixels); beyond,
 # the coder computes them again chunk by chunk (twice the prior's time, bounded memory)
 KEEP_SYMBOLS = 1 << 21
+REINSTALL = ("reinstall nicodec (pip install --force-reinstall nicodec; in a source checkout, "
+             "restore models/weights/)")
+
+
+class WeightsError(RuntimeError):
+    """A shipped weight file is missing, truncated or damaged: this nicodec installation is
+    broken and must be reinstalled.
+
+    Not a :class:`bitstream.errors.BitstreamError`: the file being decoded (or the image being
+    encoded) is not at fault, and a caller that skips bad files on ``BitstreamError`` must not
+    skip every file because of its installation. The message names the weight file.
+    """
+
+    def __init__(self, name: str, path: Path, problem: str) -> None:
+        super().__init__(f"the weights of model {name!r} ({path}) are {problem}: {REINSTALL}")
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -156,8 +174,11 @@ def measured_rates(name: str) -> list[dict]:
     path = WEIGHTS_DIR / model_info(name).weights
     if not path.exists():
         return []
-    with safe_open(str(path), framework="numpy") as f:  # metadata only: no torch needed
-        measured = json.loads((f.metadata() or {}).get("validation", "[]"))
+    try:
+        with safe_open(str(path), framework="numpy") as f:  # metadata only: no torch needed
+            measured = json.loads((f.metadata() or {}).get("validation", "[]"))
+    except Exception as exc:  # noqa: BLE001 (safetensors, json: whatever a damaged file raises)
+        raise WeightsError(name, path, f"damaged ({type(exc).__name__}: {exc})") from exc
     return measured if isinstance(measured, list) else [measured]  # lossless: one {val_bpd}
 
 
@@ -249,6 +270,14 @@ class Model:
         """Whether the prior keeps state across columns (tables only in column order)."""
         return hasattr(self.prior, "session")
 
+    @property
+    def symbol_dtype(self) -> type:
+        """The integer type that holds this model's symbols (int16 for the lossless models,
+        whose images have three symbols per pixel)."""
+        import numpy as np
+
+        return getattr(self.net, "symbol_dtype", np.int64)
+
     def session(self, n: int, quality: int | None = None):
         """Table source for n units: ``freqs(context, j)``, columns requested in order."""
         prior = self._at(quality)[1]
@@ -310,7 +339,8 @@ _LOADING = threading.Lock()  # lru_cache alone lets two threads load the same mo
 
 def load_model(name: str, weights: str | None = None) -> Model:
     """Load (once per process, whichever threads ask) the shipped model ``name`` with its current
-    weights, or with the weight file ``weights`` (one of its retired revisions)."""
+    weights, or with the weight file ``weights`` (one of its retired revisions). A weight file
+    that is missing or does not load raises :class:`WeightsError`."""
     with _LOADING:
         return _load_model(name, weights)
 
@@ -319,9 +349,12 @@ def load_model(name: str, weights: str | None = None) -> Model:
 def _load_model(name: str, weights: str | None) -> Model:
     info = model_info(name)
     path = WEIGHTS_DIR / (weights or info.weights)
-    if not path.exists():
-        raise FileNotFoundError(f"weights of model {name!r} are missing: {path}")
-    return Model(info, path)
+    if not path.is_file():
+        raise WeightsError(name, path, "missing")
+    try:
+        return Model(info, path)
+    except Exception as exc:  # noqa: BLE001 (safetensors, json, torch: a damaged file)
+        raise WeightsError(name, path, f"damaged ({type(exc).__name__}: {exc})") from exc
 
 
 load_model.cache_clear = _load_model.cache_clear  # tests: a fresh process

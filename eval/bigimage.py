@@ -8,9 +8,10 @@ Test images are made here (never committed): a training photo upscaled (Lanczos)
 of the given megapixels, kept as ``.npy`` in a temporary folder. Each encode and each decode
 runs in its own subprocess with one thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``)
 and reports its wall time (the codec call alone, not loading the array) and peak RSS
-(``getrusage``: the whole process, model and pixel arrays included). A watchdog stops a
-subprocess whose RSS passes ``--limit-gb`` or that runs past ``--timeout`` and reports it as
-skipped, so a measurement never starves the machine. ``--root`` runs the codec of another
+(``getrusage``: the whole process, model and pixel arrays included); a lossless model's decode
+is marked "exact" when it gives the pixels back. A watchdog stops a subprocess whose RSS passes
+``--limit-gb`` or that runs past ``--timeout`` and reports it as skipped, so a measurement never
+starves the machine. ``--root`` runs the codec of another
 checkout (e.g. ``/work/main``, for "before" figures): the subprocess only calls
 ``codec.pipeline.encode_detailed`` and ``decode_detailed``, which every version has.
 
@@ -32,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from bitstream.format import Family
+from codec.registry import MODELS
 
 PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train" / "bsds500"
 
@@ -187,7 +191,11 @@ def main(argv: list[str] | None = None) -> None:
             dec = (run_child(args.root, "decode", coded, decoded, model, args.limit_gb,
                              args.timeout) if "skipped" not in enc else {"skipped": "no file"})
             size = enc.get("bytes", "")
-            row = f"| {model} | {mpx:g} | {_cell(enc)} | {_cell(dec)} | {size} |"
+            exact = ""
+            if MODELS[model].family == Family.LOSSLESS and "skipped" not in dec:
+                same = np.array_equal(np.load(decoded), np.load(src))
+                exact = ", exact" if same else ", NOT EXACT"
+            row = f"| {model} | {mpx:g} | {_cell(enc)} | {_cell(dec)}{exact} | {size} |"
             print(row, flush=True)
             rows.append(row)
             for path in (coded, decoded):

@@ -63,12 +63,16 @@ class Pixels:
     def whole(self) -> torch.Tensor:
         return self.tile(0, self.height, 0, self.width)
 
-    def uint8(self) -> np.ndarray:
-        """The padded image as (H, W, 3) uint8 (for exact, pixel-level models)."""
+    def uint8(self, y0: int = 0, y1: int | None = None) -> np.ndarray:
+        """Rows y0..y1 (default all) of the padded image as (y1-y0, W, 3) uint8 (for exact,
+        pixel-level models, which take the image a band of rows at a time)."""
+        y1 = self.height if y1 is None else y1
         if isinstance(self.image, torch.Tensor):
-            return (self.image[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            band = self.image[0, :, y0:y1]
+            return (band * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         h, w = self.image.shape[:2]
-        padded = np.pad(self.image, ((0, self.height - h), (0, self.width - w), (0, 0)),
+        part = self.image[min(y0, h - 1):min(y1, h)]
+        padded = np.pad(part, ((0, y1 - y0 - part.shape[0]), (0, self.width - w), (0, 0)),
                         mode="edge")
         return np.repeat(padded, 3, axis=2) if padded.shape[2] == 1 else padded
 

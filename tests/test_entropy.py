@@ -16,7 +16,9 @@ from bitstream.entropy import (
     PacketEncoder,
     cost_bits,
     freqs_from_counts,
+    freqs_from_float_weights,
     freqs_from_logits,
+    freqs_from_weights,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +65,31 @@ def test_freqs_from_logits_match_the_reference_rule():
     assert (freqs_from_logits(logits) == expected).all()
     assert (freqs_from_logits(torch.from_numpy(logits.astype(np.int32))) == expected).all()
     assert freqs_from_logits(np.zeros((0, 256), np.int64)).shape == (0, 256)
+
+
+def test_float_weights_give_the_integer_rule():
+    """The float64 path of the lossless models equals the int64 rule on every kind of row: wide
+    and narrow magnitudes, zeros, ties, one-hot rows and exact quotients (where a float floor
+    would round the wrong way), sums up to just below 2**53."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for bits in (4, 20, 44, 52):  # row sums below 2**bits; entries below 2**47 (integer rule)
+        for k in (2, 7, 512):
+            top = max(1, min(46, bits - int(np.ceil(np.log2(k))) - 1))
+            w = rng.integers(0, 1 << top, size=(30, k))
+            w[:5] = 0
+            w[:5, 0] = 1 << top  # one-hot: the quotient is exactly TOTAL - k
+            w[5:10] = w[5:10, :1]  # ties everywhere
+            w[10:15] = (TOTAL - k) * rng.integers(1, 4, size=(5, k))  # many exact quotients
+            w[15:20, ::2] = 0
+            rows.append(w)
+    for w in rows:
+        assert (freqs_from_float_weights(w.astype(np.float64)) == freqs_from_weights(w)).all()
+    assert freqs_from_float_weights(np.zeros((0, 4))).shape == (0, 4)
+    with pytest.raises(ValueError):
+        freqs_from_float_weights(np.full((1, 4), 2.0 ** 51))  # sums to 2**53
+    with pytest.raises(ValueError):
+        freqs_from_float_weights(np.ones((1, 1)))
 
 
 def test_freqs_follow_softmax():

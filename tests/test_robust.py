@@ -249,3 +249,80 @@ def test_jobs_give_the_serial_outputs_and_errors(tmp_path):
                               for p in (tmp_path / f"png{jobs}").glob("*.png")})
         assert not list(out.glob(".*tmp"))
     assert len(outputs[1]) == 6 and outputs[1] == outputs[2]
+
+
+def _broken_weights(kind: str, shipped: Path) -> bytes | None:
+    """A weight file's bytes as a broken installation leaves them (None: the file is missing)."""
+    data = shipped.read_bytes()
+    other = registry.WEIGHTS_DIR / registry.MODELS["pc-mnist"].weights  # another model's file
+    return {"missing": None, "truncated": data[: len(data) // 2], "empty": b"",
+            "garbage": bytes(range(256)) * 64, "other model": other.read_bytes()}[kind]
+
+
+@pytest.fixture(params=["missing", "truncated", "empty", "garbage", "other model"])
+def broken_install(request, monkeypatch, tmp_path):
+    """The weights folder as a broken installation of mcq-tiny leaves it, and a file that
+    mcq-tiny wrote while it was whole."""
+    name = registry.MODELS["mcq-tiny"].weights
+    written = codec.encode(_image(2), model="mcq-tiny")
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    data = _broken_weights(request.param, registry.WEIGHTS_DIR / name)
+    if data is not None:
+        (folder / name).write_bytes(data)
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", folder)
+    registry.load_model.cache_clear()
+    yield request.param, folder / name, written
+    registry.load_model.cache_clear()
+
+
+def test_broken_weights_raise_weights_error_naming_the_file(broken_install):
+    _, path, written = broken_install
+    for call in (lambda: codec.encode(_image(2), model="mcq-tiny"),
+                 lambda: codec.decode(written), lambda: codec.load_model("mcq-tiny")):
+        with pytest.raises(codec.WeightsError, match="reinstall") as caught:
+            call()
+        assert str(path) in str(caught.value) and caught.value.path == path
+        assert not isinstance(caught.value, BitstreamError)  # the data is not at fault
+
+
+def test_cli_broken_weights_is_one_line(broken_install, tmp_path):
+    kind, path, written = broken_install
+    Image.fromarray(_image(2)).save(tmp_path / "a.png")
+    (tmp_path / "b.nic").write_bytes(written)
+    (tmp_path / "c.nic").write_bytes(written)
+    for args in (["encode", tmp_path / "a.png", "-m", "mcq-tiny", "-o", tmp_path / "a.nic"],
+                 ["decode", tmp_path / "b.nic", tmp_path / "c.nic", "-o", tmp_path / "out"],
+                 ["demo", "-m", "mcq-tiny", "-o", tmp_path / "demo"]):
+        res = _cli(*args)
+        assert res.exit_code == 1, res.output
+        # one line, although decode has two inputs: the batch stops at a broken installation
+        assert res.stdout == "" and res.stderr.count("\n") == 1, res.stderr
+        assert res.stderr.startswith("error: ") and str(path) in res.stderr
+        assert "reinstall" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "a.nic").exists() and not (tmp_path / "out").exists()
+    res = _cli("models", "--json")
+    assert res.exit_code == 0
+    record = next(r for r in json.loads(res.stdout) if r["name"] == "mcq-tiny")
+    # the listing reads the metadata only: it sees damaged bytes, not another model's file
+    assert (record["weights_error"] is not None) == (kind in ("truncated", "empty", "garbage"))
+    assert record["installed"] == (kind != "missing")
+    line = next(line for line in _cli("models").stdout.splitlines() if line.startswith("mcq-tiny"))
+    assert ("[weights" in line) == (kind not in ("other model",))
+
+
+def test_cli_broken_weights_as_a_process(tmp_path):
+    """As a real process: a truncated weight file gives exit 1 and one line, no traceback."""
+    name = registry.MODELS["mcq-tiny"].weights
+    (tmp_path / name).write_bytes((registry.WEIGHTS_DIR / name).read_bytes()[:1000])
+    Image.fromarray(_image(3)).save(tmp_path / "a.png")
+    probe = ("import sys, pathlib, cli, codec.registry\n"
+             f"codec.registry.WEIGHTS_DIR = pathlib.Path({str(tmp_path)!r})\n"
+             "cli.main(sys.argv[1:])\n")
+    res = subprocess.run([sys.executable, "-c", probe, "encode", str(tmp_path / "a.png"), "-m",
+                          "mcq-tiny", "-o", str(tmp_path / "a.nic")], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and res.stdout == "", res.stderr
+    assert res.stderr.startswith("error: the weights of model 'mcq-tiny'"), res.stderr
+    assert res.stderr.count("\n") == 1 and "reinstall" in res.stderr
+    assert not (tmp_path / "a.nic").exists()

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from codec import columns, registry
-from codec.pipeline import decode_detailed, encode_detailed
+from codec.pipeline import decode_detailed, encode_detailed, packet_of_positions
 from models import tiling
+from models.pc import codec as pc_codec
 from models.vq import masked
 
 SMALL_TILE = 128  # pixels; the image below is 5 x 4 tiles
@@ -29,6 +30,8 @@ def small_tiles(monkeypatch):
         monkeypatch.setattr(columns, "CHUNK", SMALL_CHUNK)
         monkeypatch.setattr(registry, "KEEP_SYMBOLS", 0)
         monkeypatch.setattr(masked, "BAND_POSITIONS", 400)  # bands of 10 grid rows
+        monkeypatch.setattr(columns, "GROUP_ROWS", 4 * 64)  # lossless: 4 units, a packet at a time
+        monkeypatch.setattr(pc_codec, "BAND_UNITS", 4)  # lossless: a row of tiles at a time
     return apply
 
 
@@ -88,12 +91,16 @@ def test_tiled_effort_search_decodes_like_the_whole(photo, small_tiles):
     assert mse < 0.5  # PSNR between them above 51 dB
 
 
-def test_lossless_chunks_and_tiles_are_exact(photo, small_tiles):
-    image = photo[:96, :160]  # 3 x 5 units in 2 chunks, 2 synthesis tiles
-    whole = encode_detailed(image, model="pc-photo", packets=2)
+@pytest.mark.parametrize("packets", [2, 3])
+def test_lossless_chunks_and_tiles_are_exact(photo, small_tiles, packets):
+    """3 x 5 units: one unit per chunk, packets coded one by one, analysed and synthesized a
+    row of tiles at a time, 2 synthesis tiles: the same file, the exact pixels."""
+    image = photo[:96, :160]
+    whole = encode_detailed(image, model="pc-photo", packets=packets)
     small_tiles()
-    tiled = encode_detailed(image, model="pc-photo", packets=2)
+    tiled = encode_detailed(image, model="pc-photo", packets=packets)
     assert tiled.data == whole.data
+    assert tiled.indices.dtype == np.int16 and (tiled.indices == whole.indices).all()
     assert (decode_detailed(tiled.data).pixels == image).all()
     concealed = decode_detailed(_damage_last_packet(tiled.data))
     lost = np.repeat(np.repeat(concealed.lost, 32, 0), 32, 1)
@@ -114,6 +121,39 @@ def test_grayscale_big_image(small_tiles):
     _close(pixels, reference)
 
 
+def test_lossless_packets_bound_the_coder_state(photo, monkeypatch):
+    """A big lossless image gets packets of about GROUP_ROWS rows (the coder's state lives
+    for a packet): here 15 units, groups of 2 -> 8 packets; the sessions that hold state never
+    span more than a packet (or a group of small ones), at encoding and at decoding."""
+    image = photo[:96, :160]
+    reference = encode_detailed(image, model="pc-photo")
+    monkeypatch.setattr(columns, "GROUP_ROWS", 2 * 64)  # 2 units of 64 patches
+    model = registry.load_model("pc-photo")
+    sizes = []
+    real = type(model.prior).session
+    monkeypatch.setattr(type(model.prior), "session",
+                        lambda prior, n: sizes.append(n) or real(prior, n))
+    encoded = encode_detailed(image, model="pc-photo")
+    decoded = decode_detailed(encoded.data)
+    assert (decoded.pixels == image).all()
+    assert len(decoded.header.packet_lengths) == 8
+    largest = np.bincount(packet_of_positions(3, 5, 8)).max()  # 15 units dealt to 8 packets
+    assert max(sizes) == max(2, largest) < 15  # one packet, or packets of <= 2 units together
+    assert len(decode_detailed(reference.data).header.packet_lengths) < 8
+
+
+def test_groups_are_whole_packets_in_packet_order():
+    owner = np.array([0, 1, 2, 0, 1, 2, 0, 1, 0, 0])  # packets of 5, 3 and 2 units
+    for limit, expected in ((None, [[0, 3, 6, 8, 9, 1, 4, 7, 2, 5]]),
+                            (5, [[0, 3, 6, 8, 9], [1, 4, 7, 2, 5]]),
+                            (2, [[0, 3, 6, 8, 9], [1, 4, 7], [2, 5]])):
+        groups = columns._groups(owner, range(3), limit)
+        assert [list(units) for units, _ in groups] == expected
+    (units, spans), = columns._groups(owner, [1, 2], 5)
+    assert list(units) == [1, 4, 7, 2, 5] and spans == {1: (0, 3), 2: (3, 5)}
+    assert columns._within(spans, slice(2, 4)) == {1: slice(0, 1), 2: slice(1, 2)}
+
+
 @pytest.mark.parametrize("size, tile, margin", [(100, 32, 8), (32, 32, 8), (7, 32, 0)])
 def test_spans_cover_each_position_once(size, tile, margin):
     spans = tiling.spans(size, tile, margin)
@@ -132,18 +172,22 @@ def test_pixels_tiles_equal_the_padded_image(photo):
     assert (whole[:, :, 49:, :70] == whole[:, :, 49:50, :70]).all()  # edge padding
     assert (pixels.tile(16, 64, 32, 80) == whole[:, :, 16:64, 32:80]).all()
     assert (pixels.uint8() == (whole[0] * 255).round().byte().permute(1, 2, 0).numpy()).all()
+    assert (pixels.uint8(16, 48) == pixels.uint8()[16:48]).all()
+    assert (tiling.Pixels(whole, 16).uint8(16, 48) == pixels.uint8()[16:48]).all()
 
 
 def test_bigimage_script_measures_and_checks_seams(tmp_path, small_tiles, capsys):
-    """``python -m eval.bigimage``: a measured row per model and size (subprocesses), and the
-    seam check's row (tiled against untiled: the same file)."""
+    """``python -m eval.bigimage``: a measured row per model and size (subprocesses; a lossless
+    decode is checked against the image), and the seam check's row (tiled against untiled: the
+    same file)."""
     from eval import bigimage
 
     if not bigimage.PHOTO.exists():
         pytest.skip("training photos not found beside the repository (../shared/data/train)")
-    bigimage.main(["--mpx", "0.02", "--models", "vq-static", "--images", str(tmp_path)])
-    row = capsys.readouterr().out.strip().splitlines()[-1]
-    assert row.startswith("| vq-static | 0.02 |") and row.count(" GB") == 2, row
+    bigimage.main(["--mpx", "0.02", "--models", "vq-static,pc-photo", "--images", str(tmp_path)])
+    rows = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert rows[0].startswith("| vq-static | 0.02 |") and rows[0].count(" GB") == 2, rows
+    assert "exact" not in rows[0] and "GB, exact |" in rows[1], rows  # lossless: checked
     small_tiles()
     bigimage.main(["--seams", "--mpx", "0.1", "--models", "mcq", "--images", str(tmp_path)])
     row = capsys.readouterr().out.strip().splitlines()[-1]

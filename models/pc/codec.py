@@ -27,6 +27,8 @@ from models.pc import residuals
 from models.pc.coder import IntHCLT, TreeCoder
 from models.tiling import Pixels
 
+BAND_UNITS = 1024  # tiles analysed or synthesized at once (about a megapixel); tests lower it
+
 
 @dataclass(frozen=True)
 class TileLayout:
@@ -66,12 +68,13 @@ class TileLayout:
 
 class PatchSession:
     """Tables for n units column by column (the pipeline's ``freqs(context, j)`` protocol): the
-    HCLT codes variable k of all n x patches samples at once, at the first column of k."""
+    HCLT enters variable k for all patches x n samples at the first column of k (samples in
+    patch-major order), and gives the tables of patch p's n samples at column k * patches + p
+    (a small (n, V) array each time, which stays in the processor's cache)."""
 
     def __init__(self, model: IntHCLT, n: int, patches: int) -> None:
-        self.coder: TreeCoder = model.start(n * patches)
+        self.coder: TreeCoder = model.start(patches * n)
         self.n, self.patches, self.next = n, patches, 0
-        self.tables = np.empty(0)
 
     def freqs(self, context: np.ndarray, j: int) -> np.ndarray:
         if j != self.next:
@@ -81,9 +84,9 @@ class PatchSession:
         if p == 0:
             if k:
                 done = context[(k - 1) * self.patches:k * self.patches]  # (patches, n)
-                self.coder.observe(k - 1, done.T.reshape(-1))
-            self.tables = self.coder.freqs(k).reshape(self.n, self.patches, -1)
-        return self.tables[:, p]
+                self.coder.observe(k - 1, done.reshape(-1))
+            self.coder.enter(k)
+        return self.coder.table(k, slice(p * self.n, (p + 1) * self.n))
 
 
 class TilePrior:
@@ -97,7 +100,13 @@ class TilePrior:
 
 
 class TileHCLT:
-    """Analysis (pixels -> symbols in coding order) and synthesis (the inverse), both exact."""
+    """Analysis (pixels -> symbols in coding order) and synthesis (the inverse), both exact.
+
+    Both work on bands of tile rows (at most BAND_UNITS tiles, at least one row): the int64
+    arrays of the residual transform are those of a band, not of the whole image; the symbols
+    themselves are int16 (2 bytes per symbol, 3 symbols per pixel)."""
+
+    symbol_dtype = np.int16  # symbols are below 512
 
     def __init__(self, layout: TileLayout, order: np.ndarray) -> None:
         self.layout, self.unit, self.order = layout, layout.unit, order
@@ -105,18 +114,28 @@ class TileHCLT:
     def columns(self, quality: int) -> int:
         return self.layout.variables * self.layout.patches
 
+    @staticmethod
+    def bands(h: int, w: int) -> list[tuple[int, int]]:
+        """Tile rows a..b of an h x w grid of tiles, BAND_UNITS tiles or one row at a time."""
+        rows = max(1, BAND_UNITS // w)
+        return [(a, min(h, a + rows)) for a in range(0, h, rows)]
+
     def analyze(self, x: Pixels | torch.Tensor, quality: int) -> np.ndarray:
         """(1, 3, H, W) in [0, 1] or :class:`Pixels` -> symbols (columns, H/unit, W/unit)."""
         u, c = self.unit, self.layout.channels
-        pixels = Pixels.of(x, u).uint8()
-        if c == 1 and not ((pixels[..., 0] == pixels[..., 1]).all()
-                           and (pixels[..., 0] == pixels[..., 2]).all()):
-            raise UnsupportedImageError("this model codes grayscale images losslessly; the image "
-                                        "has colour (use pc-photo: --lossless)")
-        h, w = pixels.shape[0] // u, pixels.shape[1] // u
-        tiles = pixels[:, :, :c].reshape(h, u, w, u, c).transpose(0, 2, 1, 3, 4)
-        samples = self.layout.samples(tiles.reshape(h * w, u, u, c))[:, :, self.order]
-        return samples.transpose(2, 1, 0).reshape(-1, h, w)
+        pixels = Pixels.of(x, u)
+        h, w = pixels.height // u, pixels.width // u
+        symbols = np.empty((self.columns(quality), h, w), self.symbol_dtype)
+        for a, b in self.bands(h, w):
+            band = pixels.uint8(a * u, b * u)
+            if c == 1 and not ((band[..., 0] == band[..., 1]).all()
+                               and (band[..., 0] == band[..., 2]).all()):
+                raise UnsupportedImageError("this model codes grayscale images losslessly; the "
+                                            "image has colour (use pc-photo: --lossless)")
+            tiles = band[:, :, :c].reshape(b - a, u, w, u, c).transpose(0, 2, 1, 3, 4)
+            samples = self.layout.samples(tiles.reshape(-1, u, u, c))[:, :, self.order]
+            symbols[:, a:b] = samples.transpose(2, 1, 0).reshape(-1, b - a, w)
+        return symbols
 
     # Decoding goes through the tiled path of the lossy models (``codec/registry.py``), with
     # the pixels themselves as the "latent": exact, and no float copy of the whole image.
@@ -126,16 +145,20 @@ class TileHCLT:
     def conceal(self, symbols: np.ndarray, lost: np.ndarray | None = None) -> torch.Tensor:
         """Symbols -> the image (1, 3, H, W) as uint8; lost tiles come out mid-grey (a lossless
         code has nothing to conceal them with beyond the surviving tiles)."""
-        u, c = self.unit, self.layout.channels
+        u, c, patches = self.unit, self.layout.channels, self.layout.patches
         h, w = symbols.shape[1:]
-        samples = np.empty((h * w, self.layout.patches, self.layout.variables), np.int64)
-        samples[:, :, self.order] = symbols.reshape(len(self.order), self.layout.patches,
-                                                    h * w).transpose(2, 1, 0)
-        tiles = self.layout.tiles(samples)
-        if lost is not None:
-            tiles[lost.reshape(-1)] = 128
-        pixels = tiles.reshape(h, w, u, u, c).transpose(0, 2, 1, 3, 4).reshape(h * u, w * u, c)
-        image = torch.from_numpy(pixels.astype(np.uint8)).permute(2, 0, 1)[None]
+        pixels = np.empty((h * u, w * u, c), np.uint8)
+        for a, b in self.bands(h, w):
+            n = (b - a) * w
+            samples = np.empty((n, patches, self.layout.variables), np.int64)
+            samples[:, :, self.order] = symbols[:, a:b].reshape(len(self.order), patches,
+                                                                n).transpose(2, 1, 0)
+            tiles = self.layout.tiles(samples)
+            if lost is not None:
+                tiles[lost[a:b].reshape(-1)] = 128
+            pixels[a * u:b * u] = tiles.reshape(b - a, w, u, u, c).transpose(0, 2, 1, 3, 4) \
+                .reshape((b - a) * u, w * u, c)
+        image = torch.from_numpy(pixels).permute(2, 0, 1)[None]
         return image.expand(1, 3, -1, -1) if c == 1 else image
 
     @staticmethod

@@ -28,7 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
-from bitstream.entropy import freqs_from_weights
+from bitstream.entropy import freqs_from_float_weights
 from models.pc.hclt import HCLT, TreeOrder
 
 TRANS_BITS = 14  # each row of a transition table sums to about 2**14
@@ -62,7 +62,8 @@ class IntHCLT:
         self.root = root.astype(np.float64)
         self.trans = trans.astype(np.float64)
         self.emit = emit.astype(np.float64)
-        self.emit_t = np.ascontiguousarray(self.emit.transpose(0, 2, 1))  # (D, V, H) for lookups
+        # (D, V, H) for lookups of observed emissions, float32 like the coder's state (exact)
+        self.emit_t = np.ascontiguousarray(self.emit.transpose(0, 2, 1), np.float32)
         h = root.shape[0]
         if h * (1 << (VECTOR_BITS + 1 + EMIT_BITS)) >= 1 << 53 or (
                 h * (1 << (VECTOR_BITS + 1 + TRANS_BITS + 1))) >= 1 << 53:
@@ -98,7 +99,15 @@ class IntHCLT:
 
 
 class TreeCoder:
-    """Pre-order coding state: ``freqs(k)`` then ``observe(k, values)`` for k = 0 .. D-1."""
+    """Pre-order coding state: ``freqs(k)`` then ``observe(k, values)`` for k = 0 .. D-1.
+
+    ``freqs(k)`` is :meth:`enter` (the message into the variable's latent) then :meth:`table`
+    (its tables); a caller may take the tables of a few samples at a time (``rows``), which keeps
+    the (rows, V) arrays in the processor's cache. The state is the messages of the nodes on the
+    current root path; every one of them is an integer of at most 2**VECTOR_BITS (``_rescale``)
+    or an emission, so it is kept exactly as float32 (half the memory) and widened to float64
+    for every product.
+    """
 
     def __init__(self, model: IntHCLT, n: int) -> None:
         self.m, self.n = model, n
@@ -111,16 +120,27 @@ class TreeCoder:
 
     def freqs(self, k: int) -> np.ndarray:
         """Frequency tables (n, V) of the k-th variable in pre-order, given the earlier ones."""
+        self.enter(k)
+        return self.table(k)
+
+    def enter(self, k: int) -> None:
+        """Compute the message into the latent of the k-th variable in pre-order."""
         m = self.m
         node = int(m.order.preorder[k])
         parent = int(m.order.parent[node])
         if parent < 0:
-            down = np.broadcast_to(m.root, (self.n, len(m.root))).copy()
+            down = np.broadcast_to(m.root, (self.n, len(m.root)))
         else:
-            ctx = _rescale(self.down[parent] * self.evidence[parent])
+            ctx = _rescale(np.multiply(self.down[parent], self.evidence[parent],
+                                       dtype=np.float64))
             down = _rescale(ctx @ m.trans[node])
-        self.down[node] = down
-        return freqs_from_weights((down @ m.emit[node]).astype(np.int64))
+        self.down[node] = down.astype(np.float32)
+
+    def table(self, k: int, rows: slice = slice(None)) -> np.ndarray:
+        """Frequency tables (rows, V) of the k-th variable, after :meth:`enter`."""
+        node = int(self.m.order.preorder[k])
+        return freqs_from_float_weights(self.down[node][rows].astype(np.float64)
+                                        @ self.m.emit[node])
 
     def observe(self, k: int, values: np.ndarray) -> None:
         """Record the coded values (n,) of the k-th variable; close the finished subtrees."""
@@ -132,4 +152,4 @@ class TreeCoder:
             del self.down[done]
             parent = int(m.order.parent[done])
             if parent >= 0:
-                self.evidence[parent] = _rescale(self.evidence[parent] * up)
+                self.evidence[parent] = _rescale(self.evidence[parent] * up).astype(np.float32)
