@@ -26,8 +26,7 @@ from bitstream.errors import (BitstreamError, CorruptHeaderError, CorruptMetadat
 from bitstream.format import (MAX_PACKETS, MAX_PIXELS, Header, check_pixels, metadata_records,
                               pack, unpack)
 from bitstream.metadata import Metadata
-from codec import columns
-from codec.columns import UNDECODABLE, decode_columns, encode_columns
+from codec.columns import UNDECODABLE, decode_columns, encode_columns, group_units
 from codec.image import ImageInput, Picture, Policy, load_image
 from codec.registry import (Model, check_effort, info_by_id, load_model, load_revision,
                             model_info, resolve_model)
@@ -88,7 +87,7 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     flat = indices.reshape(groups, -1)
     n_packets = packets or int(np.clip(round(estimate / 8 / BYTES_PER_PACKET), 1,
                                        MAX_AUTO_PACKETS))
-    limit = columns.group_units(m)
+    limit = group_units(m)
     if packets is None and limit:  # a lossless coder's state lives for a whole packet: packets
         # of about the group limit keep it bounded (pc-photo: images above 16 megapixels)
         n_packets = min(max(n_packets, -(-h * w // limit)), MAX_PACKETS)

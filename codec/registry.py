@@ -53,6 +53,12 @@ class WeightsError(RuntimeError):
         super().__init__(f"the weights of model {name!r} ({path}) are {problem}: {REINSTALL}")
         self.path = path
 
+    @classmethod
+    def damaged(cls, name: str, path: Path, exc: Exception) -> "WeightsError":
+        """The error for a weight file that exists but does not read: ``exc`` is what reading
+        it raised (safetensors, json, torch)."""
+        return cls(name, path, f"damaged ({type(exc).__name__}: {exc})")
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -178,7 +184,7 @@ def measured_rates(name: str) -> list[dict]:
         with safe_open(str(path), framework="numpy") as f:  # metadata only: no torch needed
             measured = json.loads((f.metadata() or {}).get("validation", "[]"))
     except Exception as exc:  # noqa: BLE001 (safetensors, json: whatever a damaged file raises)
-        raise WeightsError(name, path, f"damaged ({type(exc).__name__}: {exc})") from exc
+        raise WeightsError.damaged(name, path, exc) from exc
     return measured if isinstance(measured, list) else [measured]  # lossless: one {val_bpd}
 
 
@@ -354,7 +360,7 @@ def _load_model(name: str, weights: str | None) -> Model:
     try:
         return Model(info, path)
     except Exception as exc:  # noqa: BLE001 (safetensors, json, torch: a damaged file)
-        raise WeightsError(name, path, f"damaged ({type(exc).__name__}: {exc})") from exc
+        raise WeightsError.damaged(name, path, exc) from exc
 
 
 load_model.cache_clear = _load_model.cache_clear  # tests: a fresh process

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bitstream.entropy import cost_bits
 from models.mcq.codec import load_weights
 from models.weightfile import WEIGHTS
 
@@ -43,10 +42,9 @@ def _psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
 @torch.no_grad()
 def _quantized(net, prior, coarse, prediction, latent, x, quality) -> tuple[float, float]:
     """(PSNR, bpp) of ``latent`` through the first ``quality`` residual stages."""
-    residual = latent - prediction
-    symbols, tables, bits = net.code_residual(coarse, residual, quality, prior, 0.0)
-    coded = net.fine_vq.embed_prefix(net.fine_vq.indices(residual, quality))
-    return _psnr(net.g_s(prediction + coded), x), bits / (x.shape[2] * x.shape[3])
+    symbols, _, bits = net.code_residual(coarse, latent - prediction, quality, prior, 0.0,
+                                         keep=False)
+    return _psnr(net.decode_latent(net.conceal(symbols)), x), bits / (x.shape[2] * x.shape[3])
 
 
 def ceiling(net, prior, x: torch.Tensor, steps: int) -> dict[str, tuple[float, ...]]:
