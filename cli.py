@@ -11,6 +11,7 @@ and exit codes as one by one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -28,6 +29,7 @@ import click
 from bitstream.errors import BitstreamError, CorruptMetadataError
 from bitstream.format import MAX_PIXELS, check_pixels, metadata_records, parse_header, unpack
 from bitstream.metadata import describe
+from codec import bigtiff
 from codec.image import IMAGE_SUFFIXES, POLICIES, UnsupportedImageError
 from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, WeightsError,
                             available_models, check_effort, measured_rates, resolve_model)
@@ -52,14 +54,22 @@ def _write(target: str, data: bytes, force: bool) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
+    with _atomic(target, force) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+@contextlib.contextmanager
+def _atomic(target: str, force: bool):
+    """A temporary file's name beside ``target``, renamed to it when the block succeeds and
+    removed when it fails: a reader never sees a half-written output."""
     path = Path(target)
     if path.exists() and not force:
         raise Failure(f"{path} exists (use --force to overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -217,16 +227,17 @@ def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: i
 
     start = time.perf_counter()
     found = None
+    source = _read(src) if src == "-" else src  # a path: a big TIFF is read piece by piece
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if goal:
             from codec.target import encode_to_target
 
-            found = encode_to_target(_read(src), model=model, effort=effort, packets=packets,
+            found = encode_to_target(source, model=model, effort=effort, packets=packets,
                                      **policy, **{f"target_{k}": v for k, v in goal.items()})
             data = found.data
         else:
-            data = encode(_read(src), model=model, quality=quality, packets=packets,
+            data = encode(source, model=model, quality=quality, packets=packets,
                           effort=effort, **policy)
     notes = [str(w.message) for w in caught]
     if found and not found.met:
@@ -279,12 +290,42 @@ def _decode_file(src: str, dst: str, strict: bool, max_pixels: int | None, force
                  verbose: bool) -> tuple[dict, list[str]]:
     start = time.perf_counter()
     data = _read(src)
-    check_pixels(parse_header(data)[0], max_pixels)  # a bad header is refused without torch
+    header = parse_header(data)[0]
+    check_pixels(header, max_pixels)  # a bad header is refused without torch
     from PIL import Image
 
     from codec.pipeline import decode_detailed
 
+    if dst != "-" and Path(dst).suffix.lower() in bigtiff.TIFF_SUFFIXES and \
+            bigtiff.is_big(header.width, header.height):
+        return _decode_streamed(src, dst, data, strict, max_pixels, force, verbose, start)
     result = decode_detailed(data, strict=strict, max_pixels=max_pixels)
+    notes = _decode_notes(src, result)
+    fmt = "PNG" if dst == "-" else Image.registered_extensions()[Path(dst).suffix.lower()]
+    image, dropped = _image_bytes(result, fmt, src)
+    _write(dst, image, force)
+    return _decode_record(src, dst, result, start, verbose), notes + dropped
+
+
+def _decode_streamed(src: str, dst: str, data: bytes, strict: bool, max_pixels: int | None,
+                     force: bool, verbose: bool, start: float) -> tuple[dict, list[str]]:
+    """Decode a big image straight into a new TIFF file mapped into memory (``codec.bigtiff``)
+    under a temporary name, renamed when complete."""
+    from codec.pipeline import decode_detailed
+
+    with _atomic(dst, force) as tmp:
+        result = decode_detailed(data, strict=strict, max_pixels=max_pixels,
+                                 out=lambda header, metadata: bigtiff.create(
+                                     tmp, header.height, header.width, header.channels, metadata))
+        bigtiff.finish(result.pixels)
+    notes = _decode_notes(src, result)
+    if result.metadata.exif:
+        notes.append(f"{src}: EXIF is not written to a streamed TIFF")
+    return _decode_record(src, dst, result, start, verbose), notes
+
+
+def _decode_notes(src: str, result) -> list[str]:
+    """What a decode lost, one line each."""
     notes = []
     if result.lost_packets:
         notes.append(f"{src}: {result.lost_packets} of {len(result.header.packet_lengths)} "
@@ -294,9 +335,11 @@ def _decode_file(src: str, dst: str, strict: bool, max_pixels: int | None, force
     if result.metadata_lost:
         notes.append(f"{src}: the metadata block is damaged; ICC profile, EXIF and alpha plane "
                      "dropped")
-    fmt = "PNG" if dst == "-" else Image.registered_extensions()[Path(dst).suffix.lower()]
-    image, dropped = _image_bytes(result, fmt, src)
-    _write(dst, image, force)
+    return notes
+
+
+def _decode_record(src: str, dst: str, result, start: float, verbose: bool) -> dict:
+    """The JSON record of a decode (and its line with --verbose)."""
     record = {"input": src, "output": dst, "width": result.header.width,
               "height": result.header.height, "lost_packets": result.lost_packets,
               "concealed_fraction": round(result.concealed_fraction, 5),
@@ -305,7 +348,7 @@ def _decode_file(src: str, dst: str, strict: bool, max_pixels: int | None, force
         click.echo(f"{src} -> {dst}: {result.header.width}x{result.header.height}, "
                    f"{result.lost_packets} of {len(result.header.packet_lengths)} packets "
                    f"lost, {record['seconds']:.2f} s", err=True)
-    return record, notes + dropped
+    return record
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

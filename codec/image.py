@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bitstream.format import MAX_METADATA_BYTES, MAX_SIDE, Record, seal_metadata
 from bitstream.metadata import EXIF_PREFIX, MAX_PROFILE_BYTES, Metadata
+from codec import bigtiff
 
 if TYPE_CHECKING:
     import torch
@@ -220,6 +221,66 @@ def _from_tensor(tensor: torch.Tensor, policy: Policy) -> Picture:
     return _picture(t.permute(1, 2, 0).numpy(), policy)
 
 
+def _from_big_tiff(path: str | Path, policy: Policy) -> Picture | None:
+    """A TIFF file of more than ``bigtiff.STREAM_PIXELS`` pixels as a :class:`Picture` whose
+    pixels stay on disk (a memory map of the file or of a scratch grid, ``codec/bigtiff.py``);
+    None for any other file, which Pillow reads. Only 8-bit grayscale or RGB (with or without
+    alpha) is streamed; other big TIFFs are refused with what to do."""
+    if Path(path).suffix.lower() not in bigtiff.TIFF_SUFFIXES:
+        return None
+    import tifffile
+
+    from models.tiling import zeros
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, OSError, ValueError):
+        return None  # not a TIFF after all: Pillow says what it is
+    with tif:
+        page = tif.pages.first
+        height, width = page.imagelength, page.imagewidth
+        if not bigtiff.is_big(width, height):
+            return None
+        samples = page.samplesperpixel
+        if page.dtype != np.uint8 or samples not in (1, 2, 3, 4) or page.imagedepth > 1 or \
+                (samples > 1 and page.planarconfig != 1) or page.photometric not in (1, 2):
+            raise UnsupportedImageError(
+                f"a TIFF above {bigtiff.STREAM_PIXELS / 1e6:.0f} megapixels is read piece by "
+                "piece only when it holds 8-bit grayscale or RGB samples, interleaved; convert it (e.g. "
+                "vips copy in.tif out.tif[compression=none]) or give a smaller image")
+        if not (height <= MAX_SIDE and width <= MAX_SIDE):
+            raise UnsupportedImageError(f"image sides must be 1..{MAX_SIDE} pixels, got "
+                                        f"{width}x{height}")
+        shape = (height, width, samples)
+        try:
+            if page.is_memmappable:
+                pixels = tifffile.memmap(path, page=0, mode="r").reshape(shape)
+            else:
+                pixels = page.asarray(out=zeros(shape[:2] if samples == 1 else shape, np.uint8))
+                pixels = pixels.reshape(shape)
+        except (MemoryError, OSError) as exc:
+            raise UnsupportedImageError(f"cannot read image: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 (tifffile's codecs on damaged data)
+            raise UnsupportedImageError(f"cannot read image: the TIFF is damaged "
+                                        f"({type(exc).__name__}: {exc})") from None
+        tags = page.tags
+        orientation = tags.valueof(bigtiff.ORIENTATION_TAG, 1)
+        pixels = bigtiff.UPRIGHT.get(int(orientation), lambda a: a)(pixels)
+        keep = policy.metadata == "keep"
+        profile = tags.valueof(bigtiff.ICC_TAG) if keep else None
+        if bigtiff.EXIF_TAG in tags and keep:
+            warnings.warn("the EXIF block of a streamed TIFF is not kept (its orientation is "
+                          "applied to the pixels)", ConversionWarning, stacklevel=3)
+        pages = len(tif.pages)
+    if pages > 1:
+        _refuse_or_warn(policy, "frames", f"the image has {pages} frames (an animation or "
+                        "several pages)", "only the first is coded")
+    alpha = None
+    if samples in (2, 4):
+        pixels, alpha = _split_alpha(pixels, policy)
+    return Picture(pixels, Metadata(bytes(profile) if profile else None, None, alpha))
+
+
 def load_image(source: ImageInput, policy: Policy = Policy()) -> Picture:
     """Any supported input -> 8-bit pixels (EXIF orientation applied) and their metadata."""
     if isinstance(source, np.ndarray):
@@ -229,6 +290,10 @@ def load_image(source: ImageInput, policy: Policy = Policy()) -> Picture:
         return _from_tensor(source, policy)
     if isinstance(source, Image.Image):
         return _from_pil(source, policy)
+    if isinstance(source, (str, Path)):
+        picture = _from_big_tiff(source, policy)  # a TIFF too big for memory, else None
+        if picture is not None:
+            return picture
     if isinstance(source, (str, Path, bytes)):
         try:
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:

@@ -16,6 +16,7 @@ prior rather than concealed in the latent.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from codec.columns import UNDECODABLE, decode_columns, encode_columns, group_uni
 from codec.image import ImageInput, Picture, Policy, load_image
 from codec.registry import (Model, check_effort, info_by_id, load_model, load_revision,
                             model_info, resolve_model)
+from models.tiling import zeros
 
 BYTES_PER_PACKET = 4096  # default packet size: framing stays near 0.2% of the payload
 MAX_AUTO_PACKETS = 16
@@ -201,10 +203,15 @@ def _read_metadata(data: bytes, header: Header, strict: bool) -> tuple[Metadata,
         return Metadata(), True
 
 
-def decode_detailed(data: bytes, strict: bool = False,
-                    max_pixels: int | None = MAX_PIXELS) -> Decoded:
+def decode_detailed(data: bytes, strict: bool = False, max_pixels: int | None = MAX_PIXELS,
+                    out: Callable[[Header, Metadata], np.ndarray] | None = None) -> Decoded:
     """Decode, concealing damaged packets and dropping a damaged metadata block unless
     ``strict``; report what was lost.
+
+    ``out``, given the checked header and the file's metadata, returns the (height, width,
+    channels) uint8 array the pixels are written into, tile by tile (e.g. a memory-mapped
+    output file, ``codec.bigtiff.create``, so that an image bigger than memory streams to
+    disk); by default a new array.
 
     Any bytes either decode or raise a :class:`BitstreamError`: a header promising more than
     ``max_pixels`` pixels (None or 0: no limit) is refused before any work, and whatever fails
@@ -216,9 +223,13 @@ def decode_detailed(data: bytes, strict: bool = False,
     check_pixels(header, max_pixels)
     metadata, metadata_lost = _read_metadata(bytes(data), header, strict)
     m = _model_for(header)
+    shape = (header.height, header.width, header.channels)
+    target = np.empty(shape, np.uint8) if out is None else out(header, metadata)
+    if target.shape != shape or target.dtype != np.uint8:
+        raise ValueError(f"out must give a {shape} uint8 array, got {target.shape} {target.dtype}")
     try:
-        result = _decode_payloads(m, header, payloads, strict)
-    except BitstreamError:
+        result = _decode_payloads(m, header, payloads, strict, target)
+    except (BitstreamError, OSError):  # OSError: no room for scratch files, a full disk
         raise
     except MemoryError:
         raise DecodeError(f"not enough memory to decode a {header.width}x{header.height} "
@@ -231,7 +242,7 @@ def decode_detailed(data: bytes, strict: bool = False,
 
 
 def _decode_payloads(m: Model, header: Header, payloads: list[bytes | None],
-                     strict: bool) -> Decoded:
+                     strict: bool, out: np.ndarray) -> Decoded:
     """Symbols from the packets that passed their CRC, then pixels (concealing the rest)."""
     groups, scale = m.columns(header.quality), m.unit
     h, w = -(-header.height // scale), -(-header.width // scale)
@@ -240,7 +251,7 @@ def _decode_payloads(m: Model, header: Header, payloads: list[bytes | None],
         raise CorruptHeaderError("header is damaged (more packets than positions)")
     owner = packet_of_positions(h, w, n_packets)
     staged = m.staged(header.quality)
-    flat = np.zeros((groups, h * w), dtype=m.symbol_dtype)
+    flat = zeros((groups, h * w), m.symbol_dtype)
     if staged and n_packets == 1:
         try:
             if payloads[0] is not None:
@@ -261,7 +272,6 @@ def _decode_payloads(m: Model, header: Header, payloads: list[bytes | None],
     if staged and lost_packets:  # the transformer restores the lost indices themselves
         filled, probs = staged.restore(indices[0], lost_grid)
         indices, mixture, lost_grid = filled[None], (lost_grid, probs), None
-    out = np.empty((header.height, header.width, header.channels), np.uint8)
     pixels = m.render(indices, lost_grid, header.quality, mixture, out,
                       lambda x_hat: _to_uint8(x_hat, header.channels))
     return Decoded(pixels, indices, header, lost_packets, float(lost.mean()), lost.reshape(h, w),

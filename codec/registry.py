@@ -326,16 +326,22 @@ class Model:
         """Decode symbols into ``out`` (H, W, channels) uint8 and return it; ``to_uint8`` turns
         a (1, 3, h, w) image in [0, 1] into uint8 (h, w, channels). A network with a latent
         (``conceal`` / ``decode_latent``) is decoded tile by tile from its concealed latent
-        grid (``models/tiling.py``); otherwise the whole image is synthesized and cropped."""
+        grid (``models/tiling.py``), computed in bands when nothing is lost and the network
+        says how far its concealment reaches (``conceal_margin``, in units); otherwise the
+        whole image is synthesized and cropped."""
         net = self._at(quality)[0]
         if not hasattr(net, "decode_latent"):
             image = self.synthesize(symbols, lost, quality, mixture)
             height, width = out.shape[:2]
             out[:] = to_uint8(image[:, :, :height, :width])
             return out
-        latent = net.conceal(symbols, lost) if mixture is None else \
-            net.conceal(symbols, lost, mixture)
-        from models.tiling import synthesize_in_tiles
+        from models.tiling import conceal_in_bands, synthesize_in_tiles
+
+        if lost is None and mixture is None and hasattr(net, "conceal_margin"):
+            latent = conceal_in_bands(net.conceal, symbols, net.conceal_margin, self.unit)
+        else:  # concealment fills lost units from any distance: on the whole grid
+            latent = net.conceal(symbols, lost) if mixture is None else \
+                net.conceal(symbols, lost, mixture)
 
         return synthesize_in_tiles(latent, net.decode_latent, net.latent_scale,
                                    net.synthesis_margin, to_uint8, out)

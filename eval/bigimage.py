@@ -1,7 +1,7 @@
 """Peak memory and wall time of encoding and decoding big images.
 
     python -m eval.bigimage [--mpx 1,12,48,100] [--models mcq,vq,pc-photo] [--root DIR]
-                            [--limit-gb 8] [--timeout 600] [--packets N] [--out FILE]
+                            [--limit-gb 8] [--timeout 600] [--packets N] [--out FILE] [--stream]
     python -m eval.bigimage --seams [--mpx 12] [--models mcq,vq]
 
 Test images are made here (never committed): a training photo upscaled (Lanczos) to 4:3 images
@@ -9,7 +9,11 @@ of the given megapixels, kept as ``.npy`` in a temporary folder. Each encode and
 runs in its own subprocess with one thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``)
 and reports its wall time (the codec call alone, not loading the array) and peak RSS
 (``getrusage``: the whole process, model and pixel arrays included); a lossless model's decode
-is marked "exact" when it gives the pixels back. A watchdog stops a subprocess whose RSS passes
+is marked "exact" when it gives the pixels back. ``--stream`` reads the image from an
+uncompressed TIFF and decodes into a new one, both mapped into memory (``codec/bigtiff.py``), as
+``codec encode``/``decode`` do for big TIFFs; the pages of mapped files count in the RSS but
+the kernel can write them out and drop them, so the row also gives the highest private memory
+(``RssAnon``) sampled, and the limit applies to it. A watchdog stops a subprocess whose RSS passes
 ``--limit-gb`` or that runs past ``--timeout`` and reports it as skipped, so a measurement never
 starves the machine. ``--root`` runs the codec of another
 checkout (e.g. ``/work/main``, for "before" figures): the subprocess only calls
@@ -44,56 +48,78 @@ import json, resource, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
 from codec.pipeline import decode_detailed, encode_detailed
-mode, src, dst, model, packets = sys.argv[1:6]
+mode, src, dst, model, packets, stream = sys.argv[1:7]
+if stream == "1":  # pixels from and to uncompressed TIFF files mapped into memory
+    from codec import bigtiff
+    from codec.image import load_image
+    bigtiff.STREAM_PIXELS = 0
 if mode == "encode":
-    pixels = np.load(src)
+    pixels = np.load(src) if stream == "0" else None
     start = time.perf_counter()
+    if stream == "1":
+        pixels = load_image(src)
     data = encode_detailed(pixels, model=model, packets=int(packets) or None).data
     seconds = time.perf_counter() - start
     open(dst, "wb").write(data)
 else:
     data = open(src, "rb").read()
     start = time.perf_counter()
-    pixels = decode_detailed(data).pixels
+    if stream == "1":
+        out = lambda h, m: bigtiff.create(dst, h.height, h.width, h.channels, m)
+        pixels = decode_detailed(data, max_pixels=None, out=out).pixels
+        bigtiff.finish(pixels)
+    else:
+        pixels = decode_detailed(data, max_pixels=None).pixels
     seconds = time.perf_counter() - start
-    np.save(dst, pixels)
+    if stream == "0":
+        np.save(dst, pixels)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 print(json.dumps({"seconds": seconds, "rss_gb": rss, "bytes": len(data)}))
 """
 
 
-def make_image(mpx: float, folder: Path) -> Path:
-    """A 4:3 RGB image of about ``mpx`` megapixels, upscaled from a training photo."""
+def make_image(mpx: float, folder: Path, tiff: bool = False) -> Path:
+    """A 4:3 RGB image of about ``mpx`` megapixels, upscaled from a training photo (``.npy``,
+    or with ``tiff`` an uncompressed TIFF of the same pixels)."""
     path = folder / f"{mpx:g}mpx.npy"
     if not path.exists():
         photo = sorted(PHOTO.rglob("*.jpg"))[0] if PHOTO.exists() else None
         source = Image.open(photo).convert("RGB") if photo else Image.new("RGB", (64, 48), "gray")
         width = int(round((mpx * 1e6 * 4 / 3) ** 0.5))
         np.save(path, np.asarray(source.resize((width, width * 3 // 4), Image.LANCZOS)))
-    return path
+    if tiff and not path.with_suffix(".tif").exists():
+        import tifffile
+
+        tifffile.imwrite(path.with_suffix(".tif"), np.load(path, mmap_mode="r"),
+                         photometric="rgb", bigtiff=True, metadata=None)
+    return path.with_suffix(".tif") if tiff else path
 
 
-def _rss_gb(pid: int) -> float:
+def _rss_gb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (``RssAnon``: its private part, without the pages of
+    mapped files, which the kernel can write out and drop)."""
     try:
         with open(f"/proc/{pid}/status") as f:
-            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+            kb = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
         return kb / 2**20
     except (OSError, StopIteration):
         return 0.0
 
 
 def run_child(root: Path, mode: str, src: Path, dst: Path, model: str, limit_gb: float,
-              timeout: float, packets: int = 0) -> dict:
-    """One encode or decode in a one-thread subprocess; {"skipped": why} past a limit."""
+              timeout: float, packets: int = 0, stream: bool = False) -> dict:
+    """One encode or decode in a one-thread subprocess; {"skipped": why} past a limit. The
+    result holds the highest private memory sampled (``anon_gb``) beside the peak RSS."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": str(root)}
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, mode, str(src), str(dst), model,
-                             str(packets)],
+                             str(packets), str(int(stream))],
                             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    start, peak = time.monotonic(), 0.0
+    start, peak, anon = time.monotonic(), 0.0, 0.0
     while proc.poll() is None:
-        peak = max(peak, _rss_gb(proc.pid))
+        anon = max(anon, _rss_gb(proc.pid, "RssAnon"))
+        peak = max(peak, _rss_gb(proc.pid, "RssAnon" if stream else "VmRSS"))
         why = (f"RSS over {limit_gb:g} GB" if peak > limit_gb else
                f"over {timeout:g} s" if time.monotonic() - start > timeout else None)
         if why:
@@ -104,7 +130,7 @@ def run_child(root: Path, mode: str, src: Path, dst: Path, model: str, limit_gb:
     out, err = proc.communicate()
     if proc.returncode:
         return {"skipped": f"failed: {err.strip().splitlines()[-1] if err.strip() else ''}"}
-    return json.loads(out.strip().splitlines()[-1])
+    return {**json.loads(out.strip().splitlines()[-1]), "anon_gb": anon}
 
 
 def seam_check(model: str, mpx: float, folder: Path) -> str:
@@ -143,10 +169,20 @@ def seam_check(model: str, mpx: float, folder: Path) -> str:
             f"{psnr(whole_pixels, pixels)} |")
 
 
-def _cell(result: dict) -> str:
+def _pixels(path: Path) -> np.ndarray:
+    """A test image or a decoded one, mapped from its file."""
+    if path.suffix == ".tif":
+        import tifffile
+
+        return tifffile.memmap(path, mode="r")
+    return np.load(path, mmap_mode="r")
+
+
+def _cell(result: dict, stream: bool) -> str:
     if "skipped" in result:
         return f"skipped ({result['skipped']})"
-    return f"{result['seconds']:.1f} s / {result['rss_gb']:.2f} GB"
+    private = f" ({result['anon_gb']:.2f} GB private)" if stream else ""
+    return f"{result['seconds']:.1f} s / {result['rss_gb']:.2f} GB{private}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,6 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also append the rows to FILE")
     parser.add_argument("--packets", type=int, default=0,
                         help="packets per file (default 0: the encoder's choice)")
+    parser.add_argument("--stream", action="store_true",
+                        help="read the image from an uncompressed TIFF and decode into one, "
+                             "both mapped into memory (codec.bigtiff), and report the private "
+                             "memory beside the peak RSS (which counts the mapped files' pages)")
     parser.add_argument("--seams", action="store_true",
                         help="compare tiled and untiled coding instead of measuring")
     args = parser.parse_args(argv)
@@ -184,18 +224,21 @@ def main(argv: list[str] | None = None) -> None:
     print("| --- | --- | --- | --- | --- |")
     for model in args.models.split(","):
         for mpx in (float(m) for m in args.mpx.split(",")):
-            src = make_image(mpx, folder)
-            coded, decoded = folder / f"{model}-{mpx:g}.nic", folder / f"{model}-{mpx:g}.out.npy"
+            src = make_image(mpx, folder, args.stream)
+            coded = folder / f"{model}-{mpx:g}.nic"
+            decoded = folder / f"{model}-{mpx:g}.out{'.tif' if args.stream else '.npy'}"
             enc = run_child(args.root, "encode", src, coded, model, args.limit_gb, args.timeout,
-                            args.packets)
+                            args.packets, args.stream)
             dec = (run_child(args.root, "decode", coded, decoded, model, args.limit_gb,
-                             args.timeout) if "skipped" not in enc else {"skipped": "no file"})
+                             args.timeout, stream=args.stream)
+                   if "skipped" not in enc else {"skipped": "no file"})
             size = enc.get("bytes", "")
             exact = ""
             if MODELS[model].family == Family.LOSSLESS and "skipped" not in dec:
-                same = np.array_equal(np.load(decoded), np.load(src))
+                same = np.array_equal(_pixels(decoded), _pixels(src))
                 exact = ", exact" if same else ", NOT EXACT"
-            row = f"| {model} | {mpx:g} | {_cell(enc)} | {_cell(dec)}{exact} | {size} |"
+            row = (f"| {model} | {mpx:g} | {_cell(enc, args.stream)} | "
+                   f"{_cell(dec, args.stream)}{exact} | {size} |")
             print(row, flush=True)
             rows.append(row)
             for path in (coded, decoded):

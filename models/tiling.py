@@ -11,17 +11,53 @@ fits in one tile is computed whole, exactly as without tiling.
 :class:`Pixels` hands out float tiles of the edge-padded image from its 8-bit pixels, so no
 float copy of the whole image is made; :func:`analyze_in_tiles` assembles an analysis' latent
 grids from tiles; :func:`synthesize_in_tiles` decodes a latent grid tile by tile into 8-bit
-pixels.
+pixels; :func:`conceal_in_bands` computes a concealed latent grid a band of unit rows at a time.
+
+The grids of a whole image (latents, symbols) are made by :func:`zeros`: in memory, or, above
+SPILL_BYTES, in an unlinked scratch file mapped into memory, which the kernel writes out when
+memory runs short, so an image whose grids do not fit in memory still codes.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Callable
 
 import numpy as np
 import torch
 
 TILE = 2048  # pixels per tile side (a multiple of every model's unit); tests lower it
+SPILL_BYTES = 1 << 26  # a grid larger than this (64 MiB) lives in a scratch file; tests lower it
+
+
+def scratch_dir() -> str:
+    """Folder of the scratch files: ``$NICODEC_SCRATCH``, else the system's temporary folder."""
+    return os.environ.get("NICODEC_SCRATCH") or tempfile.gettempdir()
+
+
+def zeros(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+    """A zero-filled array for one image's grid: in memory, or, when it is larger than
+    SPILL_BYTES, a memory map of an unlinked file in :func:`scratch_dir` (its disk space
+    reserved now, so a full disk is an ``OSError`` here rather than a crash later; the file
+    disappears with the array)."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if nbytes <= SPILL_BYTES:
+        return np.zeros(shape, dtype)
+    folder = scratch_dir()
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix="nicodec-") as f:
+            os.posix_fallocate(f.fileno(), 0, nbytes)
+            return np.memmap(f, dtype=dtype, mode="r+", shape=shape)
+    except OSError as exc:
+        raise OSError(exc.errno, f"no room for a {nbytes / 2**30:.2f} GB scratch file in "
+                                 f"{folder} ({exc.strerror}); set NICODEC_SCRATCH to a folder "
+                                 "with more space") from None
+
+
+def zeros_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """:func:`zeros` as a tensor (sharing the array's memory or mapping)."""
+    return torch.from_numpy(zeros(shape, torch.empty(0, dtype=dtype).numpy().dtype))
 
 
 def spans(size: int, tile: int, margin: int) -> list[tuple[int, int, int, int]]:
@@ -90,8 +126,9 @@ def analyze_in_tiles(pixels: Pixels, analysis: Callable[[torch.Tensor], tuple[to
         for xa, xb, x0, x1 in spans(pixels.width, tile, margin):
             parts = analysis(pixels.tile(ya, yb, xa, xb))
             if not outputs:
-                outputs = [p.new_empty((*p.shape[:2], pixels.height * p.shape[2] // (yb - ya),
-                                        pixels.width * p.shape[3] // (xb - xa))) for p in parts]
+                outputs = [zeros_tensor((*p.shape[:2], pixels.height * p.shape[2] // (yb - ya),
+                                             pixels.width * p.shape[3] // (xb - xa)), p.dtype)
+                           for p in parts]
             for out, part in zip(outputs, parts):
                 s = (yb - ya) // part.shape[2]  # pixels per position of this output
                 out[:, :, y0 // s:y1 // s, x0 // s:x1 // s] = \
@@ -119,3 +156,24 @@ def synthesize_in_tiles(latent: torch.Tensor, synthesis: Callable[[torch.Tensor]
             out[y0 * scale:y0 * scale + rows, x0 * scale:x0 * scale + cols] = \
                 render(inner[:, :, :rows, :cols])
     return out
+
+
+def conceal_in_bands(conceal: Callable[[np.ndarray], torch.Tensor], symbols: np.ndarray,
+                     margin: int, unit: int) -> torch.Tensor:
+    """``conceal(symbols)`` (symbols (columns, h, w) -> latent (1, c, s*h, s*w)) of a grid with
+    nothing lost, computed for bands of a tile's height (TILE / ``unit`` unit rows, the whole
+    width) with ``margin`` rows of context, into a :func:`zeros` grid;
+    the margin covers the reach of the concealment's convolutions, so the bands give the whole
+    grid's latent."""
+    h = symbols.shape[1]
+    rows = max(1, TILE // unit)
+    if h <= rows:
+        return conceal(symbols)
+    latent = None
+    for ya, yb, y0, y1 in spans(h, rows, margin):
+        part = conceal(symbols[:, ya:yb])
+        s = part.shape[2] // (yb - ya)
+        if latent is None:
+            latent = zeros_tensor((*part.shape[:2], s * h, part.shape[3]), part.dtype)
+        latent[:, :, s * y0:s * y1] = part[:, :, s * (y0 - ya):s * (y1 - ya)]
+    return latent

@@ -32,6 +32,7 @@ def small_tiles(monkeypatch):
         monkeypatch.setattr(masked, "BAND_POSITIONS", 400)  # bands of 10 grid rows
         monkeypatch.setattr(columns, "GROUP_ROWS", 4 * 64)  # lossless: 4 units, a packet at a time
         monkeypatch.setattr(pc_codec, "BAND_UNITS", 4)  # lossless: a row of tiles at a time
+        monkeypatch.setattr(tiling, "SPILL_BYTES", 4096)  # grids in scratch files
     return apply
 
 

@@ -36,12 +36,13 @@ from models.layers import GDN, channels_last, conv, deconv, inpaint
 from models.mcq import search
 from models.mcq.prior import ChannelPrior, IntChannelPrior, IntMCQPrior, fine_context
 from models.mcq.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ, ResidualVQ
-from models.tiling import Pixels, analyze_in_tiles
+from models.tiling import Pixels, analyze_in_tiles, zeros
 
 # tiles (models/tiling.py): pixels of context around an analysis tile (64 already gives
 # bit-identical latents), fine latents around a synthesis tile, and units per coding chunk
 ANALYSIS_MARGIN = 96
 SYNTHESIS_MARGIN = 4
+CONCEAL_MARGIN = 3  # units of context for h_s when the latent is made in bands (2 give the same)
 CODE_CHUNK = 8192
 QUANTIZERS = {"gumbel": GumbelMultiCodebookVQ, "ema": MultiCodebookVQ, "rvq": ResidualVQ}
 
@@ -83,6 +84,7 @@ class MCQ(nn.Module):
     unit = 16
     latent_scale = 8  # pixels per position of the latent that decode_latent decodes
     synthesis_margin = SYNTHESIS_MARGIN
+    conceal_margin = CONCEAL_MARGIN
     pretrain_noise = 0.3  # highest noise level of the pretraining pass, see pretrain_latent
 
     def __init__(self, config: MCQConfig = MCQConfig()) -> None:
@@ -219,7 +221,7 @@ class MCQ(nn.Module):
         chosen in chunks of CODE_CHUNK, which bounds the memory of the tables."""
         mc, (_, d, h, w) = self.config.coarse_groups, residual.shape
         columns, n = self.columns(quality), h * w // 4
-        symbols = np.empty((columns, n), dtype=np.int64)
+        symbols = zeros((columns, n), np.int64)
         symbols[:mc] = coarse[0].reshape(mc, -1).cpu().numpy()
         kept: list[list[np.ndarray]] = [[] for _ in range(columns)]
         bits = 0.0

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from codec.image import UnsupportedImageError
 from models.pc import residuals
 from models.pc.coder import IntHCLT, TreeCoder
-from models.tiling import Pixels
+from models.tiling import Pixels, zeros
 
 BAND_UNITS = 1024  # tiles analysed or synthesized at once (about a megapixel); tests lower it
 
@@ -125,7 +125,7 @@ class TileHCLT:
         u, c = self.unit, self.layout.channels
         pixels = Pixels.of(x, u)
         h, w = pixels.height // u, pixels.width // u
-        symbols = np.empty((self.columns(quality), h, w), self.symbol_dtype)
+        symbols = zeros((self.columns(quality), h, w), self.symbol_dtype)
         for a, b in self.bands(h, w):
             band = pixels.uint8(a * u, b * u)
             if c == 1 and not ((band[..., 0] == band[..., 1]).all()
@@ -147,7 +147,7 @@ class TileHCLT:
         code has nothing to conceal them with beyond the surviving tiles)."""
         u, c, patches = self.unit, self.layout.channels, self.layout.patches
         h, w = symbols.shape[1:]
-        pixels = np.empty((h * u, w * u, c), np.uint8)
+        pixels = zeros((h * u, w * u, c), np.uint8)
         for a, b in self.bands(h, w):
             n = (b - a) * w
             samples = np.empty((n, patches, self.layout.variables), np.int64)

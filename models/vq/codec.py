@@ -34,6 +34,7 @@ class VQLevel:
     unit = VQGAN.unit
     latent_scale = VQGAN.unit  # pixels per position of the decoder's input
     synthesis_margin = SYNTHESIS_MARGIN
+    conceal_margin = 0  # a codeword per unit, nothing lost: no context
 
     def __init__(self, model: VQGAN, codebook: torch.Tensor) -> None:
         self.model, self.codebook = model, codebook
