@@ -303,7 +303,11 @@ def load_image(source: ImageInput, policy: Policy = Policy()) -> Picture:
         except UnidentifiedImageError:
             raise UnsupportedImageError("cannot read image: not a format Pillow knows "
                                         "(PNG, JPEG, WebP, TIFF, BMP, ...)") from None
-        except (OSError, Image.DecompressionBombError) as exc:
+        except Image.DecompressionBombError as exc:
+            raise UnsupportedImageError(
+                f"cannot read image: {exc}; give it as a TIFF, which is read piece by piece "
+                "(e.g. vips copy in.png out.tif)") from None
+        except OSError as exc:
             raise UnsupportedImageError(f"cannot read image: {exc}") from None
     raise TypeError(f"cannot encode a {type(source).__name__}: pass a path, bytes, PIL image, "
                     f"numpy array or torch tensor")

@@ -149,3 +149,11 @@ def test_big_tiff_with_several_pages_follows_the_frames_policy(tmp_path, photo, 
         np.testing.assert_array_equal(load_image(path).pixels, photo)
     with pytest.raises(UnsupportedImageError, match="frames"):
         load_image(path, Policy(frames="refuse"))
+
+
+def test_image_over_pillows_limit_points_to_tiff(tmp_path, photo, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.fromarray(photo).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above twice this
+    with pytest.raises(UnsupportedImageError, match="give it as a TIFF"):
+        load_image(path)
