@@ -500,15 +500,20 @@ def decode_cmd(inputs, output, strict, max_pixels, force, verbose, as_json, jobs
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def info_cmd(inputs, as_json) -> None:
     """Show a file's header, its metadata records (kind and size), its packets (and whether
-    each passes its CRC) and bits per pixel.
+    each passes its CRC), bits per pixel, and bytes missing (a file cut short) or trailing after
+    the last packet (ignored by decode; from format version 3 on, whose header stores every
+    packet's length).
 
     Reads the header and checks the CRCs; never decodes the payload.
     """
+    from bitstream.format import extent
 
     def work(src: str, _dst: str) -> tuple[dict, list[str]]:
         data = _read(src)
         header, payloads = unpack(data)
-        header_bytes = parse_header(data)[1] - header.metadata_length
+        offset = parse_header(data)[1]
+        header_bytes = offset - header.metadata_length
+        missing, trailing = extent(header, offset, len(data))
         try:
             metadata = describe(metadata_records(data))
         except CorruptMetadataError as error:
@@ -524,7 +529,10 @@ def info_cmd(inputs, as_json) -> None:
                   "bit_depth": header.bit_depth, "quality": header.quality,
                   "bpp": round(8 * len(data) / header.width / header.height, 5),
                   "packets": [{"bytes": n, "ok": p is not None}
-                              for n, p in zip(header.packet_lengths, payloads)]}
+                              for n, p in zip(header.packet_lengths, payloads)],
+                  # versions 1 and 2 cannot tell: their last packet runs to the end of the file
+                  "missing_bytes": missing if header.version >= 3 else None,
+                  "trailing_bytes": trailing if header.version >= 3 else None}
         if not as_json:
             damaged = sum(not p["ok"] for p in record["packets"])
             click.echo(f"{src}: {record['model'] or 'unknown model'} ({record['format_family']}, "
@@ -532,7 +540,10 @@ def info_cmd(inputs, as_json) -> None:
                        f"  image    {header.width}x{header.height}, {header.channels} channel(s), "
                        f"{header.bit_depth} bit\n"
                        f"  size     {len(data)} bytes, {record['bpp']} bpp, header "
-                       f"{header_bytes} bytes (format version {header.version})\n"
+                       f"{header_bytes} bytes (format version {header.version})"
+                       + (f", cut short: {missing} bytes missing" if missing else "")
+                       + (f", {trailing} trailing byte{'s' * (trailing != 1)} after the "
+                          "last packet (ignored)" if trailing else "") + "\n"
                        f"  metadata {_metadata_line(metadata, header.metadata_length)}\n"
                        f"  packets  {len(payloads)} ({damaged} damaged): "
                        + " ".join(str(n) for n in header.packet_lengths))

@@ -2,9 +2,12 @@
 
 The byte layout is the contract documented in ``bitstream/FORMAT.md``; this module is its only
 reader and writer. Everything is built from unsigned LEB128 variable-length integers so that a
-Kodak image in one packet carries a 12-byte header. Version 2 (written now) adds an optional
-metadata block of typed records between the header and the packets (what the kinds mean is
-``bitstream/metadata.py``); version-1 files are still read.
+Kodak image in one packet carries a 14-byte header. Version 2 added an optional metadata block
+of typed records between the header and the packets (what the kinds mean is
+``bitstream/metadata.py``). Version 3 (written now) stores the length of every packet, the last
+one included, so that the decoder finds the end of the file's data without trusting the end of
+the file: bytes appended to a file (a newline added by a mail program) are ignored, and a file
+cut short is known to be. Versions 1 and 2 are still read.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from bitstream.errors import (
 )
 
 MAGIC = 0x6E  # ASCII 'n'
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MAX_SIDE = 1 << 16
 MAX_PACKETS = 4096
 # Decoders refuse headers promising more pixels than this unless told otherwise: Pillow's
@@ -126,8 +129,13 @@ class Header:
             return (self.quality << 2) | ((self.channels == 3) << 1)
         return (self.quality << 3) | (bool(self.metadata_length) << 2) | ((self.channels == 3) << 1)
 
+    def stored_lengths(self) -> tuple[int, ...]:
+        """The packet lengths the header's table holds: every one from version 3 on; before,
+        all but the last, whose packet ran to the end of the file."""
+        return self.packet_lengths if self.version >= 3 else self.packet_lengths[:-1]
+
     def to_bytes(self) -> bytes:
-        """Serialize the header and packet table (the last packet's length is implied)."""
+        """Serialize the header and packet table."""
         if not 1 <= self.width <= MAX_SIDE or not 1 <= self.height <= MAX_SIDE:
             raise ValueError(f"image sides must be 1..{MAX_SIDE}, got {self.width}x{self.height}")
         if self.channels not in (1, 3) or self.bit_depth != 8:
@@ -148,7 +156,7 @@ class Header:
         if self.metadata_length:
             out += write_varint(self.metadata_length)
         out += write_varint(len(self.packet_lengths))
-        for length in self.packet_lengths[:-1]:
+        for length in self.stored_lengths():
             out += write_varint(length)
         out.append(crc8(bytes(out)))
         return bytes(out)
@@ -158,8 +166,10 @@ def parse_header(data: bytes) -> tuple[Header, int]:
     """Read and verify the header; return it with the offset of the first packet.
 
     The metadata block, if any, is the ``header.metadata_length`` bytes just before that offset.
-    The last packet's length is whatever remains of the file (so a truncated file shows up as a
-    damaged last packet, not as an unreadable header).
+    From version 3 on every packet's length is read from the header, and whatever follows the
+    last packet is no part of the file (see :func:`extent`). In versions 1 and 2 the last
+    packet's length is whatever remains of the file. Either way a truncated file shows up as
+    damaged packets, not as an unreadable header.
     """
     if len(data) < 2:
         raise TruncatedError("file is too short to be a nicodec file")
@@ -192,7 +202,7 @@ def parse_header(data: bytes) -> tuple[Header, int]:
         # Checked before reading the table so garbage cannot make us loop for long.
         raise CorruptHeaderError("header is damaged (impossible packet count)")
     lengths = []
-    for _ in range(n_packets - 1):
+    for _ in range(n_packets if version >= 3 else n_packets - 1):
         length, pos = read_varint(data, pos)
         lengths.append(length)
     if pos >= len(data):
@@ -206,7 +216,8 @@ def parse_header(data: bytes) -> tuple[Header, int]:
         raise CorruptHeaderError(f"unknown codec family {family}") from None
     if width_m1 >= MAX_SIDE or height_m1 >= MAX_SIDE or layout & 1:
         raise CorruptHeaderError("header is damaged (impossible image size or layout)")
-    lengths.append(max(0, len(data) - pos - sum(lengths)))
+    if version < 3:
+        lengths.append(max(0, len(data) - pos - sum(lengths)))
     header = Header(
         family=family_enum,
         model_id=model_id,
@@ -259,6 +270,8 @@ def metadata_records(data: bytes) -> list[Record]:
     except (TruncatedError, CorruptHeaderError) as exc:
         raise CorruptMetadataError(f"the metadata block does not parse ({exc})") from None
     return records
+
+
 def check_pixels(header: Header, max_pixels: int | None = MAX_PIXELS) -> None:
     """Refuse a header whose image has more than ``max_pixels`` pixels (None or 0: no limit),
     before anything is allocated for it: a few forged header bytes must not cost gigabytes."""
@@ -305,3 +318,16 @@ def unpack(data: bytes) -> tuple[Header, list[bytes | None]]:
         payload, crc = packet[:-PACKET_CRC_BYTES], packet[-PACKET_CRC_BYTES:]
         payloads.append(payload if crc16(payload) == int.from_bytes(crc, "big") else None)
     return header, payloads
+
+
+def extent(header: Header, offset: int, size: int) -> tuple[int, int]:
+    """(missing, trailing) of a file of ``size`` bytes whose header parsed to ``header`` and
+    ``offset``: the bytes it lacks up to the end of its last packet (it was cut short), and the
+    bytes that follow that end (appended by something else; decoders ignore them).
+
+    Versions 1 and 2 cannot tell, their last packet running to the end of the file: (0, 0).
+    """
+    if header.version < 3:
+        return 0, 0
+    end = offset + sum(header.packet_lengths)
+    return max(0, end - size), max(0, size - end)

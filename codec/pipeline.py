@@ -24,8 +24,8 @@ import torch
 from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
 from bitstream.errors import (BitstreamError, CorruptHeaderError, CorruptMetadataError,
                               DecodeError, ModelMismatchError, PacketLossError)
-from bitstream.format import (MAX_PACKETS, MAX_PIXELS, Header, check_pixels, metadata_records,
-                              pack, unpack)
+from bitstream.format import (MAX_PACKETS, MAX_PIXELS, Header, check_pixels, extent,
+                              metadata_records, pack, parse_header, unpack)
 from bitstream.metadata import Metadata
 from codec.columns import UNDECODABLE, decode_columns, encode_columns, group_units
 from codec.image import ImageInput, Picture, Policy, load_image
@@ -221,6 +221,7 @@ def decode_detailed(data: bytes, strict: bool = False, max_pixels: int | None = 
         raise TypeError(f"decode takes bytes, got {type(data).__name__}")
     header, payloads = unpack(bytes(data))
     check_pixels(header, max_pixels)
+    missing, _ = extent(header, parse_header(bytes(data))[1], len(data))
     metadata, metadata_lost = _read_metadata(bytes(data), header, strict)
     m = _model_for(header)
     shape = (header.height, header.width, header.channels)
@@ -228,7 +229,7 @@ def decode_detailed(data: bytes, strict: bool = False, max_pixels: int | None = 
     if target.shape != shape or target.dtype != np.uint8:
         raise ValueError(f"out must give a {shape} uint8 array, got {target.shape} {target.dtype}")
     try:
-        result = _decode_payloads(m, header, payloads, strict, target)
+        result = _decode_payloads(m, header, payloads, strict, target, missing)
     except (BitstreamError, OSError):  # OSError: no room for scratch files, a full disk
         raise
     except MemoryError:
@@ -242,8 +243,9 @@ def decode_detailed(data: bytes, strict: bool = False, max_pixels: int | None = 
 
 
 def _decode_payloads(m: Model, header: Header, payloads: list[bytes | None],
-                     strict: bool, out: np.ndarray) -> Decoded:
-    """Symbols from the packets that passed their CRC, then pixels (concealing the rest)."""
+                     strict: bool, out: np.ndarray, missing: int) -> Decoded:
+    """Symbols from the packets that passed their CRC, then pixels (concealing the rest).
+    ``missing``: bytes the file lacks (it was cut short), named when packets are refused."""
     groups, scale = m.columns(header.quality), m.unit
     h, w = -(-header.height // scale), -(-header.width // scale)
     n_packets = len(payloads)
@@ -262,10 +264,13 @@ def _decode_payloads(m: Model, header: Header, payloads: list[bytes | None],
         decode_columns(m, header.quality, payloads, owner, flat)
     lost = np.isin(owner, [p for p, payload in enumerate(payloads) if payload is None])
     lost_packets = sum(p is None for p in payloads)
+    cut = f" (the file is cut short: {missing} bytes missing)" if missing else ""
     if lost_packets == n_packets:
-        raise PacketLossError("every packet of the file is damaged or missing: nothing to decode")
+        raise PacketLossError("every packet of the file is damaged or missing: nothing to "
+                              f"decode{cut}")
     if lost_packets and strict:
-        raise PacketLossError(f"{lost_packets} of {n_packets} packets are damaged or missing")
+        raise PacketLossError(f"{lost_packets} of {n_packets} packets are damaged or "
+                              f"missing{cut}")
     indices = flat.reshape(groups, h, w)
     lost_grid = lost.reshape(h, w) if lost_packets else None
     mixture = None

@@ -29,7 +29,7 @@ def measure(path: Path, model: str, quality: int | None, packets: int | None) ->
     encoded = encode_detailed(path, model=model, quality=quality, packets=packets)
     header, offset = parse_header(encoded.data)
     lengths = header.packet_lengths
-    table = sum(len(write_varint(n)) for n in lengths[:-1])
+    table = sum(len(write_varint(n)) for n in header.stored_lengths())
     framing = table + PACKET_CRC_BYTES * len(lengths)
     ideal = encoded.model_bits / 8
     total = len(encoded.data)

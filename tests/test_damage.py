@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from PIL import Image
 
 import codec
 from bitstream.errors import BitstreamError
 from bitstream.format import Header, parse_header
+from cli import main
 from codec.pipeline import decode_detailed
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +78,63 @@ def test_concealment_beats_nothing(kodak_path, kodak_file):
     assert psnr > 20
 
 
+def test_trailing_bytes_cost_nothing(kodak_file):
+    """Bytes appended to a file (a newline from a mail program, padding, another file) are
+    ignored: the same pixels, no packet lost, no warning (format version 3, issue 35)."""
+    clean = decode_detailed(kodak_file).pixels
+    for tail in (b"\n", kodak_file):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert np.array_equal(codec.decode_array(kodak_file + tail), clean)
+
+
+def test_cut_short_files_are_concealed_and_named(kodak_file):
+    """A file cut short loses the packets the cut reaches (concealed as before); a strict decode
+    refuses it, saying how many bytes are missing."""
+    header, offset = parse_header(kodak_file)
+    result = decode_detailed(kodak_file[:-100])
+    assert result.lost_packets == 1 and result.concealed_fraction < 0.25
+    with pytest.raises(codec.PacketLossError, match="cut short: 100 bytes missing"):
+        decode_detailed(kodak_file[:-100], strict=True)
+    with pytest.raises(codec.PacketLossError, match="nothing to decode.*cut short"):
+        decode_detailed(kodak_file[:offset + 10])
+
+
+def test_cli_trailing_newline_decodes_cleanly(small_rgb, tmp_path):
+    """The issue's case as a user meets it, ``(cat k23.nic; printf '\\n') > x.nic``, in real
+    processes: decode exits 0 without a word about damage and gives the clean file's pixels;
+    ``codec info`` reports the trailing byte (and a file cut short, the missing bytes)."""
+    clean = codec.encode(small_rgb, packets=2)
+    (tmp_path / "x.nic").write_bytes(clean + b"\n")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT,
+                              capture_output=True, text=True)
+
+    res = run("decode", tmp_path / "x.nic", "-o", tmp_path / "x.png")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    with Image.open(tmp_path / "x.png") as img:
+        assert np.array_equal(np.asarray(img), codec.decode_array(clean))
+    res = run("info", tmp_path / "x.nic", "--json")
+    assert res.returncode == 0
+    record = json.loads(res.stdout)
+    assert record["trailing_bytes"] == 1 and record["missing_bytes"] == 0
+    assert record["format_version"] == 3 and all(p["ok"] for p in record["packets"])
+
+    text = CliRunner().invoke(main, ["info", str(tmp_path / "x.nic")])
+    assert text.exit_code == 0 and "1 trailing byte after the last packet (ignored)" in text.stdout
+    (tmp_path / "cut.nic").write_bytes(clean[:-5])
+    text = CliRunner().invoke(main, ["info", str(tmp_path / "cut.nic")])
+    assert "cut short: 5 bytes missing" in text.stdout and "(1 damaged)" in text.stdout
+    # version 2 cannot tell: its last packet runs to the end of the file, as it always did
+    old = (ROOT / "tests" / "data" / "golden" / "v2-mcq-tiny-q2-p2-meta.nic").read_bytes()
+    (tmp_path / "v2.nic").write_bytes(old + b"\n")
+    record = json.loads(CliRunner().invoke(main, ["info", str(tmp_path / "v2.nic"),
+                                                  "--json"]).stdout)
+    assert record["trailing_bytes"] is None and record["missing_bytes"] is None
+    assert [p["ok"] for p in record["packets"]] == [True, False]
+
+
 def test_random_bytes():
     rng = np.random.default_rng(1)
     for size in [0, 1, 5, 50, 5000]:
@@ -97,8 +163,8 @@ def test_other_weights_and_unknown_models(kodak_file):
 
 def test_other_format_version(kodak_file):
     bad = bytearray(kodak_file)
-    bad[1] = (3 << 4) | (bad[1] & 0x0F)
-    with pytest.raises(codec.UnsupportedVersionError, match="version 3"):
+    bad[1] = (4 << 4) | (bad[1] & 0x0F)
+    with pytest.raises(codec.UnsupportedVersionError, match="version 4"):
         decode_detailed(bytes(bad))
     bad[1] = (0 << 4) | (bad[1] & 0x0F)
     with pytest.raises(codec.UnsupportedVersionError, match="version 0"):

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageCms
 
 import codec
-from bitstream.format import parse_header
+from bitstream.format import VERSION, parse_header
 from bitstream.metadata import MAX_PROFILE_BYTES
 from cli import main
 from codec import image as image_module
@@ -286,7 +286,7 @@ def test_cli_options_and_info(small_rgb, alpha_plane, tmp_path):
     assert res.exit_code == 0 and res.stderr == ""
     res = CliRunner().invoke(main, ["info", str(tmp_path / "a.nic"), "--json"])
     info = json.loads(res.stdout)
-    assert info["format_version"] == 2
+    assert info["format_version"] == VERSION
     assert [r["kind"] for r in info["metadata"]] == ["icc_profile", "exif", "alpha"]
     assert info["metadata"][0]["bytes"] == len(SRGB)
     res = CliRunner().invoke(main, ["decode", str(tmp_path / "a.nic"), "-o",

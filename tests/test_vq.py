@@ -207,7 +207,7 @@ def test_round_trip_matches_the_network(vq, kodak_pixels):
 def test_kodak_header_and_payload_stay_tiny(vq, kodak_path):
     data = codec.encode(kodak_path, model="vq-static", quality=1)
     header, offset = parse_header(data)
-    assert header.quality == 1 and offset == 12  # one packet, 12-byte header
+    assert header.quality == 1 and offset == 14  # one packet, 14-byte header
     assert len(data) - offset - 2 <= 48 * 32 * 3 / 8  # at most 3 bits per 16x16 unit
     rates = [len(codec.encode(kodak_path, model="vq-static", quality=q)) * 8 / (768 * 512)
              for q in (1, 5, 10)]
