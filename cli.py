@@ -2,11 +2,12 @@
 
 Exit codes: 0 success, 1 bad data (unreadable image, damaged or foreign file) or a broken
 installation (a missing or damaged weight file: one line, and the batch stops), 2 usage error.
-Outputs are written atomically (temporary file, then rename) and existing files are never
-overwritten without ``--force``. Commands that only read headers or the registry (``--help``,
-``info``, ``models``) never import torch: the coding commands import the pipeline when they run.
-With ``--jobs N`` the inputs are coded by N worker processes, with the same outputs, messages
-and exit codes as one by one.
+Outputs are written atomically (temporary file, then rename). Every output is checked before
+anything is coded (``codec.batch``): an existing file without ``--force``, an input, an image
+suffix on a nicodec output are usage errors, reported for all inputs at once. Commands that
+only read headers or the registry (``--help``, ``info``, ``models``) never import torch: the
+coding commands import the pipeline when they run. With ``--jobs N`` the inputs are coded by
+N worker processes, with the same outputs, messages and exit codes as one by one.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from bitstream.errors import BitstreamError, CorruptMetadataError
 from bitstream.format import MAX_PIXELS, check_pixels, metadata_records, parse_header, unpack
 from bitstream.metadata import describe
 from codec import bigtiff
+from codec.batch import (ENCODED_SUFFIX, STDIO, PlanError, check_outputs, expand, image_suffixes,
+                         looks_nicodec, nicodec_files, targets)
 from codec.image import IMAGE_SUFFIXES, POLICIES, UnsupportedImageError
 from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, WeightsError,
                             available_models, check_effort, measured_rates, resolve_model)
 
-ENCODED_SUFFIX = ".nic"
 BAD_DATA = 1
 
 
@@ -79,40 +81,27 @@ def _atomic(target: str, force: bool):
         raise
 
 
-def _expand(inputs: tuple[str, ...], suffixes: set[str] | None) -> list[str]:
-    """Input arguments with folders replaced by the matching files inside them."""
-    files: list[str] = []
-    for item in inputs:
-        path = Path(item)
-        if item != "-" and path.is_dir():
-            found = sorted(str(p) for p in path.iterdir()
-                           if p.is_file() and (suffixes is None or p.suffix.lower() in suffixes))
-            if not found:
-                raise click.UsageError(f"folder {item} holds no input files")
-            files += found
-        else:
-            files.append(item)
-    return files
+@contextlib.contextmanager
+def _usage_errors():
+    """A batch plan that fails (``codec.batch.PlanError``) is a usage error: exit 2."""
+    try:
+        yield
+    except PlanError as error:
+        raise click.UsageError(str(error)) from None
 
 
-def _targets(files: list[str], output: str | None, suffix: str, batch: bool) -> list[str]:
-    """Output path of each input: -o itself for one input, else -o/<stem><suffix>."""
-    if not batch:
-        if output:
-            out = Path(output)
-            if output != "-" and out.is_dir():
-                return [str(out / (Path(files[0]).stem + suffix))]
-            return [output]
-        if files[0] == "-":
-            return ["-"]
-        return [str(Path(files[0]).with_suffix(suffix))]
-    if output == "-":
-        raise click.UsageError("several inputs need an output folder, not -")
-    folder = Path(output) if output else None
-    targets = [str((folder or Path(f).parent) / (Path(f).stem + suffix)) for f in files]
-    if len(set(targets)) != len(targets):
-        raise click.UsageError("two inputs would write the same output name; encode them apart")
-    return targets
+def _plan(inputs: tuple[str, ...], output: str | None, suffix: str,
+          input_suffixes: set[str]) -> tuple[list[str], list[str]]:
+    """The input files (folders expanded) and the output of each."""
+    with _usage_errors():
+        files = expand(inputs, input_suffixes)
+        return files, targets(files, output, suffix, len(files) > 1 or Path(inputs[0]).is_dir())
+
+
+def _check_outputs(files: list[str], outs: list[str], force: bool) -> None:
+    """Before any work: no output over an input, none over an existing file without --force."""
+    with _usage_errors():
+        check_outputs(files, outs, force)
 
 
 Work = Callable[[str, str], "tuple[dict, list[str]]"]  # (input, output) -> (record, warnings)
@@ -155,9 +144,10 @@ def _results(files: list[str], targets: list[str], work: Work, jobs: int):
 
 
 def _run_batch(files: list[str], targets: list[str], work: Work, as_json: bool, what: str,
-               jobs: int = 1) -> None:
+               jobs: int = 1, json_to_stderr: bool = False) -> None:
     """Apply ``work(input, output) -> (record, warnings)`` to each file (in ``jobs`` processes);
-    report; exit 1 if any failed."""
+    report (the JSON report on stderr with ``json_to_stderr``: stdout carries an output);
+    exit 1 if any failed."""
     from tqdm import tqdm  # not needed by --help
 
     records, failed = [], 0
@@ -175,6 +165,8 @@ def _run_batch(files: list[str], targets: list[str], work: Work, as_json: bool, 
                 message = str(result)
             elif isinstance(result, MemoryError):
                 message = f"{src}: not enough memory"
+            elif isinstance(result, OSError):
+                message = _os_message(src, result)
             else:
                 message = f"{src}: {result}"
             records.append({"input": src, "error": message})
@@ -187,9 +179,20 @@ def _run_batch(files: list[str], targets: list[str], work: Work, as_json: bool, 
             for note in notes:
                 click.echo(f"warning: {note}", err=True)
     if as_json:
-        click.echo(json.dumps(records if len(records) > 1 else records[0], indent=2))
+        click.echo(json.dumps(records if len(records) > 1 else records[0], indent=2),
+                   err=json_to_stderr)
     if failed:
         sys.exit(BAD_DATA)
+
+
+def _os_message(src: str, error: OSError) -> str:
+    """A system error in words ("x.png: no such file"), without errno and quoted paths."""
+    why = {FileNotFoundError: "no such file", IsADirectoryError: "is a folder, not a file",
+           PermissionError: "permission denied"}.get(type(error))
+    if not why:
+        why = error.strerror[:1].lower() + error.strerror[1:] if error.strerror else str(error)
+    about = None if error.filename is None or str(error.filename) == src else error.filename
+    return f"{src}: {about}: {why}" if about else f"{src}: {why}"
 
 
 def _broken(error: WeightsError) -> None:
@@ -219,6 +222,10 @@ _jobs_option = click.option(
          "with one.")
 
 
+_ALREADY_CODED = ("already a nicodec file: decode it with 'codec decode' (coding it again "
+                  "would only lose more)")
+
+
 def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: int | None,
                  effort: int, force: bool, policy: dict, goal: dict, verbose: bool
                  ) -> tuple[dict, list[str]]:
@@ -227,7 +234,9 @@ def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: i
 
     start = time.perf_counter()
     found = None
-    source = _read(src) if src == "-" else src  # a path: a big TIFF is read piece by piece
+    source = _read(src) if src == STDIO else src  # a path: a big TIFF is read piece by piece
+    if src == STDIO and looks_nicodec(source[:2]):
+        raise Failure(f"{src}: {_ALREADY_CODED}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if goal:
@@ -239,7 +248,7 @@ def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: i
         else:
             data = encode(source, model=model, quality=quality, packets=packets,
                           effort=effort, **policy)
-    notes = [str(w.message) for w in caught]
+    notes = list(dict.fromkeys(str(w.message) for w in caught))  # a target search repeats them
     if found and not found.met:
         notes.append(found.describe())
     header, _ = parse_header(data)
@@ -371,8 +380,10 @@ def main() -> None:
 
 @main.command("encode")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", help="Output file (one input) or folder (several inputs or a "
-              "folder); '-' for stdout. Default: next to the input, with suffix .nic.")
+@click.option("-o", "--output", help="Output file (one input; not an image suffix such as "
+              ".png) or folder (several inputs or a folder: an existing folder, or a name "
+              "without a file suffix, created); '-' for stdout (then --json reports on "
+              "stderr). Default: next to the input, with suffix .nic. Never the input itself.")
 @click.option("-m", "--model", type=click.Choice(sorted(MODELS)),
               help=f"Model to encode with. Default: {DEFAULT_MODEL} ({LOSSLESS_MODEL} with "
                    "--lossless).")
@@ -381,7 +392,9 @@ def main() -> None:
 @click.option("-q", "--quality", type=int, help="Rate setting of the model (see 'codec models'); "
               "higher means more bits. Default: the model's default.")
 @click.option("--packets", type=click.IntRange(1, 4096), help="Number of independently decodable "
-              "packets. Default: about one per 4 KB of payload (max 16).")
+              "packets. Default: about one per 4 KB of payload (max 16). An image holds at "
+              "most one per coded block (16x16 pixels for mcq); more is lowered to that, "
+              "with a warning.")
 @click.option("-e", "--effort",
               type=click.IntRange(1, max(e for info in MODELS.values() for e in info.efforts)),
               default=1, show_default=True,
@@ -411,7 +424,8 @@ def main() -> None:
               help="As --target-bpp, with a budget in bytes per file.")
 @click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True),
               help="Search for the smallest file whose decoded image reaches this PSNR (dB).")
-@click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing output files (never an "
+              "input). Without it an existing output stops the command before any coding.")
 @click.option("-v", "--verbose", is_flag=True, help="One summary line per file on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 @_jobs_option
@@ -447,25 +461,35 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, alpha,
         check_effort(model, effort)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--effort") from None
-    files = _expand(inputs, IMAGE_SUFFIXES)
-    targets = _targets(files, output, ENCODED_SUFFIX, len(files) > 1 or Path(inputs[0]).is_dir())
+    files, outs = _plan(inputs, output, ENCODED_SUFFIX, IMAGE_SUFFIXES)
+    if outs[0] != STDIO and Path(outs[0]).suffix.lower() in image_suffixes():
+        raise click.BadParameter(f"{outs[0]!r} names an image format; encode writes a nicodec "
+                                 f"file: give it the suffix {ENCODED_SUFFIX}",
+                                 param_hint="--output")
+    coded = nicodec_files(files)
+    if coded:
+        raise click.UsageError(f"{', '.join(coded)}: {_ALREADY_CODED}")
+    _check_outputs(files, outs, force)
 
     work = partial(_encode_file, model=model, quality=quality, packets=packets, effort=effort,
                    force=force, goal=goal, verbose=verbose,
                    policy=dict(alpha=alpha, depth=depth, frames=frames, metadata=metadata))
-    _run_batch(files, targets, work, as_json, "encoding", jobs)
+    _run_batch(files, outs, work, as_json, "encoding", jobs, json_to_stderr=STDIO in outs)
 
 
 @main.command("decode")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", help="Output image (one input) or folder; '-' writes PNG to "
-              "stdout. The format follows the suffix. Default: next to the input, as .png.")
+@click.option("-o", "--output", help="Output image (one input) or folder (an existing "
+              "folder, or a name without a file suffix, created); '-' writes PNG to stdout "
+              "(then --json reports on stderr). The format follows the suffix. Default: next "
+              "to the input, as .png. Never the input itself.")
 @click.option("--strict", is_flag=True, help="Fail on any damaged packet instead of concealing it.")
 @click.option("--max-pixels", callback=_max_pixels, metavar="N",
               help=f"Refuse files whose header promises more than N pixels, before decoding "
                    f"(a guard against decompression bombs); 0 or 'none': no limit. Default: "
                    f"{MAX_PIXELS} (Pillow's limit).")
-@click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing output files (never an "
+              "input). Without it an existing output stops the command before any coding.")
 @click.option("-v", "--verbose", is_flag=True, help="One summary line per file on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 @_jobs_option
@@ -480,19 +504,19 @@ def decode_cmd(inputs, output, strict, max_pixels, force, verbose, as_json, jobs
     """
     from PIL import Image
 
-    files = _expand(inputs, {ENCODED_SUFFIX})
-    targets = _targets(files, output, ".png", len(files) > 1 or Path(inputs[0]).is_dir())
-    for target in targets:
-        if target != "-" and Path(target).suffix.lower() == ENCODED_SUFFIX:
+    files, outs = _plan(inputs, output, ".png", {ENCODED_SUFFIX})
+    for target in outs:
+        if target != STDIO and Path(target).suffix.lower() == ENCODED_SUFFIX:
             raise click.BadParameter(f"{target!r}: decode writes an image (.png, .webp, ...), "
                                      f"not a {ENCODED_SUFFIX} file", param_hint="--output")
-        if target != "-" and Path(target).suffix.lower() not in Image.registered_extensions():
+        if target != STDIO and Path(target).suffix.lower() not in Image.registered_extensions():
             raise click.BadParameter(f"cannot tell the image format of {target!r} from its suffix",
                                      param_hint="--output")
+    _check_outputs(files, outs, force)
 
     work = partial(_decode_file, strict=strict, max_pixels=max_pixels, force=force,
                    verbose=verbose)
-    _run_batch(files, targets, work, as_json, "decoding", jobs)
+    _run_batch(files, outs, work, as_json, "decoding", jobs, json_to_stderr=STDIO in outs)
 
 
 @main.command("info")
@@ -602,6 +626,9 @@ def _measured(name: str) -> dict:
 
 
 DEMO_FOLDER = "nicodec-demo"
+DEMO_RECORD = ".nicodec-demo.json"  # in the demo's folder: the files it wrote, with their digests
+# 28x28 grayscale models: a photo is not what they code
+DEMO_MODELS = sorted(set(MODELS) - {"pc-mnist", "pc-fashion"})
 
 
 def sample_photo() -> Path:
@@ -611,32 +638,67 @@ def sample_photo() -> Path:
     return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
 
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _demo_written(folder: Path) -> dict[str, str]:
+    """{file name: SHA-256} of the files an earlier demo wrote into ``folder`` ({} if none)."""
+    try:
+        record = json.loads((folder / DEMO_RECORD).read_text())
+        return dict(record["nicodec demo wrote"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _demo_conflicts(paths: list[Path], folder: Path) -> list[str]:
+    """The paths that exist and are not an earlier demo's output, unchanged since it wrote them
+    (the record itself too, when it is not one)."""
+    written = _demo_written(folder)
+    record = folder / DEMO_RECORD
+    conflicts = [str(record)] if record.exists() and not written else []
+    return conflicts + [str(p) for p in paths
+                        if p.exists() and (not p.is_file() or written.get(p.name) != _digest(p))]
+
+
 @main.command("demo")
 @click.option("-o", "--output", default=DEMO_FOLDER, show_default=True,
               help="Folder for the compressed file and the decoded image.")
-@click.option("-m", "--model", type=click.Choice(sorted(MODELS)), default=DEFAULT_MODEL,
-              show_default=True, help="Model to encode with.")
+@click.option("-m", "--model", type=click.Choice(DEMO_MODELS), default=DEFAULT_MODEL,
+              show_default=True, help="Model to encode with (the models for photos).")
 @click.option("-q", "--quality", type=int, help="Rate setting (default: the model's default).")
-@click.option("-f", "--force", is_flag=True, help="Overwrite the files of an earlier demo.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite files of those names that an "
+              "earlier demo did not write.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def demo_cmd(output, model, quality, force, as_json) -> None:
     """Compress and decompress a sample photo, and say what happened.
 
     The photo is the Grace Hopper portrait shipped with matplotlib, so this runs anywhere the
     package is installed. Writes FOLDER/grace_hopper.nic and the decoded FOLDER/grace_hopper.png.
+    Running it again replaces the files an earlier demo wrote (recorded with their digests in
+    FOLDER/.nicodec-demo.json); any other file of those names is left alone (exit 2) unless
+    --force is given.
     """
+    info = MODELS[model]
+    if quality is not None and quality not in info.qualities:
+        raise click.BadParameter(f"model {model} has qualities {list(info.qualities)}",
+                                 param_hint="--quality")
+    source = sample_photo()
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise click.BadParameter(f"{output} is a file, not a folder", param_hint="--output")
+    nic, png = folder / f"{source.stem}{ENCODED_SUFFIX}", folder / f"{source.stem}.png"
+    conflicts = [] if force else _demo_conflicts([nic, png], folder)
+    if conflicts:
+        raise click.UsageError(f"{', '.join(conflicts)}: not written by an earlier demo "
+                               "(use --force to overwrite, or another -o folder)")
     from codec.image import load_image
     from codec.pipeline import decode_detailed, encode
     from codec.registry import load_model
     from codec.target import psnr
 
-    source = sample_photo()
-    folder = Path(output)
-    nic, png = folder / f"{source.stem}{ENCODED_SUFFIX}", folder / f"{source.stem}.png"
-    for path in (nic, png):
-        if path.exists() and not force:
-            click.echo(f"error: {path} exists (use --force to overwrite)", err=True)
-            sys.exit(BAD_DATA)
     pixels = load_image(source).pixels
     start = time.perf_counter()
     try:
@@ -650,8 +712,10 @@ def demo_cmd(output, model, quality, force, as_json) -> None:
     start = time.perf_counter()
     result = decode_detailed(data)
     decode_s = time.perf_counter() - start
-    _write(str(nic), data, force)
-    _write(str(png), _image_bytes(result, "PNG", str(source))[0], force)
+    _write(str(nic), data, True)
+    _write(str(png), _image_bytes(result, "PNG", str(source))[0], True)
+    _write(str(folder / DEMO_RECORD), json.dumps(
+        {"nicodec demo wrote": {p.name: _digest(p) for p in (nic, png)}}, indent=1).encode(), True)
     h, w = pixels.shape[:2]
     record = {"input": str(source), "input_bytes": source.stat().st_size, "width": w,
               "height": h, "model": model, "quality": result.header.quality,

@@ -15,6 +15,7 @@ prior rather than concealed in the latent.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -93,8 +94,12 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     if packets is None and limit:  # a lossless coder's state lives for a whole packet: packets
         # of about the group limit keep it bounded (pc-photo: images above 16 megapixels)
         n_packets = min(max(n_packets, -(-h * w // limit)), MAX_PACKETS)
-    if not 1 <= n_packets <= h * w:
-        raise ValueError(f"packets must be 1..{h * w} for this image, got {n_packets}")
+    if n_packets < 1:
+        raise ValueError(f"packets must be at least 1, got {n_packets}")
+    if n_packets > h * w:  # at most one packet per coded unit
+        warnings.warn(f"{n_packets} packets asked for, but this image has only {h * w} coded "
+                      f"block(s): using {h * w}", stacklevel=2)
+        n_packets = h * w
     owner = packet_of_positions(h, w, n_packets)
     coders = [PacketEncoder() for _ in range(n_packets)]
     staged = m.staged(quality) if n_packets == 1 else None
@@ -142,7 +147,9 @@ def encode(image: ImageInput, model: str | None = None, quality: int | None = No
 
     ``quality`` picks the rate setting (see ``available_models``/``codec models``); ``packets``
     the number of independently decodable packets (default: about one per 4 KB of payload, at
-    most 16, so that a damaged byte costs a small part of the image and framing stays small).
+    most 16, so that a damaged byte costs a small part of the image and framing stays small;
+    more than the image's coded blocks, e.g. 16x16 pixels each for ``mcq``, is lowered to that
+    with a warning).
     ``lossless`` codes every pixel exactly (with ``LOSSLESS_MODEL`` unless ``model`` names
     another lossless model). ``effort`` above 1 (models that have effort levels: ``mcq``,
     ``vq`` and ``vq-static``, 1..3) searches longer at encode time for a better

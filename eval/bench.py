@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from eval.rd import DEFAULT_IMAGES, load_images
+from eval.rd import DEFAULT_IMAGES, HelpFormatter, load_images
 
 
 def _median_seconds(fn, runs: int) -> float:
@@ -82,8 +82,10 @@ def bench_hyperprior(images, quality: int, runs: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="codec bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser = argparse.ArgumentParser(prog="codec bench", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
+                        help="folder of test images (PNG, PPM or BMP), such as Kodak")
     parser.add_argument("--limit", type=int, default=4, help="number of images")
     parser.add_argument("--runs", type=int, default=3, help="repetitions per image (median)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -94,8 +96,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "model's default quality), e.g. 1,4,8 for the MCQ rate range")
     parser.add_argument("--efforts", default="1", metavar="E1,E2,...",
                         help="encoder effort levels to time, for the models that have them")
-    parser.add_argument("--hyperprior-quality", type=int, default=4)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--hyperprior-quality", type=int, default=4,
+                        help="quality (1-8) of CompressAI's hyperprior timed for comparison")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")

@@ -2,7 +2,7 @@
 
     python -m eval.loss [--images ../shared/data/kodak] [--model vq] [--quality 8]
                         [--packets 20] [--losses 0,5,10,20,30] [--trials 2] [--limit N]
-                        [--out eval/results/vq-prior/loss]
+                        [--out nicodec-eval/loss]
     codec loss ...                (the same options)
 
 Each image is encoded once with ``--packets`` packets (units are dealt to packets in the
@@ -38,7 +38,7 @@ from bitstream.format import parse_header
 from codec.pipeline import decode_detailed, encode, render
 from codec.registry import load_model
 from eval.metrics import ms_ssim, psnr
-from eval.rd import DEFAULT_IMAGES, load_images
+from eval.rd import DEFAULT_IMAGES, HelpFormatter, load_images
 
 METHODS = ("restored", "hard", "frequent", "inpaint")
 
@@ -173,23 +173,24 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="codec loss", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="codec loss", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
-                        help="folder of test images (default: Kodak)")
-    parser.add_argument("--model", default="vq", help="a VQ model of the registry (default: vq)")
-    parser.add_argument("--quality", type=int, default=8, help="ladder quality (default: 8)")
+                        help="folder of test images (PNG, PPM or BMP), such as Kodak")
+    parser.add_argument("--model", default="vq", help="a VQ model of the registry")
+    parser.add_argument("--quality", type=int, default=8, help="ladder quality")
     parser.add_argument("--packets", type=int, default=20,
                         help="packets per file; one packet's indices are scattered over the "
-                             "image (default: 20, so each packet is 5%% of the indices)")
+                             "image (20: each packet is 5%% of the indices)")
     parser.add_argument("--losses", default="0,5,10,20,30",
-                        help="percent of packets lost, comma-separated (default: 0,5,10,20,30)")
+                        help="percent of packets lost, comma-separated")
     parser.add_argument("--trials", type=int, default=2,
-                        help="random draws of the lost packets per loss level (default: 2)")
+                        help="random draws of the lost packets per loss level")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the packet draws")
-    parser.add_argument("--out", type=Path, default=Path("eval/results/vq-prior/loss"),
-                        help="folder for summary.json, summary.txt and the plot "
-                             "(default: eval/results/vq-prior/loss)")
+    parser.add_argument("--out", type=Path, default=Path("nicodec-eval/loss"),
+                        help="folder for summary.json, summary.txt and the plot (the committed "
+                             "figures: --out eval/results/vq-prior/loss)")
     args = parser.parse_args(argv)
     losses = [float(v) / 100 for v in args.losses.split(",")]
     if args.packets < 2 or any(not 0 <= v < 1 for v in losses):

@@ -1,7 +1,11 @@
 """Rate-distortion evaluation of nicodec models against classical codecs, in one run.
 
-    python -m eval.rd [--images ../shared/data/kodak] [--models mcq-tiny] [--out eval/results/kodak]
+    python -m eval.rd [--images ../shared/data/kodak] [--models mcq-tiny] [--out nicodec-eval/rd]
     codec eval ...            (the same options)
+
+Needs a folder of test images (``--images``; the Kodak set, kodim01-24.png, is the usual one).
+Results go to ``--out`` (default ``nicodec-eval/rd``; the committed figures in ``eval/results/``
+are made with an explicit ``--out``).
 
 bpp is counted from the real file bytes, header included (CompressAI's evaluation leaves headers
 out; we do not). Writes per-image rows (CSV and JSON), a summary (JSON and a text table, also
@@ -29,12 +33,32 @@ from eval.metrics import metric_set
 
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
 PUBLISHED = Path(__file__).resolve().parent / "published" / "compressai_kodak.json"
+PUBLISHED_IMAGES = 24  # the published curves are means over all 24 Kodak images
+USAGE = 2  # exit status of a usage error, as argparse's
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each option's default, where it has one (not for flags, nor where the help
+    already says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == [] \
+                or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def load_images(folder: Path, limit: int | None) -> list[tuple[str, np.ndarray]]:
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".ppm", ".bmp"})
+    """The first ``limit`` (all for None) PNG/PPM/BMP images of ``folder``, sorted by name, as
+    RGB arrays; a missing or empty folder ends the command with one line (exit 2)."""
+    paths = sorted(p for p in folder.iterdir()
+                   if p.suffix.lower() in {".png", ".ppm", ".bmp"}) if folder.is_dir() else []
     if not paths:
-        raise SystemExit(f"error: no PNG/PPM/BMP images in {folder}")
+        where = f"none in {folder}" if folder.is_dir() else f"folder {folder} not found"
+        print(f"error: no test images ({where}): this command needs a folder of PNG, PPM or BMP "
+              "images such as the Kodak set (kodim01-24.png); pass it with --images FOLDER",
+              file=sys.stderr)
+        raise SystemExit(USAGE)
     images = []
     for p in paths[:limit]:
         with Image.open(p) as img:
@@ -124,8 +148,18 @@ def table(curves: dict[str, list[dict]], bd: dict[str, dict], reference: str) ->
     return "\n".join(lines)
 
 
+def plot_title(count: int, folder: Path, published: bool) -> str:
+    """What the measured curves are means over, and, when published curves are drawn on
+    another set of images (a --limit subset, another folder), a note saying so."""
+    title = f"measured: mean over {count} image{'s' if count != 1 else ''} of {folder.name}/"
+    if published and not (count == PUBLISHED_IMAGES and "kodak" in folder.name.lower()):
+        title += (f"\npublished curves (dashed): all {PUBLISHED_IMAGES} Kodak images, "
+                  "not the same set")
+    return title
+
+
 def plot(curves: dict[str, list[dict]], published: dict, path: Path, metric: str,
-         max_bpp: float) -> None:
+         max_bpp: float, title: str = "") -> None:
     """One RD plot: measured curves solid, published anchors dashed and labelled as such."""
     import matplotlib
 
@@ -143,6 +177,7 @@ def plot(curves: dict[str, list[dict]], published: dict, path: Path, metric: str
         ax.plot(*zip(*pts), "--", color="gray" if "hyper" in name else "black", label=name)
     ax.set_xlabel("bits per pixel (file bytes, header included)")
     ax.set_ylabel({"psnr": "PSNR (dB, RGB)", "ms_ssim": "MS-SSIM (RGB)"}[metric])
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -151,8 +186,10 @@ def plot(curves: dict[str, list[dict]], published: dict, path: Path, metric: str
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="codec eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of images")
+    parser = argparse.ArgumentParser(prog="codec eval", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
+                        help="folder of test images (PNG, PPM or BMP), such as Kodak")
     parser.add_argument("--models", default=None,
                         help="comma-separated nicodec models, each optionally name@q1/q2 "
                              "(default: every shipped lossy model at all its qualities)")
@@ -167,8 +204,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="extra metric module:function (e.g. LPIPS with local weights)")
     parser.add_argument("--ssimulacra2", action="store_true", help="also compute SSIMULACRA2")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    parser.add_argument("--out", type=Path, default=Path("eval/results/kodak"),
-                        help="folder for CSV/JSON/PNG results")
+    parser.add_argument("--out", type=Path, default=Path("nicodec-eval/rd"),
+                        help="folder for CSV/JSON/PNG results (its files of those names are "
+                             "replaced)")
     parser.add_argument("--max-bpp", type=float, default=1.2, help="x-axis limit of the plots")
     parser.add_argument("--no-published", action="store_true",
                         help="leave the published CompressAI curves off the plot")
@@ -229,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "summary.txt").write_text(text + "\n")
     for metric in ("psnr", "ms_ssim"):
         plot(curves, published.get("curves", {}), args.out / f"rd_{metric}.png", metric,
-             args.max_bpp)
+             args.max_bpp, plot_title(len(images), args.images, bool(published)))
     print(json.dumps(summary, indent=2) if args.json else text)
     print(f"results in {args.out}/", file=sys.stderr)
     return summary

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import importlib
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +193,62 @@ def test_mcq_ceiling_figures():
     assert row["q8"][0] > row["q4"][0]
     assert row["optimized"][0] > row["unquantized"][0]
     assert len(row["optimized q8"]) == 2
+
+
+EVAL_COMMANDS = {"eval": "rd", "bench": "bench", "loss": "loss"}
+
+
+@pytest.mark.parametrize("module", EVAL_COMMANDS.values())
+def test_eval_commands_without_images_say_what_they_need(module, tmp_path, monkeypatch, capsys):
+    """As in a fresh clone, where the default ../shared/data/kodak does not exist: one line
+    saying what data is needed and how to pass it, exit 2."""
+    evaluation = importlib.import_module(f"eval.{module}")
+    monkeypatch.setattr(evaluation, "DEFAULT_IMAGES", tmp_path / "kodak")
+    with pytest.raises(SystemExit) as stop:
+        evaluation.main([])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: ") and "--images FOLDER" in err and "Kodak" in err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        evaluation.main(["--images", str(tmp_path / "empty")])
+    assert stop.value.code == 2 and "none in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", EVAL_COMMANDS.values())
+def test_eval_help_gives_every_option_a_text_and_its_default(module, monkeypatch):
+    """Every option has help text, --help shows the defaults, and the default output folder
+    is not the committed results in eval/results/."""
+    parsers = []
+
+    def capture(self, args=None, namespace=None):
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"eval.{module}").main([])
+    parser = parsers[0]
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        assert action.help, action.option_strings
+        if action.default not in (None, False, [], argparse.SUPPRESS):
+            assert f"default: {action.default}" in text or "(default" in action.help, action.dest
+    out = parser.get_default("out")
+    assert out is None or "eval/results" not in Path(out).resolve().as_posix()
+
+
+def test_a_subset_is_not_plotted_against_full_kodak_without_a_note():
+    kodak = Path("data/kodak")
+    assert "not the same set" in rd.plot_title(1, kodak, published=True)
+    assert "not the same set" in rd.plot_title(24, Path("mine"), published=True)
+    assert "not the same set" not in rd.plot_title(24, kodak, published=True)
+    assert "not the same set" not in rd.plot_title(1, kodak, published=False)
+    assert "1 image of kodak/" in rd.plot_title(1, kodak, published=False)
+
+
+def test_eval_without_images_as_a_subprocess(tmp_path):
+    cli = Path(__file__).resolve().parent.parent / "cli.py"
+    res = subprocess.run([sys.executable, str(cli), "eval", "--images", str(tmp_path / "none")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--images" in res.stderr
