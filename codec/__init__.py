@@ -6,6 +6,7 @@
     exact = codec.encode("photo.png", lossless=True)  # every pixel decodes bit for bit
     codec.encode_to_target("photo.png", target_bpp=0.2).data  # quality searched for a rate
     image = codec.decode(data)                      # PIL.Image (RGBA if the input had alpha)
+    image = codec.decode("photo.nic")               # paths and binary file objects too
     image.info.get("icc_profile")                   # ICC profile and EXIF ride along
     codec.available_models()                        # ['mcq-tiny', ...]
 
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from codec.pipeline import Decoded
+    from codec.pipeline import BitstreamInput, Decoded
 
 __all__ = [
     "encode", "encode_to_target", "TargetResult", "decode", "decode_array", "decode_tensor",
@@ -103,7 +104,7 @@ class MetadataWarning(UserWarning):
     """The file's metadata block was damaged: ICC profile, EXIF and alpha plane were dropped."""
 
 
-def _decode_warned(data: bytes, strict: bool, max_pixels: int | None) -> Decoded:
+def _decode_warned(data: BitstreamInput, strict: bool, max_pixels: int | None) -> Decoded:
     """decode_detailed, with a warning for each thing that was concealed or dropped."""
     from codec.pipeline import decode_detailed
 
@@ -124,21 +125,24 @@ def _with_alpha(result: Decoded) -> np.ndarray:
     return result.pixels if alpha is None else np.dstack([result.pixels, alpha])
 
 
-def decode_array(data: bytes, strict: bool = False,
+def decode_array(data: BitstreamInput, strict: bool = False,
                  max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
-    """Decode to an (H, W) or (H, W, 3) uint8 array; (H, W, 2) or (H, W, 4) with alpha."""
+    """Decode to an (H, W) or (H, W, 3) uint8 array; (H, W, 2) or (H, W, 4) with alpha.
+
+    ``data`` (here and in ``decode``, ``decode_tensor`` and ``decode_detailed``) is the file's
+    bytes, a path (``str`` or ``os.PathLike``) or a file object opened in binary mode."""
     pixels = _with_alpha(_decode_warned(data, strict, max_pixels))
     return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
 
 
-def decode(data: bytes, strict: bool = False, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+def decode(data: BitstreamInput, strict: bool = False, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """Decode to a PIL image (mode L or RGB; LA or RGBA with alpha) whose ``info`` holds the
     file's ICC profile and EXIF (so that ``save`` writes them back)."""
     result = _decode_warned(data, strict, max_pixels)
     return to_pil(result.pixels, result.metadata)
 
 
-def decode_tensor(data: bytes, strict: bool = False,
+def decode_tensor(data: BitstreamInput, strict: bool = False,
                   max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
     """Decode to a (C, H, W) float tensor in [0, 1] (alpha, if any, as the last channel)."""
     import torch

@@ -16,11 +16,12 @@ refusal when asked:
 from __future__ import annotations
 
 import io
+import os
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                   ".gif"}
-ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray, "torch.Tensor"]
+ImageInput = Union[str, "os.PathLike[str]", bytes, BinaryIO, Image.Image, np.ndarray,
+                   "torch.Tensor"]
 POLICIES = {"alpha": ("keep", "drop", "refuse"), "depth": ("reduce", "refuse"),
             "frames": ("first", "refuse"), "metadata": ("keep", "drop")}
 ORIENTATION_TAG = 0x0112
@@ -204,6 +206,8 @@ def _from_pil(img: Image.Image, policy: Policy) -> Picture:
 
 
 def _from_tensor(tensor: torch.Tensor, policy: Policy) -> Picture:
+    """A (C, H, W) or (1, C, H, W) tensor: uint8, or float in [0, 1] reduced to 8 bits as the
+    same numpy array would be (the ``depth`` policy: a :class:`ConversionWarning`, or refused)."""
     import torch
 
     t = tensor.detach().cpu()
@@ -213,12 +217,19 @@ def _from_tensor(tensor: torch.Tensor, policy: Policy) -> Picture:
         raise UnsupportedImageError(f"expected a (C, H, W) or (1, C, H, W) tensor with C = 1 or 3, "
                                     f"got shape {tuple(tensor.shape)}")
     if t.is_floating_point():
-        if t.numel() and (t.min() < 0 or t.max() > 1):
-            raise UnsupportedImageError("float tensors must hold values in [0, 1]")
-        t = (t * 255).round().to(torch.uint8)
+        t = t.double()  # exact for every float dtype (bfloat16 has no numpy twin)
     elif t.dtype != torch.uint8:
         raise UnsupportedImageError(f"tensors must be float in [0, 1] or uint8, got {t.dtype}")
     return _picture(t.permute(1, 2, 0).numpy(), policy)
+
+
+def read_binary(source: BinaryIO, what: str) -> bytes:
+    """Everything left in a file object opened in binary mode (``what`` names it in errors)."""
+    data = source.read()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} read {type(data).__name__} from {type(source).__name__}: "
+                        f"open the file in binary mode ('rb')")
+    return bytes(data)
 
 
 def _from_big_tiff(path: str | Path, policy: Policy) -> Picture | None:
@@ -282,7 +293,11 @@ def _from_big_tiff(path: str | Path, policy: Policy) -> Picture | None:
 
 
 def load_image(source: ImageInput, policy: Policy = Policy()) -> Picture:
-    """Any supported input -> 8-bit pixels (EXIF orientation applied) and their metadata."""
+    """Any supported input -> 8-bit pixels (EXIF orientation applied) and their metadata.
+
+    ``source`` is a path (``str`` or ``os.PathLike``), the bytes of an image file, a file
+    object opened in binary mode (read from its position to its end), a PIL image, a numpy
+    array or a torch tensor."""
     if isinstance(source, np.ndarray):
         return _picture(source, policy)
     torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
@@ -290,11 +305,17 @@ def load_image(source: ImageInput, policy: Policy = Policy()) -> Picture:
         return _from_tensor(source, policy)
     if isinstance(source, Image.Image):
         return _from_pil(source, policy)
-    if isinstance(source, (str, Path)):
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, (bytearray, memoryview)):
+        source = bytes(source)
+    elif hasattr(source, "read"):
+        source = read_binary(source, "encode")
+    if isinstance(source, str):
         picture = _from_big_tiff(source, policy)  # a TIFF too big for memory, else None
         if picture is not None:
             return picture
-    if isinstance(source, (str, Path, bytes)):
+    if isinstance(source, (str, bytes)):
         try:
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
                 return _from_pil(img, policy)
@@ -309,8 +330,8 @@ def load_image(source: ImageInput, policy: Policy = Policy()) -> Picture:
                 "(e.g. vips copy in.png out.tif)") from None
         except OSError as exc:
             raise UnsupportedImageError(f"cannot read image: {exc}") from None
-    raise TypeError(f"cannot encode a {type(source).__name__}: pass a path, bytes, PIL image, "
-                    f"numpy array or torch tensor")
+    raise TypeError(f"cannot encode a {type(source).__name__}: pass a path, bytes, a binary file "
+                    f"object, PIL image, numpy array or torch tensor")
 
 
 def to_pil(pixels: np.ndarray, metadata: Metadata = Metadata()) -> Image.Image:

@@ -15,9 +15,10 @@ prior rather than concealed in the latent.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import BinaryIO, Callable, Union
 
 import numpy as np
 import torch
@@ -29,13 +30,14 @@ from bitstream.format import (MAX_PACKETS, MAX_PIXELS, Header, check_pixels, ext
                               metadata_records, pack, parse_header, unpack)
 from bitstream.metadata import Metadata
 from codec.columns import UNDECODABLE, decode_columns, encode_columns, group_units
-from codec.image import ImageInput, Picture, Policy, load_image
+from codec.image import ImageInput, Picture, Policy, load_image, read_binary
 from codec.registry import (Model, check_effort, info_by_id, load_model, load_revision,
                             model_info, resolve_model)
 from models.tiling import zeros
 
 BYTES_PER_PACKET = 4096  # default packet size: framing stays near 0.2% of the payload
 MAX_AUTO_PACKETS = 16
+BitstreamInput = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", BinaryIO]
 @dataclass
 class Encoded:
     """An encoded image and what the model predicted it would cost."""
@@ -143,7 +145,7 @@ def encode(image: ImageInput, model: str | None = None, quality: int | None = No
            packets: int | None = None, lossless: bool = False, effort: int = 1, *,
            alpha: str = "keep", depth: str = "reduce", frames: str = "first",
            metadata: str = "keep") -> bytes:
-    """Compress an image (path, bytes, PIL image, uint8 array or [0, 1] tensor) to bytes.
+    """Compress an image (path, bytes, binary file object, PIL image, numpy array or tensor).
 
     ``quality`` picks the rate setting (see ``available_models``/``codec models``); ``packets``
     the number of independently decodable packets (default: about one per 4 KB of payload, at
@@ -210,7 +212,22 @@ def _read_metadata(data: bytes, header: Header, strict: bool) -> tuple[Metadata,
         return Metadata(), True
 
 
-def decode_detailed(data: bytes, strict: bool = False, max_pixels: int | None = MAX_PIXELS,
+def read_bitstream(source: BitstreamInput) -> bytes:
+    """The bytes of a nicodec file given as bytes, a path (``str`` or ``os.PathLike``; a missing
+    file raises ``FileNotFoundError`` naming it) or a file object opened in binary mode (read
+    from its position to its end)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as file:
+            return file.read()
+    if hasattr(source, "read"):
+        return read_binary(source, "decode")
+    raise TypeError(f"decode takes bytes, a path or a binary file object, "
+                    f"got {type(source).__name__}")
+
+
+def decode_detailed(data: BitstreamInput, strict: bool = False, max_pixels: int | None = MAX_PIXELS,
                     out: Callable[[Header, Metadata], np.ndarray] | None = None) -> Decoded:
     """Decode, concealing damaged packets and dropping a damaged metadata block unless
     ``strict``; report what was lost.
@@ -224,12 +241,11 @@ def decode_detailed(data: bytes, strict: bool = False, max_pixels: int | None = 
     ``max_pixels`` pixels (None or 0: no limit) is refused before any work, and whatever fails
     while decoding a payload that passed its checksums becomes a :class:`DecodeError`.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"decode takes bytes, got {type(data).__name__}")
-    header, payloads = unpack(bytes(data))
+    data = read_bitstream(data)
+    header, payloads = unpack(data)
     check_pixels(header, max_pixels)
-    missing, _ = extent(header, parse_header(bytes(data))[1], len(data))
-    metadata, metadata_lost = _read_metadata(bytes(data), header, strict)
+    missing, _ = extent(header, parse_header(data)[1], len(data))
+    metadata, metadata_lost = _read_metadata(data, header, strict)
     m = _model_for(header)
     shape = (header.height, header.width, header.channels)
     target = np.empty(shape, np.uint8) if out is None else out(header, metadata)

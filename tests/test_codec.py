@@ -65,13 +65,59 @@ def test_input_kinds_agree(small_rgb):
     reference = codec.encode(small_rgb)
     assert codec.encode(Image.fromarray(small_rgb)) == reference
     assert codec.encode(as_png.getvalue()) == reference
-    assert codec.encode(tensor) == reference
-    assert codec.encode(tensor[None]) == reference
+    with pytest.warns(codec.ConversionWarning, match="float samples"):
+        assert codec.encode(tensor) == reference
+        assert codec.encode(tensor[None]) == reference
     img = codec.decode(reference)
     assert img.mode == "RGB" and img.size == (53, 37)
     assert codec.decode_array(reference).shape == (37, 53, 3)
     t = codec.decode_tensor(reference)
     assert t.shape == (3, 37, 53) and 0 <= t.min() and t.max() <= 1
+
+
+class _PathLike:
+    """An os.PathLike that is not a pathlib.Path."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+def test_paths_and_file_objects_in_encode_and_every_decode(small_rgb, tmp_path):
+    png, nic = tmp_path / "in.png", tmp_path / "in.nic"
+    Image.fromarray(small_rgb).save(png)
+    reference = codec.encode(small_rgb)
+    with open(png, "rb") as file:
+        from_file = codec.encode(file)
+    assert from_file == codec.encode(_PathLike(png)) == codec.encode(str(png)) == reference
+    nic.write_bytes(reference)
+    pixels = codec.decode_array(reference)
+    for source in (str(nic), nic, _PathLike(nic), io.BytesIO(reference), bytearray(reference)):
+        assert np.array_equal(codec.decode_array(source), pixels)
+    with open(nic, "rb") as file:
+        assert np.array_equal(np.asarray(codec.decode(file)), pixels)
+    assert torch.equal(codec.decode_tensor(nic), codec.decode_tensor(reference))
+    assert np.array_equal(decode_detailed(str(nic)).pixels, pixels)
+    stream = io.BytesIO(b"prefix" + reference)  # a file object is read from where it stands
+    stream.seek(6)
+    assert np.array_equal(codec.decode_array(stream), pixels)
+
+
+def test_missing_paths_and_text_files_are_clear_errors(tmp_path):
+    missing = tmp_path / "nowhere.nic"
+    for call in (codec.decode, codec.decode_array, codec.decode_tensor, decode_detailed,
+                 codec.encode):
+        with pytest.raises(FileNotFoundError, match="nowhere.nic"):
+            call(str(missing))
+    missing.write_bytes(b"text")
+    with open(missing, encoding="latin-1") as text, pytest.raises(TypeError, match="'rb'"):
+        codec.decode(text)
+    with open(missing, encoding="latin-1") as text, pytest.raises(TypeError, match="'rb'"):
+        codec.encode(text)
+    with pytest.raises(TypeError, match="binary file object"):
+        codec.decode(12)
 
 
 def test_grayscale_and_tiny_images(small_rgb):

@@ -154,6 +154,25 @@ def test_16_bit_and_float_arrays(small_rgb):
         codec.encode(unit, depth="refuse")
 
 
+def test_float_tensor_warns_and_refuses_like_the_same_array(small_rgb):
+    torch = pytest.importorskip("torch")
+    unit = small_rgb.astype(np.float32) / 255
+    tensor = torch.from_numpy(unit).permute(2, 0, 1)
+    from_array, array_notes = _warned(lambda: codec.encode(unit))
+    for t in (tensor, tensor[None], tensor.to(torch.bfloat16).double()):
+        data, notes = _warned(lambda: codec.encode(t))
+        assert notes == array_notes and "float samples" in notes[0]
+    assert data == from_array
+    with pytest.raises(codec.UnsupportedImageError, match="float"):
+        codec.encode(tensor, depth="refuse")
+    for bad in (tensor * 2, torch.full((1, 4, 4), float("nan"))):
+        with pytest.raises(codec.UnsupportedImageError, match=r"\[0, 1\]"):
+            codec.encode(bad)
+    uint8 = torch.from_numpy(small_rgb).permute(2, 0, 1)
+    data, notes = _warned(lambda: codec.encode(uint8))
+    assert data == codec.encode(small_rgb) and notes == []
+
+
 # --- animations ---------------------------------------------------------------------------------
 
 

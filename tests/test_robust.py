@@ -87,7 +87,7 @@ def test_any_failure_of_the_payload_is_a_decode_error(small_file, monkeypatch):
     assert isinstance(error.value.__cause__, IndexError)
 
 
-def test_decode_takes_bytes_only():
+def test_decode_refuses_what_is_neither_bytes_nor_a_path_nor_a_file():
     with pytest.raises(TypeError, match="bytes"):
         decode_detailed(10**9)  # bytes(10**9) would allocate a gigabyte of zeros
 
