@@ -194,3 +194,16 @@ def test_decode_refuses_a_nic_output(workdir):
     run("encode", workdir / "a.png", "-o", workdir / "a.nic")
     assert run("decode", workdir / "a.nic", "-o", workdir / "b.nic").exit_code == 2
     assert not (workdir / "b.nic").exists()
+
+
+def test_models_shows_the_kodak_figures_a_user_gets():
+    text = " ".join(run("models").output.split())
+    assert "Kodak (24 images, effort 1, bpp from file bytes): q0 0.057 bpp / 23.2 dB" in text
+    assert "q3 0.185 bpp / 27.0 dB, q4 0.227 bpp / 27.7 dB" in text  # evenly spaced steps
+    mcq = next(m for m in json.loads(run("models", "--json").output) if m["name"] == "mcq")
+    summary = ROOT / "eval" / "results" / "mcq" / "summary.json"
+    measured = json.loads(summary.read_text())["curves"]["nicodec mcq"]
+    listed = {k["quality"]: k for k in mcq["kodak"]}
+    for point in measured:  # the registry's figures are the committed Kodak run's
+        assert listed[point["setting"]]["bpp"] == pytest.approx(point["bpp"], abs=6e-5)
+        assert listed[point["setting"]]["psnr"] == pytest.approx(point["psnr"], abs=6e-3)
