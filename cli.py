@@ -231,6 +231,7 @@ def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: i
                  ) -> tuple[dict, list[str]]:
     """Encode one file (``goal``: a target kind and value, or empty for ``quality``)."""
     from codec.pipeline import encode
+    from codec.target import metadata_note
 
     start = time.perf_counter()
     found = None
@@ -251,6 +252,8 @@ def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: i
     notes = list(dict.fromkeys(str(w.message) for w in caught))  # a target search repeats them
     if found and not found.met:
         notes.append(found.describe())
+    elif metadata_note(data):
+        notes.append(metadata_note(data))
     header, _ = parse_header(data)
     _write(dst, data, force)
     record = {"input": src, "output": dst, "bytes": len(data), "width": header.width,
@@ -270,7 +273,7 @@ def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: i
             + ")")
         click.echo(f"{src} -> {dst}: {len(data)} bytes, {record['bpp']:.4f} bpp, {model} "
                    f"q{header.quality}{searched}, {header.width}x{header.height}, "
-                   f"{record['seconds']:.2f} s", err=True)
+                   f"metadata {header.metadata_length} bytes, {record['seconds']:.2f} s", err=True)
     return record, [f"{src}: {note}" for note in notes]
 
 
@@ -401,15 +404,18 @@ def main() -> None:
               help="Encoder effort: 1 is one pass (under a second for a Kodak image); 2 and 3 "
               "search through the decoder for a better rate-distortion trade-off (mcq: refine "
               "the latent; vq, vq-static: re-choose indices in pixel space; seconds per "
-              "image). Files decode the same way at any effort.")
+              "image): better quality per byte, so at the same --quality files come out "
+              "larger and better; for smaller files at a given size combine it with "
+              "--target-size or --target-bpp. Files decode the same way at any effort.")
 @click.option("--alpha", type=click.Choice(POLICIES["alpha"]), default="keep",
               show_default=True,
               help="Transparency: 'keep' codes the alpha plane losslessly in the file (it "
               "decodes to RGBA); 'drop' codes the colour channels only; 'refuse' fails on "
               "images that are not fully opaque.")
-@click.option("--depth", type=click.Choice(POLICIES["depth"]), default="reduce",
-              show_default=True, help="16-bit and float images: 'reduce' codes them at 8 bits "
-              "(with a warning); 'refuse' fails on them.")
+@click.option("--depth", type=click.Choice(POLICIES["depth"]),
+              help="16-bit and float images: 'reduce' codes them at 8 bits (with a warning); "
+              "'refuse' fails on them. Default: reduce, but refuse with --lossless (the file "
+              "would not be exact; --depth reduce codes the 8-bit reduction exactly).")
 @click.option("--frames", type=click.Choice(POLICIES["frames"]), default="first",
               show_default=True, help="Animations (GIF, APNG, WebP) and multi-page files: "
               "'first' codes the first frame (with a warning); 'refuse' fails on them.")
@@ -595,6 +601,7 @@ def models_cmd(as_json) -> None:
                 "efforts": list(i.efforts), "default": i.name == DEFAULT_MODEL,
                 "installed": i.name in shipped,
                 "description": i.description, **_measured(i.name),
+                "kodak": [{"quality": q, "bpp": b, "psnr": d} for q, b, d in i.kodak],
                 "retired_weights": list(i.retired)}
                for i in MODELS.values()]
     if as_json:
@@ -607,12 +614,16 @@ def models_cmd(as_json) -> None:
         efforts = f", efforts {r['efforts']}" if len(r["efforts"]) > 1 else ""
         click.echo(f"{r['name']}{flag}{missing}: {r['family']}, qualities {r['qualities']} "
                    f"(default {r['default_quality']}){efforts}\n  {r['description']}")
-        if r["measured"] and "val_bpd" in r["measured"][0]:
+        if r["kodak"]:  # what a user gets, on public images
+            rates = ", ".join(f"q{m['quality']} {m['bpp']:.3f} bpp / {m['psnr']:.1f} dB"
+                              for m in r["kodak"])
+            click.echo(f"  Kodak (24 images, effort 1, bpp from file bytes): {rates}")
+        elif r["measured"] and "val_bpd" in r["measured"][0]:
             click.echo(f"  held-out data: {r['measured'][0]['val_bpd']:.4f} bits per symbol")
         elif r["measured"]:
             rates = ", ".join(f"q{m['quality']} {m['bpp']:.3f} bpp / {m['psnr']:.1f} dB"
                               for m in r["measured"])
-            click.echo(f"  held-out photos: {rates}")
+            click.echo(f"  held-back training photos (measured at export): {rates}")
         if r["retired_weights"]:
             click.echo(f"  still decodes files of earlier weights: {', '.join(r['retired_weights'])}")
 

@@ -7,7 +7,8 @@ refusal when asked:
 
 - ``alpha``: transparency is kept (the alpha plane is coded losslessly beside the pixels),
   dropped, or refused;
-- ``depth``: 16-bit and float samples are reduced to 8 bits, or refused;
+- ``depth``: 16-bit and float samples are reduced to 8 bits, or refused (by default when the
+  coding is lossless, which would not be exact);
 - ``frames``: of an animation (or a multi-page file) the first frame is coded, or it is refused;
 - ``metadata``: the ICC profile and EXIF (its orientation reset to 1, as the rotation is applied
   to the pixels) are kept in the file, or dropped.
@@ -59,6 +60,7 @@ class Policy:
     depth: str = "reduce"
     frames: str = "first"
     metadata: str = "keep"
+    exact: bool = False  # the coding is lossless: a refused depth says that it would not be exact
 
     def __post_init__(self) -> None:
         for name, choices in POLICIES.items():
@@ -81,12 +83,13 @@ class Picture:
         if size > MAX_METADATA_BYTES:
             raise UnsupportedImageError(
                 f"the image's alpha plane and metadata take {size} bytes, over the "
-                f"{MAX_METADATA_BYTES >> 20} MiB a file may carry; pass {_option('alpha', 'drop')}"
-                f" or {_option('metadata', 'drop')}")
+                f"{MAX_METADATA_BYTES >> 20} MiB a file may carry; pass "
+                f"{option_text('alpha', 'drop')} or {option_text('metadata', 'drop')}")
         return records
 
 
-def _option(name: str, value: str) -> str:
+def option_text(name: str, value: str) -> str:
+    """How to pass a policy choice, in Python and on the command line (for messages)."""
     return f"{name}={value!r} (command line: --{name} {value})"
 
 
@@ -95,9 +98,14 @@ def _refuse_or_warn(policy: Policy, name: str, what: str, done: str) -> None:
     warn that it was ``done`` (naming the choice that refuses it)."""
     if getattr(policy, name) == "refuse":
         accept = POLICIES[name][0]
-        raise UnsupportedImageError(f"{what}; pass {_option(name, accept)} to accept it")
-    warnings.warn(f"{what}: {done} (pass {_option(name, 'refuse')} to refuse such input instead)",
-                  ConversionWarning, stacklevel=4)
+        if name == "depth" and policy.exact:
+            raise UnsupportedImageError(
+                f"{what}, which lossless coding cannot keep yet (it codes 8-bit samples "
+                f"exactly); pass {option_text(name, accept)} to code the image reduced to 8 bits "
+                "(exact to the reduction, not to the original), or keep the original file")
+        raise UnsupportedImageError(f"{what}; pass {option_text(name, accept)} to accept it")
+    warnings.warn(f"{what}: {done} (pass {option_text(name, 'refuse')} to refuse such input "
+                  "instead)", ConversionWarning, stacklevel=4)
 
 
 def _reduce_depth(array: np.ndarray, policy: Policy) -> np.ndarray:
@@ -127,8 +135,8 @@ def _split_alpha(array: np.ndarray, policy: Policy) -> tuple[np.ndarray, np.ndar
     if policy.alpha == "refuse":
         raise UnsupportedImageError(
             "the image has transparency (an alpha channel that is not fully opaque); pass "
-            f"{_option('alpha', 'keep')} to code the alpha plane losslessly in the file, or "
-            f"{_option('alpha', 'drop')} to code the colour channels only")
+            f"{option_text('alpha', 'keep')} to code the alpha plane losslessly in the file, or "
+            f"{option_text('alpha', 'drop')} to code the colour channels only")
     return colour, np.ascontiguousarray(alpha)
 
 
@@ -180,7 +188,7 @@ def _pil_metadata(img: Image.Image, policy: Policy) -> Metadata:
         if data is not None and len(data) > MAX_PROFILE_BYTES:
             raise UnsupportedImageError(
                 f"the image's {name} is {len(data)} bytes, over the {MAX_PROFILE_BYTES >> 20} MiB "
-                f"a file may carry; pass {_option('metadata', 'drop')} to code it without")
+                f"a file may carry; pass {option_text('metadata', 'drop')} to code it without")
     return Metadata(profile, exif)
 
 

@@ -26,7 +26,7 @@ import torch
 from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
 from bitstream.errors import (BitstreamError, CorruptHeaderError, CorruptMetadataError,
                               DecodeError, ModelMismatchError, PacketLossError)
-from bitstream.format import (MAX_PACKETS, MAX_PIXELS, Header, check_pixels, extent,
+from bitstream.format import (MAX_PACKETS, MAX_PIXELS, Family, Header, check_pixels, extent,
                               metadata_records, pack, parse_header, unpack)
 from bitstream.metadata import Metadata
 from codec.columns import UNDECODABLE, decode_columns, encode_columns, group_units
@@ -143,7 +143,7 @@ def _decode_stages(staged, payload: bytes, h: int, w: int) -> np.ndarray:
 
 def encode(image: ImageInput, model: str | None = None, quality: int | None = None,
            packets: int | None = None, lossless: bool = False, effort: int = 1, *,
-           alpha: str = "keep", depth: str = "reduce", frames: str = "first",
+           alpha: str = "keep", depth: str | None = None, frames: str = "first",
            metadata: str = "keep") -> bytes:
     """Compress an image (path, bytes, binary file object, PIL image, numpy array or tensor).
 
@@ -160,12 +160,17 @@ def encode(image: ImageInput, model: str | None = None, quality: int | None = No
     What 8-bit grayscale or RGB cannot hold follows four policies (``codec/image.py``), each
     warning (:class:`ConversionWarning`) when it changes the image: ``alpha`` transparency is
     kept (the alpha plane coded losslessly in the file), dropped or refused; ``depth`` 16-bit and
-    float samples are reduced to 8 bits or refused; ``frames`` an animation's first frame is
-    coded, or it is refused; ``metadata`` the ICC profile and EXIF are kept or dropped.
+    float samples are reduced to 8 bits (``"reduce"``) or refused (``"refuse"``); by default
+    (None) a lossy model reduces them and a lossless one refuses them, as its file would not
+    be exact (``depth="reduce"`` codes the 8-bit reduction exactly); ``frames`` an animation's
+    first frame is coded, or it is refused; ``metadata`` the ICC profile and EXIF are kept or
+    dropped.
     """
-    policy = Policy(alpha=alpha, depth=depth, frames=frames, metadata=metadata)
-    return encode_detailed(image, resolve_model(model, lossless), quality, packets, effort,
-                           policy).data
+    name = resolve_model(model, lossless)
+    exact = model_info(name).family == Family.LOSSLESS
+    depth = depth or ("refuse" if exact else "reduce")
+    policy = Policy(alpha=alpha, depth=depth, frames=frames, metadata=metadata, exact=exact)
+    return encode_detailed(image, name, quality, packets, effort, policy).data
 
 
 def _model_for(header: Header) -> Model:

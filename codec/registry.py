@@ -79,6 +79,9 @@ class ModelInfo:
     # encoder effort levels (``--effort``): 1 is the single pass; higher levels search at encode
     # time (slower encoding, the same decoder and bitstream)
     efforts: tuple[int, ...] = (1,)
+    # (quality, bpp, PSNR dB) on the 24 Kodak images as ``codec encode`` codes them (effort 1,
+    # bpp from the file's bytes): what ``codec models`` shows; empty: not measured there
+    kodak: tuple[tuple[int, float, float], ...] = ()
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -89,7 +92,10 @@ MODELS: dict[str, ModelInfo] = {
             module="models.mcq.tiny",
             qualities=(1, 2, 3, 4), default_quality=4,
             description="one-level multi-codebook VQ trained on a CPU in minutes "
-                        "(the first default; see models/weights/mcq-tiny.md)"),
+                        "(the first default; see models/weights/mcq-tiny.md)",
+            # eval/results/kodak/summary.json
+            kodak=((1, 0.1214, 23.88), (2, 0.2183, 25.58), (3, 0.3048, 26.54),
+                   (4, 0.3930, 27.09))),
         ModelInfo(
             name="mcq", model_id=2, family=Family.MCQ, weights="mcq.safetensors",
             module="models.mcq.codec", qualities=tuple(range(9)), default_quality=4,
@@ -101,7 +107,11 @@ MODELS: dict[str, ModelInfo] = {
             # but q3 and q7-q8 one grid step lower (within 0.03 dB of the best there), so that
             # the rate points stay evenly spaced and the top one keeps r7's rate
             rate_weights=(0, 0.5, 0.3, 0.2, 0.1, 0.1, 0.05, 0.03, 0.02),
-            efforts=(1, 2, 3)),
+            efforts=(1, 2, 3),
+            # eval/results/mcq/summary.json (q0: the table of models/weights/mcq.md)
+            kodak=((0, 0.0566, 23.19), (1, 0.0919, 25.06), (2, 0.1291, 26.10),
+                   (3, 0.1850, 27.02), (4, 0.2266, 27.72), (5, 0.2753, 28.11),
+                   (6, 0.3359, 28.75), (7, 0.4288, 29.29), (8, 0.5244, 29.68))),
         ModelInfo(
             name="pc-mnist", model_id=3, family=Family.LOSSLESS, weights="pc-mnist.safetensors",
             module="models.pc.codec", qualities=(0,), default_quality=0,

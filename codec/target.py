@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from codec.image import ImageInput, Picture, Policy, load_image
+from bitstream.format import metadata_records, parse_header
+from bitstream.metadata import Kind
+from codec.image import ImageInput, Picture, Policy, load_image, option_text
 from codec.pipeline import decode_detailed, encode_detailed
 from codec.registry import load_model, model_info, resolve_model
 
@@ -35,6 +37,8 @@ RATE_TOLERANCE = 0.1  # a rate target is met when the file is within 10% below i
 MAX_RATE_WEIGHT = 10.0  # near the cheapest codewords: at 30 the rate falls by under 2% more
 MIN_RATE_WEIGHT = 0.01  # lower end of the log-scale search when a step's tuned weight is 0
 WEIGHT_STEPS = 7  # bisection steps on the weight: the last bracket spans a few % of rate
+METADATA_SHARE = 0.5  # ICC profile and EXIF above this share of a file or budget are pointed out
+METADATA_FLOOR = 4096  # ... in a file (no budget) only from this size on
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,36 @@ class TargetResult:
             return ""
         unit = {"bpp": "bpp", "size": "bytes", "psnr": "dB"}[self.kind]
         if self.kind != "psnr" and self.achieved <= self.target:
-            return (f"no setting of this model lands within {RATE_TOLERANCE:.0%} below the "
+            line = (f"no setting of this model lands within {RATE_TOLERANCE:.0%} below the "
                     f"target {self.target:g} {unit}; the largest file within it: "
                     f"{self.achieved:g} {unit} (quality {self.quality})")
-        return (f"target {self.target:g} {unit} cannot be met with this model; "
-                f"closest: {self.achieved:g} {unit} (quality {self.quality})")
+        else:
+            line = (f"target {self.target:g} {unit} cannot be met with this model; "
+                    f"closest: {self.achieved:g} {unit} (quality {self.quality})")
+        if self.kind == "psnr":
+            return line
+        header = parse_header(self.data)[0]
+        budget = self.target if self.kind == "size" else \
+            self.target * header.width * header.height / 8
+        note = metadata_note(self.data, budget)
+        return f"{line}; {note}" if note else line
+
+
+def metadata_note(data: bytes, budget: float | None = None) -> str:
+    """One line when the ICC profile and EXIF of a file take more than METADATA_SHARE of a
+    ``budget`` in bytes, or of the file itself (then only from METADATA_FLOOR bytes on: an
+    icon's sRGB profile is no news), naming ``--metadata drop``; empty otherwise. The metadata
+    counts toward a rate target as the pixels do: a 30 KB EXIF block does not fit in 10 KB."""
+    if not parse_header(data)[0].metadata_length:
+        return ""
+    size = sum(len(record) for kind, record in metadata_records(data)
+               if kind in (Kind.ICC_PROFILE, Kind.EXIF))
+    whole = len(data) if budget is None else budget
+    if size <= METADATA_SHARE * whole or (budget is None and size < METADATA_FLOOR):
+        return ""
+    of = f"of the file's {len(data)}" if budget is None else f"against a budget of {budget:.0f}"
+    return (f"the ICC profile and EXIF take {size} bytes {of} ({size / whole:.0%}); pass "
+            f"{option_text('metadata', 'drop')} to leave them out")
 
 
 def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
@@ -125,7 +154,7 @@ def encode_to_target(image: ImageInput, target_bpp: float | None = None,
                      target_size: int | None = None, target_psnr: float | None = None,
                      model: str | None = None, effort: int = 1,
                      packets: int | None = None, *, alpha: str = "keep",
-                     depth: str = "reduce", frames: str = "first",
+                     depth: str | None = None, frames: str = "first",
                      metadata: str = "keep") -> TargetResult:
     """Encode ``image`` with the quality (and, for ``mcq``, encoder rate weight) that meets one
     target: ``target_bpp`` (bits per pixel of the whole file) or ``target_size`` (bytes), the
@@ -141,7 +170,7 @@ def encode_to_target(image: ImageInput, target_bpp: float | None = None,
     if not target > 0:
         raise ValueError(f"target {kind} must be positive, got {target}")
     name = resolve_model(model)
-    picture = load_image(image, Policy(alpha=alpha, depth=depth, frames=frames,
+    picture = load_image(image, Policy(alpha=alpha, depth=depth or "reduce", frames=frames,
                                        metadata=metadata))
     search = _Search(picture, kind, float(target), name, effort, packets)
     qualities = sorted(model_info(name).qualities)

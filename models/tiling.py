@@ -84,6 +84,13 @@ class Pixels:
     def of(cls, x: "Pixels | torch.Tensor", unit: int) -> "Pixels":
         return x if isinstance(x, Pixels) else cls(x, unit)
 
+    @property
+    def visible(self) -> tuple[int, int]:
+        """(height, width) of the image itself, without the padding."""
+        if isinstance(self.image, torch.Tensor):
+            return self.height, self.width
+        return self.image.shape[0], self.image.shape[1]
+
     def tile(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         """Rows y0..y1, columns x0..x1 of the padded image as (1, 3, y1-y0, x1-x0) floats."""
         if isinstance(self.image, torch.Tensor):

@@ -370,3 +370,16 @@ def test_files_at_risk_as_a_subprocess(workdir, sizes):
     res = codec_run("demo", "--quality", "12")
     assert res.returncode == 2 and b"Traceback" not in res.stderr
     assert not (workdir / "nicodec-demo").exists()
+
+
+def test_models_shows_the_kodak_figures_a_user_gets():
+    text = " ".join(run("models").output.split())
+    assert "Kodak (24 images, effort 1, bpp from file bytes): q0 0.057 bpp / 23.2 dB" in text
+    assert "q3 0.185 bpp / 27.0 dB, q4 0.227 bpp / 27.7 dB" in text  # evenly spaced steps
+    mcq = next(m for m in json.loads(run("models", "--json").output) if m["name"] == "mcq")
+    summary = ROOT / "eval" / "results" / "mcq" / "summary.json"
+    measured = json.loads(summary.read_text())["curves"]["nicodec mcq"]
+    listed = {k["quality"]: k for k in mcq["kodak"]}
+    for point in measured:  # the registry's figures are the committed Kodak run's
+        assert listed[point["setting"]]["bpp"] == pytest.approx(point["bpp"], abs=6e-5)
+        assert listed[point["setting"]]["psnr"] == pytest.approx(point["psnr"], abs=6e-3)

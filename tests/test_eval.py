@@ -252,3 +252,33 @@ def test_eval_without_images_as_a_subprocess(tmp_path):
     res = subprocess.run([sys.executable, str(cli), "eval", "--images", str(tmp_path / "none")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--images" in res.stderr
+
+
+def test_combine_compares_curves_of_several_runs(tmp_path):
+    from eval import combine
+
+    def points(rates, offset=0.0):
+        return [{"setting": i, "bpp": r, "psnr": p + offset, "ms_ssim": 0.9 + i / 100}
+                for i, (r, p) in enumerate(zip(rates, PSNR))]
+
+    runs = [{"images": "/a/kodak", "count": 24,
+             "curves": {"nicodec m": points([r * 0.8 for r in RATE]), "webp": points(RATE)}},
+            {"images": "../data/kodak", "count": 24,
+             "curves": {"webp": points(RATE, 1e-6), "jpeg": points([r * 2 for r in RATE])}}]
+    paths = []
+    for i, run in enumerate(runs):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(run))
+    curves, _ = combine.merge(paths)
+    table = combine.compare(curves)
+    assert "| nicodec m | webp | -20.0% |" in table and "| nicodec m | jpeg | -60.0% |" in table
+    combine.main([*map(str, paths), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "rd_psnr.png").exists()
+    runs[1]["curves"]["webp"] = points(RATE, 0.5)  # another encoder: refused
+    paths[1].write_text(json.dumps(runs[1]))
+    with pytest.raises(SystemExit, match="differs"):
+        combine.merge(paths)
+    runs[1]["count"] = 8
+    paths[1].write_text(json.dumps(runs[1]))
+    with pytest.raises(SystemExit, match="8 images"):
+        combine.merge(paths)

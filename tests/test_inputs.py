@@ -336,3 +336,43 @@ def test_cli_subprocess_warns_and_refuses(small_rgb, tmp_path):
     res = run("encode", tmp_path / "deep.png", "-o", tmp_path / "again.nic", "--depth", "refuse")
     assert res.returncode == 1 and "--depth reduce" in res.stderr
     assert not (tmp_path / "again.nic").exists()
+
+
+# --- lossless and 16 bits ------------------------------------------------------------------------
+
+
+def test_lossless_refuses_16_bit_and_float_unless_reduce_is_asked(small_rgb):
+    png = _png16(small_rgb.astype(np.uint16) * 257 + 3)  # not an 8-bit image in disguise
+    for call in (lambda: codec.encode(png, lossless=True),
+                 lambda: codec.encode(png, model="pc-photo"),  # lossless without the flag
+                 lambda: codec.encode(small_rgb.astype(np.float32) / 255, lossless=True)):
+        with pytest.raises(codec.UnsupportedImageError, match="lossless coding cannot") as error:
+            call()
+        assert "--depth reduce" in str(error.value) and "not to the original" in str(error.value)
+    data, notes = _warned(lambda: codec.encode(png, lossless=True, depth="reduce"))
+    assert len(notes) == 1 and "reduced to 8 bits" in notes[0]
+    assert (codec.decode_array(data) == small_rgb).all()  # exact to the 8-bit reduction
+    _, notes = _warned(lambda: codec.encode(png))  # lossy: reduced, as before
+    assert "reduced to 8 bits" in notes[0]
+
+
+def test_cli_lossless_16_bit_exit_codes(small_rgb, tmp_path):
+    (tmp_path / "deep.png").write_bytes(_png16(small_rgb.astype(np.uint16) * 257 + 3))
+
+    def run(*args):
+        return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT,
+                              capture_output=True, text=True)
+
+    res = run("encode", tmp_path / "deep.png", "-o", tmp_path / "x.nic", "--lossless")
+    assert res.returncode == 1 and not (tmp_path / "x.nic").exists()
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "lossless" in lines[0]
+    res = run("encode", tmp_path / "deep.png", "-o", tmp_path / "x.nic", "--lossless",
+              "--depth", "reduce")
+    assert res.returncode == 0 and "reduced to 8 bits" in res.stderr
+    assert (codec.decode_array((tmp_path / "x.nic").read_bytes()) == small_rgb).all()
+    res = CliRunner().invoke(main, ["encode", str(tmp_path / "deep.png"), "-o",
+                                    str(tmp_path / "y.nic"), "--lossless"])
+    assert res.exit_code == 1 and "lossless coding cannot keep" in res.stderr
+    assert "refuse with --lossless" in " ".join(CliRunner().invoke(main, ["encode", "--help"])
+                                                .stdout.split())

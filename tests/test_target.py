@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +17,9 @@ from PIL import Image
 
 import codec
 from cli import main
-from codec.target import RATE_TOLERANCE, psnr
+from codec.target import RATE_TOLERANCE, metadata_note, psnr
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +128,53 @@ def test_cli_target_usage_errors(tmp_path, photo, args):
                                     str(tmp_path / "p.nic"), *args])
     assert res.exit_code == 2, res.output
     assert not (tmp_path / "p.nic").exists()
+
+
+def _jpeg_with_exif(pixels: np.ndarray, size: int) -> bytes:
+    """A JPEG carrying ``size`` bytes of maker note in its EXIF, as a phone's photo does."""
+    exif = Image.Exif()
+    exif[0x010F] = "nicodec test phone"
+    exif[0x927C] = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8).tobytes()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_metadata_counts_toward_a_target_and_is_named(photo):
+    jpeg = _jpeg_with_exif(photo, 30000)
+    result = codec.encode_to_target(jpeg, target_size=10000)
+    assert len(result.data) > 30000 and not result.met  # the EXIF alone is over the budget
+    assert "30" in result.describe() and "--metadata drop" in result.describe()
+    dropped = codec.encode_to_target(jpeg, target_size=10000, metadata="drop")
+    assert len(dropped.data) <= 10000 and "metadata" not in dropped.describe()
+    assert metadata_note(codec.encode(jpeg)).startswith("the ICC profile and EXIF take 300")
+    assert metadata_note(codec.encode(jpeg, metadata="drop")) == ""
+
+
+def test_cli_metadata_warning_and_verbose_bytes(tmp_path, photo):
+    (tmp_path / "phone.jpg").write_bytes(_jpeg_with_exif(photo, 30000))
+    res = CliRunner().invoke(main, ["encode", str(tmp_path / "phone.jpg"), "-o",
+                                    str(tmp_path / "p.nic"), "-v"])
+    assert res.exit_code == 0 and "--metadata drop" in res.stderr
+    assert re.search(r"metadata 300\d\d bytes", res.stderr)
+    res = subprocess.run([sys.executable, "cli.py", "encode", str(tmp_path / "phone.jpg"), "-o",
+                          str(tmp_path / "t.nic"), "--target-size", "10000"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "warning:" in res.stderr and "--metadata drop" in res.stderr
+    assert (tmp_path / "t.nic").stat().st_size > 30000
+    res = CliRunner().invoke(main, ["encode", str(tmp_path / "phone.jpg"), "-o",
+                                    str(tmp_path / "d.nic"), "--metadata", "drop", "-v"])
+    assert res.exit_code == 0 and "metadata 0 bytes" in res.stderr and "warning:" not in res.stderr
+
+
+def test_effort_with_a_target(tmp_path, photo):
+    one = codec.encode_to_target(photo, target_bpp=0.3)
+    two = codec.encode_to_target(photo, target_bpp=0.3, effort=2)
+    assert two.met and two.data != one.data  # the effort reaches the encoder, the target holds
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    res = CliRunner().invoke(main, ["encode", str(tmp_path / "p.png"), "-o",
+                                    str(tmp_path / "p.nic"), "--target-bpp", "0.3",
+                                    "--effort", "2", "--json"])
+    record = json.loads(res.stdout)
+    assert res.exit_code == 0 and record["met"] and record["effort"] == 2
+    assert (tmp_path / "p.nic").read_bytes() == two.data

@@ -201,7 +201,9 @@ class MCQ(nn.Module):
         codeword that minimises squared latent error plus ``rate_weight`` times its code length
         in bits under ``prior`` (greedy entropy-constrained VQ; the coarse indices stay
         nearest). Weight 0 is the nearest codeword. ``effort`` above 1 first refines the fine
-        residual through the synthesis (``models/mcq/search.py``). Only the encoder decides
+        residual through the synthesis (``models/mcq/search.py``). An image of at most
+        ``search.SMALL_UNITS`` units then has its fine indices chosen again for its own pixels,
+        the padding ignored (``search.choose_in_pixels``). Only the encoder decides
         this way: the decoder reads indices as before, and the tables computed here are the
         ones the coder uses.
         """
@@ -209,7 +211,20 @@ class MCQ(nn.Module):
         coarse, residual = self._latents(pixels)
         residual = search.refine_residual(self, prior, pixels, coarse, residual, quality,
                                           rate_weight, search.effort_steps(effort))
-        return self.code_residual(coarse, residual, quality, prior, rate_weight, keep)
+        coded = self.code_residual(coarse, residual, quality, prior, rate_weight, keep)
+        if quality == 0 or coarse[0, 0].numel() > search.SMALL_UNITS:
+            return coded
+        symbols = search.choose_in_pixels(self, pixels, coded[0])
+        return (symbols, *self.tables_and_bits(symbols, prior, keep))
+
+    def tables_and_bits(self, symbols: np.ndarray, prior: IntMCQPrior, keep: bool = True
+                        ) -> tuple[list[np.ndarray] | None, float]:
+        """The table of every column of symbols (columns, h, w) (None unless ``keep``) and
+        their cost in bits."""
+        flat = symbols.reshape(len(symbols), -1)
+        tables = [prior.freqs(flat[:j], j) for j in range(len(flat))]
+        bits = sum(cost_bits(column, table) for column, table in zip(flat, tables))
+        return (tables if keep else None), bits
 
     @torch.no_grad()
     def code_residual(self, coarse: torch.Tensor, residual: torch.Tensor, quality: int,
