@@ -282,3 +282,20 @@ def test_combine_compares_curves_of_several_runs(tmp_path):
     paths[1].write_text(json.dumps(runs[1]))
     with pytest.raises(SystemExit, match="8 images"):
         combine.merge(paths)
+
+
+def test_fit_explore_fits_an_image_and_lowers_its_loss(tmp_path, capsys):
+    """The overfitting prototype (issue 36) runs on an odd-sized image and improves on its
+    zero start within a second of fitting."""
+    from eval import fit_explore
+
+    y, x = np.mgrid[0:100, 0:130]
+    img = np.stack([x * 2, y * 2, (x + y)], -1).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "g.png")
+    args = ["fit", "--image", str(tmp_path / "g.png"), "--seconds", "2", "--crop", "64",
+            "--lr", "0.05"]
+    fit_explore.main(args)
+    lines = capsys.readouterr().out.strip().splitlines()
+    start_psnr = float(lines[0].split()[3])
+    result = json.loads(lines[-1])
+    assert result["steps"] > 5 and result["psnr"] > start_psnr + 3
