@@ -1,0 +1,94 @@
+"""What a user waits for: the coding commands' start-up.
+
+* ``codec encode`` / ``decode`` and the Python API import nothing heavy that they do not use:
+  compressai alone took 3-5 s to import (torch_geometric, pandas); the model layers it gave
+  (GDN) are ours now, checked here against compressai's, which training may still use.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from models.layers import GDN
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("compressai", "torch_geometric", "pandas", "scipy", "matplotlib", "torchmetrics",
+         "torchvision")
+_CLI_PROBE = ("import json, sys, cli\n"
+              "try:\n    cli.main(sys.argv[1:])\n"
+              "except SystemExit as exit:\n"
+              "    import torch\n"
+              "    print(json.dumps({'exit': exit.code, 'threads': torch.get_num_threads(),\n"
+              "                      'heavy': [m for m in %r if m in sys.modules]}))\n" % (HEAVY,))
+
+
+def _probe_cli(*args) -> dict:
+    """Run the codec command in a fresh interpreter; its exit code, torch's thread count after
+    it, and which heavy packages it imported."""
+    res = subprocess.run([sys.executable, "-c", _CLI_PROBE, *map(str, args)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.splitlines()[-1])
+
+
+@pytest.fixture
+def small_png(tmp_path, small_rgb) -> Path:
+    path = tmp_path / "small.png"
+    Image.fromarray(small_rgb).save(path)
+    return path
+
+
+def test_coding_commands_import_nothing_heavy(tmp_path, small_png):
+    """A real encode and decode, each in its own process, at the default settings."""
+    encoded = _probe_cli("encode", small_png, "-o", tmp_path / "a.nic")
+    assert encoded["exit"] == 0 and encoded["heavy"] == []
+    decoded = _probe_cli("decode", tmp_path / "a.nic", "-o", tmp_path / "a.png")
+    assert decoded["exit"] == 0 and decoded["heavy"] == []
+    assert Image.open(tmp_path / "a.png").size == Image.open(small_png).size
+
+
+def test_python_api_imports_nothing_heavy(small_png):
+    probe = ("import sys, codec\n"
+             "image = codec.decode(codec.encode(sys.argv[1]))\n"
+             "print(image.size, [m for m in %r if m in sys.modules])\n" % (HEAVY,))
+    res = subprocess.run([sys.executable, "-c", probe, str(small_png)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "(53, 37) []"
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_gdn_matches_compressai(inverse):
+    """Same state-dict keys, outputs and training gradients as compressai's GDN (so weights
+    trained with either load into the other), also with parameters below their bounds, where
+    the lower bound's gradient differs from max's."""
+    compressai_layers = pytest.importorskip("compressai.layers")
+    torch.manual_seed(0)
+    ours, theirs = GDN(6, inverse=inverse), compressai_layers.GDN(6, inverse=inverse)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    state = {k: v + 0.05 * torch.randn_like(v) if k in ("beta", "gamma") else v
+             for k, v in theirs.state_dict().items()}
+    state["beta"][:2] = 0.0  # below beta's bound
+    ours.load_state_dict(state)
+    theirs.load_state_dict(state)
+    x = torch.randn(2, 6, 5, 7)
+    with torch.no_grad():
+        assert torch.equal(ours(x.clone()), theirs(x))
+    weight = torch.randn(2, 6, 5, 7)
+    grads = []
+    for layer in (ours, theirs):
+        layer.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        out = layer(xg)
+        (out * weight).sum().backward()
+        grads.append([out.detach(), xg.grad, layer.beta.grad, layer.gamma.grad])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
