@@ -1,8 +1,9 @@
-"""What a user waits for: the coding commands' start-up.
+"""What a user waits for: the coding commands' start-up, the target search.
 
 * ``codec encode`` / ``decode`` and the Python API import nothing heavy that they do not use:
   compressai alone took 3-5 s to import (torch_geometric, pandas); the model layers it gave
   (GDN) are ours now, checked here against compressai's, which training may still use.
+* ``--target-*`` runs the analysis transform once, not once per trial, with the same file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
+from codec import registry
+from codec.image import load_image
+from codec.pipeline import decode_detailed, encode_detailed
+from codec.target import encode_to_target
 from models.layers import GDN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,3 +97,28 @@ def test_gdn_matches_compressai(inverse):
     for a, b in zip(*grads):
         assert torch.equal(a, b)
 
+
+@pytest.mark.parametrize("effort", [1, 2])
+def test_target_search_analyses_once(monkeypatch, small_rgb, effort):
+    """The trials of a target search share one run of the analysis transform, and each file is
+    the one a plain encode at the chosen setting gives."""
+    net = registry.load_model("mcq").net
+    calls = []
+    latents = net.latents
+
+    def counted(x):
+        calls.append(1)
+        return latents(x)
+
+    monkeypatch.setattr(net, "latents", counted)
+    found = encode_to_target(small_rgb, target_bpp=0.5, effort=effort)
+    assert found.trials > 3 and len(calls) == 1
+    picture = load_image(small_rgb)
+    plain = encode_detailed(picture, "mcq", found.quality, effort=effort,
+                            rate_weight=found.rate_weight)
+    assert plain.data == found.data and len(calls) == 2
+    shared = registry.load_model("mcq").analysis(picture.pixels)
+    again = encode_detailed(picture, "mcq", found.quality, effort=effort,
+                            rate_weight=found.rate_weight, analysis=shared)
+    assert again.data == found.data
+    assert decode_detailed(found.data).header.quality == found.quality
