@@ -1,8 +1,10 @@
-"""What a user waits for: the coding commands' start-up, the target search.
+"""What a user waits for: the coding commands' start-up, their thread count, the target search.
 
 * ``codec encode`` / ``decode`` and the Python API import nothing heavy that they do not use:
   compressai alone took 3-5 s to import (torch_geometric, pandas); the model layers it gave
   (GDN) are ours now, checked here against compressai's, which training may still use.
+* ``--threads N`` (default 1): with another program busy on one core, two torch threads made a
+  Kodak decode about 10x slower than one (``eval/results/bench/startup.md``).
 * ``--target-*`` runs the analysis transform once, not once per trial, with the same file.
 """
 
@@ -15,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
+from cli import main
 from codec import registry
 from codec.image import load_image
 from codec.pipeline import decode_detailed, encode_detailed
@@ -53,9 +57,9 @@ def small_png(tmp_path, small_rgb) -> Path:
 def test_coding_commands_import_nothing_heavy(tmp_path, small_png):
     """A real encode and decode, each in its own process, at the default settings."""
     encoded = _probe_cli("encode", small_png, "-o", tmp_path / "a.nic")
-    assert encoded["exit"] == 0 and encoded["heavy"] == []
+    assert encoded == {"exit": 0, "threads": 1, "heavy": []}
     decoded = _probe_cli("decode", tmp_path / "a.nic", "-o", tmp_path / "a.png")
-    assert decoded["exit"] == 0 and decoded["heavy"] == []
+    assert decoded == {"exit": 0, "threads": 1, "heavy": []}
     assert Image.open(tmp_path / "a.png").size == Image.open(small_png).size
 
 
@@ -67,6 +71,33 @@ def test_python_api_imports_nothing_heavy(small_png):
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "(53, 37) []"
+
+
+def test_threads_option(tmp_path, small_png):
+    """--threads sets torch's thread count for the coding (default 1), in a real process and
+    in-process (where torch is already loaded); 0 is a usage error."""
+    assert _probe_cli("encode", small_png, "-o", tmp_path / "a.nic", "--threads", "2") == \
+        {"exit": 0, "threads": 2, "heavy": []}
+    assert _probe_cli("decode", tmp_path / "a.nic", "-o", tmp_path / "a.png",
+                      "--threads", "2")["threads"] == 2
+    before = torch.get_num_threads()
+    runner = CliRunner()
+    try:
+        for threads in ("2", "1"):
+            res = runner.invoke(main, ["decode", str(tmp_path / "a.nic"), "-o",
+                                       str(tmp_path / f"t{threads}.png"), "--threads", threads])
+            assert res.exit_code == 0, res.output
+            assert torch.get_num_threads() == int(threads)
+        torch.set_num_threads(2)
+        res = runner.invoke(main, ["encode", str(small_png), "-o", str(tmp_path / "b.nic")])
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 1  # the default
+    finally:
+        torch.set_num_threads(before)
+    for command, target in (("encode", small_png), ("decode", tmp_path / "a.nic")):
+        res = runner.invoke(main, [command, str(target), "--threads", "0"])
+        assert res.exit_code == 2 and "--threads" in res.output
+    assert "--threads" in runner.invoke(main, ["encode", "--help"]).output
 
 
 @pytest.mark.parametrize("inverse", [False, True])
