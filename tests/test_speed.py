@@ -2,7 +2,8 @@
 
 * ``codec encode`` / ``decode`` and the Python API import nothing heavy that they do not use:
   compressai alone took 3-5 s to import (torch_geometric, pandas); the model layers it gave
-  (GDN) are ours now, checked here against compressai's, which training may still use.
+  (GDN) are ours now, checked here against compressai's, the layer the shipped weights were
+  trained with.
 * ``--threads N`` (default 1): with another program busy on one core, two torch threads made a
   Kodak decode about 10x slower than one (``eval/results/bench/startup.md``).
 * ``--target-*`` runs the analysis transform once, not once per trial, with the same file.
