@@ -216,10 +216,32 @@ def _max_pixels(_ctx, _param, value: str | None) -> int | None:
     return limit or None
 
 
+_threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Torch threads per process. More can be faster on an idle machine, but when another "
+         "program keeps a core busy, two threads ran several times slower than one.")
+
+
+def _set_threads(threads: int) -> None:
+    """Use ``threads`` torch threads: set now if torch is loaded, else through
+    OMP_NUM_THREADS, which torch reads when it is imported (a file refused from its header
+    never loads torch)."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def _with_threads(work: Work, threads: int, src: str, dst: str) -> tuple[dict, list[str]]:
+    """``work(src, dst)`` on ``threads`` torch threads."""
+    _set_threads(threads)
+    return work(src, dst)
+
+
 _jobs_option = click.option(
     "-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-    help="Worker processes for several inputs (one thread each); the outputs are the same as "
-         "with one.")
+    help="Worker processes for several inputs (--threads threads each); the outputs are the "
+         "same as with one.")
 
 
 _ALREADY_CODED = ("already a nicodec file: decode it with 'codec decode' (coding it again "
@@ -435,9 +457,10 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="One summary line per file on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 @_jobs_option
+@_threads_option
 def encode_cmd(inputs, output, model, lossless, quality, packets, effort, alpha, depth, frames,
-               metadata, target_bpp, target_size, target_psnr, force, verbose, as_json, jobs
-               ) -> None:
+               metadata, target_bpp, target_size, target_psnr, force, verbose, as_json, jobs,
+               threads) -> None:
     """Compress images (files, folders, or '-' for stdin).
 
     Accepts PNG, JPEG, WebP, GIF, TIFF, BMP and anything else Pillow reads. Palette, CMYK and
@@ -480,7 +503,8 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, alpha,
     work = partial(_encode_file, model=model, quality=quality, packets=packets, effort=effort,
                    force=force, goal=goal, verbose=verbose,
                    policy=dict(alpha=alpha, depth=depth, frames=frames, metadata=metadata))
-    _run_batch(files, outs, work, as_json, "encoding", jobs, json_to_stderr=STDIO in outs)
+    _run_batch(files, outs, partial(_with_threads, work, threads), as_json, "encoding", jobs,
+               json_to_stderr=STDIO in outs)
 
 
 @main.command("decode")
@@ -499,7 +523,9 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, alpha,
 @click.option("-v", "--verbose", is_flag=True, help="One summary line per file on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 @_jobs_option
-def decode_cmd(inputs, output, strict, max_pixels, force, verbose, as_json, jobs) -> None:
+@_threads_option
+def decode_cmd(inputs, output, strict, max_pixels, force, verbose, as_json, jobs, threads
+               ) -> None:
     """Decompress nicodec files (files, folders of .nic files, or '-' for stdin).
 
     The ICC profile and EXIF kept in the file are written into the output image (PNG, JPEG,
@@ -522,7 +548,8 @@ def decode_cmd(inputs, output, strict, max_pixels, force, verbose, as_json, jobs
 
     work = partial(_decode_file, strict=strict, max_pixels=max_pixels, force=force,
                    verbose=verbose)
-    _run_batch(files, outs, work, as_json, "decoding", jobs, json_to_stderr=STDIO in outs)
+    _run_batch(files, outs, partial(_with_threads, work, threads), as_json, "decoding", jobs,
+               json_to_stderr=STDIO in outs)
 
 
 @main.command("info")
@@ -705,6 +732,7 @@ def demo_cmd(output, model, quality, force, as_json) -> None:
     if conflicts:
         raise click.UsageError(f"{', '.join(conflicts)}: not written by an earlier demo "
                                "(use --force to overwrite, or another -o folder)")
+    _set_threads(1)  # the default of encode and decode, whose times the demo shows
     from codec.image import load_image
     from codec.pipeline import decode_detailed, encode
     from codec.registry import load_model

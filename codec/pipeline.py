@@ -70,14 +70,16 @@ def packet_of_positions(h: int, w: int, n_packets: int) -> np.ndarray:
 
 def encode_detailed(image: ImageInput, model: str | None = None, quality: int | None = None,
                     packets: int | None = None, effort: int = 1,
-                    policy: Policy = Policy(), rate_weight: float | None = None) -> Encoded:
+                    policy: Policy = Policy(), rate_weight: float | None = None,
+                    analysis: object | None = None) -> Encoded:
     """Encode and also return the model's ideal bits and the symbols (for tests and benchmarks).
 
     ``image`` may also be a :class:`Picture` already loaded under a policy (the target search
     of ``codec.target`` encodes one several times). ``rate_weight`` overrides the encoder's
     weight of bits against latent error at this quality (models whose encoder has one,
     ``Model.tunable``; the target search steers the rate between quality steps with it). The
-    decoder does not need it."""
+    decoder does not need it. ``analysis``: ``Model.analysis`` of the same pixels, computed
+    once for several encodes of one picture (the same file as without it)."""
     name = resolve_model(model)
     info = model_info(name)
     quality = info.default_quality if quality is None else quality
@@ -87,7 +89,7 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     picture = image if isinstance(image, Picture) else load_image(image, policy)
     pixels = picture.pixels
     m = load_model(name)
-    indices, estimate, tables = m.analyze_coded(pixels, quality, effort, rate_weight)
+    indices, estimate, tables = m.analyze_coded(pixels, quality, effort, rate_weight, analysis)
     groups, h, w = indices.shape
     flat = indices.reshape(groups, -1)
     n_packets = packets or int(np.clip(round(estimate / 8 / BYTES_PER_PACKET), 1,

@@ -246,8 +246,18 @@ class Model:
         weights = self.info.rate_weights if self.current else ()
         return weights[quality] if weights else 0.0
 
+    def analysis(self, pixels: np.ndarray) -> object | None:
+        """The part of the encoder's work on (H, W, 1 or 3) uint8 ``pixels`` that no quality,
+        effort or rate weight changes (``mcq``: the latents), for :meth:`analyze_coded` of the
+        same pixels several times (the target search of ``codec.target``); None for a network
+        that does not split it off."""
+        from models.tiling import Pixels  # torch: once a model is used
+
+        latents = getattr(self.net, "latents", None)
+        return None if latents is None else latents(Pixels(pixels, self.unit))
+
     def analyze_coded(self, pixels: np.ndarray, quality: int, effort: int = 1,
-                      rate_weight: float | None = None
+                      rate_weight: float | None = None, analysis: object | None = None
                       ) -> tuple[np.ndarray, float, list[np.ndarray] | None]:
         """(symbols (columns, h, w), expected bits, the table of every column or None) of an
         image's (H, W, 1 or 3) uint8 pixels, as the encoder codes them; the network sees them
@@ -256,7 +266,8 @@ class Model:
         choice, at ``rate_weight``, by default this quality's :meth:`rate_weight`) computes the
         tables on the way, and keeps them for the coder while there are at most KEEP_SYMBOLS
         symbols (beyond, the coder computes them again in chunks, ``codec/columns.py``);
-        otherwise they come from :meth:`tables`."""
+        otherwise they come from :meth:`tables`. ``analysis``: what :meth:`analysis` gave for
+        these pixels (the same symbols, without computing it again)."""
         from models.tiling import Pixels  # torch: once a model is used
 
         x = Pixels(pixels, self.unit)
@@ -266,8 +277,9 @@ class Model:
         weight = self.rate_weight(quality) if rate_weight is None else rate_weight
         keep = self.columns(quality) * (x.height // self.unit) * (x.width // self.unit) \
             <= KEEP_SYMBOLS
+        reuse = {} if analysis is None else {"latents": analysis}
         symbols, tables, bits = self.net.analyze_coded(x, quality, self.prior, weight, effort,
-                                                       keep)
+                                                       keep, **reuse)
         return symbols, bits, tables
 
     def staged(self, quality: int):

@@ -117,10 +117,12 @@ class _Search:
         self.kind, self.target = kind, target
         self.model, self.effort, self.packets = model, effort, packets
         self.trials: list[Trial] = []
+        # the analysis transform runs once, not once per trial (the trials differ in coding)
+        self.analysis = load_model(model).analysis(picture.pixels)
 
     def run(self, quality: int, rate_weight: float | None = None) -> Trial:
         data = encode_detailed(self.picture, self.model, quality, self.packets, self.effort,
-                               rate_weight=rate_weight).data
+                               rate_weight=rate_weight, analysis=self.analysis).data
         if self.kind == "psnr":
             value = psnr(self.pixels, decode_detailed(data).pixels)
         else:

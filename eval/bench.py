@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="folder of test images (PNG, PPM or BMP), such as Kodak")
     parser.add_argument("--limit", type=int, default=4, help="number of images")
     parser.add_argument("--runs", type=int, default=3, help="repetitions per image (median)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1, as codec encode/decode; 0: torch's "
+                             "default, one per core)")
     parser.add_argument("--models", default=None, help="comma-separated nicodec models "
                         "(default: every shipped lossy model, default quality)")
     parser.add_argument("--qualities", default=None, metavar="Q1,Q2,...",

@@ -142,7 +142,7 @@ def test_rate_weighted_indices(trained):
     error for bits; either way its tables are those the decoder computes from the symbols."""
     model, prior = load_weights(str(trained))
     x, q, mc = torch.rand(1, 3, 64, 96), model.config.groups, model.config.coarse_groups
-    _, residual = model._latents(x)
+    _, residual = model.latents(x)
     results = {}
     for weight in (0.0, 0.5, 50.0):
         symbols, tables, bits = model.analyze_coded(x, q, prior, weight)

@@ -171,9 +171,11 @@ class MCQ(nn.Module):
                            IntChannelPrior.from_float(self.fine_prior), self.config.coarse_groups,
                            self.config.sibling_groups)
 
-    def _latents(self, x: Pixels | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @torch.no_grad()
+    def latents(self, x: Pixels | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(coarse indices (1, Mc, H/16, W/16), fine residual (1, d, H/8, W/8)) of an image,
-        in tiles (``models/tiling.py``) with ANALYSIS_MARGIN pixels of context."""
+        in tiles (``models/tiling.py``) with ANALYSIS_MARGIN pixels of context: the part of the
+        encoder that no quality, effort or rate weight changes."""
         return analyze_in_tiles(Pixels.of(x, self.unit), self._tile_latents, ANALYSIS_MARGIN)
 
     def _tile_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,12 +188,13 @@ class MCQ(nn.Module):
     def analyze(self, x: torch.Tensor, quality: int) -> np.ndarray:
         """Image (1, 3, H, W), sides multiples of 16 -> symbols (columns, H/16, W/16), every
         index the nearest codeword."""
-        coarse, residual = self._latents(x)
+        coarse, residual = self.latents(x)
         return unit_columns(coarse, self.fine_vq.indices(residual, quality))[:, 0].cpu().numpy()
 
     @torch.no_grad()
     def analyze_coded(self, x: Pixels | torch.Tensor, quality: int, prior: IntMCQPrior,
-                      rate_weight: float, effort: int = 1, keep: bool = True
+                      rate_weight: float, effort: int = 1, keep: bool = True,
+                      latents: tuple[torch.Tensor, torch.Tensor] | None = None
                       ) -> tuple[np.ndarray, list[np.ndarray] | None, float]:
         """Symbols as :meth:`analyze` gives them, the integer table of every column (uint16
         where they are per unit; None unless ``keep``: the coder then computes them again, in
@@ -205,10 +208,11 @@ class MCQ(nn.Module):
         ``search.SMALL_UNITS`` units then has its fine indices chosen again for its own pixels,
         the padding ignored (``search.choose_in_pixels``). Only the encoder decides
         this way: the decoder reads indices as before, and the tables computed here are the
-        ones the coder uses.
+        ones the coder uses. ``latents``: what :meth:`latents` gave for these pixels, when the
+        same image is coded several times (not modified here).
         """
         pixels = Pixels.of(x, self.unit)
-        coarse, residual = self._latents(pixels)
+        coarse, residual = self.latents(pixels) if latents is None else latents
         residual = search.refine_residual(self, prior, pixels, coarse, residual, quality,
                                           rate_weight, search.effort_steps(effort))
         coded = self.code_residual(coarse, residual, quality, prior, rate_weight, keep)
