@@ -27,15 +27,16 @@ from typing import Callable
 
 import click
 
-from bitstream.errors import BitstreamError, CorruptMetadataError
-from bitstream.format import MAX_PIXELS, check_pixels, metadata_records, parse_header, unpack
-from bitstream.metadata import describe
-from codec import bigtiff
-from codec.batch import (ENCODED_SUFFIX, STDIO, PlanError, check_outputs, expand, image_suffixes,
-                         looks_nicodec, nicodec_files, targets)
-from codec.image import IMAGE_SUFFIXES, POLICIES, UnsupportedImageError
-from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, WeightsError,
-                            available_models, check_effort, measured_rates, resolve_model)
+from nicodec.bitstream.errors import BitstreamError, CorruptMetadataError
+from nicodec.bitstream.format import (MAX_PIXELS, check_pixels, metadata_records, parse_header,
+                                      unpack)
+from nicodec.bitstream.metadata import describe
+from nicodec.codec import bigtiff
+from nicodec.codec.batch import (ENCODED_SUFFIX, STDIO, PlanError, check_outputs, expand,
+                                 image_suffixes, looks_nicodec, nicodec_files, targets)
+from nicodec.codec.image import IMAGE_SUFFIXES, POLICIES, UnsupportedImageError
+from nicodec.codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, WeightsError,
+                                    available_models, check_effort, measured_rates, resolve_model)
 
 BAD_DATA = 1
 
@@ -189,6 +190,8 @@ def _os_message(src: str, error: OSError) -> str:
     """A system error in words ("x.png: no such file"), without errno and quoted paths."""
     why = {FileNotFoundError: "no such file", IsADirectoryError: "is a folder, not a file",
            PermissionError: "permission denied"}.get(type(error))
+    if error.filename is None:  # not about a path: our own words (e.g. no room for scratch)
+        why = None
     if not why:
         why = error.strerror[:1].lower() + error.strerror[1:] if error.strerror else str(error)
     about = None if error.filename is None or str(error.filename) == src else error.filename
@@ -252,8 +255,8 @@ def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: i
                  effort: int, force: bool, policy: dict, goal: dict, verbose: bool
                  ) -> tuple[dict, list[str]]:
     """Encode one file (``goal``: a target kind and value, or empty for ``quality``)."""
-    from codec.pipeline import encode
-    from codec.target import metadata_note
+    from nicodec.codec.pipeline import encode
+    from nicodec.codec.target import metadata_note
 
     start = time.perf_counter()
     found = None
@@ -263,7 +266,7 @@ def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: i
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if goal:
-            from codec.target import encode_to_target
+            from nicodec.codec.target import encode_to_target
 
             found = encode_to_target(source, model=model, effort=effort, packets=packets,
                                      **policy, **{f"target_{k}": v for k, v in goal.items()})
@@ -300,7 +303,7 @@ def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: i
 
 
 def _save(pixels, metadata, fmt: str) -> bytes:
-    from codec.image import to_pil
+    from nicodec.codec.image import to_pil
 
     buffer = io.BytesIO()
     to_pil(pixels, metadata).save(buffer, format=fmt, **metadata.pil_info())
@@ -328,7 +331,7 @@ def _decode_file(src: str, dst: str, strict: bool, max_pixels: int | None, force
     check_pixels(header, max_pixels)  # a bad header is refused without torch
     from PIL import Image
 
-    from codec.pipeline import decode_detailed
+    from nicodec.codec.pipeline import decode_detailed
 
     if dst != "-" and Path(dst).suffix.lower() in bigtiff.TIFF_SUFFIXES and \
             bigtiff.is_big(header.width, header.height):
@@ -345,7 +348,7 @@ def _decode_streamed(src: str, dst: str, data: bytes, strict: bool, max_pixels: 
                      force: bool, verbose: bool, start: float) -> tuple[dict, list[str]]:
     """Decode a big image straight into a new TIFF file mapped into memory (``codec.bigtiff``)
     under a temporary name, renamed when complete."""
-    from codec.pipeline import decode_detailed
+    from nicodec.codec.pipeline import decode_detailed
 
     with _atomic(dst, force) as tmp:
         result = decode_detailed(data, strict=strict, max_pixels=max_pixels,
@@ -563,7 +566,7 @@ def info_cmd(inputs, as_json) -> None:
 
     Reads the header and checks the CRCs; never decodes the payload.
     """
-    from bitstream.format import extent
+    from nicodec.bitstream.format import extent
 
     def work(src: str, _dst: str) -> tuple[dict, list[str]]:
         data = _read(src)
@@ -733,10 +736,10 @@ def demo_cmd(output, model, quality, force, as_json) -> None:
         raise click.UsageError(f"{', '.join(conflicts)}: not written by an earlier demo "
                                "(use --force to overwrite, or another -o folder)")
     _set_threads(1)  # the default of encode and decode, whose times the demo shows
-    from codec.image import load_image
-    from codec.pipeline import decode_detailed, encode
-    from codec.registry import load_model
-    from codec.target import psnr
+    from nicodec.codec.image import load_image
+    from nicodec.codec.pipeline import decode_detailed, encode
+    from nicodec.codec.registry import load_model
+    from nicodec.codec.target import psnr
 
     pixels = load_image(source).pixels
     start = time.perf_counter()
@@ -785,7 +788,7 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True,
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def eval_cmd(args) -> None:
     """Rate-distortion run against JPEG, WebP, AVIF, JPEG XL (see 'codec eval --help')."""
-    from eval.rd import main as rd_main
+    from nicodec.eval.rd import main as rd_main
 
     rd_main(list(args))
 
@@ -794,7 +797,7 @@ def eval_cmd(args) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench_cmd(args) -> None:
     """Encode/decode timing next to CompressAI's hyperprior (see 'codec bench --help')."""
-    from eval.bench import main as bench_main
+    from nicodec.eval.bench import main as bench_main
 
     bench_main(list(args))
 
@@ -803,7 +806,7 @@ def bench_cmd(args) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def loss_cmd(args) -> None:
     """Quality under lost packets: restored vs naive fills (see 'codec loss --help')."""
-    from eval.loss import main as loss_main
+    from nicodec.eval.loss import main as loss_main
 
     loss_main(list(args))
 

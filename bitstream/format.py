@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from bitstream.errors import (
+from nicodec.bitstream.errors import (
     CorruptHeaderError,
     CorruptMetadataError,
     ImageTooLargeError,

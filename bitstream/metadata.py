@@ -14,8 +14,8 @@ from enum import IntEnum
 
 import numpy as np
 
-from bitstream.errors import CorruptMetadataError
-from bitstream.format import Record
+from nicodec.bitstream.errors import CorruptMetadataError
+from nicodec.bitstream.format import Record
 
 MAX_PROFILE_BYTES = 1 << 20  # an ICC profile or an EXIF block (each)
 EXIF_PREFIX = b"Exif\x00\x00"  # what JPEG's APP1 segment and Pillow put before the TIFF data

@@ -1,6 +1,6 @@
 """nicodec: learned image compression with a versioned, damage-tolerant bitstream.
 
-    import codec
+    from nicodec import codec
     data = codec.encode("photo.png", quality=4)     # bytes
     small = codec.encode("photo.png", effort=3)     # encoder search, same decoder
     exact = codec.encode("photo.png", lossless=True)  # every pixel decodes bit for bit
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bitstream.errors import (
+from nicodec.bitstream.errors import (
     BitstreamError,
     CorruptHeaderError,
     CorruptMetadataError,
@@ -55,18 +55,18 @@ from bitstream.errors import (
     TruncatedError,
     UnsupportedVersionError,
 )
-from bitstream.format import MAX_PIXELS
-from bitstream.metadata import Metadata
-from codec.image import ConversionWarning, UnsupportedImageError, to_pil
-from codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, ModelInfo, WeightsError,
-                            available_models, model_info)
-from codec import pillow_plugin  # noqa: F401  (registers .nic with Pillow)
+from nicodec.bitstream.format import MAX_PIXELS
+from nicodec.bitstream.metadata import Metadata
+from nicodec.codec.image import ConversionWarning, UnsupportedImageError, to_pil
+from nicodec.codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, ModelInfo, WeightsError,
+                                    available_models, model_info)
+from nicodec.codec import pillow_plugin  # noqa: F401  (registers .nic with Pillow)
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from codec.pipeline import BitstreamInput, Decoded
+    from nicodec.codec.pipeline import BitstreamInput, Decoded
 
 __all__ = [
     "encode", "encode_to_target", "TargetResult", "decode", "decode_array", "decode_tensor",
@@ -79,9 +79,9 @@ __all__ = [
 ]
 
 # Names that pull in torch, imported from their module on first use (PEP 562).
-_LAZY = {"encode": "codec.pipeline", "decode_detailed": "codec.pipeline",
-         "Decoded": "codec.pipeline", "load_model": "codec.registry",
-         "encode_to_target": "codec.target", "TargetResult": "codec.target"}
+_LAZY = {"encode": "nicodec.codec.pipeline", "decode_detailed": "nicodec.codec.pipeline",
+         "Decoded": "nicodec.codec.pipeline", "load_model": "nicodec.codec.registry",
+         "encode_to_target": "nicodec.codec.target", "TargetResult": "nicodec.codec.target"}
 
 
 def __getattr__(name: str) -> Any:
@@ -106,7 +106,7 @@ class MetadataWarning(UserWarning):
 
 def _decode_warned(data: BitstreamInput, strict: bool, max_pixels: int | None) -> Decoded:
     """decode_detailed, with a warning for each thing that was concealed or dropped."""
-    from codec.pipeline import decode_detailed
+    from nicodec.codec.pipeline import decode_detailed
 
     result = decode_detailed(data, strict=strict, max_pixels=max_pixels)
     if result.lost_packets:

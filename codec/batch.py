@@ -13,8 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from bitstream.format import MAGIC, Family
-from codec.image import IMAGE_SUFFIXES
+from nicodec.bitstream.format import MAGIC, Family
+from nicodec.codec.image import IMAGE_SUFFIXES
 
 STDIO = "-"  # stdin as an input, stdout as an output
 ENCODED_SUFFIX = ".nic"

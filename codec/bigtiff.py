@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitstream.metadata import Metadata
+from nicodec.bitstream.metadata import Metadata
 
 STREAM_PIXELS = 1 << 26  # TIFFs above this many pixels (67 Mpx) are streamed; tests lower it
 TIFF_SUFFIXES = (".tif", ".tiff")

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
+from nicodec.bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
 
 CHUNK = 16384  # table rows per chunk of a column (CHUNK x K integers); tests lower it
 # table rows (units x rows per unit) of a stateful prior coded at once, at least one packet: 1024

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bitstream.format import MAX_METADATA_BYTES, MAX_SIDE, Record, seal_metadata
-from bitstream.metadata import EXIF_PREFIX, MAX_PROFILE_BYTES, Metadata
-from codec import bigtiff
+from nicodec.bitstream.format import MAX_METADATA_BYTES, MAX_SIDE, Record, seal_metadata
+from nicodec.bitstream.metadata import EXIF_PREFIX, MAX_PROFILE_BYTES, Metadata
+from nicodec.codec import bigtiff
 
 if TYPE_CHECKING:
     import torch
@@ -249,7 +249,7 @@ def _from_big_tiff(path: str | Path, policy: Policy) -> Picture | None:
         return None
     import tifffile
 
-    from models.tiling import zeros
+    from nicodec.models.tiling import zeros
 
     try:
         tif = tifffile.TiffFile(path)

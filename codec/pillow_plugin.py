@@ -1,9 +1,9 @@
 """nicodec files in Pillow: ``Image.open("photo.nic")`` and ``im.save("photo.nic", ...)``.
 
-``import codec`` registers the format (Pillow has no plugin entry points, so an import is how a
+``from nicodec import codec`` registers the format (Pillow has no plugin entry points, so an import is how a
 plugin joins it, as with pillow-avif-plugin and pillow-jxl-plugin)::
 
-    import codec
+    from nicodec import codec
     from PIL import Image
 
     with Image.open("photo.nic") as im:   # reads the header: size, mode (L, LA, RGB, RGBA),
@@ -29,9 +29,9 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from bitstream.errors import BitstreamError, CorruptMetadataError, NotNicodecError
-from bitstream.format import MAGIC, metadata_records, parse_header
-from bitstream.metadata import Kind, Metadata
+from nicodec.bitstream.errors import BitstreamError, CorruptMetadataError, NotNicodecError
+from nicodec.bitstream.format import MAGIC, metadata_records, parse_header
+from nicodec.bitstream.metadata import Kind, Metadata
 
 FORMAT = "NIC"
 EXTENSION = ".nic"
@@ -77,7 +77,7 @@ class NicodecImageFile(ImageFile.ImageFile):
 
     def load(self):
         if self._payload is not None:
-            import codec
+            from nicodec import codec
 
             try:
                 pixels = codec.decode_array(self._payload)  # with alpha as the last channel
@@ -97,7 +97,7 @@ class NicodecImageFile(ImageFile.ImageFile):
 
 
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
-    import codec
+    from nicodec import codec
 
     options = {k: v for k, v in im.encoderinfo.items() if k in SAVE_OPTIONS + TARGET_OPTIONS}
     targets = {k: options.pop(k) for k in TARGET_OPTIONS if k in options}

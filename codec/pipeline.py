@@ -23,17 +23,17 @@ from typing import BinaryIO, Callable, Union
 import numpy as np
 import torch
 
-from bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
-from bitstream.errors import (BitstreamError, CorruptHeaderError, CorruptMetadataError,
-                              DecodeError, ModelMismatchError, PacketLossError)
-from bitstream.format import (MAX_PACKETS, MAX_PIXELS, Family, Header, check_pixels, extent,
-                              metadata_records, pack, parse_header, unpack)
-from bitstream.metadata import Metadata
-from codec.columns import UNDECODABLE, decode_columns, encode_columns, group_units
-from codec.image import ImageInput, Picture, Policy, load_image, read_binary
-from codec.registry import (Model, check_effort, info_by_id, load_model, load_revision,
-                            model_info, resolve_model)
-from models.tiling import zeros
+from nicodec.bitstream.entropy import PacketDecoder, PacketEncoder, cost_bits
+from nicodec.bitstream.errors import (BitstreamError, CorruptHeaderError, CorruptMetadataError,
+                                      DecodeError, ModelMismatchError, PacketLossError)
+from nicodec.bitstream.format import (MAX_PACKETS, MAX_PIXELS, Family, Header, check_pixels, extent,
+                                      metadata_records, pack, parse_header, unpack)
+from nicodec.bitstream.metadata import Metadata
+from nicodec.codec.columns import UNDECODABLE, decode_columns, encode_columns, group_units
+from nicodec.codec.image import ImageInput, Picture, Policy, load_image, read_binary
+from nicodec.codec.registry import (Model, check_effort, info_by_id, load_model, load_revision,
+                                    model_info, resolve_model)
+from nicodec.models.tiling import zeros
 
 BYTES_PER_PACKET = 4096  # default packet size: framing stays near 0.2% of the payload
 MAX_AUTO_PACKETS = 16

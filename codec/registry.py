@@ -24,8 +24,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Callable
 from pathlib import Path
 
-from bitstream.format import Family
-from models import WEIGHTS
+from nicodec.bitstream.format import Family
+from nicodec.models import WEIGHTS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,7 +89,7 @@ MODELS: dict[str, ModelInfo] = {
     for info in [
         ModelInfo(
             name="mcq-tiny", model_id=1, family=Family.MCQ, weights="mcq-tiny.safetensors",
-            module="models.mcq.tiny",
+            module="nicodec.models.mcq.tiny",
             qualities=(1, 2, 3, 4), default_quality=4,
             description="one-level multi-codebook VQ trained on a CPU in minutes "
                         "(the first default; see models/weights/mcq-tiny.md)",
@@ -98,12 +98,12 @@ MODELS: dict[str, ModelInfo] = {
                    (4, 0.3930, 27.09))),
         ModelInfo(
             name="mcq", model_id=2, family=Family.MCQ, weights="mcq.safetensors",
-            module="models.mcq.codec", qualities=tuple(range(9)), default_quality=4,
+            module="nicodec.models.mcq.codec", qualities=tuple(range(9)), default_quality=4,
             description="MCQ: coarse 1/16 codebooks and 8 residual VQ stages at 1/8 with a "
                         "cascaded prior, 0.06-0.52 bpp; small CPU-trained configuration "
                         "(models/weights/mcq.md)",
             retired=("mcq-r7.safetensors",),
-            # python -m eval.rate_weights (eval/results/mcq/rate_weights-r8.json): its choice,
+            # python -m nicodec.eval.rate_weights (eval/results/mcq/rate_weights-r8.json): its choice,
             # but q3 and q7-q8 one grid step lower (within 0.03 dB of the best there), so that
             # the rate points stay evenly spaced and the top one keeps r7's rate
             rate_weights=(0, 0.5, 0.3, 0.2, 0.1, 0.1, 0.05, 0.03, 0.02),
@@ -114,29 +114,29 @@ MODELS: dict[str, ModelInfo] = {
                    (6, 0.3359, 28.75), (7, 0.4288, 29.29), (8, 0.5244, 29.68))),
         ModelInfo(
             name="pc-mnist", model_id=3, family=Family.LOSSLESS, weights="pc-mnist.safetensors",
-            module="models.pc.codec", qualities=(0,), default_quality=0,
+            module="nicodec.models.pc.codec", qualities=(0,), default_quality=0,
             description="lossless probabilistic circuit (HCLT) for 28x28 grayscale digits; "
                         "a strip of many digits is one stream (models/weights/pc-mnist.md)"),
         ModelInfo(
             name="pc-fashion", model_id=4, family=Family.LOSSLESS,
-            weights="pc-fashion.safetensors", module="models.pc.codec", qualities=(0,),
+            weights="pc-fashion.safetensors", module="nicodec.models.pc.codec", qualities=(0,),
             default_quality=0,
             description="lossless probabilistic circuit (HCLT) for 28x28 grayscale "
                         "Fashion-MNIST images (models/weights/pc-fashion.md)"),
         ModelInfo(
             name="pc-photo", model_id=5, family=Family.LOSSLESS, weights="pc-photo.safetensors",
-            module="models.pc.codec", qualities=(0,), default_quality=0,
+            module="nicodec.models.pc.codec", qualities=(0,), default_quality=0,
             description="lossless photos: probabilistic circuit (HCLT) over colour-transformed "
                         "prediction residuals, 32x32 tiles (models/weights/pc-photo.md)"),
         ModelInfo(
             name="vq-static", model_id=6, family=Family.VQ, weights="vq-cpu.safetensors",
-            module="models.vq.codec", qualities=tuple(range(1, 11)), default_quality=8,
+            module="nicodec.models.vq.codec", qualities=tuple(range(1, 11)), default_quality=8,
             description="the VQ ladder of `vq` with static index tables (no spatial context: "
                         "faster, about 25% larger files; models/weights/vq-cpu.md)",
             efforts=(1, 2, 3)),
         ModelInfo(
             name="vq", model_id=7, family=Family.VQ, weights="vq-prior.safetensors",
-            module="models.vq.masked", qualities=tuple(range(1, 11)), default_quality=8,
+            module="nicodec.models.vq.masked", qualities=tuple(range(1, 11)), default_quality=8,
             description="extreme rates (<= 0.05 bpp): VQGAN, one index per 16x16 block from a "
                         "codebook of 8 (q1) .. 2048 (q9) or 4096 (q10) words, coded and "
                         "restored by a masked index transformer; small CPU-trained "
@@ -251,7 +251,7 @@ class Model:
         effort or rate weight changes (``mcq``: the latents), for :meth:`analyze_coded` of the
         same pixels several times (the target search of ``codec.target``); None for a network
         that does not split it off."""
-        from models.tiling import Pixels  # torch: once a model is used
+        from nicodec.models.tiling import Pixels  # torch: once a model is used
 
         latents = getattr(self.net, "latents", None)
         return None if latents is None else latents(Pixels(pixels, self.unit))
@@ -268,7 +268,7 @@ class Model:
         symbols (beyond, the coder computes them again in chunks, ``codec/columns.py``);
         otherwise they come from :meth:`tables`. ``analysis``: what :meth:`analysis` gave for
         these pixels (the same symbols, without computing it again)."""
-        from models.tiling import Pixels  # torch: once a model is used
+        from nicodec.models.tiling import Pixels  # torch: once a model is used
 
         x = Pixels(pixels, self.unit)
         if not hasattr(self.net, "analyze_coded"):
@@ -322,8 +322,8 @@ class Model:
         would not fit in memory). A streaming prior's tables come only in column order, in the
         coder; the estimate is then its measured rate.
         """
-        from bitstream.entropy import cost_bits
-        from codec.columns import chunks
+        from nicodec.bitstream.entropy import cost_bits
+        from nicodec.codec.columns import chunks
 
         if self.streaming:
             return self.prior.bits_per_symbol * flat.size, None
@@ -357,7 +357,7 @@ class Model:
             height, width = out.shape[:2]
             out[:] = to_uint8(image[:, :, :height, :width])
             return out
-        from models.tiling import conceal_in_bands, synthesize_in_tiles
+        from nicodec.models.tiling import conceal_in_bands, synthesize_in_tiles
 
         if lost is None and mixture is None and hasattr(net, "conceal_margin"):
             latent = conceal_in_bands(net.conceal, symbols, net.conceal_margin, self.unit)

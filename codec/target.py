@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bitstream.format import metadata_records, parse_header
-from bitstream.metadata import Kind
-from codec.image import ImageInput, Picture, Policy, load_image, option_text
-from codec.pipeline import decode_detailed, encode_detailed
-from codec.registry import load_model, model_info, resolve_model
+from nicodec.bitstream.format import metadata_records, parse_header
+from nicodec.bitstream.metadata import Kind
+from nicodec.codec.image import ImageInput, Picture, Policy, load_image, option_text
+from nicodec.codec.pipeline import decode_detailed, encode_detailed
+from nicodec.codec.registry import load_model, model_info, resolve_model
 
 KINDS = ("bpp", "size", "psnr")
 RATE_TOLERANCE = 0.1  # a rate target is met when the file is within 10% below it

@@ -1,8 +1,8 @@
 """Peak memory and wall time of encoding and decoding big images.
 
-    python -m eval.bigimage [--mpx 1,12,48,100] [--models mcq,vq,pc-photo] [--root DIR]
+    python -m nicodec.eval.bigimage [--mpx 1,12,48,100] [--models mcq,vq,pc-photo] [--root DIR]
                             [--limit-gb 8] [--timeout 600] [--packets N] [--out FILE] [--stream]
-    python -m eval.bigimage --seams [--mpx 12] [--models mcq,vq]
+    python -m nicodec.eval.bigimage --seams [--mpx 12] [--models mcq,vq]
 
 Test images are made here (never committed): a training photo upscaled (Lanczos) to 4:3 images
 of the given megapixels, kept as ``.npy`` in a temporary folder. Each encode and each decode
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bitstream.format import Family
-from codec.registry import MODELS
+from nicodec.bitstream.format import Family
+from nicodec.codec.registry import MODELS
 
 PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train" / "bsds500"
 
@@ -47,11 +47,11 @@ _CHILD = """
 import json, resource, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
-from codec.pipeline import decode_detailed, encode_detailed
+from nicodec.codec.pipeline import decode_detailed, encode_detailed
 mode, src, dst, model, packets, stream = sys.argv[1:7]
 if stream == "1":  # pixels from and to uncompressed TIFF files mapped into memory
-    from codec import bigtiff
-    from codec.image import load_image
+    from nicodec.codec import bigtiff
+    from nicodec.codec.image import load_image
     bigtiff.STREAM_PIXELS = 0
 if mode == "encode":
     pixels = np.load(src) if stream == "0" else None
@@ -138,8 +138,8 @@ def seam_check(model: str, mpx: float, folder: Path) -> str:
     two decodes, everywhere and near seams; PSNR of each against the original)."""
     import torch
 
-    from codec.pipeline import decode_detailed, encode_detailed
-    from models import tiling
+    from nicodec.codec.pipeline import decode_detailed, encode_detailed
+    from nicodec.models import tiling
 
     torch.set_num_threads(1)
     pixels = np.load(make_image(mpx, folder))

@@ -1,7 +1,7 @@
 """Rate-distortion curves of several committed ``codec eval`` runs on the same images, compared
 in one table: every nicodec curve against every classical codec (BD-rate, BD-PSNR).
 
-    python -m eval.combine eval/results/mcq/summary.json eval/results/mcq/effort3/summary.json \\
+    python -m nicodec.eval.combine eval/results/mcq/summary.json eval/results/mcq/effort3/summary.json \\
         eval/results/kodak/summary.json --out eval/results/mcq/codecs
 
 A full ``codec eval`` of a model against four codecs takes long on a small CPU; the classical
@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from eval.rd import deltas, plot
+from nicodec.eval.rd import deltas, plot
 
 CLASSICAL = ("jpeg", "webp", "avif", "jxl", "jpeg2000")
 

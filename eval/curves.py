@@ -1,8 +1,8 @@
 """Plot training curves: the held-back ``curve.jsonl`` of a run folder (``models.mcq.train``,
 ``models.vq.train vqgan``), or the VQ index prior's ``log.jsonl`` (``models.vq.train prior``).
 
-    python -m eval.curves runs/NAME/curve.jsonl [more.jsonl ...] --out eval/results/TOPIC/curve.png
-    python -m eval.curves runs/vqprior4/log.jsonl --out eval/results/vq-prior/curve-r4.png
+    python -m nicodec.eval.curves runs/NAME/curve.jsonl [more.jsonl ...] --out eval/results/TOPIC/curve.png
+    python -m nicodec.eval.curves runs/vqprior4/log.jsonl --out eval/results/vq-prior/curve-r4.png
 
 Training runs: one panel with the training loss, one with the held-back PSNR of every quality
 (MCQ; the full codebook for the VQGAN) against the step. Index prior: training bits per index

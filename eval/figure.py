@@ -1,7 +1,7 @@
 """Side-by-side crops of decoded images, and the default model's figure for the README:
 original, ``mcq`` at a target rate, WebP at the same file size.
 
-    python -m eval.figure [--image kodim23.png] [--bpp 0.2] [--box x0,y0,x1,y1] [--out PNG]
+    python -m nicodec.eval.figure [--image kodim23.png] [--bpp 0.2] [--box x0,y0,x1,y1] [--out PNG]
 
 The whole image is coded (bpp counts every byte of each file); a crop of the decodes is shown.
 ``mcq`` meets the rate through ``codec.encode_to_target``; WebP takes the quality whose file is
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-import codec
-from eval.baselines import available_baselines
-from eval.metrics import psnr
-from eval.rd import DEFAULT_IMAGES
+from nicodec import codec
+from nicodec.eval.baselines import available_baselines
+from nicodec.eval.metrics import psnr
+from nicodec.eval.rd import DEFAULT_IMAGES
 
 DEFAULT_BOX = "200,120,456,376"  # the parrots' heads in kodim23
 

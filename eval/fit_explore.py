@@ -15,8 +15,8 @@ The model, after Cool-chic, shaped for a CPU:
   the second also the four first-pass neighbours; a Laplace distribution per latent;
 - steps on random crops of the image (cache-sized tensors) rather than the whole image.
 
-``python -m eval.fit_explore init --minutes 50 --out init.pt`` trains the initialization
-(analysis network, synthesis, ARM) on the training photos; ``python -m eval.fit_explore fit
+``python -m nicodec.eval.fit_explore init --minutes 50 --out init.pt`` trains the initialization
+(analysis network, synthesis, ARM) on the training photos; ``python -m nicodec.eval.fit_explore fit
 --image kodim23.png --seconds 60 [--init init.pt]`` fits one image and prints bpp and PSNR as it
 goes; ``--time-step`` prints the cost of one step at several crop sizes. Results:
 ``eval/results/fit/explore.md``.
@@ -168,7 +168,7 @@ def pyramid_sizes(h: int, w: int, levels: int, first: int) -> list[tuple[int, in
 
 def train_init(args: argparse.Namespace) -> None:
     """Train analysis, synthesis and ARM together on random crops of the training photos."""
-    from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths
+    from nicodec.models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths
 
     torch.manual_seed(0)
     sampler = CropSampler(load_images(split_paths(Path(args.data or DEFAULT_TRAIN))[0],

@@ -1,6 +1,6 @@
 """Fuzzing the decoder: mutated small files of every family must decode or raise a BitstreamError.
 
-    python -m eval.fuzz --cases 100000 --seconds 600 [--seed 1] [--families mcq,vq]
+    python -m nicodec.eval.fuzz --cases 100000 --seconds 600 [--seed 1] [--families mcq,vq]
 
 Each case starts from a small valid file (tiny images, so that one decode takes milliseconds)
 and applies one to three structure-aware mutations: bit flips, byte overwrites, truncation,
@@ -30,8 +30,8 @@ from collections import Counter
 from functools import lru_cache
 from multiprocessing import get_context
 
-from bitstream.errors import BitstreamError
-from bitstream.format import MAX_PACKETS, MAX_SIDE, Header, parse_header, seal_packet
+from nicodec.bitstream.errors import BitstreamError
+from nicodec.bitstream.format import MAX_PACKETS, MAX_SIDE, Header, parse_header, seal_packet
 
 FUZZ_MAX_PIXELS = 128 * 128
 FAMILIES = ("mcq", "vq", "vq-static", "pc-photo", "pc-mnist")
@@ -65,7 +65,7 @@ SEEDS = {
 @lru_cache(maxsize=None)
 def seed_files(family: str) -> tuple[bytes, ...]:
     """The valid files a family's cases start from (encoded once per process)."""
-    import codec
+    from nicodec import codec
 
     return tuple(codec.encode(_image(w, h, c), model=model, quality=q, packets=p)
                  for model, w, h, c, q, p in SEEDS[family])
@@ -188,7 +188,7 @@ def case(seed: int, family: str, number: int) -> bytes:
 def outcome(data: bytes, max_pixels: int | None = FUZZ_MAX_PIXELS) -> str:
     """'ok', 'concealed' or the BitstreamError class raised; anything else propagates. A
     successful decode must have the header's shape."""
-    from codec.pipeline import decode_detailed
+    from nicodec.codec.pipeline import decode_detailed
 
     try:
         result = decode_detailed(data, max_pixels=max_pixels)
@@ -209,7 +209,7 @@ def _worker(conn) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
-    from codec.registry import available_models, load_model
+    from nicodec.codec.registry import available_models, load_model
 
     torch.set_num_threads(1)
     for name in available_models():  # loaded before the first case: case times are decodes

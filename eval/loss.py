@@ -1,6 +1,6 @@
 """Quality under lost indices (VQ mode): restoration by the masked transformer vs naive fills.
 
-    python -m eval.loss [--images ../shared/data/kodak] [--model vq] [--quality 8]
+    python -m nicodec.eval.loss [--images ../shared/data/kodak] [--model vq] [--quality 8]
                         [--packets 20] [--losses 0,5,10,20,30] [--trials 2] [--limit N]
                         [--out nicodec-eval/loss]
     codec loss ...                (the same options)
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bitstream.format import parse_header
-from codec.pipeline import decode_detailed, encode, render
-from codec.registry import load_model
-from eval.metrics import ms_ssim, psnr
-from eval.rd import DEFAULT_IMAGES, HelpFormatter, load_images
+from nicodec.bitstream.format import parse_header
+from nicodec.codec.pipeline import decode_detailed, encode, render
+from nicodec.codec.registry import load_model
+from nicodec.eval.metrics import ms_ssim, psnr
+from nicodec.eval.rd import DEFAULT_IMAGES, HelpFormatter, load_images
 
 METHODS = ("restored", "hard", "frequent", "inpaint")
 

@@ -1,4 +1,4 @@
-"""Lossless benchmark: ``python -m eval.lossless`` (bits per dimension, throughput, baselines).
+"""Lossless benchmark: ``python -m nicodec.eval.lossless`` (bits per dimension, throughput, baselines).
 
 For each small-image dataset (MNIST, Fashion-MNIST test sets) it measures
 
@@ -26,9 +26,9 @@ import numpy as np
 from PIL import Image, features
 from tqdm import tqdm
 
-from codec.pipeline import decode_detailed, encode
-from codec.registry import load_model
-from models.pc.train import load_split
+from nicodec.codec.pipeline import decode_detailed, encode
+from nicodec.codec.registry import load_model
+from nicodec.models.pc.train import load_split
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = {"mnist": "pc-mnist", "fashion-mnist": "pc-fashion"}

@@ -1,6 +1,6 @@
 """Where the MCQ model's quality stops: the transforms, the quantizer, or the encoder?
 
-    python -m eval.mcq_ceiling [--images ../shared/data/kodak] [--names kodim01,kodim05]
+    python -m nicodec.eval.mcq_ceiling [--images ../shared/data/kodak] [--names kodim01,kodim05]
                                [--steps 100] [--weights models/weights/mcq.safetensors]
 
 For each photo this prints, in PSNR (and bpp where something is coded, the integer prior's
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.mcq.codec import load_weights
-from models.weightfile import WEIGHTS
+from nicodec.models.mcq.codec import load_weights
+from nicodec.models.weightfile import WEIGHTS
 
 KODAK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
 

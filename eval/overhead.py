@@ -1,6 +1,6 @@
 """Coding overhead: real file bits against the model's own -log2 p of the symbols.
 
-    python -m eval.overhead [--images ../shared/data/kodak] [--model mcq-tiny] [--quality 4]
+    python -m nicodec.eval.overhead [--images ../shared/data/kodak] [--model mcq-tiny] [--quality 4]
 
 For every image it prints the file size, the ideal size under the model's (integer) probability
 tables, and the overhead split into header, packet framing (length fields and CRCs) and range
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bitstream.format import PACKET_CRC_BYTES, parse_header, write_varint
-from codec.pipeline import encode_detailed
-from codec.registry import DEFAULT_MODEL
+from nicodec.bitstream.format import PACKET_CRC_BYTES, parse_header, write_varint
+from nicodec.codec.pipeline import encode_detailed
+from nicodec.codec.registry import DEFAULT_MODEL
 
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
 

@@ -1,6 +1,6 @@
 """Tune the MCQ encoder's rate weights on held-back training photos (never Kodak).
 
-    python -m eval.rate_weights [--weights models/weights/mcq.safetensors] [--limit N]
+    python -m nicodec.eval.rate_weights [--weights models/weights/mcq.safetensors] [--limit N]
                                 [--grid 0,0.01,...] [--out eval/results/mcq/rate_weights.json]
 
 The MCQ encoder may pick each residual stage's codeword by squared latent error plus a weight
@@ -25,11 +25,11 @@ import torch
 from scipy.interpolate import PchipInterpolator
 from tqdm import tqdm
 
-from bitstream.entropy import cost_bits
-from eval.bd import bd_rate
-from models.data import DEFAULT_TRAIN, load_images, split_paths, whole_image
-from models.mcq.codec import load_weights
-from models.weightfile import WEIGHTS
+from nicodec.bitstream.entropy import cost_bits
+from nicodec.eval.bd import bd_rate
+from nicodec.models.data import DEFAULT_TRAIN, load_images, split_paths, whole_image
+from nicodec.models.mcq.codec import load_weights
+from nicodec.models.weightfile import WEIGHTS
 
 DEFAULT_GRID = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3)
 

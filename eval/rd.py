@@ -1,6 +1,6 @@
 """Rate-distortion evaluation of nicodec models against classical codecs, in one run.
 
-    python -m eval.rd [--images ../shared/data/kodak] [--models mcq-tiny] [--out nicodec-eval/rd]
+    python -m nicodec.eval.rd [--images ../shared/data/kodak] [--models mcq-tiny] [--out nicodec-eval/rd]
     codec eval ...            (the same options)
 
 Needs a folder of test images (``--images``; the Kodak set, kodim01-24.png, is the usual one).
@@ -27,9 +27,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from eval.baselines import available_baselines
-from eval.bd import bd_psnr, bd_rate
-from eval.metrics import metric_set
+from nicodec.eval.baselines import available_baselines
+from nicodec.eval.bd import bd_psnr, bd_rate
+from nicodec.eval.metrics import metric_set
 
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
 PUBLISHED = Path(__file__).resolve().parent / "published" / "compressai_kodak.json"
@@ -68,7 +68,7 @@ def load_images(folder: Path, limit: int | None) -> list[tuple[str, np.ndarray]]
 
 def nicodec_runner(model: str, effort: int = 1):
     """(pixels, quality) -> (bytes, decoded pixels) for a nicodec model at an encoder effort."""
-    from codec.pipeline import decode_detailed, encode
+    from nicodec.codec.pipeline import decode_detailed, encode
 
     def run(pixels: np.ndarray, quality: float) -> tuple[bytes, np.ndarray]:
         data = encode(pixels, model=model, quality=int(quality), effort=effort)
@@ -215,7 +215,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _nicodec_codecs(spec: str | None, efforts: list[int]) -> dict:
-    from codec.registry import available_models, model_info
+    from nicodec.codec.registry import available_models, model_info
 
     entries = spec.split(",") if spec else available_models(lossy_only=True)
     codecs = {}

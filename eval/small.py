@@ -2,7 +2,7 @@
 images of a row) and colour error, before and after the pixel-space index choice for images of
 one unit (``models/mcq/search.py``, ``choose_in_pixels``).
 
-    python -m eval.small [--images ../shared/data/kodak] [--quality 4]
+    python -m nicodec.eval.small [--images ../shared/data/kodak] [--quality 4]
                          [--out eval/results/mcq/small-images.md]
 
 Every size is cut from the centre of six Kodak images (kodim01, 05, 09, 13, 17, 21; a strip longer
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from codec.pipeline import decode_detailed, encode_detailed
-from codec.registry import load_model
-from eval.rd import DEFAULT_IMAGES
-from models.mcq import search
+from nicodec.codec.pipeline import decode_detailed, encode_detailed
+from nicodec.codec.registry import load_model
+from nicodec.eval.rd import DEFAULT_IMAGES
+from nicodec.models.mcq import search
 
 NAMES = ("kodim01", "kodim05", "kodim09", "kodim13", "kodim17", "kodim21")
 SIZES = ((1, 1), (2, 2), (8, 8), (16, 16), (17, 17), (32, 32), (3, 500), (4000, 16), (16, 4000))
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     sets = [("1x1 (200, 30, 40)", [np.array([[[200, 30, 40]]], np.uint8)])]
     sets += [(f"{w}x{h}", crops(Path(args.images), w, h)) for w, h in SIZES]
     lines = [f"`mcq` q{args.quality}, effort 1; means over the images of each row "
-             f"(`python -m eval.small --quality {args.quality}`)", "",
+             f"(`python -m nicodec.eval.small --quality {args.quality}`)", "",
              "| image (WxH) | bytes before | after | PSNR before (dB) | after | colour error "
              "before | after | bpp after | encode s before | after |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

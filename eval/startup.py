@@ -1,11 +1,11 @@
 """Start-up and wall time of the ``codec`` command, each run a fresh interpreter.
 
-``python -m eval.startup``: median wall and CPU time of ``codec --help``, ``codec info FILE``,
+``python -m nicodec.eval.startup``: median wall and CPU time of ``codec --help``, ``codec info FILE``,
 ``codec models`` and ``codec decode`` of a file whose header was forged to 60000x40000 pixels
 (refused by the size limit), over several runs. None of these may import torch (issue 27); this
 prints the times and whether torch was imported.
 
-``python -m eval.startup --coding [--out FILE]``: the coding commands as a user times them, start-up
+``python -m nicodec.eval.startup --coding [--out FILE]``: the coding commands as a user times them, start-up
 included (issue 35): ``codec encode`` and ``decode`` of a Kodak image at the default settings,
 with ``--threads 2``, of a 1x1 image, and ``encode --target-bpp 0.2``, each as a ratio to
 ``python -c "import torch"`` timed in the same round (times on a shared machine are noisy; the
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 _PROBE = ("import sys, runpy; sys.argv = ['codec'] + sys.argv[1:]\n"
-          "try:\n    runpy.run_path('cli.py', run_name='__main__')\n"
+          "try:\n    runpy.run_module('nicodec.cli', run_name='__main__')\n"
           "except SystemExit:\n    pass\n"
           "sys.stderr.write('TORCH=%d' % ('torch' in sys.modules))\n")
 
@@ -41,12 +41,12 @@ def _cpu() -> float:
 
 
 def _time(args: list[str], runs: int, code: int) -> tuple[float, float, bool]:
-    """Median wall and CPU seconds of ``python cli.py ARGS``, which must exit with ``code`` (CPU
+    """Median wall and CPU seconds of ``python -m nicodec.cli ARGS``, which must exit with ``code`` (CPU
     time does not count waiting for a busy machine's cores), and whether torch was imported."""
     walls, cpus = [], []
     for _ in range(runs):
         start, cpu = time.perf_counter(), _cpu()
-        done = subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, capture_output=True)
+        done = subprocess.run([sys.executable, "-m", "nicodec.cli", *args], cwd=ROOT, capture_output=True)
         if done.returncode != code:
             raise SystemExit(f"codec {' '.join(args)} exited {done.returncode}: {done.stderr}")
         walls.append(time.perf_counter() - start)
@@ -73,13 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sample = Path(tmp) / "sample.nic"
         subprocess.run([sys.executable, "-c",
-                        "import sys, numpy as np, codec; "
+                        "import sys, numpy as np, nicodec.codec as codec; "
                         "open(sys.argv[1], 'wb').write(codec.encode("
                         "np.full((32, 48, 3), 128, np.uint8)))", str(sample)],
                        cwd=ROOT, check=True)
         forged = Path(tmp) / "forged.nic"
         subprocess.run([sys.executable, "-c",
-                        "import dataclasses, sys; from bitstream.format import parse_header; "
+                        "import dataclasses, sys; from nicodec.bitstream.format import parse_header; "
                         "data = open(sys.argv[1], 'rb').read(); h, n = parse_header(data); "
                         "open(sys.argv[2], 'wb').write(dataclasses.replace("
                         "h, width=60000, height=40000).to_bytes() + data[n:])",
@@ -134,8 +134,8 @@ def _inner(image: Path, runs: int) -> dict[tuple[int, str], float]:
     """Median seconds of the coding alone (model loaded, this process), (threads, what)."""
     import torch
 
-    from codec.pipeline import decode_detailed, encode
-    from codec.registry import load_model
+    from nicodec.codec.pipeline import decode_detailed, encode
+    from nicodec.codec.registry import load_model
 
     load_model("mcq")
     data = encode(str(image))
@@ -176,7 +176,7 @@ def _coding(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {args.image} not found (give a photo with --image)")
     with tempfile.TemporaryDirectory() as tmp:
         Image.new("RGB", (1, 1), (200, 30, 40)).save(f"{tmp}/tiny.png")
-        cli = [sys.executable, "cli.py"]
+        cli = [sys.executable, "-m", "nicodec.cli"]
         for src, dst in ((args.image, "ref.nic"), (f"{tmp}/tiny.png", "tiny-ref.nic")):
             _wall(cli + ["encode", str(src), "-o", f"{tmp}/{dst}"])
         commands = [[sys.executable, "-c", "import torch"]] + [
@@ -190,7 +190,7 @@ def _coding(args: argparse.Namespace) -> None:
                 rounds = _rounds(commands, args.runs)
                 inner = _inner(args.image, args.runs)
             results[busy] = rounds, inner
-    lines = [f"`python -m eval.startup --coding --runs {args.runs}` "
+    lines = [f"`python -m nicodec.eval.startup --coding --runs {args.runs}` "
              f"({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores; image "
              f"{args.image.name}; loaded: one `python -c \"while True: pass\"` beside the "
              f"commands; the 1-minute load average was {load[False]:.1f} when the idle rounds "

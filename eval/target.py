@@ -1,8 +1,8 @@
 """Encoding to a target rate or PSNR on a folder of images: what the search chose, what it hit.
 
-    python -m eval.target --bpp 0.2 [--images ../shared/data/kodak] [--model mcq] [--limit N]
+    python -m nicodec.eval.target --bpp 0.2 [--images ../shared/data/kodak] [--model mcq] [--limit N]
                           [--out eval/results/mcq/target-bpp-0.2.md]
-    python -m eval.target --psnr 27 ...
+    python -m nicodec.eval.target --psnr 27 ...
 
 Prints a markdown table (image, quality chosen, encoder rate weight, bpp from the file's bytes,
 PSNR of the decoded file, encode time of the whole search) and a summary line: the bpp range and
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from codec.pipeline import decode_detailed
-from codec.registry import DEFAULT_MODEL, load_model
-from codec.target import RATE_TOLERANCE, encode_to_target, psnr
-from eval.rd import DEFAULT_IMAGES, load_images
+from nicodec.codec.pipeline import decode_detailed
+from nicodec.codec.registry import DEFAULT_MODEL, load_model
+from nicodec.codec.target import RATE_TOLERANCE, encode_to_target, psnr
+from nicodec.eval.rd import DEFAULT_IMAGES, load_images
 
 
 def run(images: list, kind: str, target: float, model: str, effort: int) -> list[dict]:
@@ -66,7 +66,7 @@ def report(rows: list[dict], kind: str, target: float, header: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.target", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m nicodec.eval.target", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     goal = parser.add_mutually_exclusive_group(required=True)
     goal.add_argument("--bpp", type=float, help="target bits per pixel (file bytes)")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     images = load_images(args.images, args.limit)
     load = os.getloadavg()[0]  # times are only comparable on an idle machine
     rows = run(images, kind, target, args.model, args.effort)
-    command = " ".join(["python -m eval.target", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python -m nicodec.eval.target", *(argv if argv is not None else sys.argv[1:])])
     header = (f"# Target {kind} {target:g}: {args.model}, effort {args.effort}, "
               f"{len(images)} images of {args.images.name}\n\n"
               f"`{command}` ({time.strftime('%Y-%m-%d %H:%M')}, torch threads "

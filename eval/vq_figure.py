@@ -1,5 +1,5 @@
 """Side-by-side crop: original, nicodec VQ near a target rate, classical codecs at their nearest
-points: ``python -m eval.vq_figure [--image kodim23.png] [--bpp 0.03] [--out PNG]``.
+points: ``python -m nicodec.eval.vq_figure [--image kodim23.png] [--bpp 0.03] [--out PNG]``.
 
 The whole image is coded (bpp counts every byte of each file); a crop of the decodes is shown.
 JPEG 2000 is rate-targeted to the VQ file's exact bpp; AVIF, WebP and JPEG run at their lowest
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import codec
-from eval.baselines import available_baselines
-from eval.figure import DEFAULT_BOX, save_sheet
-from eval.rd import DEFAULT_IMAGES
+from nicodec import codec
+from nicodec.eval.baselines import available_baselines
+from nicodec.eval.figure import DEFAULT_BOX, save_sheet
+from nicodec.eval.rd import DEFAULT_IMAGES
 
 # (panel title, baseline, setting): JPEG 2000 is targeted at the VQ file's bpp (setting None)
 CLASSICAL = [("JPEG 2000 (same size)", "jpeg2000", None), ("AVIF quality 0", "avif", 0),

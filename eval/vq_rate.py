@@ -1,6 +1,6 @@
 """What the index transformer saves: VQ rates against fixed-length and static-table coding.
 
-    python -m eval.vq_rate [--images ../shared/data/kodak] [--qualities 1,...,10] [--limit N]
+    python -m nicodec.eval.vq_rate [--images ../shared/data/kodak] [--qualities 1,...,10] [--limit N]
                            [--out eval/results/vq-prior]
 
 For every quality (codebook size K) and image, the same index grid is written three ways:
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from eval.rd import DEFAULT_IMAGES, load_images
+from nicodec.eval.rd import DEFAULT_IMAGES, load_images
 
 
 def _timed(fn):
@@ -32,8 +32,8 @@ def _timed(fn):
 
 
 def measure(images, qualities: list[int]) -> list[dict]:
-    import codec
-    from codec.registry import load_model
+    from nicodec import codec
+    from nicodec.codec.registry import load_model
 
     sizes = load_model("vq").net.sizes
     codec.decode_array(codec.encode(images[0][1], model="vq", quality=qualities[0]))  # warm-up

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from codec.image import IMAGE_SUFFIXES
+from nicodec.codec.image import IMAGE_SUFFIXES
 
 DEFAULT_TRAIN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "train"
 

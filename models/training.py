@@ -14,7 +14,7 @@ A family's training command keeps its networks, losses and steps; :class:`Run` d
   waits for the command that reaches ``--steps``. The learning-rate schedules depend only on
   ``--steps``, so a run cut into chunks trains exactly as one uncut run would.
 * **curves**: :meth:`Run.log` appends one JSON line to a file of the run folder (``curve.jsonl``,
-  the held-back figures; ``python -m eval.curves`` plots it).
+  the held-back figures; ``python -m nicodec.eval.curves`` plots it).
 * **the end**: :meth:`Run.report` writes and prints the run's report, :meth:`Run.export` the
   shipped weight file.
 

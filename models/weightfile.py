@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models import WEIGHTS  # noqa: F401  (the shipped weight files and cards; kept here too)
+from nicodec.models import WEIGHTS  # noqa: F401  (the shipped weight files and cards; kept here too)
 
 
 def write(path: str, model: nn.Module, keep: Callable[[str], bool],

@@ -13,11 +13,11 @@ import tifffile
 from click.testing import CliRunner
 from PIL import Image
 
-import cli
-from codec import bigtiff
-from codec.image import UnsupportedImageError, load_image
-from codec.pipeline import decode_detailed, encode
-from models import tiling
+from nicodec import cli
+from nicodec.codec import bigtiff
+from nicodec.codec.image import UnsupportedImageError, load_image
+from nicodec.codec.pipeline import decode_detailed, encode
+from nicodec.models import tiling
 
 MODEL = "mcq-tiny"  # the fastest lossy model: the streaming is the model's business nowhere
 
@@ -139,7 +139,7 @@ def test_no_room_for_scratch_files_is_a_clear_error(tmp_path, monkeypatch, photo
 
 
 def test_big_tiff_with_several_pages_follows_the_frames_policy(tmp_path, photo, big):
-    from codec.image import ConversionWarning, Policy
+    from nicodec.codec.image import ConversionWarning, Policy
 
     path = tmp_path / "pages.tif"
     with tifffile.TiffWriter(path) as tif:

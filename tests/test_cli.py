@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import codec
-from cli import main
+from nicodec import codec
+from nicodec.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,7 +119,7 @@ def test_models_listing():
 
 def test_console_script_as_subprocess(workdir):
     exe = shutil.which("codec", path=str(Path(sys.executable).parent))
-    cmd = [exe] if exe else [sys.executable, str(ROOT / "cli.py")]
+    cmd = [exe] if exe else [sys.executable, "-m", "nicodec.cli"]
     enc = subprocess.run(cmd + ["encode", str(workdir / "a.png"), "-o", str(workdir / "s.nic")],
                          capture_output=True, text=True)
     assert enc.returncode == 0, enc.stderr
@@ -247,7 +247,7 @@ def test_packets_above_what_the_image_holds_are_lowered_and_the_batch_goes_on(si
 def test_existing_outputs_stop_the_batch_before_any_coding(workdir, monkeypatch):
     """Every existing output is named in one usage error (exit 2) before the model is loaded
     or anything is coded; the other inputs' outputs are not written either."""
-    import codec.pipeline
+    import nicodec.codec.pipeline, nicodec.codec as codec
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(workdir / "c.png")
     out = workdir / "out"
@@ -339,7 +339,7 @@ def test_json_report_goes_to_stderr_when_stdout_carries_the_file(workdir):
 
 def _codec_command() -> list[str]:
     exe = shutil.which("codec", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, str(ROOT / "cli.py")]
+    return [exe] if exe else [sys.executable, "-m", "nicodec.cli"]
 
 
 def test_files_at_risk_as_a_subprocess(workdir, sizes):

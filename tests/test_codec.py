@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-import codec
-from codec.pipeline import decode_detailed, encode_detailed, packet_of_positions
-from codec.registry import load_model
+from nicodec import codec
+from nicodec.codec.pipeline import decode_detailed, encode_detailed, packet_of_positions
+from nicodec.codec.registry import load_model
 from tests.conftest import kodak_images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,8 +172,8 @@ THREAD_SCRIPT = """
 import sys
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
-import codec
-from codec.pipeline import decode_detailed
+from nicodec import codec
+from nicodec.codec.pipeline import decode_detailed
 if sys.argv[2] == "encode":
     open(sys.argv[4], "wb").write(codec.encode(sys.argv[3]))
 else:

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import codec
-from bitstream.errors import BitstreamError
-from bitstream.format import Header, parse_header
-from cli import main
-from codec.pipeline import decode_detailed
+from nicodec import codec
+from nicodec.bitstream.errors import BitstreamError
+from nicodec.bitstream.format import Header, parse_header
+from nicodec.cli import main
+from nicodec.codec.pipeline import decode_detailed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ def test_cli_trailing_newline_decodes_cleanly(small_rgb, tmp_path):
     (tmp_path / "x.nic").write_bytes(clean + b"\n")
 
     def run(*args):
-        return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "nicodec.cli", *map(str, args)], cwd=ROOT,
                               capture_output=True, text=True)
 
     res = run("decode", tmp_path / "x.nic", "-o", tmp_path / "x.png")

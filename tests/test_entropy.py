@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bitstream.entropy import (
+from nicodec.bitstream.entropy import (
     TOTAL,
     PacketDecoder,
     PacketEncoder,
@@ -121,7 +121,7 @@ import hashlib, sys
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
 torch.manual_seed(0)
-from models.mcq.prior import ChannelPrior, IntChannelPrior
+from nicodec.models.mcq.prior import ChannelPrior, IntChannelPrior
 prior = IntChannelPrior.from_float(ChannelPrior(4, 256, 64), np.arange(256) + 1.0)
 rng = np.random.default_rng(0)
 ctx = rng.integers(0, 256, size=(3, 20000))
@@ -142,7 +142,7 @@ def test_prior_tables_identical_across_thread_counts():
 def test_prior_tables_independent_of_batch_composition():
     import torch
 
-    from models.mcq.prior import ChannelPrior, IntChannelPrior
+    from nicodec.models.mcq.prior import ChannelPrior, IntChannelPrior
 
     torch.manual_seed(0)
     prior = IntChannelPrior.from_float(ChannelPrior(4, 256, 64), np.arange(256) + 1.0)
@@ -157,8 +157,9 @@ def test_prior_tables_independent_of_batch_composition():
 def test_prior_tables_match_an_int64_reference():
     """The float32 embedding-bag hidden layer gives the integers of a plain int64 evaluation,
     even with every weight at the int16 limit; context indices out of range are refused."""
-    from models.fixedpoint import INT_LIMIT
-    from models.mcq.prior import HIDDEN_CAP, HIDDEN_FRAC, LOGIT_FRAC, OUT_FRAC, IntChannelPrior
+    from nicodec.models.fixedpoint import INT_LIMIT
+    from nicodec.models.mcq.prior import (HIDDEN_CAP, HIDDEN_FRAC, LOGIT_FRAC, OUT_FRAC,
+                                          IntChannelPrior)
 
     rng = np.random.default_rng(3)
     groups, extra, vocab, hidden, k = 3, 6, 257, 16, 256

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import codec
-from eval import bench, rd
-from eval.baselines import available_baselines
-from eval.bd import bd_psnr, bd_rate
+from nicodec import codec
+from nicodec.eval import bench, rd
+from nicodec.eval.baselines import available_baselines
+from nicodec.eval.bd import bd_psnr, bd_rate
 
 RATE = [0.1, 0.2, 0.4, 0.8]
 PSNR = [28.0, 31.0, 34.0, 37.0]
@@ -118,7 +118,7 @@ def test_effort_levels_in_rd_and_bench(image_folder, tmp_path):
 
 
 def test_training_curve_plot(tmp_path):
-    from eval.curves import plot, read_curve
+    from nicodec.eval.curves import plot, read_curve
 
     curve = tmp_path / "run" / "curve.jsonl"
     curve.parent.mkdir()
@@ -133,7 +133,7 @@ def test_training_curve_plot(tmp_path):
 
 def test_target_table(image_folder, tmp_path):
     """eval.target: one row per image, bpp read back from the file it encodes, a summary."""
-    from eval import target
+    from nicodec.eval import target
 
     out = tmp_path / "target.md"
     target.main(["--bpp", "0.3", "--images", str(image_folder), "--out", str(out)])
@@ -147,7 +147,7 @@ def test_target_table(image_folder, tmp_path):
 
 
 def test_side_by_side_figure(image_folder, tmp_path):
-    from eval import figure
+    from nicodec.eval import figure
 
     out = tmp_path / "sheet.png"
     figure.main(["--image", str(image_folder / "a.png"), "--bpp", "0.4", "--box", "0,0,64,48",
@@ -160,7 +160,7 @@ def test_side_by_side_figure(image_folder, tmp_path):
 def test_ssimulacra2_scores_arrays():
     """SSIMULACRA2 (the optional metric of --ssimulacra2) takes the arrays eval/rd.py holds:
     100 for identical images, lower for a damaged one."""
-    from eval.metrics import _ssimulacra2
+    from nicodec.eval.metrics import _ssimulacra2
 
     metric = _ssimulacra2()
     if metric is None:
@@ -178,9 +178,9 @@ def test_mcq_ceiling_figures():
     through the synthesis lowers its error."""
     import torch
 
-    from eval.mcq_ceiling import ceiling
-    from models.mcq.codec import load_weights
-    from models.weightfile import WEIGHTS
+    from nicodec.eval.mcq_ceiling import ceiling
+    from nicodec.models.mcq.codec import load_weights
+    from nicodec.models.weightfile import WEIGHTS
 
     net, prior = load_weights(str(WEIGHTS / "mcq.safetensors"))
     for p in net.parameters():
@@ -255,7 +255,7 @@ def test_eval_without_images_as_a_subprocess(tmp_path):
 
 
 def test_combine_compares_curves_of_several_runs(tmp_path):
-    from eval import combine
+    from nicodec.eval import combine
 
     def points(rates, offset=0.0):
         return [{"setting": i, "bpp": r, "psnr": p + offset, "ms_ssim": 0.9 + i / 100}
@@ -287,7 +287,7 @@ def test_combine_compares_curves_of_several_runs(tmp_path):
 def test_fit_explore_fits_an_image_and_lowers_its_loss(tmp_path, capsys):
     """The overfitting prototype (issue 36) runs on an odd-sized image and improves on its
     zero start within a second of fitting."""
-    from eval import fit_explore
+    from nicodec.eval import fit_explore
 
     y, x = np.mgrid[0:100, 0:130]
     img = np.stack([x * 2, y * 2, (x + y)], -1).astype(np.uint8)

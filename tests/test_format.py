@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bitstream.errors import (
+from nicodec.bitstream.errors import (
     CorruptHeaderError,
     CorruptMetadataError,
     NotNicodecError,
     TruncatedError,
     UnsupportedVersionError,
 )
-from bitstream.format import (
+from nicodec.bitstream.format import (
     VERSION,
     Family,
     Header,
@@ -29,7 +29,7 @@ from bitstream.format import (
     unpack,
     write_varint,
 )
-from bitstream.metadata import MAX_PROFILE_BYTES, Metadata, describe
+from nicodec.bitstream.metadata import MAX_PROFILE_BYTES, Metadata, describe
 
 FIELDS = dict(family=Family.MCQ, model_id=1, weights_digest=0xBEEF, width=768, height=512,
               channels=3, bit_depth=8, quality=4)

@@ -1,6 +1,6 @@
 """Fuzzing (issue 27), short: the header parser and every family's decoder on mutated small files
 give only BitstreamError subclasses, or a decode of the header's shape. The mutations are those
-of ``eval/fuzz.py`` (its long run: ``python -m eval.fuzz --cases 100000``); hypothesis draws
+of ``eval/fuzz.py`` (its long run: ``python -m nicodec.eval.fuzz --cases 100000``); hypothesis draws
 them, derandomized so that the suite is deterministic."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bitstream.errors import BitstreamError
-from bitstream.format import (MAX_PACKETS, MAX_SIDE, READABLE_VERSIONS, Family, Header,
-                              parse_header, seal_packet, unpack)
-from eval.fuzz import FAMILIES, KINDS, case, mutate, outcome, seed_files
+from nicodec.bitstream.errors import BitstreamError
+from nicodec.bitstream.format import (MAX_PACKETS, MAX_SIDE, READABLE_VERSIONS, Family, Header,
+                                      parse_header, seal_packet, unpack)
+from nicodec.eval.fuzz import FAMILIES, KINDS, case, mutate, outcome, seed_files
 
 FUZZ = settings(derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -102,7 +102,7 @@ def test_cli_reports_fuzzed_files_in_one_line_each(tmp_path):
     traceback (click's runner re-raises anything that escapes)."""
     from click.testing import CliRunner
 
-    from cli import main
+    from nicodec.cli import main
 
     for family in FAMILIES:
         for number in range(8):

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitstream.errors import ModelMismatchError
-from bitstream.format import parse_header
-from codec import registry
-from codec.pipeline import decode_detailed, encode_detailed
+from nicodec.bitstream.errors import ModelMismatchError
+from nicodec.bitstream.format import parse_header
+from nicodec.codec import registry
+from nicodec.codec.pipeline import decode_detailed, encode_detailed
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())

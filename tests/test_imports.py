@@ -1,7 +1,8 @@
 """The project's modules all import, and no two of them import each other, even indirectly.
 
 The graph is built from the ``import`` statements of every module under ``codec/``, ``models/``,
-``bitstream/`` and ``eval/`` (and ``cli.py``), read from their syntax trees, not by running them.
+``bitstream/`` and ``eval/`` (and ``cli.py`` and the root ``__init__.py``), all under the
+import root ``nicodec``, read from their syntax trees, not by running them.
 Function-local imports count as much as top-level ones: a cycle through a deferred import still
 ties the modules together (the VQ family's ``codec -> ladder -> train -> prior_train -> codec``
 circle was made of them). An import of ``a.b.c`` also counts as an import of the packages ``a``
@@ -24,12 +25,13 @@ PACKAGES = ("codec", "models", "bitstream", "eval")
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return ".".join(("nicodec", *(parts[:-1] if parts[-1] == "__init__" else parts)))
 
 
 MODULES = {_module_name(p): p
            for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
-MODULES["cli"] = ROOT / "cli.py"
+MODULES["nicodec.cli"] = ROOT / "cli.py"
+MODULES["nicodec"] = ROOT / "__init__.py"
 
 
 def _imports(name: str, path: Path) -> set[str]:

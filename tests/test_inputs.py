@@ -17,12 +17,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageCms
 
-import codec
-from bitstream.format import VERSION, parse_header
-from bitstream.metadata import MAX_PROFILE_BYTES
-from cli import main
-from codec import image as image_module
-from codec.pipeline import decode_detailed
+from nicodec import codec
+from nicodec.bitstream.format import VERSION, parse_header
+from nicodec.bitstream.metadata import MAX_PROFILE_BYTES
+from nicodec.cli import main
+from nicodec.codec import image as image_module
+from nicodec.codec.pipeline import decode_detailed
 
 ROOT = Path(__file__).resolve().parent.parent
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -327,7 +327,7 @@ def test_cli_subprocess_warns_and_refuses(small_rgb, tmp_path):
     (tmp_path / "deep.png").write_bytes(_png16(small_rgb.astype(np.uint16) * 257))
 
     def run(*args):
-        return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "nicodec.cli", *map(str, args)], cwd=ROOT,
                               capture_output=True, text=True)
 
     res = run("encode", tmp_path / "deep.png", "--json")
@@ -360,7 +360,7 @@ def test_cli_lossless_16_bit_exit_codes(small_rgb, tmp_path):
     (tmp_path / "deep.png").write_bytes(_png16(small_rgb.astype(np.uint16) * 257 + 3))
 
     def run(*args):
-        return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "nicodec.cli", *map(str, args)], cwd=ROOT,
                               capture_output=True, text=True)
 
     res = run("encode", tmp_path / "deep.png", "-o", tmp_path / "x.nic", "--lossless")

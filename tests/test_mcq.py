@@ -13,17 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-import codec
-from bitstream.entropy import TOTAL, cost_bits
-from bitstream.format import Family
-from codec import registry
-from codec.pipeline import decode_detailed, encode_detailed
-from models import weightfile
-from models.data import load_images, split_paths
-from models.mcq.codec import load_weights, save_weights, shipped_float
-from models.mcq.network import MCQ, MCQConfig
-from models.mcq.quantizers import ResidualVQ
-from models.mcq.train import evaluate
+from nicodec import codec
+from nicodec.bitstream.entropy import TOTAL, cost_bits
+from nicodec.bitstream.format import Family
+from nicodec.codec import registry
+from nicodec.codec.pipeline import decode_detailed, encode_detailed
+from nicodec.models import weightfile
+from nicodec.models.data import load_images, split_paths
+from nicodec.models.mcq.codec import load_weights, save_weights, shipped_float
+from nicodec.models.mcq.network import MCQ, MCQConfig
+from nicodec.models.mcq.quantizers import ResidualVQ
+from nicodec.models.mcq.train import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = MCQConfig(channels=16, groups=3, group_dim=4, codebook_size=32, coarse_groups=2,
@@ -113,7 +113,7 @@ def trained(tmp_path_factory):
     """Two training steps of the default MCQ configuration, exported (prior and all)."""
     tmp = tmp_path_factory.mktemp("mcq")
     _generated_photos(tmp / "photos")
-    cmd = [sys.executable, "-m", "models.mcq.train", "mcq", "--data", str(tmp / "photos"),
+    cmd = [sys.executable, "-m", "nicodec.models.mcq.train", "mcq", "--data", str(tmp / "photos"),
            "--out", str(tmp / "run"), "--steps", "2", "--batch", "2", "--crop", "64",
            "--prior-steps", "3", "--export", str(tmp / "mcq.safetensors")]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
@@ -165,7 +165,7 @@ def test_rate_weight_tuning(trained):
     """eval.rate_weights: weight 0 measures exactly what the export's evaluation measures (the
     stages of quality q are the first columns of the full choice), and the choice per quality
     is the weight furthest above the weight-0 curve, or 0 when none is above it."""
-    from eval.rate_weights import choose, measure
+    from nicodec.eval.rate_weights import choose, measure
 
     model, prior = load_weights(str(trained))
     _, val_paths = split_paths(trained.parent / "photos")
@@ -200,7 +200,7 @@ def test_export_is_float16_and_its_report_measures_the_shipped_file(trained):
 
 def test_codec_round_trip_and_concealment(trained, monkeypatch, small_rgb):
     info = registry.ModelInfo(name="mcq-test", model_id=99, family=Family.MCQ,
-                              weights=trained.name, module="models.mcq.codec",
+                              weights=trained.name, module="nicodec.models.mcq.codec",
                               qualities=tuple(range(9)), default_quality=8, description="test",
                               rate_weights=(0.0,) + (0.5,) * 8)  # the rate-optimised encoder
     monkeypatch.setattr(registry, "WEIGHTS_DIR", trained.parent)
@@ -224,7 +224,7 @@ def test_codec_round_trip_and_concealment(trained, monkeypatch, small_rgb):
 
 
 def test_unit_layout_of_the_search_round_trips():
-    from models.mcq.search import from_units, to_units
+    from nicodec.models.mcq.search import from_units, to_units
 
     latent = torch.randn(1, 5, 6, 8)
     units = to_units(latent)
@@ -237,7 +237,7 @@ def test_effort_search_lowers_the_rate_distortion_cost(kodak_pixels, monkeypatch
     """At effort 2 the shipped mcq codes a Kodak crop at a lower D + lambda R (pixel MSE, bits
     per pixel, lambda as the search sets it) than at effort 1, with tiles smaller than the crop
     (so that tile margins are exercised); the decoder reads the file as any other."""
-    from models.mcq import search
+    from nicodec.models.mcq import search
 
     monkeypatch.setattr(search, "TILE", 8)
     pixels = np.array(kodak_pixels[:128, :192])

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from bitstream.entropy import TOTAL
-from bitstream.format import Family
-from codec import registry
-from codec.pipeline import decode_detailed, encode_detailed
-from models.data import load_idx
-from models.pc.coder import IntHCLT
-from models.pc.hclt import HCLT, HCLTConfig, TreeOrder, chow_liu_tree, mutual_information
+from nicodec.bitstream.entropy import TOTAL
+from nicodec.bitstream.format import Family
+from nicodec.codec import registry
+from nicodec.codec.pipeline import decode_detailed, encode_detailed
+from nicodec.models.data import load_idx
+from nicodec.models.pc.coder import IntHCLT
+from nicodec.models.pc.hclt import HCLT, HCLTConfig, TreeOrder, chow_liu_tree, mutual_information
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -132,7 +132,7 @@ def trained_pc(tmp_path_factory):
     (tmp / "data").mkdir()
     _write_idx(tmp / "data" / "train-images-idx3-ubyte.gz", train)
     _write_idx(tmp / "data" / "t10k-images-idx3-ubyte.gz", test)
-    cmd = [sys.executable, "-m", "models.pc.train", "mnist", "--data", str(tmp / "data"),
+    cmd = [sys.executable, "-m", "nicodec.models.pc.train", "mnist", "--data", str(tmp / "data"),
            "--out", str(tmp / "run"), "--hidden", "4", "--batch", "200",
            "--export", str(tmp / "pc.safetensors")]
     res = subprocess.run(cmd + ["--epochs", "2", "--minutes", "1e-9"], cwd=ROOT, check=True,
@@ -147,7 +147,7 @@ def trained_pc(tmp_path_factory):
 def pc_model(trained_pc, monkeypatch):
     path, test = trained_pc
     info = registry.ModelInfo(name="pc-test", model_id=98, family=Family.LOSSLESS,
-                              weights=path.name, module="models.pc.codec", qualities=(0,),
+                              weights=path.name, module="nicodec.models.pc.codec", qualities=(0,),
                               default_quality=0, description="test")
     monkeypatch.setattr(registry, "WEIGHTS_DIR", path.parent)
     monkeypatch.setitem(registry.MODELS, "pc-test", info)
@@ -189,8 +189,8 @@ def test_lost_packet_blanks_only_its_tiles(pc_model):
 
 def test_tables_identical_across_thread_counts(trained_pc):
     path, _ = trained_pc
-    script = ("import numpy as np, sys; from models.pc.codec import load_weights; "
-              "from models.data import load_idx; "
+    script = ("import numpy as np, sys; from nicodec.models.pc.codec import load_weights; "
+              "from nicodec.models.data import load_idx; "
               f"_, p = load_weights({str(path)!r}); "
               f"x = load_idx({str(MNIST / 't10k-images-idx3-ubyte.gz')!r})[:30].reshape(30, -1)"
               ".astype(np.int64); s = p.session(30); h = 0\n"
@@ -207,7 +207,7 @@ def test_tables_identical_across_thread_counts(trained_pc):
 
 
 def test_residual_transform_round_trips():
-    from models.pc.residuals import SYMBOLS, from_symbols, to_symbols
+    from nicodec.models.pc.residuals import SYMBOLS, from_symbols, to_symbols
 
     rng = np.random.default_rng(0)
     tiles = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
@@ -233,7 +233,7 @@ def trained_photo(tmp_path_factory):
                          for _ in range(3)], -1)
         noisy = np.clip(base + rng.normal(0, 3, base.shape), 0, 255).astype(np.uint8)
         Image.fromarray(noisy).save(tmp / "photos" / f"{i}.png")
-    cmd = [sys.executable, "-m", "models.pc.train", "photos", "--data", str(tmp / "photos"),
+    cmd = [sys.executable, "-m", "nicodec.models.pc.train", "photos", "--data", str(tmp / "photos"),
            "--out", str(tmp / "run"), "--hidden", "4", "--epochs", "1", "--samples", "4000",
            "--export", str(tmp / "photo.safetensors")]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
@@ -242,7 +242,7 @@ def trained_photo(tmp_path_factory):
 
 def test_photo_lossless_round_trip(trained_photo, monkeypatch):
     info = registry.ModelInfo(name="pc-photo-test", model_id=97, family=Family.LOSSLESS,
-                              weights=trained_photo.name, module="models.pc.codec",
+                              weights=trained_photo.name, module="nicodec.models.pc.codec",
                               qualities=(0,), default_quality=0, description="test")
     monkeypatch.setattr(registry, "WEIGHTS_DIR", trained_photo.parent)
     monkeypatch.setitem(registry.MODELS, "pc-photo-test", info)
@@ -265,7 +265,7 @@ def test_photo_lossless_round_trip(trained_photo, monkeypatch):
 def test_shipped_digit_models_code_test_digits_exactly():
     """The shipped models on 200 test images of their datasets, as one stream: exact, and at
     the rate measured at export (a regression guard, not the benchmark: eval/lossless.py)."""
-    import codec
+    from nicodec import codec
 
     for name, folder, bound in (("pc-mnist", MNIST, 1.32), ("pc-fashion", MNIST.parent /
                                                              "fashion-mnist", 3.6)):

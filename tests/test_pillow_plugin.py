@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, UnidentifiedImageError
 
-import codec
-from bitstream.format import MAX_SIDE
+from nicodec import codec
+from nicodec.bitstream.format import MAX_SIDE
 
 
 @pytest.fixture()

@@ -16,12 +16,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import codec
-from bitstream.errors import BitstreamError
-from bitstream.format import MAX_PIXELS, parse_header, seal_packet
-from cli import main
-from codec import pipeline, registry
-from codec.pipeline import decode_detailed
+from nicodec import codec
+from nicodec.bitstream.errors import BitstreamError
+from nicodec.bitstream.format import MAX_PIXELS, parse_header, seal_packet
+from nicodec.cli import main
+from nicodec.codec import pipeline, registry
+from nicodec.codec.pipeline import decode_detailed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,7 +125,7 @@ def test_cli_forged_file_is_one_line_without_torch(tmp_path, small_file):
     """As a real process: exit 1, one 'error:' line, no traceback, torch never imported."""
     forged = tmp_path / "forged.nic"
     forged.write_bytes(_resize(small_file, 60000, 40000))
-    probe = ("import sys, cli\n"
+    probe = ("import sys, nicodec.cli as cli\n"
              "try:\n    cli.main(sys.argv[1:])\n"
              "except SystemExit as exit:\n"
              "    print('torch' in sys.modules, exit.code)\n")
@@ -152,7 +152,7 @@ def test_info_never_decodes(tmp_path, small_file, monkeypatch):
 def test_cli_commands_that_do_not_code_do_not_import_torch(tmp_path, small_file, args):
     (tmp_path / "a.nic").write_bytes(small_file)
     args = [str(tmp_path / "a.nic") if a == "FILE" else a for a in args]
-    probe = ("import sys, cli\n"
+    probe = ("import sys, nicodec.cli as cli\n"
              "try:\n    cli.main(sys.argv[1:])\n"
              "except SystemExit as exit:\n"
              "    sys.stderr.write(f'torch={\"torch\" in sys.modules} exit={exit.code}')\n")
@@ -164,10 +164,10 @@ def test_cli_commands_that_do_not_code_do_not_import_torch(tmp_path, small_file,
 
 
 def test_import_codec_is_lazy_and_the_api_stays(small_file):
-    probe = ("import sys, codec\n"
+    probe = ("import sys, nicodec.codec as codec\n"
              "lazy = 'torch' not in sys.modules\n"
-             "from codec import encode, decode_detailed, UnsupportedImageError\n"
-             "import codec.pipeline\n"
+             "from nicodec.codec import encode, decode_detailed, UnsupportedImageError\n"
+             "import nicodec.codec.pipeline, nicodec.codec as codec\n"
              "image = codec.decode(sys.stdin.buffer.read())\n"
              "print(lazy, 'encode' in dir(codec), encode is codec.pipeline.encode, image.size)\n")
     res = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
@@ -316,7 +316,7 @@ def test_cli_broken_weights_as_a_process(tmp_path):
     name = registry.MODELS["mcq-tiny"].weights
     (tmp_path / name).write_bytes((registry.WEIGHTS_DIR / name).read_bytes()[:1000])
     Image.fromarray(_image(3)).save(tmp_path / "a.png")
-    probe = ("import sys, pathlib, cli, codec.registry\n"
+    probe = ("import sys, pathlib, nicodec.cli as cli, nicodec.codec.registry, nicodec.codec as codec\n"
              f"codec.registry.WEIGHTS_DIR = pathlib.Path({str(tmp_path)!r})\n"
              "cli.main(sys.argv[1:])\n")
     res = subprocess.run([sys.executable, "-c", probe, "encode", str(tmp_path / "a.png"), "-m",

@@ -21,17 +21,17 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
-from codec import registry
-from codec.image import load_image
-from codec.pipeline import decode_detailed, encode_detailed
-from codec.target import encode_to_target
-from models.layers import GDN
+from nicodec.cli import main
+from nicodec.codec import registry
+from nicodec.codec.image import load_image
+from nicodec.codec.pipeline import decode_detailed, encode_detailed
+from nicodec.codec.target import encode_to_target
+from nicodec.models.layers import GDN
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("compressai", "torch_geometric", "pandas", "scipy", "matplotlib", "torchmetrics",
          "torchvision")
-_CLI_PROBE = ("import json, sys, cli\n"
+_CLI_PROBE = ("import json, sys, nicodec.cli as cli\n"
               "try:\n    cli.main(sys.argv[1:])\n"
               "except SystemExit as exit:\n"
               "    import torch\n"
@@ -65,7 +65,7 @@ def test_coding_commands_import_nothing_heavy(tmp_path, small_png):
 
 
 def test_python_api_imports_nothing_heavy(small_png):
-    probe = ("import sys, codec\n"
+    probe = ("import sys, nicodec.codec as codec\n"
              "image = codec.decode(codec.encode(sys.argv[1]))\n"
              "print(image.size, [m for m in %r if m in sys.modules])\n" % (HEAVY,))
     res = subprocess.run([sys.executable, "-c", probe, str(small_png)], cwd=ROOT,

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import codec
-from cli import main
-from codec.target import RATE_TOLERANCE, metadata_note, psnr
+from nicodec import codec
+from nicodec.cli import main
+from nicodec.codec.target import RATE_TOLERANCE, metadata_note, psnr
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,7 +157,7 @@ def test_cli_metadata_warning_and_verbose_bytes(tmp_path, photo):
                                     str(tmp_path / "p.nic"), "-v"])
     assert res.exit_code == 0 and "--metadata drop" in res.stderr
     assert re.search(r"metadata 300\d\d bytes", res.stderr)
-    res = subprocess.run([sys.executable, "cli.py", "encode", str(tmp_path / "phone.jpg"), "-o",
+    res = subprocess.run([sys.executable, "-m", "nicodec.cli", "encode", str(tmp_path / "phone.jpg"), "-o",
                           str(tmp_path / "t.nic"), "--target-size", "10000"], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 0 and "warning:" in res.stderr and "--metadata drop" in res.stderr

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codec import columns, registry
-from codec.pipeline import decode_detailed, encode_detailed, packet_of_positions
-from models import tiling
-from models.pc import codec as pc_codec
-from models.vq import masked
+from nicodec.codec import columns, registry
+from nicodec.codec.pipeline import decode_detailed, encode_detailed, packet_of_positions
+from nicodec.models import tiling
+from nicodec.models.pc import codec as pc_codec
+from nicodec.models.vq import masked
 
 SMALL_TILE = 128  # pixels; the image below is 5 x 4 tiles
 SMALL_CHUNK = 7  # units
@@ -178,10 +178,10 @@ def test_pixels_tiles_equal_the_padded_image(photo):
 
 
 def test_bigimage_script_measures_and_checks_seams(tmp_path, small_tiles, capsys):
-    """``python -m eval.bigimage``: a measured row per model and size (subprocesses; a lossless
+    """``python -m nicodec.eval.bigimage``: a measured row per model and size (subprocesses; a lossless
     decode is checked against the image), and the seam check's row (tiled against untiled: the
     same file)."""
-    from eval import bigimage
+    from nicodec.eval import bigimage
 
     if not bigimage.PHOTO.exists():
         pytest.skip("training photos not found beside the repository (../shared/data/train)")

@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from models.mcq.tiny import load_weights
+from nicodec.models.mcq.tiny import load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _train(data: Path, out: Path, steps: int, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "models.mcq.train", "tiny", "--data", str(data), "--out",
+    cmd = [sys.executable, "-m", "nicodec.models.mcq.train", "tiny", "--data", str(data), "--out",
            str(out), "--steps", str(steps), "--batch", "2", "--crop", "64", "--prior-steps", "3",
            "--save-every", "2", "--eval-every", "2", "--export", str(out / "w.safetensors"),
            *extra]
@@ -57,7 +57,7 @@ def test_train_resume_and_export(tmp_path):
 def test_training_refuses_kodak(tmp_path):
     kodak = tmp_path / "kodak"
     kodak.mkdir()
-    res = subprocess.run([sys.executable, "-m", "models.mcq.train", "tiny", "--data", str(kodak),
+    res = subprocess.run([sys.executable, "-m", "nicodec.models.mcq.train", "tiny", "--data", str(kodak),
                           "--out", str(tmp_path / "r"), "--steps", "1"], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode != 0 and "Kodak" in res.stderr
@@ -75,7 +75,7 @@ def test_torchrun_data_parallel(tmp_path):
         Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(data / f"{i}.png")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "models.mcq.train", "mcq", "--data", str(data),
+           "--master_port", "29517", "-m", "nicodec.models.mcq.train", "mcq", "--data", str(data),
            "--out", str(out), "--steps", "4", "--pretrain-steps", "2", "--batch", "2", "--crop",
            "64", "--threads", "1", "--set", "quantizer=rvq", "--set", "sibling_groups=1",
            "--prior-steps", "3", "--save-every", "1", "--eval-every", "1",
@@ -88,13 +88,13 @@ def test_torchrun_data_parallel(tmp_path):
         [str(q) for q in range(9)]] * 2
     report = json.loads((out / "report.json").read_text())
     assert report["processes"] == 2 and report["rate_weights"] == [0] + [0.2] * 8
-    from models.mcq.codec import load_weights as load_mcq
+    from nicodec.models.mcq.codec import load_weights as load_mcq
     model, prior = load_mcq(str(out / "w.safetensors"))
     assert model.config.sibling_groups == 1 == prior.sibling_groups
 
 
 def test_rate_weights_need_one_per_quality(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "models.mcq.train", "mcq", "--out", str(tmp_path),
+    res = subprocess.run([sys.executable, "-m", "nicodec.models.mcq.train", "mcq", "--out", str(tmp_path),
                           "--steps", "1", "--rate-weights", "0,0.1"], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode != 0 and "one weight per quality" in res.stderr
@@ -103,9 +103,9 @@ def test_rate_weights_need_one_per_quality(tmp_path):
 def test_warm_start_keeps_the_shipped_codebooks():
     """Codebooks taken from a shipped weight file (which keeps no EMA state) are the starting
     point of training: the first training batch must not re-seed them from its own latents."""
-    from models.mcq.codec import load_weights as load_mcq
-    from models.mcq.network import MCQ
-    from models.mcq.train import warm_start
+    from nicodec.models.mcq.codec import load_weights as load_mcq
+    from nicodec.models.mcq.network import MCQ
+    from nicodec.models.mcq.train import warm_start
 
     path = ROOT / "models" / "weights" / "mcq.safetensors"
     shipped, _ = load_mcq(str(path))
@@ -123,7 +123,7 @@ def test_warm_start_keeps_the_shipped_codebooks():
 def test_autoencoder_pass_leaves_the_quantizers_alone():
     """The pretraining pass (``active=None``) trains analysis and synthesis only: no codebook
     moves or gets initialised, and gradients reach the transforms."""
-    from models.mcq.network import MCQ, MCQConfig
+    from nicodec.models.mcq.network import MCQ, MCQConfig
 
     torch.manual_seed(0)
     model = MCQ(MCQConfig(quantizer="rvq", group_dim=64)).train()
@@ -140,7 +140,7 @@ def test_autoencoder_pass_leaves_the_quantizers_alone():
 def test_autoencoder_pass_normalises_the_latent():
     """Pretraining decodes the fine latent at unit RMS plus noise, so the encoder cannot grow
     it past the quantization error it will meet."""
-    from models.mcq.network import MCQ
+    from nicodec.models.mcq.network import MCQ
 
     torch.manual_seed(0)
     y = 50 * torch.randn(4, 8, 6, 6)
@@ -154,9 +154,9 @@ def test_autoencoder_pass_normalises_the_latent():
 def test_handover_fits_and_freezes_the_codebooks():
     """End of pretraining: the fine latent is rescaled to unit RMS, every codebook is fitted by
     k-means (each residual stage lowers the error), and training moves no codeword after it."""
-    from models.data import CropSampler
-    from models.mcq.network import MCQ, MCQConfig
-    from models.mcq.train import handover
+    from nicodec.models.data import CropSampler
+    from nicodec.models.mcq.network import MCQ, MCQConfig
+    from nicodec.models.mcq.train import handover
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -186,9 +186,9 @@ def test_refit_codebooks_entropy_constrained():
     """``--refit-codebooks``: only the residual stages change (the transforms and the coarse
     level keep their values), each stage lowers the error, a rate weight gives the first stage
     indices of lower entropy than plain k-means, and the codebooks stay frozen afterwards."""
-    from models.data import CropSampler
-    from models.mcq.network import MCQ, MCQConfig
-    from models.mcq.train import refit_codebooks
+    from nicodec.models.data import CropSampler
+    from nicodec.models.mcq.network import MCQ, MCQConfig
+    from nicodec.models.mcq.train import refit_codebooks
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
@@ -230,7 +230,7 @@ def test_refit_codebooks_flag_conflicts(tmp_path):
                            (rvq + ["--refit-codebooks", "0.1,0.2"], "one per residual stage"),
                            (rvq + ["--refit-codebooks", "x"], "comma-separated numbers"),
                            (rvq + ["--refit-codebooks", "-1"], "non-negative")):
-        res = subprocess.run([sys.executable, "-m", "models.mcq.train", "mcq", "--data",
+        res = subprocess.run([sys.executable, "-m", "nicodec.models.mcq.train", "mcq", "--data",
                               str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "1",
                               "--refit-codebooks", "0.1", *extra], cwd=ROOT,
                              capture_output=True, text=True)
@@ -240,8 +240,8 @@ def test_refit_codebooks_flag_conflicts(tmp_path):
 def test_frozen_codebooks_stay_put_in_training():
     """``--freeze-codebooks``: a training pass moves no codeword of the EMA quantizers (the
     coarse codebooks and every residual stage); Gumbel quantizers are refused."""
-    from models.mcq.network import MCQ, MCQConfig
-    from models.mcq.train import freeze_codebooks
+    from nicodec.models.mcq.network import MCQ, MCQConfig
+    from nicodec.models.mcq.train import freeze_codebooks
 
     torch.manual_seed(0)
     model = MCQ(MCQConfig(quantizer="rvq", group_dim=64)).train()

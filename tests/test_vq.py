@@ -12,16 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-import codec
-from bitstream.entropy import TOTAL
-from bitstream.format import parse_header
-from codec.pipeline import decode_detailed, encode_detailed
-from codec.registry import WEIGHTS_DIR, load_model, model_info
-from models.codebooks import kmeans
-from models.mcq.quantizers import ec_assign, ec_kmeans
-from models.vq import codec as vqcodec
-from models.vq.vqgan import nearest
-from models.vq.vqgan import VQGAN, VQGANConfig
+from nicodec import codec
+from nicodec.bitstream.entropy import TOTAL
+from nicodec.bitstream.format import parse_header
+from nicodec.codec.pipeline import decode_detailed, encode_detailed
+from nicodec.codec.registry import WEIGHTS_DIR, load_model, model_info
+from nicodec.models.codebooks import kmeans
+from nicodec.models.mcq.quantizers import ec_assign, ec_kmeans
+from nicodec.models.vq import codec as vqcodec
+from nicodec.models.vq.vqgan import nearest
+from nicodec.models.vq.vqgan import VQGAN, VQGANConfig
 
 TINY = VQGANConfig(widths=(8, 8, 8, 8), codebook_size=64, code_dim=4, disc_width=4)
 SHIPPED = WEIGHTS_DIR / model_info("vq-static").weights
@@ -127,7 +127,7 @@ def _photos(folder, n: int = 24) -> None:
 def test_train_resume_ladder_and_export(tmp_path):
     """Tiny widths: train 1 step (--minutes spent), resume to 2 and 4, build a 2-step ladder,
     export, load, code."""
-    from models.vq.train import main
+    from nicodec.models.vq.train import main
 
     data, out = tmp_path / "photos", tmp_path / "run"
     _photos(data)
@@ -153,7 +153,7 @@ def test_train_resume_ladder_and_export(tmp_path):
     idx = net.analyze(torch.rand(1, 3, 32, 48), 2)
     assert idx.shape == (1, 2, 3) and idx.max() < 16
     # a new run from the exported file: same transforms and full codebook, a held-back curve
-    from models.vq.train import init_from_file
+    from nicodec.models.vq.train import init_from_file
 
     start = init_from_file(out / "w.safetensors")
     assert torch.equal(start.quantizer.codebooks[0], net.codebooks[-1])
@@ -239,7 +239,7 @@ def test_effort_search_lowers_the_pixel_error(kodak_pixels, monkeypatch):
     the crop (so that tile margins are exercised), the decoded pixels are closer to the image
     than at effort 1; both files decode with the same decoder to the symbols the encoder chose
     (staged transformer coding and several packets)."""
-    from models.vq import search
+    from nicodec.models.vq import search
 
     monkeypatch.setattr(search, "TILE", 4)
     pixels = np.array(kodak_pixels[:96, :160])

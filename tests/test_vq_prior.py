@@ -14,15 +14,15 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import codec
-from bitstream.entropy import TOTAL, cost_bits
-from bitstream.format import parse_header
-from codec.pipeline import decode_detailed, encode_detailed
-from codec.registry import WEIGHTS_DIR, load_model, model_info
-from eval.loss import damage
-from models.vq.exact import IntIndexTransformer, isqrt
-from models.vq.transformer import (SCHEDULES, IndexTransformer, PriorConfig, num_stages,
-                                   stage_map, training_masks)
+from nicodec import codec
+from nicodec.bitstream.entropy import TOTAL, cost_bits
+from nicodec.bitstream.format import parse_header
+from nicodec.codec.pipeline import decode_detailed, encode_detailed
+from nicodec.codec.registry import WEIGHTS_DIR, load_model, model_info
+from nicodec.eval.loss import damage
+from nicodec.models.vq.exact import IntIndexTransformer, isqrt
+from nicodec.models.vq.transformer import (SCHEDULES, IndexTransformer, PriorConfig, num_stages,
+                                           stage_map, training_masks)
 
 TINY = PriorConfig(dim=32, layers=2, heads=2, radius=2, mlp=2, code_dim=4, qualities=2)
 SHIPPED = WEIGHTS_DIR / model_info("vq").weights
@@ -84,7 +84,7 @@ def test_integer_network_follows_the_float_one():
 
 
 def test_warm_start_rebuilds_the_float_network_from_an_export():
-    from models.vq.prior_train import warm_start
+    from nicodec.models.vq.prior_train import warm_start
 
     model = _tiny()
     exact = IntIndexTransformer.from_float(model, "s6")
@@ -132,7 +132,7 @@ import hashlib, sys, numpy as np, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads(int(sys.argv[1]))
 from tests.test_vq_prior import _tiny
-from models.vq.exact import IntIndexTransformer
+from nicodec.models.vq.exact import IntIndexTransformer
 exact = IntIndexTransformer.from_float(_tiny(), "s6")
 rng = np.random.default_rng(0)
 idx, visible = rng.integers(0, 16, (2, 24, 40)), rng.random((2, 24, 40)) > 0.3
@@ -150,12 +150,12 @@ def test_tables_do_not_depend_on_thread_count():
 
 
 def test_prior_training_resumes_and_exports(tmp_path):
-    from bitstream.entropy import freqs_from_counts
-    from models.data import is_held_out
-    from models.vq import codec as vqcodec
-    from models.vq.exact import load_prior
-    from models.vq.train import main
-    from models.vq.vqgan import VQGAN, VQGANConfig
+    from nicodec.bitstream.entropy import freqs_from_counts
+    from nicodec.models.data import is_held_out
+    from nicodec.models.vq import codec as vqcodec
+    from nicodec.models.vq.exact import load_prior
+    from nicodec.models.vq.train import main
+    from nicodec.models.vq.vqgan import VQGAN, VQGANConfig
 
     torch.manual_seed(0)
     vqgan = VQGAN(VQGANConfig(widths=(8, 8, 8, 8), codebook_size=64, code_dim=4, disc_width=4))
@@ -254,7 +254,7 @@ def test_multi_packet_files_restore_lost_indices(vq, kodak_path):
 
 
 def test_cli_reports_restoration(vq, kodak_path, tmp_path):
-    from cli import main
+    from nicodec.cli import main
 
     data = codec.encode(kodak_path, model="vq", quality=6, packets=8)
     src = tmp_path / "bad.nic"
@@ -267,7 +267,7 @@ def test_cli_reports_restoration(vq, kodak_path, tmp_path):
 
 
 def test_loss_evaluation(vq, kodak_pixels, tmp_path):
-    from eval.loss import main
+    from nicodec.eval.loss import main
 
     folder = tmp_path / "images"
     folder.mkdir()

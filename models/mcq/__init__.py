@@ -7,5 +7,5 @@
 * ``search.py``: the encoder's effort levels (latent refinement through the synthesis);
 * ``codec.py``: the shipped model as the codec sees it (``load_weights``, ``save_weights``);
 * ``tiny.py``: TinyMCQ, the family's first network (``mcq-tiny``), with its weight file;
-* ``train.py``: ``python -m models.mcq.train {tiny,mcq}``.
+* ``train.py``: ``python -m nicodec.models.mcq.train {tiny,mcq}``.
 """

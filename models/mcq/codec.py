@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from models import weightfile
-from models.mcq.network import MCQ, MCQConfig
-from models.mcq.prior import IntChannelPrior, IntMCQPrior
+from nicodec.models import weightfile
+from nicodec.models.mcq.network import MCQ, MCQConfig
+from nicodec.models.mcq.prior import IntChannelPrior, IntMCQPrior
 
 
 def shipped_float(name: str) -> bool:

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitstream.entropy import PRECISION, cost_bits
-from models.codebooks import squared_distances
-from models.layers import GDN, channels_last, conv, deconv, inpaint
-from models.mcq import search
-from models.mcq.prior import ChannelPrior, IntChannelPrior, IntMCQPrior, fine_context
-from models.mcq.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ, ResidualVQ
-from models.tiling import Pixels, analyze_in_tiles, zeros
+from nicodec.bitstream.entropy import PRECISION, cost_bits
+from nicodec.models.codebooks import squared_distances
+from nicodec.models.layers import GDN, channels_last, conv, deconv, inpaint
+from nicodec.models.mcq import search
+from nicodec.models.mcq.prior import ChannelPrior, IntChannelPrior, IntMCQPrior, fine_context
+from nicodec.models.mcq.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ, ResidualVQ
+from nicodec.models.tiling import Pixels, analyze_in_tiles, zeros
 
 # tiles (models/tiling.py): pixels of context around an analysis tile (64 already gives
 # bit-identical latents), fine latents around a synthesis tile, and units per coding chunk

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitstream.entropy import LOGIT_FRAC, freqs_from_counts, freqs_from_logits
-from models.fixedpoint import FLOAT32_EXACT_LIMIT, INT_LIMIT, check_exact, to_fixed
+from nicodec.bitstream.entropy import LOGIT_FRAC, freqs_from_counts, freqs_from_logits
+from nicodec.models.fixedpoint import FLOAT32_EXACT_LIMIT, INT_LIMIT, check_exact, to_fixed
 
 HIDDEN_FRAC = 8  # fixed-point bits of the hidden layer
 OUT_FRAC = 10  # fixed-point bits of the output weights

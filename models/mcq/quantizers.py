@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.codebooks import Codebooks, kmeans, squared_distances
+from nicodec.models.codebooks import Codebooks, kmeans, squared_distances
 
 
 class MultiCodebookVQ(Codebooks):

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitstream.entropy import PRECISION
-from models.codebooks import squared_distances
-from models import tiling
-from models.layers import channels_last
-from models.tiling import Pixels
+from nicodec.bitstream.entropy import PRECISION
+from nicodec.models.codebooks import squared_distances
+from nicodec.models import tiling
+from nicodec.models.layers import channels_last
+from nicodec.models.tiling import Pixels
 
 # latent refinement steps of each effort level (1: none)
 EFFORT_STEPS = {1: 0, 2: 10, 3: 24}

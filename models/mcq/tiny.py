@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import weightfile
-from models.tiling import Pixels
-from models.layers import GDN, conv, deconv, inpaint
-from models.mcq.prior import ChannelPrior, IntChannelPrior
-from models.mcq.quantizers import MultiCodebookVQ
+from nicodec.models import weightfile
+from nicodec.models.tiling import Pixels
+from nicodec.models.layers import GDN, conv, deconv, inpaint
+from nicodec.models.mcq.prior import ChannelPrior, IntChannelPrior
+from nicodec.models.mcq.quantizers import MultiCodebookVQ
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""MCQ family training: ``python -m models.mcq.train {tiny,mcq} --out runs/NAME``.
+"""MCQ family training: ``python -m nicodec.models.mcq.train {tiny,mcq} --out runs/NAME``.
 
 Resumable: the run folder holds ``checkpoint.pt`` (model, optimizer, step, sampler state), written
 every ``--save-every`` steps and when ``--minutes`` runs out (``models/training.py``); running the
 same command again continues where it stopped. Every ``--eval-every`` steps a line goes to
 ``curve.jsonl``: mean training loss and PSNR, and the PSNR of every quality on fixed crops of the
-held-back images (plot with ``python -m eval.curves``).
+held-back images (plot with ``python -m nicodec.eval.curves``).
 After the training steps the prior is fitted on the final indices and exported as integers, the
 model is evaluated on the held-back training images (never Kodak) and, with ``--export``, the
 shipped weight file is written.
@@ -18,7 +18,7 @@ shipped weight file is written.
   (``--refit-codebooks``, frozen; with ``--steps 0`` only the prior is fitted after it).
 
 Runs on CPU or CUDA unchanged (the device is picked automatically), and under
-``torchrun --nproc_per_node N -m models.mcq.train ...`` with DistributedDataParallel.
+``torchrun --nproc_per_node N -m nicodec.models.mcq.train ...`` with DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -39,13 +39,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from bitstream.entropy import cost_bits
-from models import weightfile
-from models.codebooks import kmeans
-from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths, whole_image
-from models.mcq import codec, network, tiny
-from models.mcq.quantizers import GumbelMultiCodebookVQ, MultiCodebookVQ, ec_assign, ec_kmeans
-from models.training import Budget, Run, add_minutes_argument, checkpoint, init_distributed, restore
+from nicodec.bitstream.entropy import cost_bits
+from nicodec.models import weightfile
+from nicodec.models.codebooks import kmeans
+from nicodec.models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths, whole_image
+from nicodec.models.mcq import codec, network, tiny
+from nicodec.models.mcq.quantizers import (GumbelMultiCodebookVQ, MultiCodebookVQ, ec_assign,
+                                           ec_kmeans)
+from nicodec.models.training import (Budget, Run, add_minutes_argument, checkpoint,
+                                     init_distributed, restore)
 
 
 def nested_loss(model, x: torch.Tensor, args, fewest: int) -> tuple[torch.Tensor, float]:
@@ -401,7 +403,7 @@ def main() -> None:
                         help="prior fitting steps after training")
     parser.add_argument("--rate-weights", default="", metavar="W0,W1,...",
                         help="mcq: the encoder's rate weights, one per quality (as in the "
-                             "registry; python -m eval.rate_weights tunes them): the prior is "
+                             "registry; python -m nicodec.eval.rate_weights tunes them): the prior is "
                              "fitted again on the indices they pick, and the held-back figures "
                              "are measured with them")
     parser.add_argument("--pretrain-steps", type=int, default=0,

@@ -4,5 +4,5 @@
 * ``coder.py``: its exact integer version and the tree coder;
 * ``residuals.py``: the colour transform and prediction residuals of photos;
 * ``codec.py``: the shipped models as the codec sees them, tiles of patches (``load_weights``);
-* ``train.py``: ``python -m models.pc.train {mnist,fashion-mnist,photos}``.
+* ``train.py``: ``python -m nicodec.models.pc.train {mnist,fashion-mnist,photos}``.
 """

@@ -22,10 +22,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from codec.image import UnsupportedImageError
-from models.pc import residuals
-from models.pc.coder import IntHCLT, TreeCoder
-from models.tiling import Pixels, zeros
+from nicodec.codec.image import UnsupportedImageError
+from nicodec.models.pc import residuals
+from nicodec.models.pc.coder import IntHCLT, TreeCoder
+from nicodec.models.tiling import Pixels, zeros
 
 BAND_UNITS = 1024  # tiles analysed or synthesized at once (about a megapixel); tests lower it
 

@@ -28,8 +28,8 @@ from typing import Iterator
 
 import numpy as np
 
-from bitstream.entropy import freqs_from_float_weights
-from models.pc.hclt import HCLT, TreeOrder
+from nicodec.bitstream.entropy import freqs_from_float_weights
+from nicodec.models.pc.hclt import HCLT, TreeOrder
 
 TRANS_BITS = 14  # each row of a transition table sums to about 2**14
 EMIT_BITS = 15  # each emission row sums to about 2**15

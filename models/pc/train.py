@@ -1,4 +1,4 @@
-"""Train an HCLT: ``python -m models.pc.train {mnist,fashion-mnist,photos} --out runs/NAME``.
+"""Train an HCLT: ``python -m nicodec.models.pc.train {mnist,fashion-mnist,photos} --out runs/NAME``.
 
 Data: the MNIST-format datasets (one sample = one 28 x 28 image; the last 5 000 training images
 are held back for validation, a tenth of smaller sets; the test set is only read for the final
@@ -26,12 +26,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from bitstream.entropy import TOTAL
-from models.data import load_idx, split_paths
-from models.pc.coder import IntHCLT
-from models.pc.hclt import HCLT, HCLTConfig, bits_per_dim, chow_liu_tree, mutual_information
-from models.pc.codec import TileLayout, save_weights
-from models.training import Budget, Run, add_minutes_argument
+from nicodec.bitstream.entropy import TOTAL
+from nicodec.models.data import load_idx, split_paths
+from nicodec.models.pc.coder import IntHCLT
+from nicodec.models.pc.hclt import HCLT, HCLTConfig, bits_per_dim, chow_liu_tree, mutual_information
+from nicodec.models.pc.codec import TileLayout, save_weights
+from nicodec.models.training import Budget, Run, add_minutes_argument
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 DATASETS = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "photos": "train"}

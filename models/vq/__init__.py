@@ -6,6 +6,6 @@
   indices); ``exact.py`` its exact integer version;
 * ``codec.py``: the shipped ladder as the codec sees it (``load_weights``; model ``vq-static``);
   ``masked.py`` the same ladder coded and restored by the transformer (model ``vq``);
-* ``train.py``: ``python -m models.vq.train {vqgan,ladder,prior}`` (``prior_train.py``: the
+* ``train.py``: ``python -m nicodec.models.vq.train {vqgan,ladder,prior}`` (``prior_train.py``: the
   transformer's steps).
 """

@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bitstream.entropy import cost_bits
-from models import weightfile
-from models.layers import inpaint
-from models.tiling import Pixels, analyze_in_tiles
-from models.vq import search
-from models.vq.vqgan import VQGAN, VQGANConfig, nearest
+from nicodec.bitstream.entropy import cost_bits
+from nicodec.models import weightfile
+from nicodec.models.layers import inpaint
+from nicodec.models.tiling import Pixels, analyze_in_tiles
+from nicodec.models.vq import search
+from nicodec.models.vq.vqgan import VQGAN, VQGANConfig, nearest
 
 TRANSFORMS = ("encoder.", "quant_in.", "quant_out.", "decoder.")
 # tiles (models/tiling.py): pixels of context around an encoder tile (128 already gives

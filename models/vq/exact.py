@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitstream.entropy import _EXP2, LOGIT_FRAC, freqs_from_logits
-from models.fixedpoint import EXACT_LIMIT, INT_LIMIT, check_exact, to_fixed
-from models.vq.transformer import IndexTransformer, PriorConfig, neighbour_offsets
+from nicodec.bitstream.entropy import _EXP2, LOGIT_FRAC, freqs_from_logits
+from nicodec.models.fixedpoint import EXACT_LIMIT, INT_LIMIT, check_exact, to_fixed
+from nicodec.models.vq.transformer import IndexTransformer, PriorConfig, neighbour_offsets
 
 ACT_FRAC = 10  # fractional bits of every activation
 WEIGHT_FRAC_MAX = 14

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bitstream.entropy import cost_bits
-from models.data import CropSampler, whole_image
-from models.vq.vqgan import nearest
+from nicodec.bitstream.entropy import cost_bits
+from nicodec.models.data import CropSampler, whole_image
+from nicodec.models.vq.vqgan import nearest
 
 
 def crop_pool(images: list[np.ndarray], n: int, crop: int, seed: int = 0) -> torch.Tensor:

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitstream.entropy import TOTAL
-from models.vq.codec import LadderPrior, StaticPrior, VQNet, load_weights as load_ladder
-from models.vq.exact import IntIndexTransformer, load_prior
-from models.vq.transformer import num_stages, stage_map
+from nicodec.bitstream.entropy import TOTAL
+from nicodec.models.vq.codec import LadderPrior, StaticPrior, VQNet, load_weights as load_ladder
+from nicodec.models.vq.exact import IntIndexTransformer, load_prior
+from nicodec.models.vq.transformer import num_stages, stage_map
 
 # Passes of most-confident-first restoration. Measured on Kodak (4 images x 2 draws, 20% of
 # indices lost, q8): 1 pass 0.93 dB below the loss-free decode, 2 passes 0.96, 4 passes 0.98,

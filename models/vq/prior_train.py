@@ -1,4 +1,4 @@
-"""Training of the masked index transformer: ``python -m models.vq.train prior``.
+"""Training of the masked index transformer: ``python -m nicodec.models.vq.train prior``.
 
 The VQGAN and its ladder are frozen (the shipped ``vq-cpu.safetensors``), so the index grids of
 the training photos are computed once, for every codebook of the ladder, and cached in the run
@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from bitstream.entropy import LOGIT_FRAC, TOTAL
-from models.data import split_paths, whole_image
-from models.training import Run, checkpoint, restore
-from models.vq.codec import load_weights
-from models.vq.exact import ACT_FRAC, LOG2E, IntIndexTransformer, load_prior, save_prior
-from models.vq.transformer import (SCHEDULES, IndexTransformer, PriorConfig, stage_map,
-                                   training_masks)
-from models.vq.vqgan import nearest
+from nicodec.bitstream.entropy import LOGIT_FRAC, TOTAL
+from nicodec.models.data import split_paths, whole_image
+from nicodec.models.training import Run, checkpoint, restore
+from nicodec.models.vq.codec import load_weights
+from nicodec.models.vq.exact import ACT_FRAC, LOG2E, IntIndexTransformer, load_prior, save_prior
+from nicodec.models.vq.transformer import (SCHEDULES, IndexTransformer, PriorConfig, stage_map,
+                                           training_masks)
+from nicodec.models.vq.vqgan import nearest
 
 
 def static_logits(tables: list[np.ndarray]) -> list[torch.Tensor]:

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitstream.entropy import PRECISION
-from models.tiling import Pixels
+from nicodec.bitstream.entropy import PRECISION
+from nicodec.models.tiling import Pixels
 
 # (codewords tried per unit, sweeps over the grid) of each effort level (1: the nearest only)
 EFFORT_SEARCH = {1: (1, 0), 2: (2, 1), 3: (3, 2)}

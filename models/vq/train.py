@@ -1,11 +1,11 @@
-"""VQ mode training: ``python -m models.vq.train {vqgan,ladder,prior}``.
+"""VQ mode training: ``python -m nicodec.models.vq.train {vqgan,ladder,prior}``.
 
 * ``vqgan --out runs/vq``: trains :class:`models.vq.vqgan.VQGAN` on random crops of the training
   photos (never Kodak): L1 + MS-SSIM reconstruction, codebook/commitment loss, and after
   ``--gan-start`` steps a hinge-loss patch discriminator. Resumable: ``checkpoint.pt`` in the run
   folder is written every ``--save-every`` steps, and the same command again continues (raise
   ``--steps`` to train longer). ``log.jsonl`` records PSNR and wall time, ``curve.jsonl`` the
-  held-back PSNR of the full codebook every ``--eval-every`` steps (``python -m eval.curves``).
+  held-back PSNR of the full codebook every ``--eval-every`` steps (``python -m nicodec.eval.curves``).
   ``--init`` starts from a shipped VQ weight file instead of a random network.
 * ``ladder --out runs/vq``: k-means of the trained codebook (weighted by how often each codeword
   is used) into the smaller ladder sizes, fine-tuning of each small codebook through the frozen
@@ -33,14 +33,14 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
-from bitstream.entropy import freqs_from_counts
-from models import weightfile
-from models.codebooks import kmeans
-from models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths
-from models.training import Budget, Run, add_minutes_argument, checkpoint, restore
-from models.vq import codec, ladder
-from models.vq.prior_train import train_prior
-from models.vq.vqgan import VQGAN, PatchDiscriminator, VQGANConfig, nearest
+from nicodec.bitstream.entropy import freqs_from_counts
+from nicodec.models import weightfile
+from nicodec.models.codebooks import kmeans
+from nicodec.models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths
+from nicodec.models.training import Budget, Run, add_minutes_argument, checkpoint, restore
+from nicodec.models.vq import codec, ladder
+from nicodec.models.vq.prior_train import train_prior
+from nicodec.models.vq.vqgan import VQGAN, PatchDiscriminator, VQGANConfig, nearest
 
 MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 

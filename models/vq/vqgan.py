@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.codebooks import Codebooks
+from nicodec.models.codebooks import Codebooks
 
 
 @dataclass(frozen=True)
