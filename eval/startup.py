@@ -58,7 +58,7 @@ def _time(args: list[str], runs: int, code: int) -> tuple[float, float, bool]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=7, help="runs of each command (the median is kept)")
     parser.add_argument("--coding", action="store_true",
                         help="time the coding commands instead (start-up included), idle and "
                              "with one core busy")
