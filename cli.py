@@ -241,6 +241,14 @@ def _with_threads(work: Work, threads: int, src: str, dst: str) -> tuple[dict, l
     return work(src, dst)
 
 
+def _check_quality(model: str, quality: int | None) -> None:
+    """--quality must be one of the model's rate settings (None: its default)."""
+    qualities = MODELS[model].qualities
+    if quality is not None and quality not in qualities:
+        raise click.BadParameter(f"model {model} has qualities {list(qualities)}",
+                                 param_hint="--quality")
+
+
 _jobs_option = click.option(
     "-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
     help="Worker processes for several inputs (--threads threads each); the outputs are the "
@@ -277,8 +285,8 @@ def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: i
     notes = list(dict.fromkeys(str(w.message) for w in caught))  # a target search repeats them
     if found and not found.met:
         notes.append(found.describe())
-    elif metadata_note(data):
-        notes.append(metadata_note(data))
+    elif note := metadata_note(data):
+        notes.append(note)
     header, _ = parse_header(data)
     _write(dst, data, force)
     record = {"input": src, "output": dst, "bytes": len(data), "width": header.width,
@@ -485,10 +493,7 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, alpha,
         model = resolve_model(model, lossless)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--lossless") from None
-    info = MODELS[model]
-    if quality is not None and quality not in info.qualities:
-        raise click.BadParameter(f"model {model} has qualities {list(info.qualities)}",
-                                 param_hint="--quality")
+    _check_quality(model, quality)
     try:
         check_effort(model, effort)
     except ValueError as error:
@@ -645,17 +650,20 @@ def models_cmd(as_json) -> None:
         click.echo(f"{r['name']}{flag}{missing}: {r['family']}, qualities {r['qualities']} "
                    f"(default {r['default_quality']}){efforts}\n  {r['description']}")
         if r["kodak"]:  # what a user gets, on public images
-            rates = ", ".join(f"q{m['quality']} {m['bpp']:.3f} bpp / {m['psnr']:.1f} dB"
-                              for m in r["kodak"])
-            click.echo(f"  Kodak (24 images, effort 1, bpp from file bytes): {rates}")
+            click.echo(f"  Kodak (24 images, effort 1, bpp from file bytes): "
+                       f"{_rates(r['kodak'])}")
         elif r["measured"] and "val_bpd" in r["measured"][0]:
             click.echo(f"  held-out data: {r['measured'][0]['val_bpd']:.4f} bits per symbol")
         elif r["measured"]:
-            rates = ", ".join(f"q{m['quality']} {m['bpp']:.3f} bpp / {m['psnr']:.1f} dB"
-                              for m in r["measured"])
-            click.echo(f"  held-back training photos (measured at export): {rates}")
+            click.echo(f"  held-back training photos (measured at export): "
+                       f"{_rates(r['measured'])}")
         if r["retired_weights"]:
             click.echo(f"  still decodes files of earlier weights: {', '.join(r['retired_weights'])}")
+
+
+def _rates(points: list[dict]) -> str:
+    """Measured points as 'q4 0.227 bpp / 27.7 dB, ...'."""
+    return ", ".join(f"q{m['quality']} {m['bpp']:.3f} bpp / {m['psnr']:.1f} dB" for m in points)
 
 
 def _measured(name: str) -> dict:
@@ -722,10 +730,7 @@ def demo_cmd(output, model, quality, force, as_json) -> None:
     FOLDER/.nicodec-demo.json); any other file of those names is left alone (exit 2) unless
     --force is given.
     """
-    info = MODELS[model]
-    if quality is not None and quality not in info.qualities:
-        raise click.BadParameter(f"model {model} has qualities {list(info.qualities)}",
-                                 param_hint="--quality")
+    _check_quality(model, quality)
     source = sample_photo()
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
