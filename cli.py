@@ -2,84 +2,39 @@
 
 Exit codes: 0 success, 1 bad data (unreadable image, damaged or foreign file) or a broken
 installation (a missing or damaged weight file: one line, and the batch stops), 2 usage error.
-Outputs are written atomically (temporary file, then rename). Every output is checked before
-anything is coded (``codec.batch``): an existing file without ``--force``, an input, an image
-suffix on a nicodec output are usage errors, reported for all inputs at once. Commands that
-only read headers or the registry (``--help``, ``info``, ``models``) never import torch: the
-coding commands import the pipeline when they run. With ``--jobs N`` the inputs are coded by
-N worker processes, with the same outputs, messages and exit codes as one by one.
+Outputs are written atomically (``codec.files``). Every output is checked before anything is
+coded (``codec.batch``): an existing file without ``--force``, an input, an image suffix on a
+nicodec output are usage errors, reported for all inputs at once. Commands that only read
+headers or the registry (``--help``, ``info``, ``models``) never import torch: the coding
+commands import the pipeline when they run. With ``--jobs N`` (N worker processes) or
+``--cluster`` (a Dask cluster) the inputs are coded with the same outputs, messages and exit
+codes as one by one (``codec.batch``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import io
 import json
-import os
 import sys
-import tempfile
 import time
-import warnings
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import click
 
-from nicodec.bitstream.errors import BitstreamError, CorruptMetadataError
-from nicodec.bitstream.format import (MAX_PIXELS, check_pixels, metadata_records, parse_header,
-                                      unpack)
+from nicodec.bitstream.errors import CorruptMetadataError
+from nicodec.bitstream.format import MAX_PIXELS, metadata_records, parse_header, unpack
 from nicodec.bitstream.metadata import describe
-from nicodec.codec import bigtiff
-from nicodec.codec.batch import (ENCODED_SUFFIX, STDIO, PlanError, check_outputs, expand,
-                                 image_suffixes, looks_nicodec, nicodec_files, targets)
-from nicodec.codec.image import IMAGE_SUFFIXES, POLICIES, UnsupportedImageError
+from nicodec.codec import batch
+from nicodec.codec.files import (ENCODED_SUFFIX, STDIO, Work, decode_file,
+                                 decode_line, encode_file, encode_line, image_bytes, model_name,
+                                 read, set_threads, with_threads, write)
+from nicodec.codec.image import POLICIES
 from nicodec.codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, WeightsError,
                                     available_models, check_effort, measured_rates, resolve_model)
 
 BAD_DATA = 1
-
-
-class Failure(Exception):
-    """One input could not be processed; the message says why."""
-
-
-def _read(source: str) -> bytes:
-    if source == "-":
-        return sys.stdin.buffer.read()
-    return Path(source).read_bytes()
-
-
-def _write(target: str, data: bytes, force: bool) -> None:
-    """Write ``data`` to a file atomically, or to stdout for ``-``."""
-    if target == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    with _atomic(target, force) as tmp:
-        Path(tmp).write_bytes(data)
-
-
-@contextlib.contextmanager
-def _atomic(target: str, force: bool):
-    """A temporary file's name beside ``target``, renamed to it when the block succeeds and
-    removed when it fails: a reader never sees a half-written output."""
-    path = Path(target)
-    if path.exists() and not force:
-        raise Failure(f"{path} exists (use --force to overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager
@@ -87,115 +42,57 @@ def _usage_errors():
     """A batch plan that fails (``codec.batch.PlanError``) is a usage error: exit 2."""
     try:
         yield
-    except PlanError as error:
+    except batch.PlanError as error:
         raise click.UsageError(str(error)) from None
 
 
-def _plan(inputs: tuple[str, ...], output: str | None, suffix: str,
-          input_suffixes: set[str]) -> tuple[list[str], list[str]]:
-    """The input files (folders expanded) and the output of each."""
+def _plan(inputs: tuple[str, ...], output: str | None, decoding: bool, options: dict
+          ) -> batch.Plan:
+    """The checked plan: inputs (folders, patterns, lists expanded), the output of each, and
+    what an earlier run did (--resume)."""
     with _usage_errors():
-        files = expand(inputs, input_suffixes)
-        return files, targets(files, output, suffix, len(files) > 1 or Path(inputs[0]).is_dir())
+        return batch.plan(inputs, output, decoding, recursive=options["recursive"],
+                          force=options["force"], manifest=options["manifest"],
+                          resume=options["resume"])
 
 
-def _check_outputs(files: list[str], outs: list[str], force: bool) -> None:
-    """Before any work: no output over an input, none over an existing file without --force."""
-    with _usage_errors():
-        check_outputs(files, outs, force)
-
-
-Work = Callable[[str, str], "tuple[dict, list[str]]"]  # (input, output) -> (record, warnings)
-
-
-def _init_worker() -> None:
-    """A --jobs worker computes on one thread: N workers share the cores, not N x cores."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _results(files: list[str], targets: list[str], work: Work, jobs: int):
-    """(input, result or the exception it raised) per input, in input order; ``jobs`` > 1 runs
-    ``work`` (a picklable module-level function) in that many worker processes (not with
-    stdin among the inputs: a worker has none)."""
-    pairs = list(zip(files, targets))
-    if jobs <= 1 or len(pairs) <= 1 or "-" in files:
-        for src, dst in pairs:
-            try:
-                yield src, work(src, dst)
-            except Exception as exc:  # noqa: BLE001 (sorted out by the caller, as from a worker)
-                yield src, exc
+def _say(line: Callable[[dict], str] | None, report: batch.FileReport) -> None:
+    """What became of one file, on stderr: its error, or its warnings (and ``line``)."""
+    if report.error:
+        click.echo(f"error: {report.error}", err=True)
         return
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-    from multiprocessing import get_context
-
-    with ProcessPoolExecutor(min(jobs, len(pairs)), mp_context=get_context("spawn"),
-                             initializer=_init_worker) as pool:
-        futures = [pool.submit(work, src, dst) for src, dst in pairs]
-        for (src, _), future in zip(pairs, futures):
-            try:
-                yield src, future.result()
-            except BrokenProcessPool:
-                yield src, Failure(f"{src}: the worker process died (out of memory?)")
-            except Exception as exc:  # noqa: BLE001
-                yield src, exc
+    for note in report.warnings:
+        click.echo(f"warning: {note}", err=True)
+    if line:
+        click.echo(line(report.record), err=True)
 
 
-def _run_batch(files: list[str], targets: list[str], work: Work, as_json: bool, what: str,
-               jobs: int = 1, json_to_stderr: bool = False) -> None:
-    """Apply ``work(input, output) -> (record, warnings)`` to each file (in ``jobs`` processes);
-    report (the JSON report on stderr with ``json_to_stderr``: stdout carries an output);
-    exit 1 if any failed."""
-    from tqdm import tqdm  # not needed by --help
+def _say_dashboard(client) -> None:
+    link = getattr(client, "dashboard_link", None)
+    click.echo(f"Dask dashboard: {link}" if link else
+               "Dask dashboard: none (the scheduler runs without bokeh)", err=True)
 
-    records, failed = [], 0
-    show = len(files) > 1 and not as_json
-    results = _results(files, targets, work, jobs)
-    for src, result in tqdm(results, total=len(files), desc=what,
-                            disable=None if show else True,  # None: hidden off a terminal
-                            file=sys.stderr):
-        if isinstance(result, WeightsError):  # every other input would fail the same way
-            _broken(result)
-        if isinstance(result, (Failure, BitstreamError, UnsupportedImageError, OSError,
-                               MemoryError)):
-            failed += 1
-            if isinstance(result, Failure):
-                message = str(result)
-            elif isinstance(result, MemoryError):
-                message = f"{src}: not enough memory"
-            elif isinstance(result, OSError):
-                message = _os_message(src, result)
-            else:
-                message = f"{src}: {result}"
-            records.append({"input": src, "error": message})
-            click.echo(f"error: {message}", err=True)
-        elif isinstance(result, BaseException):
-            raise result
-        else:
-            record, notes = result
-            records.append(record)
-            for note in notes:
-                click.echo(f"warning: {note}", err=True)
+
+def _run_batch(plan: batch.Plan, work: Work, as_json: bool, what: str,
+               line: Callable[[dict], str] | None = None, **run_args) -> None:
+    """Code every file of the plan (``run_args``: where, the manifest; ``codec.batch.run``),
+    report (the JSON report on stderr when stdout carries an output); exit 1 if any failed."""
+    try:
+        with _usage_errors():
+            reports = batch.run(plan.files, plan.outs, work, done=plan.done,
+                                progress=not as_json, what=what, on_report=partial(_say, line),
+                                on_cluster=_say_dashboard, **run_args)
+    except WeightsError as error:  # every other input would fail the same way
+        _broken(error)
+    records = [r.record for r in reports if not r.skipped]
+    if plan.done:
+        click.echo(f"{len(plan.done)} of {len(reports)} files done by an earlier run (manifest "
+                   f"{run_args['manifest']}): skipped", err=True)
     if as_json:
-        click.echo(json.dumps(records if len(records) > 1 else records[0], indent=2),
-                   err=json_to_stderr)
-    if failed:
+        click.echo(json.dumps(records if len(records) != 1 else records[0], indent=2),
+                   err=STDIO in plan.outs)
+    if not all(r.ok for r in reports):
         sys.exit(BAD_DATA)
-
-
-def _os_message(src: str, error: OSError) -> str:
-    """A system error in words ("x.png: no such file"), without errno and quoted paths."""
-    why = {FileNotFoundError: "no such file", IsADirectoryError: "is a folder, not a file",
-           PermissionError: "permission denied"}.get(type(error))
-    if error.filename is None:  # not about a path: our own words (e.g. no room for scratch)
-        why = None
-    if not why:
-        why = error.strerror[:1].lower() + error.strerror[1:] if error.strerror else str(error)
-    about = None if error.filename is None or str(error.filename) == src else error.filename
-    return f"{src}: {about}: {why}" if about else f"{src}: {why}"
 
 
 def _broken(error: WeightsError) -> None:
@@ -219,26 +116,14 @@ def _max_pixels(_ctx, _param, value: str | None) -> int | None:
     return limit or None
 
 
-_threads_option = click.option(
-    "--threads", type=click.IntRange(min=1), default=1, show_default=True,
-    help="Torch threads per process. More can be faster on an idle machine, but when another "
-         "program keeps a core busy, two threads ran several times slower than one.")
-
-
-def _set_threads(threads: int) -> None:
-    """Use ``threads`` torch threads: set now if torch is loaded, else through
-    OMP_NUM_THREADS, which torch reads when it is imported (a file refused from its header
-    never loads torch)."""
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-    else:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-
-
-def _with_threads(work: Work, threads: int, src: str, dst: str) -> tuple[dict, list[str]]:
-    """``work(src, dst)`` on ``threads`` torch threads."""
-    _set_threads(threads)
-    return work(src, dst)
+def _cluster(_ctx, _param, value: str | None) -> str | None:
+    """--cluster: a scheduler address, or local:N with N >= 1."""
+    if value is not None:
+        try:
+            batch.local_workers(value)
+        except batch.PlanError as error:
+            raise click.BadParameter(str(error)) from None
+    return value
 
 
 def _check_quality(model: str, quality: int | None) -> None:
@@ -249,151 +134,48 @@ def _check_quality(model: str, quality: int | None) -> None:
                                  param_hint="--quality")
 
 
-_jobs_option = click.option(
-    "-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-    help="Worker processes for several inputs (--threads threads each); the outputs are the "
-         "same as with one.")
+_BATCH_OPTIONS = [
+    click.option("-f", "--force", is_flag=True, help="Overwrite existing output files (never "
+                 "an input). Without it an existing output stops the command before any "
+                 "coding."),
+    click.option("-v", "--verbose", is_flag=True, help="One summary line per file on stderr."),
+    click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report."),
+    click.option("-r", "--recursive", is_flag=True, help="Folders: the files of their "
+                 "subfolders too (an output folder keeps their layout)."),
+    click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Worker processes for several inputs (--threads threads each); the "
+                 "outputs are the same as with one."),
+    click.option("--cluster", metavar="ADDRESS|local:N", callback=_cluster,
+                 help="Code on a Dask cluster: a scheduler's address (tcp://host:8786), or "
+                 "local:N for N worker processes here (needs nicodec[cluster]). Same outputs "
+                 "as --jobs; a dead worker's files are coded again elsewhere; the dashboard's "
+                 "address is printed."),
+    click.option("--manifest", metavar="PATH", help="Write one JSON line per input as it "
+                 "finishes: input, output, status, bytes, bpp, model, quality, effort, "
+                 "seconds, error."),
+    click.option("--resume", is_flag=True, help="With --manifest of an earlier run: skip the "
+                 "inputs it records as done whose output is still there with the recorded "
+                 "size; code the others and append their lines."),
+    click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Torch threads per process. More can be faster on an idle machine, but "
+                 "when another program keeps a core busy, two threads ran several times "
+                 "slower than one."),
+]
 
 
-_ALREADY_CODED = ("already a nicodec file: decode it with 'codec decode' (coding it again "
-                  "would only lose more)")
+def _batch_options(command):
+    """The options of encode and decode that say how a collection is coded (``options``)."""
+    for option in reversed(_BATCH_OPTIONS):
+        command = option(command)
+    return command
 
 
-def _encode_file(src: str, dst: str, model: str, quality: int | None, packets: int | None,
-                 effort: int, force: bool, policy: dict, goal: dict, verbose: bool
-                 ) -> tuple[dict, list[str]]:
-    """Encode one file (``goal``: a target kind and value, or empty for ``quality``)."""
-    from nicodec.codec.pipeline import encode
-    from nicodec.codec.target import metadata_note
-
-    start = time.perf_counter()
-    found = None
-    source = _read(src) if src == STDIO else src  # a path: a big TIFF is read piece by piece
-    if src == STDIO and looks_nicodec(source[:2]):
-        raise Failure(f"{src}: {_ALREADY_CODED}")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if goal:
-            from nicodec.codec.target import encode_to_target
-
-            found = encode_to_target(source, model=model, effort=effort, packets=packets,
-                                     **policy, **{f"target_{k}": v for k, v in goal.items()})
-            data = found.data
-        else:
-            data = encode(source, model=model, quality=quality, packets=packets,
-                          effort=effort, **policy)
-    notes = list(dict.fromkeys(str(w.message) for w in caught))  # a target search repeats them
-    if found and not found.met:
-        notes.append(found.describe())
-    elif note := metadata_note(data):
-        notes.append(note)
-    header, _ = parse_header(data)
-    _write(dst, data, force)
-    record = {"input": src, "output": dst, "bytes": len(data), "width": header.width,
-              "height": header.height,
-              "bpp": round(8 * len(data) / header.width / header.height, 5),
-              "model": model, "quality": header.quality, "effort": effort,
-              "packets": len(header.packet_lengths), "metadata_bytes": header.metadata_length,
-              "warnings": notes, "seconds": round(time.perf_counter() - start, 3)}
-    if found:
-        record.update(target={"kind": found.kind, "value": found.target},
-                      achieved=round(found.achieved, 5), met=found.met,
-                      rate_weight=found.rate_weight, encoder_runs=found.trials)
-    if verbose:
-        searched = "" if not found else (
-            f" (target {found.kind} {found.target:g} {'met' if found.met else 'not met'}"
-            + ("" if found.rate_weight is None else f", rate weight {found.rate_weight:.3g}")
-            + ")")
-        click.echo(f"{src} -> {dst}: {len(data)} bytes, {record['bpp']:.4f} bpp, {model} "
-                   f"q{header.quality}{searched}, {header.width}x{header.height}, "
-                   f"metadata {header.metadata_length} bytes, {record['seconds']:.2f} s", err=True)
-    return record, [f"{src}: {note}" for note in notes]
-
-
-def _save(pixels, metadata, fmt: str) -> bytes:
-    from nicodec.codec.image import to_pil
-
-    buffer = io.BytesIO()
-    to_pil(pixels, metadata).save(buffer, format=fmt, **metadata.pil_info())
-    return buffer.getvalue()
-
-
-def _image_bytes(result, fmt: str, src: str) -> tuple[bytes, list[str]]:
-    """The decoded image in format ``fmt`` with the file's ICC profile and EXIF; without the
-    alpha plane (and a warning) when the format cannot hold one."""
-    try:
-        return _save(result.pixels, result.metadata, fmt), []
-    except (OSError, ValueError, KeyError):
-        if result.metadata.alpha is None:
-            raise
-    return (_save(result.pixels, dataclasses.replace(result.metadata, alpha=None), fmt),
-            [f"{src}: {fmt} cannot hold transparency; alpha plane dropped (decode to .png, "
-             ".webp or .tiff to keep it)"])
-
-
-def _decode_file(src: str, dst: str, strict: bool, max_pixels: int | None, force: bool,
-                 verbose: bool) -> tuple[dict, list[str]]:
-    start = time.perf_counter()
-    data = _read(src)
-    header = parse_header(data)[0]
-    check_pixels(header, max_pixels)  # a bad header is refused without torch
-    from PIL import Image
-
-    from nicodec.codec.pipeline import decode_detailed
-
-    if dst != "-" and Path(dst).suffix.lower() in bigtiff.TIFF_SUFFIXES and \
-            bigtiff.is_big(header.width, header.height):
-        return _decode_streamed(src, dst, data, strict, max_pixels, force, verbose, start)
-    result = decode_detailed(data, strict=strict, max_pixels=max_pixels)
-    notes = _decode_notes(src, result)
-    fmt = "PNG" if dst == "-" else Image.registered_extensions()[Path(dst).suffix.lower()]
-    image, dropped = _image_bytes(result, fmt, src)
-    _write(dst, image, force)
-    return _decode_record(src, dst, result, start, verbose), notes + dropped
-
-
-def _decode_streamed(src: str, dst: str, data: bytes, strict: bool, max_pixels: int | None,
-                     force: bool, verbose: bool, start: float) -> tuple[dict, list[str]]:
-    """Decode a big image straight into a new TIFF file mapped into memory (``codec.bigtiff``)
-    under a temporary name, renamed when complete."""
-    from nicodec.codec.pipeline import decode_detailed
-
-    with _atomic(dst, force) as tmp:
-        result = decode_detailed(data, strict=strict, max_pixels=max_pixels,
-                                 out=lambda header, metadata: bigtiff.create(
-                                     tmp, header.height, header.width, header.channels, metadata))
-        bigtiff.finish(result.pixels)
-    notes = _decode_notes(src, result)
-    if result.metadata.exif:
-        notes.append(f"{src}: EXIF is not written to a streamed TIFF")
-    return _decode_record(src, dst, result, start, verbose), notes
-
-
-def _decode_notes(src: str, result) -> list[str]:
-    """What a decode lost, one line each."""
-    notes = []
-    if result.lost_packets:
-        notes.append(f"{src}: {result.lost_packets} of {len(result.header.packet_lengths)} "
-                     f"packets damaged; concealed {result.concealed_fraction:.1%} of the image"
-                     + (" (lost indices restored by the index transformer)"
-                        if result.restored else ""))
-    if result.metadata_lost:
-        notes.append(f"{src}: the metadata block is damaged; ICC profile, EXIF and alpha plane "
-                     "dropped")
-    return notes
-
-
-def _decode_record(src: str, dst: str, result, start: float, verbose: bool) -> dict:
-    """The JSON record of a decode (and its line with --verbose)."""
-    record = {"input": src, "output": dst, "width": result.header.width,
-              "height": result.header.height, "lost_packets": result.lost_packets,
-              "concealed_fraction": round(result.concealed_fraction, 5),
-              "seconds": round(time.perf_counter() - start, 3)}
-    if verbose:
-        click.echo(f"{src} -> {dst}: {result.header.width}x{result.header.height}, "
-                   f"{result.lost_packets} of {len(result.header.packet_lengths)} packets "
-                   f"lost, {record['seconds']:.2f} s", err=True)
-    return record
+def _runner(options: dict) -> dict:
+    """``codec.batch.run``'s arguments from the batch options."""
+    if options["jobs"] > 1 and options["cluster"]:
+        raise click.UsageError("--jobs and --cluster exclude each other: give one")
+    return {"jobs": options["jobs"], "cluster": options["cluster"],
+            "manifest": options["manifest"], "resume": options["resume"]}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -463,16 +245,12 @@ def main() -> None:
               help="As --target-bpp, with a budget in bytes per file.")
 @click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True),
               help="Search for the smallest file whose decoded image reaches this PSNR (dB).")
-@click.option("-f", "--force", is_flag=True, help="Overwrite existing output files (never an "
-              "input). Without it an existing output stops the command before any coding.")
-@click.option("-v", "--verbose", is_flag=True, help="One summary line per file on stderr.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-@_jobs_option
-@_threads_option
+@_batch_options
 def encode_cmd(inputs, output, model, lossless, quality, packets, effort, alpha, depth, frames,
-               metadata, target_bpp, target_size, target_psnr, force, verbose, as_json, jobs,
-               threads) -> None:
-    """Compress images (files, folders, or '-' for stdin).
+               metadata, target_bpp, target_size, target_psnr, **options) -> None:
+    """Compress images: files, folders (-r: with their subfolders), glob patterns
+    ('photos/**/*.jpg', quoted), @LIST (a text file naming one path or URL a line), fsspec URLs
+    (s3://bucket/photos), or '-' for stdin.
 
     Accepts PNG, JPEG, WebP, GIF, TIFF, BMP and anything else Pillow reads. Palette, CMYK and
     EXIF orientation are converted; transparency, 16-bit samples, animations and the ICC profile
@@ -498,21 +276,14 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, alpha,
         check_effort(model, effort)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--effort") from None
-    files, outs = _plan(inputs, output, ENCODED_SUFFIX, IMAGE_SUFFIXES)
-    if outs[0] != STDIO and Path(outs[0]).suffix.lower() in image_suffixes():
-        raise click.BadParameter(f"{outs[0]!r} names an image format; encode writes a nicodec "
-                                 f"file: give it the suffix {ENCODED_SUFFIX}",
-                                 param_hint="--output")
-    coded = nicodec_files(files)
-    if coded:
-        raise click.UsageError(f"{', '.join(coded)}: {_ALREADY_CODED}")
-    _check_outputs(files, outs, force)
-
-    work = partial(_encode_file, model=model, quality=quality, packets=packets, effort=effort,
-                   force=force, goal=goal, verbose=verbose,
+    runner = _runner(options)
+    plan = _plan(inputs, output, False, options)
+    work = partial(encode_file, model=model, quality=quality, packets=packets, effort=effort,
+                   force=options["force"], goal=goal,
                    policy=dict(alpha=alpha, depth=depth, frames=frames, metadata=metadata))
-    _run_batch(files, outs, partial(_with_threads, work, threads), as_json, "encoding", jobs,
-               json_to_stderr=STDIO in outs)
+    _run_batch(plan, partial(with_threads, work, options["threads"]), options["as_json"],
+               "encoding", encode_line if options["verbose"] else None,
+               settings={"model": model, "quality": quality, "effort": effort}, **runner)
 
 
 @main.command("decode")
@@ -526,15 +297,11 @@ def encode_cmd(inputs, output, model, lossless, quality, packets, effort, alpha,
               help=f"Refuse files whose header promises more than N pixels, before decoding "
                    f"(a guard against decompression bombs); 0 or 'none': no limit. Default: "
                    f"{MAX_PIXELS} (Pillow's limit).")
-@click.option("-f", "--force", is_flag=True, help="Overwrite existing output files (never an "
-              "input). Without it an existing output stops the command before any coding.")
-@click.option("-v", "--verbose", is_flag=True, help="One summary line per file on stderr.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-@_jobs_option
-@_threads_option
-def decode_cmd(inputs, output, strict, max_pixels, force, verbose, as_json, jobs, threads
-               ) -> None:
-    """Decompress nicodec files (files, folders of .nic files, or '-' for stdin).
+@_batch_options
+def decode_cmd(inputs, output, strict, max_pixels, **options) -> None:
+    """Decompress nicodec files: files, folders of .nic files (-r: with their subfolders),
+    glob patterns, @LIST (a text file naming one path or URL a line), fsspec URLs, or '-' for
+    stdin.
 
     The ICC profile and EXIF kept in the file are written into the output image (PNG, JPEG,
     WebP, TIFF), and its alpha plane too where the output format holds one. Damaged packets are
@@ -542,22 +309,11 @@ def decode_cmd(inputs, output, strict, max_pixels, force, verbose, as_json, jobs
     stderr; with --strict any damage is an error. Any file that does not decode is reported in
     one line (exit 1).
     """
-    from PIL import Image
-
-    files, outs = _plan(inputs, output, ".png", {ENCODED_SUFFIX})
-    for target in outs:
-        if target != STDIO and Path(target).suffix.lower() == ENCODED_SUFFIX:
-            raise click.BadParameter(f"{target!r}: decode writes an image (.png, .webp, ...), "
-                                     f"not a {ENCODED_SUFFIX} file", param_hint="--output")
-        if target != STDIO and Path(target).suffix.lower() not in Image.registered_extensions():
-            raise click.BadParameter(f"cannot tell the image format of {target!r} from its suffix",
-                                     param_hint="--output")
-    _check_outputs(files, outs, force)
-
-    work = partial(_decode_file, strict=strict, max_pixels=max_pixels, force=force,
-                   verbose=verbose)
-    _run_batch(files, outs, partial(_with_threads, work, threads), as_json, "decoding", jobs,
-               json_to_stderr=STDIO in outs)
+    runner = _runner(options)
+    plan = _plan(inputs, output, True, options)
+    work = partial(decode_file, strict=strict, max_pixels=max_pixels, force=options["force"])
+    _run_batch(plan, partial(with_threads, work, options["threads"]), options["as_json"],
+               "decoding", decode_line if options["verbose"] else None, **runner)
 
 
 @main.command("info")
@@ -574,7 +330,7 @@ def info_cmd(inputs, as_json) -> None:
     from nicodec.bitstream.format import extent
 
     def work(src: str, _dst: str) -> tuple[dict, list[str]]:
-        data = _read(src)
+        data = read(src)
         header, payloads = unpack(data)
         offset = parse_header(data)[1]
         header_bytes = offset - header.metadata_length
@@ -587,8 +343,7 @@ def info_cmd(inputs, as_json) -> None:
                   "header_bytes": header_bytes, "metadata_bytes": header.metadata_length,
                   "metadata": metadata,
                   "format_family": header.family.name.lower(), "model_id": header.model_id,
-                  "model": next((n for n, i in MODELS.items() if i.model_id == header.model_id),
-                                None),
+                  "model": model_name(header.model_id),
                   "weights_digest": f"{header.weights_digest:04x}", "width": header.width,
                   "height": header.height, "channels": header.channels,
                   "bit_depth": header.bit_depth, "quality": header.quality,
@@ -615,7 +370,7 @@ def info_cmd(inputs, as_json) -> None:
         return record, []
 
     files = list(inputs)
-    _run_batch(files, files, work, as_json, "reading")
+    _run_batch(batch.Plan(files, files), work, as_json, "reading")
 
 
 def _metadata_line(metadata: list[dict] | str, size: int) -> str:
@@ -740,7 +495,7 @@ def demo_cmd(output, model, quality, force, as_json) -> None:
     if conflicts:
         raise click.UsageError(f"{', '.join(conflicts)}: not written by an earlier demo "
                                "(use --force to overwrite, or another -o folder)")
-    _set_threads(1)  # the default of encode and decode, whose times the demo shows
+    set_threads(1)  # the default of encode and decode, whose times the demo shows
     from nicodec.codec.image import load_image
     from nicodec.codec.pipeline import decode_detailed, encode
     from nicodec.codec.registry import load_model
@@ -759,9 +514,9 @@ def demo_cmd(output, model, quality, force, as_json) -> None:
     start = time.perf_counter()
     result = decode_detailed(data)
     decode_s = time.perf_counter() - start
-    _write(str(nic), data, True)
-    _write(str(png), _image_bytes(result, "PNG", str(source))[0], True)
-    _write(str(folder / DEMO_RECORD), json.dumps(
+    write(str(nic), data, True)
+    write(str(png), image_bytes(result, "PNG", str(source))[0], True)
+    write(str(folder / DEMO_RECORD), json.dumps(
         {"nicodec demo wrote": {p.name: _digest(p) for p in (nic, png)}}, indent=1).encode(), True)
     h, w = pixels.shape[:2]
     record = {"input": str(source), "input_bytes": source.stat().st_size, "width": w,
