@@ -21,7 +21,8 @@ __all__ = [
     "CorruptMetadataError", "DecodeError", "ImageTooLargeError", "ModelMismatchError",
     "NotNicodecError", "PacketLossError", "TruncatedError", "UnsupportedVersionError",
     "UnsupportedImageError", "ConcealedWarning", "MetadataWarning", "ConversionWarning",
-    "WeightsError",
+    "WeightsError", "encode_collection", "decode_collection", "FileReport",
+    "NicDataset",
 ]
 _SUBMODULES = ("codec", "models", "bitstream", "eval", "cli")
 

@@ -9,6 +9,8 @@
     image = codec.decode("photo.nic")               # paths and binary file objects too
     image.info.get("icc_profile")                   # ICC profile and EXIF ride along
     codec.available_models()                        # ['mcq-tiny', ...]
+    codec.encode_collection("photos/", "coded/", cluster="local:4")  # a FileReport per file
+    codec.NicDataset("coded/")                      # decoded tensors for a DataLoader
 
 Inputs: transparency is kept (the alpha plane coded losslessly beside the lossy colour),
 16-bit and float samples are reduced to 8 bits, an animation's first frame is coded, and the ICC
@@ -75,13 +77,17 @@ __all__ = [
     "CorruptHeaderError", "CorruptMetadataError", "DecodeError", "ImageTooLargeError",
     "ModelMismatchError", "NotNicodecError", "PacketLossError", "TruncatedError",
     "UnsupportedVersionError", "UnsupportedImageError", "ConcealedWarning", "MetadataWarning",
-    "ConversionWarning", "WeightsError",
+    "ConversionWarning", "WeightsError", "encode_collection", "decode_collection", "FileReport",
+    "NicDataset",
 ]
 
-# Names that pull in torch, imported from their module on first use (PEP 562).
+# Names that pull in torch (or the batch machinery), imported from their module on first
+# use (PEP 562).
 _LAZY = {"encode": "nicodec.codec.pipeline", "decode_detailed": "nicodec.codec.pipeline",
          "Decoded": "nicodec.codec.pipeline", "load_model": "nicodec.codec.registry",
-         "encode_to_target": "nicodec.codec.target", "TargetResult": "nicodec.codec.target"}
+         "encode_to_target": "nicodec.codec.target", "TargetResult": "nicodec.codec.target",
+         "encode_collection": "nicodec.codec.batch", "decode_collection": "nicodec.codec.batch",
+         "FileReport": "nicodec.codec.batch", "NicDataset": "nicodec.codec.dataset"}
 
 
 def __getattr__(name: str) -> Any:

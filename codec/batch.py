@@ -149,16 +149,20 @@ def _expand_one(item: str, suffixes: set[str] | None, recursive: bool
 
 def _expand_url(url: str, suffixes: set[str] | None, recursive: bool
                 ) -> list[tuple[str, str]]:
-    """The same for an fsspec URL: a pattern, a folder (prefix) or one object."""
+    """The same for an fsspec URL: a pattern, a folder (prefix) or one object. Listings come
+    with each entry's type, so a million objects cost a few list requests, not one each."""
     fs, path = _filesystem(url)
     if GLOB_CHARS & set(path):
-        root, found = _fixed_part(path), fs.glob(path)
+        root, found = _fixed_part(path), fs.glob(path, detail=True)
     elif fs.isdir(path):
-        root, found = path, (fs.find(path) if recursive else fs.ls(path, detail=False))
+        root = path
+        found = fs.find(path, detail=True) if recursive else {
+            entry["name"]: entry for entry in fs.ls(path, detail=True)}
     else:
         return [(url, PurePosixPath(path).name)]
-    pairs = sorted((fs.unstrip_protocol(p), PurePosixPath(p).relative_to(root).as_posix())
-                   for p in found if _wanted(p, suffixes) and fs.isfile(p))
+    pairs = sorted((fs.unstrip_protocol(name), PurePosixPath(name).relative_to(root).as_posix())
+                   for name, entry in found.items()
+                   if entry["type"] == "file" and _wanted(name, suffixes))
     if not pairs:
         raise PlanError(f"{url}: no input file there")
     return pairs
@@ -591,6 +595,10 @@ def run(files: Sequence[str], outs: Sequence[str], work: Work, *, jobs: int = 1,
     connected; each report's line is appended to ``manifest`` at once (``resume``: to the
     lines already there, else to a new manifest). A broken installation (``WeightsError``)
     or a bug stops the batch: pending files are cancelled and the error is raised."""
+    if (cluster is not None or jobs > 1) and any(n.startswith("memory://")
+                                                 for n in (*files, *outs)):
+        raise PlanError("memory:// is a store inside one process: worker processes could not "
+                        "share it; code it here (no --jobs, no --cluster)")
     done = done or {}
     reports: list[FileReport | None] = [
         FileReport(src, dst, done[i], skipped=True) if i in done else None

@@ -29,8 +29,9 @@ from nicodec.codec.target import encode_to_target
 from nicodec.models.layers import GDN
 
 ROOT = Path(__file__).resolve().parent.parent
+# dask, distributed, fsspec: only --cluster and URLs need them (codec/batch.py)
 HEAVY = ("compressai", "torch_geometric", "pandas", "scipy", "matplotlib", "torchmetrics",
-         "torchvision")
+         "torchvision", "dask", "distributed", "fsspec")
 _CLI_PROBE = ("import json, sys, nicodec.cli as cli\n"
               "try:\n    cli.main(sys.argv[1:])\n"
               "except SystemExit as exit:\n"
