@@ -599,6 +599,8 @@ def run(files: Sequence[str], outs: Sequence[str], work: Work, *, jobs: int = 1,
                                                  for n in (*files, *outs)):
         raise PlanError("memory:// is a store inside one process: worker processes could not "
                         "share it; code it here (no --jobs, no --cluster)")
+    if cluster is not None and (STDIO in files or STDIO in outs):
+        raise PlanError("- (stdin, stdout) is this process's own: give files to a cluster")
     done = done or {}
     reports: list[FileReport | None] = [
         FileReport(src, dst, done[i], skipped=True) if i in done else None

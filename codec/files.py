@@ -5,7 +5,9 @@ An input is a path, ``-`` (stdin) or an fsspec URL (``s3://bucket/x.png``); so i
 (``-``: stdout). Outputs are written atomically: the bytes go to a temporary file beside the
 output, ``.<name>.nicodec.tmp``, renamed to the output when complete, so a reader, a crash or a
 killed worker never leaves a half-written output under its own name. The temporary name is
-fixed per output, so a retry of a killed worker's file replaces what the killed attempt left.
+fixed per output, so a retry of a killed worker's file replaces what the killed attempt left,
+and an output that already holds the bytes to be written counts as written (a retried task
+that had finished once).
 Each function returns the file's record (the ``--json`` report, the manifest's source) and
 its warnings; a file that cannot be coded raises (``codec.batch`` turns that into a report).
 """
@@ -68,15 +70,33 @@ def read(source: str) -> bytes:
 
 
 def write(target: str, data: bytes, force: bool) -> None:
-    """Write ``data`` atomically to a path or an fsspec URL, or to stdout for ``-``."""
+    """Write ``data`` atomically to a path or an fsspec URL, or to stdout for ``-``. An
+    output that holds these very bytes already counts as written, even without ``force``: a
+    task run again (Dask recomputes a finished task whose worker died before its result was
+    collected) must not fail on what its first run wrote."""
     if target == STDIO:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
+    elif not force and _holds(target, data):
+        return
     elif is_url(target):
         _write_url(target, data, force)
     else:
         with atomic(target, force) as tmp:
             Path(tmp).write_bytes(data)
+
+
+def _holds(target: str, data: bytes) -> bool:
+    """Whether ``target`` exists with exactly ``data`` in it."""
+    try:
+        if is_url(target):
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(target)
+            return fs.size(path) == len(data) and fs.cat_file(path) == data
+        return os.path.getsize(target) == len(data) and Path(target).read_bytes() == data
+    except OSError:
+        return False
 
 
 def temporary_name(target: str) -> str:

@@ -166,10 +166,14 @@ def test_fsspec_url_output_has_the_bytes_of_a_folder(photos, tmp_path):
     fs.rm("/coded", recursive=True)
 
 
-def test_batch_usage_errors(photos):
+def test_batch_usage_errors(photos, tmp_path):
+    """Each before any coding (or any cluster) starts: exit 2, nothing written."""
     assert run("encode", photos, "--jobs", "2", "--cluster", "local:2").exit_code == 2
     res = run("encode", photos, "--cluster", "local:0")
     assert res.exit_code == 2 and "local:N" in res.output
+    res = CliRunner().invoke(main, ["encode", "-", "-o", str(tmp_path / "x.nic"), "--cluster",
+                                    "local:1"], input=(photos / "a0.png").read_bytes())
+    assert res.exit_code == 2 and "stdin" in res.output and not (tmp_path / "x.nic").exists()
 
 
 def test_dataset_decodes_in_dataloader_workers(photos, tmp_path):
@@ -202,3 +206,14 @@ def test_one_progress_bar_for_the_collection(monkeypatch):
     last = screen.getvalue().split("\r")[-1]
     assert last.startswith("encoding: 100%") and "3/3" in last and "file" in last
     assert "6.0 MB read, 150.0 kB written" in last
+
+
+def test_an_output_with_the_same_bytes_counts_as_written(tmp_path):
+    """A task run twice (Dask recomputes a finished task whose worker died) finds its own
+    output: no error; other bytes there are still refused without force."""
+    target = str(tmp_path / "x.nic")
+    files.write(target, b"coded", force=False)
+    files.write(target, b"coded", force=False)
+    with pytest.raises(files.Failure, match="exists"):
+        files.write(target, b"other", force=False)
+    assert Path(target).read_bytes() == b"coded" and len(list(tmp_path.iterdir())) == 1

@@ -151,3 +151,51 @@ def test_python_entry_takes_a_dask_bag_and_fsspec_urls(client, photos, serial, t
     res = CliRunner().invoke(main, ["encode", str(photos), "-o", "memory://x", "--cluster",
                                     client.scheduler.address])
     assert res.exit_code == 2 and "memory://" in res.output
+
+
+def test_a_file_whose_workers_keep_dying_is_reported_and_its_leftover_removed(client, photos,
+                                                                              tmp_path):
+    """Every worker, restarted ones too (a worker plugin), dies writing img5.nic: after the
+    scheduler's allowed failures (set to 1 here) the file is reported failed."""
+
+    class Doom(distributed.WorkerPlugin):
+        name = "doom"
+
+        def setup(self, worker) -> None:
+            import os
+
+            from nicodec.codec import files
+
+            real = files.write
+
+            def write(target, data, force):
+                if target.endswith("img5.nic"):
+                    with files.atomic(target, force) as tmp:
+                        Path(tmp).write_bytes(data[:10])
+                        os._exit(1)
+                return real(target, data, force)
+
+            write.real = real
+            files.write = write
+
+        def teardown(self, worker) -> None:
+            from nicodec.codec import files
+
+            files.write = getattr(files.write, "real", files.write)
+
+    def allow(failures, dask_scheduler=None):
+        before, dask_scheduler.allowed_failures = dask_scheduler.allowed_failures, failures
+        return before
+
+    before = client.run_on_scheduler(allow, 1)
+    client.register_plugin(Doom())
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        reports = codec.encode_collection(photos / "img5.png", out, model=MODEL, cluster=client)
+    finally:
+        client.unregister_worker_plugin("doom")
+        client.run_on_scheduler(allow, before)
+    assert len(reports) == 1 and not reports[0].ok
+    assert "died each time it was tried" in reports[0].error
+    assert list(out.iterdir()) == []  # neither the output nor the killed attempts' leftover
