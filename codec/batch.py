@@ -470,8 +470,9 @@ def connect(cluster: Any) -> Iterator[Any]:
         return
     workers = local_workers(cluster)
     if workers:
-        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
-                                      processes=True) as local, \
+        with _environment_kept(), \
+                distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
+                                         processes=True) as local, \
                 distributed.Client(local) as client:
             yield client
         return
@@ -482,6 +483,19 @@ def connect(cluster: Any) -> Iterator[Any]:
                         ) from None
     with client:
         yield client
+
+
+@contextlib.contextmanager
+def _environment_kept() -> Iterator[None]:
+    """This process's environment as it was, once the block ends: Dask's nannies write their
+    workers' settings (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, ...) into it before each start,
+    and torch in a process started later from here would take them."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _serial(pairs: list[tuple[str, str]], work: Work) -> Iterator[tuple[int, FileReport]]:
@@ -647,11 +661,12 @@ def _default_cluster(inputs: Any, cluster: Any) -> Any:
     """``cluster``, or for a Dask bag without one the Dask client in use (if any)."""
     if cluster is not None or not type(inputs).__module__.startswith("dask.bag"):
         return cluster
-    from distributed import default_client
+    try:
+        from distributed import default_client
 
-    with contextlib.suppress(ValueError):
         return default_client()
-    return None
+    except (ImportError, ValueError):  # dask without distributed, or no client: here
+        return None
 
 
 def _collection(inputs: Any, output: str, decoding: bool, work: Work, settings: dict, *,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,13 @@ def test_an_output_with_the_same_bytes_counts_as_written(tmp_path):
     with pytest.raises(files.Failure, match="exists"):
         files.write(target, b"other", force=False)
     assert Path(target).read_bytes() == b"coded" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_local_cluster_leaves_the_environment_as_it_was(photos, tmp_path):
+    """Dask's nannies set MKL_NUM_THREADS=1 and more in the process that starts them, which
+    torch in any process started later would obey (--threads 2 gave one thread)."""
+    pytest.importorskip("distributed")
+    before = dict(os.environ)
+    reports = codec.encode_collection(photos, tmp_path / "out", model=MODEL, cluster="local:1")
+    assert all(r.ok for r in reports) and len(reports) == 2
+    assert dict(os.environ) == before

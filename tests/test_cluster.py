@@ -6,6 +6,7 @@ manifest is complete; a Dask bag of paths goes through the Python entry."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +28,18 @@ COUNT = 6
 
 @pytest.fixture(scope="module")
 def client():
-    """Two one-thread worker processes under nannies (which restart a worker that dies)."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as client:
-        yield client
+    """Two one-thread worker processes under nannies (which restart a worker that dies). The
+    nannies write OMP_NUM_THREADS=1 and more into this process's environment: put back after,
+    or the processes that later tests start would all take one thread."""
+    environment = dict(os.environ)
+    try:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=":0") as cluster, \
+                distributed.Client(cluster) as client:
+            yield client
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 @pytest.fixture(scope="module")
