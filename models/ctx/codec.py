@@ -10,7 +10,7 @@ size, and a damaged packet loses exactly its tile.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 from safetensors.numpy import load_file
@@ -39,19 +39,18 @@ class ContextNet:
     def columns(self, quality: int) -> int:
         return 1
 
-    def encode_payloads(self, pixels: np.ndarray, depth: int = 8,
-                        tile: int = TILE) -> list[bytes]:
-        """One payload per tile of (H, W, C) samples of ``depth`` bits."""
+    def encode_payloads(self, pixels: np.ndarray, depth: int = 8) -> list[bytes]:
+        """One payload per tile (``unit`` pixels square) of (H, W, C) samples of ``depth``
+        bits."""
         return [encode_tile(pixels[t:b, l:r], depth, self.tables)
-                for t, l, b, r in tile_boxes(*pixels.shape[:2], tile)]
+                for t, l, b, r in tile_boxes(*pixels.shape[:2], self.unit)]
 
     def decode_payloads(self, payloads: list[bytes | None], out: np.ndarray, depth: int = 8,
-                        tile: int = TILE, undecodable: tuple[type, ...] = (ValueError,),
-                        on_lost: Callable[[int], None] | None = None) -> list[bool]:
+                        undecodable: tuple[type, ...] = (ValueError,)) -> list[bool]:
         """Decode every payload into its tile of ``out`` (H, W, C); a missing payload, or one
         that fails to decode (``undecodable``), leaves its tile mid-grey. Returns which tiles
         were lost."""
-        boxes = list(tile_boxes(*out.shape[:2], tile))
+        boxes = list(tile_boxes(*out.shape[:2], self.unit))
         if len(boxes) != len(payloads):
             raise ValueError(f"{len(payloads)} packets for {len(boxes)} tiles")
         lost = []

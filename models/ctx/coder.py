@@ -31,7 +31,11 @@ from nicodec.models.ctx.levels import Pass, passes
 SPLIT = 16  # hybrid tokens: values below are their own token
 NTOK = 40  # tokens of 16-bit samples: 16 + 2 per octave from 2**4 to 2**15
 EST_FRAC = 8  # fixed-point bits of the activity weights
-LS_ROWS = 100_000  # samples the encoder's least squares look at (a regular subsample)
+LS_ROWS = 100_000
+IRLS_ROWS = 25_000  # the subsample of the reweighting rounds
+IRLS_FLOOR = 3.0
+PRED_BITS = 14
+COMPACT_BELOW = 20_000  # passes of fewer samples use the nearest four neighbours only  # magnitude bits of the largest prediction weight
 _UNIFORM = {}
 
 
@@ -92,20 +96,27 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     and ``res`` are (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their
     neighbours'."""
     ch = order[c]
+    compact = len(at) < COMPACT_BELOW
+    if compact:  # a pass of few samples: fewer weights to send
+        nb = nb[:4]
     own = [x[ch].take(i) for i in nb]
     feats, act = list(own), []
     if own:
         feats += directional(own[:4])
         act += [np.abs(own[0] - own[1]), np.abs(own[2] - own[3]), np.abs(own[0] - own[2]),
                 np.abs(own[1] - own[3])]
-        act += [res[ch].take(i) for i in nb]
+        signed = [res[ch].take(i) for i in nb]
+        act += [np.abs(v) for v in signed]
+        feats += signed[:4]
     for c2 in order[:c]:
         here = x[c2].take(at)
         feats.append(here)
-        act.append(res[c2].take(at))
+        feats.append(res[c2].take(at))
+        act.append(np.abs(feats[-1]))
         if own:
             near = [x[c2].take(i) for i in nb[:4]]
-            feats += near + [here - d for d in directional(near)]
+            feats += [here - d for d in directional(near)] if compact else \
+                near + [here - d for d in directional(near)]
     return _rows(feats, len(at)), _rows(act, len(at))
 
 
@@ -116,12 +127,35 @@ def _rows(columns: list[np.ndarray], n: int) -> np.ndarray:
     return out
 
 
-def _fit(a: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _fit_robust(a: np.ndarray, target: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Least squares reweighted towards a log-like cost (row weights 1/(|r| + IRLS_FLOOR), so
+    squared errors count about as their log would): a residual's code length grows with its
+    log, not its square. The reweighting rounds run on a subsample, the last fit on more."""
+    step = max(1, -(-a.shape[1] // IRLS_ROWS))
+    small, t = a[:, ::step], target[::step]
+    coef = _fit(small, t)
+    for _ in range(rounds - 1):
+        coef = _fit(small, t, 1 / (np.abs(t - (coef[:-1] @ small + coef[-1])) + IRLS_FLOOR))
+    return _fit(a, target, 1 / (np.abs(target - (coef[:-1] @ a + coef[-1])) + IRLS_FLOOR))
+
+
+def _fit_scale(a: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
+    """The activity estimate of |residual|: least squares weighted by 1/(estimate + 1), since
+    the spread of |residual| grows with its scale."""
+    coef = _fit(a, magnitude)
+    est = np.maximum(coef[:-1] @ a + coef[-1], 0)
+    return _fit(a, magnitude, 1 / (est + 1))
+
+
+def _fit(a: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
     """Least squares (normal equations, a little ridge) of ``target`` on the rows of ``a``
     (k, n) and a bias: float coefficients, bias last."""
     step = max(1, -(-a.shape[1] // LS_ROWS))
     m = np.concatenate([a[:, ::step], np.ones((1, len(target[::step])))])
     t = target[::step].astype(np.float64)
+    if weight is not None:
+        t = t * weight[::step]
+        m = m * weight[::step]
     gram = m @ m.T
     gram += np.eye(len(gram)) * (1e-6 * np.trace(gram) / len(gram) + 1e-9)
     return np.nan_to_num(np.linalg.solve(gram, m @ t))
@@ -130,7 +164,7 @@ def _fit(a: np.ndarray, target: np.ndarray) -> np.ndarray:
 def _fixed(coef: np.ndarray) -> tuple[int, np.ndarray, int]:
     """(fraction bits, int16-range weights, int32-range bias) of float coefficients."""
     top = float(np.abs(coef[:-1]).max()) if len(coef) > 1 else 0.0
-    frac = int(np.clip(14 - np.ceil(np.log2(top + 1e-9)), 0, 14)) if top > 0 else 14
+    frac = int(np.clip(PRED_BITS - np.ceil(np.log2(top + 1e-9)), 0, 14)) if top > 0 else PRED_BITS
     w = np.clip(np.rint(coef[:-1] * (1 << frac)), -32767, 32767).astype(np.int64)
     bias = int(np.clip(np.rint(coef[-1] * (1 << frac)), -(1 << 31) + 1, (1 << 31) - 1))
     return frac, w, bias
@@ -173,7 +207,7 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     side = _Side(enc=coder)
     height, width, channels = tile.shape
     x = tile.astype(np.int64).transpose(2, 0, 1).reshape(channels, -1)
-    res = np.zeros_like(x)  # |residual| of every coded sample
+    res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
     half = 1 << (depth - 1)
     for p in passes():
@@ -185,12 +219,12 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
         for c, ch in enumerate(order):
             feats, act = _features(x, res, c, order, at, nb)
             target = x[ch, at]
-            frac, w, bias = _fixed(_fit(feats, target))
+            frac, w, bias = _fixed(_fit_robust(feats, target))
             pred = np.clip(_apply(feats, frac, w, bias), 0, 2 * half - 1)
             r = (target - pred + half) % (2 * half) - half
             u = np.where(r >= 0, 2 * r, -2 * r - 1)
-            res[ch, at] = np.abs(r)
-            efrac, ew, ebias = _fixed_est(_fit(act, np.abs(r)))
+            res[ch, at] = r
+            efrac, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)))
             cls = np.searchsorted(tables.edges, _apply(act, 0, ew, ebias), side="right")
             side.put([frac], 1)
             side.put(w, 2)
@@ -269,5 +303,5 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
             u = untoken(tok, raw)
             r = np.where(u & 1, -(u + 1) // 2, u // 2)
             x[ch, at] = (pred + r) % (2 * half)
-            res[ch, at] = np.abs(r)
+            res[ch, at] = r
     return x.reshape(channels, height, width).transpose(1, 2, 0)
