@@ -145,6 +145,85 @@ def run_photos(folder: Path, limit: int | None, model: str | None = None) -> dic
             "decode_s_per_image": total["decode_s"] / len(images), "per_image": images}
 
 
+def synthetic_16bit(size: int = 512, seed: int = 0) -> dict[str, np.ndarray]:
+    """The 16-bit test set: grayscale images whose every bit carries content (none is 8-bit
+    data shifted up), as a scientific camera or a raw developer would write them:
+
+    * ``ramp``: a diagonal ramp over the whole range plus Gaussian noise of sigma 64;
+    * ``waves``: six random low-frequency waves plus shot noise (sigma 2 sqrt(level)) and read
+      noise (sigma 16);
+    * ``fractal``: 1/f noise (a photo-like spectrum) over the whole range plus noise of sigma 8;
+    * ``shapes``: random rectangles, slightly blurred, plus noise of sigma 32.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    top = 65535.0
+    ramp = (x + y) / 2 * top + rng.normal(0, 64, x.shape)
+    waves = sum(rng.uniform(3000, 8000) * np.sin(2 * np.pi * (rng.uniform(0.5, 4) * x
+                + rng.uniform(0.5, 4) * y) + rng.uniform(0, 6.3)) for _ in range(6)) + top / 2
+    waves = waves + rng.normal(0, 1, x.shape) * 2 * np.sqrt(np.maximum(waves, 0)) \
+        + rng.normal(0, 16, x.shape)
+    f = np.fft.fftfreq(size)
+    radius = np.hypot(*np.meshgrid(f, f, indexing="ij"))
+    spectrum = np.exp(2j * np.pi * rng.random((size, size))) / np.maximum(radius, 1 / size)
+    fractal = np.real(np.fft.ifft2(spectrum))
+    fractal = (fractal - fractal.min()) / np.ptp(fractal) * top + rng.normal(0, 8, x.shape)
+    shapes = np.full(x.shape, top / 3)
+    for _ in range(40):
+        a, b = sorted(rng.integers(0, size, 2))
+        c, d = sorted(rng.integers(0, size, 2))
+        shapes[a:b, c:d] = rng.uniform(0, top)
+    kernel = np.outer(*[np.array([1, 4, 6, 4, 1]) / 16] * 2)
+    blurred = sum(np.roll(shapes, (i - 2, j - 2), (0, 1)) * kernel[i, j]
+                  for i in range(5) for j in range(5))
+    shapes = blurred + rng.normal(0, 32, x.shape)
+    images = {"ramp": ramp, "waves": waves, "fractal": fractal, "shapes": shapes}
+    return {k: np.clip(np.rint(v), 0, top).astype(np.uint16) for k, v in images.items()}
+
+
+def run_16bit(model: str = "ctx-photo") -> dict:
+    """Bits per sample of the 16-bit test set: the lossless model's coder (every decode checked
+    exact), PNG and JPEG XL lossless (effort 7), both 16-bit grayscale through Pillow."""
+    net = load_model(model).net
+    rows = []
+    for name, image in synthetic_16bit().items():
+        start = time.perf_counter()
+        payloads = net.encode_payloads(image[:, :, None], depth=16)
+        t_enc = time.perf_counter() - start
+        out = np.zeros(image.shape + (1,), np.uint16)
+        start = time.perf_counter()
+        lost = net.decode_payloads(payloads, out, depth=16)
+        t_dec = time.perf_counter() - start
+        if any(lost) or not (out[:, :, 0] == image).all():
+            raise RuntimeError(f"{name}: 16-bit decode is not exact")
+        row = {"image": name, "nicodec_bps": 8 * sum(map(len, payloads)) / image.size,
+               "encode_s": t_enc, "decode_s": t_dec}
+        for codec_name, options in lossless_baselines().items():
+            if codec_name == "webp-lossless":
+                continue  # 8-bit only
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, **options)
+            back = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
+            if not (back == image).all():
+                raise RuntimeError(f"{codec_name} did not keep 16 bits")
+            row[f"{codec_name}_bps"] = 8 * len(buffer.getvalue()) / image.size
+        rows.append(row)
+    return {"model": model, "per_image": rows,
+            "mean": {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}}
+
+
+def format_16bit(r: dict) -> str:
+    keys = [k for k in r["per_image"][0] if k.endswith("_bps")]
+    lines = [f"16-bit test set (512x512 grayscale, synthetic, eval/lossless.py synthetic_16bit), "
+             f"bits per sample; nicodec is {r['model']}",
+             "  image     " + "".join(f"{k[:-4]:>17}" for k in keys)]
+    for row in r["per_image"] + [dict(r["mean"], image="mean")]:
+        lines.append(f"  {row['image']:<8}  " + "".join(f"{row[k]:17.3f}" for k in keys))
+    lines.append(f"  nicodec encode {r['mean']['encode_s']:.2f} s, decode "
+                 f"{r['mean']['decode_s']:.2f} s per image (coder alone, one thread)")
+    return "\n".join(lines)
+
+
 def format_photos(r: dict) -> str:
     lines = [f"photos: {r['folder']} ({r['images']} images), mean bits per pixel; nicodec is "
              f"{r.get('model', 'pc-photo')}"]
@@ -189,6 +268,7 @@ def main() -> None:
     parser.add_argument("--skip-photos", action="store_true")
     parser.add_argument("--skip-datasets", action="store_true", help="photos only")
     parser.add_argument("--photo-model", default=None, help="lossless model for the photos")
+    parser.add_argument("--deep", action="store_true", help="also the 16-bit test set")
     parser.add_argument("--out", type=Path, default=Path("eval/results/lossless"))
     args = parser.parse_args()
     rows = [] if args.skip_datasets else [
@@ -197,9 +277,11 @@ def main() -> None:
     photos = None if args.skip_photos else run_photos(args.photos, args.photo_count,
                                                       args.photo_model)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps({"datasets": rows, "photos": photos},
-                                                      indent=2))
-    table = format_table(rows) + ("\n" + format_photos(photos) if photos else "")
+    deep = run_16bit(args.photo_model or LOSSLESS_MODEL) if args.deep else None
+    (args.out / "summary.json").write_text(json.dumps({"datasets": rows, "photos": photos,
+                                                       "16bit": deep}, indent=2))
+    table = "\n".join([format_table(rows)] + ([format_photos(photos)] if photos else [])
+                      + ([format_16bit(deep)] if deep else [])).strip("\n")
     (args.out / "summary.txt").write_text(table + "\n")
     print(table)
 

@@ -141,7 +141,10 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rounds: int = 3) -> np.ndarra
 
 def _fit_scale(a: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
     """The activity estimate of |residual|: least squares weighted by 1/(estimate + 1), since
-    the spread of |residual| grows with its scale."""
+    the spread of |residual| grows with its scale (on a subsample: it only sorts samples into
+    classes)."""
+    step = max(1, -(-a.shape[1] // IRLS_ROWS))
+    a, magnitude = a[:, ::step], magnitude[::step]
     coef = _fit(a, magnitude)
     est = np.maximum(coef[:-1] @ a + coef[-1], 0)
     return _fit(a, magnitude, 1 / (est + 1))
@@ -206,7 +209,7 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     coder = PacketEncoder()
     side = _Side(enc=coder)
     height, width, channels = tile.shape
-    x = tile.astype(np.int64).transpose(2, 0, 1).reshape(channels, -1)
+    x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.int64).reshape(channels, -1)
     res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
     half = 1 << (depth - 1)
