@@ -28,8 +28,8 @@ from typing import Callable
 import click
 
 from nicodec.bitstream.errors import BitstreamError, CorruptMetadataError
-from nicodec.bitstream.format import (MAX_PIXELS, check_pixels, metadata_records, parse_header,
-                                      unpack)
+from nicodec.bitstream.format import (MAX_PIXELS, Family, check_pixels, metadata_records,
+                                      parse_header, unpack)
 from nicodec.bitstream.metadata import describe
 from nicodec.codec import bigtiff
 from nicodec.codec.batch import (ENCODED_SUFFIX, STDIO, PlanError, check_outputs, expand,
@@ -376,7 +376,10 @@ def _decode_notes(src: str, result) -> list[str]:
         notes.append(f"{src}: {result.lost_packets} of {len(result.header.packet_lengths)} "
                      f"packets damaged; concealed {result.concealed_fraction:.1%} of the image"
                      + (" (lost indices restored by the index transformer)"
-                        if result.restored else ""))
+                        if result.restored else "")
+                     + ("; this lossless file no longer decodes exactly (lost parts are "
+                        "mid-grey; --strict refuses it)"
+                        if result.header.family == Family.LOSSLESS else ""))
     if result.metadata_lost:
         notes.append(f"{src}: the metadata block is damaged; ICC profile, EXIF and alpha plane "
                      "dropped")

@@ -121,7 +121,8 @@ def main() -> None:
         loss.backward()
         opt.step()
         steps += 1
-    test = collect(sorted(KODAK.glob("*.png"))[:: 4][: args.kodak], None)
+    kodak = sorted(KODAK.glob("*.png"))[:: 4][: args.kodak]
+    test = collect(kodak, None)
     pixels = sum(len(r["tok"]) for r in test) / 3
     with torch.no_grad():
         mlp = sum(-model(torch.tensor(inputs(r))).gather(
@@ -132,7 +133,7 @@ def main() -> None:
     per_pass = time.perf_counter() - start
     bank = bank_bits(test, load_model("ctx-photo").net.tables.bank)
     print(f"{steps} steps in {args.minutes} min on {len(x)} training samples; "
-          f"{len(test) // 3} Kodak images (every 4th), token bits per pixel (raw bits left out):")
+          f"{len(kodak)} Kodak images (every 4th), token bits per pixel (raw bits left out):")
     print(f"  ctx-photo classes + bank: {bank / pixels:.4f} (table indices included)")
     print(f"  MLP logistic mixture:     {mlp / pixels:.4f} (weights not counted)")
     print(f"  MLP time for one finest pass of one channel ({len(test[-1]['tok'])} samples): "

@@ -140,3 +140,17 @@ def test_cli_lossless_uses_ctx_photo(tmp_path, small_rgb):
     assert header.model_id == registry.MODELS["ctx-photo"].model_id
     assert runner.invoke(cli, ["decode", str(nic), "-o", str(out)]).exit_code == 0
     assert (np.asarray(Image.open(out)) == small_rgb).all()
+
+
+def test_cli_says_a_damaged_lossless_file_is_not_exact(tmp_path, small_tiles):
+    image = _photo_like(40, 70, 3)
+    data = bytearray(encode(image, lossless=True))
+    header, offset = parse_header(bytes(data))
+    data[offset + 3] ^= 0xFF  # inside the first tile's packet
+    nic = tmp_path / "d.nic"
+    nic.write_bytes(bytes(data))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["decode", str(nic), "-o", str(tmp_path / "d.png")])
+    assert res.exit_code == 0 and "no longer decodes exactly" in res.output
+    res = runner.invoke(cli, ["decode", str(nic), "-o", str(tmp_path / "e.png"), "--strict"])
+    assert res.exit_code == 1 and not (tmp_path / "e.png").exists()
