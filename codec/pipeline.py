@@ -94,6 +94,9 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
                   bit_depth=8, quality=quality)
     if getattr(m.net, "codes_payloads", False):  # the model codes each packet itself
         payloads = m.net.encode_payloads(pixels)
+        if packets is not None and packets != len(payloads):
+            warnings.warn(f"{name} codes one packet per tile of {m.unit}x{m.unit} pixels: "
+                          f"{len(payloads)} packets, not {packets}", stacklevel=2)
         return Encoded(pack(fields, payloads, picture.records()), 8.0 * sum(map(len, payloads)),
                        np.zeros((1, 0, 0), np.int64))
     indices, estimate, tables = m.analyze_coded(pixels, quality, effort, rate_weight, analysis)

@@ -154,3 +154,9 @@ def test_cli_says_a_damaged_lossless_file_is_not_exact(tmp_path, small_tiles):
     assert res.exit_code == 0 and "no longer decodes exactly" in res.output
     res = runner.invoke(cli, ["decode", str(nic), "-o", str(tmp_path / "e.png"), "--strict"])
     assert res.exit_code == 1 and not (tmp_path / "e.png").exists()
+
+
+def test_packets_asked_for_are_tiles_with_a_warning(small_rgb):
+    with pytest.warns(UserWarning, match="one packet per tile"):
+        data = encode(small_rgb, lossless=True, packets=3)
+    assert len(parse_header(data)[0].packet_lengths) == 1
