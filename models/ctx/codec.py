@@ -71,6 +71,7 @@ def load_weights(path: str) -> tuple[ContextNet, None]:
     """The table bank and class ladder of a weight file (``train.py``)."""
     tensors = load_file(path)
     bank, edges = tensors["bank"].astype(np.int64), tensors["edges"].astype(np.int64)
-    if bank.ndim != 2 or (bank.sum(1) != bank[0].sum()).any() or (bank < 1).any():
-        raise ValueError("the table bank is damaged")
+    if bank.ndim != 2 or not 1 <= len(bank) <= 256 or (bank < 1).any() \
+            or (bank.sum(1) != bank[0].sum()).any():
+        raise ValueError("the table bank is damaged")  # indices are sent in one byte
     return ContextNet(Tables(bank, edges)), None

@@ -36,7 +36,7 @@ IRLS_ROWS = 25_000  # the subsample of the reweighting rounds
 IRLS_FLOOR = 3.0
 PRED_BITS = 14
 COMPACT_BELOW = 20_000  # passes of fewer samples use the nearest four neighbours only  # magnitude bits of the largest prediction weight
-_UNIFORM = {}
+_UNIFORM: dict[int, np.ndarray] = {}  # uniform tables by bit count
 
 
 def tokens(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -227,7 +227,7 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
             r = (target - pred + half) % (2 * half) - half
             u = np.where(r >= 0, 2 * r, -2 * r - 1)
             res[ch, at] = r
-            efrac, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)))
+            ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)))
             cls = np.searchsorted(tables.edges, _apply(act, 0, ew, ebias), side="right")
             side.put([frac], 1)
             side.put(w, 2)
@@ -241,12 +241,12 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     return coder.finish()
 
 
-def _fixed_est(coef: np.ndarray) -> tuple[int, np.ndarray, int]:
+def _fixed_est(coef: np.ndarray) -> tuple[np.ndarray, int]:
     """Activity weights in units of 2**-EST_FRAC (the estimate is compared with ``edges``,
     which are in the same units)."""
     w = np.clip(np.rint(coef[:-1] * (1 << EST_FRAC)), -32767, 32767).astype(np.int64)
     bias = int(np.clip(np.rint(coef[-1] * (1 << EST_FRAC)), -(1 << 31) + 1, (1 << 31) - 1))
-    return EST_FRAC, w, bias
+    return w, bias
 
 
 def _code_classes(coder: PacketEncoder, side: _Side, cls: np.ndarray, tok: np.ndarray,
