@@ -231,8 +231,8 @@ def format_photos(r: dict) -> str:
         lines.append(f"  {key[:-4]:<22}  {value:.3f} bpp")
     lines.append(f"  nicodec / PNG = {r['ratio_to_png']:.3f}; encode "
                  f"{r['encode_s_per_image']:.2f} s, decode {r['decode_s_per_image']:.2f} s per "
-                 f"image (2-core CPU shared with other jobs, {r.get('threads', 2)} torch thread(s); "
-                 f"the coder itself is single-threaded numpy)")
+                 f"image (2-core CPU shared with other jobs, {r.get('threads', 2)} torch "
+                 f"thread(s); the coder itself is single-threaded numpy)")
     return "\n".join(lines)
 
 

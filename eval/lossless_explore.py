@@ -387,7 +387,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--order", choices=["levels", "raster"], default="levels")
     parser.add_argument("--colour", choices=["rgb", "none"], default="rgb")
-    parser.add_argument("--dist", choices=["empirical", "laplace", "logistic", "adaptive", "bank"], default="empirical")
+    parser.add_argument("--dist", default="empirical",
+                        choices=["empirical", "laplace", "logistic", "adaptive", "bank"])
     parser.add_argument("--tokens", action="store_true", help="hybrid-uint tokens + raw bits")
     parser.add_argument("--classes", type=int, default=24)
     parser.add_argument("--nonlinear", action="store_true", help="directional features")

@@ -31,11 +31,11 @@ from nicodec.models.ctx.levels import Pass, passes
 SPLIT = 16  # hybrid tokens: values below are their own token
 NTOK = 40  # tokens of 16-bit samples: 16 + 2 per octave from 2**4 to 2**15
 EST_FRAC = 8  # fixed-point bits of the activity weights
-LS_ROWS = 100_000
-IRLS_ROWS = 25_000  # the subsample of the reweighting rounds
-IRLS_FLOOR = 3.0
-PRED_BITS = 14
-COMPACT_BELOW = 20_000  # passes of fewer samples use the nearest four neighbours only  # magnitude bits of the largest prediction weight
+LS_ROWS = 100_000  # samples the encoder's last least-squares fit looks at (a regular subsample)
+IRLS_ROWS = 25_000  # the subsample of the reweighting rounds and of the activity fit
+IRLS_FLOOR = 3.0  # row weights 1/(|residual| + this): measured 2-4 alike, 1 worse
+PRED_BITS = 14  # magnitude bits of the largest prediction weight (10 cost 0.025 bpp)
+COMPACT_BELOW = 20_000  # passes of fewer samples use the nearest four neighbours only
 _UNIFORM: dict[int, np.ndarray] = {}  # uniform tables by bit count
 
 
