@@ -283,7 +283,10 @@ def _decode_notes(src: str, result) -> list[str]:
         notes.append(f"{src}: {result.lost_packets} of {len(result.header.packet_lengths)} "
                      f"packets damaged; concealed {result.concealed_fraction:.1%} of the image"
                      + (" (lost indices restored by the index transformer)"
-                        if result.restored else ""))
+                        if result.restored else "")
+                     + ("; this lossless file no longer decodes exactly (lost parts are "
+                        "mid-grey; --strict refuses it)"
+                        if result.header.family == Family.LOSSLESS else ""))
     if result.metadata_lost:
         notes.append(f"{src}: the metadata block is damaged; ICC profile, EXIF and alpha plane "
                      "dropped")

@@ -89,6 +89,16 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     picture = image if isinstance(image, Picture) else load_image(image, policy)
     pixels = picture.pixels
     m = load_model(name)
+    fields = dict(family=info.family, model_id=info.model_id, weights_digest=m.digest,
+                  width=pixels.shape[1], height=pixels.shape[0], channels=pixels.shape[2],
+                  bit_depth=8, quality=quality)
+    if getattr(m.net, "codes_payloads", False):  # the model codes each packet itself
+        payloads = m.net.encode_payloads(pixels)
+        if packets is not None and packets != len(payloads):
+            warnings.warn(f"{name} codes one packet per tile of {m.unit}x{m.unit} pixels: "
+                          f"{len(payloads)} packets, not {packets}", stacklevel=2)
+        return Encoded(pack(fields, payloads, picture.records()), 8.0 * sum(map(len, payloads)),
+                       np.zeros((1, 0, 0), np.int64))
     indices, estimate, tables = m.analyze_coded(pixels, quality, effort, rate_weight, analysis)
     groups, h, w = indices.shape
     flat = indices.reshape(groups, -1)
@@ -112,9 +122,6 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     else:
         bits = encode_columns(m, quality, flat, owner, coders, tables)
     payloads = [coder.finish() for coder in coders]
-    fields = dict(family=info.family, model_id=info.model_id, weights_digest=m.digest,
-                  width=pixels.shape[1], height=pixels.shape[0], channels=pixels.shape[2],
-                  bit_depth=8, quality=quality)
     return Encoded(pack(fields, payloads, picture.records()), bits, indices)
 
 
@@ -272,10 +279,38 @@ def decode_detailed(data: BitstreamInput, strict: bool = False, max_pixels: int 
     return result
 
 
+def _lost_error(lost: int, total: int, missing: int) -> PacketLossError:
+    cut = f" (the file is cut short: {missing} bytes missing)" if missing else ""
+    if lost == total:
+        return PacketLossError(f"every packet of the file is damaged or missing: nothing to "
+                               f"decode{cut}")
+    return PacketLossError(f"{lost} of {total} packets are damaged or missing{cut}")
+
+
+def _decode_own_payloads(m: Model, header: Header, payloads: list[bytes | None], strict: bool,
+                         out: np.ndarray, missing: int) -> Decoded:
+    """Pixels of a model that codes each packet itself (one tile per packet): a lost tile is
+    mid-grey, and reported (refused when ``strict``)."""
+    if strict and any(p is None for p in payloads):
+        raise _lost_error(sum(p is None for p in payloads), len(payloads), missing)
+    try:
+        lost = m.net.decode_payloads(payloads, out, undecodable=UNDECODABLE)
+    except ValueError as exc:
+        raise CorruptHeaderError(f"header is damaged ({exc})") from None
+    n_lost = sum(lost)
+    if n_lost and (strict or n_lost == len(lost)):
+        raise _lost_error(n_lost, len(lost), missing)
+    grid = np.array(lost, bool).reshape(-(-header.height // m.unit), -(-header.width // m.unit))
+    return Decoded(out, np.zeros((1, 0, 0), np.int64), header, n_lost,
+                   float(grid.mean()), grid)
+
+
 def _decode_payloads(m: Model, header: Header, payloads: list[bytes | None],
                      strict: bool, out: np.ndarray, missing: int) -> Decoded:
     """Symbols from the packets that passed their CRC, then pixels (concealing the rest).
     ``missing``: bytes the file lacks (it was cut short), named when packets are refused."""
+    if getattr(m.net, "codes_payloads", False):
+        return _decode_own_payloads(m, header, payloads, strict, out, missing)
     groups, scale = m.columns(header.quality), m.unit
     h, w = -(-header.height // scale), -(-header.width // scale)
     n_packets = len(payloads)

@@ -142,10 +142,16 @@ MODELS: dict[str, ModelInfo] = {
                         "restored by a masked index transformer; small CPU-trained "
                         "configuration (models/weights/vq-prior.md, vq-cpu.md)",
             retired=("vq-prior-r3.safetensors",), efforts=(1, 2, 3)),
+        ModelInfo(
+            name="ctx-photo", model_id=8, family=Family.LOSSLESS, weights="ctx-photo.safetensors",
+            module="nicodec.models.ctx.codec", qualities=(0,), default_quality=0,
+            description="lossless photos: coarse-to-fine passes, least-squares prediction "
+                        "fitted per image, context classes with learned tables "
+                        "(models/weights/ctx-photo.md)"),
     ]
 }
 DEFAULT_MODEL = "mcq"
-LOSSLESS_MODEL = "pc-photo"
+LOSSLESS_MODEL = "ctx-photo"
 
 
 def available_models(lossy_only: bool = False) -> list[str]:

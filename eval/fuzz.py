@@ -34,7 +34,7 @@ from nicodec.bitstream.errors import BitstreamError
 from nicodec.bitstream.format import MAX_PACKETS, MAX_SIDE, Header, parse_header, seal_packet
 
 FUZZ_MAX_PIXELS = 128 * 128
-FAMILIES = ("mcq", "vq", "vq-static", "pc-photo", "pc-mnist")
+FAMILIES = ("mcq", "vq", "vq-static", "pc-photo", "pc-mnist", "ctx-photo")
 KINDS = ("flip", "byte", "truncate", "insert", "delete", "header", "payload")
 HEADER_FIELDS = ("width", "height", "quality", "model_id", "family", "channels",
                  "weights_digest", "packets", "lengths")
@@ -59,6 +59,7 @@ SEEDS = {
     "vq-static": [("vq-static", 48, 32, 3, 3, 1), ("vq-static", 48, 32, 3, 8, 2)],
     "pc-photo": [("pc-photo", 32, 32, 3, 0, 1), ("pc-photo", 20, 12, 1, 0, 1)],
     "pc-mnist": [("pc-mnist", 28, 28, 1, 0, 1), ("pc-mnist", 56, 28, 1, 0, 2)],
+    "ctx-photo": [("ctx-photo", 48, 32, 3, 0, 1), ("ctx-photo", 20, 12, 1, 0, 1)],
 }
 
 

@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, features
 from tqdm import tqdm
 
 from nicodec.codec.pipeline import decode_detailed, encode
-from nicodec.codec.registry import load_model
+from nicodec.codec.registry import LOSSLESS_MODEL, load_model
 from nicodec.models.pc.train import load_split
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -42,6 +43,7 @@ def lossless_baselines() -> dict[str, dict]:
     try:
         import pillow_jxl  # noqa: F401
         found["jxl-lossless"] = {"format": "JXL", "lossless": True, "effort": 7}
+        found["jxl-lossless-e9"] = {"format": "JXL", "lossless": True, "effort": 9}
     except ImportError:
         pass
     return found
@@ -113,15 +115,16 @@ def run_dataset(name: str, count: int, naive_images: int, baseline_images: int) 
     return row
 
 
-def run_photos(folder: Path, limit: int | None) -> dict:
-    """The photo lossless mode on a folder of photos (Kodak) against the classical codecs."""
+def run_photos(folder: Path, limit: int | None, model: str | None = None) -> dict:
+    """The photo lossless mode (``model``, default the ``--lossless`` default) on a folder of
+    photos (Kodak) against the classical codecs; every decode is checked exact."""
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")[:limit]
     total = {"pixels": 0, "nicodec": 0, "encode_s": 0.0, "decode_s": 0.0}
     images = []
     for path in tqdm(paths, desc="photos", leave=False, disable=None):
         pixels = np.asarray(Image.open(path).convert("RGB"))
         start = time.perf_counter()
-        data = encode(pixels, lossless=True)
+        data = encode(pixels, model=model, lossless=True)
         total["encode_s"] += time.perf_counter() - start
         start = time.perf_counter()
         decoded = decode_detailed(data)
@@ -135,19 +138,101 @@ def run_photos(folder: Path, limit: int | None) -> dict:
         total["pixels"] += pixels[..., 0].size
     keys = [k for k in images[0] if k.endswith("_bpp")]
     mean = {k: float(np.mean([r[k] for r in images])) for k in keys}
-    return {"folder": str(folder), "images": len(images), "mean_bpp": mean,
+    return {"folder": str(folder), "model": model or LOSSLESS_MODEL, "images": len(images),
+            "threads": torch.get_num_threads(), "mean_bpp": mean,
             "ratio_to_png": mean["nicodec_bpp"] / mean["png_bpp"],
             "encode_s_per_image": total["encode_s"] / len(images),
             "decode_s_per_image": total["decode_s"] / len(images), "per_image": images}
 
 
+def synthetic_16bit(size: int = 512, seed: int = 0) -> dict[str, np.ndarray]:
+    """The 16-bit test set: grayscale images whose every bit carries content (none is 8-bit
+    data shifted up), as a scientific camera or a raw developer would write them:
+
+    * ``ramp``: a diagonal ramp over the whole range plus Gaussian noise of sigma 64;
+    * ``waves``: six random low-frequency waves plus shot noise (sigma 2 sqrt(level)) and read
+      noise (sigma 16);
+    * ``fractal``: 1/f noise (a photo-like spectrum) over the whole range plus noise of sigma 8;
+    * ``shapes``: random rectangles, slightly blurred, plus noise of sigma 32.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    top = 65535.0
+    ramp = (x + y) / 2 * top + rng.normal(0, 64, x.shape)
+    waves = sum(rng.uniform(3000, 8000) * np.sin(2 * np.pi * (rng.uniform(0.5, 4) * x
+                + rng.uniform(0.5, 4) * y) + rng.uniform(0, 6.3)) for _ in range(6)) + top / 2
+    waves = waves + rng.normal(0, 1, x.shape) * 2 * np.sqrt(np.maximum(waves, 0)) \
+        + rng.normal(0, 16, x.shape)
+    f = np.fft.fftfreq(size)
+    radius = np.hypot(*np.meshgrid(f, f, indexing="ij"))
+    spectrum = np.exp(2j * np.pi * rng.random((size, size))) / np.maximum(radius, 1 / size)
+    fractal = np.real(np.fft.ifft2(spectrum))
+    fractal = (fractal - fractal.min()) / np.ptp(fractal) * top + rng.normal(0, 8, x.shape)
+    shapes = np.full(x.shape, top / 3)
+    for _ in range(40):
+        a, b = sorted(rng.integers(0, size, 2))
+        c, d = sorted(rng.integers(0, size, 2))
+        shapes[a:b, c:d] = rng.uniform(0, top)
+    kernel = np.outer(*[np.array([1, 4, 6, 4, 1]) / 16] * 2)
+    blurred = sum(np.roll(shapes, (i - 2, j - 2), (0, 1)) * kernel[i, j]
+                  for i in range(5) for j in range(5))
+    shapes = blurred + rng.normal(0, 32, x.shape)
+    images = {"ramp": ramp, "waves": waves, "fractal": fractal, "shapes": shapes}
+    return {k: np.clip(np.rint(v), 0, top).astype(np.uint16) for k, v in images.items()}
+
+
+def run_16bit(model: str = "ctx-photo") -> dict:
+    """Bits per sample of the 16-bit test set: the lossless model's coder (every decode checked
+    exact), PNG and JPEG XL lossless (effort 7), both 16-bit grayscale through Pillow."""
+    net = load_model(model).net
+    rows = []
+    for name, image in synthetic_16bit().items():
+        start = time.perf_counter()
+        payloads = net.encode_payloads(image[:, :, None], depth=16)
+        t_enc = time.perf_counter() - start
+        out = np.zeros(image.shape + (1,), np.uint16)
+        start = time.perf_counter()
+        lost = net.decode_payloads(payloads, out, depth=16)
+        t_dec = time.perf_counter() - start
+        if any(lost) or not (out[:, :, 0] == image).all():
+            raise RuntimeError(f"{name}: 16-bit decode is not exact")
+        row = {"image": name, "nicodec_bps": 8 * sum(map(len, payloads)) / image.size,
+               "encode_s": t_enc, "decode_s": t_dec}
+        for codec_name, options in lossless_baselines().items():
+            if codec_name == "webp-lossless":
+                continue  # 8-bit only
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, **options)
+            back = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
+            if not (back == image).all():
+                raise RuntimeError(f"{codec_name} did not keep 16 bits")
+            row[f"{codec_name}_bps"] = 8 * len(buffer.getvalue()) / image.size
+        rows.append(row)
+    return {"model": model, "per_image": rows,
+            "mean": {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}}
+
+
+def format_16bit(r: dict) -> str:
+    keys = [k for k in r["per_image"][0] if k.endswith("_bps")]
+    lines = [f"16-bit test set (512x512 grayscale, synthetic, eval/lossless.py synthetic_16bit), "
+             f"bits per sample; nicodec is {r['model']}",
+             "  image     " + "".join(f"{k[:-4]:>17}" for k in keys)]
+    for row in r["per_image"] + [dict(r["mean"], image="mean")]:
+        lines.append(f"  {row['image']:<8}  " + "".join(f"{row[k]:17.3f}" for k in keys))
+    lines.append(f"  nicodec encode {r['mean']['encode_s']:.2f} s, decode "
+                 f"{r['mean']['decode_s']:.2f} s per image (coder alone, one thread)")
+    return "\n".join(lines)
+
+
 def format_photos(r: dict) -> str:
-    lines = [f"photos: {r['folder']} ({r['images']} images), mean bits per pixel"]
+    lines = [f"photos: {r['folder']} ({r['images']} images), mean bits per pixel; nicodec is "
+             f"{r.get('model', 'pc-photo')}"]
     for key, value in r["mean_bpp"].items():
         lines.append(f"  {key[:-4]:<22}  {value:.3f} bpp")
     lines.append(f"  nicodec / PNG = {r['ratio_to_png']:.3f}; encode "
                  f"{r['encode_s_per_image']:.2f} s, decode {r['decode_s_per_image']:.2f} s per "
-                 f"image (2-core CPU)")
+                 f"image (2-core CPU shared with other jobs, {r.get('threads', 2)} torch "
+                 f"thread(s); the coder itself is single-threaded numpy)")
     return "\n".join(lines)
 
 
@@ -181,15 +266,22 @@ def main() -> None:
                         help="folder of photos for the photo lossless mode")
     parser.add_argument("--photo-count", type=int, default=None, help="first N photos only")
     parser.add_argument("--skip-photos", action="store_true")
+    parser.add_argument("--skip-datasets", action="store_true", help="photos only")
+    parser.add_argument("--photo-model", default=None, help="lossless model for the photos")
+    parser.add_argument("--deep", action="store_true", help="also the 16-bit test set")
     parser.add_argument("--out", type=Path, default=Path("eval/results/lossless"))
     args = parser.parse_args()
-    rows = [run_dataset(name, args.count, args.naive_images, args.baseline_images)
-            for name in args.datasets]
-    photos = None if args.skip_photos else run_photos(args.photos, args.photo_count)
+    rows = [] if args.skip_datasets else [
+        run_dataset(name, args.count, args.naive_images, args.baseline_images)
+        for name in args.datasets]
+    photos = None if args.skip_photos else run_photos(args.photos, args.photo_count,
+                                                      args.photo_model)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps({"datasets": rows, "photos": photos},
-                                                      indent=2))
-    table = format_table(rows) + ("\n" + format_photos(photos) if photos else "")
+    deep = run_16bit(args.photo_model or LOSSLESS_MODEL) if args.deep else None
+    (args.out / "summary.json").write_text(json.dumps({"datasets": rows, "photos": photos,
+                                                       "16bit": deep}, indent=2))
+    table = "\n".join([format_table(rows)] + ([format_photos(photos)] if photos else [])
+                      + ([format_16bit(deep)] if deep else [])).strip("\n")
     (args.out / "summary.txt").write_text(table + "\n")
     print(table)
 

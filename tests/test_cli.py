@@ -135,7 +135,7 @@ def test_console_script_as_subprocess(workdir):
 def test_lossless_flag(workdir):
     res = run("encode", workdir / "a.png", "--lossless", "-o", workdir / "l.nic", "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["model"] == "pc-photo"
+    assert json.loads(res.output)["model"] == "ctx-photo"
     assert run("decode", workdir / "l.nic", "-o", workdir / "l.png").exit_code == 0
     assert (np.asarray(Image.open(workdir / "l.png")) ==
             np.asarray(Image.open(workdir / "a.png"))).all()

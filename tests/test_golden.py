@@ -20,6 +20,9 @@ manifest keeps the SHA-256 of each metadata record as decoded then.
 Files of format version 3 (every packet's length stored) are named ``v3-*``: the same crop coded
 with ``mcq`` (r8) at quality 1 in one packet and at quality 4 in 2 packets, written by the commit
 that introduced version 3. They also decode to the same symbols with bytes appended.
+``v3-ctx-photo-q0.nic`` (the same crop) and ``v3-ctx-photo-gray.nic`` (the 32x64 top-left crop,
+grayscale) were written by ``ctx-photo``'s first weights (issue 37), one tile each; the model
+codes its packets itself (no symbols: the pixels' SHA-256 is the check).
 """
 
 from __future__ import annotations

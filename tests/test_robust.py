@@ -205,7 +205,7 @@ def test_model_loads_once_under_concurrent_requests(monkeypatch):
     assert len(loads) == 1 and len({id(m) for m in models}) == 1
 
 
-@pytest.mark.parametrize("model", ["mcq", "vq", "vq-static", "pc-photo"])
+@pytest.mark.parametrize("model", ["mcq", "vq", "vq-static", "pc-photo", "ctx-photo"])
 def test_threads_give_the_serial_bytes_and_pixels(model):
     images = [_image(seed, 48 + 16 * seed, 32) for seed in range(4)]
     packets = [1, 2, 1, 2]

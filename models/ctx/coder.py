@@ -1,0 +1,310 @@
+"""One tile's samples <-> one range-coded payload (exact integers throughout).
+
+For every pass (``levels.py``) and channel (G first, then R, B and any further channel; each
+sees the channels coded before it at the same pixel):
+
+1. **prediction**: a linear predictor over the known neighbours of the channel (and three
+   nonlinear features: the mean of the smoother opposite pair, a gradient-weighted mean, the
+   median of the nearest four), and over the earlier channels at the pixel and around it. The
+   encoder fits it by least squares on the tile and sends it in fixed point; the residual is
+   folded into the sample range and zigzagged to u >= 0;
+2. **context class**: a linear estimate of |residual| from local gradients, the residuals of the
+   neighbours (coded in earlier passes) and of the earlier channels at the pixel, also fitted
+   and sent; the class is its place on a log ladder (``edges``, four classes per octave);
+3. **table**: each class used in the pass picks one table of the learned bank (its index is
+   sent); u is coded as a hybrid token (u < 16 itself, else its exponent and top mantissa
+   bit) with that table, in one coder call per class, and the low bits of large u raw.
+
+Side information goes through the same range coder with uniform tables. The decoder computes
+every feature and class from samples it already has, so it decodes a whole pass per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
+from nicodec.models.ctx.levels import Pass, passes
+
+SPLIT = 16  # hybrid tokens: values below are their own token
+NTOK = 40  # tokens of 16-bit samples: 16 + 2 per octave from 2**4 to 2**15
+EST_FRAC = 8  # fixed-point bits of the activity weights
+LS_ROWS = 100_000  # samples the encoder's last least-squares fit looks at (a regular subsample)
+IRLS_ROWS = 25_000  # the subsample of the reweighting rounds and of the activity fit
+IRLS_FLOOR = 3.0  # row weights 1/(|residual| + this): measured 2-4 alike, 1 worse
+PRED_BITS = 14  # magnitude bits of the largest prediction weight (10 cost 0.025 bpp)
+COMPACT_BELOW = 20_000  # passes of fewer samples use the nearest four neighbours only
+_UNIFORM: dict[int, np.ndarray] = {}  # uniform tables by bit count
+
+
+def tokens(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(token, raw bit count, raw value) of non-negative integers below 2**16."""
+    u = u.astype(np.int64)
+    n = np.frexp(np.maximum(u, 1).astype(np.float64))[1].astype(np.int64) - 1  # floor(log2 u)
+    big = u >= SPLIT
+    nraw = np.where(big, n - 1, 0)
+    tok = np.where(big, SPLIT + (n - 4) * 2 + ((u >> np.maximum(n - 1, 0)) & 1), u)
+    return tok, nraw, u & ((1 << nraw) - 1)
+
+
+def untoken(tok: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`tokens` given the token and its raw value."""
+    n = (tok - SPLIT) // 2 + 4
+    big = tok >= SPLIT
+    top = (1 << np.where(big, n, 0)) | (((tok - SPLIT) & 1) << np.maximum(n - 1, 0))
+    return np.where(big, top | raw, tok)
+
+
+def raw_bits(tok: np.ndarray) -> np.ndarray:
+    """Raw bit count of each token."""
+    return np.where(tok >= SPLIT, (tok - SPLIT) // 2 + 3, 0)
+
+
+def _uniform(bits: int) -> np.ndarray:
+    if bits not in _UNIFORM:
+        _UNIFORM[bits] = np.full(1 << bits, 1 << (PRECISION - bits), np.int64)
+    return _UNIFORM[bits]
+
+
+def directional(f: list[np.ndarray]) -> list[np.ndarray]:
+    """Nonlinear features of the nearest four neighbours (two opposite pairs a-b, c-d): the sum
+    of the smoother pair, a gradient-weighted sum, the sum of the middle two."""
+    a, b, c, d = f
+    g1, g2 = np.abs(a - b), np.abs(c - d)
+    pick = np.where(g1 <= g2, a + b, c + d)
+    weighted = ((a + b) * (g2 + 1) + (c + d) * (g1 + 1)) // (g1 + g2 + 2)
+    middle = a + b + c + d - np.minimum(np.minimum(a, b), np.minimum(c, d)) \
+        - np.maximum(np.maximum(a, b), np.maximum(c, d))
+    return [pick, weighted, middle]
+
+
+@dataclass
+class Tables:
+    """What the coder needs from the model: the table bank and the class ladder."""
+
+    bank: np.ndarray  # (M, NTOK) int64 frequencies summing to 2**PRECISION
+    edges: np.ndarray  # (classes - 1,) int64 thresholds of the fixed-point activity estimate
+    collect: list | None = field(default=None)  # training: per-class token histograms
+
+
+def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
+              nb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction features (k, n), activity features (m, n)) of channel ``order[c]``, as
+    float64 rows holding integers (products with the fixed-point weights stay exact). ``x``
+    and ``res`` are (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their
+    neighbours'."""
+    ch = order[c]
+    compact = len(at) < COMPACT_BELOW
+    if compact:  # a pass of few samples: fewer weights to send
+        nb = nb[:4]
+    own = [x[ch].take(i) for i in nb]
+    feats, act = list(own), []
+    if own:
+        feats += directional(own[:4])
+        act += [np.abs(own[0] - own[1]), np.abs(own[2] - own[3]), np.abs(own[0] - own[2]),
+                np.abs(own[1] - own[3])]
+        signed = [res[ch].take(i) for i in nb]
+        act += [np.abs(v) for v in signed]
+        feats += signed[:4]
+    for c2 in order[:c]:
+        here = x[c2].take(at)
+        feats.append(here)
+        feats.append(res[c2].take(at))
+        act.append(np.abs(feats[-1]))
+        if own:
+            near = [x[c2].take(i) for i in nb[:4]]
+            feats += [here - d for d in directional(near)] if compact else \
+                near + [here - d for d in directional(near)]
+    return _rows(feats, len(at)), _rows(act, len(at))
+
+
+def _rows(columns: list[np.ndarray], n: int) -> np.ndarray:
+    out = np.empty((len(columns), n))
+    for i, col in enumerate(columns):
+        out[i] = col
+    return out
+
+
+def _fit_robust(a: np.ndarray, target: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Least squares reweighted towards a log-like cost (row weights 1/(|r| + IRLS_FLOOR), so
+    squared errors count about as their log would): a residual's code length grows with its
+    log, not its square. The reweighting rounds run on a subsample, the last fit on more."""
+    step = max(1, -(-a.shape[1] // IRLS_ROWS))
+    small, t = a[:, ::step], target[::step]
+    coef = _fit(small, t)
+    for _ in range(rounds - 1):
+        coef = _fit(small, t, 1 / (np.abs(t - (coef[:-1] @ small + coef[-1])) + IRLS_FLOOR))
+    return _fit(a, target, 1 / (np.abs(target - (coef[:-1] @ a + coef[-1])) + IRLS_FLOOR))
+
+
+def _fit_scale(a: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
+    """The activity estimate of |residual|: least squares weighted by 1/(estimate + 1), since
+    the spread of |residual| grows with its scale (on a subsample: it only sorts samples into
+    classes)."""
+    step = max(1, -(-a.shape[1] // IRLS_ROWS))
+    a, magnitude = a[:, ::step], magnitude[::step]
+    coef = _fit(a, magnitude)
+    est = np.maximum(coef[:-1] @ a + coef[-1], 0)
+    return _fit(a, magnitude, 1 / (est + 1))
+
+
+def _fit(a: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """Least squares (normal equations, a little ridge) of ``target`` on the rows of ``a``
+    (k, n) and a bias: float coefficients, bias last."""
+    step = max(1, -(-a.shape[1] // LS_ROWS))
+    m = np.concatenate([a[:, ::step], np.ones((1, len(target[::step])))])
+    t = target[::step].astype(np.float64)
+    if weight is not None:
+        t = t * weight[::step]
+        m = m * weight[::step]
+    gram = m @ m.T
+    gram += np.eye(len(gram)) * (1e-6 * np.trace(gram) / len(gram) + 1e-9)
+    return np.nan_to_num(np.linalg.solve(gram, m @ t))
+
+
+def _fixed(coef: np.ndarray) -> tuple[int, np.ndarray, int]:
+    """(fraction bits, int16-range weights, int32-range bias) of float coefficients."""
+    top = float(np.abs(coef[:-1]).max()) if len(coef) > 1 else 0.0
+    frac = int(np.clip(PRED_BITS - np.ceil(np.log2(top + 1e-9)), 0, 14)) if top > 0 else PRED_BITS
+    w = np.clip(np.rint(coef[:-1] * (1 << frac)), -32767, 32767).astype(np.int64)
+    bias = int(np.clip(np.rint(coef[-1] * (1 << frac)), -(1 << 31) + 1, (1 << 31) - 1))
+    return frac, w, bias
+
+
+def _apply(feats: np.ndarray, frac: int, w: np.ndarray, bias: int) -> np.ndarray:
+    """Integer linear map: (w . feats + bias) / 2**frac, rounded down from the half. The
+    float64 products and sums are of integers below 2**53, hence exact in any order."""
+    n = feats.shape[1]
+    total = (w.astype(np.float64) @ feats).astype(np.int64) if len(feats) else np.zeros(n, np.int64)
+    return (total + bias + (1 << frac >> 1)) >> frac
+
+
+class _Side:
+    """Integers through the range coder with uniform byte tables."""
+
+    def __init__(self, enc: PacketEncoder | None = None, dec: PacketDecoder | None = None):
+        self.enc, self.dec = enc, dec
+
+    def put(self, values, nbytes: int, signed: bool = True) -> None:
+        v = np.asarray(values, np.int64).ravel() + (signed << (8 * nbytes - 1))
+        parts = [(v >> (8 * i)) & 255 for i in range(nbytes)]
+        self.enc.encode(np.stack(parts, 1).ravel(), _uniform(8))
+
+    def get(self, count: int, nbytes: int, signed: bool = True) -> np.ndarray:
+        if not count:
+            return np.zeros(0, np.int64)
+        parts = self.dec.decode(_uniform(8), count * nbytes).reshape(count, nbytes)
+        v = sum(parts[:, i] << (8 * i) for i in range(nbytes))
+        return v - (signed << (8 * nbytes - 1))
+
+
+def _order(channels: int) -> list[int]:
+    return [1, 0, 2] + list(range(3, channels)) if channels >= 3 else list(range(channels))
+
+
+def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
+    """Code a (H, W, C) tile of ``depth``-bit samples (uint8 or uint16) into one payload."""
+    coder = PacketEncoder()
+    side = _Side(enc=coder)
+    height, width, channels = tile.shape
+    x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.int64).reshape(channels, -1)
+    res = np.zeros_like(x)  # residual of every coded sample
+    order = _order(channels)
+    half = 1 << (depth - 1)
+    for p in passes():
+        ys, xs = p.positions(height, width)
+        if not len(ys):
+            continue
+        at = ys * width + xs
+        nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
+        for c, ch in enumerate(order):
+            feats, act = _features(x, res, c, order, at, nb)
+            target = x[ch, at]
+            frac, w, bias = _fixed(_fit_robust(feats, target))
+            pred = np.clip(_apply(feats, frac, w, bias), 0, 2 * half - 1)
+            r = (target - pred + half) % (2 * half) - half
+            u = np.where(r >= 0, 2 * r, -2 * r - 1)
+            res[ch, at] = r
+            ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)))
+            cls = np.searchsorted(tables.edges, _apply(act, 0, ew, ebias), side="right")
+            side.put([frac], 1)
+            side.put(w, 2)
+            side.put([bias], 4)
+            side.put(ew, 2)
+            side.put([ebias], 4)
+            tok, nraw, raw = tokens(u)
+            _code_classes(coder, side, cls, tok, tables)
+            for k in np.unique(nraw[nraw > 0]):
+                coder.encode(raw[nraw == k], _uniform(int(k)))
+    return coder.finish()
+
+
+def _fixed_est(coef: np.ndarray) -> tuple[np.ndarray, int]:
+    """Activity weights in units of 2**-EST_FRAC (the estimate is compared with ``edges``,
+    which are in the same units)."""
+    w = np.clip(np.rint(coef[:-1] * (1 << EST_FRAC)), -32767, 32767).astype(np.int64)
+    bias = int(np.clip(np.rint(coef[-1] * (1 << EST_FRAC)), -(1 << 31) + 1, (1 << 31) - 1))
+    return w, bias
+
+
+def _code_classes(coder: PacketEncoder, side: _Side, cls: np.ndarray, tok: np.ndarray,
+                  tables: Tables) -> None:
+    """Pick and send each used class's table, then code its tokens in one call."""
+    used, inverse = np.unique(cls, return_inverse=True)
+    hist = np.bincount(inverse * NTOK + tok, minlength=len(used) * NTOK).reshape(-1, NTOK)
+    if tables.collect is not None:
+        tables.collect.append(hist)
+    cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
+    pick = cost.argmin(1)
+    side.put(pick, 1, signed=False)
+    for i, j in enumerate(pick):
+        coder.encode(tok[inverse == i], tables.bank[j])
+
+
+def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """Decode a payload of :func:`encode_tile` into (H, W, C) samples."""
+    coder = PacketDecoder(payload)
+    side = _Side(dec=coder)
+    height, width, channels = shape
+    x = np.zeros((channels, height * width), np.int64)
+    res = np.zeros_like(x)
+    order = _order(channels)
+    half = 1 << (depth - 1)
+    for p in passes():
+        ys, xs = p.positions(height, width)
+        if not len(ys):
+            continue
+        at = ys * width + xs
+        nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
+        for c, ch in enumerate(order):
+            feats, act = _features(x, res, c, order, at, nb)
+            frac = int(side.get(1, 1)[0])
+            if not 0 <= frac <= 14:
+                raise ValueError("bad fixed-point shift")
+            w = side.get(len(feats), 2)
+            bias = int(side.get(1, 4)[0])
+            ew = side.get(len(act), 2)
+            ebias = int(side.get(1, 4)[0])
+            pred = np.clip(_apply(feats, frac, w, bias), 0, 2 * half - 1)
+            cls = np.searchsorted(tables.edges, _apply(act, 0, ew, ebias), side="right")
+            used, inverse = np.unique(cls, return_inverse=True)
+            pick = side.get(len(used), 1, signed=False)
+            if (pick >= len(tables.bank)).any():
+                raise ValueError("table index out of range")
+            tok = np.zeros(len(ys), np.int64)
+            for i, j in enumerate(pick):
+                where = inverse == i
+                tok[where] = coder.decode(tables.bank[j], int(where.sum()))
+            nraw = raw_bits(tok)
+            raw = np.zeros(len(ys), np.int64)
+            for k in np.unique(nraw[nraw > 0]):
+                where = nraw == k
+                raw[where] = coder.decode(_uniform(int(k)), int(where.sum()))
+            u = untoken(tok, raw)
+            r = np.where(u & 1, -(u + 1) // 2, u // 2)
+            x[ch, at] = (pred + r) % (2 * half)
+            res[ch, at] = r
+    return x.reshape(channels, height, width).transpose(1, 2, 0)

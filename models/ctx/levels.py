@@ -1,0 +1,85 @@
+"""The coarse-to-fine order of a tile and each pass's neighbourhood.
+
+A tile is coded in passes. The first (``base``) codes the grid of every ``TOP``-th pixel in
+both directions. Then each level of step s (TOP, TOP/2, ..., 2; h = s/2) codes, in three
+passes, the centres (y, x) = (h, h) mod s of the known s-grid (``D``), the horizontal midpoints
+(0, h) mod s (``A1``) and the vertical midpoints (h, 0) mod s (``A2``). Every pass sees known
+neighbours on all sides at distance h (and some further), so its samples are predicted by
+interpolation, and all samples of a pass are coded in one vectorised step.
+
+A neighbour outside the tile is replaced by its mirror image about the sample (keeping its
+offset's parity in units of h, so it is known too), or by the pass's first neighbour, which is
+always inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TOP = 32  # step of the base grid
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pass: samples at (oy + i*step, ox + j*step), neighbours at ``offsets``."""
+
+    oy: int
+    ox: int
+    step: int
+    half: int  # h: the parity unit of the offsets
+    offsets: tuple[tuple[int, int], ...]
+
+    def positions(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column of every sample, row-major."""
+        ys, xs = np.meshgrid(np.arange(self.oy, height, self.step),
+                             np.arange(self.ox, width, self.step), indexing="ij")
+        return ys.ravel(), xs.ravel()
+
+    def neighbours(self, ys: np.ndarray, xs: np.ndarray, height: int, width: int
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The known position standing for each offset of each sample."""
+        found = [(_axis(ys, dy, height, self.half), _axis(xs, dx, width, self.half))
+                 for dy, dx in self.offsets]
+        if not found:
+            return found
+        first_y, first_x = found[0]
+        out = []
+        for ny, nx in found:
+            bad = (ny < 0) | (nx < 0)
+            out.append((np.where(bad, first_y, ny), np.where(bad, first_x, nx)))
+        return out
+
+
+def _axis(pos: np.ndarray, d: int, size: int, h: int) -> np.ndarray:
+    """pos + d, else the first of -d, d -+ 2h, ... (same parity in units of h) that is inside;
+    -1 where none is."""
+    chain = [d, -d]
+    m = abs(d)
+    while m >= 2 * h:
+        m -= 2 * h
+        chain += [m, -m] if m else [0]
+    out = np.full_like(pos, -1)
+    for c in reversed(chain):  # the earliest candidate inside wins
+        q = pos + c
+        out = np.where((q >= 0) & (q < size), q, out)
+    return out
+
+
+def passes() -> list[Pass]:
+    """Every pass of a tile, in coding order."""
+    out = [Pass(0, 0, TOP, TOP, ())]
+    s = TOP
+    while s >= 2:
+        h = s // 2
+        near_d = ((-h, -h), (-h, h), (h, -h), (h, h))
+        far_d = ((-h, -3 * h), (-h, 3 * h), (h, -3 * h), (h, 3 * h),
+                 (-3 * h, -h), (-3 * h, h), (3 * h, -h), (3 * h, h))
+        far_a = ((-2 * h, -h), (-2 * h, h), (2 * h, -h), (2 * h, h),
+                 (-h, -2 * h), (-h, 2 * h), (h, -2 * h), (h, 2 * h))
+        out += [Pass(h, h, s, h, near_d + far_d),
+                Pass(0, h, s, h, ((0, -h), (0, h), (-h, 0), (h, 0)) + far_a),
+                Pass(h, 0, s, h, ((-h, 0), (h, 0), (0, -h), (0, h)) + far_a + near_d)]
+        s = h
+    return out

@@ -1,0 +1,93 @@
+"""Learn ``ctx-photo``'s table bank: ``python -m nicodec.models.ctx.train --out FILE``.
+
+The coder (``coder.py``) is run over crops of the training photos (the PNGs: the JPEGs' block
+artefacts would teach the wrong statistics), collecting the token histogram of every context
+class of every pass and channel. The histograms are clustered into ``--tables`` tables that
+minimise their total code length (k-means under cross-entropy), and each of the broadest is
+also stretched by 2**1..2**8 (the same shape at the scales of 9- to 16-bit samples, which the
+8-bit photos do not reach). Nothing here is fitted per image: that is the coder's job.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from safetensors.numpy import save_file
+
+from nicodec.bitstream.entropy import freqs_from_counts
+from nicodec.models.ctx.coder import NTOK, Tables, encode_tile, tokens
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
+VALUES = np.arange(1 << 16)
+TOKENS = tokens(VALUES)[0]
+WIDTH = np.bincount(TOKENS, minlength=NTOK)  # values per token
+
+
+def class_edges(classes: int = 72) -> np.ndarray:
+    """Thresholds of the activity estimate (units of 2**-8): four classes per octave of
+    |residual| + 1/2, from 2**-0.75."""
+    k = np.arange(1, classes)
+    return np.round((2.0 ** ((k - 4) / 4) - 0.5) * 256).astype(np.int64)
+
+
+def geometric_bank(count: int = 64) -> np.ndarray:
+    """A start bank (geometric distributions of growing scale) for collecting histograms."""
+    return np.array([table(np.bincount(TOKENS, weights=np.exp(-VALUES / s), minlength=NTOK))
+                     for s in np.exp(np.linspace(0, 9, count))])
+
+
+def table(weights: np.ndarray) -> np.ndarray:
+    return freqs_from_counts(weights / weights.sum() * 1e9)
+
+
+def stretch(freqs: np.ndarray, octaves: int) -> np.ndarray:
+    """The token table of 2**octaves * u when u follows ``freqs`` (uniform inside a token)."""
+    p = (freqs / freqs.sum() / WIDTH)[TOKENS]  # per value
+    scaled = np.repeat(p, 1 << octaves)[: 1 << 16] / (1 << octaves)
+    return table(np.bincount(TOKENS, weights=scaled, minlength=NTOK) + 1e-12)
+
+
+def cluster(hists: np.ndarray, count: int, rounds: int = 25) -> np.ndarray:
+    """k-means of histograms (n, NTOK) under cross-entropy: ``count`` probability rows."""
+    rng = np.random.default_rng(0)
+    weight = hists.sum(1)
+    probs = (hists + 0.02) / (weight[:, None] + 0.02 * NTOK)
+    centres = probs[rng.choice(len(hists), count, replace=False, p=weight / weight.sum())]
+    for _ in range(rounds):
+        pick = (hists @ -np.log2(centres).T).argmin(1)
+        for j in range(count):
+            chosen = hists[pick == j]
+            if len(chosen):
+                centres[j] = (chosen.sum(0) + 0.02) / (chosen.sum() + 0.02 * NTOK)
+    return centres
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=Path, default=DATA)
+    parser.add_argument("--crop", type=int, default=512)
+    parser.add_argument("--tables", type=int, default=128)
+    parser.add_argument("--stretched", type=int, default=16, help="broadest tables stretched")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    edges = class_edges()
+    tables = Tables(geometric_bank(), edges, collect=[])
+    paths = sorted(args.images.rglob("*.png"))
+    for path in paths:
+        img = np.asarray(Image.open(path).convert("RGB"))[: args.crop, : args.crop]
+        encode_tile(img, 8, tables)
+    hists = np.concatenate(tables.collect).astype(np.float64)
+    learned = [table(c) for c in cluster(hists, args.tables)]
+    broad = sorted(learned, key=lambda f: -(f / f.sum() * np.arange(NTOK)).sum())
+    bank = learned + [stretch(f, k) for k in range(1, 9) for f in broad[: args.stretched]]
+    bank = np.array(bank[:256], np.int32)
+    save_file({"bank": bank, "edges": edges}, str(args.out),
+              metadata={"images": str(len(paths)), "crop": str(args.crop)})
+    print(f"{len(paths)} photos, {len(hists)} class histograms -> {len(bank)} tables")
+
+
+if __name__ == "__main__":
+    main()

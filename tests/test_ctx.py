@@ -1,0 +1,162 @@
+"""ctx-photo: the coarse-to-fine context coder, exact for 8- and 16-bit samples, gray to RGBA,
+tiled, damaged packets reported, and the default of --lossless."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from nicodec.bitstream.errors import PacketLossError
+from nicodec.bitstream.format import parse_header
+from nicodec.cli import main as cli
+from nicodec.codec import registry
+from nicodec.codec.pipeline import decode_detailed, encode, encode_detailed
+from nicodec.models.ctx import codec as ctx_codec
+from nicodec.models.ctx.coder import decode_tile, encode_tile, tokens, untoken
+from nicodec.models.ctx.levels import passes
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return registry.load_model("ctx-photo").net.tables
+
+
+def _photo_like(h: int, w: int, c: int, depth: int = 8, seed: int = 0,
+                noise: float = 1 / 60) -> np.ndarray:
+    """Smooth gradients, an edge and noise: something between a photo and noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    top = (1 << depth) - 1
+    base = np.stack([(x * 3 + y) * top / (4 * max(w + h, 1)) + k * top / 8 for k in range(c)], -1)
+    base[h // 3: h // 2, w // 4: w // 2] = top * 0.8
+    noisy = base + rng.normal(0, top * noise, base.shape)
+    return np.clip(np.rint(noisy), 0, top).astype(np.uint8 if depth == 8 else np.uint16)
+
+
+def test_tokens_invert_for_every_16_bit_value():
+    u = np.arange(1 << 16)
+    tok, nraw, raw = tokens(u)
+    assert tok.max() < 40 and (untoken(tok, raw) == u).all()
+    assert (nraw < 15).all()
+
+
+def test_every_neighbour_of_every_pass_is_known_before_it():
+    for h, w in [(1, 1), (2, 3), (37, 53), (70, 129)]:
+        known = np.zeros((h, w), bool)
+        for p in passes():
+            ys, xs = p.positions(h, w)
+            for ny, nx in p.neighbours(ys, xs, h, w):
+                assert known[ny, nx].all()
+            assert not known[ys, xs].any()
+            known[ys, xs] = True
+        assert known.all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 3), (5, 1, 3), (37, 53, 3), (33, 65, 4),
+                                   (70, 41, 1), (64, 64, 2)])
+@pytest.mark.parametrize("depth", [8, 16])
+def test_tiles_round_trip_exactly(tables, shape, depth):
+    image = _photo_like(*shape, depth=depth)
+    data = encode_tile(image, depth, tables)
+    assert (decode_tile(data, shape, depth, tables) == image).all()
+
+
+def test_noise_and_extremes_round_trip(tables):
+    rng = np.random.default_rng(3)
+    for depth in (8, 16):
+        top = (1 << depth) - 1
+        for image in (rng.integers(0, top + 1, (40, 37, 3)), np.full((20, 30, 3), top),
+                      np.zeros((9, 9, 1)), (np.indices((31, 31)).sum(0) % 2 * top)[..., None]):
+            data = encode_tile(image, depth, tables)
+            assert (decode_tile(data, image.shape, depth, tables) == image).all()
+
+
+def test_16_bit_gradients_cost_near_their_noise(tables):
+    """Gaussian noise of sigma 2**16/600 (about 109) holds log2(sigma sqrt(2 pi e)) = 8.8 bits
+    per sample; predicting from noisy neighbours adds some: well under 16 raw bits."""
+    image = _photo_like(128, 128, 3, depth=16, noise=1 / 600)
+    bits = 8 * len(encode_tile(image, 16, tables)) / image.size
+    assert 8.8 < bits < 10
+
+
+def test_lossless_default_is_ctx_photo_and_exact(small_rgb):
+    assert registry.LOSSLESS_MODEL == "ctx-photo"
+    data = encode(small_rgb, lossless=True)
+    header, _ = parse_header(data)
+    assert header.model_id == registry.MODELS["ctx-photo"].model_id
+    decoded = decode_detailed(data)
+    assert (decoded.pixels == small_rgb).all() and decoded.lost_packets == 0
+
+
+def test_gray_and_rgba_round_trip_through_the_codec(small_rgb):
+    gray = small_rgb[:, :, :1]
+    assert (decode_detailed(encode(gray, lossless=True)).pixels == gray).all()
+    alpha = (np.arange(small_rgb.shape[1]) * 5 % 256).astype(np.uint8)
+    rgba = np.dstack([small_rgb, np.broadcast_to(alpha, small_rgb.shape[:2])])
+    decoded = decode_detailed(encode(rgba, lossless=True))
+    assert (decoded.pixels == small_rgb).all() and (decoded.metadata.alpha == rgba[..., 3]).all()
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """ctx-photo with 32-pixel tiles: a multi-packet image in a test."""
+    monkeypatch.setattr(ctx_codec.ContextNet, "unit", 32)
+    registry.load_model.cache_clear()
+    yield
+    registry.load_model.cache_clear()
+
+
+def test_tiles_are_packets_and_a_damaged_one_is_reported(small_tiles):
+    image = _photo_like(70, 100, 3)
+    enc = encode_detailed(image, model="ctx-photo")
+    header, offset = parse_header(enc.data)
+    assert len(header.packet_lengths) == 3 * 4
+    assert (decode_detailed(enc.data).pixels == image).all()
+    data = bytearray(enc.data)
+    data[offset + header.packet_lengths[0] + 5] ^= 0xFF  # inside the second tile's packet
+    with pytest.raises(PacketLossError, match="1 of 12 packets"):
+        decode_detailed(bytes(data), strict=True)
+    decoded = decode_detailed(bytes(data))
+    assert decoded.lost_packets == 1 and decoded.lost[0, 1] and decoded.lost.sum() == 1
+    assert (decoded.pixels[:32, 32:64] == 128).all()
+    keep = np.ones(image.shape[:2], bool)
+    keep[:32, 32:64] = False
+    assert (decoded.pixels[keep] == image[keep]).all()
+
+
+def test_pc_photo_files_still_decode(small_rgb):
+    enc = encode_detailed(small_rgb[:16, :32], model="pc-photo")
+    assert (decode_detailed(enc.data).pixels == small_rgb[:16, :32]).all()
+
+
+def test_cli_lossless_uses_ctx_photo(tmp_path, small_rgb):
+    src, nic, out = tmp_path / "a.png", tmp_path / "a.nic", tmp_path / "b.png"
+    Image.fromarray(small_rgb).save(src)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["encode", str(src), "-o", str(nic), "--lossless"]).exit_code == 0
+    header, _ = parse_header(nic.read_bytes())
+    assert header.model_id == registry.MODELS["ctx-photo"].model_id
+    assert runner.invoke(cli, ["decode", str(nic), "-o", str(out)]).exit_code == 0
+    assert (np.asarray(Image.open(out)) == small_rgb).all()
+
+
+def test_cli_says_a_damaged_lossless_file_is_not_exact(tmp_path, small_tiles):
+    image = _photo_like(40, 70, 3)
+    data = bytearray(encode(image, lossless=True))
+    header, offset = parse_header(bytes(data))
+    data[offset + 3] ^= 0xFF  # inside the first tile's packet
+    nic = tmp_path / "d.nic"
+    nic.write_bytes(bytes(data))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["decode", str(nic), "-o", str(tmp_path / "d.png")])
+    assert res.exit_code == 0 and "no longer decodes exactly" in res.output
+    res = runner.invoke(cli, ["decode", str(nic), "-o", str(tmp_path / "e.png"), "--strict"])
+    assert res.exit_code == 1 and not (tmp_path / "e.png").exists()
+
+
+def test_packets_asked_for_are_tiles_with_a_warning(small_rgb):
+    with pytest.warns(UserWarning, match="one packet per tile"):
+        data = encode(small_rgb, lossless=True, packets=3)
+    assert len(parse_header(data)[0].packet_lengths) == 1
