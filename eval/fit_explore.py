@@ -25,6 +25,9 @@ rate; ``soft`` (after C3) uses soft rounding whose temperature falls from 0.3 to
 noise (rate: soft(y) + u, synthesis: soft(soft(y) + u)) with a cosine-decayed learning rate, then
 the last 15% rounds everywhere, the learning rate falling from a tenth to zero.
 
+Optimizers (``--opt``): Adam, or SOAP for the decoder (``--opt soap`` needs the ``heavyball``
+package, which nicodec does not depend on); the latents always use Adam.
+
 What is sent (``--tune``): ``all`` decoder weights, or on top of a learned initialization only
 the latents (``latents``), also the biases (``bias``), the output layers (``out``) or a rank
 ``--rank`` delta of every weight matrix (``lowrank``).
@@ -457,7 +460,8 @@ def fit(args: argparse.Namespace) -> dict:
     start, step, shown, ema, gap, previous = time.perf_counter(), 0, 0.0, None, None, None
     while (spent := time.perf_counter() - start) < args.seconds:
         rate_mode, synth_mode, temp, factor = schedule(args, spent / args.seconds)
-        if gap is None and rate_mode == "ste" and previous:  # the switch: training-time vs rounded PSNR
+        if gap is None and rate_mode == "ste" and previous:
+            # the final rounding phase starts: training-time against rounded PSNR
             trained = model.measure(img, sent, previous[1], previous[2])[1]
             gap = (round(trained, 2), round(model.measure(img, sent)[1], 2))
         previous = (rate_mode, synth_mode, temp)
