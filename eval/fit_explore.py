@@ -1,25 +1,49 @@
-"""Measure first (issue 36): a first overfitted-codec prototype on the CPU.
+"""Measure first (issue 36): an overfitted-codec prototype on the CPU.
 
 Not a codec yet (no bitstream): it measures what per-image fitting reaches in a given number of
 seconds, from a zero start or from a learned initialization, with the rate estimated from the
-entropy model (decoder weights counted at ``WEIGHT_BITS`` bits each when they are sent).
+entropy model (each sent decoder parameter counted at ``WEIGHT_BITS`` bits).
 
 The model, after Cool-chic, shaped for a CPU:
 
 - a latent pyramid, one channel per level, level l at 1/2**(first + l) of the image;
-- synthesis: the levels upsampled bilinearly to full resolution, a per-pixel MLP on
-  channels-last tensors (linear layers are matrix products; 1x1 convolutions are not, here), one
-  3x3 convolution on its output;
-- entropy model: a checkerboard ARM shared by the levels (decodable in two passes per level,
-  every latent of a pass at once): the first pass sees the coarser level's 3x3 neighbourhood,
-  the second also the four first-pass neighbours; a Laplace distribution per latent;
-- steps on random crops of the image (cache-sized tensors) rather than the whole image.
+- upsampling: each level bilinearly to full resolution (``--upsample bilinear``), or learned:
+  the pyramid is brought up one octave at a time by separable 8-tap filters, one pair per octave,
+  started at bilinear (``--upsample learned``);
+- synthesis: a per-pixel MLP on channels-last tensors (linear layers are matrix products;
+  1x1 convolutions are not, here), then 3x3 convolutions: on RGB (``--syn-ch 3``, residual) or
+  on ``--syn-ch`` channels (the last one to RGB), ``--syn-convs`` of them;
+- entropy model: an ARM shared by the levels and decodable in ``--passes`` 2 (checkerboard) or 4
+  (2x2 phases) passes per level, every latent of a pass at once; each latent sees the coarser
+  level's 3x3 neighbourhood and the already decoded latents of a ``--window`` square; a Laplace
+  distribution per latent;
+- steps on random crops of the image (``--crop``) or on the whole image (``--crop 0``).
 
-``python -m nicodec.eval.fit_explore init --minutes 50 --out init.pt`` trains the initialization
-(analysis network, synthesis, ARM) on the training photos; ``python -m nicodec.eval.fit_explore fit
---image kodim23.png --seconds 60 [--init init.pt]`` fits one image and prints bpp and PSNR as it
-goes; ``--time-step`` prints the cost of one step at several crop sizes. Results:
-``eval/results/fit/explore.md``.
+Schedules (``--schedule``): ``switch`` trains with noise on the rate and rounding (straight-
+through) in the synthesis, then, for the last 20%, rounds everywhere at a tenth of the learning
+rate; ``soft`` (after C3) uses soft rounding whose temperature falls from 0.3 to 0.05 and additive
+noise (rate: soft(y) + u, synthesis: soft(soft(y) + u)) with a cosine-decayed learning rate, then
+the last 15% rounds everywhere, the learning rate falling from a tenth to zero.
+
+Optimizers (``--opt``): Adam, or SOAP for the decoder (``--opt soap`` needs the ``heavyball``
+package, which nicodec does not depend on); the latents always use Adam.
+
+What is sent (``--tune``): ``all`` decoder weights, or on top of a learned initialization only
+the latents (``latents``), also the biases (``bias``), the output layers (``out``) or a rank
+``--rank`` delta of every weight matrix (``lowrank``).
+
+Commands::
+
+    python -m nicodec.eval.fit_explore init --minutes 50 --out init.pt
+        trains the initialization (analysis network, synthesis, ARM; bilinear upsampling) on
+        the training photos;
+    python -m nicodec.eval.fit_explore fit --image kodim23.png --seconds 60 [--init init.pt]
+        fits one image, prints bpp and PSNR (rounded latents, whole image) every
+        ``--log-every`` seconds and a JSON line at the end;
+    python -m nicodec.eval.fit_explore time --image kodim23.png [model options] [--compile]
+        prints the seconds of one step at 128², 256² and the whole image.
+
+Results: ``eval/results/fit/explore.md``.
 """
 
 from __future__ import annotations
@@ -35,17 +59,32 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from torch.nn.utils import parametrize
 
-WEIGHT_BITS = 8  # assumed cost of one sent decoder weight
+WEIGHT_BITS = 8  # assumed cost of one sent decoder parameter
+TAPS = 8  # learned upsampling filter length
 
 
-def quantize(y: torch.Tensor, mode: str) -> torch.Tensor:
-    """``noise``: additive uniform noise (rate while training); ``ste``: rounding with a
-    straight-through gradient; ``round``: rounding."""
+def soft_round(y: torch.Tensor, temp: float) -> torch.Tensor:
+    """Differentiable rounding (Agustsson & Theis): the identity as temp grows, rounding as it
+    falls to 0."""
+    m = torch.floor(y)
+    r = y - m - 0.5
+    return m + 0.5 + torch.tanh(r / temp) / (2 * math.tanh(0.5 / temp))
+
+
+def quantize(y: torch.Tensor, mode: str, temp: float = 0.3) -> torch.Tensor:
+    """``noise``: additive uniform noise; ``ste``: rounding with a straight-through gradient;
+    ``round``: rounding; ``soft_noise``: soft rounding plus noise (rate while training,
+    ``soft`` schedule); ``soft_twice``: soft(soft(y) + noise) (synthesis, ``soft`` schedule)."""
     if mode == "noise":
         return y + torch.empty_like(y).uniform_(-0.5, 0.5)
     if mode == "ste":
         return y + (torch.round(y) - y).detach()
+    if mode == "soft_noise":
+        return soft_round(y, temp) + torch.empty_like(y).uniform_(-0.5, 0.5)
+    if mode == "soft_twice":
+        return soft_round(quantize(y, "soft_noise", temp), temp)
     return torch.round(y)
 
 
@@ -59,18 +98,58 @@ def laplace_bits(y: torch.Tensor, mu: torch.Tensor, b: torch.Tensor) -> torch.Te
     return -torch.log2((cdf(d + 0.5) - cdf(d - 0.5)).clamp_min(1e-9)).sum()
 
 
-class Synthesis(nn.Module):
-    """Per-pixel MLP (channels last) and a 3x3 convolution on its RGB output; with
-    ``out_conv`` the hidden layer reaches RGB through a 3x3 convolution instead of a linear
-    layer (width x 27 more multiply-adds per pixel)."""
+class Upsampler(nn.Module):
+    """Learned 2x upsampling, one separable ``TAPS``-tap filter per octave (the same along
+    both axes), started at bilinear."""
 
-    def __init__(self, levels: int, width: int = 16, out_conv: bool = False):
+    def __init__(self, octaves: int):
+        super().__init__()
+        k = torch.zeros(TAPS)
+        k[TAPS // 2 - 2:TAPS // 2 + 2] = torch.tensor([0.25, 0.75, 0.75, 0.25])
+        self.k = nn.Parameter(k.repeat(max(octaves, 1), 1))
+
+    def up2(self, x: torch.Tensor, octave: int, h: int, w: int) -> torch.Tensor:
+        """(B, C, h', w') -> (B, C, h, w), h <= 2h', w <= 2w' (replicated edges)."""
+        c, k = x.shape[1], self.k[octave]
+        pad = TAPS // 4
+        offset = TAPS // 2 - 1 + 2 * pad  # where bilinear's first output sample lands
+        x = F.pad(x, (0, 0, pad, pad), mode="replicate")
+        x = F.conv_transpose2d(x, k.view(1, 1, TAPS, 1).expand(c, 1, TAPS, 1).contiguous(),
+                               stride=(2, 1), groups=c)[:, :, offset:offset + h]
+        x = F.pad(x, (pad, pad, 0, 0), mode="replicate")
+        return F.conv_transpose2d(x, k.view(1, 1, 1, TAPS).expand(c, 1, 1, TAPS).contiguous(),
+                                  stride=(1, 2), groups=c)[:, :, :, offset:offset + w]
+
+    def forward(self, latents: list[torch.Tensor], first: int, size: tuple[int, int]
+                ) -> torch.Tensor:
+        """(B, h_l, w_l) per level -> (B, H, W, levels), finest level first."""
+        z = latents[-1][:, None]
+        for level in range(len(latents) - 2, -1, -1):
+            y = latents[level]
+            z = torch.cat([y[:, None], self.up2(z, first + level, *y.shape[1:])], 1)
+        for octave in range(first - 1, -1, -1):
+            h, w = math.ceil(size[0] / 2 ** octave), math.ceil(size[1] / 2 ** octave)
+            z = self.up2(z, octave, h, w)
+        return z.permute(0, 2, 3, 1)
+
+
+class Synthesis(nn.Module):
+    """Per-pixel MLP (channels last), then 3x3 convolutions. With ``ch`` 3 the MLP gives RGB and
+    the ``convs`` are residual on it; otherwise the MLP gives ``ch`` channels, ``convs - 1``
+    residual ReLU convolutions follow and a last one gives RGB. ``out_conv``: the hidden layer
+    reaches the ``ch`` channels through a 3x3 convolution instead of a linear layer."""
+
+    def __init__(self, levels: int, width: int = 16, out_conv: bool = False, ch: int = 3,
+                 convs: int = 1):
         super().__init__()
         self.l1, self.l2 = nn.Linear(levels, width), nn.Linear(width, width)
-        self.out = nn.Conv2d(width, 3, 3, padding=1) if out_conv else nn.Linear(width, 3)
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
+        self.out = nn.Conv2d(width, ch, 3, padding=1) if out_conv else nn.Linear(width, ch)
+        self.res = nn.ModuleList([nn.Conv2d(ch, ch, 3, padding=1)
+                                  for _ in range(convs if ch == 3 else convs - 1)])
+        for conv in self.res:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        self.rgb = nn.Conv2d(ch, 3, 3, padding=1) if ch != 3 else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(B, H, W, levels) upsampled latents -> (B, 3, H, W) image."""
@@ -80,62 +159,87 @@ class Synthesis(nn.Module):
             x = self.out(h.permute(0, 3, 1, 2))
         else:
             x = self.out(h).permute(0, 3, 1, 2)
-        return x + self.conv(x) + 0.5
+        for conv in self.res:
+            x = x + conv(x if self.rgb is None else F.relu(x))
+        if self.rgb is not None:
+            x = self.rgb(F.relu(x))
+        return x + 0.5
+
+
+def pass_order(passes: int) -> torch.Tensor:
+    """(2, 2) decoding pass of a latent by (row % 2, column % 2)."""
+    return torch.tensor([[0, 1], [1, 0]]) if passes == 2 else torch.tensor([[0, 2], [3, 1]])
 
 
 class ARM(nn.Module):
-    """Checkerboard context model shared by all levels, with a learned bias per level."""
+    """Multi-pass context model shared by all levels, with a learned bias per level."""
 
-    def __init__(self, levels: int, width: int = 16):
+    def __init__(self, levels: int, width: int = 16, window: int = 3, passes: int = 2):
         super().__init__()
-        self.l1, self.l2, self.out = (nn.Linear(9 + 4 + 1, width), nn.Linear(width, width),
-                                      nn.Linear(width, 2))
+        self.window, self.passes = window, passes
+        self.l1, self.l2, self.out = (nn.Linear(9 + window ** 2 + passes - 1, width),
+                                      nn.Linear(width, width), nn.Linear(width, 2))
         self.level = nn.Parameter(torch.zeros(levels, 2))
+        order = pass_order(passes)
+        r = window // 2
+        offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+        # mask[i % 2, j % 2, k]: neighbour k is decoded before latent (i, j)
+        mask = torch.tensor([[[float(order[(i + dy) % 2, (j + dx) % 2] < order[i, j])
+                               for dy, dx in offsets] for j in range(2)] for i in range(2)])
+        onehot = F.one_hot(order, passes)[..., 1:].float()
+        self.register_buffer("mask", mask, persistent=False)
+        self.register_buffer("onehot", onehot, persistent=False)
 
     def forward(self, y: torch.Tensor, coarse: torch.Tensor | None, level: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Laplace (mu, scale) of every latent of ``y`` (B, h, w) given the coarser level
-        (B, ceil(h/2), ceil(w/2)) or None, and, on the second checkerboard pass, the four
-        first-pass neighbours."""
+        (B, ceil(h/2), ceil(w/2)) or None and the latents of earlier passes. ``y`` starts on
+        an even row and column of its level."""
         B, h, w = y.shape
         if coarse is None:
             near = y.new_zeros(B, h, w, 9)
         else:
             up = F.interpolate(coarse[:, None], scale_factor=2, mode="nearest")[:, :, :h, :w]
             near = F.unfold(up, 3, padding=1).view(B, 9, h, w).permute(0, 2, 3, 1)
-        pad = F.pad(y, (1, 1, 1, 1))
-        four = torch.stack([pad[:, :-2, 1:-1], pad[:, 2:, 1:-1], pad[:, 1:-1, :-2],
-                            pad[:, 1:-1, 2:]], -1)
-        second = ((torch.arange(h)[:, None] + torch.arange(w)) % 2).to(y.dtype)
-        second = second.expand(B, h, w)[..., None]
-        feat = torch.cat([near, four * second, second], -1)
-        hidden = F.relu(self.l1(feat))
+        k = self.window
+        win = F.unfold(y[:, None], k, padding=k // 2).view(B, k * k, h, w).permute(0, 2, 3, 1)
+        reps = (math.ceil(h / 2), math.ceil(w / 2), 1)
+        mask = self.mask.repeat(*reps)[:h, :w]
+        onehot = self.onehot.repeat(*reps)[:h, :w].expand(B, h, w, -1)
+        hidden = F.relu(self.l1(torch.cat([near, win * mask, onehot], -1)))
         hidden = F.relu(self.l2(hidden)) + hidden
         out = self.out(hidden) + self.level[level]
         return out[..., 0], torch.exp(out[..., 1].clamp(-4, 5)) + 1e-3
 
 
 class Decoder(nn.Module):
-    """Synthesis and ARM over a latent pyramid (what a file would carry the weights of)."""
+    """Upsampler, synthesis and ARM over a latent pyramid (what a file would carry the
+    weights of)."""
 
-    def __init__(self, levels: int, first: int, width: int = 16, out_conv: bool = False):
+    def __init__(self, levels: int, first: int, width: int = 16, out_conv: bool = False,
+                 upsample: str = "bilinear", syn_ch: int = 3, syn_convs: int = 1,
+                 window: int = 3, passes: int = 2):
         super().__init__()
         self.levels, self.first = levels, first
-        self.syn, self.arm = Synthesis(levels, width, out_conv), ARM(levels, width)
+        self.syn = Synthesis(levels, width, out_conv, syn_ch, syn_convs)
+        self.arm = ARM(levels, width, window, passes)
+        self.up = Upsampler(first + levels - 1) if upsample == "learned" else None
 
     def forward(self, rate: list[torch.Tensor], synth: list[torch.Tensor], size: tuple[int, int]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) image from ``synth`` latents and the bits of ``rate`` latents
         (lists of (B, h_l, w_l))."""
         bits = rate[0].new_zeros(())
-        feats = []
         for level in range(self.levels):
             coarse = rate[level + 1] if level + 1 < self.levels else None
             bits = bits + laplace_bits(rate[level], *self.arm(rate[level], coarse, level))
-            scale = 2 ** (self.first + level)
-            feats.append(F.interpolate(synth[level][:, None], scale_factor=scale, mode="bilinear",
-                                       align_corners=False)[:, 0, :size[0], :size[1]])
-        return self.syn(torch.stack(feats, -1)), bits
+        if self.up is not None:
+            z = self.up(synth, self.first, size)
+        else:
+            z = torch.stack([F.interpolate(y[:, None], scale_factor=2 ** (self.first + level),
+                                           mode="bilinear", align_corners=False)
+                             [:, 0, :size[0], :size[1]] for level, y in enumerate(synth)], -1)
+        return self.syn(z), bits
 
 
 class Analysis(nn.Module):
@@ -171,6 +275,26 @@ def pyramid_sizes(h: int, w: int, levels: int, first: int) -> list[tuple[int, in
             for l in range(levels)]
 
 
+def decoder_options(args: argparse.Namespace) -> dict:
+    """The Decoder's keyword arguments given on the command line."""
+    return {"out_conv": args.out_conv, "upsample": args.upsample, "syn_ch": args.syn_ch,
+            "syn_convs": args.syn_convs, "window": args.window, "passes": args.passes}
+
+
+def old_weights(state: dict) -> dict:
+    """A decoder saved by the first prototype mapped onto this one: its ARM's first layer saw
+    the coarse 3x3, the four neighbours up, down, left, right and the pass (now window 3, 2
+    passes); its RGB convolution was ``syn.conv``."""
+    old = state["arm.l1.weight"]
+    if old.shape[1] != 14:
+        return state
+    new = old.new_zeros(old.shape[0], 19)
+    new[:, :9] = old[:, :9]
+    new[:, [10, 16, 12, 14, 18]] = old[:, 9:14]  # up, down, left, right (3x3 unfold), pass
+    state = {k.replace("syn.conv.", "syn.res.0."): v for k, v in state.items()}
+    return {**state, "arm.l1.weight": new}
+
+
 def train_init(args: argparse.Namespace) -> None:
     """Train analysis, synthesis and ARM together on random crops of the training photos."""
     from nicodec.models.data import DEFAULT_TRAIN, CropSampler, load_images, split_paths
@@ -202,21 +326,35 @@ def train_init(args: argparse.Namespace) -> None:
     torch.save({"ana": ana.state_dict(), "dec": dec.state_dict(), "args": vars(args)}, args.out)
 
 
+class LowRankDelta(nn.Module):
+    """Weight = shared weight + A @ B, A (out, rank) from zero, B (rank, in): what is sent."""
+
+    def __init__(self, shape: torch.Size, rank: int):
+        super().__init__()
+        self.shape = shape
+        self.a = nn.Parameter(torch.zeros(shape[0], rank))
+        self.b = nn.Parameter(torch.randn(rank, math.prod(shape[1:])) * 0.1)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + (self.a @ self.b).view(self.shape)
+
+
 class Fit(nn.Module):
     """One image's latents (parameters) and decoder."""
 
     def __init__(self, img: torch.Tensor, levels: int, first: int, init: str | None = None,
-                 out_conv: bool = False):
+                 **options):
         super().__init__()
         h, w = img.shape[1:]
         if init:
             saved = torch.load(init, weights_only=True)
             levels, first = saved["args"]["levels"], saved["args"]["first"]
+            options = {}  # the initialization's own decoder
         self.levels, self.first = levels, first
-        self.dec = Decoder(levels, first, out_conv=out_conv and not init)
+        self.dec = Decoder(levels, first, **options)
         starts = [torch.zeros(s) for s in pyramid_sizes(h, w, levels, first)]
         if init:
-            self.dec.load_state_dict(saved["dec"])
+            self.dec.load_state_dict(old_weights(saved["dec"]))
             ana = Analysis(levels, first)
             ana.load_state_dict(saved["ana"])
             align = 2 ** (first + levels - 1)
@@ -225,8 +363,33 @@ class Fit(nn.Module):
                 starts = [y[0, :s.shape[0], :s.shape[1]] for y, s in zip(ana(padded), starts)]
         self.latents = nn.ParameterList([nn.Parameter(s.clone()) for s in starts])
 
-    def forward(self, box: tuple[int, int, int, int], rate_mode: str, synth_mode: str
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def sent(self, tune: str, rank: int) -> list[nn.Parameter]:
+        """The decoder parameters trained and sent for ``tune`` (adds the low-rank deltas)."""
+        if tune == "all":
+            return list(self.dec.parameters())
+        for p in self.dec.parameters():
+            p.requires_grad_(False)
+        if tune == "bias":
+            chosen = [p for n, p in self.dec.named_parameters() if n.endswith("bias")]
+            chosen.append(self.dec.arm.level)
+        elif tune == "out":
+            chosen = [p for m in (self.dec.syn.out, self.dec.syn.res, self.dec.arm.out)
+                      for p in m.parameters()]
+        elif tune == "lowrank":
+            chosen = []
+            for m in self.dec.modules():
+                if isinstance(m, (nn.Linear, nn.Conv2d)):
+                    parametrize.register_parametrization(m, "weight",
+                                                         LowRankDelta(m.weight.shape, rank))
+                    chosen += list(m.parametrizations.weight[0].parameters())
+        else:
+            chosen = []
+        for p in chosen:
+            p.requires_grad_(True)
+        return chosen
+
+    def forward(self, box: tuple[int, int, int, int], rate_mode: str, synth_mode: str,
+                temp: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
         """Image and bits of the crop ``box`` = (top, left, h, w), aligned to the coarsest
         level."""
         top, left, h, w = box
@@ -235,76 +398,126 @@ class Fit(nn.Module):
             s = 2 ** (self.first + level)
             crops.append(y[top // s:top // s + math.ceil(h / s),
                            left // s:left // s + math.ceil(w / s)][None])
-        xh, bits = self.dec([quantize(y, rate_mode) for y in crops],
-                            [quantize(y, synth_mode) for y in crops], (h, w))
+        xh, bits = self.dec([quantize(y, rate_mode, temp) for y in crops],
+                            [quantize(y, synth_mode, temp) for y in crops], (h, w))
         return xh[0], bits
 
-    def measure(self, img: torch.Tensor, send_weights: bool) -> tuple[float, float]:
-        """(bpp, PSNR) of the whole image with rounded latents."""
+    def measure(self, img: torch.Tensor, sent: int, synth_mode: str = "round",
+                temp: float = 0.3) -> tuple[float, float]:
+        """(bpp, PSNR) of the whole image with rounded latents (or the synthesis fed as in
+        training, ``synth_mode``), ``sent`` decoder parameters counted."""
         h, w = img.shape[1:]
         with torch.no_grad():
-            xh, bits = self((0, 0, h, w), "round", "round")
+            xh, bits = self((0, 0, h, w), "round", synth_mode, temp)
             mse = F.mse_loss(xh.clamp(0, 1), img).item()
-        weights = sum(p.numel() for p in self.dec.parameters()) * WEIGHT_BITS * send_weights
-        return (bits.item() + weights) / (h * w), 10 * math.log10(1 / mse)
+        return (bits.item() + sent * WEIGHT_BITS) / (h * w), 10 * math.log10(1 / mse)
+
+
+def make_optimizer(latents: list[nn.Parameter], decoder: list[nn.Parameter],
+                   args: argparse.Namespace) -> list[torch.optim.Optimizer]:
+    """Adam for the latents; Adam or SOAP (``heavyball``) for the decoder."""
+    opts = [torch.optim.Adam(latents, lr=args.lat_lr)]
+    if decoder and args.opt == "soap":
+        import heavyball
+
+        heavyball.utils.compile_mode = None  # eager: compiling its step for a CPU takes minutes
+        opts.append(heavyball.ForeachSOAP(decoder, lr=args.lr, weight_decay=0))
+    elif decoder:
+        opts.append(torch.optim.Adam(decoder, lr=args.lr))
+    return opts
+
+
+def schedule(args: argparse.Namespace, progress: float) -> tuple[str, str, float, float]:
+    """(rate mode, synthesis mode, soft-rounding temperature, learning-rate factor) at
+    ``progress`` (0..1) of the budget."""
+    if args.schedule == "switch":
+        late = progress > 0.8
+        return ("ste" if late else "noise"), "ste", 0.3, (0.1 if late else 1.0)
+    if progress < 0.85:
+        p = progress / 0.85
+        temp = 0.3 * (0.05 / 0.3) ** p
+        return "soft_noise", "soft_twice", temp, 0.55 + 0.45 * math.cos(math.pi * p)
+    return "ste", "ste", 0.05, 0.1 * (1 - (progress - 0.85) / 0.15)
 
 
 def fit(args: argparse.Namespace) -> dict:
-    """Fit one image for ``args.seconds``: noise-quantized rate, then (last 20%) rounding
-    throughout at a tenth of the learning rate."""
+    """Fit one image for ``args.seconds`` (wall time, logging included)."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     img = load_rgb(args.image)
     h, w = img.shape[1:]
-    model = Fit(img, args.levels, args.first, args.init, args.out_conv)
-    send = args.tune == "all"
-    groups = [{"params": list(model.latents.parameters()), "lr": args.lr}]
-    if send:
-        groups.append({"params": list(model.dec.parameters()), "lr": args.lr / 2})
-    opt = torch.optim.Adam(groups)
+    model = Fit(img, args.levels, args.first, args.init, **decoder_options(args))
+    decoder = model.sent(args.tune, args.rank)
+    sent = sum(p.numel() for p in decoder)
+    opts = make_optimizer(list(model.latents.parameters()), decoder, args)
+    base = [[g["lr"] for g in o.param_groups] for o in opts]
+    if args.compile:
+        model.dec = torch.compile(model.dec)
     align = 2 ** (model.first + model.levels - 1)
-    history = [(0.0, 0, *model.measure(img, send))]
-    print(f"start: {history[-1][2]:.4f} bpp {history[-1][3]:.2f} dB", flush=True)
-    start, step, shown = time.perf_counter(), 0, 0.0
+    history = [(0.0, 0, *model.measure(img, sent))]
+    print(f"start: {history[-1][2]:.4f} bpp {history[-1][3]:.2f} dB  "
+          f"({sent} decoder parameters sent)", flush=True)
+    start, step, shown, ema, gap, previous = time.perf_counter(), 0, 0.0, None, None, None
     while (spent := time.perf_counter() - start) < args.seconds:
-        late = spent > 0.8 * args.seconds
+        rate_mode, synth_mode, temp, factor = schedule(args, spent / args.seconds)
+        if gap is None and rate_mode == "ste" and previous:
+            # the final rounding phase starts: training-time against rounded PSNR
+            trained = model.measure(img, sent, previous[1], previous[2])[1]
+            gap = (round(trained, 2), round(model.measure(img, sent)[1], 2))
+        previous = (rate_mode, synth_mode, temp)
         if args.crop:
             top = int(rng.integers(0, (h - args.crop) // align + 1)) * align
             left = int(rng.integers(0, (w - args.crop) // align + 1)) * align
             box = (top, left, args.crop, args.crop)
         else:
             box = (0, 0, h, w)
-        xh, bits = model(box, "ste" if late else "noise", "ste")
+        xh, bits = model(box, rate_mode, synth_mode, temp)
         target = img[:, box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
-        loss = F.mse_loss(xh, target) + args.lam * bits / (box[2] * box[3])
-        opt.zero_grad(set_to_none=True)
+        mse = F.mse_loss(xh, target)
+        loss = mse + args.lam * bits / (box[2] * box[3])
+        for o, lrs in zip(opts, base):
+            o.zero_grad(set_to_none=True)
+            for g, lr in zip(o.param_groups, lrs):
+                g["lr"] = lr * factor
         loss.backward()
-        for i, group in enumerate(opt.param_groups):
-            group["lr"] = args.lr * (0.5 if i else 1.0) * (0.1 if late else 1.0)
-        opt.step()
+        for o in opts:
+            o.step()
         step += 1
+        now = 10 * math.log10(1 / max(mse.item(), 1e-10))
+        ema = now if ema is None else 0.95 * ema + 0.05 * now
         if spent - shown > args.log_every:
             shown = spent
-            history.append((round(spent, 1), step, *model.measure(img, send)))
+            history.append((round(spent, 1), step, *model.measure(img, sent)))
             print(f"{spent:6.1f} s  step {step}  {history[-1][2]:.4f} bpp  "
-                  f"{history[-1][3]:.2f} dB", flush=True)
-    bpp, psnr = model.measure(img, send)
+                  f"{history[-1][3]:.2f} dB  (training {ema:.2f} dB, {synth_mode})", flush=True)
+    bpp, psnr = model.measure(img, sent)
     return {"image": Path(args.image).name, "seconds": args.seconds, "steps": step,
-            "bpp": round(bpp, 4), "psnr": round(psnr, 2), "init": args.init, "tune": args.tune,
-            "crop": args.crop, "lam": args.lam, "lr": args.lr}
+            "bpp": round(bpp, 4), "psnr": round(psnr, 2), "sent": sent,
+            "switch_psnr": gap, "init": args.init, "tune": args.tune, "crop": args.crop,
+            "lam": args.lam, "lr": args.lr, "lat_lr": args.lat_lr, "opt": args.opt,
+            "schedule": args.schedule, "levels": model.levels, "first": model.first,
+            **({} if args.init else decoder_options(args))}
 
 
 def time_steps(args: argparse.Namespace) -> None:
-    """Seconds per forward+backward step at a few crop sizes and on the whole image."""
+    """Seconds per forward+backward step at a few crop sizes and on the whole image (the first
+    steps, compilation included with ``--compile``, are timed apart)."""
     img = load_rgb(args.image)
     h, w = img.shape[1:]
-    model = Fit(img, args.levels, args.first)
+    model = Fit(img, args.levels, args.first, **decoder_options(args))
+    if args.compile:
+        model.dec = torch.compile(model.dec)
     for box in [(0, 0, 128, 128), (0, 0, 256, 256), (0, 0, h, w)]:
         start = time.perf_counter()
-        for _ in range(3):
+        for _ in range(2):
             xh, bits = model(box, "noise", "ste")
             (xh.mean() + bits).backward()
-        print(f"{box[2]}x{box[3]}: {(time.perf_counter() - start) / 3:.3f} s per step")
+        warm = time.perf_counter()
+        for _ in range(args.repeat):
+            xh, bits = model(box, "noise", "ste")
+            (xh.mean() + bits).backward()
+        print(f"{box[2]}x{box[3]}: {(time.perf_counter() - warm) / args.repeat:.3f} s per step "
+              f"(first two: {warm - start:.1f} s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -324,20 +537,35 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--crop", type=int, default=128, help="crop side")
             p.add_argument("--data", help="training photos (default: ../shared/data/train)")
             p.add_argument("--out", default="fit-init.pt", help="where the weights go")
-        else:
-            p.add_argument("--image", required=True, help="the image to fit")
-        if name == "fit":
-            p.add_argument("--seconds", type=float, default=60, help="fitting time")
-            p.add_argument("--crop", type=int, default=256, help="crop side (0: whole image)")
-            p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
-            p.add_argument("--init", help="a learned initialization from 'init'")
-            p.add_argument("--tune", choices=["all", "latents"], default="all",
-                           help="fit the decoder too (its weights are then counted) or only "
-                                "the latents (the decoder is the shared initialization)")
-            p.add_argument("--seed", type=int, default=0, help="random seed")
-            p.add_argument("--out-conv", action="store_true",
-                           help="hidden layer to RGB through a 3x3 convolution (zero start)")
-            p.add_argument("--log-every", type=float, default=10, help="seconds between lines")
+            continue
+        p.add_argument("--image", required=True, help="the image to fit")
+        p.add_argument("--out-conv", action="store_true",
+                       help="hidden layer to the 3x3 part through a 3x3 convolution")
+        p.add_argument("--upsample", choices=["bilinear", "learned"], default="bilinear",
+                       help="latents to full resolution")
+        p.add_argument("--syn-ch", type=int, default=3, help="channels of the 3x3 layers")
+        p.add_argument("--syn-convs", type=int, default=1, help="3x3 layers in the synthesis")
+        p.add_argument("--window", type=int, default=3, help="ARM's same-level window side")
+        p.add_argument("--passes", type=int, choices=[2, 4], default=2,
+                       help="ARM decoding passes per level")
+        p.add_argument("--compile", action="store_true", help="torch.compile the step")
+        if name == "time":
+            p.add_argument("--repeat", type=int, default=5, help="timed steps per size")
+            continue
+        p.add_argument("--seconds", type=float, default=60, help="fitting time")
+        p.add_argument("--crop", type=int, default=256, help="crop side (0: whole image)")
+        p.add_argument("--lr", type=float, default=0.005, help="decoder learning rate")
+        p.add_argument("--lat-lr", type=float, default=0.01, help="latents' learning rate")
+        p.add_argument("--opt", choices=["adam", "soap"], default="adam",
+                       help="the decoder's optimizer (latents: Adam)")
+        p.add_argument("--schedule", choices=["switch", "soft"], default="switch",
+                       help="quantization schedule (see above)")
+        p.add_argument("--init", help="a learned initialization from 'init' (its decoder)")
+        p.add_argument("--tune", choices=["all", "latents", "bias", "out", "lowrank"],
+                       default="all", help="decoder parameters fitted and sent")
+        p.add_argument("--rank", type=int, default=2, help="rank of the deltas (lowrank)")
+        p.add_argument("--seed", type=int, default=0, help="random seed")
+        p.add_argument("--log-every", type=float, default=10, help="seconds between lines")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.command == "init":
