@@ -22,6 +22,7 @@ every feature and class from samples it already has, so it decodes a whole pass 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -204,6 +205,20 @@ def _order(channels: int) -> list[int]:
     return [1, 0, 2] + list(range(3, channels)) if channels >= 3 else list(range(channels))
 
 
+def _steps(height: int, width: int, order: list[int]
+           ) -> Iterator[tuple[np.ndarray, list[np.ndarray], int, int]]:
+    """The coding steps of a tile, in order: (flat positions of a pass, their neighbours' flat
+    positions, index in the channel order, channel), the same for the encoder and the decoder."""
+    for p in passes():
+        ys, xs = p.positions(height, width)
+        if not len(ys):
+            continue
+        at = ys * width + xs
+        nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
+        for c, ch in enumerate(order):
+            yield at, nb, c, ch
+
+
 def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     """Code a (H, W, C) tile of ``depth``-bit samples (uint8 or uint16) into one payload."""
     coder = PacketEncoder()
@@ -213,31 +228,25 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
     half = 1 << (depth - 1)
-    for p in passes():
-        ys, xs = p.positions(height, width)
-        if not len(ys):
-            continue
-        at = ys * width + xs
-        nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
-        for c, ch in enumerate(order):
-            feats, act = _features(x, res, c, order, at, nb)
-            target = x[ch, at]
-            frac, w, bias = _fixed(_fit_robust(feats, target))
-            pred = np.clip(_apply(feats, frac, w, bias), 0, 2 * half - 1)
-            r = (target - pred + half) % (2 * half) - half
-            u = np.where(r >= 0, 2 * r, -2 * r - 1)
-            res[ch, at] = r
-            ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)))
-            cls = np.searchsorted(tables.edges, _apply(act, 0, ew, ebias), side="right")
-            side.put([frac], 1)
-            side.put(w, 2)
-            side.put([bias], 4)
-            side.put(ew, 2)
-            side.put([ebias], 4)
-            tok, nraw, raw = tokens(u)
-            _code_classes(coder, side, cls, tok, tables)
-            for k in np.unique(nraw[nraw > 0]):
-                coder.encode(raw[nraw == k], _uniform(int(k)))
+    for at, nb, c, ch in _steps(height, width, order):
+        feats, act = _features(x, res, c, order, at, nb)
+        target = x[ch, at]
+        frac, w, bias = _fixed(_fit_robust(feats, target))
+        pred = np.clip(_apply(feats, frac, w, bias), 0, 2 * half - 1)
+        r = (target - pred + half) % (2 * half) - half
+        u = np.where(r >= 0, 2 * r, -2 * r - 1)
+        res[ch, at] = r
+        ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)))
+        cls = np.searchsorted(tables.edges, _apply(act, 0, ew, ebias), side="right")
+        side.put([frac], 1)
+        side.put(w, 2)
+        side.put([bias], 4)
+        side.put(ew, 2)
+        side.put([ebias], 4)
+        tok, nraw, raw = tokens(u)
+        _code_classes(coder, side, cls, tok, tables)
+        for k in np.unique(nraw[nraw > 0]):
+            coder.encode(raw[nraw == k], _uniform(int(k)))
     return coder.finish()
 
 
@@ -273,38 +282,32 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     res = np.zeros_like(x)
     order = _order(channels)
     half = 1 << (depth - 1)
-    for p in passes():
-        ys, xs = p.positions(height, width)
-        if not len(ys):
-            continue
-        at = ys * width + xs
-        nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
-        for c, ch in enumerate(order):
-            feats, act = _features(x, res, c, order, at, nb)
-            frac = int(side.get(1, 1)[0])
-            if not 0 <= frac <= 14:
-                raise ValueError("bad fixed-point shift")
-            w = side.get(len(feats), 2)
-            bias = int(side.get(1, 4)[0])
-            ew = side.get(len(act), 2)
-            ebias = int(side.get(1, 4)[0])
-            pred = np.clip(_apply(feats, frac, w, bias), 0, 2 * half - 1)
-            cls = np.searchsorted(tables.edges, _apply(act, 0, ew, ebias), side="right")
-            used, inverse = np.unique(cls, return_inverse=True)
-            pick = side.get(len(used), 1, signed=False)
-            if (pick >= len(tables.bank)).any():
-                raise ValueError("table index out of range")
-            tok = np.zeros(len(ys), np.int64)
-            for i, j in enumerate(pick):
-                where = inverse == i
-                tok[where] = coder.decode(tables.bank[j], int(where.sum()))
-            nraw = raw_bits(tok)
-            raw = np.zeros(len(ys), np.int64)
-            for k in np.unique(nraw[nraw > 0]):
-                where = nraw == k
-                raw[where] = coder.decode(_uniform(int(k)), int(where.sum()))
-            u = untoken(tok, raw)
-            r = np.where(u & 1, -(u + 1) // 2, u // 2)
-            x[ch, at] = (pred + r) % (2 * half)
-            res[ch, at] = r
+    for at, nb, c, ch in _steps(height, width, order):
+        feats, act = _features(x, res, c, order, at, nb)
+        frac = int(side.get(1, 1)[0])
+        if not 0 <= frac <= 14:
+            raise ValueError("bad fixed-point shift")
+        w = side.get(len(feats), 2)
+        bias = int(side.get(1, 4)[0])
+        ew = side.get(len(act), 2)
+        ebias = int(side.get(1, 4)[0])
+        pred = np.clip(_apply(feats, frac, w, bias), 0, 2 * half - 1)
+        cls = np.searchsorted(tables.edges, _apply(act, 0, ew, ebias), side="right")
+        used, inverse = np.unique(cls, return_inverse=True)
+        pick = side.get(len(used), 1, signed=False)
+        if (pick >= len(tables.bank)).any():
+            raise ValueError("table index out of range")
+        tok = np.zeros(len(at), np.int64)
+        for i, j in enumerate(pick):
+            where = inverse == i
+            tok[where] = coder.decode(tables.bank[j], int(where.sum()))
+        nraw = raw_bits(tok)
+        raw = np.zeros(len(at), np.int64)
+        for k in np.unique(nraw[nraw > 0]):
+            where = nraw == k
+            raw[where] = coder.decode(_uniform(int(k)), int(where.sum()))
+        u = untoken(tok, raw)
+        r = np.where(u & 1, -(u + 1) // 2, u // 2)
+        x[ch, at] = (pred + r) % (2 * half)
+        res[ch, at] = r
     return x.reshape(channels, height, width).transpose(1, 2, 0)
