@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
-from nicodec.models.ctx.levels import Pass, passes
+from nicodec.models.ctx.levels import passes
 
 SPLIT = 16  # hybrid tokens: values below are their own token
 NTOK = 40  # tokens of 16-bit samples: 16 + 2 per octave from 2**4 to 2**15
