@@ -229,8 +229,10 @@ def main() -> None:
               "images that are not fully opaque.")
 @click.option("--depth", type=click.Choice(POLICIES["depth"]),
               help="16-bit and float images: 'reduce' codes them at 8 bits (with a warning); "
-              "'refuse' fails on them. Default: reduce, but refuse with --lossless (the file "
-              "would not be exact; --depth reduce codes the 8-bit reduction exactly).")
+              "'refuse' fails on them; 'keep' codes 16-bit samples exactly (lossless models "
+              "that can: ctx-photo; the file decodes to a 16-bit PNG or TIFF). Default: reduce; "
+              "with --lossless keep where the model can, else refuse (--depth reduce codes the "
+              "8-bit reduction exactly).")
 @click.option("--frames", type=click.Choice(POLICIES["frames"]), default="first",
               show_default=True, help="Animations (GIF, APNG, WebP) and multi-page files: "
               "'first' codes the first frame (with a warning); 'refuse' fails on them.")

@@ -7,7 +7,9 @@ of typed records between the header and the packets (what the kinds mean is
 ``bitstream/metadata.py``). Version 3 (written now) stores the length of every packet, the last
 one included, so that the decoder finds the end of the file's data without trusting the end of
 the file: bytes appended to a file (a newline added by a mail program) are ignored, and a file
-cut short is known to be. Versions 1 and 2 are still read.
+cut short is known to be. Version 4 (written now) adds the sample depth: bit 0 of the layout,
+reserved until then, marks samples deeper than 8 bits, whose depth follows as one more integer;
+an 8-bit file is a version-3 file but for its version number. Versions 1 to 3 are still read.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from nicodec.bitstream.errors import (
 )
 
 MAGIC = 0x6E  # ASCII 'n'
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+DEPTHS = range(8, 17)  # bits per sample a header can describe (from version 4 above 8)
 MAX_SIDE = 1 << 16
 MAX_PACKETS = 4096
 # Decoders refuse headers promising more pixels than this unless told otherwise: Pillow's
@@ -116,7 +119,7 @@ class Header:
     width: int
     height: int
     channels: int  # 1 (grayscale) or 3 (RGB)
-    bit_depth: int  # 8
+    bit_depth: int  # bits per sample: 8, or 9..16 from version 4 on (stored as uint16)
     quality: int
     packet_lengths: tuple[int, ...]  # bytes of each packet, CRC included
     metadata_length: int = 0  # bytes of the metadata block, CRC included; 0: no block
@@ -127,7 +130,8 @@ class Header:
             if self.metadata_length:
                 raise ValueError("format version 1 has no metadata block")
             return (self.quality << 2) | ((self.channels == 3) << 1)
-        return (self.quality << 3) | (bool(self.metadata_length) << 2) | ((self.channels == 3) << 1)
+        return ((self.quality << 3) | (bool(self.metadata_length) << 2) | ((self.channels == 3) << 1)
+                | (self.bit_depth > 8))
 
     def stored_lengths(self) -> tuple[int, ...]:
         """The packet lengths the header's table holds: every one from version 3 on; before,
@@ -138,8 +142,11 @@ class Header:
         """Serialize the header and packet table."""
         if not 1 <= self.width <= MAX_SIDE or not 1 <= self.height <= MAX_SIDE:
             raise ValueError(f"image sides must be 1..{MAX_SIDE}, got {self.width}x{self.height}")
-        if self.channels not in (1, 3) or self.bit_depth != 8:
-            raise ValueError("only 8-bit grayscale or RGB images are supported")
+        if self.channels not in (1, 3) or self.bit_depth not in DEPTHS:
+            raise ValueError(f"only grayscale or RGB images of {DEPTHS[0]} to {DEPTHS[-1]} bits "
+                             "per sample are supported")
+        if self.bit_depth > 8 and self.version < 4:
+            raise ValueError(f"format version {self.version} holds only 8-bit samples")
         if not 1 <= len(self.packet_lengths) <= MAX_PACKETS:
             raise ValueError(f"packet count must be 1..{MAX_PACKETS}")
         if self.version not in READABLE_VERSIONS:
@@ -153,6 +160,8 @@ class Header:
         out += write_varint(self.width - 1)
         out += write_varint(self.height - 1)
         out += write_varint(self._layout())
+        if self.bit_depth > 8:
+            out += write_varint(self.bit_depth)
         if self.metadata_length:
             out += write_varint(self.metadata_length)
         out += write_varint(len(self.packet_lengths))
@@ -192,6 +201,11 @@ def parse_header(data: bytes) -> tuple[Header, int]:
     height_m1, pos = read_varint(data, pos)
     layout, pos = read_varint(data, pos)
     quality_shift = 2 if version == 1 else 3
+    bit_depth = 8
+    if version >= 4 and layout & 1:
+        bit_depth, pos = read_varint(data, pos)
+        if bit_depth <= 8 or bit_depth not in DEPTHS:
+            raise CorruptHeaderError("header is damaged (impossible sample depth)")
     metadata_length = 0
     if version >= 2 and layout & 4:
         metadata_length, pos = read_varint(data, pos)
@@ -214,7 +228,7 @@ def parse_header(data: bytes) -> tuple[Header, int]:
         family_enum = Family(family)
     except ValueError:
         raise CorruptHeaderError(f"unknown codec family {family}") from None
-    if width_m1 >= MAX_SIDE or height_m1 >= MAX_SIDE or layout & 1:
+    if width_m1 >= MAX_SIDE or height_m1 >= MAX_SIDE or (layout & 1 and version < 4):
         raise CorruptHeaderError("header is damaged (impossible image size or layout)")
     if version < 3:
         lengths.append(max(0, len(data) - pos - sum(lengths)))
@@ -225,7 +239,7 @@ def parse_header(data: bytes) -> tuple[Header, int]:
         width=width_m1 + 1,
         height=height_m1 + 1,
         channels=3 if layout & 2 else 1,
-        bit_depth=8,
+        bit_depth=bit_depth,
         quality=layout >> quality_shift,
         packet_lengths=tuple(lengths),
         metadata_length=metadata_length,

@@ -133,7 +133,8 @@ def _with_alpha(result: Decoded) -> np.ndarray:
 
 def decode_array(data: BitstreamInput, strict: bool = False,
                  max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
-    """Decode to an (H, W) or (H, W, 3) uint8 array; (H, W, 2) or (H, W, 4) with alpha.
+    """Decode to an (H, W) or (H, W, 3) uint8 array; (H, W, 2) or (H, W, 4) with alpha;
+    uint16 for a file of 16-bit samples (``encode(..., lossless=True)`` of uint16 input).
 
     ``data`` (here and in ``decode``, ``decode_tensor`` and ``decode_detailed``) is the file's
     bytes, a path (``str`` or ``os.PathLike``) or a file object opened in binary mode."""
@@ -143,7 +144,8 @@ def decode_array(data: BitstreamInput, strict: bool = False,
 
 def decode(data: BitstreamInput, strict: bool = False, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """Decode to a PIL image (mode L or RGB; LA or RGBA with alpha) whose ``info`` holds the
-    file's ICC profile and EXIF (so that ``save`` writes them back)."""
+    file's ICC profile and EXIF (so that ``save`` writes them back). 16-bit grayscale is mode
+    I;16; 16-bit RGB, which Pillow cannot hold, is reduced to 8 bits with a warning."""
     result = _decode_warned(data, strict, max_pixels)
     return to_pil(result.pixels, result.metadata)
 
@@ -154,4 +156,5 @@ def decode_tensor(data: BitstreamInput, strict: bool = False,
     import torch
 
     pixels = _with_alpha(_decode_warned(data, strict, max_pixels))
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div(255)
+    scale = np.iinfo(pixels.dtype).max  # 255, or 65535 for 16-bit samples
+    return torch.from_numpy(pixels.astype(np.float32)).permute(2, 0, 1).div(scale)

@@ -24,6 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from nicodec.bitstream.format import MAGIC, Family, check_pixels, parse_header
 from nicodec.codec import bigtiff
 from nicodec.codec.registry import MODELS
@@ -215,9 +217,34 @@ def encode_line(record: dict) -> str:
             f"{record['seconds']:.2f} s")
 
 
+DEEP_FORMATS = ("PNG", "TIFF")  # formats that hold 16-bit samples
+
+
+def _save_deep(pixels, metadata, fmt: str) -> bytes:
+    """16-bit samples as a 16-bit PNG (``codec/png16.py``) or TIFF (tifffile), with the ICC
+    profile and EXIF (a PNG's; a TIFF keeps the profile only). Any other format is refused:
+    it would lose the low byte of every sample."""
+    if fmt not in DEEP_FORMATS:
+        raise Failure(f"{fmt} cannot hold 16-bit samples: decode to .png or .tiff (the file "
+                      "would lose the low byte of every sample)")
+    if fmt == "PNG":
+        from nicodec.codec import png16
+
+        return png16.write(pixels, metadata.icc_profile, metadata.exif)
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels[:, :, 0] if pixels.shape[2] == 1 else pixels,
+                     photometric="minisblack" if pixels.shape[2] == 1 else "rgb",
+                     compression="zlib", iccprofile=metadata.icc_profile)
+    return buffer.getvalue()
+
+
 def _save(pixels, metadata, fmt: str) -> bytes:
     from nicodec.codec.image import to_pil
 
+    if pixels.dtype != np.uint8:
+        return _save_deep(pixels, metadata, fmt)
     buffer = io.BytesIO()
     to_pil(pixels, metadata).save(buffer, format=fmt, **metadata.pil_info())
     return buffer.getvalue()
@@ -248,7 +275,7 @@ def decode_file(src: str, dst: str, strict: bool, max_pixels: int | None, force:
     from nicodec.codec.pipeline import decode_detailed
 
     if dst != STDIO and not is_url(dst) and Path(dst).suffix.lower() in bigtiff.TIFF_SUFFIXES \
-            and bigtiff.is_big(header.width, header.height):
+            and bigtiff.is_big(header.width, header.height) and header.bit_depth == 8:
         return _decode_streamed(src, dst, data, strict, max_pixels, force, start)
     result = decode_detailed(data, strict=strict, max_pixels=max_pixels)
     notes = _decode_notes(src, result)

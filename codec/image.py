@@ -7,8 +7,9 @@ refusal when asked:
 
 - ``alpha``: transparency is kept (the alpha plane is coded losslessly beside the pixels),
   dropped, or refused;
-- ``depth``: 16-bit and float samples are reduced to 8 bits, or refused (by default when the
-  coding is lossless, which would not be exact);
+- ``depth``: 16-bit and float samples are reduced to 8 bits, refused, or kept as 16-bit
+  samples (``"keep"``: lossless models that code them exactly, the default for those; a lossless
+  model that cannot refuses them by default, as its file would not be exact);
 - ``frames``: of an animation (or a multi-page file) the first frame is coded, or it is refused;
 - ``metadata``: the ICC profile and EXIF (its orientation reset to 1, as the rotation is applied
   to the pixels) are kept in the file, or dropped.
@@ -29,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nicodec.bitstream.format import MAX_METADATA_BYTES, MAX_SIDE, Record, seal_metadata
 from nicodec.bitstream.metadata import EXIF_PREFIX, MAX_PROFILE_BYTES, Metadata
-from nicodec.codec import bigtiff
+from nicodec.codec import bigtiff, png16
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +39,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
                   ".gif"}
 ImageInput = Union[str, "os.PathLike[str]", bytes, BinaryIO, Image.Image, np.ndarray,
                    "torch.Tensor"]
-POLICIES = {"alpha": ("keep", "drop", "refuse"), "depth": ("reduce", "refuse"),
+POLICIES = {"alpha": ("keep", "drop", "refuse"), "depth": ("reduce", "refuse", "keep"),
             "frames": ("first", "refuse"), "metadata": ("keep", "drop")}
 ORIENTATION_TAG = 0x0112
 COLOUR_SPACES = {1: b"GRAY", 3: b"RGB "}  # ICC data colour space of the coded channels
@@ -72,8 +73,13 @@ class Policy:
 class Picture:
     """An input ready for the model: its pixels and what the file carries beside them."""
 
-    pixels: np.ndarray  # (H, W, 1 or 3) uint8
+    pixels: np.ndarray  # (H, W, 1 or 3) uint8, or uint16 (16-bit samples, depth policy "keep")
     metadata: Metadata
+
+    @property
+    def bit_depth(self) -> int:
+        """Bits per sample of the pixels: 8 or 16."""
+        return 16 if self.pixels.dtype == np.uint16 else 8
 
     def records(self) -> list[Record]:
         """The metadata records to write; refused, naming the choices that leave them out, when
@@ -95,7 +101,14 @@ def option_text(name: str, value: str) -> str:
 
 def _refuse_or_warn(policy: Policy, name: str, what: str, done: str) -> None:
     """Refuse ``what`` when the ``name`` policy says so (naming the choice that accepts it), else
-    warn that it was ``done`` (naming the choice that refuses it)."""
+    warn that it was ``done`` (naming the choice that refuses it). Samples the ``depth`` policy
+    would keep but cannot (float samples, a 16-bit PIL image already reduced) are refused."""
+    if name == "depth" and policy.depth == "keep":
+        raise UnsupportedImageError(
+            f"{what}, which lossless coding cannot keep exactly from this input (it keeps "
+            "16-bit samples of integer arrays, PNG and TIFF files); pass "
+            f"{option_text(name, 'reduce')} to code the image reduced to 8 bits (exact to the "
+            "reduction, not to the original), or keep the original file")
     if getattr(policy, name) == "refuse":
         accept = POLICIES[name][0]
         if name == "depth" and policy.exact:
@@ -109,12 +122,15 @@ def _refuse_or_warn(policy: Policy, name: str, what: str, done: str) -> None:
 
 
 def _reduce_depth(array: np.ndarray, policy: Policy) -> np.ndarray:
-    """16-bit (or wider integer) samples and float samples in [0, 1] -> uint8."""
+    """16-bit (or wider integer) samples and float samples in [0, 1] -> uint8; integer samples
+    -> uint16 when the policy keeps 16 bits (float samples are then refused)."""
     if array.dtype == np.uint8:
         return array
     if array.dtype.kind in "ui":
         if array.size and (array.min() < 0 or array.max() > 65535):
             raise UnsupportedImageError(f"{array.dtype} samples must lie in 0..65535")
+        if policy.depth == "keep":
+            return array.astype(np.uint16)
         what, reduced = "16-bit samples", (array.astype(np.int64) * 255 + 32767) // 65535
     elif array.dtype.kind == "f":
         if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
@@ -130,8 +146,13 @@ def _reduce_depth(array: np.ndarray, policy: Policy) -> np.ndarray:
 def _split_alpha(array: np.ndarray, policy: Policy) -> tuple[np.ndarray, np.ndarray | None]:
     """(H, W, 2 or 4) -> colour channels and the alpha plane (None when fully opaque)."""
     colour, alpha = array[:, :, :-1], array[:, :, -1]
-    if alpha.min() == 255 or policy.alpha == "drop":
+    if alpha.min() == np.iinfo(array.dtype).max or policy.alpha == "drop":
         return colour, None
+    if array.dtype == np.uint16 and policy.alpha == "keep":
+        raise UnsupportedImageError(
+            "the image has 16-bit transparency, which lossless coding cannot keep yet (the "
+            f"alpha plane is coded with 8 bits); pass {option_text('alpha', 'drop')} to code the "
+            f"16-bit colour channels only, or {option_text('depth', 'reduce')}")
     if policy.alpha == "refuse":
         raise UnsupportedImageError(
             "the image has transparency (an alpha channel that is not fully opaque); pass "
@@ -192,7 +213,30 @@ def _pil_metadata(img: Image.Image, policy: Policy) -> Metadata:
     return Metadata(profile, exif)
 
 
-def _from_pil(img: Image.Image, policy: Policy) -> Picture:
+def _deep_samples(img: Image.Image, source: str | bytes) -> np.ndarray:
+    """The 16-bit samples of a PNG or TIFF file that Pillow would reduce to 8 bits, read
+    exactly (``codec/png16.py``, tifffile), EXIF orientation applied, as (H, W, C) uint16."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    try:
+        if img.format == "PNG":
+            samples = png16.read(data)
+        else:
+            import tifffile
+
+            samples = tifffile.imread(io.BytesIO(data), key=0)
+    except png16.PngError as exc:
+        raise UnsupportedImageError(f"cannot read image: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 (tifffile's codecs on damaged data)
+        raise UnsupportedImageError(f"cannot read image: the TIFF is damaged "
+                                    f"({type(exc).__name__}: {exc})") from None
+    if samples.dtype != np.uint16 or samples.ndim not in (2, 3):
+        raise UnsupportedImageError(f"cannot read image: expected 16-bit samples, got "
+                                    f"{samples.dtype} of shape {samples.shape}")
+    orientation = img.getexif().get(ORIENTATION_TAG, 1)
+    return bigtiff.UPRIGHT.get(int(orientation), lambda a: a)(samples)
+
+
+def _from_pil(img: Image.Image, policy: Policy, source: str | bytes | None = None) -> Picture:
     frames = getattr(img, "n_frames", 1)
     if frames > 1:
         _refuse_or_warn(policy, "frames", f"the image has {frames} frames (an animation or "
@@ -202,6 +246,8 @@ def _from_pil(img: Image.Image, policy: Policy) -> Picture:
     tiles = getattr(img, "tile", ())  # how a file still to be loaded will be read
     if not img.mode.startswith("I") and any(";16" in str(t.args) for t in tiles):
         # 16-bit colour (or gray with alpha): Pillow keeps the high byte of each sample
+        if policy.depth == "keep" and source is not None and img.format in ("PNG", "TIFF"):
+            return _picture(_deep_samples(img, source), policy, metadata)
         _refuse_or_warn(policy, "depth", "the image has 16-bit samples", "reduced to 8 bits")
     img = ImageOps.exif_transpose(img)
     if "transparency" in img.info and img.mode in ("P", "L", "RGB"):
@@ -326,7 +372,7 @@ def load_image(source: ImageInput, policy: Policy = Policy()) -> Picture:
     if isinstance(source, (str, bytes)):
         try:
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-                return _from_pil(img, policy)
+                return _from_pil(img, policy, source)
         except FileNotFoundError:
             raise
         except UnidentifiedImageError:
@@ -344,7 +390,18 @@ def load_image(source: ImageInput, policy: Policy = Policy()) -> Picture:
 
 def to_pil(pixels: np.ndarray, metadata: Metadata = Metadata()) -> Image.Image:
     """(H, W, 1 or 3) uint8 (and the file's metadata) -> PIL image in mode L, LA, RGB or RGBA,
-    with the ICC profile and EXIF in its ``info`` (where Pillow's ``save`` looks for them)."""
+    with the ICC profile and EXIF in its ``info`` (where Pillow's ``save`` looks for them).
+
+    16-bit grayscale becomes mode I;16. Pillow has no 16-bit colour mode: 16-bit RGB is reduced
+    to 8 bits with a :class:`ConversionWarning` (``decode_array`` gives the samples exactly)."""
+    if pixels.dtype == np.uint16 and pixels.shape[2] == 1:
+        img = Image.fromarray(pixels[:, :, 0])
+        img.info.update(metadata.pil_info())
+        return img
+    if pixels.dtype == np.uint16:
+        warnings.warn("Pillow has no 16-bit colour mode: the image is reduced to 8 bits "
+                      "(decode_array returns the 16-bit samples)", ConversionWarning, stacklevel=3)
+        pixels = ((pixels.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
     if metadata.alpha is not None:
         pixels = np.dstack([pixels, metadata.alpha])
     img = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)

@@ -51,7 +51,7 @@ class Encoded:
 class Decoded:
     """A decoded image and what happened on the way."""
 
-    pixels: np.ndarray  # (H, W, 1 or 3) uint8
+    pixels: np.ndarray  # (H, W, 1 or 3) uint8; uint16 for a file of samples above 8 bits
     indices: np.ndarray  # (groups, h, w) decoded symbols (restored or zeros where concealed)
     header: Header
     lost_packets: int
@@ -89,11 +89,14 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
     picture = image if isinstance(image, Picture) else load_image(image, policy)
     pixels = picture.pixels
     m = load_model(name)
+    depth = picture.bit_depth
+    if depth > max_depth(m):
+        raise ValueError(f"model {name!r} codes {max_depth(m)}-bit samples, not {depth}-bit ones")
     fields = dict(family=info.family, model_id=info.model_id, weights_digest=m.digest,
                   width=pixels.shape[1], height=pixels.shape[0], channels=pixels.shape[2],
-                  bit_depth=8, quality=quality)
+                  bit_depth=depth, quality=quality)
     if getattr(m.net, "codes_payloads", False):  # the model codes each packet itself
-        payloads = m.net.encode_payloads(pixels)
+        payloads = m.net.encode_payloads(pixels, depth)
         if packets is not None and packets != len(payloads):
             warnings.warn(f"{name} codes one packet per tile of {m.unit}x{m.unit} pixels: "
                           f"{len(payloads)} packets, not {packets}", stacklevel=2)
@@ -123,6 +126,11 @@ def encode_detailed(image: ImageInput, model: str | None = None, quality: int | 
         bits = encode_columns(m, quality, flat, owner, coders, tables)
     payloads = [coder.finish() for coder in coders]
     return Encoded(pack(fields, payloads, picture.records()), bits, indices)
+
+
+def max_depth(m: Model) -> int:
+    """Bits per sample that model ``m`` codes exactly (8 unless its network says more)."""
+    return getattr(m.net, "max_depth", 8)
 
 
 def _encode_stages(staged, grid: np.ndarray, coder: PacketEncoder, h: int, w: int) -> float:
@@ -173,11 +181,17 @@ def encode(image: ImageInput, model: str | None = None, quality: int | None = No
     (None) a lossy model reduces them and a lossless one refuses them, as its file would not
     be exact (``depth="reduce"`` codes the 8-bit reduction exactly); ``frames`` an animation's
     first frame is coded, or it is refused; ``metadata`` the ICC profile and EXIF are kept or
-    dropped.
+    dropped. ``depth="keep"`` codes 16-bit samples exactly (the default of a lossless model that
+    can, ``ctx-photo``: the file decodes to uint16); a model that cannot refuses it.
     """
     name = resolve_model(model, lossless)
     exact = model_info(name).family == Family.LOSSLESS
-    depth = depth or ("refuse" if exact else "reduce")
+    deep = exact and max_depth(load_model(name)) > 8
+    if depth == "keep" and not deep:
+        raise ValueError(f"model {name!r} cannot keep 16-bit samples (depth='keep'): it codes "
+                         "8-bit samples; use a lossless model that codes them (ctx-photo) or "
+                         "depth='reduce'")
+    depth = depth or ("keep" if deep else "refuse" if exact else "reduce")
     policy = Policy(alpha=alpha, depth=depth, frames=frames, metadata=metadata, exact=exact)
     return encode_detailed(image, name, quality, packets, effort, policy).data
 
@@ -247,7 +261,7 @@ def decode_detailed(data: BitstreamInput, strict: bool = False, max_pixels: int 
     ``strict``; report what was lost.
 
     ``out``, given the checked header and the file's metadata, returns the (height, width,
-    channels) uint8 array the pixels are written into, tile by tile (e.g. a memory-mapped
+    channels) uint8 array (uint16 for samples above 8 bits) the pixels are written into, tile by tile (e.g. a memory-mapped
     output file, ``codec.bigtiff.create``, so that an image bigger than memory streams to
     disk); by default a new array.
 
@@ -261,10 +275,15 @@ def decode_detailed(data: BitstreamInput, strict: bool = False, max_pixels: int 
     missing, _ = extent(header, parse_header(data)[1], len(data))
     metadata, metadata_lost = _read_metadata(data, header, strict)
     m = _model_for(header)
+    if header.bit_depth > max_depth(m):
+        raise CorruptHeaderError(f"header is damaged ({header.bit_depth}-bit samples for a model "
+                                 f"of {max_depth(m)}-bit samples)")
     shape = (header.height, header.width, header.channels)
-    target = np.empty(shape, np.uint8) if out is None else out(header, metadata)
-    if target.shape != shape or target.dtype != np.uint8:
-        raise ValueError(f"out must give a {shape} uint8 array, got {target.shape} {target.dtype}")
+    dtype = np.uint16 if header.bit_depth > 8 else np.uint8
+    target = np.empty(shape, dtype) if out is None else out(header, metadata)
+    if target.shape != shape or target.dtype != dtype:
+        raise ValueError(f"out must give a {shape} {np.dtype(dtype)} array, got {target.shape} "
+                         f"{target.dtype}")
     try:
         result = _decode_payloads(m, header, payloads, strict, target, missing)
     except (BitstreamError, OSError):  # OSError: no room for scratch files, a full disk
@@ -294,7 +313,7 @@ def _decode_own_payloads(m: Model, header: Header, payloads: list[bytes | None],
     if strict and any(p is None for p in payloads):
         raise _lost_error(sum(p is None for p in payloads), len(payloads), missing)
     try:
-        lost = m.net.decode_payloads(payloads, out, undecodable=UNDECODABLE)
+        lost = m.net.decode_payloads(payloads, out, header.bit_depth, undecodable=UNDECODABLE)
     except ValueError as exc:
         raise CorruptHeaderError(f"header is damaged ({exc})") from None
     n_lost = sum(lost)

@@ -341,10 +341,13 @@ def test_cli_subprocess_warns_and_refuses(small_rgb, tmp_path):
 # --- lossless and 16 bits ------------------------------------------------------------------------
 
 
-def test_lossless_refuses_16_bit_and_float_unless_reduce_is_asked(small_rgb):
-    png = _png16(small_rgb.astype(np.uint16) * 257 + 3)  # not an 8-bit image in disguise
-    for call in (lambda: codec.encode(png, lossless=True),
-                 lambda: codec.encode(png, model="pc-photo"),  # lossless without the flag
+def test_lossless_keeps_16_bit_and_refuses_what_it_cannot_keep(small_rgb):
+    """ctx-photo (the --lossless default) keeps 16-bit samples; pc-photo, which codes 8 bits,
+    and float samples (no exact 16-bit form) are refused unless the reduction is asked for."""
+    deep = small_rgb.astype(np.uint16) * 257 + 3  # not an 8-bit image in disguise
+    png = _png16(deep)
+    assert (codec.decode_array(codec.encode(png, lossless=True)) == deep).all()
+    for call in (lambda: codec.encode(png, model="pc-photo"),  # lossless without the flag
                  lambda: codec.encode(small_rgb.astype(np.float32) / 255, lossless=True)):
         with pytest.raises(codec.UnsupportedImageError, match="lossless coding cannot") as error:
             call()
@@ -363,7 +366,8 @@ def test_cli_lossless_16_bit_exit_codes(small_rgb, tmp_path):
         return subprocess.run([sys.executable, "-m", "nicodec.cli", *map(str, args)], cwd=ROOT,
                               capture_output=True, text=True)
 
-    res = run("encode", tmp_path / "deep.png", "-o", tmp_path / "x.nic", "--lossless")
+    res = run("encode", tmp_path / "deep.png", "-o", tmp_path / "x.nic", "--lossless",
+              "--model", "pc-photo")
     assert res.returncode == 1 and not (tmp_path / "x.nic").exists()
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "lossless" in lines[0]
@@ -372,7 +376,7 @@ def test_cli_lossless_16_bit_exit_codes(small_rgb, tmp_path):
     assert res.returncode == 0 and "reduced to 8 bits" in res.stderr
     assert (codec.decode_array((tmp_path / "x.nic").read_bytes()) == small_rgb).all()
     res = CliRunner().invoke(main, ["encode", str(tmp_path / "deep.png"), "-o",
-                                    str(tmp_path / "y.nic"), "--lossless"])
+                                    str(tmp_path / "y.nic"), "--lossless", "--model", "pc-photo"])
     assert res.exit_code == 1 and "lossless coding cannot keep" in res.stderr
-    assert "refuse with --lossless" in " ".join(CliRunner().invoke(main, ["encode", "--help"])
+    assert "else refuse (--depth reduce" in " ".join(CliRunner().invoke(main, ["encode", "--help"])
                                                 .stdout.split())

@@ -32,6 +32,7 @@ class ContextNet:
 
     codes_payloads = True
     unit = TILE
+    max_depth = 16  # bits per sample it codes exactly (the pipeline's "keep" depth policy)
 
     def __init__(self, tables: Tables) -> None:
         self.tables = tables

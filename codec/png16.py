@@ -1,0 +1,134 @@
+"""16-bit PNG samples, read and written exactly.
+
+Pillow opens a 16-bit RGB, RGBA or gray-with-alpha PNG as 8-bit (it keeps the high byte of each
+sample) and cannot write one. Lossless coding of 16-bit images needs the samples themselves, so
+this module reads the image data of a non-interlaced 16-bit PNG (zlib stream, per-row filters,
+big-endian samples, as the PNG specification lays them out) and writes 16-bit PNGs the same way
+(every row with filter 0, the ICC profile and EXIF as ``iCCP`` and ``eXIf`` chunks). Everything
+else about a PNG (its metadata, its orientation) is still read by Pillow.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel
+COLOUR_TYPES = {count: kind for kind, count in CHANNELS.items()}
+
+
+class PngError(ValueError):
+    """The PNG cannot be read as 16-bit samples (damaged, interlaced or not 16-bit)."""
+
+
+def _chunks(data: bytes):
+    """(type, body) of each chunk, checked against its CRC."""
+    pos = len(SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        crc = data[pos + 8 + length:pos + 12 + length]
+        if len(body) < length or len(crc) < 4:
+            raise PngError("the PNG is cut short")
+        if zlib.crc32(kind + body) != int.from_bytes(crc, "big"):
+            raise PngError(f"the PNG's {kind.decode('latin-1')} chunk is damaged (CRC mismatch)")
+        yield kind, body
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+    raise PngError("the PNG is cut short (no IEND chunk)")
+
+
+def is_deep(data: bytes) -> bool:
+    """Whether ``data`` is a PNG of 16 bits per sample (from its IHDR, nothing decoded)."""
+    return data[:8] == SIGNATURE and len(data) >= 26 and data[12:16] == b"IHDR" and data[24] == 16
+
+
+def _unfilter(raw: np.ndarray, height: int, stride: int, bpp: int) -> np.ndarray:
+    """Undo the per-row filters (PNG specification, section 9) of ``raw`` bytes."""
+    rows = raw.reshape(height, stride + 1)
+    out = np.zeros((height, stride), np.uint8)
+    prior = np.zeros(stride, np.int32)
+    for y in range(height):
+        kind, line = rows[y, 0], rows[y, 1:].astype(np.int32)
+        if kind == 0:
+            cur = line
+        elif kind == 1:  # Sub: a running sum over the pixels of each byte position
+            cur = np.cumsum(line.reshape(-1, bpp), axis=0).ravel()
+        elif kind == 2:  # Up
+            cur = line + prior
+        elif kind in (3, 4):  # Average, Paeth: each byte needs the one to its left
+            cur = line.copy()
+            for x in range(0, stride, bpp):
+                left = cur[x - bpp:x] & 0xFF if x else np.zeros(bpp, np.int32)
+                up = prior[x:x + bpp]
+                if kind == 3:
+                    cur[x:x + bpp] += (left + up) >> 1
+                else:
+                    upleft = prior[x - bpp:x] if x else np.zeros(bpp, np.int32)
+                    p = left + up - upleft
+                    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+                    cur[x:x + bpp] += np.where((pa <= pb) & (pa <= pc), left,
+                                               np.where(pb <= pc, up, upleft))
+        else:
+            raise PngError(f"the PNG is damaged (unknown row filter {kind})")
+        prior = cur & 0xFF
+        out[y] = prior
+    return out
+
+
+def read(data: bytes) -> np.ndarray:
+    """The samples of a 16-bit PNG as an (H, W, C) uint16 array (C = 1, 2, 3 or 4).
+
+    Raises :class:`PngError` for an interlaced image, a transparent colour (``tRNS``) or damage.
+    """
+    if not is_deep(data):
+        raise PngError("not a 16-bit PNG")
+    header, compressed = None, []
+    for kind, body in _chunks(data):
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body[:13])
+        elif kind == b"IDAT":
+            compressed.append(body)
+        elif kind == b"tRNS":
+            raise PngError("a 16-bit PNG with a transparent colour (tRNS) is not read exactly; "
+                           "give it with an alpha channel instead")
+    width, height, _, colour, _, _, interlace = header
+    if colour not in CHANNELS:
+        raise PngError(f"the PNG is damaged (colour type {colour} at 16 bits)")
+    if interlace:
+        raise PngError("an interlaced 16-bit PNG is not read exactly; save it without "
+                       "interlacing (e.g. magick in.png -interlace none out.png)")
+    channels = CHANNELS[colour]
+    stride = width * channels * 2
+    try:
+        raw = zlib.decompress(b"".join(compressed))
+    except zlib.error as exc:
+        raise PngError(f"the PNG's image data does not inflate ({exc})") from None
+    if len(raw) < height * (stride + 1):
+        raise PngError("the PNG's image data is cut short")
+    rows = _unfilter(np.frombuffer(raw[:height * (stride + 1)], np.uint8), height, stride,
+                     channels * 2)
+    return rows.view(">u2").reshape(height, width, channels).astype(np.uint16)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def write(samples: np.ndarray, icc_profile: bytes | None = None, exif: bytes | None = None
+          ) -> bytes:
+    """An (H, W, C) uint16 array (C = 1, 2, 3 or 4) as a 16-bit PNG file."""
+    height, width, channels = samples.shape
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, COLOUR_TYPES[channels], 0, 0, 0)
+    rows = np.ascontiguousarray(samples, ">u2").view(np.uint8).reshape(height, -1)
+    raw = np.hstack([np.zeros((height, 1), np.uint8), rows]).tobytes()
+    out = SIGNATURE + _chunk(b"IHDR", ihdr)
+    if icc_profile:
+        out += _chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile))
+    if exif:
+        out += _chunk(b"eXIf", exif)
+    return out + _chunk(b"IDAT", zlib.compress(raw, 6)) + _chunk(b"IEND", b"")

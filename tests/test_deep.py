@@ -1,0 +1,208 @@
+"""16-bit samples through the whole pipeline (issue 37): 16-bit PNG, TIFF and uint16 arrays in,
+coded exactly by ctx-photo (format version 4 records the depth), the same samples out of
+``decode_array`` and ``codec decode`` (16-bit PNG or TIFF)."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+from PIL import Image
+
+from nicodec import codec
+from nicodec.bitstream.errors import CorruptHeaderError, PacketLossError
+from nicodec.bitstream.format import Header, crc8, parse_header
+from nicodec.cli import main
+from nicodec.codec import png16, registry
+from nicodec.codec.pipeline import decode_detailed
+from nicodec.models.ctx import codec as ctx_codec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _deep(h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
+    """Gradients with noise over the whole 16-bit range (no 8-bit data shifted up)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([(x * 700 + y * 400 + k * 9000) % 60000 for k in range(c)], -1)
+    return np.clip(base + rng.integers(0, 300, base.shape), 0, 65535).astype(np.uint16)
+
+
+def _png_filtered(samples: np.ndarray) -> bytes:
+    """A 16-bit PNG whose rows cycle through the five filters (a reference filter written from
+    the PNG specification), to check that the reader undoes each one."""
+    height, width, channels = samples.shape
+    bpp = 2 * channels
+    raw = samples.astype(">u2").view(np.uint8).reshape(height, -1).astype(np.int64)
+    rows = []
+    for y in range(height):
+        kind, line = y % 5, raw[y]
+        prior = raw[y - 1] if y else np.zeros_like(line)
+        left = np.concatenate([np.zeros(bpp, np.int64), line[:-bpp]])
+        upleft = np.concatenate([np.zeros(bpp, np.int64), prior[:-bpp]])
+        if kind == 4:
+            p = left + prior - upleft
+            pa, pb, pc = abs(p - left), abs(p - prior), abs(p - upleft)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prior, upleft))
+        else:
+            pred = [0 * line, left, prior, (left + prior) // 2][kind]
+        rows.append(bytes([kind]) + ((line - pred) % 256).astype(np.uint8).tobytes())
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, png16.COLOUR_TYPES[channels], 0, 0, 0)
+    return (png16.SIGNATURE + png16._chunk(b"IHDR", ihdr)
+            + png16._chunk(b"IDAT", zlib.compress(b"".join(rows))) + png16._chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_png16_reads_every_filter_and_writes_what_it_reads(channels):
+    samples = _deep(11, 9, channels)
+    assert (png16.read(_png_filtered(samples)) == samples).all()
+    written = png16.write(samples, icc_profile=b"profile", exif=b"MM\0*")
+    assert (png16.read(written) == samples).all()
+    if channels == 1:  # Pillow agrees on what the file holds
+        assert (np.asarray(Image.open(io.BytesIO(written))) == samples[:, :, 0]).all()
+
+
+def test_png16_damage_is_reported():
+    data = png16.write(_deep(8, 8, 3))
+    with pytest.raises(png16.PngError, match="CRC"):
+        png16.read(data[:40] + bytes([data[40] ^ 1]) + data[41:])
+    with pytest.raises(png16.PngError, match="cut short"):
+        png16.read(data[:-20])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_uint16_arrays_round_trip_exactly(channels):
+    image = _deep(37, 70, channels)
+    data = codec.encode(image[:, :, 0] if channels == 1 else image, lossless=True)
+    header = parse_header(data)[0]
+    assert header.bit_depth == 16 and header.version == 4 and header.channels == channels
+    out = codec.decode_array(data)
+    assert out.dtype == np.uint16 and (out.reshape(image.shape) == image).all()
+    tensor = codec.decode_tensor(data)
+    assert np.allclose(tensor.permute(1, 2, 0).numpy() * 65535, image, atol=1e-2)
+
+
+def test_8_bit_files_are_version_3_files_but_for_the_version(small_rgb):
+    data = codec.encode(small_rgb, lossless=True)
+    header, _ = parse_header(data)
+    assert header.bit_depth == 8 and header.version == 4
+    v3 = Header(**{**header.__dict__, "version": 3}).to_bytes()
+    assert v3[0] == data[0] and v3[1] == data[1] - 0x10 and v3[2:-1] == data[2:len(v3) - 1]
+
+
+def test_depth_in_the_header_is_checked():
+    fields = dict(family=3, model_id=1, weights_digest=0, width=4, height=4, channels=1,
+                  quality=0, packet_lengths=(5,))
+    deep = Header(bit_depth=16, **fields).to_bytes()
+    assert parse_header(deep)[0].bit_depth == 16
+    with pytest.raises(ValueError, match="version 3"):
+        Header(bit_depth=16, version=3, **fields).to_bytes()
+    with pytest.raises(ValueError, match="bits"):
+        Header(bit_depth=17, **fields).to_bytes()
+    three = bytearray(Header(bit_depth=8, version=3, **fields).to_bytes())
+    three[7] |= 1  # the layout's depth bit in a version-3 header: damage
+    three[-1] = crc8(bytes(three[:-1]))
+    with pytest.raises(CorruptHeaderError, match="layout"):
+        parse_header(bytes(three))
+    eight = bytearray(deep)
+    eight[8] = 8  # the depth bit set, but a depth of 8 bits
+    eight[-1] = crc8(bytes(eight[:-1]))
+    with pytest.raises(CorruptHeaderError, match="depth"):
+        parse_header(bytes(eight))
+
+
+def test_16_bit_files_through_the_cli_decode_to_the_same_samples(tmp_path):
+    rgb, gray = _deep(30, 41, 3, seed=1), _deep(30, 41, 1, seed=2)
+    (tmp_path / "rgb.png").write_bytes(_png_filtered(rgb))
+    Image.fromarray(gray[:, :, 0]).save(tmp_path / "gray.png")  # Pillow's I;16 PNG
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "gray.tif", gray[:, :, 0])
+    runner = CliRunner()
+    for name, samples in (("rgb.png", rgb), ("gray.png", gray), ("rgb.tif", rgb),
+                          ("gray.tif", gray)):
+        nic = tmp_path / f"{name}.nic"
+        res = runner.invoke(main, ["encode", str(tmp_path / name), "-o", str(nic), "--lossless"])
+        assert res.exit_code == 0 and "warning" not in res.output, (name, res.output)
+        for suffix in (".png", ".tiff"):
+            out = tmp_path / f"{name}{suffix}"
+            res = runner.invoke(main, ["decode", str(nic), "-o", str(out)])
+            assert res.exit_code == 0, res.output
+            back = png16.read(out.read_bytes()) if suffix == ".png" else tifffile.imread(out)
+            assert back.dtype == np.uint16 and (back.reshape(samples.shape) == samples).all()
+    info = json.loads(runner.invoke(main, ["info", str(tmp_path / "rgb.png.nic"), "--json"]).output)
+    assert info["bit_depth"] == 16
+    text = runner.invoke(main, ["info", str(tmp_path / "gray.tif.nic")]).output
+    assert "16 bit" in text
+
+
+def test_16_bit_cli_as_a_subprocess_and_formats_that_cannot_hold_it(tmp_path):
+    rgb = _deep(20, 25, 3, seed=3)
+    (tmp_path / "in.png").write_bytes(png16.write(rgb))
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "nicodec.cli", *map(str, args)], cwd=ROOT,
+                              capture_output=True, text=True)
+
+    assert run("encode", tmp_path / "in.png", "-o", tmp_path / "x.nic", "--lossless").returncode == 0
+    res = run("decode", tmp_path / "x.nic", "-o", tmp_path / "out.png")
+    assert res.returncode == 0 and (png16.read((tmp_path / "out.png").read_bytes()) == rgb).all()
+    for suffix in (".jpg", ".webp", ".bmp"):
+        res = run("decode", tmp_path / "x.nic", "-o", tmp_path / f"out{suffix}")
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 1 and len(lines) == 1 and "16-bit" in lines[0], res.stderr
+        assert lines[0].startswith("error:") and not (tmp_path / f"out{suffix}").exists()
+
+
+def test_lossy_models_still_reduce_16_bit_input_with_a_warning():
+    image = _deep(32, 32, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = codec.encode(png16.write(image), model="mcq-tiny")
+    assert any("reduced to 8 bits" in str(w.message) for w in caught)
+    assert parse_header(data)[0].bit_depth == 8 and codec.decode_array(data).dtype == np.uint8
+    with pytest.raises(ValueError, match="cannot keep 16-bit"):
+        codec.encode(image, model="mcq-tiny", depth="keep")
+
+
+def test_16_bit_transparency_is_refused_with_choices_and_opaque_alpha_dropped():
+    rgba = np.dstack([_deep(16, 16, 3), np.full((16, 16), 65535, np.uint16)])
+    assert (codec.decode_array(codec.encode(rgba, lossless=True)) == rgba[:, :, :3]).all()
+    rgba[3, 4, 3] = 100
+    with pytest.raises(codec.UnsupportedImageError, match="16-bit transparency"):
+        codec.encode(png16.write(rgba), lossless=True)
+    data = codec.encode(rgba, lossless=True, alpha="drop")
+    assert (codec.decode_array(data) == rgba[:, :, :3]).all()
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """ctx-photo with 32-pixel tiles: a multi-packet image in a test."""
+    monkeypatch.setattr(ctx_codec.ContextNet, "unit", 32)
+    registry.load_model.cache_clear()
+    yield
+    registry.load_model.cache_clear()
+
+
+def test_damaged_16_bit_files_are_reported(small_tiles):
+    image = _deep(40, 70, 3)  # six tiles, six packets
+    data = codec.encode(image, lossless=True)
+    header, offset = parse_header(data)
+    assert len(header.packet_lengths) > 1
+    damaged = bytearray(data)
+    damaged[offset + 5] ^= 0xFF
+    with pytest.raises(PacketLossError):
+        decode_detailed(bytes(damaged), strict=True)
+    result = decode_detailed(bytes(damaged))
+    assert result.lost_packets == 1 and result.pixels.dtype == np.uint16
+    with pytest.raises(PacketLossError, match="cut short"):
+        decode_detailed(data[:len(data) // 2], strict=True)
