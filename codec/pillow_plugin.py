@@ -24,6 +24,7 @@ packets are concealed with a ``codec.ConcealedWarning``, as ``codec.decode`` doe
 from __future__ import annotations
 
 import io
+import warnings
 from typing import IO
 
 import numpy as np
@@ -68,6 +69,8 @@ class NicodecImageFile(ImageFile.ImageFile):
             records = {}  # load() drops the block too, with a MetadataWarning
         alpha = "A" if Kind.ALPHA in records else ""
         self._mode = MODES[header.channels] + alpha
+        if header.bit_depth > 8 and self._mode == "L":
+            self._mode = "I;16"  # 16-bit colour has no Pillow mode: load() reduces it to 8 bits
         self._size = (header.width, header.height)
         self.info.update(Metadata(records.get(Kind.ICC_PROFILE), records.get(Kind.EXIF)).pil_info())
         self.info.update(nicodec_model_id=header.model_id, nicodec_quality=header.quality,
@@ -86,7 +89,13 @@ class NicodecImageFile(ImageFile.ImageFile):
                               ) from None
             self._payload = None
             pixels = pixels.reshape(*pixels.shape[:2], -1)
-            if pixels.shape[2] < len(self.mode):  # an alpha plane that failed to inflate was
+            if pixels.dtype == np.uint16 and self.mode != "I;16":
+                warnings.warn("Pillow has no 16-bit colour mode: the image is reduced to 8 bits "
+                              "(codec.decode_array returns the 16-bit samples)",
+                              codec.ConversionWarning, stacklevel=2)
+                pixels = ((pixels.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+            pixels = pixels.astype("<u2") if self.mode == "I;16" else pixels
+            if pixels.shape[2] < len(self.getbands()):  # an alpha plane that failed to inflate was
                 opaque = np.full(pixels.shape[:2], 255, np.uint8)  # dropped (MetadataWarning)
                 pixels = np.dstack([pixels, opaque])
             if self.fp and self._exclusive_fp:

@@ -206,3 +206,20 @@ def test_damaged_16_bit_files_are_reported(small_tiles):
     assert result.lost_packets == 1 and result.pixels.dtype == np.uint16
     with pytest.raises(PacketLossError, match="cut short"):
         decode_detailed(data[:len(data) // 2], strict=True)
+
+
+def test_pil_images_of_16_bit_files():
+    """decode() and Image.open: 16-bit gray is mode I;16, exact; 16-bit RGB (no Pillow mode)
+    is reduced to 8 bits with a warning."""
+    import nicodec.codec.pillow_plugin  # noqa: F401 (registers the format)
+
+    gray, rgb = _deep(12, 17, 1)[:, :, 0], _deep(12, 17, 3)
+    gray_file, rgb_file = codec.encode(gray, lossless=True), codec.encode(rgb, lossless=True)
+    for img in (codec.decode(gray_file), Image.open(io.BytesIO(gray_file))):
+        assert img.mode == "I;16" and (np.asarray(img) == gray).all()
+    with pytest.warns(codec.ConversionWarning, match="reduced to 8 bits"):
+        assert codec.decode(rgb_file).mode == "RGB"
+    with pytest.warns(codec.ConversionWarning, match="reduced to 8 bits"):
+        img = Image.open(io.BytesIO(rgb_file))
+        img.load()
+    assert img.mode == "RGB" and np.abs(np.asarray(img) - rgb / 257.0).max() <= 0.5

@@ -23,6 +23,13 @@ that introduced version 3. They also decode to the same symbols with bytes appen
 ``v3-ctx-photo-q0.nic`` (the same crop) and ``v3-ctx-photo-gray.nic`` (the 32x64 top-left crop,
 grayscale) were written by ``ctx-photo``'s first weights (issue 37), one tile each; the model
 codes its packets itself (no symbols: the pixels' SHA-256 is the check).
+
+Files of format version 4 (the sample depth in the header) are named ``v4-*``:
+``v4-ctx-photo-rgb16.nic`` holds a 48x64 RGB image of 16-bit samples,
+``(x * 700 + y * 400 + k * 9000) % 60000`` in channel k plus integers in 0..299 drawn by
+``numpy.random.default_rng(37).integers(0, 300, (48, 64, 3))``, and ``v4-ctx-photo-gray16.nic``
+its channel 1 as a grayscale image, both coded by ``ctx-photo`` (the commit that introduced
+version 4); the manifest's ``bit_depth`` is checked with the pixels (uint16) SHA-256.
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ def test_old_files_decode_to_the_same_symbols(name):
     if "pixels_sha256" in expected:  # lossless: the pixels themselves
         assert _sha(decoded.pixels) == expected["pixels_sha256"]
     assert decoded.header.version == expected.get("format_version", 1)
+    assert decoded.header.bit_depth == expected.get("bit_depth", 8)
+    assert decoded.pixels.dtype == (np.uint16 if decoded.header.bit_depth > 8 else np.uint8)
     assert not decoded.metadata_lost
     metadata = expected.get("metadata", {})
     for field in ("icc_profile", "exif", "alpha"):
