@@ -177,12 +177,12 @@ def encode(image: ImageInput, model: str | None = None, quality: int | None = No
     What 8-bit grayscale or RGB cannot hold follows four policies (``codec/image.py``), each
     warning (:class:`ConversionWarning`) when it changes the image: ``alpha`` transparency is
     kept (the alpha plane coded losslessly in the file), dropped or refused; ``depth`` 16-bit and
-    float samples are reduced to 8 bits (``"reduce"``) or refused (``"refuse"``); by default
-    (None) a lossy model reduces them and a lossless one refuses them, as its file would not
-    be exact (``depth="reduce"`` codes the 8-bit reduction exactly); ``frames`` an animation's
-    first frame is coded, or it is refused; ``metadata`` the ICC profile and EXIF are kept or
-    dropped. ``depth="keep"`` codes 16-bit samples exactly (the default of a lossless model that
-    can, ``ctx-photo``: the file decodes to uint16); a model that cannot refuses it.
+    float samples are reduced to 8 bits (``"reduce"``), refused (``"refuse"``) or, 16-bit
+    samples, coded exactly (``"keep"``: lossless models that code them, ``ctx-photo``; the file
+    decodes to uint16); by default (None) a lossy model reduces them, a lossless one keeps them
+    where it can and else refuses them, as its file would not be exact (``depth="reduce"``
+    codes the 8-bit reduction exactly); ``frames`` an animation's first frame is coded, or it
+    is refused; ``metadata`` the ICC profile and EXIF are kept or dropped.
     """
     name = resolve_model(model, lossless)
     exact = model_info(name).family == Family.LOSSLESS
