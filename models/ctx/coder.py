@@ -92,10 +92,10 @@ class Tables:
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
               nb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(prediction features (k, n), activity features (m, n)) of channel ``order[c]``, as
-    float64 rows holding integers (products with the fixed-point weights stay exact). ``x``
-    and ``res`` are (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their
-    neighbours'."""
+    """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
+    as float64 rows holding integers (products with the fixed-point weights stay exact), each
+    with a last row of ones for the bias (so the fits need not copy them). ``x`` and ``res``
+    are (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours'."""
     ch = order[c]
     compact = len(at) < COMPACT_BELOW
     if compact:  # a pass of few samples: fewer weights to send
@@ -122,40 +122,48 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
 
 
 def _rows(columns: list[np.ndarray], n: int) -> np.ndarray:
-    out = np.empty((len(columns), n))
+    out = np.empty((len(columns) + 1, n))
     for i, col in enumerate(columns):
         out[i] = col
+    out[-1] = 1
     return out
 
 
 def _fit_robust(a: np.ndarray, target: np.ndarray, rounds: int = 3) -> np.ndarray:
     """Least squares reweighted towards a log-like cost (row weights 1/(|r| + IRLS_FLOOR), so
     squared errors count about as their log would): a residual's code length grows with its
-    log, not its square. The reweighting rounds run on a subsample, the last fit on more."""
+    log, not its square. The reweighting rounds run on a subsample, the last fit on more.
+    ``a`` (k + 1, n) ends with its row of ones."""
     step = max(1, -(-a.shape[1] // IRLS_ROWS))
-    small, t = a[:, ::step], target[::step]
+    small, t = _subsample(a, step), target[::step]
+    view = a[:-1, ::step]  # the predictions read the rows in place, as they always have
     coef = _fit(small, t)
     for _ in range(rounds - 1):
-        coef = _fit(small, t, 1 / (np.abs(t - (coef[:-1] @ small + coef[-1])) + IRLS_FLOOR))
-    return _fit(a, target, 1 / (np.abs(target - (coef[:-1] @ a + coef[-1])) + IRLS_FLOOR))
+        coef = _fit(small, t, 1 / (np.abs(t - (coef[:-1] @ view + coef[-1])) + IRLS_FLOOR))
+    return _fit(a, target, 1 / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
 
 
 def _fit_scale(a: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
     """The activity estimate of |residual|: least squares weighted by 1/(estimate + 1), since
     the spread of |residual| grows with its scale (on a subsample: it only sorts samples into
-    classes)."""
+    classes). ``a`` (m + 1, n) ends with its row of ones."""
     step = max(1, -(-a.shape[1] // IRLS_ROWS))
-    a, magnitude = a[:, ::step], magnitude[::step]
-    coef = _fit(a, magnitude)
-    est = np.maximum(coef[:-1] @ a + coef[-1], 0)
-    return _fit(a, magnitude, 1 / (est + 1))
+    small, magnitude = _subsample(a, step), magnitude[::step]
+    coef = _fit(small, magnitude)
+    est = np.maximum(coef[:-1] @ a[:-1, ::step] + coef[-1], 0)
+    return _fit(small, magnitude, 1 / (est + 1))
 
 
-def _fit(a: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
-    """Least squares (normal equations, a little ridge) of ``target`` on the rows of ``a``
-    (k, n) and a bias: float coefficients, bias last."""
-    step = max(1, -(-a.shape[1] // LS_ROWS))
-    m = np.concatenate([a[:, ::step], np.ones((1, len(target[::step])))])
+def _subsample(a: np.ndarray, step: int) -> np.ndarray:
+    """Every ``step``-th column of ``a``, contiguous (a view when ``step`` is 1)."""
+    return a if step == 1 else np.ascontiguousarray(a[:, ::step])
+
+
+def _fit(m: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """Least squares (normal equations, a little ridge) of ``target`` on the rows of ``m``
+    (k + 1, n), whose last row is the bias's ones: float coefficients, bias last."""
+    step = max(1, -(-m.shape[1] // LS_ROWS))
+    m = _subsample(m, step)
     t = target[::step].astype(np.float64)
     if weight is not None:
         t = t * weight[::step]
@@ -232,12 +240,12 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
         feats, act = _features(x, res, c, order, at, nb)
         target = x[ch, at]
         frac, w, bias = _fixed(_fit_robust(feats, target))
-        pred = np.clip(_apply(feats, frac, w, bias), 0, 2 * half - 1)
+        pred = np.clip(_apply(feats[:-1], frac, w, bias), 0, 2 * half - 1)
         r = (target - pred + half) % (2 * half) - half
         u = np.where(r >= 0, 2 * r, -2 * r - 1)
         res[ch, at] = r
         ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)))
-        cls = np.searchsorted(tables.edges, _apply(act, 0, ew, ebias), side="right")
+        cls = np.searchsorted(tables.edges, _apply(act[:-1], 0, ew, ebias), side="right")
         side.put([frac], 1)
         side.put(w, 2)
         side.put([bias], 4)
@@ -287,12 +295,12 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
         frac = int(side.get(1, 1)[0])
         if not 0 <= frac <= 14:
             raise ValueError("bad fixed-point shift")
-        w = side.get(len(feats), 2)
+        w = side.get(len(feats) - 1, 2)
         bias = int(side.get(1, 4)[0])
-        ew = side.get(len(act), 2)
+        ew = side.get(len(act) - 1, 2)
         ebias = int(side.get(1, 4)[0])
-        pred = np.clip(_apply(feats, frac, w, bias), 0, 2 * half - 1)
-        cls = np.searchsorted(tables.edges, _apply(act, 0, ew, ebias), side="right")
+        pred = np.clip(_apply(feats[:-1], frac, w, bias), 0, 2 * half - 1)
+        cls = np.searchsorted(tables.edges, _apply(act[:-1], 0, ew, ebias), side="right")
         used, inverse = np.unique(cls, return_inverse=True)
         pick = side.get(len(used), 1, signed=False)
         if (pick >= len(tables.bank)).any():
