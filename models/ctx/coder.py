@@ -137,9 +137,10 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rounds: int = 3) -> np.ndarra
     step = max(1, -(-a.shape[1] // IRLS_ROWS))
     small, t = _subsample(a, step), target[::step]
     view = a[:-1, ::step]  # the predictions read the rows in place, as they always have
-    coef = _fit(small, t)
+    coef, scratch = _fit(small, t), np.empty_like(small)
     for _ in range(rounds - 1):
-        coef = _fit(small, t, 1 / (np.abs(t - (coef[:-1] @ view + coef[-1])) + IRLS_FLOOR))
+        coef = _fit(small, t, 1 / (np.abs(t - (coef[:-1] @ view + coef[-1])) + IRLS_FLOOR),
+                    scratch)
     return _fit(a, target, 1 / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
 
 
@@ -159,15 +160,17 @@ def _subsample(a: np.ndarray, step: int) -> np.ndarray:
     return a if step == 1 else np.ascontiguousarray(a[:, ::step])
 
 
-def _fit(m: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+def _fit(m: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
+         scratch: np.ndarray | None = None) -> np.ndarray:
     """Least squares (normal equations, a little ridge) of ``target`` on the rows of ``m``
-    (k + 1, n), whose last row is the bias's ones: float coefficients, bias last."""
+    (k + 1, n), whose last row is the bias's ones: float coefficients, bias last. A weighted
+    fit may write its weighted rows into ``scratch`` (shaped as ``m``) rather than anew."""
     step = max(1, -(-m.shape[1] // LS_ROWS))
     m = _subsample(m, step)
     t = target[::step].astype(np.float64)
     if weight is not None:
         t = t * weight[::step]
-        m = m * weight[::step]
+        m = np.multiply(m, weight[::step], out=scratch if step == 1 else None)
     gram = m @ m.T
     gram += np.eye(len(gram)) * (1e-6 * np.trace(gram) / len(gram) + 1e-9)
     return np.nan_to_num(np.linalg.solve(gram, m @ t))
