@@ -154,7 +154,9 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rounds: int = 3) -> np.ndarra
     ``a`` (k + 1, n) ends with its row of ones."""
     step = max(1, -(-a.shape[1] // IRLS_ROWS))
     small, t = _subsample(a, step), target[::step]
-    view = a[:-1, ::step]  # the predictions read the rows in place, as they always have
+    # the predictions read the strided rows, not the contiguous copy: a product's summation
+    # order follows the layout, and the coefficients (hence the bytes) follow it
+    view = a[:-1, ::step]
     coef, scratch = _fit(small, t), np.empty_like(small)
     for _ in range(rounds - 1):
         coef = _fit(small, t, 1 / (np.abs(t - (coef[:-1] @ view + coef[-1])) + IRLS_FLOOR),
