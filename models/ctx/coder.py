@@ -75,7 +75,9 @@ def directional(f: list[np.ndarray]) -> list[np.ndarray]:
     a, b, c, d = f
     g1, g2 = np.abs(a - b), np.abs(c - d)
     pick = np.where(g1 <= g2, a + b, c + d)
-    weighted = ((a + b) * (g2 + 1) + (c + d) * (g1 + 1)) // (g1 + g2 + 2)
+    # the floor of a float quotient of integers: exact here, as the numerator is below 2**35
+    # and the denominator below 2**18, so the rounding error stays under 1/denominator
+    weighted = np.floor(((a + b) * (g2 + 1) + (c + d) * (g1 + 1)) / (g1 + g2 + 2))
     middle = a + b + c + d - np.minimum(np.minimum(a, b), np.minimum(c, d)) \
         - np.maximum(np.maximum(a, b), np.maximum(c, d))
     return [pick, weighted, middle]
@@ -92,74 +94,103 @@ class Tables:
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
               nb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(prediction features (k, n), activity features (m, n)) of channel ``order[c]``, as
-    float64 rows holding integers (products with the fixed-point weights stay exact). ``x``
-    and ``res`` are (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their
-    neighbours'."""
+    """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
+    as float64 rows holding integers (products with the fixed-point weights stay exact; so do
+    the features' own sums, products and floor divisions, all far below 2**53), each with a
+    last row of ones for the bias (so the fits need not copy them). ``x`` and ``res`` are
+    float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours'."""
     ch = order[c]
     compact = len(at) < COMPACT_BELOW
     if compact:  # a pass of few samples: fewer weights to send
         nb = nb[:4]
-    own = [x[ch].take(i) for i in nb]
-    feats, act = list(own), []
+    feats = _Rows(len(nb) + 7 + c * 9, len(at))
+    act = _Rows(len(nb) + 4 + c, len(at))
+    own = [feats.take(x[ch], i) for i in nb]
     if own:
-        feats += directional(own[:4])
-        act += [np.abs(own[0] - own[1]), np.abs(own[2] - own[3]), np.abs(own[0] - own[2]),
-                np.abs(own[1] - own[3])]
-        signed = [res[ch].take(i) for i in nb]
-        act += [np.abs(v) for v in signed]
-        feats += signed[:4]
+        feats.put(*directional(own[:4]))
+        for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
+            row = act.next()
+            np.abs(np.subtract(own[i], own[j], out=row), out=row)
+        for i, index in enumerate(nb):  # the nearest four's residuals are features too
+            signed = feats.take(res[ch], index) if i < 4 else res[ch].take(index, mode="clip")
+            np.abs(signed, out=act.next())
     for c2 in order[:c]:
-        here = x[c2].take(at)
-        feats.append(here)
-        feats.append(res[c2].take(at))
-        act.append(np.abs(feats[-1]))
+        here = feats.take(x[c2], at)
+        np.abs(feats.take(res[c2], at), out=act.next())
         if own:
-            near = [x[c2].take(i) for i in nb[:4]]
-            feats += [here - d for d in directional(near)] if compact else \
-                near + [here - d for d in directional(near)]
-    return _rows(feats, len(at)), _rows(act, len(at))
+            near = [x[c2].take(i) for i in nb[:4]] if compact else \
+                [feats.take(x[c2], i) for i in nb[:4]]
+            feats.put(*[here - d for d in directional(near)])
+    return feats.done(), act.done()
 
 
-def _rows(columns: list[np.ndarray], n: int) -> np.ndarray:
-    out = np.empty((len(columns), n))
-    for i, col in enumerate(columns):
-        out[i] = col
-    return out
+class _Rows:
+    """Feature rows written in place into one (at most ``bound`` + 1, n) array."""
+
+    def __init__(self, bound: int, n: int) -> None:
+        self.rows, self.k = np.empty((bound + 1, n)), 0
+
+    def next(self) -> np.ndarray:
+        self.k += 1
+        return self.rows[self.k - 1]
+
+    def take(self, plane: np.ndarray, index: np.ndarray) -> np.ndarray:
+        return plane.take(index, out=self.next(), mode="clip")  # indices are inside
+
+    def put(self, *columns: np.ndarray) -> None:
+        for col in columns:
+            self.next()[:] = col
+
+    def done(self) -> np.ndarray:
+        """The rows written and a row of ones."""
+        self.next()[:] = 1
+        return self.rows[:self.k]
 
 
 def _fit_robust(a: np.ndarray, target: np.ndarray, rounds: int = 3) -> np.ndarray:
     """Least squares reweighted towards a log-like cost (row weights 1/(|r| + IRLS_FLOOR), so
     squared errors count about as their log would): a residual's code length grows with its
-    log, not its square. The reweighting rounds run on a subsample, the last fit on more."""
+    log, not its square. The reweighting rounds run on a subsample, the last fit on more.
+    ``a`` (k + 1, n) ends with its row of ones."""
     step = max(1, -(-a.shape[1] // IRLS_ROWS))
-    small, t = a[:, ::step], target[::step]
-    coef = _fit(small, t)
+    small, t = _subsample(a, step), target[::step]
+    # the predictions read the strided rows, not the contiguous copy: a product's summation
+    # order follows the layout, and the coefficients (hence the bytes) follow it
+    view = a[:-1, ::step]
+    coef, scratch = _fit(small, t), np.empty_like(small)
     for _ in range(rounds - 1):
-        coef = _fit(small, t, 1 / (np.abs(t - (coef[:-1] @ small + coef[-1])) + IRLS_FLOOR))
-    return _fit(a, target, 1 / (np.abs(target - (coef[:-1] @ a + coef[-1])) + IRLS_FLOOR))
+        coef = _fit(small, t, 1 / (np.abs(t - (coef[:-1] @ view + coef[-1])) + IRLS_FLOOR),
+                    scratch)
+    return _fit(a, target, 1 / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
 
 
 def _fit_scale(a: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
     """The activity estimate of |residual|: least squares weighted by 1/(estimate + 1), since
     the spread of |residual| grows with its scale (on a subsample: it only sorts samples into
-    classes)."""
+    classes). ``a`` (m + 1, n) ends with its row of ones."""
     step = max(1, -(-a.shape[1] // IRLS_ROWS))
-    a, magnitude = a[:, ::step], magnitude[::step]
-    coef = _fit(a, magnitude)
-    est = np.maximum(coef[:-1] @ a + coef[-1], 0)
-    return _fit(a, magnitude, 1 / (est + 1))
+    small, magnitude = _subsample(a, step), magnitude[::step]
+    coef = _fit(small, magnitude)
+    est = np.maximum(coef[:-1] @ a[:-1, ::step] + coef[-1], 0)
+    return _fit(small, magnitude, 1 / (est + 1))
 
 
-def _fit(a: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
-    """Least squares (normal equations, a little ridge) of ``target`` on the rows of ``a``
-    (k, n) and a bias: float coefficients, bias last."""
-    step = max(1, -(-a.shape[1] // LS_ROWS))
-    m = np.concatenate([a[:, ::step], np.ones((1, len(target[::step])))])
+def _subsample(a: np.ndarray, step: int) -> np.ndarray:
+    """Every ``step``-th column of ``a``, contiguous (a view when ``step`` is 1)."""
+    return a if step == 1 else np.ascontiguousarray(a[:, ::step])
+
+
+def _fit(m: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
+         scratch: np.ndarray | None = None) -> np.ndarray:
+    """Least squares (normal equations, a little ridge) of ``target`` on the rows of ``m``
+    (k + 1, n), whose last row is the bias's ones: float coefficients, bias last. A weighted
+    fit may write its weighted rows into ``scratch`` (shaped as ``m``) rather than anew."""
+    step = max(1, -(-m.shape[1] // LS_ROWS))
+    m = _subsample(m, step)
     t = target[::step].astype(np.float64)
     if weight is not None:
         t = t * weight[::step]
-        m = m * weight[::step]
+        m = np.multiply(m, weight[::step], out=scratch if step == 1 else None)
     gram = m @ m.T
     gram += np.eye(len(gram)) * (1e-6 * np.trace(gram) / len(gram) + 1e-9)
     return np.nan_to_num(np.linalg.solve(gram, m @ t))
@@ -224,20 +255,20 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     coder = PacketEncoder()
     side = _Side(enc=coder)
     height, width, channels = tile.shape
-    x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.int64).reshape(channels, -1)
+    x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.float64).reshape(channels, -1)
     res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
     half = 1 << (depth - 1)
     for at, nb, c, ch in _steps(height, width, order):
         feats, act = _features(x, res, c, order, at, nb)
-        target = x[ch, at]
+        target = x[ch, at].astype(np.int64)
         frac, w, bias = _fixed(_fit_robust(feats, target))
-        pred = np.clip(_apply(feats, frac, w, bias), 0, 2 * half - 1)
+        pred = np.clip(_apply(feats[:-1], frac, w, bias), 0, 2 * half - 1)
         r = (target - pred + half) % (2 * half) - half
         u = np.where(r >= 0, 2 * r, -2 * r - 1)
         res[ch, at] = r
         ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)))
-        cls = np.searchsorted(tables.edges, _apply(act, 0, ew, ebias), side="right")
+        cls = np.searchsorted(tables.edges, _apply(act[:-1], 0, ew, ebias), side="right")
         side.put([frac], 1)
         side.put(w, 2)
         side.put([bias], 4)
@@ -278,7 +309,7 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     coder = PacketDecoder(payload)
     side = _Side(dec=coder)
     height, width, channels = shape
-    x = np.zeros((channels, height * width), np.int64)
+    x = np.zeros((channels, height * width))
     res = np.zeros_like(x)
     order = _order(channels)
     half = 1 << (depth - 1)
@@ -287,12 +318,12 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
         frac = int(side.get(1, 1)[0])
         if not 0 <= frac <= 14:
             raise ValueError("bad fixed-point shift")
-        w = side.get(len(feats), 2)
+        w = side.get(len(feats) - 1, 2)
         bias = int(side.get(1, 4)[0])
-        ew = side.get(len(act), 2)
+        ew = side.get(len(act) - 1, 2)
         ebias = int(side.get(1, 4)[0])
-        pred = np.clip(_apply(feats, frac, w, bias), 0, 2 * half - 1)
-        cls = np.searchsorted(tables.edges, _apply(act, 0, ew, ebias), side="right")
+        pred = np.clip(_apply(feats[:-1], frac, w, bias), 0, 2 * half - 1)
+        cls = np.searchsorted(tables.edges, _apply(act[:-1], 0, ew, ebias), side="right")
         used, inverse = np.unique(cls, return_inverse=True)
         pick = side.get(len(used), 1, signed=False)
         if (pick >= len(tables.bank)).any():
@@ -310,4 +341,4 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
         r = np.where(u & 1, -(u + 1) // 2, u // 2)
         x[ch, at] = (pred + r) % (2 * half)
         res[ch, at] = r
-    return x.reshape(channels, height, width).transpose(1, 2, 0)
+    return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)

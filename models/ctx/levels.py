@@ -60,10 +60,13 @@ def _axis(pos: np.ndarray, d: int, size: int, h: int) -> np.ndarray:
     while m >= 2 * h:
         m -= 2 * h
         chain += [m, -m] if m else [0]
-    out = np.full_like(pos, -1)
-    for c in reversed(chain):  # the earliest candidate inside wins
-        q = pos + c
-        out = np.where((q >= 0) & (q < size), q, out)
+    out = pos + d
+    bad = np.flatnonzero((out < 0) | (out >= size))  # few: only near the tile's edges
+    edge, found = pos[bad], np.full(len(bad), -1, pos.dtype)
+    for c in reversed(chain[1:]):  # the earliest candidate inside wins
+        q = edge + c
+        found = np.where((q >= 0) & (q < size), q, found)
+    out[bad] = found
     return out
 
 
