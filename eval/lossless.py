@@ -232,7 +232,7 @@ def format_photos(r: dict) -> str:
     lines.append(f"  nicodec / PNG = {r['ratio_to_png']:.3f}; encode "
                  f"{r['encode_s_per_image']:.2f} s, decode {r['decode_s_per_image']:.2f} s per "
                  f"image (2-core CPU shared with other jobs, {r.get('threads', 2)} torch "
-                 f"thread(s); the coder itself is single-threaded numpy)")
+                 f"thread(s); the coder is numpy; its least-squares products run in OpenBLAS, whose threads follow OMP_NUM_THREADS)")
     return "\n".join(lines)
 
 

@@ -37,3 +37,15 @@ def small_rgb() -> np.ndarray:
     img = np.stack([x * 4, y * 6, (x + y) * 2], axis=-1) % 256
     img[10:20, 20:30] = [200, 30, 60]
     return img.astype(np.uint8)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """ctx-photo with 32-pixel tiles: a multi-packet image in a test."""
+    from nicodec.codec import registry
+    from nicodec.models.ctx import codec as ctx_codec
+
+    monkeypatch.setattr(ctx_codec.ContextNet, "unit", 32)
+    registry.load_model.cache_clear()
+    yield
+    registry.load_model.cache_clear()

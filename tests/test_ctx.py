@@ -13,7 +13,6 @@ from nicodec.bitstream.format import parse_header
 from nicodec.cli import main as cli
 from nicodec.codec import registry
 from nicodec.codec.pipeline import decode_detailed, encode, encode_detailed
-from nicodec.models.ctx import codec as ctx_codec
 from nicodec.models.ctx.coder import decode_tile, encode_tile, tokens, untoken
 from nicodec.models.ctx.levels import passes
 
@@ -97,15 +96,6 @@ def test_gray_and_rgba_round_trip_through_the_codec(small_rgb):
     rgba = np.dstack([small_rgb, np.broadcast_to(alpha, small_rgb.shape[:2])])
     decoded = decode_detailed(encode(rgba, lossless=True))
     assert (decoded.pixels == small_rgb).all() and (decoded.metadata.alpha == rgba[..., 3]).all()
-
-
-@pytest.fixture
-def small_tiles(monkeypatch):
-    """ctx-photo with 32-pixel tiles: a multi-packet image in a test."""
-    monkeypatch.setattr(ctx_codec.ContextNet, "unit", 32)
-    registry.load_model.cache_clear()
-    yield
-    registry.load_model.cache_clear()
 
 
 def test_tiles_are_packets_and_a_damaged_one_is_reported(small_tiles):

@@ -23,9 +23,8 @@ from nicodec import codec
 from nicodec.bitstream.errors import CorruptHeaderError, PacketLossError
 from nicodec.bitstream.format import Header, crc8, parse_header
 from nicodec.cli import main
-from nicodec.codec import png16, registry
+from nicodec.codec import png16
 from nicodec.codec.pipeline import decode_detailed
-from nicodec.models.ctx import codec as ctx_codec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,15 +181,6 @@ def test_16_bit_transparency_is_refused_with_choices_and_opaque_alpha_dropped():
         codec.encode(png16.write(rgba), lossless=True)
     data = codec.encode(rgba, lossless=True, alpha="drop")
     assert (codec.decode_array(data) == rgba[:, :, :3]).all()
-
-
-@pytest.fixture
-def small_tiles(monkeypatch):
-    """ctx-photo with 32-pixel tiles: a multi-packet image in a test."""
-    monkeypatch.setattr(ctx_codec.ContextNet, "unit", 32)
-    registry.load_model.cache_clear()
-    yield
-    registry.load_model.cache_clear()
 
 
 def test_damaged_16_bit_files_are_reported(small_tiles):
