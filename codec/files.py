@@ -144,13 +144,17 @@ def _write_url(target: str, data: bytes, force: bool) -> None:
 
 
 def set_threads(threads: int) -> None:
-    """Use ``threads`` torch threads: set now if torch is loaded, else through
+    """Use ``threads`` threads: torch's, set now if torch is loaded, else through
     OMP_NUM_THREADS, which torch reads when it is imported (a file refused from its header
-    never loads torch)."""
+    never loads torch); and numpy's BLAS (the least-squares fits of ``ctx-photo``), which read
+    OMP_NUM_THREADS when numpy was imported, before this runs."""
+    from threadpoolctl import threadpool_limits
+
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     else:
         os.environ["OMP_NUM_THREADS"] = str(threads)
+    threadpool_limits(threads, user_api="blas")
 
 
 def with_threads(work: Work, threads: int, src: str, dst: str) -> tuple[dict, list[str]]:

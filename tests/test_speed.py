@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from nicodec.cli import main
 from nicodec.codec import registry
@@ -75,6 +77,12 @@ def test_python_api_imports_nothing_heavy(small_png):
     assert res.stdout.strip() == "(53, 37) []"
 
 
+def _blas_threads() -> int | None:
+    """numpy's BLAS threads (None: no BLAS library loaded)."""
+    return next((pool["num_threads"] for pool in threadpool_info()
+                 if pool["user_api"] == "blas"), None)
+
+
 def test_threads_option(tmp_path, small_png):
     """--threads sets torch's thread count for the coding (default 1), in a real process and
     in-process (where torch is already loaded); 0 is a usage error."""
@@ -82,7 +90,7 @@ def test_threads_option(tmp_path, small_png):
         {"exit": 0, "threads": 2, "heavy": []}
     assert _probe_cli("decode", tmp_path / "a.nic", "-o", tmp_path / "a.png",
                       "--threads", "2")["threads"] == 2
-    before = torch.get_num_threads()
+    before, blas_before = torch.get_num_threads(), _blas_threads()
     runner = CliRunner()
     try:
         for threads in ("2", "1"):
@@ -90,12 +98,14 @@ def test_threads_option(tmp_path, small_png):
                                        str(tmp_path / f"t{threads}.png"), "--threads", threads])
             assert res.exit_code == 0, res.output
             assert torch.get_num_threads() == int(threads)
+            assert _blas_threads() == min(int(threads), os.cpu_count())  # numpy's BLAS too
         torch.set_num_threads(2)
         res = runner.invoke(main, ["encode", str(small_png), "-o", str(tmp_path / "b.nic")])
         assert res.exit_code == 0, res.output
         assert torch.get_num_threads() == 1  # the default
     finally:
         torch.set_num_threads(before)
+        threadpool_limits(blas_before, user_api="blas")
     for command, target in (("encode", small_png), ("decode", tmp_path / "a.nic")):
         res = runner.invoke(main, [command, str(target), "--threads", "0"])
         assert res.exit_code == 2 and "--threads" in res.output
