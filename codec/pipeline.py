@@ -348,13 +348,8 @@ def _decode_payloads(m: Model, header: Header, payloads: list[bytes | None],
         decode_columns(m, header.quality, payloads, owner, flat)
     lost = np.isin(owner, [p for p, payload in enumerate(payloads) if payload is None])
     lost_packets = sum(p is None for p in payloads)
-    cut = f" (the file is cut short: {missing} bytes missing)" if missing else ""
-    if lost_packets == n_packets:
-        raise PacketLossError("every packet of the file is damaged or missing: nothing to "
-                              f"decode{cut}")
-    if lost_packets and strict:
-        raise PacketLossError(f"{lost_packets} of {n_packets} packets are damaged or "
-                              f"missing{cut}")
+    if lost_packets and (strict or lost_packets == n_packets):
+        raise _lost_error(lost_packets, n_packets, missing)
     indices = flat.reshape(groups, h, w)
     lost_grid = lost.reshape(h, w) if lost_packets else None
     mixture = None
