@@ -131,7 +131,7 @@ def _reduce_depth(array: np.ndarray, policy: Policy) -> np.ndarray:
             raise UnsupportedImageError(f"{array.dtype} samples must lie in 0..65535")
         if policy.depth == "keep":
             return array.astype(np.uint16)
-        what, reduced = "16-bit samples", (array.astype(np.int64) * 255 + 32767) // 65535
+        what, reduced = "16-bit samples", to_8_bits(array)
     elif array.dtype.kind == "f":
         if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
             raise UnsupportedImageError("float samples must lie in [0, 1]")
@@ -141,6 +141,20 @@ def _reduce_depth(array: np.ndarray, policy: Policy) -> np.ndarray:
                                     f"(got {array.dtype})")
     _refuse_or_warn(policy, "depth", f"the image has {what}", "reduced to 8 bits")
     return reduced.astype(np.uint8)
+
+
+def to_8_bits(samples: np.ndarray) -> np.ndarray:
+    """16-bit samples -> the nearest 8-bit ones (0 and 65535 stay black and white)."""
+    return ((samples.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def colour_for_pillow(pixels: np.ndarray, stacklevel: int) -> np.ndarray:
+    """16-bit colour samples reduced to 8 bits, with a :class:`ConversionWarning` (Pillow has no
+    16-bit colour mode); ``stacklevel`` is that of the caller's caller."""
+    warnings.warn("Pillow has no 16-bit colour mode: the image is reduced to 8 bits "
+                  "(decode_array returns the 16-bit samples)", ConversionWarning,
+                  stacklevel=stacklevel)
+    return to_8_bits(pixels)
 
 
 def _split_alpha(array: np.ndarray, policy: Policy) -> tuple[np.ndarray, np.ndarray | None]:
@@ -399,9 +413,7 @@ def to_pil(pixels: np.ndarray, metadata: Metadata = Metadata()) -> Image.Image:
         img.info.update(metadata.pil_info())
         return img
     if pixels.dtype == np.uint16:
-        warnings.warn("Pillow has no 16-bit colour mode: the image is reduced to 8 bits "
-                      "(decode_array returns the 16-bit samples)", ConversionWarning, stacklevel=3)
-        pixels = ((pixels.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+        pixels = colour_for_pillow(pixels, stacklevel=4)
     if metadata.alpha is not None:
         pixels = np.dstack([pixels, metadata.alpha])
     img = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)

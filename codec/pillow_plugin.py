@@ -24,7 +24,6 @@ packets are concealed with a ``codec.ConcealedWarning``, as ``codec.decode`` doe
 from __future__ import annotations
 
 import io
-import warnings
 from typing import IO
 
 import numpy as np
@@ -81,6 +80,7 @@ class NicodecImageFile(ImageFile.ImageFile):
     def load(self):
         if self._payload is not None:
             from nicodec import codec
+            from nicodec.codec.image import colour_for_pillow
 
             try:
                 pixels = codec.decode_array(self._payload)  # with alpha as the last channel
@@ -90,10 +90,7 @@ class NicodecImageFile(ImageFile.ImageFile):
             self._payload = None
             pixels = pixels.reshape(*pixels.shape[:2], -1)
             if pixels.dtype == np.uint16 and self.mode != "I;16":
-                warnings.warn("Pillow has no 16-bit colour mode: the image is reduced to 8 bits "
-                              "(codec.decode_array returns the 16-bit samples)",
-                              codec.ConversionWarning, stacklevel=2)
-                pixels = ((pixels.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+                pixels = colour_for_pillow(pixels, stacklevel=3)
             pixels = pixels.astype("<u2") if self.mode == "I;16" else pixels
             if pixels.shape[2] < len(self.getbands()):  # an alpha plane that failed to inflate was
                 opaque = np.full(pixels.shape[:2], 255, np.uint8)  # dropped (MetadataWarning)
