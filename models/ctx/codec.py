@@ -10,6 +10,7 @@ size, and a damaged packet loses exactly its tile.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import numpy as np
@@ -56,15 +57,12 @@ class ContextNet:
             raise ValueError(f"{len(payloads)} packets for {len(boxes)} tiles")
         lost = []
         for (t, l, b, r), payload in zip(boxes, payloads):
-            shape = (b - t, r - l, out.shape[2])
-            try:
-                if payload is None:
-                    raise ValueError("missing")
-                out[t:b, l:r] = decode_tile(payload, shape, depth, self.tables)
-                lost.append(False)
-            except undecodable:
-                out[t:b, l:r] = 1 << (depth - 1)
-                lost.append(True)
+            tile = None
+            if payload is not None:
+                with contextlib.suppress(*undecodable):
+                    tile = decode_tile(payload, (b - t, r - l, out.shape[2]), depth, self.tables)
+            out[t:b, l:r] = 1 << (depth - 1) if tile is None else tile
+            lost.append(tile is None)
         return lost
 
 
