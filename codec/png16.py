@@ -48,36 +48,32 @@ def is_deep(data: bytes) -> bool:
 
 
 def _unfilter(raw: np.ndarray, height: int, stride: int, bpp: int) -> np.ndarray:
-    """Undo the per-row filters (PNG specification, section 9) of ``raw`` bytes."""
+    """Undo the per-row filters (PNG specification, section 9) of ``raw`` bytes.
+
+    Average and Paeth make every pixel wait for the one to its left and those above it, so the
+    pixels are reconstructed along anti-diagonals: one vectorised step per diagonal handles
+    every row at once, whatever its filter (H + W steps instead of a Python loop per pixel)."""
     rows = raw.reshape(height, stride + 1)
-    out = np.zeros((height, stride), np.uint8)
-    prior = np.zeros(stride, np.int32)
-    for y in range(height):
-        kind, line = rows[y, 0], rows[y, 1:].astype(np.int32)
-        if kind == 0:
-            cur = line
-        elif kind == 1:  # Sub: a running sum over the pixels of each byte position
-            cur = np.cumsum(line.reshape(-1, bpp), axis=0).ravel()
-        elif kind == 2:  # Up
-            cur = line + prior
-        elif kind in (3, 4):  # Average, Paeth: each byte needs the one to its left
-            cur = line.copy()
-            for x in range(0, stride, bpp):
-                left = cur[x - bpp:x] & 0xFF if x else np.zeros(bpp, np.int32)
-                up = prior[x:x + bpp]
-                if kind == 3:
-                    cur[x:x + bpp] += (left + up) >> 1
-                else:
-                    upleft = prior[x - bpp:x] if x else np.zeros(bpp, np.int32)
-                    p = left + up - upleft
-                    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
-                    cur[x:x + bpp] += np.where((pa <= pb) & (pa <= pc), left,
-                                               np.where(pb <= pc, up, upleft))
-        else:
-            raise PngError(f"the PNG is damaged (unknown row filter {kind})")
-        prior = cur & 0xFF
-        out[y] = prior
-    return out
+    kind = rows[:, 0].astype(np.int32)
+    if (kind > 4).any():
+        raise PngError(f"the PNG is damaged (unknown row filter {int(kind.max())})")
+    width = stride // bpp
+    line = rows[:, 1:].reshape(height, width, bpp).astype(np.int32)
+    # reconstructed bytes with a zero row above and a zero column to the left (bytes outside
+    # the image count as 0), flattened to pixels: (height + 1) * (width + 1) rows of bpp bytes
+    out = np.zeros(((height + 1) * (width + 1), bpp), np.int32)
+    for d in range(height + width - 1):
+        ys = np.arange(max(0, d - width + 1), min(height, d + 1))
+        xs = d - ys
+        here = (ys + 1) * (width + 1) + xs + 1
+        left, up, upleft = out[here - 1], out[here - width - 1], out[here - width - 2]
+        k = kind[ys, None]
+        pa, pb, pc = np.abs(up - upleft), np.abs(left - upleft), np.abs(left + up - 2 * upleft)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+        pred = np.select([k == 1, k == 2, k == 3, k == 4],
+                         [left, up, (left + up) >> 1, paeth], 0)
+        out[here] = (line[ys, xs] + pred) & 0xFF
+    return out.reshape(height + 1, width + 1, bpp)[1:, 1:].reshape(height, stride).astype(np.uint8)
 
 
 def read(data: bytes) -> np.ndarray:
