@@ -7,9 +7,11 @@ of typed records between the header and the packets (what the kinds mean is
 ``bitstream/metadata.py``). Version 3 (written now) stores the length of every packet, the last
 one included, so that the decoder finds the end of the file's data without trusting the end of
 the file: bytes appended to a file (a newline added by a mail program) are ignored, and a file
-cut short is known to be. Version 4 (written now) adds the sample depth: bit 0 of the layout,
-reserved until then, marks samples deeper than 8 bits, whose depth follows as one more integer;
-an 8-bit file is a version-3 file but for its version number. Versions 1 to 3 are still read.
+cut short is known to be. Version 4 adds the sample depth: bit 0 of the layout, reserved until
+then, marks samples deeper than 8 bits, whose depth follows as one more integer; an 8-bit file is
+a version-3 file but for its version number. Version 5 (written now) gives the alpha plane of a
+deeper file the image's depth (16-bit samples; ``bitstream/metadata.py``); every other file is a
+version-4 file but for its version number. Versions 1 to 4 are still read.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from nicodec.bitstream.errors import (
 )
 
 MAGIC = 0x6E  # ASCII 'n'
-VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 DEPTHS = range(8, 17)  # bits per sample a header can describe (from version 4 above 8)
 MAX_SIDE = 1 << 16
 MAX_PACKETS = 4096
@@ -132,6 +134,11 @@ class Header:
             return (self.quality << 2) | ((self.channels == 3) << 1)
         return ((self.quality << 3) | (bool(self.metadata_length) << 2) | ((self.channels == 3) << 1)
                 | (self.bit_depth > 8))
+
+    @property
+    def alpha_depth(self) -> int:
+        """Bits per sample of the alpha plane: the image's from version 5 on, else 8."""
+        return self.bit_depth if self.version >= 5 else 8
 
     def stored_lengths(self) -> tuple[int, ...]:
         """The packet lengths the header's table holds: every one from version 3 on; before,

@@ -3,7 +3,8 @@
 The block itself (records of kind, length and body behind a CRC-16) is ``bitstream/format.py``;
 this module turns its records into a :class:`Metadata` and back. The alpha plane is coded
 losslessly with deflate (zlib), which suits the mostly flat planes of real images; the colour
-channels stay the model's business.
+channels stay the model's business. The plane has the image's sample depth: 8 bits, or 16
+(big-endian) in a file of deeper samples (format version 5 on).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Metadata:
 
     icc_profile: bytes | None = None
     exif: bytes | None = None  # the TIFF structure, without the "Exif\\0\\0" prefix
-    alpha: np.ndarray | None = None  # (H, W) uint8, 255 opaque; None: fully opaque
+    alpha: np.ndarray | None = None  # (H, W) uint8 or uint16, all ones opaque; None: opaque
 
     def __bool__(self) -> bool:
         return any(x is not None for x in (self.icc_profile, self.exif, self.alpha))
@@ -50,18 +51,21 @@ class Metadata:
                                      f"{MAX_PROFILE_BYTES >> 20} MiB limit")
                 records.append((int(kind), bytes(data)))
         if self.alpha is not None:
-            plane = np.ascontiguousarray(self.alpha, dtype=np.uint8)
+            plane = np.ascontiguousarray(self.alpha,
+                                         dtype=">u2" if self.alpha.dtype == np.uint16 else np.uint8)
             records.append((int(Kind.ALPHA), zlib.compress(plane.tobytes(), 9)))
         return records
 
     @classmethod
-    def from_records(cls, records: list[Record], height: int, width: int) -> Metadata:
-        """Read the records of a file whose image is ``height`` x ``width``.
+    def from_records(cls, records: list[Record], height: int, width: int, depth: int = 8
+                     ) -> Metadata:
+        """Read the records of a file whose image is ``height`` x ``width``, its alpha plane
+        of ``depth`` bits per sample (``Header.alpha_depth``; above 8 held in 16 bits).
 
         Records of kinds this nicodec does not know are skipped (they cannot change the pixels:
-        a kind that would needs a new format version). A repeated kind, an oversized profile or
-        an alpha plane that does not inflate to exactly ``height * width`` bytes raises
-        :class:`CorruptMetadataError`.
+        a kind that would needs a new format version). A repeated kind, an oversized profile, an
+        alpha plane that does not inflate to exactly the plane's size or holds samples above
+        ``depth`` bits raises :class:`CorruptMetadataError`.
         """
         found: dict[int, bytes] = {}
         for kind, data in records:
@@ -74,15 +78,19 @@ class Metadata:
                                            f"{MAX_PROFILE_BYTES >> 20} MiB limit")
         alpha = None
         if Kind.ALPHA in found:
+            dtype = np.dtype(">u2" if depth > 8 else np.uint8)
+            size = height * width * dtype.itemsize
             inflater = zlib.decompressobj()
             try:  # never inflate past the plane's size, whatever the record claims
-                plane = inflater.decompress(found[Kind.ALPHA], height * width)
+                plane = inflater.decompress(found[Kind.ALPHA], size)
                 complete = inflater.eof and not inflater.unconsumed_tail
             except zlib.error as exc:
                 raise CorruptMetadataError(f"the alpha plane does not inflate ({exc})") from None
-            if not complete or len(plane) != height * width:
+            if not complete or len(plane) != size:
                 raise CorruptMetadataError("the alpha plane does not match the image size")
-            alpha = np.frombuffer(plane, np.uint8).reshape(height, width).copy()
+            alpha = np.frombuffer(plane, dtype).reshape(height, width).astype(dtype.newbyteorder("="))
+            if int(alpha.max()) >> depth:
+                raise CorruptMetadataError(f"the alpha plane holds samples above {depth} bits")
         return cls(found.get(Kind.ICC_PROFILE), found.get(Kind.EXIF), alpha)
 
     def pil_info(self) -> dict[str, bytes]:

@@ -225,12 +225,15 @@ DEEP_FORMATS = ("PNG", "TIFF")  # formats that hold 16-bit samples
 
 
 def _save_deep(pixels, metadata, fmt: str) -> bytes:
-    """16-bit samples as a 16-bit PNG (``codec/png16.py``) or TIFF (tifffile), with the ICC
-    profile and EXIF (a PNG's; a TIFF keeps the profile only). Any other format is refused:
-    it would lose the low byte of every sample."""
+    """16-bit samples (and the 16-bit alpha plane, if any) as a 16-bit PNG (``codec/png16.py``)
+    or TIFF (tifffile), with the ICC profile and EXIF (a PNG's; a TIFF keeps the profile only).
+    Any other format is refused: it would lose the low byte of every sample."""
     if fmt not in DEEP_FORMATS:
         raise Failure(f"{fmt} cannot hold 16-bit samples: decode to .png or .tiff (the file "
                       "would lose the low byte of every sample)")
+    colour = pixels.shape[2]
+    if metadata.alpha is not None:
+        pixels = np.dstack([pixels, metadata.alpha])
     if fmt == "PNG":
         from nicodec.codec import png16
 
@@ -239,7 +242,8 @@ def _save_deep(pixels, metadata, fmt: str) -> bytes:
 
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, pixels[:, :, 0] if pixels.shape[2] == 1 else pixels,
-                     photometric="minisblack" if pixels.shape[2] == 1 else "rgb",
+                     photometric="minisblack" if colour == 1 else "rgb",
+                     extrasamples=("unassalpha",) if metadata.alpha is not None else None,
                      compression="zlib", iccprofile=metadata.icc_profile)
     return buffer.getvalue()
 

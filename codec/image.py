@@ -151,7 +151,7 @@ def to_8_bits(samples: np.ndarray) -> np.ndarray:
 def colour_for_pillow(pixels: np.ndarray, stacklevel: int) -> np.ndarray:
     """16-bit colour samples reduced to 8 bits, with a :class:`ConversionWarning` (Pillow has no
     16-bit colour mode); ``stacklevel`` is that of the caller's caller."""
-    warnings.warn("Pillow has no 16-bit colour mode: the image is reduced to 8 bits "
+    warnings.warn("Pillow has no 16-bit mode for this image: it is reduced to 8 bits "
                   "(decode_array returns the 16-bit samples)", ConversionWarning,
                   stacklevel=stacklevel)
     return to_8_bits(pixels)
@@ -162,11 +162,6 @@ def _split_alpha(array: np.ndarray, policy: Policy) -> tuple[np.ndarray, np.ndar
     colour, alpha = array[:, :, :-1], array[:, :, -1]
     if alpha.min() == np.iinfo(array.dtype).max or policy.alpha == "drop":
         return colour, None
-    if array.dtype == np.uint16 and policy.alpha == "keep":
-        raise UnsupportedImageError(
-            "the image has 16-bit transparency, which lossless coding cannot keep yet (the "
-            f"alpha plane is coded with 8 bits); pass {option_text('alpha', 'drop')} to code the "
-            f"16-bit colour channels only, or {option_text('depth', 'reduce')}")
     if policy.alpha == "refuse":
         raise UnsupportedImageError(
             "the image has transparency (an alpha channel that is not fully opaque); pass "
@@ -406,16 +401,18 @@ def to_pil(pixels: np.ndarray, metadata: Metadata = Metadata()) -> Image.Image:
     """(H, W, 1 or 3) uint8 (and the file's metadata) -> PIL image in mode L, LA, RGB or RGBA,
     with the ICC profile and EXIF in its ``info`` (where Pillow's ``save`` looks for them).
 
-    16-bit grayscale becomes mode I;16. Pillow has no 16-bit colour mode: 16-bit RGB is reduced
-    to 8 bits with a :class:`ConversionWarning` (``decode_array`` gives the samples exactly)."""
-    if pixels.dtype == np.uint16 and pixels.shape[2] == 1:
+    16-bit grayscale becomes mode I;16. Pillow has no 16-bit colour mode, nor one with alpha:
+    16-bit RGB, and 16-bit samples with alpha, are reduced to 8 bits with a
+    :class:`ConversionWarning` (``decode_array`` gives the samples exactly)."""
+    alpha = metadata.alpha
+    if pixels.dtype == np.uint16 and pixels.shape[2] == 1 and alpha is None:
         img = Image.fromarray(pixels[:, :, 0])
         img.info.update(metadata.pil_info())
         return img
     if pixels.dtype == np.uint16:
         pixels = colour_for_pillow(pixels, stacklevel=4)
-    if metadata.alpha is not None:
-        pixels = np.dstack([pixels, metadata.alpha])
+    if alpha is not None:
+        pixels = np.dstack([pixels, alpha if alpha.dtype == np.uint8 else to_8_bits(alpha)])
     img = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
     img.info.update(metadata.pil_info())
     return img

@@ -233,7 +233,8 @@ def _to_uint8(x_hat: torch.Tensor, channels: int) -> np.ndarray:
 def _read_metadata(data: bytes, header: Header, strict: bool) -> tuple[Metadata, bool]:
     """The file's metadata, and whether a damaged block was dropped (raises if ``strict``)."""
     try:
-        return Metadata.from_records(metadata_records(data), header.height, header.width), False
+        return Metadata.from_records(metadata_records(data), header.height, header.width,
+                                     header.alpha_depth), False
     except CorruptMetadataError:
         if strict:
             raise

@@ -16,7 +16,7 @@ from PIL import Image
 
 from nicodec import codec
 from nicodec.bitstream.errors import BitstreamError
-from nicodec.bitstream.format import Header, parse_header
+from nicodec.bitstream.format import VERSION, Header, parse_header
 from nicodec.cli import main
 from nicodec.codec.pipeline import decode_detailed
 
@@ -119,7 +119,7 @@ def test_cli_trailing_newline_decodes_cleanly(small_rgb, tmp_path):
     assert res.returncode == 0
     record = json.loads(res.stdout)
     assert record["trailing_bytes"] == 1 and record["missing_bytes"] == 0
-    assert record["format_version"] == 4 and all(p["ok"] for p in record["packets"])
+    assert record["format_version"] == VERSION and all(p["ok"] for p in record["packets"])
 
     text = CliRunner().invoke(main, ["info", str(tmp_path / "x.nic")])
     assert text.exit_code == 0 and "1 trailing byte after the last packet (ignored)" in text.stdout
@@ -163,8 +163,8 @@ def test_other_weights_and_unknown_models(kodak_file):
 
 def test_other_format_version(kodak_file):
     bad = bytearray(kodak_file)
-    bad[1] = (5 << 4) | (bad[1] & 0x0F)
-    with pytest.raises(codec.UnsupportedVersionError, match="version 5"):
+    bad[1] = ((VERSION + 1) << 4) | (bad[1] & 0x0F)
+    with pytest.raises(codec.UnsupportedVersionError, match=f"version {VERSION + 1}"):
         decode_detailed(bytes(bad))
     bad[1] = (0 << 4) | (bad[1] & 0x0F)
     with pytest.raises(codec.UnsupportedVersionError, match="version 0"):

@@ -1,5 +1,6 @@
 """16-bit samples through the whole pipeline (issue 37): 16-bit PNG, TIFF and uint16 arrays in,
-coded exactly by ctx-photo (format version 4 records the depth), the same samples out of
+coded exactly by ctx-photo (format version 4 records the depth; version 5 keeps a 16-bit alpha
+plane), the same samples out of
 ``decode_array`` and ``codec decode`` (16-bit PNG or TIFF)."""
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from PIL import Image
 
 from nicodec import codec
 from nicodec.bitstream.errors import CorruptHeaderError, PacketLossError
-from nicodec.bitstream.format import Header, crc8, parse_header
+from nicodec.bitstream.format import VERSION, Header, crc8, parse_header
+from nicodec.bitstream.metadata import Metadata
 from nicodec.cli import main
 from nicodec.codec import png16
+from nicodec.codec.image import to_8_bits
 from nicodec.codec.pipeline import decode_detailed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +87,7 @@ def test_uint16_arrays_round_trip_exactly(channels):
     image = _deep(37, 70, channels)
     data = codec.encode(image[:, :, 0] if channels == 1 else image, lossless=True)
     header = parse_header(data)[0]
-    assert header.bit_depth == 16 and header.version == 4 and header.channels == channels
+    assert header.bit_depth == 16 and header.version == VERSION and header.channels == channels
     out = codec.decode_array(data)
     assert out.dtype == np.uint16 and (out.reshape(image.shape) == image).all()
     tensor = codec.decode_tensor(data)
@@ -94,9 +97,9 @@ def test_uint16_arrays_round_trip_exactly(channels):
 def test_8_bit_files_are_version_3_files_but_for_the_version(small_rgb):
     data = codec.encode(small_rgb, lossless=True)
     header, _ = parse_header(data)
-    assert header.bit_depth == 8 and header.version == 4
+    assert header.bit_depth == 8 and header.version == VERSION
     v3 = Header(**{**header.__dict__, "version": 3}).to_bytes()
-    assert v3[0] == data[0] and v3[1] == data[1] - 0x10 and v3[2:-1] == data[2:len(v3) - 1]
+    assert v3[0] == data[0] and v3[1] == data[1] - 0x20 and v3[2:-1] == data[2:len(v3) - 1]
 
 
 def test_depth_in_the_header_is_checked():
@@ -173,14 +176,62 @@ def test_lossy_models_still_reduce_16_bit_input_with_a_warning():
         codec.encode(image, model="mcq-tiny", depth="keep")
 
 
-def test_16_bit_transparency_is_refused_with_choices_and_opaque_alpha_dropped():
-    rgba = np.dstack([_deep(16, 16, 3), np.full((16, 16), 65535, np.uint16)])
-    assert (codec.decode_array(codec.encode(rgba, lossless=True)) == rgba[:, :, :3]).all()
-    rgba[3, 4, 3] = 100
-    with pytest.raises(codec.UnsupportedImageError, match="16-bit transparency"):
-        codec.encode(png16.write(rgba), lossless=True)
+def _rgba16() -> np.ndarray:
+    """16-bit RGB with a soft-edged 16-bit alpha hole (values no 8-bit plane holds)."""
+    y, x = np.mgrid[0:24, 0:31]
+    alpha = np.clip((np.hypot(y - 12, x - 15) - 6) * 9000 + 17, 0, 65535).astype(np.uint16)
+    return np.dstack([_deep(24, 31, 3, seed=5), alpha])
+
+
+def test_16_bit_alpha_is_kept_exactly_and_opaque_alpha_dropped():
+    rgba = _rgba16()
+    for image in (rgba, rgba[:, :, 2:]):  # RGBA and gray + alpha
+        data = codec.encode(image, lossless=True)
+        assert parse_header(data)[0].version == VERSION == 5
+        out = codec.decode_array(data)
+        assert out.dtype == np.uint16 and (out == image).all()
+        assert (codec.decode_array(codec.encode(png16.write(image), lossless=True)) == image).all()
+    with pytest.warns(codec.ConversionWarning, match="reduced to 8 bits"):
+        pil = codec.decode(codec.encode(rgba, lossless=True))
+    assert pil.mode == "RGBA" and (np.asarray(pil) == to_8_bits(rgba)).all()
     data = codec.encode(rgba, lossless=True, alpha="drop")
     assert (codec.decode_array(data) == rgba[:, :, :3]).all()
+    opaque = rgba.copy()
+    opaque[:, :, 3] = 65535
+    assert codec.decode_array(codec.encode(opaque, lossless=True)).shape[2] == 3
+
+
+def test_16_bit_alpha_through_the_cli_as_png_and_tiff(tmp_path):
+    rgba = _rgba16()
+    (tmp_path / "in.png").write_bytes(_png_filtered(rgba))
+    tifffile.imwrite(tmp_path / "in.tif", rgba, photometric="rgb", extrasamples=("unassalpha",))
+    runner = CliRunner()
+    for name in ("in.png", "in.tif"):
+        nic = tmp_path / f"{name}.nic"
+        res = runner.invoke(main, ["encode", str(tmp_path / name), "-o", str(nic), "--lossless"])
+        assert res.exit_code == 0 and "warning" not in res.output, res.output
+        for suffix in (".png", ".tiff"):
+            out = tmp_path / f"{name}{suffix}"
+            assert runner.invoke(main, ["decode", str(nic), "-o", str(out)]).exit_code == 0
+            back = png16.read(out.read_bytes()) if suffix == ".png" else tifffile.imread(out)
+            assert back.dtype == np.uint16 and (back == rgba).all(), (name, suffix)
+
+
+def test_alpha_depth_follows_the_version():
+    """A version-5 file of 16-bit samples holds a 16-bit alpha plane; version 4 an 8-bit one
+    (which its encoders never wrote beside 16-bit samples), so the same records read as the
+    version says, and a 16-bit plane with samples above the file's depth is damage."""
+    alpha16 = _rgba16()[:, :, 3]
+    records = Metadata(alpha=alpha16).to_records()
+    assert (Metadata.from_records(records, 24, 31, 16).alpha == alpha16).all()
+    with pytest.raises(ValueError, match="image size"):
+        Metadata.from_records(records, 24, 31, 8)
+    with pytest.raises(ValueError, match="above 12 bits"):
+        Metadata.from_records(records, 24, 31, 12)
+    fields = dict(family=3, model_id=8, weights_digest=0, width=4, height=4, channels=1,
+                  quality=0, packet_lengths=(5,), bit_depth=16)
+    assert Header(version=4, **fields).alpha_depth == 8
+    assert Header(**fields).alpha_depth == 16
 
 
 def test_damaged_16_bit_files_are_reported(small_tiles):

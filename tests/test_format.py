@@ -107,7 +107,7 @@ def test_metadata_block_round_trip():
     data = pack(FIELDS, [b"first", b"second"], RECORDS)
     header, offset = parse_header(data)
     block = len(seal_metadata(RECORDS))
-    assert header.metadata_length == block and header.version == VERSION == 4
+    assert header.metadata_length == block and header.version == VERSION == 5
     assert metadata_records(data) == RECORDS
     assert unpack(data)[1] == [b"first", b"second"]
     assert data[offset:].startswith(b"first")

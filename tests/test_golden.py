@@ -30,6 +30,12 @@ Files of format version 4 (the sample depth in the header) are named ``v4-*``:
 ``numpy.random.default_rng(37).integers(0, 300, (48, 64, 3))``, and ``v4-ctx-photo-gray16.nic``
 its channel 1 as a grayscale image, both coded by ``ctx-photo`` (the commit that introduced
 version 4); the manifest's ``bit_depth`` is checked with the pixels (uint16) SHA-256.
+
+Files of format version 5 (the alpha plane at the samples' depth) are named ``v5-*``:
+``v5-ctx-photo-rgba16.nic`` holds the RGB samples of ``v4-ctx-photo-rgb16.nic`` with the 16-bit
+alpha plane ``clip((hypot(y - 24, x - 32) - 10) * 5000 + 7, 0, 65535)``, coded by ``ctx-photo``
+r1 (the commit that introduced version 5); the manifest keeps the SHA-256 of that plane's
+uint16 samples (little-endian bytes).
 """
 
 from __future__ import annotations
