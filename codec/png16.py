@@ -2,8 +2,9 @@
 
 Pillow opens a 16-bit RGB, RGBA or gray-with-alpha PNG as 8-bit (it keeps the high byte of each
 sample) and cannot write one. Lossless coding of 16-bit images needs the samples themselves, so
-this module reads the image data of a non-interlaced 16-bit PNG (zlib stream, per-row filters,
-big-endian samples, as the PNG specification lays them out) and writes 16-bit PNGs the same way
+this module reads the image data of a 16-bit PNG (zlib stream, per-row filters, Adam7
+interlacing, big-endian samples, a transparent colour as an alpha channel, as the PNG
+specification lays them out) and writes 16-bit PNGs the same way
 (every row with filter 0, the ICC profile and EXIF as ``iCCP`` and ``eXIf`` chunks). Everything
 else about a PNG (its metadata, its orientation) is still read by Pillow.
 """
@@ -18,10 +19,12 @@ import numpy as np
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel
 COLOUR_TYPES = {count: kind for kind, count in CHANNELS.items()}
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+         (0, 1, 1, 2))  # the interlaced passes: first column and row, column and row steps
 
 
 class PngError(ValueError):
-    """The PNG cannot be read as 16-bit samples (damaged, interlaced or not 16-bit)."""
+    """The PNG cannot be read as 16-bit samples (damaged or not 16-bit)."""
 
 
 def _chunks(data: bytes):
@@ -77,38 +80,45 @@ def _unfilter(raw: np.ndarray, height: int, stride: int, bpp: int) -> np.ndarray
 
 
 def read(data: bytes) -> np.ndarray:
-    """The samples of a 16-bit PNG as an (H, W, C) uint16 array (C = 1, 2, 3 or 4).
-
-    Raises :class:`PngError` for an interlaced image, a transparent colour (``tRNS``) or damage.
-    """
+    """The samples of a 16-bit PNG as an (H, W, C) uint16 array (C = 1, 2, 3 or 4): a
+    transparent colour (``tRNS``) becomes an alpha channel (0 where the colour is, 65535
+    elsewhere), as PNG decoders expand it. Raises :class:`PngError` for damage."""
     if not is_deep(data):
         raise PngError("not a 16-bit PNG")
-    header, compressed = None, []
+    header, compressed, transparent = None, [], None
     for kind, body in _chunks(data):
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body[:13])
         elif kind == b"IDAT":
             compressed.append(body)
         elif kind == b"tRNS":
-            raise PngError("a 16-bit PNG with a transparent colour (tRNS) is not read exactly; "
-                           "give it with an alpha channel instead")
+            transparent = np.frombuffer(body, ">u2").astype(np.uint16)
     width, height, _, colour, _, _, interlace = header
-    if colour not in CHANNELS:
-        raise PngError(f"the PNG is damaged (colour type {colour} at 16 bits)")
-    if interlace:
-        raise PngError("an interlaced 16-bit PNG is not read exactly; save it without "
-                       "interlacing (e.g. magick in.png -interlace none out.png)")
+    if colour not in CHANNELS or interlace > 1:
+        raise PngError(f"the PNG is damaged (colour type {colour}, interlace method {interlace} "
+                       "at 16 bits)")
     channels = CHANNELS[colour]
-    stride = width * channels * 2
     try:
-        raw = zlib.decompress(b"".join(compressed))
+        raw = np.frombuffer(zlib.decompress(b"".join(compressed)), np.uint8)
     except zlib.error as exc:
         raise PngError(f"the PNG's image data does not inflate ({exc})") from None
-    if len(raw) < height * (stride + 1):
-        raise PngError("the PNG's image data is cut short")
-    rows = _unfilter(np.frombuffer(raw[:height * (stride + 1)], np.uint8), height, stride,
-                     channels * 2)
-    return rows.view(">u2").reshape(height, width, channels).astype(np.uint16)
+    samples = np.empty((height, width, channels), np.uint16)
+    for x0, y0, dx, dy in ADAM7 if interlace else ((0, 0, 1, 1),):
+        w, h = -(-max(width - x0, 0) // dx), -(-max(height - y0, 0) // dy)
+        if not w or not h:
+            continue  # a pass with no pixels has no bytes, not even filter bytes
+        stride = w * channels * 2
+        if len(raw) < h * (stride + 1):
+            raise PngError("the PNG's image data is cut short")
+        rows = _unfilter(raw[:h * (stride + 1)], h, stride, channels * 2)
+        samples[y0::dy, x0::dx] = rows.view(">u2").reshape(h, w, channels)
+        raw = raw[h * (stride + 1):]
+    if transparent is not None:
+        if colour not in (0, 2) or len(transparent) != channels:
+            raise PngError("the PNG is damaged (a tRNS chunk that does not fit its colour type)")
+        opaque = (samples != transparent).any(axis=2)
+        samples = np.dstack([samples, np.where(opaque, 65535, 0).astype(np.uint16)])
+    return samples
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

@@ -40,9 +40,9 @@ def _deep(h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
     return np.clip(base + rng.integers(0, 300, base.shape), 0, 65535).astype(np.uint16)
 
 
-def _png_filtered(samples: np.ndarray) -> bytes:
-    """A 16-bit PNG whose rows cycle through the five filters (a reference filter written from
-    the PNG specification), to check that the reader undoes each one."""
+def _filtered_rows(samples: np.ndarray) -> bytes:
+    """Rows that cycle through the five filters (a reference filter written from the PNG
+    specification), each behind its filter byte."""
     height, width, channels = samples.shape
     bpp = 2 * channels
     raw = samples.astype(">u2").view(np.uint8).reshape(height, -1).astype(np.int64)
@@ -59,9 +59,22 @@ def _png_filtered(samples: np.ndarray) -> bytes:
         else:
             pred = [0 * line, left, prior, (left + prior) // 2][kind]
         rows.append(bytes([kind]) + ((line - pred) % 256).astype(np.uint8).tobytes())
-    ihdr = struct.pack(">IIBBBBB", width, height, 16, png16.COLOUR_TYPES[channels], 0, 0, 0)
+    return b"".join(rows)
+
+
+def _png_filtered(samples: np.ndarray, interlace: bool = False, trns: bytes | None = None
+                  ) -> bytes:
+    """A 16-bit PNG of ``samples`` with every filter, Adam7-interlaced if asked (each pass a
+    small image of its own), with a ``tRNS`` chunk if given, to check the reader on each."""
+    height, width, channels = samples.shape
+    passes = png16.ADAM7 if interlace else ((0, 0, 1, 1),)
+    data = b"".join(_filtered_rows(samples[y0::dy, x0::dx]) for x0, y0, dx, dy in passes
+                    if samples[y0::dy, x0::dx].size)
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, png16.COLOUR_TYPES[channels], 0, 0,
+                       int(interlace))
     return (png16.SIGNATURE + png16._chunk(b"IHDR", ihdr)
-            + png16._chunk(b"IDAT", zlib.compress(b"".join(rows))) + png16._chunk(b"IEND", b""))
+            + (png16._chunk(b"tRNS", trns) if trns is not None else b"")
+            + png16._chunk(b"IDAT", zlib.compress(data)) + png16._chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
@@ -72,6 +85,32 @@ def test_png16_reads_every_filter_and_writes_what_it_reads(channels):
     assert (png16.read(written) == samples).all()
     if channels == 1:  # Pillow agrees on what the file holds
         assert (np.asarray(Image.open(io.BytesIO(written))) == samples[:, :, 0]).all()
+
+
+@pytest.mark.parametrize("size", [(11, 9), (1, 1), (3, 10), (17, 5)])
+def test_png16_reads_interlaced_images(size):
+    """Adam7 passes, the empty ones of small images included; Pillow agrees for grayscale."""
+    for channels in (1, 3):
+        samples = _deep(*size, channels, seed=channels)
+        data = _png_filtered(samples, interlace=True)
+        assert (png16.read(data) == samples).all()
+        if channels == 1:
+            assert (np.asarray(Image.open(io.BytesIO(data))) == samples[:, :, 0]).all()
+
+
+def test_png16_transparent_colour_becomes_an_alpha_channel():
+    rgb = _deep(6, 7, 3)
+    rgb[2, 3] = rgb[4, 5] = (1000, 2000, 3000)
+    back = png16.read(_png_filtered(rgb, trns=struct.pack(">3H", 1000, 2000, 3000)))
+    assert back.shape == (6, 7, 4) and (back[:, :, :3] == rgb).all()
+    assert back[2, 3, 3] == back[4, 5, 3] == 0 and (back[:, :, 3] == 0).sum() == 2
+    gray = rgb[:, :, :1]
+    assert (png16.read(_png_filtered(gray, trns=struct.pack(">H", 1000)))[:, :, 1] == 0).sum() == 2
+    with pytest.raises(png16.PngError, match="tRNS"):
+        png16.read(_png_filtered(rgb, trns=b"\0\1"))
+    data = codec.encode(_png_filtered(rgb, trns=struct.pack(">3H", 1000, 2000, 3000)),
+                        lossless=True)
+    assert (codec.decode_array(data) == back).all()
 
 
 def test_png16_damage_is_reported():
