@@ -36,19 +36,20 @@ def is_big(width: int, height: int) -> bool:
 
 
 def create(path: str | Path, height: int, width: int, channels: int,
-           metadata: Metadata = Metadata()) -> np.ndarray:
-    """A new uncompressed TIFF of (height, width, channels) 8-bit pixels at ``path``, mapped
-    into memory: write the pixels into the returned (height, width, channels) array, then
-    :func:`finish` it. The file's ICC profile and alpha plane are written; EXIF is not."""
+           metadata: Metadata = Metadata(), dtype: type = np.uint8) -> np.ndarray:
+    """A new uncompressed TIFF of (height, width, channels) pixels of ``dtype`` (uint8 or
+    uint16) at ``path``, mapped into memory: write the pixels into the returned (height, width,
+    channels) array, then :func:`finish` it. The file's ICC profile and alpha plane are
+    written; EXIF is not."""
     import tifffile
 
     alpha = metadata.alpha is not None
     samples = channels + alpha
     mapped = tifffile.memmap(
         path, shape=(height, width, samples) if samples > 1 else (height, width),
-        dtype=np.uint8, photometric="rgb" if channels == 3 else "minisblack",
+        dtype=dtype, photometric="rgb" if channels == 3 else "minisblack",
         extrasamples=("unassalpha",) if alpha else None, iccprofile=metadata.icc_profile,
-        bigtiff=height * width * samples > 2**31, metadata=None)
+        bigtiff=height * width * samples * np.dtype(dtype).itemsize > 2**31, metadata=None)
     mapped = mapped.reshape(height, width, samples)
     if alpha:
         mapped[:, :, channels] = metadata.alpha

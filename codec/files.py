@@ -283,7 +283,7 @@ def decode_file(src: str, dst: str, strict: bool, max_pixels: int | None, force:
     from nicodec.codec.pipeline import decode_detailed
 
     if dst != STDIO and not is_url(dst) and Path(dst).suffix.lower() in bigtiff.TIFF_SUFFIXES \
-            and bigtiff.is_big(header.width, header.height) and header.bit_depth == 8:
+            and bigtiff.is_big(header.width, header.height):
         return _decode_streamed(src, dst, data, strict, max_pixels, force, start)
     result = decode_detailed(data, strict=strict, max_pixels=max_pixels)
     notes = _decode_notes(src, result)
@@ -302,7 +302,8 @@ def _decode_streamed(src: str, dst: str, data: bytes, strict: bool, max_pixels: 
     with atomic(dst, force) as tmp:
         result = decode_detailed(data, strict=strict, max_pixels=max_pixels,
                                  out=lambda header, metadata: bigtiff.create(
-                                     tmp, header.height, header.width, header.channels, metadata))
+                                     tmp, header.height, header.width, header.channels, metadata,
+                                     np.uint16 if header.bit_depth > 8 else np.uint8))
         bigtiff.finish(result.pixels)
     notes = _decode_notes(src, result)
     if result.metadata.exif:

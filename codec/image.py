@@ -298,8 +298,10 @@ def read_binary(source: BinaryIO, what: str) -> bytes:
 def _from_big_tiff(path: str | Path, policy: Policy) -> Picture | None:
     """A TIFF file of more than ``bigtiff.STREAM_PIXELS`` pixels as a :class:`Picture` whose
     pixels stay on disk (a memory map of the file or of a scratch grid, ``codec/bigtiff.py``);
-    None for any other file, which Pillow reads. Only 8-bit grayscale or RGB (with or without
-    alpha) is streamed; other big TIFFs are refused with what to do."""
+    None for any other file, which Pillow reads. Only 8- or 16-bit grayscale or RGB (with or
+    without alpha) is streamed; other big TIFFs are refused with what to do. 16-bit samples stay
+    16-bit when the policy keeps them, else they are reduced a band of rows at a time into a
+    scratch grid (memory stays bounded either way)."""
     if Path(path).suffix.lower() not in bigtiff.TIFF_SUFFIXES:
         return None
     import tifffile
@@ -316,12 +318,15 @@ def _from_big_tiff(path: str | Path, policy: Policy) -> Picture | None:
         if not bigtiff.is_big(width, height):
             return None
         samples = page.samplesperpixel
-        if page.dtype != np.uint8 or samples not in (1, 2, 3, 4) or page.imagedepth > 1 or \
-                (samples > 1 and page.planarconfig != 1) or page.photometric not in (1, 2):
+        dtype = page.dtype
+        if dtype not in (np.uint8, np.uint16) or samples not in (1, 2, 3, 4) or \
+                page.imagedepth > 1 or (samples > 1 and page.planarconfig != 1) or \
+                page.photometric not in (1, 2):
             raise UnsupportedImageError(
                 f"a TIFF above {bigtiff.STREAM_PIXELS / 1e6:.0f} megapixels is read piece by "
-                "piece only when it holds 8-bit grayscale or RGB samples, interleaved; convert it (e.g. "
-                "vips copy in.tif out.tif[compression=none]) or give a smaller image")
+                "piece only when it holds 8- or 16-bit grayscale or RGB samples, interleaved; "
+                "convert it (e.g. vips copy in.tif out.tif[compression=none]) or give a smaller "
+                "image")
         if not (height <= MAX_SIDE and width <= MAX_SIDE):
             raise UnsupportedImageError(f"image sides must be 1..{MAX_SIDE} pixels, got "
                                         f"{width}x{height}")
@@ -330,7 +335,7 @@ def _from_big_tiff(path: str | Path, policy: Policy) -> Picture | None:
             if page.is_memmappable:
                 pixels = tifffile.memmap(path, page=0, mode="r").reshape(shape)
             else:
-                pixels = page.asarray(out=zeros(shape[:2] if samples == 1 else shape, np.uint8))
+                pixels = page.asarray(out=zeros(shape[:2] if samples == 1 else shape, dtype))
                 pixels = pixels.reshape(shape)
         except (MemoryError, OSError) as exc:
             raise UnsupportedImageError(f"cannot read image: {exc}") from None
@@ -340,6 +345,9 @@ def _from_big_tiff(path: str | Path, policy: Policy) -> Picture | None:
         tags = page.tags
         orientation = tags.valueof(bigtiff.ORIENTATION_TAG, 1)
         pixels = bigtiff.UPRIGHT.get(int(orientation), lambda a: a)(pixels)
+        if dtype == np.uint16 and policy.depth != "keep":
+            _refuse_or_warn(policy, "depth", "the image has 16-bit samples", "reduced to 8 bits")
+            pixels = _reduced_in_bands(pixels)
         keep = policy.metadata == "keep"
         profile = tags.valueof(bigtiff.ICC_TAG) if keep else None
         if bigtiff.EXIF_TAG in tags and keep:
@@ -353,6 +361,16 @@ def _from_big_tiff(path: str | Path, policy: Policy) -> Picture | None:
     if samples in (2, 4):
         pixels, alpha = _split_alpha(pixels, policy)
     return Picture(pixels, Metadata(bytes(profile) if profile else None, None, alpha))
+
+
+def _reduced_in_bands(pixels: np.ndarray, rows: int = 256) -> np.ndarray:
+    """16-bit samples (a memory map) reduced to 8 bits into a scratch grid, ``rows`` at a time."""
+    from nicodec.models.tiling import zeros
+
+    out = zeros(pixels.shape, np.uint8)
+    for top in range(0, len(pixels), rows):
+        out[top:top + rows] = to_8_bits(pixels[top:top + rows])
+    return out
 
 
 def load_image(source: ImageInput, policy: Policy = Policy()) -> Picture:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from nicodec import cli
 from nicodec.codec import bigtiff
-from nicodec.codec.image import UnsupportedImageError, load_image
+from nicodec.codec.image import Policy, UnsupportedImageError, load_image
 from nicodec.codec.pipeline import decode_detailed, encode
 from nicodec.models import tiling
 
@@ -70,11 +70,39 @@ def test_big_tiff_metadata_orientation_alpha_as_pillow_reads_them(tmp_path, phot
         np.testing.assert_array_equal(streamed.metadata.alpha, small.metadata.alpha)
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_big_16_bit_tiff_streams_both_ways_exactly(tmp_path, photo, big, compression):
+    """Lossless: a 16-bit RGBA TIFF is read from disk and decodes straight into a 16-bit TIFF
+    with the same samples; a lossy model reduces it to 8 bits (a band at a time) with a
+    warning, as it does in memory."""
+    rng = np.random.default_rng(3)
+    deep = photo.astype(np.uint16) * 257 + rng.integers(0, 257, photo.shape, dtype=np.uint16)
+    alpha = np.full(photo.shape[:2], 65535, np.uint16)
+    alpha[:20, :30] = 1234
+    rgba = np.dstack([deep, alpha])
+    path, coded, out = tmp_path / "deep.tif", tmp_path / "deep.nic", tmp_path / "out.tif"
+    tifffile.imwrite(path, rgba, photometric="rgb", extrasamples=("unassalpha",),
+                     compression=compression, rowsperstrip=16)
+    picture = load_image(path, Policy(depth="keep"))
+    assert picture.pixels.dtype == np.uint16 and isinstance(picture.pixels, np.memmap)
+    runner = CliRunner()
+    result = runner.invoke(cli.main, ["encode", str(path), "-o", str(coded), "--lossless"])
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert runner.invoke(cli.main, ["decode", str(coded), "-o", str(out)]).exit_code == 0
+    with tifffile.TiffFile(out) as tif:  # written by the streamed path: uncompressed, mapped
+        assert tif.pages.first.is_memmappable
+        np.testing.assert_array_equal(tif.asarray(), rgba)
+    with pytest.warns(UserWarning, match="reduced to 8 bits"):
+        lossy = encode(path, model=MODEL)
+    with pytest.warns(UserWarning, match="reduced to 8 bits"):
+        assert lossy == encode(rgba, model=MODEL)
+
+
 def test_big_tiff_that_cannot_be_streamed_is_refused_clearly(tmp_path, photo, big):
-    deep = tmp_path / "deep.tif"
-    tifffile.imwrite(deep, photo.astype(np.uint16) * 257, photometric="rgb")
-    with pytest.raises(UnsupportedImageError, match="8-bit grayscale or RGB"):
-        load_image(deep)
+    floats = tmp_path / "float.tif"
+    tifffile.imwrite(floats, photo.astype(np.float32) / 255, photometric="rgb")
+    with pytest.raises(UnsupportedImageError, match="8- or 16-bit grayscale or RGB"):
+        load_image(floats)
     damaged = tmp_path / "damaged.tif"
     tifffile.imwrite(damaged, photo, photometric="rgb", compression="zlib")
     data = bytearray(damaged.read_bytes())
