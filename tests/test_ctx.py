@@ -13,13 +13,43 @@ from nicodec.bitstream.format import parse_header
 from nicodec.cli import main as cli
 from nicodec.codec import registry
 from nicodec.codec.pipeline import decode_detailed, encode, encode_detailed
-from nicodec.models.ctx.coder import decode_tile, encode_tile, tokens, untoken
+from nicodec.models.ctx.codec import load_weights
+from nicodec.models.ctx.coder import R1, R2, _flip, decode_tile, encode_tile, tokens, untoken
 from nicodec.models.ctx.levels import passes
 
 
-@pytest.fixture(scope="module")
-def tables():
-    return registry.load_model("ctx-photo").net.tables
+@pytest.fixture(scope="module", params=["r1", "current"])
+def tables(request):
+    """The tables of each shipped revision: r1 (retired, its files still decode) and the current
+    one, so that both coders are exercised."""
+    weights = "ctx-photo-r1.safetensors" if request.param == "r1" else None
+    return registry.load_model("ctx-photo", weights).net.tables
+
+
+def test_the_weight_file_says_which_coder_revision_reads_it(tmp_path):
+    """r1's file has no revision tensor; the current one says r2; an unknown revision is refused
+    at load time, not misread."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = registry.WEIGHTS_DIR
+    assert load_weights(str(folder / "ctx-photo-r1.safetensors"))[0].tables.revision == R1
+    assert load_weights(str(folder / "ctx-photo.safetensors"))[0].tables.revision == R2
+    tensors = load_file(str(folder / "ctx-photo.safetensors"))
+    tensors["revision"] = np.array([99], np.int32)
+    save_file(tensors, str(tmp_path / "future.safetensors"))
+    with pytest.raises(ValueError, match="revision 99"):
+        load_weights(str(tmp_path / "future.safetensors"))
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_the_sign_flip_is_its_own_inverse_over_the_folded_range(depth):
+    half = 1 << (depth - 1)
+    r = np.arange(-half, half)
+    below = np.arange(len(r)) % 3 == 0
+    flipped = _flip(r, below, half)
+    assert (_flip(flipped, below, half) == r).all()
+    everywhere = _flip(r, np.ones(len(r), bool), half)  # a permutation of the range
+    assert (np.sort(everywhere) == r).all() and (everywhere[half + 1:] == -r[half + 1:]).all()
 
 
 def _photo_like(h: int, w: int, c: int, depth: int = 8, seed: int = 0,

@@ -41,7 +41,8 @@ COMPACT_BELOW = 20_000  # passes of fewer samples use the nearest four neighbour
 EST_SIGNIFICANT = 6  # r2: magnitude bits of the largest activity weight sent (4 measured alike)
 EST_SHIFT_MAX = 24  # r2: the largest scale 2**shift of the activity weights
 PHASE_CLASSES = 8  # r2: classes below this (expected |residual| under 1.5) split by phase
-ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this); 8 and 32 worse
+ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
+# and 32 measured worse
 _UNIFORM: dict[int, np.ndarray] = {}  # uniform tables by bit count
 
 
@@ -207,12 +208,12 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
                 rows / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
 
 
-def _row_weights(act: np.ndarray, rev: Revision) -> np.ndarray | None:
+def _row_weights(act: np.ndarray, rev: Revision, depth: int) -> np.ndarray | None:
     """r2's further row weights of the predictor's fit, from the activity features ``act``
-    (m + 1, n) (None: r1, or a pass with no activity features)."""
+    (m + 1, n) of ``depth``-bit samples (None: r1, or a pass with no activity features)."""
     if not rev.activity_rows or len(act) < 2:
         return None
-    return 1 / (act[:-1].mean(0) + ACTIVITY_FLOOR)
+    return 1 / (act[:-1].mean(0) + ACTIVITY_FLOOR * 2.0 ** (depth - 8))
 
 
 def _fit_scale(a: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
@@ -376,7 +377,7 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
         feats, act = _features(x, res, c, order, at, nb, rev)
         target = x[ch, at].astype(np.int64)
         bits = _weight_bits(len(at), rev)
-        frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev)), bits)
+        frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth)), bits)
         pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
         r = (target - pred + half) % (2 * half) - half
         res[ch, at] = r
