@@ -17,6 +17,14 @@ sees the channels coded before it at the same pixel):
 
 Side information goes through the same range coder with uniform tables. The decoder computes
 every feature and class from samples it already has, so it decodes a whole pass per call.
+
+The weight file names the coder revision (:class:`Revision`; a file without one is r1). r2
+predicts from the signed residuals of all neighbours and from the earlier channels at all
+neighbours, sends weights in as many bits as their precision needs (more for bigger passes),
+and uses the prediction's fractional part, which rounding to an integer used to throw away:
+the residual's sign is flipped where the exact prediction lay below the rounded one (so the
+tables see one skew, not two mirrored ones), and the quiet classes are split by whether it
+lay a quarter or more away. Its encoder also weights the fit's rows by the local activity.
 """
 
 from __future__ import annotations
