@@ -71,10 +71,12 @@ def test_tokens_invert_for_every_16_bit_value():
     assert (nraw < 15).all()
 
 
-def test_every_neighbour_of_every_pass_is_known_before_it():
-    for h, w in [(1, 1), (2, 3), (37, 53), (70, 129)]:
+@pytest.mark.parametrize("split_from", [None, 0, 500])
+def test_every_neighbour_of_every_pass_is_known_before_it(split_from):
+    """r1's passes, r2's with every finest pass split (as in a big tile), and with some."""
+    for h, w in [(1, 1), (2, 3), (3, 2), (4, 4), (37, 53), (70, 129)]:
         known = np.zeros((h, w), bool)
-        for p in passes():
+        for p in passes(h, w, split_from):
             ys, xs = p.positions(h, w)
             for ny, nx in p.neighbours(ys, xs, h, w):
                 assert known[ny, nx].all()
@@ -90,6 +92,24 @@ def test_tiles_round_trip_exactly(tables, shape, depth):
     image = _photo_like(*shape, depth=depth)
     data = encode_tile(image, depth, tables)
     assert (decode_tile(data, shape, depth, tables) == image).all()
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_split_passes_round_trip_exactly(monkeypatch, depth):
+    """r2 splits only finest passes of 40 000 samples or more (photos of about 400x400 and
+    up): lowered here, so that small tiles take that path, the odd halves' edges included."""
+    from nicodec.models.ctx import coder
+
+    tables = registry.load_model("ctx-photo").net.tables
+    monkeypatch.setattr(coder, "SPLIT_FROM", 40)
+    # (shape, whether a finest pass reaches 40 samples): (2, 40) has 20 per pass, none split
+    for shape, split in [((70, 129, 3), True), ((23, 18, 1), True), ((2, 40, 2), False)]:
+        image = _photo_like(*shape, depth=depth)
+        data = encode_tile(image, depth, tables)
+        assert (decode_tile(data, shape, depth, tables) == image).all()
+        monkeypatch.setattr(coder, "SPLIT_FROM", 1 << 30)
+        assert (encode_tile(image, depth, tables) != data) == split
+        monkeypatch.setattr(coder, "SPLIT_FROM", 40)
 
 
 def test_noise_and_extremes_round_trip(tables):

@@ -24,7 +24,9 @@ neighbours, sends weights in as many bits as their precision needs (more for big
 and uses the prediction's fractional part, which rounding to an integer used to throw away:
 the residual's sign is flipped where the exact prediction lay below the rounded one (so the
 tables see one skew, not two mirrored ones), and the quiet classes are split by whether it
-lay a quarter or more away. Its encoder also weights the fit's rows by the local activity.
+lay a quarter or more away. It also codes each big pass of the finest level in two halves,
+the second seeing the first's samples and residuals next to it (``levels.passes``). Its encoder
+weights the fit's rows by the local activity.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ IRLS_FLOOR = 3.0  # row weights 1/(|residual| + this): measured 2-4 alike, 1 wor
 PRED_BITS = 14  # magnitude bits of the largest prediction weight (10 cost 0.025 bpp)
 PRED_BITS_MIN = 8  # r2: the fewest, for the smallest passes
 COMPACT_BELOW = 20_000  # passes of fewer samples use the nearest four neighbours only
+SPLIT_FROM = 2 * COMPACT_BELOW  # r2: finest passes split in halves that keep all neighbours
 EST_SIGNIFICANT = 6  # r2: magnitude bits of the largest activity weight sent (4 measured alike)
 EST_SHIFT_MAX = 24  # r2: the largest scale 2**shift of the activity weights
 PHASE_CLASSES = 8  # r2: classes below this (expected |residual| under 1.5) split by phase
@@ -111,12 +114,14 @@ class Revision:
     # from, and the quiet classes split by how far it was rounded (r1: neither)
     activity_rows: bool  # encoder only: the predictor's rows also weighted by
     # 1/(mean activity feature + ACTIVITY_FLOOR), nearer each sample's share of the code length
+    split_finest: bool  # the finest level's passes of at least SPLIT_FROM samples in two halves
+    # (``levels.passes``; splitting smaller ones, or those of the next level, measured worse)
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
-              activity_rows=False)
+              activity_rows=False, split_finest=False)
 R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=True,
-              activity_rows=True)
+              activity_rows=True, split_finest=True)
 REVISIONS = {1: R1, 2: R2}
 
 
@@ -357,11 +362,11 @@ def _order(channels: int) -> list[int]:
     return [1, 0, 2] + list(range(3, channels)) if channels >= 3 else list(range(channels))
 
 
-def _steps(height: int, width: int, order: list[int]
+def _steps(height: int, width: int, order: list[int], rev: Revision
            ) -> Iterator[tuple[np.ndarray, list[np.ndarray], int, int]]:
     """The coding steps of a tile, in order: (flat positions of a pass, their neighbours' flat
     positions, index in the channel order, channel), the same for the encoder and the decoder."""
-    for p in passes():
+    for p in passes(height, width, SPLIT_FROM if rev.split_finest else None):
         ys, xs = p.positions(height, width)
         if not len(ys):
             continue
@@ -381,7 +386,7 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
     half = 1 << (depth - 1)
-    for at, nb, c, ch in _steps(height, width, order):
+    for at, nb, c, ch in _steps(height, width, order, rev):
         feats, act = _features(x, res, c, order, at, nb, rev)
         target = x[ch, at].astype(np.int64)
         bits = _weight_bits(len(at), rev)
@@ -458,7 +463,7 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     res = np.zeros_like(x)
     order = _order(channels)
     half = 1 << (depth - 1)
-    for at, nb, c, ch in _steps(height, width, order):
+    for at, nb, c, ch in _steps(height, width, order, rev):
         feats, act = _features(x, res, c, order, at, nb, rev)
         frac = int(side.get(1, 1)[0])
         if not 0 <= frac <= 14:
