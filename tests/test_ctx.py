@@ -13,13 +13,43 @@ from nicodec.bitstream.format import parse_header
 from nicodec.cli import main as cli
 from nicodec.codec import registry
 from nicodec.codec.pipeline import decode_detailed, encode, encode_detailed
-from nicodec.models.ctx.coder import decode_tile, encode_tile, tokens, untoken
+from nicodec.models.ctx.codec import load_weights
+from nicodec.models.ctx.coder import R1, R2, _flip, decode_tile, encode_tile, tokens, untoken
 from nicodec.models.ctx.levels import passes
 
 
-@pytest.fixture(scope="module")
-def tables():
-    return registry.load_model("ctx-photo").net.tables
+@pytest.fixture(scope="module", params=["r1", "current"])
+def tables(request):
+    """The tables of each shipped revision: r1 (retired, its files still decode) and the current
+    one, so that both coders are exercised."""
+    weights = "ctx-photo-r1.safetensors" if request.param == "r1" else None
+    return registry.load_model("ctx-photo", weights).net.tables
+
+
+def test_the_weight_file_says_which_coder_revision_reads_it(tmp_path):
+    """r1's file has no revision tensor; the current one says r2; an unknown revision is refused
+    at load time, not misread."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = registry.WEIGHTS_DIR
+    assert load_weights(str(folder / "ctx-photo-r1.safetensors"))[0].tables.revision == R1
+    assert load_weights(str(folder / "ctx-photo.safetensors"))[0].tables.revision == R2
+    tensors = load_file(str(folder / "ctx-photo.safetensors"))
+    tensors["revision"] = np.array([99], np.int32)
+    save_file(tensors, str(tmp_path / "future.safetensors"))
+    with pytest.raises(ValueError, match="revision 99"):
+        load_weights(str(tmp_path / "future.safetensors"))
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_the_sign_flip_is_its_own_inverse_over_the_folded_range(depth):
+    half = 1 << (depth - 1)
+    r = np.arange(-half, half)
+    below = np.arange(len(r)) % 3 == 0
+    flipped = _flip(r, below, half)
+    assert (_flip(flipped, below, half) == r).all()
+    everywhere = _flip(r, np.ones(len(r), bool), half)  # a permutation of the range
+    assert (np.sort(everywhere) == r).all() and (everywhere[half + 1:] == -r[half + 1:]).all()
 
 
 def _photo_like(h: int, w: int, c: int, depth: int = 8, seed: int = 0,
@@ -41,10 +71,12 @@ def test_tokens_invert_for_every_16_bit_value():
     assert (nraw < 15).all()
 
 
-def test_every_neighbour_of_every_pass_is_known_before_it():
-    for h, w in [(1, 1), (2, 3), (37, 53), (70, 129)]:
+@pytest.mark.parametrize("split_from", [None, 0, 500])
+def test_every_neighbour_of_every_pass_is_known_before_it(split_from):
+    """r1's passes, r2's with every finest pass split (as in a big tile), and with some."""
+    for h, w in [(1, 1), (2, 3), (3, 2), (4, 4), (37, 53), (70, 129)]:
         known = np.zeros((h, w), bool)
-        for p in passes():
+        for p in passes(h, w, split_from):
             ys, xs = p.positions(h, w)
             for ny, nx in p.neighbours(ys, xs, h, w):
                 assert known[ny, nx].all()
@@ -60,6 +92,24 @@ def test_tiles_round_trip_exactly(tables, shape, depth):
     image = _photo_like(*shape, depth=depth)
     data = encode_tile(image, depth, tables)
     assert (decode_tile(data, shape, depth, tables) == image).all()
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_split_passes_round_trip_exactly(monkeypatch, depth):
+    """r2 splits only finest passes of 40 000 samples or more (photos of about 400x400 and
+    up): lowered here, so that small tiles take that path, the odd halves' edges included."""
+    from nicodec.models.ctx import coder
+
+    tables = registry.load_model("ctx-photo").net.tables
+    monkeypatch.setattr(coder, "SPLIT_FROM", 40)
+    # (shape, whether a finest pass reaches 40 samples): (2, 40) has 20 per pass, none split
+    for shape, split in [((70, 129, 3), True), ((23, 18, 1), True), ((2, 40, 2), False)]:
+        image = _photo_like(*shape, depth=depth)
+        data = encode_tile(image, depth, tables)
+        assert (decode_tile(data, shape, depth, tables) == image).all()
+        monkeypatch.setattr(coder, "SPLIT_FROM", 1 << 30)
+        assert (encode_tile(image, depth, tables) != data) == split
+        monkeypatch.setattr(coder, "SPLIT_FROM", 40)
 
 
 def test_noise_and_extremes_round_trip(tables):

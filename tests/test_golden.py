@@ -30,6 +30,10 @@ Files of format version 4 (the sample depth in the header) are named ``v4-*``:
 ``numpy.random.default_rng(37).integers(0, 300, (48, 64, 3))``, and ``v4-ctx-photo-gray16.nic``
 its channel 1 as a grayscale image, both coded by ``ctx-photo`` (the commit that introduced
 version 4); the manifest's ``bit_depth`` is checked with the pixels (uint16) SHA-256.
+``v4-ctx-photo-r2-*.nic`` hold the same four images (q0, gray, rgb16, gray16) coded by
+``ctx-photo`` r2 (the coder revision its weight file names; the format version is unchanged),
+written by the commit that shipped r2: the r1 files above now decode with the retired
+``ctx-photo-r1.safetensors``.
 
 Files of format version 5 (the alpha plane at the samples' depth) are named ``v5-*``:
 ``v5-ctx-photo-rgba16.nic`` holds the RGB samples of ``v4-ctx-photo-rgb16.nic`` with the 16-bit

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 from safetensors.numpy import load_file
 
-from nicodec.models.ctx.coder import Tables, decode_tile, encode_tile
+from nicodec.models.ctx.coder import REVISIONS, Tables, decode_tile, encode_tile
 
 TILE = 1024
 
@@ -67,10 +67,14 @@ class ContextNet:
 
 
 def load_weights(path: str) -> tuple[ContextNet, None]:
-    """The table bank and class ladder of a weight file (``train.py``)."""
+    """The table bank, class ladder and coder revision of a weight file (``train.py``; a file
+    without a ``revision`` tensor is r1, the first)."""
     tensors = load_file(path)
     bank, edges = tensors["bank"].astype(np.int64), tensors["edges"].astype(np.int64)
     if bank.ndim != 2 or not 1 <= len(bank) <= 256 or (bank < 1).any() \
             or (bank.sum(1) != bank[0].sum()).any():
         raise ValueError("the table bank is damaged")  # indices are sent in one byte
-    return ContextNet(Tables(bank, edges)), None
+    revision = int(tensors["revision"][0]) if "revision" in tensors else 1
+    if revision not in REVISIONS:
+        raise ValueError(f"coder revision {revision} is not known to this version")
+    return ContextNet(Tables(bank, edges, REVISIONS[revision])), None

@@ -17,6 +17,16 @@ sees the channels coded before it at the same pixel):
 
 Side information goes through the same range coder with uniform tables. The decoder computes
 every feature and class from samples it already has, so it decodes a whole pass per call.
+
+The weight file names the coder revision (:class:`Revision`; a file without one is r1). r2
+predicts from the signed residuals of all neighbours and from the earlier channels at all
+neighbours, sends weights in as many bits as their precision needs (more for bigger passes),
+and uses the prediction's fractional part, which rounding to an integer used to throw away:
+the residual's sign is flipped where the exact prediction lay below the rounded one (so the
+tables see one skew, not two mirrored ones), and the quiet classes are split by whether it
+lay a quarter or more away. It also codes each big pass of the finest level in two halves,
+the second seeing the first's samples and residuals next to it (``levels.passes``). Its encoder
+weights the fit's rows by the local activity.
 """
 
 from __future__ import annotations
@@ -36,7 +46,14 @@ LS_ROWS = 100_000  # samples the encoder's last least-squares fit looks at (a re
 IRLS_ROWS = 25_000  # the subsample of the reweighting rounds and of the activity fit
 IRLS_FLOOR = 3.0  # row weights 1/(|residual| + this): measured 2-4 alike, 1 worse
 PRED_BITS = 14  # magnitude bits of the largest prediction weight (10 cost 0.025 bpp)
+PRED_BITS_MIN = 8  # r2: the fewest, for the smallest passes
 COMPACT_BELOW = 20_000  # passes of fewer samples use the nearest four neighbours only
+SPLIT_FROM = 2 * COMPACT_BELOW  # r2: finest passes split in halves that keep all neighbours
+EST_SIGNIFICANT = 6  # r2: magnitude bits of the largest activity weight sent (4 measured alike)
+EST_SHIFT_MAX = 24  # r2: the largest scale 2**shift of the activity weights
+PHASE_CLASSES = 8  # r2: classes below this (expected |residual| under 1.5) split by phase
+ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
+# and 32 measured worse
 _UNIFORM: dict[int, np.ndarray] = {}  # uniform tables by bit count
 
 
@@ -83,17 +100,43 @@ def directional(f: list[np.ndarray]) -> list[np.ndarray]:
     return [pick, weighted, middle]
 
 
+@dataclass(frozen=True)
+class Revision:
+    """What the weight revisions' coders do differently (the weight file says which it is)."""
+
+    all_residuals: bool  # the signed residuals of all neighbours are prediction features (r1: the
+    # nearest four)
+    all_colour: bool  # the earlier channels' values at all neighbours are features (r1: nearest four)
+    scaled_weights: bool  # prediction weights with precision growing with the pass's samples and
+    # coded in as many bits; activity weights with EST_SIGNIFICANT bits and a shift (r1: all fixed,
+    # in whole bytes)
+    phase: bool  # the residual's sign flipped to the side the exact prediction was rounded
+    # from, and the quiet classes split by how far it was rounded (r1: neither)
+    activity_rows: bool  # encoder only: the predictor's rows also weighted by
+    # 1/(mean activity feature + ACTIVITY_FLOOR), nearer each sample's share of the code length
+    split_finest: bool  # the finest level's passes of at least SPLIT_FROM samples in two halves
+    # (``levels.passes``; splitting smaller ones, or those of the next level, measured worse)
+
+
+R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
+              activity_rows=False, split_finest=False)
+R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=True,
+              activity_rows=True, split_finest=True)
+REVISIONS = {1: R1, 2: R2}
+
+
 @dataclass
 class Tables:
-    """What the coder needs from the model: the table bank and the class ladder."""
+    """What the coder needs from the model: the table bank, the class ladder, the revision."""
 
     bank: np.ndarray  # (M, NTOK) int64 frequencies summing to 2**PRECISION
     edges: np.ndarray  # (classes - 1,) int64 thresholds of the fixed-point activity estimate
+    revision: Revision = R1
     collect: list | None = field(default=None)  # training: per-class token histograms
 
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
-              nb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+              nb: list[np.ndarray], rev: Revision) -> tuple[np.ndarray, np.ndarray]:
     """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
     as float64 rows holding integers (products with the fixed-point weights stay exact; so do
     the features' own sums, products and floor divisions, all far below 2**53), each with a
@@ -103,7 +146,9 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     compact = len(at) < COMPACT_BELOW
     if compact:  # a pass of few samples: fewer weights to send
         nb = nb[:4]
-    feats = _Rows(len(nb) + 7 + c * 9, len(at))
+    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5), len(at))
+    signed_near = len(nb) if rev.all_residuals else 4
+    colour_near = len(nb) if rev.all_colour else 4
     act = _Rows(len(nb) + 4 + c, len(at))
     own = [feats.take(x[ch], i) for i in nb]
     if own:
@@ -112,15 +157,16 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
         for i, index in enumerate(nb):  # the nearest four's residuals are features too
-            signed = feats.take(res[ch], index) if i < 4 else res[ch].take(index, mode="clip")
+            signed = feats.take(res[ch], index) if i < signed_near else \
+                res[ch].take(index, mode="clip")
             np.abs(signed, out=act.next())
     for c2 in order[:c]:
         here = feats.take(x[c2], at)
         np.abs(feats.take(res[c2], at), out=act.next())
         if own:
             near = [x[c2].take(i) for i in nb[:4]] if compact else \
-                [feats.take(x[c2], i) for i in nb[:4]]
-            feats.put(*[here - d for d in directional(near)])
+                [feats.take(x[c2], i) for i in nb[:colour_near]]
+            feats.put(*[here - d for d in directional(near[:4])])
     return feats.done(), act.done()
 
 
@@ -147,21 +193,40 @@ class _Rows:
         return self.rows[:self.k]
 
 
-def _fit_robust(a: np.ndarray, target: np.ndarray, rounds: int = 3) -> np.ndarray:
+def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = None,
+                rounds: int = 3) -> np.ndarray:
     """Least squares reweighted towards a log-like cost (row weights 1/(|r| + IRLS_FLOOR), so
     squared errors count about as their log would): a residual's code length grows with its
-    log, not its square. The reweighting rounds run on a subsample, the last fit on more.
-    ``a`` (k + 1, n) ends with its row of ones."""
+    log, not its square. ``rows``: further weights of the rows (r2: smaller where the sample's
+    class is busier, as its code length grows with |r| / scale). The reweighting rounds run on
+    a subsample, the last fit on more. ``a`` (k + 1, n) ends with its row of ones."""
     step = max(1, -(-a.shape[1] // IRLS_ROWS))
     small, t = _subsample(a, step), target[::step]
     # the predictions read the strided rows, not the contiguous copy: a product's summation
     # order follows the layout, and the coefficients (hence the bytes) follow it
     view = a[:-1, ::step]
-    coef, scratch = _fit(small, t), np.empty_like(small)
+    if rows is None:  # r1: the weighting as it was, so its encoder keeps its bytes
+        coef, scratch = _fit(small, t), np.empty_like(small)
+        for _ in range(rounds - 1):
+            coef = _fit(small, t, 1 / (np.abs(t - (coef[:-1] @ view + coef[-1])) + IRLS_FLOOR),
+                        scratch)
+        return _fit(a, target,
+                    1 / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
+    few = rows[::step]
+    coef, scratch = _fit(small, t, few), np.empty_like(small)
     for _ in range(rounds - 1):
-        coef = _fit(small, t, 1 / (np.abs(t - (coef[:-1] @ view + coef[-1])) + IRLS_FLOOR),
+        coef = _fit(small, t, few / (np.abs(t - (coef[:-1] @ view + coef[-1])) + IRLS_FLOOR),
                     scratch)
-    return _fit(a, target, 1 / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
+    return _fit(a, target,
+                rows / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
+
+
+def _row_weights(act: np.ndarray, rev: Revision, depth: int) -> np.ndarray | None:
+    """r2's further row weights of the predictor's fit, from the activity features ``act``
+    (m + 1, n) of ``depth``-bit samples (None: r1, or a pass with no activity features)."""
+    if not rev.activity_rows or len(act) < 2:
+        return None
+    return 1 / (act[:-1].mean(0) + ACTIVITY_FLOOR * 2.0 ** (depth - 8))
 
 
 def _fit_scale(a: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
@@ -196,13 +261,55 @@ def _fit(m: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
     return np.nan_to_num(np.linalg.solve(gram, m @ t))
 
 
-def _fixed(coef: np.ndarray) -> tuple[int, np.ndarray, int]:
-    """(fraction bits, int16-range weights, int32-range bias) of float coefficients."""
+def _fixed(coef: np.ndarray, bits: int = PRED_BITS) -> tuple[int, np.ndarray, int]:
+    """(fraction bits, weights of at most ``bits`` magnitude bits, int32-range bias) of float
+    coefficients."""
     top = float(np.abs(coef[:-1]).max()) if len(coef) > 1 else 0.0
-    frac = int(np.clip(PRED_BITS - np.ceil(np.log2(top + 1e-9)), 0, 14)) if top > 0 else PRED_BITS
-    w = np.clip(np.rint(coef[:-1] * (1 << frac)), -32767, 32767).astype(np.int64)
+    frac = int(np.clip(bits - np.ceil(np.log2(top + 1e-9)), 0, 14)) if top > 0 else bits
+    limit = min(32767, (1 << (bits + 1)) - 1)  # what bits + 2 sent bits hold
+    w = np.clip(np.rint(coef[:-1] * (1 << frac)), -limit, limit).astype(np.int64)
     bias = int(np.clip(np.rint(coef[-1] * (1 << frac)), -(1 << 31) + 1, (1 << 31) - 1))
     return frac, w, bias
+
+
+def _weight_bits(samples: int, rev: Revision) -> int:
+    """Magnitude bits of a pass's largest prediction weight. r2: about half the bits of the
+    sample count (the cost of a weight's rounding error grows with the samples it predicts),
+    from PRED_BITS_MIN to PRED_BITS."""
+    if not rev.scaled_weights:
+        return PRED_BITS
+    return min(PRED_BITS, max(PRED_BITS_MIN, samples.bit_length() // 2 + 5))
+
+
+def _predict(feats: np.ndarray, frac: int, w: np.ndarray, bias: int, top: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prediction clipped to 0..top, whether the exact prediction lies below it, whether it
+    lies at least a quarter away): the last two are r2's phase. ``feats`` (k + 1, n) ends
+    with its row of ones."""
+    n = feats.shape[1]
+    total = (w.astype(np.float64) @ feats[:-1]).astype(np.int64) + bias if len(w) else \
+        np.full(n, bias, np.int64)
+    pred = np.clip((total + (1 << frac >> 1)) >> frac, 0, top)
+    gap = total - (pred << frac)
+    far = np.abs(gap) >= (1 << frac >> 2) if frac >= 2 else np.zeros(n, bool)
+    return pred, gap < 0, far
+
+
+def _flip(r: np.ndarray, below: np.ndarray, half: int) -> np.ndarray:
+    """r2: the residual negated (in the folded range -half..half-1, so -half stays) where the
+    exact prediction lay below the rounded one: the likelier sign is then always the same, and
+    the tables learn the skew. Its own inverse."""
+    return np.where(below, (half - r) % (2 * half) - half, r)
+
+
+def _classes(act: np.ndarray, shift: int, ew: np.ndarray, ebias: int, far: np.ndarray,
+             tables: Tables) -> np.ndarray:
+    """The context class of each sample: its activity estimate's place on the ladder; r2 splits
+    the quiet classes (below PHASE_CLASSES) in two by the prediction's phase."""
+    cls = np.searchsorted(tables.edges, _estimate(act, shift, ew, ebias), side="right")
+    if not tables.revision.phase:
+        return cls
+    return 2 * cls + (far & (cls < PHASE_CLASSES))
 
 
 def _apply(feats: np.ndarray, frac: int, w: np.ndarray, bias: int) -> np.ndarray:
@@ -231,16 +338,35 @@ class _Side:
         v = sum(parts[:, i] << (8 * i) for i in range(nbytes))
         return v - (signed << (8 * nbytes - 1))
 
+    def put_bits(self, values, bits: int) -> None:
+        """Signed integers of ``bits`` bits (two's complement range), offset by 2**(bits-1):
+        the low byte of each, then their high bits (r2's side information)."""
+        v = np.asarray(values, np.int64) + (1 << (bits - 1))
+        low = min(bits, 8)
+        self.enc.encode(v & ((1 << low) - 1), _uniform(low))
+        if bits > low:
+            self.enc.encode(v >> low, _uniform(bits - low))
+
+    def get_bits(self, count: int, bits: int) -> np.ndarray:
+        """Inverse of :meth:`put_bits`."""
+        if not count:
+            return np.zeros(0, np.int64)
+        low = min(bits, 8)
+        v = self.dec.decode(_uniform(low), count).astype(np.int64)
+        if bits > low:
+            v |= self.dec.decode(_uniform(bits - low), count).astype(np.int64) << low
+        return v - (1 << (bits - 1))
+
 
 def _order(channels: int) -> list[int]:
     return [1, 0, 2] + list(range(3, channels)) if channels >= 3 else list(range(channels))
 
 
-def _steps(height: int, width: int, order: list[int]
+def _steps(height: int, width: int, order: list[int], rev: Revision
            ) -> Iterator[tuple[np.ndarray, list[np.ndarray], int, int]]:
     """The coding steps of a tile, in order: (flat positions of a pass, their neighbours' flat
     positions, index in the channel order, channel), the same for the encoder and the decoder."""
-    for p in passes():
+    for p in passes(height, width, SPLIT_FROM if rev.split_finest else None):
         ys, xs = p.positions(height, width)
         if not len(ys):
             continue
@@ -254,25 +380,36 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     """Code a (H, W, C) tile of ``depth``-bit samples (uint8 or uint16) into one payload."""
     coder = PacketEncoder()
     side = _Side(enc=coder)
+    rev = tables.revision
     height, width, channels = tile.shape
     x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.float64).reshape(channels, -1)
     res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
     half = 1 << (depth - 1)
-    for at, nb, c, ch in _steps(height, width, order):
-        feats, act = _features(x, res, c, order, at, nb)
+    for at, nb, c, ch in _steps(height, width, order, rev):
+        feats, act = _features(x, res, c, order, at, nb, rev)
         target = x[ch, at].astype(np.int64)
-        frac, w, bias = _fixed(_fit_robust(feats, target))
-        pred = np.clip(_apply(feats[:-1], frac, w, bias), 0, 2 * half - 1)
+        bits = _weight_bits(len(at), rev)
+        frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth)), bits)
+        pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
         r = (target - pred + half) % (2 * half) - half
-        u = np.where(r >= 0, 2 * r, -2 * r - 1)
         res[ch, at] = r
-        ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)))
-        cls = np.searchsorted(tables.edges, _apply(act[:-1], 0, ew, ebias), side="right")
+        if rev.phase:
+            r = _flip(r, below, half)
+        u = np.where(r >= 0, 2 * r, -2 * r - 1)
+        shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)), rev)
+        cls = _classes(act, shift, ew, ebias, far, tables)
         side.put([frac], 1)
-        side.put(w, 2)
+        if rev.scaled_weights:
+            side.put_bits(w, bits + 2)
+        else:
+            side.put(w, 2)
         side.put([bias], 4)
-        side.put(ew, 2)
+        if rev.scaled_weights:
+            side.put([shift], 1, signed=False)
+            side.put_bits(ew, EST_SIGNIFICANT + 2)
+        else:
+            side.put(ew, 2)
         side.put([ebias], 4)
         tok, nraw, raw = tokens(u)
         _code_classes(coder, side, cls, tok, tables)
@@ -281,12 +418,24 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     return coder.finish()
 
 
-def _fixed_est(coef: np.ndarray) -> tuple[np.ndarray, int]:
-    """Activity weights in units of 2**-EST_FRAC (the estimate is compared with ``edges``,
-    which are in the same units)."""
-    w = np.clip(np.rint(coef[:-1] * (1 << EST_FRAC)), -32767, 32767).astype(np.int64)
+def _fixed_est(coef: np.ndarray, rev: Revision) -> tuple[int, np.ndarray, int]:
+    """(shift, weights, bias) of the activity estimate, in units of 2**-EST_FRAC (the estimate
+    is compared with ``edges``, which are in the same units). r1: int16 weights, shift 0; r2:
+    weights of at most EST_SIGNIFICANT magnitude bits, scaled by 2**shift (they only sort
+    samples into classes: more precision measured no gain)."""
+    scaled = coef[:-1] * (1 << EST_FRAC)
     bias = int(np.clip(np.rint(coef[-1] * (1 << EST_FRAC)), -(1 << 31) + 1, (1 << 31) - 1))
-    return w, bias
+    if not rev.scaled_weights:
+        return 0, np.clip(np.rint(scaled), -32767, 32767).astype(np.int64), bias
+    top = float(np.abs(scaled).max()) if len(scaled) else 0.0
+    shift = int(np.clip(np.ceil(np.log2(top + 1)) - EST_SIGNIFICANT, 0, EST_SHIFT_MAX))
+    limit = 1 << EST_SIGNIFICANT
+    return shift, np.clip(np.rint(scaled / (1 << shift)), -limit, limit).astype(np.int64), bias
+
+
+def _estimate(act: np.ndarray, shift: int, w: np.ndarray, bias: int) -> np.ndarray:
+    """The activity estimate (w . features) * 2**shift + bias, in units of 2**-EST_FRAC."""
+    return (_apply(act[:-1], 0, w, 0) << shift) + bias
 
 
 def _code_classes(coder: PacketEncoder, side: _Side, cls: np.ndarray, tok: np.ndarray,
@@ -308,22 +457,33 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     """Decode a payload of :func:`encode_tile` into (H, W, C) samples."""
     coder = PacketDecoder(payload)
     side = _Side(dec=coder)
+    rev = tables.revision
     height, width, channels = shape
     x = np.zeros((channels, height * width))
     res = np.zeros_like(x)
     order = _order(channels)
     half = 1 << (depth - 1)
-    for at, nb, c, ch in _steps(height, width, order):
-        feats, act = _features(x, res, c, order, at, nb)
+    for at, nb, c, ch in _steps(height, width, order, rev):
+        feats, act = _features(x, res, c, order, at, nb, rev)
         frac = int(side.get(1, 1)[0])
         if not 0 <= frac <= 14:
             raise ValueError("bad fixed-point shift")
-        w = side.get(len(feats) - 1, 2)
+        if rev.scaled_weights:
+            w = side.get_bits(len(feats) - 1, _weight_bits(len(at), rev) + 2)
+        else:
+            w = side.get(len(feats) - 1, 2)
         bias = int(side.get(1, 4)[0])
-        ew = side.get(len(act) - 1, 2)
+        shift = 0
+        if rev.scaled_weights:
+            shift = int(side.get(1, 1, signed=False)[0])
+            if shift > EST_SHIFT_MAX:
+                raise ValueError("bad activity scale")
+            ew = side.get_bits(len(act) - 1, EST_SIGNIFICANT + 2)
+        else:
+            ew = side.get(len(act) - 1, 2)
         ebias = int(side.get(1, 4)[0])
-        pred = np.clip(_apply(feats[:-1], frac, w, bias), 0, 2 * half - 1)
-        cls = np.searchsorted(tables.edges, _apply(act[:-1], 0, ew, ebias), side="right")
+        pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
+        cls = _classes(act, shift, ew, ebias, far, tables)
         used, inverse = np.unique(cls, return_inverse=True)
         pick = side.get(len(used), 1, signed=False)
         if (pick >= len(tables.bank)).any():
@@ -339,6 +499,8 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
             raw[where] = coder.decode(_uniform(int(k)), int(where.sum()))
         u = untoken(tok, raw)
         r = np.where(u & 1, -(u + 1) // 2, u // 2)
+        if rev.phase:
+            r = _flip(r, below, half)
         x[ch, at] = (pred + r) % (2 * half)
         res[ch, at] = r
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)

@@ -10,6 +10,11 @@ interpolation, and all samples of a pass are coded in one vectorised step.
 A neighbour outside the tile is replaced by its mirror image about the sample (keeping its
 offset's parity in units of h, so it is known too), or by the pass's first neighbour, which is
 always inside.
+
+Coder revision r2 splits each pass of the finest level (h = 1) that holds at least
+``split_from`` samples in two halves, the grid positions (i, j) of the pass with i + j even,
+then odd: the odd half also sees the even half's samples next to it on its grid (offsets
+(0, +-s), (+-s, 0)), whose residuals come from the same predictor at the same scale.
 """
 
 from __future__ import annotations
@@ -30,12 +35,17 @@ class Pass:
     step: int
     half: int  # h: the parity unit of the offsets
     offsets: tuple[tuple[int, int], ...]
+    parity: int = -1  # -1: every position of the grid; 0 or 1: those whose i + j has it
 
     def positions(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Row and column of every sample, row-major."""
         ys, xs = np.meshgrid(np.arange(self.oy, height, self.step),
                              np.arange(self.ox, width, self.step), indexing="ij")
-        return ys.ravel(), xs.ravel()
+        ys, xs = ys.ravel(), xs.ravel()
+        if self.parity < 0:
+            return ys, xs
+        keep = ((ys - self.oy) // self.step + (xs - self.ox) // self.step) % 2 == self.parity
+        return ys[keep], xs[keep]
 
     def neighbours(self, ys: np.ndarray, xs: np.ndarray, height: int, width: int
                    ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -46,8 +56,8 @@ class Pass:
             return found
         first_y, first_x = found[0]
         out = []
-        for ny, nx in found:
-            bad = (ny < 0) | (nx < 0)
+        for ny, nx in found:  # none found, or the sample itself (an offset of 2h mirrored to 0)
+            bad = (ny < 0) | (nx < 0) | ((ny == ys) & (nx == xs))
             out.append((np.where(bad, first_y, ny), np.where(bad, first_x, nx)))
         return out
 
@@ -70,8 +80,9 @@ def _axis(pos: np.ndarray, d: int, size: int, h: int) -> np.ndarray:
     return out
 
 
-def passes() -> list[Pass]:
-    """Every pass of a tile, in coding order."""
+def passes(height: int, width: int, split_from: int | None = None) -> list[Pass]:
+    """Every pass of a ``height`` x ``width`` tile, in coding order; the finest level's passes
+    of at least ``split_from`` samples in two halves (r2; None: none, as r1)."""
     out = [Pass(0, 0, TOP, TOP, ())]
     s = TOP
     while s >= 2:
@@ -81,8 +92,15 @@ def passes() -> list[Pass]:
                  (-3 * h, -h), (-3 * h, h), (3 * h, -h), (3 * h, h))
         far_a = ((-2 * h, -h), (-2 * h, h), (2 * h, -h), (2 * h, h),
                  (-h, -2 * h), (-h, 2 * h), (h, -2 * h), (h, 2 * h))
-        out += [Pass(h, h, s, h, near_d + far_d),
-                Pass(0, h, s, h, ((0, -h), (0, h), (-h, 0), (h, 0)) + far_a),
-                Pass(h, 0, s, h, ((-h, 0), (h, 0), (0, -h), (0, h)) + far_a + near_d)]
+        level = [Pass(h, h, s, h, near_d + far_d),
+                 Pass(0, h, s, h, ((0, -h), (0, h), (-h, 0), (h, 0)) + far_a),
+                 Pass(h, 0, s, h, ((-h, 0), (h, 0), (0, -h), (0, h)) + far_a + near_d)]
+        if split_from is not None and h == 1:
+            same = ((0, -s), (0, s), (-s, 0), (s, 0))  # the even half, on the pass's grid
+            level = [half for p in level for half in (
+                (Pass(p.oy, p.ox, s, h, p.offsets, 0),
+                 Pass(p.oy, p.ox, s, h, p.offsets[:4] + same + p.offsets[4:], 1))
+                if len(p.positions(height, width)[0]) >= split_from else (p,))]
+        out += level
         s = h
     return out

@@ -5,7 +5,8 @@ artefacts would teach the wrong statistics), collecting the token histogram of e
 class of every pass and channel. The histograms are clustered into ``--tables`` tables that
 minimise their total code length (k-means under cross-entropy), and each of the broadest is
 also stretched by 2**1..2**8 (the same shape at the scales of 9- to 16-bit samples, which the
-8-bit photos do not reach). Nothing here is fitted per image: that is the coder's job.
+8-bit photos do not reach). r1 was ``--revision 1 --tables 128 --stretched 16``; r2 (the
+default) learns 192 tables and stretches the 8 broadest. Nothing here is fitted per image: that is the coder's job.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from nicodec.bitstream.entropy import freqs_from_counts
-from nicodec.models.ctx.coder import NTOK, Tables, encode_tile, tokens
+from nicodec.models.ctx.coder import NTOK, REVISIONS, Tables, encode_tile, tokens
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 VALUES = np.arange(1 << 16)
@@ -69,12 +70,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, default=DATA)
     parser.add_argument("--crop", type=int, default=512)
-    parser.add_argument("--tables", type=int, default=128)
-    parser.add_argument("--stretched", type=int, default=16, help="broadest tables stretched")
+    parser.add_argument("--tables", type=int, default=192)
+    parser.add_argument("--stretched", type=int, default=8, help="broadest tables stretched")
+    parser.add_argument("--revision", type=int, choices=sorted(REVISIONS), default=max(REVISIONS),
+                        help="the coder revision the bank is for (written into the file)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     edges = class_edges()
-    tables = Tables(geometric_bank(), edges, collect=[])
+    tables = Tables(geometric_bank(), edges, REVISIONS[args.revision], collect=[])
     paths = sorted(args.images.rglob("*.png"))
     for path in paths:
         img = np.asarray(Image.open(path).convert("RGB"))[: args.crop, : args.crop]
@@ -84,7 +87,10 @@ def main() -> None:
     broad = sorted(learned, key=lambda f: -(f / f.sum() * np.arange(NTOK)).sum())
     bank = learned + [stretch(f, k) for k in range(1, 9) for f in broad[: args.stretched]]
     bank = np.array(bank[:256], np.int32)
-    save_file({"bank": bank, "edges": edges}, str(args.out),
+    tensors = {"bank": bank, "edges": edges}
+    if args.revision > 1:  # r1's files have no revision tensor
+        tensors["revision"] = np.array([args.revision], np.int32)
+    save_file(tensors, str(args.out),
               metadata={"images": str(len(paths)), "crop": str(args.crop)})
     print(f"{len(paths)} photos, {len(hists)} class histograms -> {len(bank)} tables")
 
