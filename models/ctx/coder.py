@@ -55,6 +55,7 @@ PHASE_CLASSES = 8  # r2: classes below this (expected |residual| under 1.5) spli
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
 # and 32 measured worse
 _UNIFORM: dict[int, np.ndarray] = {}  # uniform tables by bit count
+_CONTROLLER = None  # threadpoolctl's, made on the first solve
 
 
 def tokens(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -215,10 +216,10 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
         return _fit(a, target,
                     1 / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
     few, small = rows[::step], a[:, ::step].astype(np.float32)
-    coef = _fit_scaled(small, t, few)
+    coef = _fit_scaled(small, t, few, np.float32)
     for _ in range(rounds - 1):
-        guess = coef.astype(np.float32) @ small
-        coef = _fit_scaled(small, t, few / (np.abs(t - guess) + IRLS_FLOOR))
+        guess = np.einsum("k,kn->n", coef.astype(np.float32), small)  # no BLAS: see _fit_scaled
+        coef = _fit_scaled(small, t, few / (np.abs(t - guess) + IRLS_FLOOR), np.float32)
     return _fit_scaled(a, target,
                        rows / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
 
@@ -260,22 +261,38 @@ def _fit(m: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
         m = np.multiply(m, weight[::step], out=scratch if step == 1 else None)
     gram = m @ m.T
     gram += np.eye(len(gram)) * (1e-6 * np.trace(gram) / len(gram) + 1e-9)
-    return np.nan_to_num(np.linalg.solve(gram, m @ t))
+    return _solve(gram, m @ t)
 
 
-def _fit_scaled(m: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.ndarray:
+def _fit_scaled(m: np.ndarray, target: np.ndarray, weight: np.ndarray,
+                dtype: type = np.float64) -> np.ndarray:
     """:func:`_fit` with row weights (r2's encoder; like it, the squared errors are weighted by
-    ``weight`` squared), from the rows scaled by ``weight`` in the rows' dtype (float32 in the
-    reweighting rounds: it measured no loss): their Gram matrix is the product of one array
-    with its own transpose, which numpy hands to BLAS syrk, half the work of a general
-    product. The solve is in float64."""
+    ``weight`` squared), from the rows and the target scaled by ``weight`` in ``dtype``, stacked:
+    the Gram matrix and the right-hand side are then one product of that array with its own
+    transpose (BLAS syrk), whose result does not depend on the BLAS thread count (a matrix
+    times a vector does, and a float32 difference can flip a sent weight's rounding). The
+    solve is in float64."""
     step = max(1, -(-m.shape[1] // LS_ROWS))
     weight = weight[::step]
-    scaled = np.multiply(m[:, ::step], weight, dtype=m.dtype)
-    gram = (scaled @ scaled.T).astype(np.float64)
-    gram += np.eye(len(gram)) * (1e-6 * np.trace(gram) / len(gram) + 1e-9)
-    rhs = (scaled @ (target[::step] * weight).astype(m.dtype)).astype(np.float64)
-    return np.nan_to_num(np.linalg.solve(gram, rhs))
+    scaled = np.empty((len(m) + 1, len(weight)), dtype)
+    np.multiply(m[:, ::step], weight, out=scaled[:-1])
+    np.multiply(target[::step], weight, out=scaled[-1])
+    both = (scaled @ scaled.T).astype(np.float64)
+    gram = both[:-1, :-1] + np.eye(len(m)) * (1e-6 * np.trace(both[:-1, :-1]) / len(m) + 1e-9)
+    return _solve(gram, both[:-1, -1])
+
+
+def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """The normal equations' solution (NaN to 0) on one BLAS thread: OpenBLAS's LU with two
+    threads rounds differently, and the reweighting rounds can carry that difference into a
+    sent weight, so a file's bytes would depend on ``--threads``."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    with _CONTROLLER.limit(limits=1, user_api="blas"):
+        return np.nan_to_num(np.linalg.solve(gram, rhs))
 
 
 def _fixed(coef: np.ndarray, bits: int = PRED_BITS) -> tuple[int, np.ndarray, int]:
