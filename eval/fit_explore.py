@@ -585,6 +585,7 @@ def compare(args: argparse.Namespace) -> None:
         label = result["schedule"] + (f", anneal {result['anneal_steps']} steps"
                                       if result.get("anneal_steps") else "")
         label += ", learned init" if result["init"] else ", zero start"
+        label += f", lr {result['lr']:g}, latents {result['lat_lr']:g}"
         groups.setdefault((result["image"], label, result["seconds"]), []).append(result)
     for (image, label, seconds), results in groups.items():
         webp = webp_curve(args.webp, image)

@@ -359,11 +359,11 @@ def test_fit_explore_compare_against_webp(tmp_path, capsys):
     for lam, bpp in [(0.002, 0.5), (0.0005, 2.0)]:
         result = {"image": "g.png", "seconds": 60, "steps": 10, "bpp": bpp,
                   "psnr": 32 + 2 * math.log2(bpp), "init": None, "schedule": "cosine",
-                  "lam": lam}
+                  "lr": 0.01, "lat_lr": 0.05, "lam": lam}
         logs.append(tmp_path / f"{lam}.log")
         logs[-1].write_text(f"start: ...\n{json.dumps(result)}\n")
     fit_explore.main(["compare", *map(str, logs), "--webp", str(webp)])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == ("| g | cosine, zero start, lam 0.002 | 60 | 10 | 0.500 | 30.00 | 32.00 | "
-                        "-2.00 | +100% |")
+    assert lines[0] == ("| g | cosine, zero start, lr 0.01, latents 0.05, lam 0.002 | 60 | 10 | "
+                        "0.500 | 30.00 | 32.00 | -2.00 | +100% |")
     assert "BD-rate against WebP +100.0%, BD-PSNR -2.00 dB" in lines[2]
