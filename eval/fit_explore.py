@@ -21,9 +21,13 @@ The model, after Cool-chic, shaped for a CPU:
 
 Schedules (``--schedule``): ``switch`` trains with noise on the rate and rounding (straight-
 through) in the synthesis, then, for the last 20%, rounds everywhere at a tenth of the learning
-rate; ``soft`` (after C3) uses soft rounding whose temperature falls from 0.3 to 0.05 and additive
-noise (rate: soft(y) + u, synthesis: soft(soft(y) + u)) with a cosine-decayed learning rate, then
-the last 15% rounds everywhere, the learning rate falling from a tenth to zero.
+rate; ``cosine`` and ``step`` quantize as ``switch`` but the learning rate decays through the
+whole budget (half a cosine from 1 to 0; or 1, 0.3, 0.1, 0.03 by quarters); ``soft`` (after C3)
+uses soft rounding whose temperature falls from 0.3 to 0.05 and additive noise (rate:
+soft(y) + u, synthesis: soft(soft(y) + u)) with a cosine-decayed learning rate, then the last 15%
+rounds everywhere, the learning rate falling from a tenth to zero. The temperature follows the
+clock, and with ``--anneal-steps N`` it falls no faster than over N steps, so that a slow step
+cannot leave the latents at zero while the temperature is already low.
 
 Optimizers (``--opt``): Adam, or SOAP for the decoder (``--opt soap`` needs the ``heavyball``
 package, which nicodec does not depend on); the latents always use Adam.
@@ -34,14 +38,18 @@ the latents (``latents``), also the biases (``bias``), the output layers (``out`
 
 Commands::
 
-    python -m nicodec.eval.fit_explore init --minutes 50 --out init.pt
-        trains the initialization (analysis network, synthesis, ARM; bilinear upsampling) on
-        the training photos;
+    python -m nicodec.eval.fit_explore init --minutes 50 --out init.pt [decoder options]
+        trains the initialization (analysis network and the decoder: synthesis, ARM, learned
+        upsampler) on the training photos; fits from it use its decoder;
     python -m nicodec.eval.fit_explore fit --image kodim23.png --seconds 60 [--init init.pt]
         fits one image, prints bpp and PSNR (rounded latents, whole image) every
         ``--log-every`` seconds and a JSON line at the end;
     python -m nicodec.eval.fit_explore time --image kodim23.png [model options] [--compile]
-        prints the seconds of one step at 128², 256² and the whole image.
+        prints the seconds of one step at 128², 256² and the whole image;
+    python -m nicodec.eval.fit_explore compare LOG...
+        prints the fits' table rows against WebP (interpolated in log bpp from
+        ``eval/results/kodak/per_image.csv``) and each configuration's BD-rate and BD-PSNR
+        against WebP over its rate weights (``eval/bd.py``).
 
 Results: ``eval/results/fit/explore.md``.
 """
@@ -275,10 +283,12 @@ def pyramid_sizes(h: int, w: int, levels: int, first: int) -> list[tuple[int, in
             for l in range(levels)]
 
 
+DECODER_OPTIONS = ("out_conv", "upsample", "syn_ch", "syn_convs", "window", "passes")
+
+
 def decoder_options(args: argparse.Namespace) -> dict:
     """The Decoder's keyword arguments given on the command line."""
-    return {"out_conv": args.out_conv, "upsample": args.upsample, "syn_ch": args.syn_ch,
-            "syn_convs": args.syn_convs, "window": args.window, "passes": args.passes}
+    return {k: getattr(args, k) for k in DECODER_OPTIONS}
 
 
 def old_weights(state: dict) -> dict:
@@ -302,10 +312,13 @@ def train_init(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     sampler = CropSampler(load_images(split_paths(Path(args.data or DEFAULT_TRAIN))[0],
                                       args.crop), args.crop)
-    ana, dec = Analysis(args.levels, args.first), Decoder(args.levels, args.first)
-    opt = torch.optim.Adam([*ana.parameters(), *dec.parameters()], lr=1e-3)
+    ana = Analysis(args.levels, args.first)
+    dec = Decoder(args.levels, args.first, **decoder_options(args))
+    opt = torch.optim.Adam([*ana.parameters(), *dec.parameters()], lr=args.lr)
     start, step, ema = time.perf_counter(), 0, None
-    while time.perf_counter() - start < args.minutes * 60:
+    while (spent := time.perf_counter() - start) < args.minutes * 60:
+        if args.cosine:
+            opt.param_groups[0]["lr"] = args.lr * lr_factor("cosine", spent / (args.minutes * 60))
         x = sampler.batch(args.batch)
         ys = ana(x)
         xh, bits = dec([quantize(y, "noise") for y in ys], [quantize(y, "ste") for y in ys],
@@ -349,7 +362,8 @@ class Fit(nn.Module):
         if init:
             saved = torch.load(init, weights_only=True)
             levels, first = saved["args"]["levels"], saved["args"]["first"]
-            options = {}  # the initialization's own decoder
+            # the initialization's own decoder (the first ones saved none of its options)
+            options = {k: saved["args"][k] for k in DECODER_OPTIONS if k in saved["args"]}
         self.levels, self.first = levels, first
         self.dec = Decoder(levels, first, **options)
         starts = [torch.zeros(s) for s in pyramid_sizes(h, w, levels, first)]
@@ -427,15 +441,28 @@ def make_optimizer(latents: list[nn.Parameter], decoder: list[nn.Parameter],
     return opts
 
 
-def schedule(args: argparse.Namespace, progress: float) -> tuple[str, str, float, float]:
+def lr_factor(shape: str, progress: float) -> float:
+    """The learning rate's factor at ``progress`` (0..1) of the budget: ``switch``: 1, then a
+    tenth for the last 20%; ``cosine``: half a cosine from 1 to 0; ``step``: 1, 0.3, 0.1, 0.03
+    by quarters."""
+    if shape == "cosine":
+        return 0.5 + 0.5 * math.cos(math.pi * progress)
+    if shape == "step":
+        return (1.0, 0.3, 0.1, 0.03)[min(int(progress * 4), 3)]
+    return 0.1 if progress > 0.8 else 1.0
+
+
+def schedule(args: argparse.Namespace, progress: float, step: int
+             ) -> tuple[str, str, float, float]:
     """(rate mode, synthesis mode, soft-rounding temperature, learning-rate factor) at
-    ``progress`` (0..1) of the budget."""
-    if args.schedule == "switch":
+    ``progress`` (0..1) of the budget, after ``step`` steps."""
+    if args.schedule != "soft":
         late = progress > 0.8
-        return ("ste" if late else "noise"), "ste", 0.3, (0.1 if late else 1.0)
+        return ("ste" if late else "noise"), "ste", 0.3, lr_factor(args.schedule, progress)
     if progress < 0.85:
         p = progress / 0.85
-        temp = 0.3 * (0.05 / 0.3) ** p
+        fall = min(p, step / args.anneal_steps) if args.anneal_steps else p
+        temp = 0.3 * (0.05 / 0.3) ** fall
         return "soft_noise", "soft_twice", temp, 0.55 + 0.45 * math.cos(math.pi * p)
     return "ste", "ste", 0.05, 0.1 * (1 - (progress - 0.85) / 0.15)
 
@@ -459,7 +486,7 @@ def fit(args: argparse.Namespace) -> dict:
           f"({sent} decoder parameters sent)", flush=True)
     start, step, shown, ema, gap, previous = time.perf_counter(), 0, 0.0, None, None, None
     while (spent := time.perf_counter() - start) < args.seconds:
-        rate_mode, synth_mode, temp, factor = schedule(args, spent / args.seconds)
+        rate_mode, synth_mode, temp, factor = schedule(args, spent / args.seconds, step)
         if gap is None and rate_mode == "ste" and previous:
             # the final rounding phase starts: training-time against rounded PSNR
             trained = model.measure(img, sent, previous[1], previous[2])[1]
@@ -495,7 +522,8 @@ def fit(args: argparse.Namespace) -> dict:
             "bpp": round(bpp, 4), "psnr": round(psnr, 2), "sent": sent,
             "switch_psnr": gap, "init": args.init, "tune": args.tune, "crop": args.crop,
             "lam": args.lam, "lr": args.lr, "lat_lr": args.lat_lr, "opt": args.opt,
-            "schedule": args.schedule, "levels": model.levels, "first": model.first,
+            "schedule": args.schedule, "anneal_steps": args.anneal_steps,
+            "levels": model.levels, "first": model.first,
             **({} if args.init else decoder_options(args))}
 
 
@@ -520,6 +548,59 @@ def time_steps(args: argparse.Namespace) -> None:
               f"(first two: {warm - start:.1f} s)", flush=True)
 
 
+def webp_curve(csv_path: Path, image: str) -> tuple[np.ndarray, np.ndarray]:
+    """WebP's (bpp, PSNR) points for ``image`` from a ``per_image.csv``, by rising bpp."""
+    import csv
+
+    with open(csv_path, newline="") as f:
+        points = sorted((float(r["bpp"]), float(r["psnr"])) for r in csv.DictReader(f)
+                        if r["codec"] == "webp" and r["image"] == image)
+    if len(points) < 2:
+        raise SystemExit(f"error: no WebP curve for {image} in {csv_path}")
+    return np.array([p[0] for p in points]), np.array([p[1] for p in points])
+
+
+def against_webp(bpp: float, psnr: float, webp: tuple[np.ndarray, np.ndarray]
+                 ) -> tuple[float, float | None]:
+    """WebP's PSNR at ``bpp`` and our rate over WebP's at our ``psnr`` (None outside WebP's
+    range), interpolated in log bpp."""
+    rates, quality = np.log(webp[0]), webp[1]
+    at_bpp = float(np.interp(math.log(bpp), rates, quality))
+    if not quality[0] <= psnr <= quality[-1]:
+        return at_bpp, None
+    return at_bpp, bpp / math.exp(float(np.interp(psnr, quality, rates)))
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Print the table rows of the fits in ``args.logs`` (the last JSON line of each log is
+    its result) against WebP, and each configuration's BD-rate and BD-PSNR over its rate weights."""
+    from nicodec.eval.bd import bd_psnr, bd_rate
+
+    groups: dict[tuple, list[dict]] = {}
+    for log in args.logs:
+        results = [line for line in Path(log).read_text().splitlines() if line.startswith("{")]
+        if not results:
+            raise SystemExit(f"error: {log} holds no fit result (a JSON line)")
+        result = json.loads(results[-1])
+        label = result["schedule"] + (f", anneal {result['anneal_steps']} steps"
+                                      if result.get("anneal_steps") else "")
+        label += ", learned init" if result["init"] else ", zero start"
+        label += f", lr {result['lr']:g}, latents {result['lat_lr']:g}"
+        groups.setdefault((result["image"], label, result["seconds"]), []).append(result)
+    for (image, label, seconds), results in groups.items():
+        webp = webp_curve(args.webp, image)
+        for r in sorted(results, key=lambda r: -r["lam"]):
+            at_bpp, rate = against_webp(r["bpp"], r["psnr"], webp)
+            ratio = "n/a" if rate is None else f"{100 * (rate - 1):+.0f}%"
+            print(f"| {Path(image).stem} | {label}, lam {r['lam']:g} | {seconds:g} | "
+                  f"{r['steps']} | {r['bpp']:.3f} | {r['psnr']:.2f} | {at_bpp:.2f} | "
+                  f"{r['psnr'] - at_bpp:+.2f} | {ratio} |")
+        if len(results) > 1:
+            ours = ([r["bpp"] for r in results], [r["psnr"] for r in results])
+            print(f"{Path(image).stem}, {label}, {seconds:g} s: BD-rate against WebP "
+                  f"{bd_rate(*webp, *ours):+.1f}%, BD-PSNR {bd_psnr(*webp, *ours):+.2f} dB")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -531,14 +612,6 @@ def main(argv: list[str] | None = None) -> None:
                        help="the finest level is at 1/2**first of the image")
         p.add_argument("--lam", type=float, default=0.002, help="rate weight (MSE + lam * bpp)")
         p.add_argument("--threads", type=int, default=1, help="torch threads")
-        if name == "init":
-            p.add_argument("--minutes", type=float, default=50, help="training time")
-            p.add_argument("--batch", type=int, default=8, help="crops per step")
-            p.add_argument("--crop", type=int, default=128, help="crop side")
-            p.add_argument("--data", help="training photos (default: ../shared/data/train)")
-            p.add_argument("--out", default="fit-init.pt", help="where the weights go")
-            continue
-        p.add_argument("--image", required=True, help="the image to fit")
         p.add_argument("--out-conv", action="store_true",
                        help="hidden layer to the 3x3 part through a 3x3 convolution")
         p.add_argument("--upsample", choices=["bilinear", "learned"], default="bilinear",
@@ -548,6 +621,17 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--window", type=int, default=3, help="ARM's same-level window side")
         p.add_argument("--passes", type=int, choices=[2, 4], default=2,
                        help="ARM decoding passes per level")
+        if name == "init":
+            p.add_argument("--minutes", type=float, default=50, help="training time")
+            p.add_argument("--batch", type=int, default=8, help="crops per step")
+            p.add_argument("--crop", type=int, default=128, help="crop side")
+            p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+            p.add_argument("--cosine", action="store_true",
+                           help="the learning rate falls by half a cosine to 0 over the minutes")
+            p.add_argument("--data", help="training photos (default: ../shared/data/train)")
+            p.add_argument("--out", default="fit-init.pt", help="where the weights go")
+            continue
+        p.add_argument("--image", required=True, help="the image to fit")
         p.add_argument("--compile", action="store_true", help="torch.compile the step")
         if name == "time":
             p.add_argument("--repeat", type=int, default=5, help="timed steps per size")
@@ -558,15 +642,27 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--lat-lr", type=float, default=0.01, help="latents' learning rate")
         p.add_argument("--opt", choices=["adam", "soap"], default="adam",
                        help="the decoder's optimizer (latents: Adam)")
-        p.add_argument("--schedule", choices=["switch", "soft"], default="switch",
-                       help="quantization schedule (see above)")
+        p.add_argument("--schedule", choices=["switch", "cosine", "step", "soft"],
+                       default="switch", help="quantization and learning-rate schedule "
+                       "(see above)")
+        p.add_argument("--anneal-steps", type=int, default=0,
+                       help="soft: the temperature takes at least this many steps to fall "
+                       "(0: it follows the clock only)")
         p.add_argument("--init", help="a learned initialization from 'init' (its decoder)")
         p.add_argument("--tune", choices=["all", "latents", "bias", "out", "lowrank"],
                        default="all", help="decoder parameters fitted and sent")
         p.add_argument("--rank", type=int, default=2, help="rank of the deltas (lowrank)")
         p.add_argument("--seed", type=int, default=0, help="random seed")
         p.add_argument("--log-every", type=float, default=10, help="seconds between lines")
+    p = sub.add_parser("compare", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("logs", nargs="+", help="fit logs (the last JSON line is the result)")
+    p.add_argument("--webp", type=Path,
+                   default=Path(__file__).parent / "results" / "kodak" / "per_image.csv",
+                   help="per-image results holding WebP's curve")
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        compare(args)
+        return
     torch.set_num_threads(args.threads)
     if args.command == "init":
         train_init(args)

@@ -287,11 +287,13 @@ def test_combine_compares_curves_of_several_runs(tmp_path):
 @pytest.mark.parametrize("variant", [
     [], ["--out-conv"],
     ["--levels", "4", "--first", "0", "--upsample", "learned", "--syn-ch", "8", "--syn-convs",
-     "2", "--window", "5", "--passes", "4", "--schedule", "soft"]])
+     "2", "--window", "5", "--passes", "4", "--schedule", "soft"],
+    ["--schedule", "cosine"], ["--schedule", "soft", "--anneal-steps", "50"]])
 def test_fit_explore_fits_an_image_and_lowers_its_loss(tmp_path, capsys, variant):
     """The overfitting prototype (issue 36) runs on an odd-sized image and improves on its
     zero start within three seconds of fitting (first prototype's decoder, its hidden layer to
-    RGB by a 3x3 convolution, and the larger decoder with the soft-rounding schedule)."""
+    RGB by a 3x3 convolution, the larger decoder with the soft-rounding schedule, a cosine
+    learning rate, soft rounding whose temperature falls over at least 50 steps)."""
     from nicodec.eval import fit_explore
 
     y, x = np.mgrid[0:100, 0:130]
@@ -340,3 +342,28 @@ def test_fit_explore_learned_upsampling_starts_bilinear():
     ours = fit_explore.Upsampler(1).up2(x, 0, 9, 13)
     ref = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)[:, :, :9, :13]
     assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_fit_explore_compare_against_webp(tmp_path, capsys):
+    """``compare`` reads fit logs and puts them against WebP: a curve at twice WebP's rate for
+    the same PSNR is +100% in each row and in BD-rate, and 2 dB below it in BD-PSNR."""
+    from nicodec.eval import fit_explore
+
+    webp = tmp_path / "per_image.csv"
+    with open(webp, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["codec", "setting", "image", "bytes", "bpp", "seconds", "psnr", "ms_ssim"])
+        for bpp in (0.25, 0.5, 1, 2, 4):  # PSNR = 34 + 2 log2(bpp)
+            out.writerow(["webp", 0, "g.png", 0, bpp, 0, 34 + 2 * math.log2(bpp), 0])
+    logs = []
+    for lam, bpp in [(0.002, 0.5), (0.0005, 2.0)]:
+        result = {"image": "g.png", "seconds": 60, "steps": 10, "bpp": bpp,
+                  "psnr": 32 + 2 * math.log2(bpp), "init": None, "schedule": "cosine",
+                  "lr": 0.01, "lat_lr": 0.05, "lam": lam}
+        logs.append(tmp_path / f"{lam}.log")
+        logs[-1].write_text(f"start: ...\n{json.dumps(result)}\n")
+    fit_explore.main(["compare", *map(str, logs), "--webp", str(webp)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == ("| g | cosine, zero start, lr 0.01, latents 0.05, lam 0.002 | 60 | 10 | "
+                        "0.500 | 30.00 | 32.00 | -2.00 | +100% |")
+    assert "BD-rate against WebP +100.0%, BD-PSNR -2.00 dB" in lines[2]
