@@ -45,6 +45,7 @@ Commands::
         fits one image, prints bpp and PSNR (rounded latents, whole image) every
         ``--log-every`` seconds and a JSON line at the end;
     python -m nicodec.eval.fit_explore time --image kodim23.png [model options] [--compile]
+            [--channels-last]
         prints the seconds of one step at 128², 256² and the whole image;
     python -m nicodec.eval.fit_explore compare LOG...
         prints the fits' table rows against WebP (interpolated in log bpp from
@@ -533,6 +534,8 @@ def time_steps(args: argparse.Namespace) -> None:
     img = load_rgb(args.image)
     h, w = img.shape[1:]
     model = Fit(img, args.levels, args.first, **decoder_options(args))
+    if args.channels_last:  # the convolutions' weights, hence their outputs, in NHWC
+        model = model.to(memory_format=torch.channels_last)
     if args.compile:
         model.dec = torch.compile(model.dec)
     for box in [(0, 0, 128, 128), (0, 0, 256, 256), (0, 0, h, w)]:
@@ -635,6 +638,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--compile", action="store_true", help="torch.compile the step")
         if name == "time":
             p.add_argument("--repeat", type=int, default=5, help="timed steps per size")
+            p.add_argument("--channels-last", action="store_true",
+                           help="the model in channels-last memory format")
             continue
         p.add_argument("--seconds", type=float, default=60, help="fitting time")
         p.add_argument("--crop", type=int, default=256, help="crop side (0: whole image)")
