@@ -30,6 +30,11 @@ UPRIGHT = {
 }
 
 
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """The view of ``pixels`` that shows them upright, given their EXIF orientation."""
+    return UPRIGHT.get(int(orientation), lambda a: a)(pixels)
+
+
 def is_big(width: int, height: int) -> bool:
     """Whether an image of this size is read and written piece by piece."""
     return width * height > STREAM_PIXELS

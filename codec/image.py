@@ -242,7 +242,7 @@ def _deep_samples(img: Image.Image, source: str | bytes) -> np.ndarray:
         raise UnsupportedImageError(f"cannot read image: expected 16-bit samples, got "
                                     f"{samples.dtype} of shape {samples.shape}")
     orientation = img.getexif().get(ORIENTATION_TAG, 1)
-    return bigtiff.UPRIGHT.get(int(orientation), lambda a: a)(samples)
+    return bigtiff.upright(samples, orientation)
 
 
 def _from_pil(img: Image.Image, policy: Policy, source: str | bytes | None = None) -> Picture:
@@ -344,7 +344,7 @@ def _from_big_tiff(path: str | Path, policy: Policy) -> Picture | None:
                                         f"({type(exc).__name__}: {exc})") from None
         tags = page.tags
         orientation = tags.valueof(bigtiff.ORIENTATION_TAG, 1)
-        pixels = bigtiff.UPRIGHT.get(int(orientation), lambda a: a)(pixels)
+        pixels = bigtiff.upright(pixels, orientation)
         if dtype == np.uint16 and policy.depth != "keep":
             _refuse_or_warn(policy, "depth", "the image has 16-bit samples", "reduced to 8 bits")
             pixels = _reduced_in_bands(pixels)

@@ -157,7 +157,7 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
-        for i, index in enumerate(nb):  # the nearest four's residuals are features too
+        for i, index in enumerate(nb):  # signed residuals of the nearest (r2: all) are features
             signed = feats.take(res[ch], index) if i < signed_near else \
                 res[ch].take(index, mode="clip")
             np.abs(signed, out=act.next())
@@ -322,8 +322,7 @@ def _predict(feats: np.ndarray, frac: int, w: np.ndarray, bias: int, top: int
     lies at least a quarter away): the last two are r2's phase. ``feats`` (k + 1, n) ends
     with its row of ones."""
     n = feats.shape[1]
-    total = (w.astype(np.float64) @ feats[:-1]).astype(np.int64) + bias if len(w) else \
-        np.full(n, bias, np.int64)
+    total = _dot(w, feats[:-1]) + bias
     pred = np.clip((total + (1 << frac >> 1)) >> frac, 0, top)
     gap = total - (pred << frac)
     far = np.abs(gap) >= (1 << frac >> 2) if frac >= 2 else np.zeros(n, bool)
@@ -347,12 +346,12 @@ def _classes(act: np.ndarray, shift: int, ew: np.ndarray, ebias: int, far: np.nd
     return 2 * cls + (far & (cls < PHASE_CLASSES))
 
 
-def _apply(feats: np.ndarray, frac: int, w: np.ndarray, bias: int) -> np.ndarray:
-    """Integer linear map: (w . feats + bias) / 2**frac, rounded down from the half. The
-    float64 products and sums are of integers below 2**53, hence exact in any order."""
-    n = feats.shape[1]
-    total = (w.astype(np.float64) @ feats).astype(np.int64) if len(feats) else np.zeros(n, np.int64)
-    return (total + bias + (1 << frac >> 1)) >> frac
+def _dot(w: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    """Integer weights times integer feature rows (k, n), summed per sample. The float64
+    products and sums are of integers below 2**53, hence exact in any order."""
+    if not len(w):
+        return np.zeros(feats.shape[1], np.int64)
+    return (w.astype(np.float64) @ feats).astype(np.int64)
 
 
 class _Side:
@@ -471,7 +470,7 @@ def _fixed_est(coef: np.ndarray, rev: Revision) -> tuple[int, np.ndarray, int]:
 
 def _estimate(act: np.ndarray, shift: int, w: np.ndarray, bias: int) -> np.ndarray:
     """The activity estimate (w . features) * 2**shift + bias, in units of 2**-EST_FRAC."""
-    return (_apply(act[:-1], 0, w, 0) << shift) + bias
+    return (_dot(w, act[:-1]) << shift) + bias
 
 
 def _code_classes(coder: PacketEncoder, side: _Side, cls: np.ndarray, tok: np.ndarray,
@@ -488,8 +487,8 @@ def _code_classes(coder: PacketEncoder, side: _Side, cls: np.ndarray, tok: np.nd
         coder.encode(tok[inverse == i], tables.bank[j])
 
 
-def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables,
-                out: np.ndarray | None = None) -> np.ndarray:
+def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables
+                ) -> np.ndarray:
     """Decode a payload of :func:`encode_tile` into (H, W, C) samples."""
     coder = PacketDecoder(payload)
     side = _Side(dec=coder)

@@ -47,6 +47,10 @@ class Pass:
         keep = ((ys - self.oy) // self.step + (xs - self.ox) // self.step) % 2 == self.parity
         return ys[keep], xs[keep]
 
+    def count(self, height: int, width: int) -> int:
+        """How many positions of the whole grid (any parity) fall inside the tile."""
+        return -(-max(height - self.oy, 0) // self.step) * -(-max(width - self.ox, 0) // self.step)
+
     def neighbours(self, ys: np.ndarray, xs: np.ndarray, height: int, width: int
                    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """The known position standing for each offset of each sample."""
@@ -100,7 +104,7 @@ def passes(height: int, width: int, split_from: int | None = None) -> list[Pass]
             level = [half for p in level for half in (
                 (Pass(p.oy, p.ox, s, h, p.offsets, 0),
                  Pass(p.oy, p.ox, s, h, p.offsets[:4] + same + p.offsets[4:], 1))
-                if len(p.positions(height, width)[0]) >= split_from else (p,))]
+                if p.count(height, width) >= split_from else (p,))]
         out += level
         s = h
     return out
