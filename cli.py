@@ -32,7 +32,8 @@ from nicodec.codec.files import (ENCODED_SUFFIX, STDIO, Work, decode_file,
                                  read, set_threads, with_threads, write)
 from nicodec.codec.image import POLICIES
 from nicodec.codec.registry import (DEFAULT_MODEL, LOSSLESS_MODEL, MODELS, WeightsError,
-                                    available_models, check_effort, measured_rates, resolve_model)
+                                    available_models, check_effort, check_quality, measured_rates,
+                                    resolve_model)
 
 BAD_DATA = 1
 
@@ -128,10 +129,10 @@ def _cluster(_ctx, _param, value: str | None) -> str | None:
 
 def _check_quality(model: str, quality: int | None) -> None:
     """--quality must be one of the model's rate settings (None: its default)."""
-    qualities = MODELS[model].qualities
-    if quality is not None and quality not in qualities:
-        raise click.BadParameter(f"model {model} has qualities {list(qualities)}",
-                                 param_hint="--quality")
+    try:
+        check_quality(model, quality)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--quality") from None
 
 
 _BATCH_OPTIONS = [

@@ -251,19 +251,21 @@ def _with_suffix_beside(file: str, suffix: str) -> str:
 
 
 def check_outputs(files: Sequence[str], outs: Sequence[str], force: bool,
-                  existing: Iterable[str] | None = None, why: str = "") -> None:
+                  existing: Iterable[str], why: str = "") -> None:
     """Refuse a plan that would write over one of the inputs (even with ``force``: the same
     file, also through a symbolic or hard link) or over an existing file (without ``force``;
-    ``existing``: those outputs that exist, when already known; ``why``: said after them)."""
+    ``existing``: those outputs that exist, from :func:`output_sizes`; ``why``: said after
+    them). Only an existing output can be an input's file, so only those are looked up."""
+    found, names = set(existing), set(files)
     inputs = {_identity(f) for f in files if f != STDIO} - {None}
-    over_input = [o for o in outs if o != STDIO and (_identity(o) in inputs or o in files)]
+    over_input = [o for o in outs if o != STDIO and (o in names
+                                                     or (o in found and _identity(o) in inputs))]
     if over_input:
         raise PlanError(f"{', '.join(over_input)}: the output would replace an input "
                         "(refused even with --force); choose another output name")
-    found = set(existing if existing is not None else output_sizes(outs))
-    existing = [o for o in outs if o in found]
-    if existing and not force:
-        raise PlanError(f"{', '.join(existing)} {'exists' if len(existing) == 1 else 'exist'}"
+    present = [o for o in outs if o in found]
+    if present and not force:
+        raise PlanError(f"{', '.join(present)} {'exists' if len(present) == 1 else 'exist'}"
                         f"{why} (use --force to overwrite); nothing was written")
 
 
@@ -343,17 +345,18 @@ def _check_suffixes(outs: Sequence[str], decoding: bool) -> None:
     """An encode writes ``.nic`` files, not images; a decode writes images of a known format."""
     from PIL import Image
 
+    images, known = image_suffixes(), Image.registered_extensions()
     for target in outs:
-        suffix = PurePosixPath(target).suffix.lower()
         if target == STDIO:
             continue
-        if not decoding and suffix in image_suffixes():
+        suffix = PurePosixPath(target).suffix.lower()
+        if not decoding and suffix in images:
             raise PlanError(f"-o {target} names an image format; encode writes a nicodec file: "
                             f"give it the suffix {ENCODED_SUFFIX}")
         if decoding and suffix == ENCODED_SUFFIX:
             raise PlanError(f"-o {target}: decode writes an image (.png, .webp, ...), not a "
                             f"{ENCODED_SUFFIX} file")
-        if decoding and suffix not in Image.registered_extensions():
+        if decoding and suffix not in known:
             raise PlanError(f"-o {target}: cannot tell the image format from its suffix")
 
 
@@ -648,18 +651,23 @@ def run(files: Sequence[str], outs: Sequence[str], work: Work, *, jobs: int = 1,
 
 # ---- Python entries ------------------------------------------------------------------------
 
+def _is_bag(inputs: Any) -> bool:
+    """Whether ``inputs`` is a Dask bag (told without importing dask)."""
+    return type(inputs).__module__.startswith("dask.bag")
+
+
 def _paths(inputs: Any) -> list[str]:
     """A path, a list of paths or URLs, or a Dask bag of them (computed: the names only)."""
     if isinstance(inputs, (str, os.PathLike)):
         return [str(inputs)]
-    if type(inputs).__module__.startswith("dask.bag"):
+    if _is_bag(inputs):
         return [str(p) for p in inputs.compute()]
     return [str(p) for p in inputs]
 
 
 def _default_cluster(inputs: Any, cluster: Any) -> Any:
     """``cluster``, or for a Dask bag without one the Dask client in use (if any)."""
-    if cluster is not None or not type(inputs).__module__.startswith("dask.bag"):
+    if cluster is not None or not _is_bag(inputs):
         return cluster
     try:
         from distributed import default_client
@@ -697,11 +705,10 @@ def encode_collection(inputs: Any, output: str, *, model: str | None = None,
     Returns one :class:`FileReport` per input, in input order (``report.output`` is the
     written file, ``report.error`` why not); raises :class:`PlanError` before coding anything
     when the plan is unsafe, ``ValueError`` for settings the model lacks."""
-    from nicodec.codec.registry import MODELS, check_effort, resolve_model
+    from nicodec.codec.registry import check_effort, check_quality, resolve_model
 
     model = resolve_model(model, lossless)
-    if quality is not None and quality not in MODELS[model].qualities:
-        raise ValueError(f"model {model} has qualities {list(MODELS[model].qualities)}")
+    check_quality(model, quality)
     check_effort(model, effort)
     work = partial(with_threads, partial(
         encode_file, model=model, quality=quality, packets=packets, effort=effort, force=force,

@@ -28,7 +28,7 @@ import numpy as np
 
 from nicodec.bitstream.format import MAGIC, Family, check_pixels, parse_header
 from nicodec.codec import bigtiff
-from nicodec.codec.registry import MODELS
+from nicodec.codec.registry import info_by_id
 
 STDIO = "-"  # stdin as an input, stdout as an output
 ENCODED_SUFFIX = ".nic"
@@ -56,7 +56,8 @@ def looks_nicodec(head: bytes) -> bool:
 
 def model_name(model_id: int) -> str | None:
     """The name of the model a header's id stands for (None: not a shipped model)."""
-    return next((name for name, info in MODELS.items() if info.model_id == model_id), None)
+    info = info_by_id(model_id)
+    return info.name if info else None
 
 
 def read(source: str) -> bytes:

@@ -173,6 +173,13 @@ def resolve_model(name: str | None, lossless: bool = False) -> str:
     return name
 
 
+def check_quality(name: str, quality: int | None) -> None:
+    """A clear error when ``name`` has no quality ``quality`` (None: its default, always there)."""
+    qualities = model_info(name).qualities
+    if quality is not None and quality not in qualities:
+        raise ValueError(f"model {name} has qualities {list(qualities)}")
+
+
 def check_effort(name: str, effort: int) -> None:
     """A clear error when ``name`` has no effort level ``effort``."""
     efforts = model_info(name).efforts
