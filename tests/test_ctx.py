@@ -125,8 +125,31 @@ def test_the_bytes_do_not_depend_on_the_blas_thread_count(tables):
     coded = []
     for threads in (1, 2):
         with threadpool_limits(threads, user_api="blas"):
-            coded.append(encode_tile(image, 8, tables))
-    assert coded[0] == coded[1]
+            coded.append(encode_tile(image, 8, tables))  # threads from BLAS's limit
+            coded += [encode_tile(image, 8, tables, threads=t) for t in (1, 2)]
+    assert len(set(coded)) == 1
+    assert (decode_tile(coded[0], image.shape, 8, tables) == image).all()
+
+
+@pytest.mark.parametrize("failing_channel", [0, 2])
+def test_a_failing_step_on_either_thread_stops_the_encoder(monkeypatch, failing_channel):
+    """The two-thread encoder (the last channel on its own thread) raises the first error in
+    step order instead of hanging on a step that will never finish."""
+    from nicodec.models.ctx import coder
+
+    tables = registry.load_model("ctx-photo").net.tables
+    fit = coder._fit_step
+    seen = []
+
+    def failing(x, res, step, *rest):
+        seen.append(step[2])
+        if step[2] == failing_channel and seen.count(failing_channel) == 3:
+            raise MemoryError(f"channel {failing_channel}")
+        return fit(x, res, step, *rest)
+
+    monkeypatch.setattr(coder, "_fit_step", failing)
+    with pytest.raises(MemoryError, match=f"channel {failing_channel}"):
+        encode_tile(_photo_like(64, 64, 3), 8, tables, threads=2)
 
 
 def test_noise_and_extremes_round_trip(tables):

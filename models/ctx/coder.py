@@ -31,6 +31,8 @@ weights the fit's rows by the local activity.
 
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -284,16 +286,26 @@ def _fit_scaled(m: np.ndarray, target: np.ndarray, weight: np.ndarray,
 
 
 def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """The normal equations' solution (NaN to 0) on one BLAS thread: OpenBLAS's LU with two
-    threads rounds differently, and the reweighting rounds can carry that difference into a
-    sent weight, so a file's bytes would depend on ``--threads``."""
+    """The normal equations' solution (NaN to 0)."""
+    return np.nan_to_num(np.linalg.solve(gram, rhs))
+
+
+def _controller():
+    """threadpoolctl's controller of the process's thread pools, made on first use."""
     global _CONTROLLER
     if _CONTROLLER is None:
         from threadpoolctl import ThreadpoolController
 
         _CONTROLLER = ThreadpoolController()
-    with _CONTROLLER.limit(limits=1, user_api="blas"):
-        return np.nan_to_num(np.linalg.solve(gram, rhs))
+    return _CONTROLLER
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """BLAS limited to one thread while the context lasts: the encoder's fits run in it, as
+    OpenBLAS's LU and matrix-vector products on two threads round differently, and the
+    reweighting rounds can carry that difference into a sent weight (a file's bytes would
+    then depend on ``--threads``)."""
+    return _controller().limit(limits=1, user_api="blas")
 
 
 def _fixed(coef: np.ndarray, bits: int = PRED_BITS) -> tuple[int, np.ndarray, int]:
@@ -410,47 +422,128 @@ def _steps(height: int, width: int, order: list[int], rev: Revision
             yield at, nb, c, ch
 
 
-def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
-    """Code a (H, W, C) tile of ``depth``-bit samples (uint8 or uint16) into one payload."""
-    coder = PacketEncoder()
-    side = _Side(enc=coder)
+@dataclass
+class _Fitted:
+    """One step of the encoder, fitted and classified, waiting to be written."""
+
+    frac: int
+    w: np.ndarray
+    bias: int
+    bits: int  # sent bits of each prediction weight, less 2 (r2)
+    shift: int
+    ew: np.ndarray
+    ebias: int
+    cls: np.ndarray
+    tok: np.ndarray
+    nraw: np.ndarray
+    raw: np.ndarray
+
+
+def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | None = None
+                ) -> bytes:
+    """Code a (H, W, C) tile of ``depth``-bit samples (uint8 or uint16) into one payload.
+
+    With ``threads`` > 1 (None: as many as BLAS may use) and several channels, the last
+    channel's steps are fitted on a second thread: a step needs only its own channel's
+    earlier passes and the earlier channels of its pass, so that channel (the busiest: it sees
+    all the others) runs a pass behind the rest. The steps are written in order by this
+    thread, and BLAS runs on one thread throughout, so the bytes are the same for any
+    ``threads``."""
     rev = tables.revision
     height, width, channels = tile.shape
     x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.float64).reshape(channels, -1)
     res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
-    half = 1 << (depth - 1)
-    for at, nb, c, ch in _steps(height, width, order, rev):
-        feats, act = _features(x, res, c, order, at, nb, rev)
-        target = x[ch, at].astype(np.int64)
-        bits = _weight_bits(len(at), rev)
-        frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth),
-                                           rough=np.float32 if depth <= 8 else np.float64), bits)
-        pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
-        r = (target - pred + half) % (2 * half) - half
-        res[ch, at] = r
-        if rev.phase:
-            r = _flip(r, below, half)
-        u = np.where(r >= 0, 2 * r, -2 * r - 1)
-        shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)), rev)
-        cls = _classes(act, shift, ew, ebias, far, tables)
-        side.put([frac], 1)
-        if rev.scaled_weights:
-            side.put_bits(w, bits + 2)
-        else:
-            side.put(w, 2)
-        side.put([bias], 4)
-        if rev.scaled_weights:
-            side.put([shift], 1, signed=False)
-            side.put_bits(ew, EST_SIGNIFICANT + 2)
-        else:
-            side.put(ew, 2)
-        side.put([ebias], 4)
-        tok, nraw, raw = tokens(u)
-        _code_classes(coder, side, cls, tok, tables)
-        for k in np.unique(nraw[nraw > 0]):
-            coder.encode(raw[nraw == k], _uniform(int(k)))
+    steps = list(_steps(height, width, order, rev))
+    coder = PacketEncoder()
+    side = _Side(enc=coder)
+    with _one_blas_thread():
+        for fitted in _in_order(steps, lambda step: _fit_step(x, res, step, order, depth, tables),
+                                _lanes(channels, threads)):
+            _write_step(coder, side, fitted, tables)
     return coder.finish()
+
+
+def _fit_step(x: np.ndarray, res: np.ndarray, step: tuple, order: list[int], depth: int,
+              tables: Tables) -> _Fitted:
+    """Fit one step's predictor and activity estimate, and record its residuals in ``res``."""
+    at, nb, c, ch = step
+    rev = tables.revision
+    half = 1 << (depth - 1)
+    feats, act = _features(x, res, c, order, at, nb, rev)
+    target = x[ch, at].astype(np.int64)
+    bits = _weight_bits(len(at), rev)
+    frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth),
+                                       rough=np.float32 if depth <= 8 else np.float64), bits)
+    pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
+    r = (target - pred + half) % (2 * half) - half
+    res[ch, at] = r
+    if rev.phase:
+        r = _flip(r, below, half)
+    u = np.where(r >= 0, 2 * r, -2 * r - 1)
+    shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)), rev)
+    return _Fitted(frac, w, bias, bits, shift, ew, ebias,
+                   _classes(act, shift, ew, ebias, far, tables), *tokens(u))
+
+
+def _write_step(coder: PacketEncoder, side: _Side, f: _Fitted, tables: Tables) -> None:
+    """A fitted step's side information, then its tokens and raw bits."""
+    scaled = tables.revision.scaled_weights
+    side.put([f.frac], 1)
+    if scaled:
+        side.put_bits(f.w, f.bits + 2)
+    else:
+        side.put(f.w, 2)
+    side.put([f.bias], 4)
+    if scaled:
+        side.put([f.shift], 1, signed=False)
+        side.put_bits(f.ew, EST_SIGNIFICANT + 2)
+    else:
+        side.put(f.ew, 2)
+    side.put([f.ebias], 4)
+    _code_classes(coder, side, f.cls, f.tok, tables)
+    for k in np.unique(f.nraw[f.nraw > 0]):
+        coder.encode(f.raw[f.nraw == k], _uniform(int(k)))
+
+
+def _lanes(channels: int, threads: int | None) -> int:
+    """How many threads fit the steps: two when there are several channels and ``threads``
+    (None: BLAS's current limit) allows it."""
+    if threads is None:
+        threads = max((info["num_threads"] for info in _controller().select(user_api="blas").info()),
+                      default=1)
+    return 2 if threads > 1 and channels > 1 else 1
+
+
+def _in_order(steps: list, fit, lanes: int) -> Iterator:
+    """``fit(step)`` of every step, yielded in order. With two lanes, the last channel's steps
+    run on a second thread; a step first waits for the earlier channels of its pass (the steps
+    just before it), the only results it reads from the other lane."""
+    if lanes == 1:
+        for step in steps:
+            yield fit(step)
+        return
+    last = max(step[2] for step in steps)
+    done = [Future() for _ in steps]
+
+    def run(lane: list[int]) -> None:
+        for k in lane:
+            try:
+                for j in range(k - steps[k][2], k):
+                    done[j].result()
+                done[k].set_result(fit(steps[k]))
+            except BaseException as error:  # the waiting lane and the writer see it too
+                for j in lane[lane.index(k):]:
+                    done[j].set_exception(error)
+                return
+
+    lanes_of = [[k for k, step in enumerate(steps) if (step[2] == last) == second]
+                for second in (False, True)]
+    with ThreadPoolExecutor(2) as pool:
+        for lane in lanes_of:
+            pool.submit(run, lane)
+        for future in done:
+            yield future.result()
 
 
 def _fixed_est(coef: np.ndarray, rev: Revision) -> tuple[int, np.ndarray, int]:
