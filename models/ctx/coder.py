@@ -405,6 +405,11 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
         bits = _weight_bits(len(at), rev)
         frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth),
                                            rough=np.float32 if depth <= 8 else np.float64), bits)
+        coarse = np.zeros(len(w) + 1, np.int64)
+        if rev.coded_side:  # r3: each coefficient only as precise as its feature needs
+            coarse = coded.coarseness(feats)
+            w = coded.coarsen(w, coarse[:-1], min(32767, (1 << (bits + 1)) - 1))
+            bias = int(coded.coarsen(np.array([bias]), coarse[-1:], (1 << 31) - 1)[0])
         pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
         r = (target - pred + half) % (2 * half) - half
         res[ch, at] = r
@@ -413,7 +418,7 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
         u = np.where(r >= 0, 2 * r, -2 * r - 1)
         shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)), rev)
         cls = _classes(act, shift, ew, ebias, far, tables)
-        step = coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias)
+        step = coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse)
         if tables.collect_side is not None:
             tables.collect_side.append(step)
         if rev.coded_side:
@@ -498,7 +503,7 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
         if rev.coded_side:
             frac, w, bias, shift, ew, ebias = _get_coded(
                 coder, tables.side, kind, c, depth, _weight_bits(len(at), rev),
-                len(feats) - 1, len(act) - 1)
+                coded.coarseness(feats), len(act) - 1)
         else:
             frac, w, bias, shift, ew, ebias = _get_uniform(side, rev, len(at), len(feats) - 1,
                                                            len(act) - 1)
@@ -554,10 +559,11 @@ def _get_uniform(side: _Side, rev: Revision, samples: int, nw: int, ne: int
 
 
 def _get_coded(coder: PacketDecoder, model: coded.SideModel, kind: int, c: int, depth: int,
-               bits: int, nw: int, ne: int) -> tuple[int, np.ndarray, int, int, np.ndarray, int]:
+               bits: int, coarse: np.ndarray, ne: int
+               ) -> tuple[int, np.ndarray, int, int, np.ndarray, int]:
     """r3: a pass and channel's side information (``side.get_step``), checked against the
     ranges the encoder keeps them in (a damaged payload raises ValueError)."""
-    s = coded.get_step(coder, model, kind, c, depth, bits, nw, ne)
+    s = coded.get_step(coder, model, kind, c, depth, bits, coarse, ne)
     limit = min(32767, (1 << (bits + 1)) - 1)  # as _fixed clips them
     if not 0 <= s.frac <= 14 or not 0 <= s.shift <= EST_SHIFT_MAX \
             or np.abs(s.w).max(initial=0) > limit \

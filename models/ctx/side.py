@@ -38,6 +38,9 @@ K_MAX = 24  # the largest shift (keeps a damaged payload's values inside int64)
 LEVELS = TOP.bit_length() - 1  # levels of passes after the base grid (steps TOP .. 2)
 KINDS = 1 + LEVELS * 3 * 3 * 2  # the base pass; (level, D/A1/A2, parity, compact)
 EST_UNITS = 8  # fixed-point bits of the activity estimate (``coder.EST_FRAC``)
+COARSE_OFFSET = 1  # a coefficient's coarseness: half the octaves its feature's energy lies below
+# the largest, less this (measured: 0 and 2 worse)
+ENERGY_ROWS = 4096  # the samples (a regular subsample) a pass's feature energies are taken on
 # the categories, one learned token table each
 FRAC, SHIFT, WEIGHT, BIAS, ACTIVITY, ACTIVITY_BIAS, FIRST_PICK, PICK = range(8)
 CATEGORIES = 8
@@ -68,6 +71,7 @@ class StepSide:
     shift: int  # the activity weights' scale 2**shift
     ew: np.ndarray  # activity weights
     ebias: int
+    coarse: np.ndarray  # low bits of each prediction weight and of the bias that are zero
 
 
 @dataclass
@@ -95,20 +99,30 @@ class SideModel:
             raise ValueError("the side-information model is damaged")
         return cls(pred, act, default, tables)
 
+    @classmethod
+    def neutral(cls) -> SideModel:
+        """A model that knows nothing (every exponent 0, flat tables): what the coder runs
+        with while the training collects the side information to learn one from."""
+        empty = np.zeros((KINDS, 0, 0), np.int64)
+        flat = freqs_from_counts(np.ones(NTOK))
+        return cls(empty, empty, np.zeros(2, np.int64), np.tile(flat, (CATEGORIES, 1)))
+
     def to_tensors(self) -> dict[str, np.ndarray]:
         return {"side_pred": self.pred.astype(np.int8), "side_act": self.act.astype(np.int8),
                 "side_default": self.default.astype(np.int8),
                 "side_tables": self.tables.astype(np.int32)}
 
-    def layout(self, kind_: int, c: int, depth: int, frac: int, shift: int, nw: int, ne: int
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """(shift k, category) of each coefficient of a pass and channel: its ``nw``
-        prediction weights, their bias, its ``ne`` activity weights and their bias."""
+    def layout(self, kind_: int, c: int, depth: int, frac: int, shift: int, coarse: np.ndarray,
+               ne: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shift k, category) of each coefficient of a pass and channel: its prediction
+        weights and their bias (sent without their ``coarse`` zero bits), its ``ne`` activity
+        weights and their bias."""
+        nw = len(coarse) - 1
         ep = _exponents(self.pred, self.default[0], kind_, c, nw + 1)
         ea = _exponents(self.act, self.default[1], kind_, c, ne + 1)
         ep[-1] += depth - 8  # the biases are in sample units, the weights scale-free
         ea[-1] += depth - 8 + shift  # the activity bias is not scaled by 2**shift
-        k = np.concatenate([ep + frac, ea + EST_UNITS - shift]) - OFFSET
+        k = np.concatenate([ep + frac - coarse, ea + EST_UNITS - shift]) - OFFSET
         cat = np.repeat([WEIGHT, BIAS, ACTIVITY, ACTIVITY_BIAS], [nw, 1, ne, 1])
         return np.clip(k, 0, K_MAX), cat
 
@@ -188,21 +202,43 @@ def put_step(coder: PacketEncoder, model: SideModel, s: StepSide) -> None:
     """Send a pass and channel's shifts and coefficients."""
     _put(coder, np.array([s.frac - s.bits, s.shift]), np.zeros(2, np.int64),
          model.tables[[FRAC, SHIFT]])
-    k, cat = model.layout(s.kind, s.c, s.depth, s.frac, s.shift, len(s.w), len(s.ew))
-    _put(coder, np.concatenate([s.w, [s.bias], s.ew, [s.ebias]]), k, model.tables[cat])
+    k, cat = model.layout(s.kind, s.c, s.depth, s.frac, s.shift, s.coarse, len(s.ew))
+    _put(coder, np.concatenate([np.append(s.w, s.bias) >> s.coarse, s.ew, [s.ebias]]), k,
+         model.tables[cat])
 
 
 def get_step(coder: PacketDecoder, model: SideModel, kind_: int, c: int, depth: int, bits: int,
-             nw: int, ne: int) -> StepSide:
+             coarse: np.ndarray, ne: int) -> StepSide:
     """Inverse of :func:`put_step` given what the decoder knows: the pass's kind, the channel,
-    the depth, the weights' bit count and how many weights of each there are. The values are
-    not checked here (the coder knows their ranges)."""
+    the depth, the weights' bit count, their coarseness and how many activity weights there
+    are. The values are not checked here (the coder knows their ranges)."""
     frac, shift = _get(coder, np.zeros(2, np.int64), model.tables[[FRAC, SHIFT]])
     frac, shift = int(frac) + bits, int(shift)
-    k, cat = model.layout(kind_, c, depth, frac, shift, nw, ne)
+    k, cat = model.layout(kind_, c, depth, frac, shift, coarse, ne)
     v = _get(coder, k, model.tables[cat])
-    return StepSide(kind_, c, depth, bits, frac, v[:nw], int(v[nw]), shift, v[nw + 1:-1],
-                    int(v[-1]))
+    nw = len(coarse) - 1
+    pred = v[:nw + 1] << coarse
+    return StepSide(kind_, c, depth, bits, frac, pred[:nw], int(pred[nw]), shift, v[nw + 1:-1],
+                    int(v[-1]), coarse)
+
+
+def coarseness(feats: np.ndarray) -> np.ndarray:
+    """How many low bits of each prediction weight and of the bias are left zero (each is
+    sent as its multiple of 2**coarse): a coefficient's rounding error costs in proportion to
+    its feature's energy (sum of squares), so its rounding step may grow as the square root of
+    the largest energy over its own. ``feats`` (k + 1, n): the pass's features (integers), the
+    bias's ones last. Integer arithmetic on a regular subsample, the same for both sides."""
+    f = feats[:, :: max(1, feats.shape[1] // ENERGY_ROWS)].astype(np.int64)
+    energy = np.einsum("kn,kn->k", f, f)  # below 2**53: exact as float64 too
+    octaves = np.frexp(energy.astype(np.float64))[1]
+    return np.maximum(0, (octaves.max(initial=0) - octaves) // 2 - COARSE_OFFSET)
+
+
+def coarsen(w: np.ndarray, coarse: np.ndarray, limit: int) -> np.ndarray:
+    """Coefficients rounded to multiples of 2**coarse, inside -limit..limit."""
+    step = 1 << coarse
+    top = limit // step * step
+    return np.clip(np.rint(w / step) * step, -top, top).astype(np.int64)
 
 
 def choose_picks(cost: np.ndarray, model: SideModel) -> np.ndarray:
@@ -252,8 +288,9 @@ def learn(steps: list[StepSide], picks: list[np.ndarray]) -> SideModel:
     model = SideModel(exps[0], exps[1], default, np.zeros((CATEGORIES, NTOK), np.int64))
     hist = np.zeros((CATEGORIES, NTOK))
     for s in steps:
-        k, cat = model.layout(s.kind, s.c, s.depth, s.frac, s.shift, len(s.w), len(s.ew))
-        values = np.concatenate([[s.frac - s.bits, s.shift], s.w, [s.bias], s.ew, [s.ebias]])
+        k, cat = model.layout(s.kind, s.c, s.depth, s.frac, s.shift, s.coarse, len(s.ew))
+        values = np.concatenate([[s.frac - s.bits, s.shift], np.append(s.w, s.bias) >> s.coarse,
+                                 s.ew, [s.ebias]])
         np.add.at(hist, (np.concatenate([[FRAC, SHIFT], cat]),
                          tokens(_zigzag(values) >> np.concatenate([[0, 0], k]))[0]), 1)
     for p in picks:

@@ -15,7 +15,6 @@ fitted per image: that is the coder's job.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +84,9 @@ def main() -> None:
     args = parser.parse_args()
     edges = class_edges()
     rev = REVISIONS[args.revision]
-    # the side information's values do not depend on how they are sent: collect them uniform
-    tables = Tables(geometric_bank(), edges, replace(rev, coded_side=False), collect=[],
+    # r3: the side information's values do not depend on the model they are sent with
+    tables = Tables(geometric_bank(), edges, rev, collect=[],
+                    side=side.SideModel.neutral() if rev.coded_side else None,
                     collect_side=[] if rev.coded_side else None)
     paths = sorted(args.images.rglob("*.png"))
     for path in paths:
