@@ -106,7 +106,8 @@ def main() -> None:
         bank = bank[np.argsort((bank * np.arange(NTOK)).sum(1), kind="stable")]
         cost = PRECISION - np.log2(bank)
         picks = [(h @ cost.T).argmin(1) for h in steps]
-        tensors = {"bank": bank, "edges": edges} | side.learn(tables.collect_side, picks).to_tensors()
+        tensors = {"bank": bank, "edges": edges}
+        tensors |= side.learn(tables.collect_side, picks).to_tensors()
     if args.revision > 1:  # r1's files have no revision tensor
         tensors["revision"] = np.array([args.revision], np.int32)
     save_file(tensors, str(args.out),
