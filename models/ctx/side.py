@@ -40,7 +40,7 @@ KINDS = 1 + LEVELS * 3 * 3 * 2  # the base pass; (level, D/A1/A2, parity, compac
 EST_UNITS = 8  # fixed-point bits of the activity estimate (``coder.EST_FRAC``)
 COARSE_OFFSET = 1  # a coefficient's coarseness: half the octaves its feature's energy lies below
 # the largest, less this (measured: 0 and 2 worse)
-ENERGY_ROWS = 4096  # the samples (a regular subsample) a pass's feature energies are taken on
+ENERGY_ROWS = 1024  # the samples (a regular subsample) a pass's feature energies are taken on
 # the categories, one learned token table each
 FRAC, SHIFT, WEIGHT, BIAS, ACTIVITY, ACTIVITY_BIAS, FIRST_PICK, PICK = range(8)
 CATEGORIES = 8
@@ -227,10 +227,12 @@ def coarseness(feats: np.ndarray) -> np.ndarray:
     sent as its multiple of 2**coarse): a coefficient's rounding error costs in proportion to
     its feature's energy (sum of squares), so its rounding step may grow as the square root of
     the largest energy over its own. ``feats`` (k + 1, n): the pass's features (integers), the
-    bias's ones last. Integer arithmetic on a regular subsample, the same for both sides."""
-    f = feats[:, :: max(1, feats.shape[1] // ENERGY_ROWS)].astype(np.int64)
-    energy = np.einsum("kn,kn->k", f, f)  # below 2**53: exact as float64 too
-    octaves = np.frexp(energy.astype(np.float64))[1]
+    bias's ones last. On a regular subsample, the same for both sides."""
+    f = feats[:, :: max(1, feats.shape[1] // ENERGY_ROWS)]
+    # squares below 2**36 (features of 16-bit samples are below 2**18), fewer than 2**13 of
+    # them: every partial sum is an integer below 2**53, exact in float64 in any order
+    energy = np.einsum("kn,kn->k", f, f)
+    octaves = np.frexp(energy)[1]
     return np.maximum(0, (octaves.max(initial=0) - octaves) // 2 - COARSE_OFFSET)
 
 
