@@ -15,8 +15,9 @@ sees the channels coded before it at the same pixel):
    sent); u is coded as a hybrid token (u < 16 itself, else its exponent and top mantissa
    bit) with that table, in one coder call per class, and the low bits of large u raw.
 
-Side information goes through the same range coder with uniform tables. The decoder computes
-every feature and class from samples it already has, so it decodes a whole pass per call.
+Side information goes through the same range coder, with uniform tables (r1, r2) or with the
+weight file's learned model (r3, ``side.py``). The decoder computes every feature and class
+from samples it already has, so it decodes a whole pass per call.
 
 The weight file names the coder revision (:class:`Revision`; a file without one is r1). r2
 predicts from the signed residuals of all neighbours and from the earlier channels at all
@@ -26,7 +27,9 @@ the residual's sign is flipped where the exact prediction lay below the rounded 
 tables see one skew, not two mirrored ones), and the quiet classes are split by whether it
 lay a quarter or more away. It also codes each big pass of the finest level in two halves,
 the second seeing the first's samples and residuals next to it (``levels.passes``). Its encoder
-weights the fit's rows by the local activity.
+weights the fit's rows by the local activity. r3 entropy-codes the side information with a
+learned model and rounds each prediction weight only as finely as its feature's energy needs
+(``side.py``).
 """
 
 from __future__ import annotations
