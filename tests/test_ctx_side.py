@@ -187,3 +187,28 @@ def test_an_r3_weight_file_holds_its_side_model(r3_tables, tmp_path):
         save_file(broken, str(tmp_path / "broken.safetensors"))
         with pytest.raises(ValueError, match="side-information model"):
             load_weights(str(tmp_path / "broken.safetensors"))
+
+
+@pytest.mark.parametrize("keep_bank", [False, True])
+def test_training_an_r3_file_learns_its_side_model(tmp_path, monkeypatch, keep_bank):
+    """``train.py --revision 3`` on a few photos (a small bank, or the shipped one kept with
+    ``--bank-from``): a bank sorted narrow to broad and a side model that codes exactly."""
+    from PIL import Image
+
+    from nicodec.models.ctx import train
+
+    for seed in range(2):
+        Image.fromarray(_image(40, 56, 3, seed=seed)).save(tmp_path / f"{seed}.png")
+    out = tmp_path / "r3.safetensors"
+    args = ["--images", str(tmp_path), "--revision", "3", "--tables", "6", "--stretched", "1",
+            "--out", str(out)]
+    if keep_bank:
+        args += ["--bank-from", str(registry.WEIGHTS_DIR / "ctx-photo.safetensors")]
+    monkeypatch.setattr("sys.argv", ["train", *args])
+    train.main()
+    tables = load_weights(str(out))[0].tables
+    assert tables.revision == R3 and len(tables.bank) == (256 if keep_bank else 14)
+    spread = (tables.bank * np.arange(NTOK)).sum(1)
+    assert (np.diff(spread) >= 0).all()
+    image = _image(33, 47, 3, seed=5)
+    assert (decode_tile(encode_tile(image, 8, tables), image.shape, 8, tables) == image).all()
