@@ -6,7 +6,8 @@ them in uniform bits).
 magnitude in real units (a weight near 0.3 or near 0.01), but the fixed-point scale it is sent
 in changes from pass to pass. The weight file holds, for every (pass kind, channel position,
 coefficient), the base-2 logarithm of the coefficient's mean magnitude on the training photos
-(in 8-bit sample units; ``exponents``). A coefficient ``v`` is sent as its zigzag ``u``
+(in 8-bit sample units; ``SideModel.pred``, ``act``). A coefficient ``v`` is sent as its
+zigzag ``u``
 shifted down by ``k`` (that logarithm moved into the coefficient's fixed-point units, less
 ``OFFSET``): the hybrid token of ``u >> k`` (``tokens.py``, 72 tokens reach 2**32) with its
 category's learned table, then the token's raw bits and the ``k`` bits below, uniform. The
@@ -19,7 +20,13 @@ and the classes of a pass are in the order of their activity, so neighbouring cl
 nearby tables: the first index is sent as is, the others as differences from the one before,
 each with a learned table. The encoder picks every class's table with that cost counted.
 
-Everything the decoder computes here is integer arithmetic.
+**Coarseness.** A prediction weight's rounding error costs in proportion to its feature's
+energy, so each weight (and the bias) is rounded to a multiple of a power of 2 that grows as
+the feature's energy falls below the pass's largest (``coarseness``, from the pass's features,
+which the decoder has before it reads the weights), and sent without those zero bits.
+
+Everything the decoder computes here is integer arithmetic (the energies are sums of integers,
+exact in float64).
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ artefacts would teach the wrong statistics), collecting the token histogram of e
 class of every pass and channel. The histograms are clustered into ``--tables`` tables that
 minimise their total code length (k-means under cross-entropy), and each of the broadest is
 also stretched by 2**1..2**8 (the same shape at the scales of 9- to 16-bit samples, which the
-8-bit photos do not reach). r1 was ``--revision 1 --tables 128 --stretched 16``; r2 (the
-default) learns 192 tables and stretches the 8 broadest. For r3 the bank is sorted from the
-narrowest table to the broadest, and the model of the side information (``side.py``) is learned
-from the same run: every pass's coefficients and the tables the classes pick. Nothing here is
-fitted per image: that is the coder's job.
+8-bit photos do not reach). r1 was ``--revision 1 --tables 128 --stretched 16``; r2 and r3 (the
+default: the newest revision) learn 192 tables and stretch the 8 broadest. For r3 the bank is
+sorted from the narrowest table to the broadest, and the model of the side information
+(``side.py``) is learned from the same run: every pass's coefficients and the tables the
+classes pick. Nothing here is fitted per image: that is the coder's job.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def main() -> None:
     for path in paths:
         img = np.asarray(Image.open(path).convert("RGB"))[: args.crop, : args.crop]
         encode_tile(img, 8, tables)
-    steps = [h.astype(np.float64) for h in tables.collect]
-    hists = np.concatenate(steps)
+    per_step = [h.astype(np.float64) for h in tables.collect]
+    hists = np.concatenate(per_step)
     if args.bank_from:
         bank = load_file(str(args.bank_from))["bank"]
     else:
@@ -105,7 +105,7 @@ def main() -> None:
     if rev.coded_side:  # narrow to broad, so neighbouring classes pick nearby indices
         bank = bank[np.argsort((bank * np.arange(NTOK)).sum(1), kind="stable")]
         cost = PRECISION - np.log2(bank)
-        picks = [(h @ cost.T).argmin(1) for h in steps]
+        picks = [(h @ cost.T).argmin(1) for h in per_step]
         tensors = {"bank": bank, "edges": edges}
         tensors |= side.learn(tables.collect_side, picks).to_tensors()
     if args.revision > 1:  # r1's files have no revision tensor
