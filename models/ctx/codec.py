@@ -17,6 +17,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from nicodec.models.ctx.coder import REVISIONS, Tables, decode_tile, encode_tile
+from nicodec.models.ctx.side import SideModel
 
 TILE = 1024
 
@@ -68,7 +69,7 @@ class ContextNet:
 
 def load_weights(path: str) -> tuple[ContextNet, None]:
     """The table bank, class ladder and coder revision of a weight file (``train.py``; a file
-    without a ``revision`` tensor is r1, the first)."""
+    without a ``revision`` tensor is r1, the first), and r3's side-information model."""
     tensors = load_file(path)
     bank, edges = tensors["bank"].astype(np.int64), tensors["edges"].astype(np.int64)
     if bank.ndim != 2 or not 1 <= len(bank) <= 256 or (bank < 1).any() \
@@ -77,4 +78,6 @@ def load_weights(path: str) -> tuple[ContextNet, None]:
     revision = int(tensors["revision"][0]) if "revision" in tensors else 1
     if revision not in REVISIONS:
         raise ValueError(f"coder revision {revision} is not known to this version")
-    return ContextNet(Tables(bank, edges, REVISIONS[revision])), None
+    rev = REVISIONS[revision]
+    side = SideModel.from_tensors(tensors) if rev.coded_side else None
+    return ContextNet(Tables(bank, edges, rev, side=side)), None

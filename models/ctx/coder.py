@@ -15,8 +15,9 @@ sees the channels coded before it at the same pixel):
    sent); u is coded as a hybrid token (u < 16 itself, else its exponent and top mantissa
    bit) with that table, in one coder call per class, and the low bits of large u raw.
 
-Side information goes through the same range coder with uniform tables. The decoder computes
-every feature and class from samples it already has, so it decodes a whole pass per call.
+Side information goes through the same range coder, with uniform tables (r1, r2) or with the
+weight file's learned model (r3, ``side.py``). The decoder computes every feature and class
+from samples it already has, so it decodes a whole pass per call.
 
 The weight file names the coder revision (:class:`Revision`; a file without one is r1). r2
 predicts from the signed residuals of all neighbours and from the earlier channels at all
@@ -26,22 +27,26 @@ the residual's sign is flipped where the exact prediction lay below the rounded 
 tables see one skew, not two mirrored ones), and the quiet classes are split by whether it
 lay a quarter or more away. It also codes each big pass of the finest level in two halves,
 the second seeing the first's samples and residuals next to it (``levels.passes``). Its encoder
-weights the fit's rows by the local activity.
+weights the fit's rows by the local activity. r3 entropy-codes the side information with a
+learned model and rounds each prediction weight only as finely as its feature's energy needs
+(``side.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
 
 from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
+from nicodec.models.ctx import side as coded
 from nicodec.models.ctx.levels import passes
+from nicodec.models.ctx.tokens import raw_bits, tokens, untoken
+from nicodec.models.ctx.tokens import uniform as _uniform
 
-SPLIT = 16  # hybrid tokens: values below are their own token
 NTOK = 40  # tokens of 16-bit samples: 16 + 2 per octave from 2**4 to 2**15
 EST_FRAC = 8  # fixed-point bits of the activity weights
 LS_ROWS = 100_000  # samples the encoder's last least-squares fit looks at (a regular subsample)
@@ -56,37 +61,7 @@ EST_SHIFT_MAX = 24  # r2: the largest scale 2**shift of the activity weights
 PHASE_CLASSES = 8  # r2: classes below this (expected |residual| under 1.5) split by phase
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
 # and 32 measured worse
-_UNIFORM: dict[int, np.ndarray] = {}  # uniform tables by bit count
 _CONTROLLER = None  # threadpoolctl's, made on the first solve
-
-
-def tokens(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(token, raw bit count, raw value) of non-negative integers below 2**16."""
-    u = u.astype(np.int64)
-    n = np.frexp(np.maximum(u, 1).astype(np.float64))[1].astype(np.int64) - 1  # floor(log2 u)
-    big = u >= SPLIT
-    nraw = np.where(big, n - 1, 0)
-    tok = np.where(big, SPLIT + (n - 4) * 2 + ((u >> np.maximum(n - 1, 0)) & 1), u)
-    return tok, nraw, u & ((1 << nraw) - 1)
-
-
-def untoken(tok: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`tokens` given the token and its raw value."""
-    n = (tok - SPLIT) // 2 + 4
-    big = tok >= SPLIT
-    top = (1 << np.where(big, n, 0)) | (((tok - SPLIT) & 1) << np.maximum(n - 1, 0))
-    return np.where(big, top | raw, tok)
-
-
-def raw_bits(tok: np.ndarray) -> np.ndarray:
-    """Raw bit count of each token."""
-    return np.where(tok >= SPLIT, (tok - SPLIT) // 2 + 3, 0)
-
-
-def _uniform(bits: int) -> np.ndarray:
-    if bits not in _UNIFORM:
-        _UNIFORM[bits] = np.full(1 << bits, 1 << (PRECISION - bits), np.int64)
-    return _UNIFORM[bits]
 
 
 def directional(f: list[np.ndarray]) -> list[np.ndarray]:
@@ -119,13 +94,16 @@ class Revision:
     # 1/(mean activity feature + ACTIVITY_FLOOR), nearer each sample's share of the code length
     split_finest: bool  # the finest level's passes of at least SPLIT_FROM samples in two halves
     # (``levels.passes``; splitting smaller ones, or those of the next level, measured worse)
+    coded_side: bool = False  # r3: the side information entropy-coded with the weight file's
+    # learned model (``side.py``; r1, r2: uniform bits)
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
               activity_rows=False, split_finest=False)
 R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=True,
               activity_rows=True, split_finest=True)
-REVISIONS = {1: R1, 2: R2}
+R3 = replace(R2, coded_side=True)
+REVISIONS = {1: R1, 2: R2, 3: R3}
 
 
 @dataclass
@@ -136,6 +114,8 @@ class Tables:
     edges: np.ndarray  # (classes - 1,) int64 thresholds of the fixed-point activity estimate
     revision: Revision = R1
     collect: list | None = field(default=None)  # training: per-class token histograms
+    side: coded.SideModel | None = None  # r3: the side information's model
+    collect_side: list | None = field(default=None)  # training: every step's side information
 
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
@@ -409,30 +389,26 @@ def _order(channels: int) -> list[int]:
 
 
 def _steps(height: int, width: int, order: list[int], rev: Revision
-           ) -> Iterator[tuple[np.ndarray, list[np.ndarray], int, int]]:
+           ) -> Iterator[tuple[np.ndarray, list[np.ndarray], int, int, int]]:
     """The coding steps of a tile, in order: (flat positions of a pass, their neighbours' flat
-    positions, index in the channel order, channel), the same for the encoder and the decoder."""
+    positions, index in the channel order, channel, the pass's kind for r3's side information),
+    the same for the encoder and the decoder."""
     for p in passes(height, width, SPLIT_FROM if rev.split_finest else None):
         ys, xs = p.positions(height, width)
         if not len(ys):
             continue
         at = ys * width + xs
         nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
+        kind = coded.kind(p, len(at) < COMPACT_BELOW)
         for c, ch in enumerate(order):
-            yield at, nb, c, ch
+            yield at, nb, c, ch, kind
 
 
 @dataclass
 class _Fitted:
     """One step of the encoder, fitted and classified, waiting to be written."""
 
-    frac: int
-    w: np.ndarray
-    bias: int
-    bits: int  # sent bits of each prediction weight, less 2 (r2)
-    shift: int
-    ew: np.ndarray
-    ebias: int
+    side: coded.StepSide  # the pass and channel's shifts and coefficients
     cls: np.ndarray
     tok: np.ndarray
     nraw: np.ndarray
@@ -467,7 +443,7 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
 def _fit_step(x: np.ndarray, res: np.ndarray, step: tuple, order: list[int], depth: int,
               tables: Tables) -> _Fitted:
     """Fit one step's predictor and activity estimate, and record its residuals in ``res``."""
-    at, nb, c, ch = step
+    at, nb, c, ch, kind = step
     rev = tables.revision
     half = 1 << (depth - 1)
     feats, act = _features(x, res, c, order, at, nb, rev)
@@ -475,6 +451,11 @@ def _fit_step(x: np.ndarray, res: np.ndarray, step: tuple, order: list[int], dep
     bits = _weight_bits(len(at), rev)
     frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth),
                                        rough=np.float32 if depth <= 8 else np.float64), bits)
+    coarse = np.zeros(len(w) + 1, np.int64)
+    if rev.coded_side:  # r3: each coefficient only as precise as its feature needs
+        coarse = coded.coarseness(feats)
+        w = coded.coarsen(w, coarse[:-1], min(32767, (1 << (bits + 1)) - 1))
+        bias = int(coded.coarsen(np.array([bias]), coarse[-1:], (1 << 31) - 1)[0])
     pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
     r = (target - pred + half) % (2 * half) - half
     res[ch, at] = r
@@ -482,25 +463,18 @@ def _fit_step(x: np.ndarray, res: np.ndarray, step: tuple, order: list[int], dep
         r = _flip(r, below, half)
     u = np.where(r >= 0, 2 * r, -2 * r - 1)
     shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)), rev)
-    return _Fitted(frac, w, bias, bits, shift, ew, ebias,
+    return _Fitted(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
                    _classes(act, shift, ew, ebias, far, tables), *tokens(u))
 
 
 def _write_step(coder: PacketEncoder, side: _Side, f: _Fitted, tables: Tables) -> None:
     """A fitted step's side information, then its tokens and raw bits."""
-    scaled = tables.revision.scaled_weights
-    side.put([f.frac], 1)
-    if scaled:
-        side.put_bits(f.w, f.bits + 2)
+    if tables.collect_side is not None:
+        tables.collect_side.append(f.side)
+    if tables.revision.coded_side:
+        coded.put_step(coder, tables.side, f.side)
     else:
-        side.put(f.w, 2)
-    side.put([f.bias], 4)
-    if scaled:
-        side.put([f.shift], 1, signed=False)
-        side.put_bits(f.ew, EST_SIGNIFICANT + 2)
-    else:
-        side.put(f.ew, 2)
-    side.put([f.ebias], 4)
+        _put_uniform(side, tables.revision, f.side)
     _code_classes(coder, side, f.cls, f.tok, tables)
     for k in np.unique(f.nraw[f.nraw > 0]):
         coder.encode(f.raw[f.nraw == k], _uniform(int(k)))
@@ -546,6 +520,23 @@ def _in_order(steps: list, fit, lanes: int) -> Iterator:
             yield future.result()
 
 
+def _put_uniform(side: _Side, rev: Revision, s: coded.StepSide) -> None:
+    """r1's and r2's side information: a pass and channel's shifts and coefficients in
+    uniform bits."""
+    side.put([s.frac], 1)
+    if rev.scaled_weights:
+        side.put_bits(s.w, s.bits + 2)
+    else:
+        side.put(s.w, 2)
+    side.put([s.bias], 4)
+    if rev.scaled_weights:
+        side.put([s.shift], 1, signed=False)
+        side.put_bits(s.ew, EST_SIGNIFICANT + 2)
+    else:
+        side.put(s.ew, 2)
+    side.put([s.ebias], 4)
+
+
 def _fixed_est(coef: np.ndarray, rev: Revision) -> tuple[int, np.ndarray, int]:
     """(shift, weights, bias) of the activity estimate, in units of 2**-EST_FRAC (the estimate
     is compared with ``edges``, which are in the same units). r1: int16 weights, shift 0; r2:
@@ -574,8 +565,12 @@ def _code_classes(coder: PacketEncoder, side: _Side, cls: np.ndarray, tok: np.nd
     if tables.collect is not None:
         tables.collect.append(hist)
     cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
-    pick = cost.argmin(1)
-    side.put(pick, 1, signed=False)
+    if tables.revision.coded_side:
+        pick = coded.choose_picks(cost, tables.side)
+        coded.put_picks(coder, tables.side, pick)
+    else:
+        pick = cost.argmin(1)
+        side.put(pick, 1, signed=False)
     for i, j in enumerate(pick):
         coder.encode(tok[inverse == i], tables.bank[j])
 
@@ -591,30 +586,23 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     res = np.zeros_like(x)
     order = _order(channels)
     half = 1 << (depth - 1)
-    for at, nb, c, ch in _steps(height, width, order, rev):
+    for at, nb, c, ch, kind in _steps(height, width, order, rev):
         feats, act = _features(x, res, c, order, at, nb, rev)
-        frac = int(side.get(1, 1)[0])
-        if not 0 <= frac <= 14:
-            raise ValueError("bad fixed-point shift")
-        if rev.scaled_weights:
-            w = side.get_bits(len(feats) - 1, _weight_bits(len(at), rev) + 2)
+        if rev.coded_side:
+            frac, w, bias, shift, ew, ebias = _get_coded(
+                coder, tables.side, kind, c, depth, _weight_bits(len(at), rev),
+                coded.coarseness(feats), len(act) - 1)
         else:
-            w = side.get(len(feats) - 1, 2)
-        bias = int(side.get(1, 4)[0])
-        shift = 0
-        if rev.scaled_weights:
-            shift = int(side.get(1, 1, signed=False)[0])
-            if shift > EST_SHIFT_MAX:
-                raise ValueError("bad activity scale")
-            ew = side.get_bits(len(act) - 1, EST_SIGNIFICANT + 2)
-        else:
-            ew = side.get(len(act) - 1, 2)
-        ebias = int(side.get(1, 4)[0])
+            frac, w, bias, shift, ew, ebias = _get_uniform(side, rev, len(at), len(feats) - 1,
+                                                           len(act) - 1)
         pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
         cls = _classes(act, shift, ew, ebias, far, tables)
         used, inverse = np.unique(cls, return_inverse=True)
-        pick = side.get(len(used), 1, signed=False)
-        if (pick >= len(tables.bank)).any():
+        if rev.coded_side:
+            pick = coded.get_picks(coder, tables.side, len(used))
+        else:
+            pick = side.get(len(used), 1, signed=False)
+        if ((pick < 0) | (pick >= len(tables.bank))).any():
             raise ValueError("table index out of range")
         tok = np.zeros(len(at), np.int64)
         for i, j in enumerate(pick):
@@ -632,3 +620,42 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
         x[ch, at] = (pred + r) % (2 * half)
         res[ch, at] = r
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
+
+
+def _get_uniform(side: _Side, rev: Revision, samples: int, nw: int, ne: int
+                 ) -> tuple[int, np.ndarray, int, int, np.ndarray, int]:
+    """Inverse of :func:`_put_uniform`: (frac, weights, bias, shift, activity weights, activity
+    bias) of a pass of ``samples`` samples with ``nw`` and ``ne`` weights."""
+    frac = int(side.get(1, 1)[0])
+    if not 0 <= frac <= 14:
+        raise ValueError("bad fixed-point shift")
+    if rev.scaled_weights:
+        w = side.get_bits(nw, _weight_bits(samples, rev) + 2)
+    else:
+        w = side.get(nw, 2)
+    bias = int(side.get(1, 4)[0])
+    shift = 0
+    if rev.scaled_weights:
+        shift = int(side.get(1, 1, signed=False)[0])
+        if shift > EST_SHIFT_MAX:
+            raise ValueError("bad activity scale")
+        ew = side.get_bits(ne, EST_SIGNIFICANT + 2)
+    else:
+        ew = side.get(ne, 2)
+    ebias = int(side.get(1, 4)[0])
+    return frac, w, bias, shift, ew, ebias
+
+
+def _get_coded(coder: PacketDecoder, model: coded.SideModel, kind: int, c: int, depth: int,
+               bits: int, coarse: np.ndarray, ne: int
+               ) -> tuple[int, np.ndarray, int, int, np.ndarray, int]:
+    """r3: a pass and channel's side information (``side.get_step``), checked against the
+    ranges the encoder keeps them in (a damaged payload raises ValueError)."""
+    s = coded.get_step(coder, model, kind, c, depth, bits, coarse, ne)
+    limit = min(32767, (1 << (bits + 1)) - 1)  # as _fixed clips them
+    if not 0 <= s.frac <= 14 or not 0 <= s.shift <= EST_SHIFT_MAX \
+            or np.abs(s.w).max(initial=0) > limit \
+            or np.abs(s.ew).max(initial=0) > 1 << EST_SIGNIFICANT \
+            or max(abs(s.bias), abs(s.ebias)) >= 1 << 31:
+        raise ValueError("bad side information")
+    return s.frac, s.w, s.bias, s.shift, s.ew, s.ebias

@@ -5,8 +5,11 @@ artefacts would teach the wrong statistics), collecting the token histogram of e
 class of every pass and channel. The histograms are clustered into ``--tables`` tables that
 minimise their total code length (k-means under cross-entropy), and each of the broadest is
 also stretched by 2**1..2**8 (the same shape at the scales of 9- to 16-bit samples, which the
-8-bit photos do not reach). r1 was ``--revision 1 --tables 128 --stretched 16``; r2 (the
-default) learns 192 tables and stretches the 8 broadest. Nothing here is fitted per image: that is the coder's job.
+8-bit photos do not reach). r1 was ``--revision 1 --tables 128 --stretched 16``; r2 and r3 (the
+default: the newest revision) learn 192 tables and stretch the 8 broadest. For r3 the bank is
+sorted from the narrowest table to the broadest, and the model of the side information
+(``side.py``) is learned from the same run: every pass's coefficients and the tables the
+classes pick. Nothing here is fitted per image: that is the coder's job.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
-from nicodec.bitstream.entropy import freqs_from_counts
+from nicodec.bitstream.entropy import PRECISION, freqs_from_counts
+from nicodec.models.ctx import side
 from nicodec.models.ctx.coder import NTOK, REVISIONS, Tables, encode_tile, tokens
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
@@ -74,20 +78,36 @@ def main() -> None:
     parser.add_argument("--stretched", type=int, default=8, help="broadest tables stretched")
     parser.add_argument("--revision", type=int, choices=sorted(REVISIONS), default=max(REVISIONS),
                         help="the coder revision the bank is for (written into the file)")
+    parser.add_argument("--bank-from", type=Path, default=None,
+                        help="keep this weight file's bank (r3: learn only the side information)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     edges = class_edges()
-    tables = Tables(geometric_bank(), edges, REVISIONS[args.revision], collect=[])
+    rev = REVISIONS[args.revision]
+    # r3: the side information's values do not depend on the model they are sent with
+    tables = Tables(geometric_bank(), edges, rev, collect=[],
+                    side=side.SideModel.neutral() if rev.coded_side else None,
+                    collect_side=[] if rev.coded_side else None)
     paths = sorted(args.images.rglob("*.png"))
     for path in paths:
         img = np.asarray(Image.open(path).convert("RGB"))[: args.crop, : args.crop]
         encode_tile(img, 8, tables)
-    hists = np.concatenate(tables.collect).astype(np.float64)
-    learned = [table(c) for c in cluster(hists, args.tables)]
-    broad = sorted(learned, key=lambda f: -(f / f.sum() * np.arange(NTOK)).sum())
-    bank = learned + [stretch(f, k) for k in range(1, 9) for f in broad[: args.stretched]]
-    bank = np.array(bank[:256], np.int32)
+    per_step = [h.astype(np.float64) for h in tables.collect]
+    hists = np.concatenate(per_step)
+    if args.bank_from:
+        bank = load_file(str(args.bank_from))["bank"]
+    else:
+        learned = [table(c) for c in cluster(hists, args.tables)]
+        broad = sorted(learned, key=lambda f: -(f / f.sum() * np.arange(NTOK)).sum())
+        bank = learned + [stretch(f, k) for k in range(1, 9) for f in broad[: args.stretched]]
+        bank = np.array(bank[:256], np.int32)
     tensors = {"bank": bank, "edges": edges}
+    if rev.coded_side:  # narrow to broad, so neighbouring classes pick nearby indices
+        bank = bank[np.argsort((bank * np.arange(NTOK)).sum(1), kind="stable")]
+        cost = PRECISION - np.log2(bank)
+        picks = [(h @ cost.T).argmin(1) for h in per_step]
+        tensors = {"bank": bank, "edges": edges}
+        tensors |= side.learn(tables.collect_side, picks).to_tensors()
     if args.revision > 1:  # r1's files have no revision tensor
         tensors["revision"] = np.array([args.revision], np.int32)
     save_file(tensors, str(args.out),

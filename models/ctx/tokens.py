@@ -1,0 +1,46 @@
+"""Hybrid tokens of non-negative integers and uniform tables: what the residuals
+(``coder.py``) and the side information (``side.py``) are both coded with.
+
+A value below ``SPLIT`` is its own token; a larger one is its exponent and the bit below its
+top bit, and the bits under those are sent raw (uniform).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nicodec.bitstream.entropy import PRECISION
+
+SPLIT = 16  # hybrid tokens: values below are their own token
+_UNIFORM: dict[int, np.ndarray] = {}  # uniform tables by bit count
+
+
+def tokens(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(token, raw bit count, raw value) of non-negative integers (below 2**16 for the
+    residuals' 40 tokens, below 2**32 for the side information's 72)."""
+    u = u.astype(np.int64)
+    n = np.frexp(np.maximum(u, 1).astype(np.float64))[1].astype(np.int64) - 1  # floor(log2 u)
+    big = u >= SPLIT
+    nraw = np.where(big, n - 1, 0)
+    tok = np.where(big, SPLIT + (n - 4) * 2 + ((u >> np.maximum(n - 1, 0)) & 1), u)
+    return tok, nraw, u & ((1 << nraw) - 1)
+
+
+def untoken(tok: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`tokens` given the token and its raw value."""
+    n = (tok - SPLIT) // 2 + 4
+    big = tok >= SPLIT
+    top = (1 << np.where(big, n, 0)) | (((tok - SPLIT) & 1) << np.maximum(n - 1, 0))
+    return np.where(big, top | raw, tok)
+
+
+def raw_bits(tok: np.ndarray) -> np.ndarray:
+    """Raw bit count of each token."""
+    return np.where(tok >= SPLIT, (tok - SPLIT) // 2 + 3, 0)
+
+
+def uniform(bits: int) -> np.ndarray:
+    """The uniform table of ``bits``-bit values (made once per bit count)."""
+    if bits not in _UNIFORM:
+        _UNIFORM[bits] = np.full(1 << bits, 1 << (PRECISION - bits), np.int64)
+    return _UNIFORM[bits]
