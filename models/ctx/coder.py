@@ -37,7 +37,7 @@ from typing import Iterator
 import numpy as np
 
 from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
-from nicodec.models.ctx.levels import passes
+from nicodec.models.ctx.levels import Pass, passes
 
 SPLIT = 16  # hybrid tokens: values below are their own token
 NTOK = 40  # tokens of 16-bit samples: 16 + 2 per octave from 2**4 to 2**15
@@ -92,13 +92,21 @@ def directional(f: list[np.ndarray]) -> list[np.ndarray]:
     of the smoother pair, a gradient-weighted sum, the sum of the middle two."""
     a, b, c, d = f
     g1, g2 = np.abs(a - b), np.abs(c - d)
+    pick, weighted = _blend(f, g1, g2)
+    middle = a + b + c + d - np.minimum(np.minimum(a, b), np.minimum(c, d)) \
+        - np.maximum(np.maximum(a, b), np.maximum(c, d))
+    return [pick, weighted, middle]
+
+
+def _blend(f: list[np.ndarray], g1: np.ndarray, g2: np.ndarray) -> list[np.ndarray]:
+    """The sum of the pair (a, b) or (c, d) of lower cost g, and their mean weighted by the
+    other pair's cost."""
+    a, b, c, d = f
     pick = np.where(g1 <= g2, a + b, c + d)
     # the floor of a float quotient of integers: exact here, as the numerator is below 2**35
     # and the denominator below 2**18, so the rounding error stays under 1/denominator
     weighted = np.floor(((a + b) * (g2 + 1) + (c + d) * (g1 + 1)) / (g1 + g2 + 2))
-    middle = a + b + c + d - np.minimum(np.minimum(a, b), np.minimum(c, d)) \
-        - np.maximum(np.maximum(a, b), np.maximum(c, d))
-    return [pick, weighted, middle]
+    return [pick, weighted]
 
 
 @dataclass(frozen=True)
@@ -117,13 +125,20 @@ class Revision:
     # 1/(mean activity feature + ACTIVITY_FLOOR), nearer each sample's share of the code length
     split_finest: bool  # the finest level's passes of at least SPLIT_FROM samples in two halves
     # (``levels.passes``; splitting smaller ones, or those of the next level, measured worse)
+    same_directional: bool = False  # r3: the odd halves of split passes also have directional
+    # features over the even half's four samples next to them
+    pair_errors: bool = False  # r3: the odd halves and the vertical midpoints' passes (A2) also
+    # blend their two nearest pairs by how well each pair's interpolation did at known samples
+    # next to them (``_pair_costs``)
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
               activity_rows=False, split_finest=False)
 R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=True,
               activity_rows=True, split_finest=True)
-REVISIONS = {1: R1, 2: R2}
+R3 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=True,
+              activity_rows=True, split_finest=True, same_directional=True, pair_errors=True)
+REVISIONS = {1: R1, 2: R2, 3: R3}
 
 
 @dataclass
@@ -137,7 +152,8 @@ class Tables:
 
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
-              nb: list[np.ndarray], rev: Revision) -> tuple[np.ndarray, np.ndarray]:
+              nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
     as float64 rows holding integers (products with the fixed-point weights stay exact; so do
     the features' own sums, products and floor divisions, all far below 2**53), each with a
@@ -147,13 +163,21 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     compact = len(at) < COMPACT_BELOW
     if compact:  # a pass of few samples: fewer weights to send
         nb = nb[:4]
-    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5), len(at))
+    odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
+    same = rev.same_directional and odd
+    # A2 (after A1 at the same step): nb[-4:] are the A1 samples on the diagonals
+    pair = rev.pair_errors and not compact and (odd or (p.oy == p.half and p.ox == 0))
+    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (3 * same + 2 * pair) * (c + 1), len(at))
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
     act = _Rows(len(nb) + 4 + c, len(at))
     own = [feats.take(x[ch], i) for i in nb]
     if own:
         feats.put(*directional(own[:4]))
+        if same:
+            feats.put(*directional(own[4:8]))
+        if pair:
+            feats.put(*_blend(own[:4], *_pair_costs(err, ch, nb, p)))
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
@@ -168,7 +192,40 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
             near = [x[c2].take(i) for i in nb[:4]] if compact else \
                 [feats.take(x[c2], i) for i in nb[:colour_near]]
             feats.put(*[here - d for d in directional(near[:4])])
+            if same:
+                feats.put(*[here - d for d in directional(near[4:8])])
+            if pair:
+                feats.put(*[here - d for d in _blend(near[:4], *_pair_costs(err, c2, nb, p))])
     return feats.done(), act.done()
+
+
+def _pair_costs(err: np.ndarray, ch: int, nb: list[np.ndarray], p: Pass) -> list[np.ndarray]:
+    """r3: the costs of a sample's nearest pairs (a, b) and (c, d) for :func:`_blend`: how far
+    the interpolation of the same orientation missed at the known samples next to it that were
+    predicted from pairs at the same distance (``err``, :func:`_record_pair_errors`): an odd
+    half's even neighbours nb[4:8] (same pass, same orientation), and in a vertical midpoints'
+    pass (A2) the horizontal midpoints (A1) on its diagonals nb[-4:] (their pairs the other way
+    round). The sum, squared (the blend's weights fall with the square of the errors), is
+    capped at 2**17 first so that the blend's products stay exact."""
+    g = [np.zeros(len(nb[0])), np.zeros(len(nb[0]))]
+    if p.parity == 1:
+        for k in (0, 1):
+            for i in nb[4:8]:
+                g[k] += err[k, ch].take(i)
+    if p.oy == p.half and p.ox == 0:
+        for k in (0, 1):
+            for i in nb[-4:]:
+                g[k] += err[1 - k, ch].take(i)
+    return [(np.minimum(v, 1 << 17) + 1) ** 2 - 1 for v in g]
+
+
+def _record_pair_errors(err: np.ndarray, x: np.ndarray, ch: int, at: np.ndarray,
+                        nb: list[np.ndarray]) -> None:
+    """|2 x - (a + b)| and |2 x - (c + d)| of the samples just coded, for later passes."""
+    if len(nb) >= 4:
+        v = 2 * x[ch, at]
+        err[0, ch, at] = np.abs(v - x[ch].take(nb[0]) - x[ch].take(nb[1]))
+        err[1, ch, at] = np.abs(v - x[ch].take(nb[2]) - x[ch].take(nb[3]))
 
 
 class _Rows:
@@ -397,9 +454,10 @@ def _order(channels: int) -> list[int]:
 
 
 def _steps(height: int, width: int, order: list[int], rev: Revision
-           ) -> Iterator[tuple[np.ndarray, list[np.ndarray], int, int]]:
-    """The coding steps of a tile, in order: (flat positions of a pass, their neighbours' flat
-    positions, index in the channel order, channel), the same for the encoder and the decoder."""
+           ) -> Iterator[tuple[Pass, np.ndarray, list[np.ndarray], int, int]]:
+    """The coding steps of a tile, in order: (a pass, the flat positions of its samples, their
+    neighbours' flat positions, index in the channel order, channel), the same for the encoder
+    and the decoder."""
     for p in passes(height, width, SPLIT_FROM if rev.split_finest else None):
         ys, xs = p.positions(height, width)
         if not len(ys):
@@ -407,7 +465,7 @@ def _steps(height: int, width: int, order: list[int], rev: Revision
         at = ys * width + xs
         nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
         for c, ch in enumerate(order):
-            yield at, nb, c, ch
+            yield p, at, nb, c, ch
 
 
 def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
@@ -420,8 +478,9 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
     half = 1 << (depth - 1)
-    for at, nb, c, ch in _steps(height, width, order, rev):
-        feats, act = _features(x, res, c, order, at, nb, rev)
+    err = np.zeros((2,) + x.shape) if rev.pair_errors else None
+    for p, at, nb, c, ch in _steps(height, width, order, rev):
+        feats, act = _features(x, res, c, order, at, nb, rev, p, err)
         target = x[ch, at].astype(np.int64)
         bits = _weight_bits(len(at), rev)
         frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth),
@@ -429,6 +488,8 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
         pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
         r = (target - pred + half) % (2 * half) - half
         res[ch, at] = r
+        if err is not None:
+            _record_pair_errors(err, x, ch, at, nb)
         if rev.phase:
             r = _flip(r, below, half)
         u = np.where(r >= 0, 2 * r, -2 * r - 1)
@@ -498,8 +559,9 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     res = np.zeros_like(x)
     order = _order(channels)
     half = 1 << (depth - 1)
-    for at, nb, c, ch in _steps(height, width, order, rev):
-        feats, act = _features(x, res, c, order, at, nb, rev)
+    err = np.zeros((2,) + x.shape) if rev.pair_errors else None
+    for p, at, nb, c, ch in _steps(height, width, order, rev):
+        feats, act = _features(x, res, c, order, at, nb, rev, p, err)
         frac = int(side.get(1, 1)[0])
         if not 0 <= frac <= 14:
             raise ValueError("bad fixed-point shift")
@@ -538,4 +600,6 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
             r = _flip(r, below, half)
         x[ch, at] = (pred + r) % (2 * half)
         res[ch, at] = r
+        if err is not None:
+            _record_pair_errors(err, x, ch, at, nb)
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
