@@ -52,6 +52,10 @@ SPLIT_FROM = 2 * COMPACT_BELOW  # r2: finest passes split in halves that keep al
 EST_SIGNIFICANT = 6  # r2: magnitude bits of the largest activity weight sent (4 measured alike)
 EST_SHIFT_MAX = 24  # r2: the largest scale 2**shift of the activity weights
 PHASE_CLASSES = 8  # r2: classes below this (expected |residual| under 1.5) split by phase
+PAIR_NEAR = 4  # r3: weight of the pair errors at a sample's own distance in its pair costs,
+# against 1 for the coarser level's (1, 2, 8, 16 measured 0.0002-0.004 bpp worse)
+PAIR_OWN = 2  # r3: weight of the pair's own difference |a - b| there (4, 8, 16 worse)
+PAIR_CAP = 1 << 17  # r3: the largest pair cost before squaring: the blend's products stay exact
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
 # and 32 measured worse
 _UNIFORM: dict[int, np.ndarray] = {}  # uniform tables by bit count
@@ -152,21 +156,21 @@ class Tables:
 
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
-              nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None
+              nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None, depth: int
               ) -> tuple[np.ndarray, np.ndarray]:
     """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
     as float64 rows holding integers (products with the fixed-point weights stay exact; so do
     the features' own sums, products and floor divisions, all far below 2**53), each with a
     last row of ones for the bias (so the fits need not copy them). ``x`` and ``res`` are
-    float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours'."""
+    float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours' in
+    the order of ``p.offsets``; ``err``: r3's pair errors (:func:`_record_pair_errors`)."""
     ch = order[c]
     compact = len(at) < COMPACT_BELOW
     if compact:  # a pass of few samples: fewer weights to send
         nb = nb[:4]
     odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
     same = rev.same_directional and odd
-    # A2 (after A1 at the same step): nb[-4:] are the A1 samples on the diagonals
-    pair = rev.pair_errors and not compact and (odd or (p.oy == p.half and p.ox == 0))
+    pair = err is not None and not compact and (odd or p.oy != p.ox)  # odd halves, A1, A2
     feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (3 * same + 2 * pair) * (c + 1), len(at))
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
@@ -177,7 +181,7 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
         if same:
             feats.put(*directional(own[4:8]))
         if pair:
-            feats.put(*_blend(own[:4], *_pair_costs(err, ch, nb, p)))
+            feats.put(*_blend(own[:4], *_pair_costs(err[:, ch], own[:4], nb, p, depth)))
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
@@ -195,37 +199,55 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
             if same:
                 feats.put(*[here - d for d in directional(near[4:8])])
             if pair:
-                feats.put(*[here - d for d in _blend(near[:4], *_pair_costs(err, c2, nb, p))])
+                costs = _pair_costs(err[:, c2], near[:4], nb, p, depth)
+                feats.put(*[here - d for d in _blend(near[:4], *costs)])
     return feats.done(), act.done()
 
 
-def _pair_costs(err: np.ndarray, ch: int, nb: list[np.ndarray], p: Pass) -> list[np.ndarray]:
-    """r3: the costs of a sample's nearest pairs (a, b) and (c, d) for :func:`_blend`: how far
-    the interpolation of the same orientation missed at the known samples next to it that were
-    predicted from pairs at the same distance (``err``, :func:`_record_pair_errors`): an odd
-    half's even neighbours nb[4:8] (same pass, same orientation), and in a vertical midpoints'
-    pass (A2) the horizontal midpoints (A1) on its diagonals nb[-4:] (their pairs the other way
-    round). The sum, squared (the blend's weights fall with the square of the errors), is
-    capped at 2**17 first so that the blend's products stay exact."""
+def _pair_costs(err: np.ndarray, f: list[np.ndarray], nb: list[np.ndarray], p: Pass,
+                depth: int) -> list[np.ndarray]:
+    """r3: the costs of a sample's nearest pairs f = (a, b, c, d) for :func:`_blend` (weights
+    of its pairs as in JPEG XL's weighted predictor): how far the interpolation of each pair's
+    orientation missed at known samples next to it (``err``: one channel's planes of
+    :func:`_record_pair_errors`), plus the pair's own difference. The misses at the sample's
+    own distance (an odd half's even neighbours nb[4:8], on the same pass; in a vertical
+    midpoints' pass (A2), the horizontal midpoints (A1) on its diagonals, nb[-4:]) weigh
+    PAIR_NEAR, those on the coarser grid (the midpoints of the level before) 1. The sum, in
+    8-bit units and capped at PAIR_CAP, is squared: the blend's weights fall with the square."""
     g = [np.zeros(len(nb[0])), np.zeros(len(nb[0]))]
-    if p.parity == 1:
+    o = 1 if p.oy else 0  # midpoints' passes: (a, b) horizontal in A1, vertical in A2
+    if p.parity == 1:  # the even half's misses, oriented as this pass's
         for k in (0, 1):
             for i in nb[4:8]:
-                g[k] += err[k, ch].take(i)
-    if p.oy == p.half and p.ox == 0:
+                g[k] += PAIR_NEAR * err[k].take(i)
+    if p.oy != p.ox:
+        grid = [i for (dy, dx), i in zip(p.offsets, nb)
+                if (p.oy + dy) % p.step == 0 and (p.ox + dx) % p.step == 0]
         for k in (0, 1):
-            for i in nb[-4:]:
-                g[k] += err[1 - k, ch].take(i)
-    return [(np.minimum(v, 1 << 17) + 1) ** 2 - 1 for v in g]
+            plane = err[2 + (o ^ k)]  # horizontal (2) or vertical (3)
+            if p.oy:  # A2: the A1 samples on its diagonals
+                for i in nb[-4:]:
+                    g[k] += PAIR_NEAR * plane.take(i)
+            for i in grid:
+                g[k] += plane.take(i)
+    for k in (0, 1):
+        g[k] += PAIR_OWN * np.abs(f[2 * k] - f[2 * k + 1])
+    return [(np.minimum(np.floor(v / (1 << (depth - 8))) if depth > 8 else v, PAIR_CAP) + 1) ** 2
+            - 1 for v in g]
 
 
 def _record_pair_errors(err: np.ndarray, x: np.ndarray, ch: int, at: np.ndarray,
-                        nb: list[np.ndarray]) -> None:
-    """|2 x - (a + b)| and |2 x - (c + d)| of the samples just coded, for later passes."""
-    if len(nb) >= 4:
-        v = 2 * x[ch, at]
-        err[0, ch, at] = np.abs(v - x[ch].take(nb[0]) - x[ch].take(nb[1]))
-        err[1, ch, at] = np.abs(v - x[ch].take(nb[2]) - x[ch].take(nb[3]))
+                        nb: list[np.ndarray], p: Pass) -> None:
+    """r3: |2 x - (a + b)| and |2 x - (c + d)| of the samples just coded (a, b, c, d: their
+    nearest four), for the later passes' :func:`_pair_costs`: in ``err`` planes 0 and 1 as the
+    pass orders them, and for the midpoints' passes also as horizontal (2) and vertical (3)."""
+    if len(nb) < 4:
+        return
+    v = 2 * x[ch, at]
+    err[0, ch, at] = first = np.abs(v - x[ch].take(nb[0]) - x[ch].take(nb[1]))
+    err[1, ch, at] = second = np.abs(v - x[ch].take(nb[2]) - x[ch].take(nb[3]))
+    if p.oy != p.ox:
+        err[2, ch, at], err[3, ch, at] = (second, first) if p.oy else (first, second)
 
 
 class _Rows:
@@ -478,9 +500,9 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
     half = 1 << (depth - 1)
-    err = np.zeros((2,) + x.shape) if rev.pair_errors else None
+    err = np.zeros((4,) + x.shape, np.float32) if rev.pair_errors else None
     for p, at, nb, c, ch in _steps(height, width, order, rev):
-        feats, act = _features(x, res, c, order, at, nb, rev, p, err)
+        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth)
         target = x[ch, at].astype(np.int64)
         bits = _weight_bits(len(at), rev)
         frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth),
@@ -489,7 +511,7 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
         r = (target - pred + half) % (2 * half) - half
         res[ch, at] = r
         if err is not None:
-            _record_pair_errors(err, x, ch, at, nb)
+            _record_pair_errors(err, x, ch, at, nb, p)
         if rev.phase:
             r = _flip(r, below, half)
         u = np.where(r >= 0, 2 * r, -2 * r - 1)
@@ -559,9 +581,9 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     res = np.zeros_like(x)
     order = _order(channels)
     half = 1 << (depth - 1)
-    err = np.zeros((2,) + x.shape) if rev.pair_errors else None
+    err = np.zeros((4,) + x.shape, np.float32) if rev.pair_errors else None
     for p, at, nb, c, ch in _steps(height, width, order, rev):
-        feats, act = _features(x, res, c, order, at, nb, rev, p, err)
+        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth)
         frac = int(side.get(1, 1)[0])
         if not 0 <= frac <= 14:
             raise ValueError("bad fixed-point shift")
@@ -601,5 +623,5 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
         x[ch, at] = (pred + r) % (2 * half)
         res[ch, at] = r
         if err is not None:
-            _record_pair_errors(err, x, ch, at, nb)
+            _record_pair_errors(err, x, ch, at, nb, p)
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
