@@ -170,7 +170,7 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
         nb = nb[:4]
     odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
     same = rev.same_directional and odd
-    pair = err is not None and not compact and (odd or p.oy != p.ox)  # odd halves, A1, A2
+    pair = err is not None and not compact
     feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (3 * same + 2 * pair) * (c + 1), len(at))
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
@@ -181,7 +181,8 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
         if same:
             feats.put(*directional(own[4:8]))
         if pair:
-            feats.put(*_blend(own[:4], *_pair_costs(err[:, ch], own[:4], nb, p, depth)))
+            f = [own[i] for i in _pairs(p)[0]]
+            feats.put(*_blend(f, *_pair_costs(err[:, ch], f, nb, p, depth)))
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
@@ -199,38 +200,41 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
             if same:
                 feats.put(*[here - d for d in directional(near[4:8])])
             if pair:
-                costs = _pair_costs(err[:, c2], near[:4], nb, p, depth)
-                feats.put(*[here - d for d in _blend(near[:4], *costs)])
+                f = [near[i] for i in _pairs(p)[0]]
+                feats.put(*[here - d for d in _blend(f, *_pair_costs(err[:, c2], f, nb, p, depth))])
     return feats.done(), act.done()
+
+
+def _pairs(p: Pass) -> tuple[tuple[int, int, int, int], int, int]:
+    """r3: which of a pass's nearest four form its pairs for the pair blend, and the planes of
+    ``err`` holding each pair orientation's misses: the midpoints' passes their opposite
+    neighbours, (a, b) horizontal (0) in A1 and vertical (1) in A2; the centres (D) their
+    diagonals (TL, BR) (2) and (TR, BL) (3)."""
+    if p.oy == p.ox:
+        return (0, 3, 1, 2), 2, 3
+    return (0, 1, 2, 3), (1 if p.oy else 0), (0 if p.oy else 1)
 
 
 def _pair_costs(err: np.ndarray, f: list[np.ndarray], nb: list[np.ndarray], p: Pass,
                 depth: int) -> list[np.ndarray]:
-    """r3: the costs of a sample's nearest pairs f = (a, b, c, d) for :func:`_blend` (weights
+    """r3: the costs of a sample's two pairs f = (a, b, c, d) for :func:`_blend` (weights
     of its pairs as in JPEG XL's weighted predictor): how far the interpolation of each pair's
     orientation missed at known samples next to it (``err``: one channel's planes of
     :func:`_record_pair_errors`), plus the pair's own difference. The misses at the sample's
     own distance (an odd half's even neighbours nb[4:8], on the same pass; in a vertical
     midpoints' pass (A2), the horizontal midpoints (A1) on its diagonals, nb[-4:]) weigh
-    PAIR_NEAR, those on the coarser grid (the midpoints of the level before) 1. The sum, in
-    8-bit units and capped at PAIR_CAP, is squared: the blend's weights fall with the square."""
+    PAIR_NEAR, those on the coarser grid (the level before) 1. The sum, in 8-bit units and
+    capped at PAIR_CAP, is squared: the blend's weights fall with the square."""
+    _, *planes = _pairs(p)
     g = [np.zeros(len(nb[0])), np.zeros(len(nb[0]))]
-    o = 1 if p.oy else 0  # midpoints' passes: (a, b) horizontal in A1, vertical in A2
-    if p.parity == 1:  # the even half's misses, oriented as this pass's
-        for k in (0, 1):
-            for i in nb[4:8]:
-                g[k] += PAIR_NEAR * err[k].take(i)
-    if p.oy != p.ox:
-        grid = [i for (dy, dx), i in zip(p.offsets, nb)
-                if (p.oy + dy) % p.step == 0 and (p.ox + dx) % p.step == 0]
-        for k in (0, 1):
-            plane = err[2 + (o ^ k)]  # horizontal (2) or vertical (3)
-            if p.oy:  # A2: the A1 samples on its diagonals
-                for i in nb[-4:]:
-                    g[k] += PAIR_NEAR * plane.take(i)
-            for i in grid:
-                g[k] += plane.take(i)
-    for k in (0, 1):
+    near = (nb[4:8] if p.parity == 1 else []) + (nb[-4:] if p.oy and not p.ox else [])
+    grid = [i for (dy, dx), i in zip(p.offsets, nb)
+            if (p.oy + dy) % p.step == 0 and (p.ox + dx) % p.step == 0]
+    for k, plane in enumerate(planes):
+        for i in near:
+            g[k] += PAIR_NEAR * err[plane].take(i)
+        for i in grid:
+            g[k] += err[plane].take(i)
         g[k] += PAIR_OWN * np.abs(f[2 * k] - f[2 * k + 1])
     return [(np.minimum(np.floor(v / (1 << (depth - 8))) if depth > 8 else v, PAIR_CAP) + 1) ** 2
             - 1 for v in g]
@@ -238,16 +242,15 @@ def _pair_costs(err: np.ndarray, f: list[np.ndarray], nb: list[np.ndarray], p: P
 
 def _record_pair_errors(err: np.ndarray, x: np.ndarray, ch: int, at: np.ndarray,
                         nb: list[np.ndarray], p: Pass) -> None:
-    """r3: |2 x - (a + b)| and |2 x - (c + d)| of the samples just coded (a, b, c, d: their
-    nearest four), for the later passes' :func:`_pair_costs`: in ``err`` planes 0 and 1 as the
-    pass orders them, and for the midpoints' passes also as horizontal (2) and vertical (3)."""
+    """r3: |2 x - (a + b)| and |2 x - (c + d)| of the samples just coded ((a, b), (c, d): their
+    pairs of :func:`_pairs`), into ``err``'s planes of the pairs' orientations, for the later
+    passes' :func:`_pair_costs`."""
     if len(nb) < 4:
         return
+    order, *planes = _pairs(p)
     v = 2 * x[ch, at]
-    err[0, ch, at] = first = np.abs(v - x[ch].take(nb[0]) - x[ch].take(nb[1]))
-    err[1, ch, at] = second = np.abs(v - x[ch].take(nb[2]) - x[ch].take(nb[3]))
-    if p.oy != p.ox:
-        err[2, ch, at], err[3, ch, at] = (second, first) if p.oy else (first, second)
+    for k, plane in enumerate(planes):
+        err[plane, ch, at] = np.abs(v - x[ch].take(nb[order[2 * k]]) - x[ch].take(nb[order[2 * k + 1]]))
 
 
 class _Rows:
