@@ -14,7 +14,8 @@ from nicodec.cli import main as cli
 from nicodec.codec import registry
 from nicodec.codec.pipeline import decode_detailed, encode, encode_detailed
 from nicodec.models.ctx.codec import load_weights
-from nicodec.models.ctx.coder import R1, R2, _flip, decode_tile, encode_tile, tokens, untoken
+from nicodec.models.ctx.coder import (R1, R2, R3, Tables, _blend, _flip, decode_tile, encode_tile,
+                                     tokens, untoken)
 from nicodec.models.ctx.levels import passes
 
 
@@ -110,6 +111,48 @@ def test_split_passes_round_trip_exactly(monkeypatch, depth):
         monkeypatch.setattr(coder, "SPLIT_FROM", 1 << 30)
         assert (encode_tile(image, depth, tables) != data) == split
         monkeypatch.setattr(coder, "SPLIT_FROM", 40)
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_r3_features_round_trip_exactly(monkeypatch, depth):
+    """r3's features (the odd halves' directional features over the even half, the pair blends
+    of every pass that is not compact) only appear in passes of 20 000 samples and more: with
+    both limits lowered, small tiles of every channel count take those paths, edges included,
+    and the features change the bytes (so they are used)."""
+    from nicodec.models.ctx import coder
+
+    shipped = registry.load_model("ctx-photo").net.tables
+    r3 = Tables(shipped.bank, shipped.edges, R3)
+    monkeypatch.setattr(coder, "SPLIT_FROM", 40)
+    monkeypatch.setattr(coder, "COMPACT_BELOW", 12)
+    for shape in [(70, 129, 3), (23, 18, 1), (33, 65, 4), (2, 40, 2), (5, 1, 3), (1, 1, 1)]:
+        image = _photo_like(*shape, depth=depth)
+        data = encode_tile(image, depth, r3)
+        assert (decode_tile(data, shape, depth, r3) == image).all(), shape
+        if shape[0] * shape[1] > 500:
+            assert data != encode_tile(image, depth, shipped), shape
+    rng = np.random.default_rng(5)  # the pair costs at their cap: noise over the whole range
+    noise = rng.integers(0, 1 << depth, (40, 50, 3)).astype(np.uint8 if depth == 8 else np.uint16)
+    assert (decode_tile(encode_tile(noise, depth, r3), noise.shape, depth, r3) == noise).all()
+
+
+def test_the_pair_blend_is_exact_at_its_largest_inputs():
+    """The blend divides float64 products of 16-bit pair sums and squared capped costs: its
+    floor must equal the integer quotient, costs and samples at their extremes included."""
+    from nicodec.models.ctx.coder import PAIR_CAP
+
+    rng = np.random.default_rng(11)
+    top, cost_top = (1 << 16) - 1, (PAIR_CAP + 1) ** 2 - 1
+    f = [rng.integers(0, top + 1, 20000) for _ in range(4)]
+    g = [rng.integers(0, cost_top + 1, 20000) for _ in range(2)]
+    # a + b = c + d + 1 and costs 0 and g: the quotient is c + d + 1 - 1/(g + 2), the nearest
+    # to an integer from below that the float division must not round up
+    f[0][:100] = f[1][:100] = f[2][:100] = top
+    f[3][:100] = top - 1 - np.arange(100) % 2
+    g[0][:100], g[1][:100] = 0, cost_top - np.arange(100)
+    exact = ((f[0] + f[1]) * (g[1] + 1) + (f[2] + f[3]) * (g[0] + 1)) // (g[0] + g[1] + 2)
+    weighted = _blend([v.astype(np.float64) for v in f], *[v.astype(np.float64) for v in g])[1]
+    assert (weighted == exact).all()
 
 
 def test_the_bytes_do_not_depend_on_the_blas_thread_count(tables):

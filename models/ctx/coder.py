@@ -26,7 +26,11 @@ the residual's sign is flipped where the exact prediction lay below the rounded 
 tables see one skew, not two mirrored ones), and the quiet classes are split by whether it
 lay a quarter or more away. It also codes each big pass of the finest level in two halves,
 the second seeing the first's samples and residuals next to it (``levels.passes``). Its encoder
-weights the fit's rows by the local activity.
+weights the fit's rows by the local activity. r3 adds features to the passes that are not
+compact: the second halves' directional features over the first half's four samples next to
+them, and in every such pass a blend of the sample's two pairs (opposite midpoints, or the
+centres' diagonals) weighted by how well each pair's interpolation of the same orientation
+did at known samples nearby (``_pair_costs``, after JPEG XL's weighted predictor).
 """
 
 from __future__ import annotations
@@ -103,12 +107,14 @@ def directional(f: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _blend(f: list[np.ndarray], g1: np.ndarray, g2: np.ndarray) -> list[np.ndarray]:
-    """The sum of the pair (a, b) or (c, d) of lower cost g, and their mean weighted by the
-    other pair's cost."""
+    """The sum of the pair (a, b) or (c, d) of lower cost g, and their sums weighted by the
+    other pair's cost + 1 (the directional features' costs are the pairs' differences, r3's
+    pair blend's those of :func:`_pair_costs`)."""
     a, b, c, d = f
     pick = np.where(g1 <= g2, a + b, c + d)
-    # the floor of a float quotient of integers: exact here, as the numerator is below 2**35
-    # and the denominator below 2**18, so the rounding error stays under 1/denominator
+    # the floor of a float quotient of integers: exact here, as the numerator is an integer
+    # below 2**53 (sums below 2**17, costs below 2**34.01) and the quotient below 2**17, so
+    # its rounding error (under 2**-37) stays under 1/denominator (over 2**-35.01)
     weighted = np.floor(((a + b) * (g2 + 1) + (c + d) * (g1 + 1)) / (g1 + g2 + 2))
     return [pick, weighted]
 
@@ -131,9 +137,8 @@ class Revision:
     # (``levels.passes``; splitting smaller ones, or those of the next level, measured worse)
     same_directional: bool = False  # r3: the odd halves of split passes also have directional
     # features over the even half's four samples next to them
-    pair_errors: bool = False  # r3: the odd halves and the vertical midpoints' passes (A2) also
-    # blend their two nearest pairs by how well each pair's interpolation did at known samples
-    # next to them (``_pair_costs``)
+    pair_errors: bool = False  # r3: passes that are not compact also blend their sample's two
+    # pairs by how well each pair's interpolation did at known samples nearby (``_pair_costs``)
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
