@@ -161,14 +161,16 @@ class Tables:
 
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
-              nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None, depth: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+              nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None, depth: int,
+              known: dict[int, list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
     as float64 rows holding integers (products with the fixed-point weights stay exact; so do
     the features' own sums, products and floor divisions, all far below 2**53), each with a
     last row of ones for the bias (so the fits need not copy them). ``x`` and ``res`` are
     float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours' in
-    the order of ``p.offsets``; ``err``: r3's pair errors (:func:`_record_pair_errors`)."""
+    the order of ``p.offsets``; ``err``: r3's pair errors (:func:`_record_pair_errors`);
+    ``known``: r3's features of each channel coded earlier in this pass (they serve the later
+    channels too), to which this channel's are added."""
     ch = order[c]
     compact = len(at) < COMPACT_BELOW
     if compact:  # a pass of few samples: fewer weights to send
@@ -183,11 +185,14 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     own = [feats.take(x[ch], i) for i in nb]
     if own:
         feats.put(*directional(own[:4]))
+        mine = []
         if same:
-            feats.put(*directional(own[4:8]))
+            mine += directional(own[4:8])
         if pair:
             f = [own[i] for i in _pairs(p)[0]]
-            feats.put(*_blend(f, *_pair_costs(err[:, ch], f, nb, p, depth)))
+            mine += _blend(f, *_pair_costs(err[:, ch], f, nb, p, depth))
+        feats.put(*mine)
+        known[ch] = mine
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
@@ -202,11 +207,7 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
             near = [x[c2].take(i) for i in nb[:4]] if compact else \
                 [feats.take(x[c2], i) for i in nb[:colour_near]]
             feats.put(*[here - d for d in directional(near[:4])])
-            if same:
-                feats.put(*[here - d for d in directional(near[4:8])])
-            if pair:
-                f = [near[i] for i in _pairs(p)[0]]
-                feats.put(*[here - d for d in _blend(f, *_pair_costs(err[:, c2], f, nb, p, depth))])
+            feats.put(*[here - d for d in known[c2]])
     return feats.done(), act.done()
 
 
@@ -231,31 +232,38 @@ def _pair_costs(err: np.ndarray, f: list[np.ndarray], nb: list[np.ndarray], p: P
     PAIR_NEAR, those on the coarser grid (the level before) 1. The sum, in 8-bit units and
     capped at PAIR_CAP, is squared: the blend's weights fall with the square."""
     _, *planes = _pairs(p)
-    g = [np.zeros(len(nb[0])), np.zeros(len(nb[0]))]
     near = (nb[4:8] if p.parity == 1 else []) + (nb[-4:] if p.oy and not p.ox else [])
     grid = [i for (dy, dx), i in zip(p.offsets, nb)
             if (p.oy + dy) % p.step == 0 and (p.ox + dx) % p.step == 0]
+    costs, scratch = [], np.empty(len(nb[0]), err.dtype)
     for k, plane in enumerate(planes):
-        for i in near:
-            g[k] += PAIR_NEAR * err[plane].take(i)
-        for i in grid:
-            g[k] += err[plane].take(i)
-        g[k] += PAIR_OWN * np.abs(f[2 * k] - f[2 * k + 1])
-    return [(np.minimum(np.floor(v / (1 << (depth - 8))) if depth > 8 else v, PAIR_CAP) + 1) ** 2
-            - 1 for v in g]
+        near_sum, grid_sum = np.zeros(len(nb[0]), err.dtype), np.zeros(len(nb[0]), err.dtype)
+        for total, where in ((near_sum, near), (grid_sum, grid)):  # sums of integers below
+            for i in where:  # 2**22: exact in float32
+                np.add(total, err[plane].take(i, out=scratch), out=total)
+        g = np.abs(f[2 * k] - f[2 * k + 1])
+        g *= PAIR_OWN
+        g += near_sum * PAIR_NEAR
+        g += grid_sum
+        if depth > 8:
+            g = np.floor(g / (1 << (depth - 8)))
+        np.minimum(g, PAIR_CAP, out=g)
+        g += 1
+        g *= g
+        g -= 1
+        costs.append(g)
+    return costs
 
 
-def _record_pair_errors(err: np.ndarray, x: np.ndarray, ch: int, at: np.ndarray,
-                        nb: list[np.ndarray], p: Pass) -> None:
-    """r3: |2 x - (a + b)| and |2 x - (c + d)| of the samples just coded ((a, b), (c, d): their
-    pairs of :func:`_pairs`), into ``err``'s planes of the pairs' orientations, for the later
+def _record_pair_errors(err: np.ndarray, ch: int, at: np.ndarray, values: np.ndarray,
+                        nearest: np.ndarray, p: Pass) -> None:
+    """r3: |2 x - (a + b)| and |2 x - (c + d)| of the samples just coded (``values``; (a, b),
+    (c, d): their pairs of :func:`_pairs` among their ``nearest`` four, the first rows of
+    their prediction features), into ``err``'s planes of the pairs' orientations, for the later
     passes' :func:`_pair_costs`."""
-    if len(nb) < 4:
-        return
     order, *planes = _pairs(p)
-    v = 2 * x[ch, at]
     for k, plane in enumerate(planes):
-        err[plane, ch, at] = np.abs(v - x[ch].take(nb[order[2 * k]]) - x[ch].take(nb[order[2 * k + 1]]))
+        err[plane, ch, at] = np.abs(2 * values - nearest[order[2 * k]] - nearest[order[2 * k + 1]])
 
 
 class _Rows:
@@ -509,8 +517,11 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     order = _order(channels)
     half = 1 << (depth - 1)
     err = np.zeros((4,) + x.shape, np.float32) if rev.pair_errors else None
+    known: dict[int, list[np.ndarray]] = {}  # r3's features of the pass's channels
     for p, at, nb, c, ch in _steps(height, width, order, rev):
-        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth)
+        if c == 0:  # a new pass
+            known = {}
+        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known)
         target = x[ch, at].astype(np.int64)
         bits = _weight_bits(len(at), rev)
         frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth),
@@ -518,8 +529,8 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
         pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
         r = (target - pred + half) % (2 * half) - half
         res[ch, at] = r
-        if err is not None:
-            _record_pair_errors(err, x, ch, at, nb, p)
+        if err is not None and len(nb) >= 4:
+            _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
         if rev.phase:
             r = _flip(r, below, half)
         u = np.where(r >= 0, 2 * r, -2 * r - 1)
@@ -590,8 +601,11 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     order = _order(channels)
     half = 1 << (depth - 1)
     err = np.zeros((4,) + x.shape, np.float32) if rev.pair_errors else None
+    known: dict[int, list[np.ndarray]] = {}  # r3's features of the pass's channels
     for p, at, nb, c, ch in _steps(height, width, order, rev):
-        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth)
+        if c == 0:  # a new pass
+            known = {}
+        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known)
         frac = int(side.get(1, 1)[0])
         if not 0 <= frac <= 14:
             raise ValueError("bad fixed-point shift")
@@ -630,6 +644,6 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
             r = _flip(r, below, half)
         x[ch, at] = (pred + r) % (2 * half)
         res[ch, at] = r
-        if err is not None:
-            _record_pair_errors(err, x, ch, at, nb, p)
+        if err is not None and len(nb) >= 4:
+            _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
