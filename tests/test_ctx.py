@@ -14,8 +14,8 @@ from nicodec.cli import main as cli
 from nicodec.codec import registry
 from nicodec.codec.pipeline import decode_detailed, encode, encode_detailed
 from nicodec.models.ctx.codec import load_weights
-from nicodec.models.ctx.coder import (R1, R2, R3, Tables, _blend, _flip, decode_tile, encode_tile,
-                                     tokens, untoken)
+from nicodec.models.ctx.coder import (R1, R2, R3, Tables, _flip, _weighted, decode_tile,
+                                     encode_tile, tokens, untoken)
 from nicodec.models.ctx.levels import passes
 
 
@@ -115,10 +115,10 @@ def test_split_passes_round_trip_exactly(monkeypatch, depth):
 
 @pytest.mark.parametrize("depth", [8, 16])
 def test_r3_features_round_trip_exactly(monkeypatch, depth):
-    """r3's features (the odd halves' directional features over the even half, the pair blends
-    of every pass that is not compact) only appear in passes of 20 000 samples and more: with
-    both limits lowered, small tiles of every channel count take those paths, edges included,
-    and the features change the bytes (so they are used)."""
+    """r3's features (the odd halves' middle two of the even half's samples next to them, the
+    pair blend of every pass that is not compact) only appear in passes of 20 000 samples and
+    more: with both limits lowered, small tiles of every channel count take those paths, edges
+    included, and the features change the bytes (so they are used)."""
     from nicodec.models.ctx import coder
 
     shipped = registry.load_model("ctx-photo").net.tables
@@ -151,8 +151,8 @@ def test_the_pair_blend_is_exact_at_its_largest_inputs():
     f[3][:100] = top - 1 - np.arange(100) % 2
     g[0][:100], g[1][:100] = 0, cost_top - np.arange(100)
     exact = ((f[0] + f[1]) * (g[1] + 1) + (f[2] + f[3]) * (g[0] + 1)) // (g[0] + g[1] + 2)
-    weighted = _blend([v.astype(np.float64) for v in f], *[v.astype(np.float64) for v in g])[1]
-    assert (weighted == exact).all()
+    blend = _weighted([v.astype(np.float64) for v in f], *[v.astype(np.float64) for v in g])
+    assert (blend == exact).all()
 
 
 def test_the_bytes_do_not_depend_on_the_blas_thread_count(tables):

@@ -100,23 +100,25 @@ def directional(f: list[np.ndarray]) -> list[np.ndarray]:
     of the smoother pair, a gradient-weighted sum, the sum of the middle two."""
     a, b, c, d = f
     g1, g2 = np.abs(a - b), np.abs(c - d)
-    pick, weighted = _blend(f, g1, g2)
-    middle = a + b + c + d - np.minimum(np.minimum(a, b), np.minimum(c, d)) \
-        - np.maximum(np.maximum(a, b), np.maximum(c, d))
-    return [pick, weighted, middle]
+    return [np.where(g1 <= g2, a + b, c + d), _weighted(f, g1, g2), _middle(f)]
 
 
-def _blend(f: list[np.ndarray], g1: np.ndarray, g2: np.ndarray) -> list[np.ndarray]:
-    """The sum of the pair (a, b) or (c, d) of lower cost g, and their sums weighted by the
-    other pair's cost + 1 (the directional features' costs are the pairs' differences, r3's
-    pair blend's those of :func:`_pair_costs`)."""
+def _weighted(f: list[np.ndarray], g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
+    """The sums of the pairs (a, b) and (c, d) weighted by the other pair's cost + 1 (the
+    directional features' costs are the pairs' differences, r3's pair blend's those of
+    :func:`_pair_costs`), rounded down."""
     a, b, c, d = f
-    pick = np.where(g1 <= g2, a + b, c + d)
     # the floor of a float quotient of integers: exact here, as the numerator is an integer
     # below 2**53 (sums below 2**17, costs below 2**34.01) and the quotient below 2**17, so
     # its rounding error (under 2**-37) stays under 1/denominator (over 2**-35.01)
-    weighted = np.floor(((a + b) * (g2 + 1) + (c + d) * (g1 + 1)) / (g1 + g2 + 2))
-    return [pick, weighted]
+    return np.floor(((a + b) * (g2 + 1) + (c + d) * (g1 + 1)) / (g1 + g2 + 2))
+
+
+def _middle(f: list[np.ndarray]) -> np.ndarray:
+    """The sum of the middle two of four values."""
+    a, b, c, d = f
+    return a + b + c + d - np.minimum(np.minimum(a, b), np.minimum(c, d)) \
+        - np.maximum(np.maximum(a, b), np.maximum(c, d))
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,9 @@ class Revision:
     # 1/(mean activity feature + ACTIVITY_FLOOR), nearer each sample's share of the code length
     split_finest: bool  # the finest level's passes of at least SPLIT_FROM samples in two halves
     # (``levels.passes``; splitting smaller ones, or those of the next level, measured worse)
-    same_directional: bool = False  # r3: the odd halves of split passes also have directional
-    # features over the even half's four samples next to them
+    same_middle: bool = False  # r3: the odd halves of split passes also see the sum of the middle
+    # two of the even half's four samples next to them (their other directional features, and
+    # the blend's choice of pair, measured worse)
     pair_errors: bool = False  # r3: passes that are not compact also blend their sample's two
     # pairs by how well each pair's interpolation did at known samples nearby (``_pair_costs``)
 
@@ -146,7 +149,7 @@ R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase
 R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=True,
               activity_rows=True, split_finest=True)
 R3 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=True,
-              activity_rows=True, split_finest=True, same_directional=True, pair_errors=True)
+              activity_rows=True, split_finest=True, same_middle=True, pair_errors=True)
 REVISIONS = {1: R1, 2: R2, 3: R3}
 
 
@@ -176,9 +179,9 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     if compact:  # a pass of few samples: fewer weights to send
         nb = nb[:4]
     odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
-    same = rev.same_directional and odd
+    same = rev.same_middle and odd
     pair = err is not None and not compact
-    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (3 * same + 2 * pair) * (c + 1), len(at))
+    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + pair) * (c + 1), len(at))
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
     act = _Rows(len(nb) + 4 + c, len(at))
@@ -187,10 +190,10 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
         feats.put(*directional(own[:4]))
         mine = []
         if same:
-            mine += directional(own[4:8])
+            mine.append(_middle(own[4:8]))
         if pair:
             f = [own[i] for i in _pairs(p)[0]]
-            mine += _blend(f, *_pair_costs(err[:, ch], f, nb, p, depth))
+            mine.append(_weighted(f, *_pair_costs(err[:, ch], f, nb, p, depth)))
         feats.put(*mine)
         known[ch] = mine
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
@@ -223,7 +226,7 @@ def _pairs(p: Pass) -> tuple[tuple[int, int, int, int], int, int]:
 
 def _pair_costs(err: np.ndarray, f: list[np.ndarray], nb: list[np.ndarray], p: Pass,
                 depth: int) -> list[np.ndarray]:
-    """r3: the costs of a sample's two pairs f = (a, b, c, d) for :func:`_blend` (weights
+    """r3: the costs of a sample's two pairs f = (a, b, c, d) for :func:`_weighted` (weights
     of its pairs as in JPEG XL's weighted predictor): how far the interpolation of each pair's
     orientation missed at known samples next to it (``err``: one channel's planes of
     :func:`_record_pair_errors`), plus the pair's own difference. The misses at the sample's
