@@ -193,7 +193,7 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
             mine.append(_middle(own[4:8]))
         if pair:
             f = [own[i] for i in _pairs(p)[0]]
-            mine.append(_weighted(f, *_pair_costs(err[:, ch], f, nb, p, depth)))
+            mine.append(_weighted(f, *_pair_costs(err[ch], f, nb, p, depth)))
         feats.put(*mine)
         known[ch] = mine
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
@@ -214,40 +214,42 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     return feats.done(), act.done()
 
 
-def _pairs(p: Pass) -> tuple[tuple[int, int, int, int], int, int]:
-    """r3: which of a pass's nearest four form its pairs for the pair blend, and the planes of
-    ``err`` holding each pair orientation's misses: the midpoints' passes their opposite
-    neighbours, (a, b) horizontal (0) in A1 and vertical (1) in A2; the centres (D) their
-    diagonals (TL, BR) (2) and (TR, BL) (3)."""
+def _pairs(p: Pass) -> tuple[tuple[int, int, int, int], int, tuple[int, int]]:
+    """r3: which of a pass's nearest four form its two pairs for the pair blend, and where
+    ``err`` (:func:`_record_pair_errors`) holds the misses of each pair's orientation: kind 0,
+    horizontal (0) and vertical (1), for the midpoints' passes, whose pairs are their opposite
+    neighbours ((a, b) horizontal in A1, vertical in A2); kind 1, the diagonals (TL, BR) (0)
+    and (TR, BL) (1), for the centres' (D)."""
     if p.oy == p.ox:
-        return (0, 3, 1, 2), 2, 3
-    return (0, 1, 2, 3), (1 if p.oy else 0), (0 if p.oy else 1)
+        return (0, 3, 1, 2), 1, (0, 1)
+    return (0, 1, 2, 3), 0, ((1, 0) if p.oy else (0, 1))
 
 
 def _pair_costs(err: np.ndarray, f: list[np.ndarray], nb: list[np.ndarray], p: Pass,
                 depth: int) -> list[np.ndarray]:
     """r3: the costs of a sample's two pairs f = (a, b, c, d) for :func:`_weighted` (weights
     of its pairs as in JPEG XL's weighted predictor): how far the interpolation of each pair's
-    orientation missed at known samples next to it (``err``: one channel's planes of
-    :func:`_record_pair_errors`), plus the pair's own difference. The misses at the sample's
-    own distance (an odd half's even neighbours nb[4:8], on the same pass; in a vertical
-    midpoints' pass (A2), the horizontal midpoints (A1) on its diagonals, nb[-4:]) weigh
-    PAIR_NEAR, those on the coarser grid (the level before) 1. The sum, in 8-bit units and
-    capped at PAIR_CAP, is squared: the blend's weights fall with the square."""
-    _, *planes = _pairs(p)
+    orientation missed at known samples next to it (``err``: one channel's misses, (kinds,
+    H*W, 2), of :func:`_record_pair_errors`), plus the pair's own difference. The misses at the
+    sample's own distance (an odd half's even neighbours nb[4:8], on the same pass; in a
+    vertical midpoints' pass (A2), the horizontal midpoints (A1) on its diagonals, nb[-4:])
+    weigh PAIR_NEAR, those on the coarser grid (the levels before) 1. The sum, in 8-bit units
+    and capped at PAIR_CAP, is squared: the blend's weights fall with the square."""
+    _, kind, planes = _pairs(p)
     near = (nb[4:8] if p.parity == 1 else []) + (nb[-4:] if p.oy and not p.ox else [])
     grid = [i for (dy, dx), i in zip(p.offsets, nb)
             if (p.oy + dy) % p.step == 0 and (p.ox + dx) % p.step == 0]
-    costs, scratch = [], np.empty(len(nb[0]), err.dtype)
+    n = len(nb[0])
+    sums, scratch = np.zeros((2, n, 2), err.dtype), np.empty((n, 2), err.dtype)
+    for total, where in zip(sums, (near, grid)):  # sums of integers below 2**22: exact in float32
+        for i in where:  # both orientations' misses at once (side by side in memory)
+            np.add(total, err[kind].take(i, 0, out=scratch), out=total)
+    costs = []
     for k, plane in enumerate(planes):
-        near_sum, grid_sum = np.zeros(len(nb[0]), err.dtype), np.zeros(len(nb[0]), err.dtype)
-        for total, where in ((near_sum, near), (grid_sum, grid)):  # sums of integers below
-            for i in where:  # 2**22: exact in float32
-                np.add(total, err[plane].take(i, out=scratch), out=total)
         g = np.abs(f[2 * k] - f[2 * k + 1])
         g *= PAIR_OWN
-        g += near_sum * PAIR_NEAR
-        g += grid_sum
+        g += sums[0, :, plane] * PAIR_NEAR
+        g += sums[1, :, plane]
         if depth > 8:
             g = np.floor(g / (1 << (depth - 8)))
         np.minimum(g, PAIR_CAP, out=g)
@@ -262,11 +264,12 @@ def _record_pair_errors(err: np.ndarray, ch: int, at: np.ndarray, values: np.nda
                         nearest: np.ndarray, p: Pass) -> None:
     """r3: |2 x - (a + b)| and |2 x - (c + d)| of the samples just coded (``values``; (a, b),
     (c, d): their pairs of :func:`_pairs` among their ``nearest`` four, the first rows of
-    their prediction features), into ``err``'s planes of the pairs' orientations, for the later
-    passes' :func:`_pair_costs`."""
-    order, *planes = _pairs(p)
+    their prediction features), into ``err`` (C, kinds, H*W, 2) at the place of the pairs'
+    orientations, for the later passes' :func:`_pair_costs`."""
+    order, kind, planes = _pairs(p)
     for k, plane in enumerate(planes):
-        err[plane, ch, at] = np.abs(2 * values - nearest[order[2 * k]] - nearest[order[2 * k + 1]])
+        err[ch, kind, at, plane] = np.abs(2 * values - nearest[order[2 * k]]
+                                          - nearest[order[2 * k + 1]])
 
 
 class _Rows:
@@ -519,7 +522,7 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
     half = 1 << (depth - 1)
-    err = np.zeros((4,) + x.shape, np.float32) if rev.pair_errors else None
+    err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
     known: dict[int, list[np.ndarray]] = {}  # r3's features of the pass's channels
     for p, at, nb, c, ch in _steps(height, width, order, rev):
         if c == 0:  # a new pass
@@ -603,7 +606,7 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     res = np.zeros_like(x)
     order = _order(channels)
     half = 1 << (depth - 1)
-    err = np.zeros((4,) + x.shape, np.float32) if rev.pair_errors else None
+    err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
     known: dict[int, list[np.ndarray]] = {}  # r3's features of the pass's channels
     for p, at, nb, c, ch in _steps(height, width, order, rev):
         if c == 0:  # a new pass
