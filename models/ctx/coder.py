@@ -172,8 +172,8 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     last row of ones for the bias (so the fits need not copy them). ``x`` and ``res`` are
     float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours' in
     the order of ``p.offsets``; ``err``: r3's pair errors (:func:`_record_pair_errors`);
-    ``known``: r3's features of each channel coded earlier in this pass (they serve the later
-    channels too), to which this channel's are added."""
+    ``known``: the nonlinear features of each channel coded earlier in this pass (the later
+    channels see each earlier channel's value minus them), to which this channel's are added."""
     ch = order[c]
     compact = len(at) < COMPACT_BELOW
     if compact:  # a pass of few samples: fewer weights to send
@@ -187,8 +187,7 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     act = _Rows(len(nb) + 4 + c, len(at))
     own = [feats.take(x[ch], i) for i in nb]
     if own:
-        feats.put(*directional(own[:4]))
-        mine = []
+        mine = directional(own[:4])
         if same:
             mine.append(_middle(own[4:8]))
         if pair:
@@ -207,9 +206,9 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
         here = feats.take(x[c2], at)
         np.abs(feats.take(res[c2], at), out=act.next())
         if own:
-            near = [x[c2].take(i) for i in nb[:4]] if compact else \
-                [feats.take(x[c2], i) for i in nb[:colour_near]]
-            feats.put(*[here - d for d in directional(near[:4])])
+            if not compact:  # its values at the neighbours (r2: all of them)
+                for i in nb[:colour_near]:
+                    feats.take(x[c2], i)
             feats.put(*[here - d for d in known[c2]])
     return feats.done(), act.done()
 
@@ -523,7 +522,7 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables) -> bytes:
     order = _order(channels)
     half = 1 << (depth - 1)
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    known: dict[int, list[np.ndarray]] = {}  # r3's features of the pass's channels
+    known: dict[int, list[np.ndarray]] = {}  # the nonlinear features of the pass's channels
     for p, at, nb, c, ch in _steps(height, width, order, rev):
         if c == 0:  # a new pass
             known = {}
@@ -607,7 +606,7 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     order = _order(channels)
     half = 1 << (depth - 1)
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    known: dict[int, list[np.ndarray]] = {}  # r3's features of the pass's channels
+    known: dict[int, list[np.ndarray]] = {}  # the nonlinear features of the pass's channels
     for p, at, nb, c, ch in _steps(height, width, order, rev):
         if c == 0:  # a new pass
             known = {}
