@@ -137,12 +137,12 @@ def test_r3_features_round_trip_exactly(monkeypatch, depth):
 
 
 def test_the_pair_blend_is_exact_at_its_largest_inputs():
-    """The blend divides float64 products of 16-bit pair sums and squared capped costs: its
-    floor must equal the integer quotient, costs and samples at their extremes included."""
+    """The blend divides float64 products of 16-bit pair sums and powers of capped costs: its
+    floor must equal the integer quotient, costs (cubed) and samples at their extremes included."""
     from nicodec.models.ctx.coder import PAIR_CAP
 
     rng = np.random.default_rng(11)
-    top, cost_top = (1 << 16) - 1, (PAIR_CAP + 1) ** 2 - 1
+    top, cost_top = (1 << 16) - 1, (PAIR_CAP + 1) ** 3 - 1
     f = [rng.integers(0, top + 1, 20000) for _ in range(4)]
     g = [rng.integers(0, cost_top + 1, 20000) for _ in range(2)]
     # a + b = c + d + 1 and costs 0 and g: the quotient is c + d + 1 - 1/(g + 2), the nearest
