@@ -27,10 +27,10 @@ tables see one skew, not two mirrored ones), and the quiet classes are split by 
 lay a quarter or more away. It also codes each big pass of the finest level in two halves,
 the second seeing the first's samples and residuals next to it (``levels.passes``). Its encoder
 weights the fit's rows by the local activity. r3 adds features to the passes that are not
-compact: the second halves' directional features over the first half's four samples next to
-them, and in every such pass a blend of the sample's two pairs (opposite midpoints, or the
-centres' diagonals) weighted by how well each pair's interpolation of the same orientation
-did at known samples nearby (``_pair_costs``, after JPEG XL's weighted predictor).
+compact: in the second halves, the sum of the middle two of the first half's four samples next
+to them; in every such pass, a blend of the sample's two pairs (opposite midpoints, or the
+centres' diagonals) weighted by how well each pair's interpolation of the same orientation did
+at known samples nearby (``_pair_costs``, after JPEG XL's weighted predictor).
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     the features' own sums, products and floor divisions, all far below 2**53), each with a
     last row of ones for the bias (so the fits need not copy them). ``x`` and ``res`` are
     float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours' in
-    the order of ``p.offsets``; ``err``: r3's pair errors (:func:`_record_pair_errors`);
+    the order of ``p.offsets``; ``err``: r3's pair misses (:func:`_record_pair_errors`);
     ``known``: the nonlinear features of each channel coded earlier in this pass (the later
     channels see each earlier channel's value minus them), to which this channel's are added."""
     ch = order[c]
