@@ -142,7 +142,8 @@ class Revision:
     # two of the even half's four samples next to them (their other directional features, and
     # the blend's choice of pair, measured worse)
     pair_errors: bool = False  # r3: passes that are not compact also blend their sample's two
-    # pairs by how well each pair's interpolation did at known samples nearby (``_pair_costs``)
+    # pairs by how well each pair's interpolation did at known samples nearby (``_pair_costs``;
+    # A2 passes also their diagonal pairs, ``_diagonal_blend``)
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
@@ -182,7 +183,7 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
     same = rev.same_middle and odd
     pair = err is not None and not compact
-    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + pair) * (c + 1), len(at))
+    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1), len(at))
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
     act = _Rows(len(nb) + 4 + c, len(at))
@@ -194,6 +195,8 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
         if pair:
             f = [own[i] for i in _pairs(p)[0]]
             mine.append(_weighted(f, *_pair_costs(err[ch], f, nb, p, depth)))
+            if p.oy and not p.ox:  # A2: also its diagonal neighbours, the A1 samples nb[-4:]
+                mine.append(_diagonal_blend(err[ch], own, nb, depth))
         feats.put(*mine)
         known[ch] = mine
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
@@ -233,9 +236,9 @@ def _pair_costs(err: np.ndarray, f: list[np.ndarray], nb: list[np.ndarray], p: P
     H*W, 2), of :func:`_record_pair_errors`), plus the pair's own difference. The misses at the
     sample's own distance (an odd half's even neighbours nb[4:8], on the same pass; in a
     vertical midpoints' pass (A2), the horizontal midpoints (A1) on its diagonals, nb[-4:])
-    weigh PAIR_NEAR, those on the coarser grid (the levels before) 1. The sum, in 8-bit units
-    and capped at PAIR_CAP, is cubed (less 1): the blend's weights are 1/(cost + 1)**3 (the
-    square measured +0.002 bpp, the cost itself +0.011)."""
+    weigh PAIR_NEAR, those on the coarser grid (the levels before) 1; the sum goes through
+    :func:`_cubed` (weights 1/(cost + 1)**3: the square measured +0.002 bpp, the cost itself
+    +0.011)."""
     _, kind, planes = _pairs(p)
     near = (nb[4:8] if p.parity == 1 else []) + (nb[-4:] if p.oy and not p.ox else [])
     grid = [i for (dy, dx), i in zip(p.offsets, nb)
@@ -251,12 +254,30 @@ def _pair_costs(err: np.ndarray, f: list[np.ndarray], nb: list[np.ndarray], p: P
         g *= PAIR_OWN
         g += sums[0, :, plane] * PAIR_NEAR
         g += sums[1, :, plane]
-        if depth > 8:
-            g = np.floor(g / (1 << (depth - 8)))
-        np.minimum(g, PAIR_CAP, out=g)
-        g += 1
-        costs.append(g * g * g - 1)  # products of integers below 2**53: exact
+        costs.append(_cubed(g, depth))
     return costs
+
+
+def _diagonal_blend(err: np.ndarray, own: list[np.ndarray], nb: list[np.ndarray], depth: int
+                    ) -> np.ndarray:
+    """r3: a vertical midpoints' pass's (A2) second pair blend, of its diagonal neighbours (the
+    A1 samples (TL, BR) and (TR, BL), nb[-4:]), costed like :func:`_pair_costs` by the
+    diagonal misses of the centres (D) left and right of it, nb[2:4], at the same distance
+    (x PAIR_NEAR) and the pairs' own differences (x PAIR_OWN)."""
+    tl, tr, bl, br = own[-4:]
+    f = [tl, br, tr, bl]
+    misses = err[1].take(nb[2], 0) + err[1].take(nb[3], 0)  # kind 1: the diagonals
+    return _weighted(f, *[_cubed(np.abs(f[2 * k] - f[2 * k + 1]) * PAIR_OWN
+                                 + misses[:, k] * PAIR_NEAR, depth) for k in (0, 1)])
+
+
+def _cubed(g: np.ndarray, depth: int) -> np.ndarray:
+    """A pair cost for :func:`_weighted`: ``g`` (an integer sum) in 8-bit units, capped at
+    PAIR_CAP, plus 1, cubed, less 1: the blend's weights are then 1/(g + 1)**3."""
+    if depth > 8:
+        g = np.floor(g / (1 << (depth - 8)))
+    g = np.minimum(g, PAIR_CAP) + 1
+    return g * g * g - 1  # products of integers below 2**53: exact
 
 
 def _record_pair_errors(err: np.ndarray, ch: int, at: np.ndarray, values: np.ndarray,
