@@ -14,8 +14,10 @@ from nicodec.cli import main as cli
 from nicodec.codec import registry
 from nicodec.codec.pipeline import decode_detailed, encode, encode_detailed
 from nicodec.models.ctx.codec import load_weights
-from nicodec.models.ctx.coder import R1, R2, _flip, decode_tile, encode_tile, tokens, untoken
+from nicodec.models.ctx.coder import (R1, R2, R3, Tables, _flip, _weighted, decode_tile,
+                                     encode_tile, tokens, untoken)
 from nicodec.models.ctx.levels import passes
+from nicodec.models.ctx.side import SideModel
 
 
 @pytest.fixture(scope="module", params=["r1", "current"])
@@ -112,6 +114,48 @@ def test_split_passes_round_trip_exactly(monkeypatch, depth):
         monkeypatch.setattr(coder, "SPLIT_FROM", 40)
 
 
+@pytest.mark.parametrize("depth", [8, 16])
+def test_r3_features_round_trip_exactly(monkeypatch, depth):
+    """r3's features (the odd halves' middle two of the even half's samples next to them, the
+    pair blend of every pass that is not compact) only appear in passes of 20 000 samples and
+    more: with both limits lowered, small tiles of every channel count take those paths, edges
+    included, and the features change the bytes (so they are used)."""
+    from nicodec.models.ctx import coder
+
+    shipped = registry.load_model("ctx-photo").net.tables
+    r3 = Tables(shipped.bank, shipped.edges, R3, side=SideModel.neutral())
+    monkeypatch.setattr(coder, "SPLIT_FROM", 40)
+    monkeypatch.setattr(coder, "COMPACT_BELOW", 12)
+    for shape in [(70, 129, 3), (23, 18, 1), (33, 65, 4), (2, 40, 2), (5, 1, 3), (1, 1, 1)]:
+        image = _photo_like(*shape, depth=depth)
+        data = encode_tile(image, depth, r3)
+        assert (decode_tile(data, shape, depth, r3) == image).all(), shape
+        if shape[0] * shape[1] > 500:
+            assert data != encode_tile(image, depth, shipped), shape
+    rng = np.random.default_rng(5)  # the pair costs at their cap: noise over the whole range
+    noise = rng.integers(0, 1 << depth, (40, 50, 3)).astype(np.uint8 if depth == 8 else np.uint16)
+    assert (decode_tile(encode_tile(noise, depth, r3), noise.shape, depth, r3) == noise).all()
+
+
+def test_the_pair_blend_is_exact_at_its_largest_inputs():
+    """The blend divides float64 products of 16-bit pair sums and powers of capped costs: its
+    floor must equal the integer quotient, costs (cubed) and samples at their extremes included."""
+    from nicodec.models.ctx.coder import PAIR_CAP
+
+    rng = np.random.default_rng(11)
+    top, cost_top = (1 << 16) - 1, (PAIR_CAP + 1) ** 3 - 1
+    f = [rng.integers(0, top + 1, 20000) for _ in range(4)]
+    g = [rng.integers(0, cost_top + 1, 20000) for _ in range(2)]
+    # a + b = c + d + 1 and costs 0 and g: the quotient is c + d + 1 - 1/(g + 2), the nearest
+    # to an integer from below that the float division must not round up
+    f[0][:100] = f[1][:100] = f[2][:100] = top
+    f[3][:100] = top - 1 - np.arange(100) % 2
+    g[0][:100], g[1][:100] = 0, cost_top - np.arange(100)
+    exact = ((f[0] + f[1]) * (g[1] + 1) + (f[2] + f[3]) * (g[0] + 1)) // (g[0] + g[1] + 2)
+    blend = _weighted([v.astype(np.float64) for v in f], *[v.astype(np.float64) for v in g])
+    assert (blend == exact).all()
+
+
 def test_the_bytes_do_not_depend_on_the_blas_thread_count(tables):
     """The encoder's fits use BLAS; its LU solve on two threads rounds differently, which used
     to change a sent weight of this image (so ``--threads 2`` wrote other bytes)."""
@@ -141,11 +185,12 @@ def test_a_failing_step_on_either_thread_stops_the_encoder(monkeypatch, failing_
     fit = coder._fit_step
     seen = []
 
-    def failing(x, res, step, *rest):
-        seen.append(step[2])
-        if step[2] == failing_channel and seen.count(failing_channel) == 3:
+    def failing(*args):
+        step = next(a for a in args if isinstance(a, coder._Step))
+        seen.append(step.c)
+        if step.c == failing_channel and seen.count(failing_channel) == 3:
             raise MemoryError(f"channel {failing_channel}")
-        return fit(x, res, step, *rest)
+        return fit(*args)
 
     monkeypatch.setattr(coder, "_fit_step", failing)
     with pytest.raises(MemoryError, match=f"channel {failing_channel}"):

@@ -27,9 +27,13 @@ the residual's sign is flipped where the exact prediction lay below the rounded 
 tables see one skew, not two mirrored ones), and the quiet classes are split by whether it
 lay a quarter or more away. It also codes each big pass of the finest level in two halves,
 the second seeing the first's samples and residuals next to it (``levels.passes``). Its encoder
-weights the fit's rows by the local activity. r3 entropy-codes the side information with a
-learned model and rounds each prediction weight only as finely as its feature's energy needs
-(``side.py``).
+weights the fit's rows by the local activity. r3 adds features to the passes that are not
+compact: in the second halves, the sum of the middle two of the first half's four samples next
+to them; in every such pass, a blend of the sample's two pairs (opposite midpoints, or the
+centres' diagonals) weighted by how well each pair's interpolation of the same orientation did
+at known samples nearby (``_pair_costs``, after JPEG XL's weighted predictor). It also
+entropy-codes the side information with a learned model and rounds each prediction weight
+only as finely as its feature's energy needs (``side.py``).
 """
 
 from __future__ import annotations
@@ -37,13 +41,13 @@ from __future__ import annotations
 import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
 from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
 from nicodec.models.ctx import side as coded
-from nicodec.models.ctx.levels import passes
+from nicodec.models.ctx.levels import Pass, passes
 from nicodec.models.ctx.tokens import raw_bits, tokens, untoken
 from nicodec.models.ctx.tokens import uniform as _uniform
 
@@ -59,6 +63,11 @@ SPLIT_FROM = 2 * COMPACT_BELOW  # r2: finest passes split in halves that keep al
 EST_SIGNIFICANT = 6  # r2: magnitude bits of the largest activity weight sent (4 measured alike)
 EST_SHIFT_MAX = 24  # r2: the largest scale 2**shift of the activity weights
 PHASE_CLASSES = 8  # r2: classes below this (expected |residual| under 1.5) split by phase
+PAIR_NEAR = 4  # r3: weight of the pair errors at a sample's own distance in its pair costs,
+# against 1 for the coarser level's (1, 2, 8, 16 measured 0.0002-0.004 bpp worse)
+PAIR_OWN = 2  # r3: weight of the pair's own difference |a - b| there (4, 8, 16 worse)
+PAIR_CAP = 1 << 11  # r3: the largest pair cost (in 8-bit units), so that the blend's products
+# with its cube stay exact (2**10: +0.005 bpp)
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
 # and 32 measured worse
 _CONTROLLER = None  # threadpoolctl's, made on the first solve
@@ -69,13 +78,25 @@ def directional(f: list[np.ndarray]) -> list[np.ndarray]:
     of the smoother pair, a gradient-weighted sum, the sum of the middle two."""
     a, b, c, d = f
     g1, g2 = np.abs(a - b), np.abs(c - d)
-    pick = np.where(g1 <= g2, a + b, c + d)
-    # the floor of a float quotient of integers: exact here, as the numerator is below 2**35
-    # and the denominator below 2**18, so the rounding error stays under 1/denominator
-    weighted = np.floor(((a + b) * (g2 + 1) + (c + d) * (g1 + 1)) / (g1 + g2 + 2))
-    middle = a + b + c + d - np.minimum(np.minimum(a, b), np.minimum(c, d)) \
+    return [np.where(g1 <= g2, a + b, c + d), _weighted(f, g1, g2), _middle(f)]
+
+
+def _weighted(f: list[np.ndarray], g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
+    """The sums of the pairs (a, b) and (c, d) weighted by the other pair's cost + 1 (the
+    directional features' costs are the pairs' differences, r3's pair blend's those of
+    :func:`_pair_costs`), rounded down."""
+    a, b, c, d = f
+    # the floor of a float quotient of integers: exact here, as the numerator is an integer
+    # below 2**53 (sums below 2**17, costs below 2**33.01) and the quotient below 2**17, so
+    # its rounding error (under 2**-37) stays under 1/denominator (over 2**-34.01)
+    return np.floor(((a + b) * (g2 + 1) + (c + d) * (g1 + 1)) / (g1 + g2 + 2))
+
+
+def _middle(f: list[np.ndarray]) -> np.ndarray:
+    """The sum of the middle two of four values."""
+    a, b, c, d = f
+    return a + b + c + d - np.minimum(np.minimum(a, b), np.minimum(c, d)) \
         - np.maximum(np.maximum(a, b), np.maximum(c, d))
-    return [pick, weighted, middle]
 
 
 @dataclass(frozen=True)
@@ -96,13 +117,19 @@ class Revision:
     # (``levels.passes``; splitting smaller ones, or those of the next level, measured worse)
     coded_side: bool = False  # r3: the side information entropy-coded with the weight file's
     # learned model (``side.py``; r1, r2: uniform bits)
+    same_middle: bool = False  # r3: the odd halves of split passes also see the sum of the middle
+    # two of the even half's four samples next to them (their other directional features, and
+    # the blend's choice of pair, measured worse)
+    pair_errors: bool = False  # r3: passes that are not compact also blend their sample's two
+    # pairs by how well each pair's interpolation did at known samples nearby (``_pair_costs``;
+    # A2 passes also their diagonal pairs, ``_diagonal_blend``)
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
               activity_rows=False, split_finest=False)
 R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=True,
               activity_rows=True, split_finest=True)
-R3 = replace(R2, coded_side=True)
+R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True)
 REVISIONS = {1: R1, 2: R2, 3: R3}
 
 
@@ -119,23 +146,39 @@ class Tables:
 
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
-              nb: list[np.ndarray], rev: Revision) -> tuple[np.ndarray, np.ndarray]:
+              nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None, depth: int,
+              known: dict[int, list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
     as float64 rows holding integers (products with the fixed-point weights stay exact; so do
     the features' own sums, products and floor divisions, all far below 2**53), each with a
     last row of ones for the bias (so the fits need not copy them). ``x`` and ``res`` are
-    float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours'."""
+    float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours' in
+    the order of ``p.offsets``; ``err``: r3's pair misses (:func:`_record_pair_errors`);
+    ``known``: the nonlinear features of each channel coded earlier in this pass (the later
+    channels see each earlier channel's value minus them), to which this channel's are added."""
     ch = order[c]
     compact = len(at) < COMPACT_BELOW
     if compact:  # a pass of few samples: fewer weights to send
         nb = nb[:4]
-    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5), len(at))
+    odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
+    same = rev.same_middle and odd
+    pair = err is not None and not compact
+    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1), len(at))
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
     act = _Rows(len(nb) + 4 + c, len(at))
     own = [feats.take(x[ch], i) for i in nb]
     if own:
-        feats.put(*directional(own[:4]))
+        mine = directional(own[:4])
+        if same:
+            mine.append(_middle(own[4:8]))
+        if pair:
+            f = [own[i] for i in _pairs(p)[0]]
+            mine.append(_weighted(f, *_pair_costs(err[ch], f, nb, p, depth)))
+            if p.oy and not p.ox:  # A2: also its diagonal neighbours, the A1 samples nb[-4:]
+                mine.append(_diagonal_blend(err[ch], own, nb, depth))
+        feats.put(*mine)
+        known[ch] = mine
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
@@ -147,10 +190,86 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
         here = feats.take(x[c2], at)
         np.abs(feats.take(res[c2], at), out=act.next())
         if own:
-            near = [x[c2].take(i) for i in nb[:4]] if compact else \
-                [feats.take(x[c2], i) for i in nb[:colour_near]]
-            feats.put(*[here - d for d in directional(near[:4])])
+            if not compact:  # its values at the neighbours (r2: all of them)
+                for i in nb[:colour_near]:
+                    feats.take(x[c2], i)
+            feats.put(*[here - d for d in known[c2]])
     return feats.done(), act.done()
+
+
+def _pairs(p: Pass) -> tuple[tuple[int, int, int, int], int, tuple[int, int]]:
+    """r3: which of a pass's nearest four form its two pairs for the pair blend, and where
+    ``err`` (:func:`_record_pair_errors`) holds the misses of each pair's orientation: kind 0,
+    horizontal (0) and vertical (1), for the midpoints' passes, whose pairs are their opposite
+    neighbours ((a, b) horizontal in A1, vertical in A2); kind 1, the diagonals (TL, BR) (0)
+    and (TR, BL) (1), for the centres' (D)."""
+    if p.oy == p.ox:
+        return (0, 3, 1, 2), 1, (0, 1)
+    return (0, 1, 2, 3), 0, ((1, 0) if p.oy else (0, 1))
+
+
+def _pair_costs(err: np.ndarray, f: list[np.ndarray], nb: list[np.ndarray], p: Pass,
+                depth: int) -> list[np.ndarray]:
+    """r3: the costs of a sample's two pairs f = (a, b, c, d) for :func:`_weighted` (weights
+    of its pairs as in JPEG XL's weighted predictor): how far the interpolation of each pair's
+    orientation missed at known samples next to it (``err``: one channel's misses, (kinds,
+    H*W, 2), of :func:`_record_pair_errors`), plus the pair's own difference. The misses at the
+    sample's own distance (an odd half's even neighbours nb[4:8], on the same pass; in a
+    vertical midpoints' pass (A2), the horizontal midpoints (A1) on its diagonals, nb[-4:])
+    weigh PAIR_NEAR, those on the coarser grid (the levels before) 1; the sum goes through
+    :func:`_cubed` (weights 1/(cost + 1)**3: the square measured +0.002 bpp, the cost itself
+    +0.011)."""
+    _, kind, planes = _pairs(p)
+    near = (nb[4:8] if p.parity == 1 else []) + (nb[-4:] if p.oy and not p.ox else [])
+    grid = [i for (dy, dx), i in zip(p.offsets, nb)
+            if (p.oy + dy) % p.step == 0 and (p.ox + dx) % p.step == 0]
+    n = len(nb[0])
+    sums, scratch = np.zeros((2, n, 2), err.dtype), np.empty((n, 2), err.dtype)
+    for total, where in zip(sums, (near, grid)):  # sums of integers below 2**22: exact in float32
+        for i in where:  # both orientations' misses at once (side by side in memory)
+            np.add(total, err[kind].take(i, 0, out=scratch), out=total)
+    costs = []
+    for k, plane in enumerate(planes):
+        g = np.abs(f[2 * k] - f[2 * k + 1])
+        g *= PAIR_OWN
+        g += sums[0, :, plane] * PAIR_NEAR
+        g += sums[1, :, plane]
+        costs.append(_cubed(g, depth))
+    return costs
+
+
+def _diagonal_blend(err: np.ndarray, own: list[np.ndarray], nb: list[np.ndarray], depth: int
+                    ) -> np.ndarray:
+    """r3: a vertical midpoints' pass's (A2) second pair blend, of its diagonal neighbours (the
+    A1 samples (TL, BR) and (TR, BL), nb[-4:]), costed like :func:`_pair_costs` by the
+    diagonal misses of the centres (D) left and right of it, nb[2:4], at the same distance
+    (x PAIR_NEAR) and the pairs' own differences (x PAIR_OWN)."""
+    tl, tr, bl, br = own[-4:]
+    f = [tl, br, tr, bl]
+    misses = err[1].take(nb[2], 0) + err[1].take(nb[3], 0)  # kind 1: the diagonals
+    return _weighted(f, *[_cubed(np.abs(f[2 * k] - f[2 * k + 1]) * PAIR_OWN
+                                 + misses[:, k] * PAIR_NEAR, depth) for k in (0, 1)])
+
+
+def _cubed(g: np.ndarray, depth: int) -> np.ndarray:
+    """A pair cost for :func:`_weighted`: ``g`` (an integer sum) in 8-bit units, capped at
+    PAIR_CAP, plus 1, cubed, less 1: the blend's weights are then 1/(g + 1)**3."""
+    if depth > 8:
+        g = np.floor(g / (1 << (depth - 8)))
+    g = np.minimum(g, PAIR_CAP) + 1
+    return g * g * g - 1  # products of integers below 2**53: exact
+
+
+def _record_pair_errors(err: np.ndarray, ch: int, at: np.ndarray, values: np.ndarray,
+                        nearest: np.ndarray, p: Pass) -> None:
+    """r3: |2 x - (a + b)| and |2 x - (c + d)| of the samples just coded (``values``; (a, b),
+    (c, d): their pairs of :func:`_pairs` among their ``nearest`` four, the first rows of
+    their prediction features), into ``err`` (C, kinds, H*W, 2) at the place of the pairs'
+    orientations, for the later passes' :func:`_pair_costs`."""
+    order, kind, planes = _pairs(p)
+    for k, plane in enumerate(planes):
+        err[ch, kind, at, plane] = np.abs(2 * values - nearest[order[2 * k]]
+                                          - nearest[order[2 * k + 1]])
 
 
 class _Rows:
@@ -388,11 +507,19 @@ def _order(channels: int) -> list[int]:
     return [1, 0, 2] + list(range(3, channels)) if channels >= 3 else list(range(channels))
 
 
-def _steps(height: int, width: int, order: list[int], rev: Revision
-           ) -> Iterator[tuple[np.ndarray, list[np.ndarray], int, int, int]]:
-    """The coding steps of a tile, in order: (flat positions of a pass, their neighbours' flat
-    positions, index in the channel order, channel, the pass's kind for r3's side information),
-    the same for the encoder and the decoder."""
+class _Step(NamedTuple):
+    """One coding step: a pass of one channel."""
+
+    p: Pass
+    at: np.ndarray  # the flat positions of its samples
+    nb: list[np.ndarray]  # their neighbours' flat positions, in the order of ``p.offsets``
+    c: int  # index in the channel order
+    ch: int  # channel
+    kind: int  # the pass's kind, for r3's side information
+
+
+def _steps(height: int, width: int, order: list[int], rev: Revision) -> Iterator[_Step]:
+    """The coding steps of a tile, in order, the same for the encoder and the decoder."""
     for p in passes(height, width, SPLIT_FROM if rev.split_finest else None):
         ys, xs = p.positions(height, width)
         if not len(ys):
@@ -401,7 +528,7 @@ def _steps(height: int, width: int, order: list[int], rev: Revision
         nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
         kind = coded.kind(p, len(at) < COMPACT_BELOW)
         for c, ch in enumerate(order):
-            yield at, nb, c, ch, kind
+            yield _Step(p, at, nb, c, ch, kind)
 
 
 @dataclass
@@ -431,22 +558,30 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
     steps = list(_steps(height, width, order, rev))
+    err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
+    known: dict[Pass, dict[int, list[np.ndarray]]] = {p: {} for p, *_ in steps}
     coder = PacketEncoder()
     side = _Side(enc=coder)
     with _one_blas_thread():
-        for fitted in _in_order(steps, lambda step: _fit_step(x, res, step, order, depth, tables),
-                                _lanes(channels, threads)):
+        for fitted in _in_order(
+                steps, lambda step: _fit_step(x, res, err, known, step, order, depth, tables),
+                _lanes(channels, threads)):
             _write_step(coder, side, fitted, tables)
     return coder.finish()
 
 
-def _fit_step(x: np.ndarray, res: np.ndarray, step: tuple, order: list[int], depth: int,
-              tables: Tables) -> _Fitted:
-    """Fit one step's predictor and activity estimate, and record its residuals in ``res``."""
-    at, nb, c, ch, kind = step
+def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
+              known: dict[Pass, dict[int, list[np.ndarray]]], step: _Step, order: list[int],
+              depth: int, tables: Tables) -> _Fitted:
+    """Fit one step's predictor and activity estimate, and record its residuals in ``res``
+    (and r3's pair misses in ``err``). ``known``: each pass's nonlinear features by channel,
+    for the later channels of the pass (dropped after its last)."""
+    p, at, nb, c, ch, kind = step
     rev = tables.revision
     half = 1 << (depth - 1)
-    feats, act = _features(x, res, c, order, at, nb, rev)
+    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known[p])
+    if c == len(order) - 1:
+        del known[p]
     target = x[ch, at].astype(np.int64)
     bits = _weight_bits(len(at), rev)
     frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth),
@@ -459,6 +594,8 @@ def _fit_step(x: np.ndarray, res: np.ndarray, step: tuple, order: list[int], dep
     pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
     r = (target - pred + half) % (2 * half) - half
     res[ch, at] = r
+    if err is not None and len(nb) >= 4:
+        _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
     if rev.phase:
         r = _flip(r, below, half)
     u = np.where(r >= 0, 2 * r, -2 * r - 1)
@@ -489,7 +626,7 @@ def _lanes(channels: int, threads: int | None) -> int:
     return 2 if threads > 1 and channels > 1 else 1
 
 
-def _in_order(steps: list, fit, lanes: int) -> Iterator:
+def _in_order(steps: list[_Step], fit, lanes: int) -> Iterator:
     """``fit(step)`` of every step, yielded in order. With two lanes, the last channel's steps
     run on a second thread; a step first waits for the earlier channels of its pass (the steps
     just before it), the only results it reads from the other lane."""
@@ -497,13 +634,13 @@ def _in_order(steps: list, fit, lanes: int) -> Iterator:
         for step in steps:
             yield fit(step)
         return
-    last = max(step[2] for step in steps)
+    last = max(step.c for step in steps)
     done = [Future() for _ in steps]
 
     def run(lane: list[int]) -> None:
         for k in lane:
             try:
-                for j in range(k - steps[k][2], k):
+                for j in range(k - steps[k].c, k):
                     done[j].result()
                 done[k].set_result(fit(steps[k]))
             except BaseException as error:  # the waiting lane and the writer see it too
@@ -511,7 +648,7 @@ def _in_order(steps: list, fit, lanes: int) -> Iterator:
                     done[j].set_exception(error)
                 return
 
-    lanes_of = [[k for k, step in enumerate(steps) if (step[2] == last) == second]
+    lanes_of = [[k for k, step in enumerate(steps) if (step.c == last) == second]
                 for second in (False, True)]
     with ThreadPoolExecutor(2) as pool:
         for lane in lanes_of:
@@ -586,8 +723,12 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     res = np.zeros_like(x)
     order = _order(channels)
     half = 1 << (depth - 1)
-    for at, nb, c, ch, kind in _steps(height, width, order, rev):
-        feats, act = _features(x, res, c, order, at, nb, rev)
+    err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
+    known: dict[int, list[np.ndarray]] = {}  # the nonlinear features of the pass's channels
+    for p, at, nb, c, ch, kind in _steps(height, width, order, rev):
+        if c == 0:  # a new pass
+            known = {}
+        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known)
         if rev.coded_side:
             frac, w, bias, shift, ew, ebias = _get_coded(
                 coder, tables.side, kind, c, depth, _weight_bits(len(at), rev),
@@ -619,6 +760,8 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
             r = _flip(r, below, half)
         x[ch, at] = (pred + r) % (2 * half)
         res[ch, at] = r
+        if err is not None and len(nb) >= 4:
+            _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
 
 
