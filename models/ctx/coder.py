@@ -301,8 +301,9 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
     squared errors count about as their log would): a residual's code length grows with its
     log, not its square. ``rows``: further weights of the rows (r2: smaller where the sample's
     class is busier, as its code length grows with |r| / scale). The reweighting rounds run on
-    a subsample (r2: in ``rough`` precision: float32 measured no loss on 8-bit photos, but
-    0.02 bits per sample on the 16-bit set), the last fit on more, in float64. ``a``
+    a subsample, the last fit on more, both in ``rough`` precision (float32, centred, for
+    8-bit photos; float64 for deeper samples, where float32 cost 0.02 bits per sample on the
+    16-bit set). ``a``
     (k + 1, n) ends with its row of ones."""
     step = max(1, -(-a.shape[1] // IRLS_ROWS))
     t = target[::step]
@@ -323,7 +324,8 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
         guess = np.einsum("k,kn->n", coef.astype(rough), small)  # no BLAS: see _fit_scaled
         coef = _fit_scaled(small, t, few / (np.abs(t - guess) + IRLS_FLOOR), rough)
     return _fit_scaled(a, target,
-                       rows / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
+                       rows / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR),
+                       rough)
 
 
 def _row_weights(act: np.ndarray, rev: Revision, depth: int) -> np.ndarray | None:
@@ -371,17 +373,27 @@ def _fit_scaled(m: np.ndarray, target: np.ndarray, weight: np.ndarray,
     """:func:`_fit` with row weights (r2's encoder; like it, the squared errors are weighted by
     ``weight`` squared), from the rows and the target scaled by ``weight`` in ``dtype``, stacked:
     the Gram matrix and the right-hand side are then one product of that array with its own
-    transpose (BLAS syrk), whose result does not depend on the BLAS thread count (a matrix
-    times a vector does, and a float32 difference can flip a sent weight's rounding). The
-    solve is in float64."""
+    transpose (BLAS syrk). In float32 the features and the target are first centred on their
+    means (the bias takes the difference back): float32 sums of the raw products lost enough
+    of the fit that the last fit had to run in float64; centred, the float32 fits code Kodak
+    0.003 bpp smaller than that did, 0.15 s sooner per image. The solve is in float64."""
     step = max(1, -(-m.shape[1] // LS_ROWS))
     weight = weight[::step]
+    rows, target = m[:, ::step], target[::step]
+    centre = np.zeros(len(m) + 1)  # features and target less their means (not the ones' row)
+    if dtype == np.float32:  # float32 sums of uncentred products lose the fit
+        centre[:-2] = rows[:-1].mean(1)
+        centre[-1] = target.mean()
     scaled = np.empty((len(m) + 1, len(weight)), dtype)
-    np.multiply(m[:, ::step], weight, out=scaled[:-1])
-    np.multiply(target[::step], weight, out=scaled[-1])
+    np.subtract(rows, centre[:-1, None], out=scaled[:-1], casting="same_kind" if dtype == np.float64
+                else "unsafe")
+    np.subtract(target, centre[-1], out=scaled[-1], casting="unsafe")
+    scaled *= weight.astype(dtype)
     both = (scaled @ scaled.T).astype(np.float64)
     gram = both[:-1, :-1] + np.eye(len(m)) * (1e-6 * np.trace(both[:-1, :-1]) / len(m) + 1e-9)
-    return _solve(gram, both[:-1, -1])
+    coef = _solve(gram, both[:-1, -1])
+    coef[-1] += centre[-1] - coef[:-1] @ centre[:-2]
+    return coef
 
 
 def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
