@@ -20,22 +20,23 @@ from nicodec.models.ctx.levels import passes
 from nicodec.models.ctx.side import SideModel
 
 
-@pytest.fixture(scope="module", params=["r1", "current"])
+@pytest.fixture(scope="module", params=["r1", "r2", "current"])
 def tables(request):
-    """The tables of each shipped revision: r1 (retired, its files still decode) and the current
-    one, so that both coders are exercised."""
-    weights = "ctx-photo-r1.safetensors" if request.param == "r1" else None
+    """The tables of each shipped revision: r1 and r2 (retired, their files still decode) and
+    the current one, so that every coder is exercised."""
+    weights = None if request.param == "current" else f"ctx-photo-{request.param}.safetensors"
     return registry.load_model("ctx-photo", weights).net.tables
 
 
 def test_the_weight_file_says_which_coder_revision_reads_it(tmp_path):
-    """r1's file has no revision tensor; the current one says r2; an unknown revision is refused
-    at load time, not misread."""
+    """r1's file has no revision tensor; r2's says 2, the current one 3; an unknown revision is
+    refused at load time, not misread."""
     from safetensors.numpy import load_file, save_file
 
     folder = registry.WEIGHTS_DIR
     assert load_weights(str(folder / "ctx-photo-r1.safetensors"))[0].tables.revision == R1
-    assert load_weights(str(folder / "ctx-photo.safetensors"))[0].tables.revision == R2
+    assert load_weights(str(folder / "ctx-photo-r2.safetensors"))[0].tables.revision == R2
+    assert load_weights(str(folder / "ctx-photo.safetensors"))[0].tables.revision == R3
     tensors = load_file(str(folder / "ctx-photo.safetensors"))
     tensors["revision"] = np.array([99], np.int32)
     save_file(tensors, str(tmp_path / "future.safetensors"))

@@ -39,7 +39,9 @@ Files of format version 5 (the alpha plane at the samples' depth) are named ``v5
 ``v5-ctx-photo-rgba16.nic`` holds the RGB samples of ``v4-ctx-photo-rgb16.nic`` with the 16-bit
 alpha plane ``clip((hypot(y - 24, x - 32) - 10) * 5000 + 7, 0, 65535)``, coded by ``ctx-photo``
 r1 (the commit that introduced version 5); the manifest keeps the SHA-256 of that plane's
-uint16 samples (little-endian bytes).
+uint16 samples (little-endian bytes). ``v5-ctx-photo-r3-*.nic`` hold the same five images
+(q0, gray, rgb16, gray16, rgba16) coded by ``ctx-photo`` r3, written by the commit that shipped
+r3: the r2 files above now decode with the retired ``ctx-photo-r2.safetensors``.
 """
 
 from __future__ import annotations

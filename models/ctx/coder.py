@@ -321,7 +321,7 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
     few, small = rows[::step], a[:, ::step].astype(rough)
     coef = _fit_scaled(small, t, few, rough)
     for _ in range(rounds - 1):
-        guess = np.einsum("k,kn->n", coef.astype(rough), small)  # no BLAS: see _fit_scaled
+        guess = np.einsum("k,kn->n", coef.astype(rough), small)
         coef = _fit_scaled(small, t, few / (np.abs(t - guess) + IRLS_FLOOR), rough)
     return _fit_scaled(a, target,
                        rows / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR),
