@@ -176,6 +176,31 @@ def test_the_bytes_do_not_depend_on_the_blas_thread_count(tables):
     assert (decode_tile(coded[0], image.shape, 8, tables) == image).all()
 
 
+def test_two_blas_threads_fit_the_last_channel_on_a_second_thread(monkeypatch):
+    """``threads`` left to the encoder follows BLAS's limit (what ``--threads`` sets): at two,
+    the steps run on two threads; at one, all in the caller's."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from nicodec.models.ctx import coder
+
+    tables = registry.load_model("ctx-photo").net.tables
+    fit, names = coder._fit_step, []
+
+    def spy(*args):
+        names.append(threading.current_thread().name)
+        return fit(*args)
+
+    monkeypatch.setattr(coder, "_fit_step", spy)
+    image = _photo_like(40, 48, 3)
+    for threads, expected in ((1, 1), (2, 2)):
+        names.clear()
+        with threadpool_limits(threads, user_api="blas"):
+            encode_tile(image, 8, tables)
+        assert len(set(names)) == expected
+
+
 @pytest.mark.parametrize("failing_channel", [0, 2])
 def test_a_failing_step_on_either_thread_stops_the_encoder(monkeypatch, failing_channel):
     """The two-thread encoder (the last channel on its own thread) raises the first error in

@@ -574,10 +574,11 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     known: dict[Pass, dict[int, list[np.ndarray]]] = {p: {} for p, *_ in steps}
     coder = PacketEncoder()
     side = _Side(enc=coder)
+    lanes = _lanes(channels, threads)  # before BLAS is held at one thread
     with _one_blas_thread():
         for fitted in _in_order(
                 steps, lambda step: _fit_step(x, res, err, known, step, order, depth, tables),
-                _lanes(channels, threads)):
+                lanes):
             _write_step(coder, side, fitted, tables)
     return coder.finish()
 
