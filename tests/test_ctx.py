@@ -3,6 +3,8 @@ tiled, damaged packets reported, and the default of --lossless."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -124,9 +126,9 @@ def test_r3_features_round_trip_exactly(monkeypatch, depth):
     from nicodec.models.ctx import coder
 
     shipped = registry.load_model("ctx-photo").net.tables
-    r3 = Tables(shipped.bank, shipped.edges, R3, side=SideModel.neutral())
+    r3 = Tables(shipped.bank, shipped.edges, replace(R3, compact_below=12),
+                side=SideModel.neutral())
     monkeypatch.setattr(coder, "SPLIT_FROM", 40)
-    monkeypatch.setattr(coder, "COMPACT_BELOW", 12)
     for shape in [(70, 129, 3), (23, 18, 1), (33, 65, 4), (2, 40, 2), (5, 1, 3), (1, 1, 1)]:
         image = _photo_like(*shape, depth=depth)
         data = encode_tile(image, depth, r3)

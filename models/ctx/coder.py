@@ -58,7 +58,9 @@ IRLS_ROWS = 25_000  # the subsample of the reweighting rounds and of the activit
 IRLS_FLOOR = 3.0  # row weights 1/(|residual| + this): measured 2-4 alike, 1 worse
 PRED_BITS = 14  # magnitude bits of the largest prediction weight (10 cost 0.025 bpp)
 PRED_BITS_MIN = 8  # r2: the fewest, for the smallest passes
-COMPACT_BELOW = 20_000  # passes of fewer samples use the nearest four neighbours only
+COMPACT_BELOW = 20_000  # r1, r2: passes of fewer samples use the nearest four neighbours only
+COMPACT_BELOW_R3 = 5_000  # r3, whose weights cost less to send: Kodak 0.005 bpp smaller (10 000:
+# 0.003, 1 000: 0.005)
 SPLIT_FROM = 2 * COMPACT_BELOW  # r2: finest passes split in halves that keep all neighbours
 EST_SIGNIFICANT = 6  # r2: magnitude bits of the largest activity weight sent (4 measured alike)
 EST_SHIFT_MAX = 24  # r2: the largest scale 2**shift of the activity weights
@@ -120,6 +122,7 @@ class Revision:
     same_middle: bool = False  # r3: the odd halves of split passes also see the sum of the middle
     # two of the even half's four samples next to them (their other directional features, and
     # the blend's choice of pair, measured worse)
+    compact_below: int = COMPACT_BELOW  # passes of fewer samples are compact (nearest four only)
     pair_errors: bool = False  # r3: passes that are not compact also blend their sample's two
     # pairs by how well each pair's interpolation did at known samples nearby (``_pair_costs``;
     # A2 passes also their diagonal pairs, ``_diagonal_blend``)
@@ -129,7 +132,8 @@ R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase
               activity_rows=False, split_finest=False)
 R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=True,
               activity_rows=True, split_finest=True)
-R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True)
+R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
+             compact_below=COMPACT_BELOW_R3)
 REVISIONS = {1: R1, 2: R2, 3: R3}
 
 
@@ -157,7 +161,7 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     ``known``: the nonlinear features of each channel coded earlier in this pass (the later
     channels see each earlier channel's value minus them), to which this channel's are added."""
     ch = order[c]
-    compact = len(at) < COMPACT_BELOW
+    compact = len(at) < rev.compact_below
     if compact:  # a pass of few samples: fewer weights to send
         nb = nb[:4]
     odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
@@ -538,7 +542,7 @@ def _steps(height: int, width: int, order: list[int], rev: Revision) -> Iterator
             continue
         at = ys * width + xs
         nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
-        kind = coded.kind(p, len(at) < COMPACT_BELOW)
+        kind = coded.kind(p, len(at) < rev.compact_below)
         for c, ch in enumerate(order):
             yield _Step(p, at, nb, c, ch, kind)
 
