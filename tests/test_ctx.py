@@ -76,12 +76,13 @@ def test_tokens_invert_for_every_16_bit_value():
     assert (nraw < 15).all()
 
 
-@pytest.mark.parametrize("split_from", [None, 0, 500])
-def test_every_neighbour_of_every_pass_is_known_before_it(split_from):
-    """r1's passes, r2's with every finest pass split (as in a big tile), and with some."""
+@pytest.mark.parametrize("split_from, split_top", [(None, 1), (0, 1), (500, 1), (0, 2), (200, 2)])
+def test_every_neighbour_of_every_pass_is_known_before_it(split_from, split_top):
+    """r1's passes, r2's with every finest pass split (as in a big tile), and with some; r3's
+    with the level above split too."""
     for h, w in [(1, 1), (2, 3), (3, 2), (4, 4), (37, 53), (70, 129)]:
         known = np.zeros((h, w), bool)
-        for p in passes(h, w, split_from):
+        for p in passes(h, w, split_from, split_top):
             ys, xs = p.positions(h, w)
             for ny, nx in p.neighbours(ys, xs, h, w):
                 assert known[ny, nx].all()
@@ -100,35 +101,34 @@ def test_tiles_round_trip_exactly(tables, shape, depth):
 
 
 @pytest.mark.parametrize("depth", [8, 16])
-def test_split_passes_round_trip_exactly(monkeypatch, depth):
-    """r2 splits only finest passes of 40 000 samples or more (photos of about 400x400 and
-    up): lowered here, so that small tiles take that path, the odd halves' edges included."""
-    from nicodec.models.ctx import coder
+def test_split_passes_round_trip_exactly(tables, depth):
+    """r2 splits only finest passes of 40 000 samples or more (photos of about 400x400 and up),
+    r3 those of the two finest levels from 20 000: lowered here, so that small tiles take that
+    path, the odd halves' edges included."""
+    if not tables.revision.split_finest:
+        pytest.skip("r1 splits no pass")
 
-    tables = registry.load_model("ctx-photo").net.tables
-    monkeypatch.setattr(coder, "SPLIT_FROM", 40)
+    def splitting(limit: int) -> Tables:
+        return replace(tables, revision=replace(tables.revision, split_from=limit))
+
     # (shape, whether a finest pass reaches 40 samples): (2, 40) has 20 per pass, none split
     for shape, split in [((70, 129, 3), True), ((23, 18, 1), True), ((2, 40, 2), False)]:
         image = _photo_like(*shape, depth=depth)
-        data = encode_tile(image, depth, tables)
-        assert (decode_tile(data, shape, depth, tables) == image).all()
-        monkeypatch.setattr(coder, "SPLIT_FROM", 1 << 30)
-        assert (encode_tile(image, depth, tables) != data) == split
-        monkeypatch.setattr(coder, "SPLIT_FROM", 40)
+        data = encode_tile(image, depth, splitting(40))
+        assert (decode_tile(data, shape, depth, splitting(40)) == image).all()
+        assert (encode_tile(image, depth, splitting(1 << 30)) != data) == split
 
 
 @pytest.mark.parametrize("depth", [8, 16])
-def test_r3_features_round_trip_exactly(monkeypatch, depth):
+def test_r3_features_round_trip_exactly(depth):
     """r3's features (the odd halves' middle two of the even half's samples next to them, the
-    pair blend of every pass that is not compact) only appear in passes of 20 000 samples and
-    more: with both limits lowered, small tiles of every channel count take those paths, edges
-    included, and the features change the bytes (so they are used)."""
-    from nicodec.models.ctx import coder
-
+    pair blend of every pass that is not compact) only appear in passes of 5000 samples and
+    more, the halves in passes of 20 000: with both limits lowered, small tiles of every
+    channel count take those paths, edges included, and the features change the bytes (so
+    they are used)."""
     shipped = registry.load_model("ctx-photo").net.tables
-    r3 = Tables(shipped.bank, shipped.edges, replace(R3, compact_below=12),
+    r3 = Tables(shipped.bank, shipped.edges, replace(R3, compact_below=12, split_from=40),
                 side=SideModel.neutral())
-    monkeypatch.setattr(coder, "SPLIT_FROM", 40)
     for shape in [(70, 129, 3), (23, 18, 1), (33, 65, 4), (2, 40, 2), (5, 1, 3), (1, 1, 1)]:
         image = _photo_like(*shape, depth=depth)
         data = encode_tile(image, depth, r3)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -10,7 +12,6 @@ from safetensors.numpy import load_file, save_file
 from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
 from nicodec.codec import registry
 from nicodec.codec.columns import UNDECODABLE
-from nicodec.models.ctx import coder
 from nicodec.models.ctx.codec import ContextNet, load_weights
 from nicodec.models.ctx.coder import NTOK, R2, R3, Tables, decode_tile, encode_tile
 from nicodec.models.ctx.side import (KINDS, SideModel, StepSide, coarseness, coarsen, get_step,
@@ -57,7 +58,7 @@ def test_r3_tiles_round_trip_exactly(r3_tables, shape, depth):
 
 
 @pytest.mark.parametrize("depth", [8, 16])
-def test_r3_extremes_and_split_passes_round_trip(r3_tables, monkeypatch, depth):
+def test_r3_extremes_and_split_passes_round_trip(r3_tables, depth):
     """Noise, flat and checkered tiles (features of zero energy, the largest weights), and
     the finest passes split in halves (lowered from 40 000 samples so small tiles split)."""
     rng = np.random.default_rng(3)
@@ -66,10 +67,10 @@ def test_r3_extremes_and_split_passes_round_trip(r3_tables, monkeypatch, depth):
                   np.zeros((9, 9, 1)), (np.indices((31, 31)).sum(0) % 2 * top)[..., None]):
         data = encode_tile(image, depth, r3_tables)
         assert (decode_tile(data, image.shape, depth, r3_tables) == image).all()
-    monkeypatch.setattr(coder, "SPLIT_FROM", 40)
+    splitting = replace(r3_tables, revision=replace(r3_tables.revision, split_from=40))
     image = _image(70, 129, 3, depth=depth, seed=5)
-    data = encode_tile(image, depth, r3_tables)
-    assert (decode_tile(data, image.shape, depth, r3_tables) == image).all()
+    data = encode_tile(image, depth, splitting)
+    assert (decode_tile(data, image.shape, depth, splitting) == image).all()
 
 
 def test_a_side_model_that_knows_nothing_still_codes_exactly():

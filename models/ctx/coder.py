@@ -62,6 +62,9 @@ COMPACT_BELOW = 20_000  # r1, r2: passes of fewer samples use the nearest four n
 COMPACT_BELOW_R3 = 5_000  # r3, whose weights cost less to send: Kodak 0.005 bpp smaller (10 000:
 # 0.003, 1 000: 0.005)
 SPLIT_FROM = 2 * COMPACT_BELOW  # r2: finest passes split in halves that keep all neighbours
+SPLIT_FROM_R3 = 20_000  # r3: the passes of the two finest levels from this size split (their
+# halves keep all neighbours as compact passes are smaller): Kodak 0.010 bpp smaller; the
+# third level too (from 6000 samples) measured worse
 EST_SIGNIFICANT = 6  # r2: magnitude bits of the largest activity weight sent (4 measured alike)
 EST_SHIFT_MAX = 24  # r2: the largest scale 2**shift of the activity weights
 PHASE_CLASSES = 8  # r2: classes below this (expected |residual| under 1.5) split by phase
@@ -115,14 +118,17 @@ class Revision:
     # from, and the quiet classes split by how far it was rounded (r1: neither)
     activity_rows: bool  # encoder only: the predictor's rows also weighted by
     # 1/(mean activity feature + ACTIVITY_FLOOR), nearer each sample's share of the code length
-    split_finest: bool  # the finest level's passes of at least SPLIT_FROM samples in two halves
-    # (``levels.passes``; splitting smaller ones, or those of the next level, measured worse)
+    split_finest: bool  # the finest level's passes of at least ``split_from`` samples in two
+    # halves (``levels.passes``; in r2, splitting smaller ones, or those of the next level,
+    # measured worse: their halves were compact)
     coded_side: bool = False  # r3: the side information entropy-coded with the weight file's
     # learned model (``side.py``; r1, r2: uniform bits)
     same_middle: bool = False  # r3: the odd halves of split passes also see the sum of the middle
     # two of the even half's four samples next to them (their other directional features, and
     # the blend's choice of pair, measured worse)
     compact_below: int = COMPACT_BELOW  # passes of fewer samples are compact (nearest four only)
+    split_from: int = SPLIT_FROM  # passes of at least this many samples split (``split_finest``)
+    split_top: int = 1  # r3: 2: the level above the finest (h = 2) splits too
     pair_errors: bool = False  # r3: passes that are not compact also blend their sample's two
     # pairs by how well each pair's interpolation did at known samples nearby (``_pair_costs``;
     # A2 passes also their diagonal pairs, ``_diagonal_blend``)
@@ -133,7 +139,7 @@ R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase
 R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=True,
               activity_rows=True, split_finest=True)
 R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
-             compact_below=COMPACT_BELOW_R3)
+             compact_below=COMPACT_BELOW_R3, split_from=SPLIT_FROM_R3, split_top=2)
 REVISIONS = {1: R1, 2: R2, 3: R3}
 
 
@@ -536,7 +542,7 @@ class _Step(NamedTuple):
 
 def _steps(height: int, width: int, order: list[int], rev: Revision) -> Iterator[_Step]:
     """The coding steps of a tile, in order, the same for the encoder and the decoder."""
-    for p in passes(height, width, SPLIT_FROM if rev.split_finest else None):
+    for p in passes(height, width, rev.split_from if rev.split_finest else None, rev.split_top):
         ys, xs = p.positions(height, width)
         if not len(ys):
             continue

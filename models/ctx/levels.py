@@ -12,7 +12,7 @@ offset's parity in units of h, so it is known too), or by the pass's first neigh
 always inside.
 
 Coder revision r2 splits each pass of the finest level (h = 1) that holds at least
-``split_from`` samples in two halves, the grid positions (i, j) of the pass with i + j even,
+``split_from`` samples in two halves (r3: also the level above, h = 2), the grid positions (i, j) of the pass with i + j even,
 then odd: the odd half also sees the even half's samples next to it on its grid (offsets
 (0, +-s), (+-s, 0)), whose residuals come from the same predictor at the same scale.
 """
@@ -84,9 +84,11 @@ def _axis(pos: np.ndarray, d: int, size: int, h: int) -> np.ndarray:
     return out
 
 
-def passes(height: int, width: int, split_from: int | None = None) -> list[Pass]:
-    """Every pass of a ``height`` x ``width`` tile, in coding order; the finest level's passes
-    of at least ``split_from`` samples in two halves (r2; None: none, as r1)."""
+def passes(height: int, width: int, split_from: int | None = None, split_top: int = 1
+           ) -> list[Pass]:
+    """Every pass of a ``height`` x ``width`` tile, in coding order; the passes of the levels
+    with h up to ``split_top`` (r2: 1, the finest; r3: 2) of at least ``split_from`` samples in
+    two halves (None: none, as r1)."""
     out = [Pass(0, 0, TOP, TOP, ())]
     s = TOP
     while s >= 2:
@@ -99,7 +101,7 @@ def passes(height: int, width: int, split_from: int | None = None) -> list[Pass]
         level = [Pass(h, h, s, h, near_d + far_d),
                  Pass(0, h, s, h, ((0, -h), (0, h), (-h, 0), (h, 0)) + far_a),
                  Pass(h, 0, s, h, ((-h, 0), (h, 0), (0, -h), (0, h)) + far_a + near_d)]
-        if split_from is not None and h == 1:
+        if split_from is not None and h <= split_top:
             same = ((0, -s), (0, s), (-s, 0), (s, 0))  # the even half, on the pass's grid
             level = [half for p in level for half in (
                 (Pass(p.oy, p.ox, s, h, p.offsets, 0),
