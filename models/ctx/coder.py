@@ -48,7 +48,7 @@ import numpy as np
 from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
 from nicodec.models.ctx import side as coded
 from nicodec.models.ctx.levels import Pass, passes
-from nicodec.models.ctx.tokens import raw_bits, tokens, untoken
+from nicodec.models.ctx.tokens import raw_bits, tokens, untoken, unzigzag, zigzag
 from nicodec.models.ctx.tokens import uniform as _uniform
 
 NTOK = 40  # tokens of 16-bit samples: 16 + 2 per octave from 2**4 to 2**15
@@ -75,7 +75,7 @@ PAIR_CAP = 1 << 11  # r3: the largest pair cost (in 8-bit units), so that the bl
 # with its cube stay exact (2**10: +0.005 bpp)
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
 # and 32 measured worse
-_CONTROLLER = None  # threadpoolctl's, made on the first solve
+_CONTROLLER = None  # threadpoolctl's, made on first use (``_controller``)
 
 
 def directional(f: list[np.ndarray]) -> list[np.ndarray]:
@@ -313,8 +313,7 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
     class is busier, as its code length grows with |r| / scale). The reweighting rounds run on
     a subsample, the last fit on more, both in ``rough`` precision (float32, centred, for
     8-bit photos; float64 for deeper samples, where float32 cost 0.02 bits per sample on the
-    16-bit set). ``a``
-    (k + 1, n) ends with its row of ones."""
+    16-bit set). ``a`` (k + 1, n) ends with its row of ones."""
     step = max(1, -(-a.shape[1] // IRLS_ROWS))
     t = target[::step]
     if rows is None:  # r1: the weighting as it was, so its encoder keeps its bytes
@@ -395,8 +394,7 @@ def _fit_scaled(m: np.ndarray, target: np.ndarray, weight: np.ndarray,
         centre[:-2] = rows[:-1].mean(1)
         centre[-1] = target.mean()
     scaled = np.empty((len(m) + 1, len(weight)), dtype)
-    np.subtract(rows, centre[:-1, None], out=scaled[:-1], casting="same_kind" if dtype == np.float64
-                else "unsafe")
+    np.subtract(rows, centre[:-1, None], out=scaled[:-1], casting="unsafe")
     np.subtract(target, centre[-1], out=scaled[-1], casting="unsafe")
     scaled *= weight.astype(dtype)
     both = (scaled @ scaled.T).astype(np.float64)
@@ -434,10 +432,16 @@ def _fixed(coef: np.ndarray, bits: int = PRED_BITS) -> tuple[int, np.ndarray, in
     coefficients."""
     top = float(np.abs(coef[:-1]).max()) if len(coef) > 1 else 0.0
     frac = int(np.clip(bits - np.ceil(np.log2(top + 1e-9)), 0, 14)) if top > 0 else bits
-    limit = min(32767, (1 << (bits + 1)) - 1)  # what bits + 2 sent bits hold
+    limit = _weight_limit(bits)
     w = np.clip(np.rint(coef[:-1] * (1 << frac)), -limit, limit).astype(np.int64)
     bias = int(np.clip(np.rint(coef[-1] * (1 << frac)), -(1 << 31) + 1, (1 << 31) - 1))
     return frac, w, bias
+
+
+def _weight_limit(bits: int) -> int:
+    """The largest magnitude of a prediction weight of ``bits`` magnitude bits: what its
+    ``bits`` + 2 sent bits hold, within int16."""
+    return min(32767, (1 << (bits + 1)) - 1)
 
 
 def _weight_bits(samples: int, rev: Revision) -> int:
@@ -612,7 +616,7 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     coarse = np.zeros(len(w) + 1, np.int64)
     if rev.coded_side:  # r3: each coefficient only as precise as its feature needs
         coarse = coded.coarseness(feats)
-        w = coded.coarsen(w, coarse[:-1], min(32767, (1 << (bits + 1)) - 1))
+        w = coded.coarsen(w, coarse[:-1], _weight_limit(bits))
         bias = int(coded.coarsen(np.array([bias]), coarse[-1:], (1 << 31) - 1)[0])
     pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
     r = (target - pred + half) % (2 * half) - half
@@ -621,7 +625,7 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
         _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
     if rev.phase:
         r = _flip(r, below, half)
-    u = np.where(r >= 0, 2 * r, -2 * r - 1)
+    u = zigzag(r)
     shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)), rev)
     return _Fitted(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
                    _classes(act, shift, ew, ebias, far, tables), *tokens(u))
@@ -778,7 +782,7 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
             where = nraw == k
             raw[where] = coder.decode(_uniform(int(k)), int(where.sum()))
         u = untoken(tok, raw)
-        r = np.where(u & 1, -(u + 1) // 2, u // 2)
+        r = unzigzag(u)
         if rev.phase:
             r = _flip(r, below, half)
         x[ch, at] = (pred + r) % (2 * half)
@@ -818,9 +822,8 @@ def _get_coded(coder: PacketDecoder, model: coded.SideModel, kind: int, c: int, 
     """r3: a pass and channel's side information (``side.get_step``), checked against the
     ranges the encoder keeps them in (a damaged payload raises ValueError)."""
     s = coded.get_step(coder, model, kind, c, depth, bits, coarse, ne)
-    limit = min(32767, (1 << (bits + 1)) - 1)  # as _fixed clips them
     if not 0 <= s.frac <= 14 or not 0 <= s.shift <= EST_SHIFT_MAX \
-            or np.abs(s.w).max(initial=0) > limit \
+            or np.abs(s.w).max(initial=0) > _weight_limit(bits) \
             or np.abs(s.ew).max(initial=0) > 1 << EST_SIGNIFICANT \
             or max(abs(s.bias), abs(s.ebias)) >= 1 << 31:
         raise ValueError("bad side information")

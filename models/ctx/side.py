@@ -7,9 +7,8 @@ magnitude in real units (a weight near 0.3 or near 0.01), but the fixed-point sc
 in changes from pass to pass. The weight file holds, for every (pass kind, channel position,
 coefficient), the base-2 logarithm of the coefficient's mean magnitude on the training photos
 (in 8-bit sample units; ``SideModel.pred``, ``act``). A coefficient ``v`` is sent as its
-zigzag ``u``
-shifted down by ``k`` (that logarithm moved into the coefficient's fixed-point units, less
-``OFFSET``): the hybrid token of ``u >> k`` (``tokens.py``, 72 tokens reach 2**32) with its
+zigzag ``u`` shifted down by ``k`` (that logarithm moved into the coefficient's fixed-point
+units, less ``OFFSET``): the hybrid token of ``u >> k`` (``tokens.py``, 72 tokens reach 2**32) with its
 category's learned table, then the token's raw bits and the ``k`` bits below, uniform. The
 decoder knows every ``k`` before it reads the coefficients (they follow from the pass, the
 channel and the two shifts, which come first), so a pass's side information is two coder calls
@@ -37,7 +36,7 @@ import numpy as np
 
 from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder, freqs_from_counts
 from nicodec.models.ctx.levels import TOP, Pass
-from nicodec.models.ctx.tokens import raw_bits, tokens, uniform, untoken
+from nicodec.models.ctx.tokens import raw_bits, tokens, uniform, untoken, unzigzag, zigzag
 
 NTOK = 72  # tokens of values below 2**32
 OFFSET = 2  # k is the magnitude's exponent less this: the token then resolves it in ~4 steps
@@ -152,21 +151,16 @@ def _exponents(table: np.ndarray, default: int, kind_: int, c: int, n: int) -> n
     return out
 
 
-def _zigzag(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, np.int64)
-    return np.where(v >= 0, 2 * v, -2 * v - 1)
-
-
 def _bits(v: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Code lengths of values sent with shift 0 and ``table`` (float: the encoder's choice)."""
-    tok, nraw, _ = tokens(_zigzag(v))
+    tok, nraw, _ = tokens(zigzag(v))
     return PRECISION - np.log2(table[tok]) + nraw
 
 
 def _put(coder: PacketEncoder, values: np.ndarray, k: np.ndarray, tables: np.ndarray) -> None:
     """Send signed ``values`` below 2**31 in magnitude, each with its shift ``k`` and its
     token table (a row of ``tables``)."""
-    u = _zigzag(values)
+    u = zigzag(values)
     tok, nraw, raw = tokens(u >> k)
     coder.encode(tok, tables)
     _put_raw(coder, (raw << k) | (u & ((1 << k) - 1)), nraw + k)
@@ -179,8 +173,7 @@ def _get(coder: PacketDecoder, k: np.ndarray, tables: np.ndarray) -> np.ndarray:
     tok = coder.decode(tables)
     width = raw_bits(tok)
     v = _get_raw(coder, width + k)
-    u = (untoken(tok, v >> k) << k) | (v & ((1 << k) - 1))
-    return np.where(u & 1, -(u + 1) // 2, u // 2)
+    return unzigzag((untoken(tok, v >> k) << k) | (v & ((1 << k) - 1)))
 
 
 def _chunks(width: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
@@ -205,13 +198,22 @@ def _get_raw(coder: PacketDecoder, width: np.ndarray) -> np.ndarray:
     return v
 
 
+def _shifts(s: StepSide) -> np.ndarray:
+    """The two shifts a pass and channel's side information starts with (``FRAC``, ``SHIFT``)."""
+    return np.array([s.frac - s.bits, s.shift])
+
+
+def _coefficients(s: StepSide) -> np.ndarray:
+    """The coefficients as sent, in the order of :meth:`SideModel.layout`: the prediction
+    weights and bias without their ``coarse`` zero bits, the activity weights and bias."""
+    return np.concatenate([np.append(s.w, s.bias) >> s.coarse, s.ew, [s.ebias]])
+
+
 def put_step(coder: PacketEncoder, model: SideModel, s: StepSide) -> None:
     """Send a pass and channel's shifts and coefficients."""
-    _put(coder, np.array([s.frac - s.bits, s.shift]), np.zeros(2, np.int64),
-         model.tables[[FRAC, SHIFT]])
+    _put(coder, _shifts(s), np.zeros(2, np.int64), model.tables[[FRAC, SHIFT]])
     k, cat = model.layout(s.kind, s.c, s.depth, s.frac, s.shift, s.coarse, len(s.ew))
-    _put(coder, np.concatenate([np.append(s.w, s.bias) >> s.coarse, s.ew, [s.ebias]]), k,
-         model.tables[cat])
+    _put(coder, _coefficients(s), k, model.tables[cat])
 
 
 def get_step(coder: PacketDecoder, model: SideModel, kind_: int, c: int, depth: int, bits: int,
@@ -298,12 +300,11 @@ def learn(steps: list[StepSide], picks: list[np.ndarray]) -> SideModel:
     hist = np.zeros((CATEGORIES, NTOK))
     for s in steps:
         k, cat = model.layout(s.kind, s.c, s.depth, s.frac, s.shift, s.coarse, len(s.ew))
-        values = np.concatenate([[s.frac - s.bits, s.shift], np.append(s.w, s.bias) >> s.coarse,
-                                 s.ew, [s.ebias]])
+        values = np.concatenate([_shifts(s), _coefficients(s)])
         np.add.at(hist, (np.concatenate([[FRAC, SHIFT], cat]),
-                         tokens(_zigzag(values) >> np.concatenate([[0, 0], k]))[0]), 1)
+                         tokens(zigzag(values) >> np.concatenate([[0, 0], k]))[0]), 1)
     for p in picks:
-        tok = tokens(_zigzag(np.diff(p, prepend=0)))[0]
+        tok = tokens(zigzag(np.diff(p, prepend=0)))[0]
         np.add.at(hist, (np.where(np.arange(len(p)) == 0, FIRST_PICK, PICK), tok), 1)
     model.tables = np.array([freqs_from_counts(h) for h in hist], np.int64)
     return model

@@ -1,4 +1,4 @@
-"""Hybrid tokens of non-negative integers and uniform tables: what the residuals
+"""Hybrid tokens of non-negative integers, zigzag signs and uniform tables: what the residuals
 (``coder.py``) and the side information (``side.py``) are both coded with.
 
 A value below ``SPLIT`` is its own token; a larger one is its exponent and the bit below its
@@ -37,6 +37,17 @@ def untoken(tok: np.ndarray, raw: np.ndarray) -> np.ndarray:
 def raw_bits(tok: np.ndarray) -> np.ndarray:
     """Raw bit count of each token."""
     return np.where(tok >= SPLIT, (tok - SPLIT) // 2 + 3, 0)
+
+
+def zigzag(v: np.ndarray) -> np.ndarray:
+    """Signed integers as non-negative ones: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ..."""
+    v = np.asarray(v, np.int64)
+    return np.where(v >= 0, 2 * v, -2 * v - 1)
+
+
+def unzigzag(u: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`zigzag`."""
+    return np.where(u & 1, -(u + 1) // 2, u // 2)
 
 
 def uniform(bits: int) -> np.ndarray:
