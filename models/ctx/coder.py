@@ -46,6 +46,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
+from nicodec.models.ctx import local as localfit
 from nicodec.models.ctx import side as coded
 from nicodec.models.ctx.levels import Pass, passes
 from nicodec.models.ctx.tokens import raw_bits, tokens, untoken, unzigzag, zigzag
@@ -132,6 +133,8 @@ class Revision:
     pair_errors: bool = False  # r3: passes that are not compact also blend their sample's two
     # pairs by how well each pair's interpolation did at known samples nearby (``_pair_costs``;
     # A2 passes also their diagonal pairs, ``_diagonal_blend``)
+    local_fit: bool = False  # r4: the odd halves of split passes also see a local predictor
+    # fitted on the even half's samples around them (``local.py``)
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
@@ -140,7 +143,8 @@ R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=Tr
               activity_rows=True, split_finest=True)
 R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
              compact_below=COMPACT_BELOW_R3, split_from=SPLIT_FROM_R3, split_top=2)
-REVISIONS = {1: R1, 2: R2, 3: R3}
+R4 = replace(R3, local_fit=True)
+REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4}
 
 
 @dataclass
@@ -157,7 +161,8 @@ class Tables:
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
               nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None, depth: int,
-              known: dict[int, list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+              known: dict[int, list[np.ndarray]], local: localfit.Geometry | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
     as float64 rows holding integers (products with the fixed-point weights stay exact; so do
     the features' own sums, products and floor divisions, all far below 2**53), each with a
@@ -173,7 +178,9 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
     same = rev.same_middle and odd
     pair = err is not None and not compact
-    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1), len(at))
+    loc = local is not None and odd
+    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1) + loc + 4,
+                  len(at))
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
     act = _Rows(len(nb) + 4 + c, len(at))
@@ -189,6 +196,12 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
                 mine.append(_diagonal_blend(err[ch], own, nb, depth))
         feats.put(*mine)
         known[ch] = mine
+        if rev.local_fit and p.parity >= 0 and not compact:
+            base = own[:4] + [m for i, m in enumerate(mine) if not (same and i == 3)]
+            if p.parity == 0:
+                localfit.STASH[(p.oy, p.ox, p.step, ch)] = [np.array(r) for r in base]
+            else:
+                localfit.ODD[ch] = base
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
@@ -204,6 +217,10 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
                 for i in nb[:colour_near]:
                     feats.take(x[c2], i)
             feats.put(*[here - d for d in known[c2]])
+    if loc:
+        feats.put(localfit.candidate(x, res, ch, order[:c], at, own, local, depth))
+    if localfit.PIX and c > 0 and (localfit.PIX_COMPACT or not compact) and own:
+        feats.put(*localfit.pixel_ratio(res, ch, order[:c], at, nb, depth))
     return feats.done(), act.done()
 
 
@@ -542,6 +559,7 @@ class _Step(NamedTuple):
     c: int  # index in the channel order
     ch: int  # channel
     kind: int  # the pass's kind, for r3's side information
+    local: localfit.Geometry | None = None  # r4: an odd half's local fit geometry
 
 
 def _steps(height: int, width: int, order: list[int], rev: Revision) -> Iterator[_Step]:
@@ -552,9 +570,12 @@ def _steps(height: int, width: int, order: list[int], rev: Revision) -> Iterator
             continue
         at = ys * width + xs
         nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
-        kind = coded.kind(p, len(at) < rev.compact_below)
+        compact = len(at) < rev.compact_below
+        kind = coded.kind(p, compact)
+        local = localfit.geometry(p, height, width) \
+            if rev.local_fit and p.parity == 1 and not compact else None
         for c, ch in enumerate(order):
-            yield _Step(p, at, nb, c, ch, kind)
+            yield _Step(p, at, nb, c, ch, kind, local)
 
 
 @dataclass
@@ -603,10 +624,10 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     """Fit one step's predictor and activity estimate, and record its residuals in ``res``
     (and r3's pair misses in ``err``). ``known``: each pass's nonlinear features by channel,
     for the later channels of the pass (dropped after its last)."""
-    p, at, nb, c, ch, kind = step
+    p, at, nb, c, ch, kind, local = step
     rev = tables.revision
     half = 1 << (depth - 1)
-    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known[p])
+    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known[p], local)
     if c == len(order) - 1:
         del known[p]
     target = x[ch, at].astype(np.int64)
@@ -752,10 +773,10 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     half = 1 << (depth - 1)
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
     known: dict[int, list[np.ndarray]] = {}  # the nonlinear features of the pass's channels
-    for p, at, nb, c, ch, kind in _steps(height, width, order, rev):
+    for p, at, nb, c, ch, kind, local in _steps(height, width, order, rev):
         if c == 0:  # a new pass
             known = {}
-        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known)
+        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known, local)
         if rev.coded_side:
             frac, w, bias, shift, ew, ebias = _get_coded(
                 coder, tables.side, kind, c, depth, _weight_bits(len(at), rev),
