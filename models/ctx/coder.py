@@ -33,7 +33,9 @@ to them; in every such pass, a blend of the sample's two pairs (opposite midpoin
 centres' diagonals) weighted by how well each pair's interpolation of the same orientation did
 at known samples nearby (``_pair_costs``, after JPEG XL's weighted predictor). It also
 entropy-codes the side information with a learned model and rounds each prediction weight
-only as finely as its feature's energy needs (``side.py``).
+only as finely as its feature's energy needs (``side.py``). r4, a candidate not shipped, gives
+the later channels each earlier channel's residual at the pixel times the local ratio of the
+two channels' residuals at the neighbours (``_colour_ratios``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
-from nicodec.models.ctx import local as localfit
 from nicodec.models.ctx import side as coded
 from nicodec.models.ctx.levels import Pass, passes
 from nicodec.models.ctx.tokens import raw_bits, tokens, untoken, unzigzag, zigzag
@@ -74,6 +75,12 @@ PAIR_NEAR = 4  # r3: weight of the pair errors at a sample's own distance in its
 PAIR_OWN = 2  # r3: weight of the pair's own difference |a - b| there (4, 8, 16 worse)
 PAIR_CAP = 1 << 11  # r3: the largest pair cost (in 8-bit units), so that the blend's products
 # with its cube stay exact (2**10: +0.005 bpp)
+RATIO_CLIP = 24  # r4: the neighbours' residuals (in 8-bit units) clipped to +-this in the colour
+# ratios (64: +0.0014 bpp, 255: +0.0022)
+RATIO_NEAR = 2  # r4: weight of the nearest four's products in the ratios, against 1 for the
+# further neighbours (1: +0.0014 bpp)
+RATIO_RIDGE = 4  # r4: added to the ratios' denominators (1, 16: +0.0008 bpp)
+RATIO_FRAC = 4  # r4: fractional bits of a colour ratio feature
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
 # and 32 measured worse
 _CONTROLLER = None  # threadpoolctl's, made on first use (``_controller``)
@@ -133,8 +140,9 @@ class Revision:
     pair_errors: bool = False  # r3: passes that are not compact also blend their sample's two
     # pairs by how well each pair's interpolation did at known samples nearby (``_pair_costs``;
     # A2 passes also their diagonal pairs, ``_diagonal_blend``)
-    local_fit: bool = False  # r4: the odd halves of split passes also see a local predictor
-    # fitted on the even half's samples around them (``local.py``)
+    colour_ratio: bool = False  # r4: the later channels of passes that are not compact also see
+    # each earlier channel's residual at the pixel times the local ratio of their residuals at
+    # the neighbours (``_colour_ratios``)
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
@@ -143,8 +151,9 @@ R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=Tr
               activity_rows=True, split_finest=True)
 R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
              compact_below=COMPACT_BELOW_R3, split_from=SPLIT_FROM_R3, split_top=2)
-R4 = replace(R3, local_fit=True)
+R4 = replace(R3, colour_ratio=True)  # a candidate: not shipped
 REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4}
+SHIPPED = 3  # the revision of the shipped weights (``train.py``'s default)
 
 
 @dataclass
@@ -161,7 +170,7 @@ class Tables:
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
               nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None, depth: int,
-              known: dict[int, list[np.ndarray]], local: localfit.Geometry | None = None
+              known: dict[int, list[np.ndarray]], moments: list[np.ndarray] | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
     """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
     as float64 rows holding integers (products with the fixed-point weights stay exact; so do
@@ -170,7 +179,8 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours' in
     the order of ``p.offsets``; ``err``: r3's pair misses (:func:`_record_pair_errors`);
     ``known``: the nonlinear features of each channel coded earlier in this pass (the later
-    channels see each earlier channel's value minus them), to which this channel's are added."""
+    channels see each earlier channel's value minus them), to which this channel's are added;
+    ``moments``: r4's products of the channels' residuals (:func:`_record_moments`)."""
     ch = order[c]
     compact = len(at) < rev.compact_below
     if compact:  # a pass of few samples: fewer weights to send
@@ -178,9 +188,9 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
     same = rev.same_middle and odd
     pair = err is not None and not compact
-    loc = local is not None and odd
-    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1) + loc + 4,
-                  len(at))
+    ratios = moments is not None and not compact and len(nb) > 0
+    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1)
+                  + ratios * c, len(at))
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
     act = _Rows(len(nb) + 4 + c, len(at))
@@ -196,12 +206,6 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
                 mine.append(_diagonal_blend(err[ch], own, nb, depth))
         feats.put(*mine)
         known[ch] = mine
-        if rev.local_fit and p.parity >= 0 and not compact:
-            base = own[:4] + [m for i, m in enumerate(mine) if not (same and i == 3)]
-            if p.parity == 0:
-                localfit.STASH[(p.oy, p.ox, p.step, ch)] = [np.array(r) for r in base]
-            else:
-                localfit.ODD[ch] = base
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
@@ -217,11 +221,49 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
                 for i in nb[:colour_near]:
                     feats.take(x[c2], i)
             feats.put(*[here - d for d in known[c2]])
-    if loc:
-        feats.put(localfit.candidate(x, res, ch, order[:c], at, own, local, depth))
-    if localfit.PIX and c > 0 and (localfit.PIX_COMPACT or not compact) and own:
-        feats.put(*localfit.pixel_ratio(res, ch, order[:c], at, nb, depth))
+    if ratios and c:
+        feats.put(*_colour_ratios(moments, res, c, order, at, nb))
     return feats.done(), act.done()
+
+
+def _colour_ratios(moments: list[np.ndarray], res: np.ndarray, c: int, order: list[int],
+                   at: np.ndarray, nb: list[np.ndarray]) -> list[np.ndarray]:
+    """r4: for each channel coded before channel ``order[c]``, its residual at the sample times
+    the local ratio of the two channels' residuals: a ridge regression through 0 on the
+    neighbours' clipped residuals (``moments``, :func:`_record_moments`; the nearest four
+    weighted RATIO_NEAR), sum(r * r2) / (sum(r2 * r2) + RATIO_RIDGE), in units of
+    2**-RATIO_FRAC, rounded down. The predictor's colour weights are one per pass; this follows
+    how the channels' errors move together where the sample is (chroma changes from region to
+    region). Exact: the sums are of integers below 2**15 (float32 holds them), the numerator an
+    integer below 2**40, and the float quotient's floor is the integer quotient's (as in
+    :func:`_weighted`)."""
+    m = moments[c].reshape(len(moments[c]), 2 * c)  # all earlier channels' in one gather
+    total = m.take(nb[0], 0)
+    scratch = np.empty_like(total)
+    for i in nb[1:4]:
+        total += m.take(i, 0, out=scratch)
+    total *= RATIO_NEAR
+    for i in nb[4:]:
+        total += m.take(i, 0, out=scratch)
+    cross, energy = total[:, 0::2].T.astype(np.float64), total[:, 1::2].T.astype(np.float64)
+    top = np.array([res[ch].take(at) for ch in order[:c]]) * cross * (1 << RATIO_FRAC)
+    return list(np.floor(top / (energy + RATIO_RIDGE)))
+
+
+def _record_moments(moments: list[np.ndarray], res: np.ndarray, c: int, order: list[int],
+                    at: np.ndarray, depth: int) -> None:
+    """r4: once channel ``order[c]`` of a pass is coded, the products of its clipped residual
+    with each earlier channel's, and their squares, (r * r2, r2 * r2), into ``moments[c]``
+    (H*W, c, 2) at the samples ``at``, for the later passes' :func:`_colour_ratios`. A
+    residual is clipped in 8-bit units (rounded down) to +-RATIO_CLIP: a few large ones at
+    edges would rule the sums."""
+    if not c:
+        return
+    clipped = np.array([res[ch].take(at) for ch in order[:c + 1]])
+    np.clip(np.floor(clipped * 2.0 ** (8 - depth), out=clipped), -RATIO_CLIP, RATIO_CLIP,
+            out=clipped)
+    theirs = clipped[:c].T
+    moments[c][at] = np.stack([clipped[c, :, None] * theirs, theirs * theirs], -1)
 
 
 def _pairs(p: Pass) -> tuple[tuple[int, int, int, int], int, tuple[int, int]]:
@@ -559,7 +601,6 @@ class _Step(NamedTuple):
     c: int  # index in the channel order
     ch: int  # channel
     kind: int  # the pass's kind, for r3's side information
-    local: localfit.Geometry | None = None  # r4: an odd half's local fit geometry
 
 
 def _steps(height: int, width: int, order: list[int], rev: Revision) -> Iterator[_Step]:
@@ -570,12 +611,9 @@ def _steps(height: int, width: int, order: list[int], rev: Revision) -> Iterator
             continue
         at = ys * width + xs
         nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
-        compact = len(at) < rev.compact_below
-        kind = coded.kind(p, compact)
-        local = localfit.geometry(p, height, width) \
-            if rev.local_fit and p.parity == 1 and not compact else None
+        kind = coded.kind(p, len(at) < rev.compact_below)
         for c, ch in enumerate(order):
-            yield _Step(p, at, nb, c, ch, kind, local)
+            yield _Step(p, at, nb, c, ch, kind)
 
 
 @dataclass
@@ -606,28 +644,33 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     order = _order(channels)
     steps = list(_steps(height, width, order, rev))
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
+    moments = [np.zeros((height * width, c, 2), np.float32) for c in range(channels)] \
+        if rev.colour_ratio else None
     known: dict[Pass, dict[int, list[np.ndarray]]] = {p: {} for p, *_ in steps}
     coder = PacketEncoder()
     side = _Side(enc=coder)
     lanes = _lanes(channels, threads)  # before BLAS is held at one thread
     with _one_blas_thread():
         for fitted in _in_order(
-                steps, lambda step: _fit_step(x, res, err, known, step, order, depth, tables),
+                steps, lambda step: _fit_step(x, res, err, moments, known, step, order, depth,
+                                              tables),
                 lanes):
             _write_step(coder, side, fitted, tables)
     return coder.finish()
 
 
 def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
+              moments: list[np.ndarray] | None,
               known: dict[Pass, dict[int, list[np.ndarray]]], step: _Step, order: list[int],
               depth: int, tables: Tables) -> _Fitted:
     """Fit one step's predictor and activity estimate, and record its residuals in ``res``
-    (and r3's pair misses in ``err``). ``known``: each pass's nonlinear features by channel,
-    for the later channels of the pass (dropped after its last)."""
-    p, at, nb, c, ch, kind, local = step
+    (and r3's pair misses in ``err``, r4's residual products in ``moments``). ``known``: each
+    pass's nonlinear features by channel, for the later channels of the pass (dropped after its
+    last)."""
+    p, at, nb, c, ch, kind = step
     rev = tables.revision
     half = 1 << (depth - 1)
-    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known[p], local)
+    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known[p], moments)
     if c == len(order) - 1:
         del known[p]
     target = x[ch, at].astype(np.int64)
@@ -642,6 +685,8 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
     r = (target - pred + half) % (2 * half) - half
     res[ch, at] = r
+    if moments is not None:
+        _record_moments(moments, res, c, order, at, depth)
     if err is not None and len(nb) >= 4:
         _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
     if rev.phase:
@@ -772,11 +817,13 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     order = _order(channels)
     half = 1 << (depth - 1)
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
+    moments = [np.zeros((height * width, c, 2), np.float32) for c in range(channels)] \
+        if rev.colour_ratio else None
     known: dict[int, list[np.ndarray]] = {}  # the nonlinear features of the pass's channels
-    for p, at, nb, c, ch, kind, local in _steps(height, width, order, rev):
+    for p, at, nb, c, ch, kind in _steps(height, width, order, rev):
         if c == 0:  # a new pass
             known = {}
-        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known, local)
+        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known, moments)
         if rev.coded_side:
             frac, w, bias, shift, ew, ebias = _get_coded(
                 coder, tables.side, kind, c, depth, _weight_bits(len(at), rev),
@@ -808,6 +855,8 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
             r = _flip(r, below, half)
         x[ch, at] = (pred + r) % (2 * half)
         res[ch, at] = r
+        if moments is not None:
+            _record_moments(moments, res, c, order, at, depth)
         if err is not None and len(nb) >= 4:
             _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
