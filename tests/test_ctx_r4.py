@@ -1,6 +1,7 @@
 """ctx-photo coder revision r4 (a candidate, not shipped): the later channels see each earlier
-channel's residual times the local ratio of their residuals at the neighbours. Exact for every
-tile shape, channel count and depth, and independent of the encoder's thread count."""
+channel's residual times the local ratio of their residuals at the neighbours, and its deviation
+from its nearest four times the local slope of their values. Exact for every tile shape,
+channel count and depth, and independent of the encoder's thread count."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from nicodec.codec import registry
 from nicodec.models.ctx import coder
 from nicodec.models.ctx.codec import load_weights
 from nicodec.models.ctx.coder import (R3, R4, RATIO_CLIP, RATIO_FRAC, RATIO_NEAR, RATIO_RIDGE,
-                                     Tables, decode_tile, encode_tile)
+                                     SLOPE_FRAC, SLOPE_NEAR, SLOPE_RIDGE, Tables, decode_tile,
+                                     encode_tile)
 from nicodec.models.ctx.side import SideModel
 
 CANDIDATE = registry.WEIGHTS_DIR / "wip" / "ctx-photo-r4.safetensors"
@@ -103,6 +105,35 @@ def test_the_colour_ratio_is_exact_at_its_largest_inputs():
         exact = [r * x * (1 << RATIO_FRAC) // (e + RATIO_RIDGE)  # Python integers
                  for r, x, e in zip(residual[j].tolist(), cross.tolist(), energy.tolist())]
         assert (ratios[j] == np.array(exact)).all()
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_the_colour_slope_is_exact_at_its_largest_inputs(depth):
+    """The slope's cross and energy sums are expanded into BLAS-summed products and its
+    quotient is a float division: both must give the integer formula's result exactly, with
+    samples at the ends of the range and the largest neighbourhood (20)."""
+    rng = np.random.default_rng(13)
+    n, neighbours, c, top = 20_000, 20, 2, (1 << depth) - 1
+    own = rng.integers(0, top + 1, (neighbours, n))
+    theirs = rng.integers(0, top + 1, (c, neighbours, n))
+    here = rng.integers(0, top + 1, (c, n))
+    own[:, :500], theirs[:, :4, :500], theirs[:, 4:, :500] = top, 0, top  # largest contrasts
+    here[:, :250], here[:, 250:500] = top, 0
+    own[:4, 500:1000], theirs[:, :4, 500:1000] = 0, top
+    slopes = coder._colour_slopes(own.astype(np.float64),
+                                  [(h.astype(np.float64), t.astype(np.float64))
+                                   for h, t in zip(here, theirs)], depth)
+    weight = np.where(np.arange(neighbours) < 4, SLOPE_NEAR, 1)[:, None]
+    m = own >> (depth - 8)
+    a = 4 * m - m[:4].sum(0)
+    for j in range(c):
+        t = theirs[j] >> (depth - 8)
+        b = 4 * t - t[:4].sum(0)
+        cross, energy = (weight * a * b).sum(0), (weight * b * b).sum(0)
+        deviation = 4 * here[j] - theirs[j, :4].sum(0)
+        exact = [d * x * (1 << SLOPE_FRAC) // (e + SLOPE_RIDGE)  # Python integers
+                 for d, x, e in zip(deviation.tolist(), cross.tolist(), energy.tolist())]
+        assert (slopes[j] == np.array(exact)).all()
 
 
 def test_r4_bytes_do_not_depend_on_the_thread_count():

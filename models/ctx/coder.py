@@ -35,7 +35,8 @@ at known samples nearby (``_pair_costs``, after JPEG XL's weighted predictor). I
 entropy-codes the side information with a learned model and rounds each prediction weight
 only as finely as its feature's energy needs (``side.py``). r4, a candidate not shipped, gives
 the later channels each earlier channel's residual at the pixel times the local ratio of the
-two channels' residuals at the neighbours (``_colour_ratios``).
+two channels' residuals at the neighbours (``_colour_ratios``), and its deviation from its
+nearest four times the local slope of the two channels' values there (``_colour_slopes``).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ RATIO_NEAR = 2  # r4: weight of the nearest four's products in the ratios, again
 # further neighbours (1: +0.0014 bpp)
 RATIO_RIDGE = 4  # r4: added to the ratios' denominators (1, 16: +0.0008 bpp)
 RATIO_FRAC = 4  # r4: fractional bits of a colour ratio feature
+SLOPE_NEAR = 4  # r4: weight of the nearest four in the colour slopes, against 1 for the others
+# (1, 2, 8: +0.0015, +0.0008, +0.0007 bpp)
+SLOPE_RIDGE = 1024  # r4: added to the colour slopes' denominators, in (4 x 8-bit units)**2
+# (with the nearest four weighted 2: 64 +0.0020 bpp, 256 +0.0009, 4096 +0.0008, 16 384 +0.0027)
+SLOPE_FRAC = 2  # r4: fractional bits of a colour slope feature
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
 # and 32 measured worse
 _CONTROLLER = None  # threadpoolctl's, made on first use (``_controller``)
@@ -143,6 +149,9 @@ class Revision:
     colour_ratio: bool = False  # r4: the later channels of passes that are not compact also see
     # each earlier channel's residual at the pixel times the local ratio of their residuals at
     # the neighbours (``_colour_ratios``)
+    colour_slope: bool = False  # r4: and each earlier channel's deviation from its nearest four
+    # at the pixel times the local slope of the two channels' values at the neighbours
+    # (``_colour_slopes``)
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
@@ -151,7 +160,7 @@ R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=Tr
               activity_rows=True, split_finest=True)
 R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
              compact_below=COMPACT_BELOW_R3, split_from=SPLIT_FROM_R3, split_top=2)
-R4 = replace(R3, colour_ratio=True)  # a candidate: not shipped
+R4 = replace(R3, colour_ratio=True, colour_slope=True)  # a candidate: not shipped
 REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4}
 SHIPPED = 3  # the revision of the shipped weights (``train.py``'s default)
 
@@ -189,8 +198,9 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     same = rev.same_middle and odd
     pair = err is not None and not compact
     ratios = moments is not None and not compact and len(nb) > 0
+    slopes = rev.colour_slope and rev.all_colour and not compact and len(nb) > 0
     feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1)
-                  + ratios * c, len(at))
+                  + (ratios + slopes) * c, len(at))
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
     act = _Rows(len(nb) + 4 + c, len(at))
@@ -213,17 +223,56 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
             signed = feats.take(res[ch], index) if i < signed_near else \
                 res[ch].take(index, mode="clip")
             np.abs(signed, out=act.next())
+    theirs = []  # each earlier channel's sample and its rows at the neighbours
     for c2 in order[:c]:
         here = feats.take(x[c2], at)
         np.abs(feats.take(res[c2], at), out=act.next())
         if own:
+            first = feats.k
             if not compact:  # its values at the neighbours (r2: all of them)
                 for i in nb[:colour_near]:
                     feats.take(x[c2], i)
+            theirs.append((here, feats.rows[first:feats.k]))
             feats.put(*[here - d for d in known[c2]])
     if ratios and c:
         feats.put(*_colour_ratios(moments, res, c, order, at, nb))
+    if slopes and c:
+        feats.put(*_colour_slopes(feats.rows[:len(nb)], theirs, depth))
     return feats.done(), act.done()
+
+
+def _colour_slopes(own: np.ndarray, theirs: list[tuple[np.ndarray, np.ndarray]], depth: int
+                   ) -> list[np.ndarray]:
+    """r4: for each earlier channel, its deviation at the sample from its nearest four,
+    4 x - (n0 + n1 + n2 + n3), times the local slope of this channel's values against its: a
+    ridge regression through 0 of this channel's deviations at the neighbours (4 v_k - the sum
+    of its nearest four) on the earlier channel's, in 8-bit units (rounded down), the nearest
+    four weighted SLOPE_NEAR: floor(2**SLOPE_FRAC d X / (E + SLOPE_RIDGE)). ``own`` (K, n):
+    this channel's values at the K neighbours; ``theirs``: each earlier channel's value at the
+    sample and its (K, n) values at the neighbours. The residual ratios of
+    :func:`_colour_ratios` follow the channels' errors; this follows their local contrast (a
+    colour edge, a tinted shadow). The cross sums expand into sums of products (all integers
+    below 2**27, so BLAS's products are exact): sum w (4 m - S)(4 t - T) = 16 sum w m t
+    - 4 T sum w m - 4 S sum w t + S T sum w, whence a numerator below 2**46, and the float
+    quotient's floor is the integer quotient's (as in :func:`_weighted`)."""
+    def units(v: np.ndarray) -> np.ndarray:
+        return v if depth == 8 else np.floor(v * 2.0 ** (8 - depth))
+
+    def weighted(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # sum w a b over the neighbours
+        return np.einsum("kn,kn->n", a, b) + (SLOPE_NEAR - 1) * np.einsum("kn,kn->n", a[:4], b[:4])
+
+    total = SLOPE_NEAR * 4 + len(own) - 4  # sum w
+    m = units(own)
+    sm, wm = m[:4].sum(0), m.sum(0) + (SLOPE_NEAR - 1) * m[:4].sum(0)
+    out = []
+    for here, rows in theirs:
+        t = units(rows)
+        st, wt = t[:4].sum(0), t.sum(0) + (SLOPE_NEAR - 1) * t[:4].sum(0)
+        cross = 16 * weighted(m, t) - 4 * (st * wm + sm * wt) + sm * st * total
+        energy = 16 * weighted(t, t) - 8 * st * wt + st * st * total
+        deviation = 4 * here - rows[:4].sum(0)
+        out.append(np.floor(deviation * cross * (1 << SLOPE_FRAC) / (energy + SLOPE_RIDGE)))
+    return out
 
 
 def _colour_ratios(moments: list[np.ndarray], res: np.ndarray, c: int, order: list[int],
