@@ -74,71 +74,60 @@ def test_r4_noise_flat_and_checkered_tiles_round_trip(depth):
         assert (decode_tile(data, image.shape, depth, r4) == image).all()
 
 
-def test_the_colour_ratio_is_exact_at_its_largest_inputs():
-    """The ratio divides a float64 product of a 16-bit residual and a sum of clipped products
-    by a sum of squares: its floor must be the integer quotient's, with every neighbour of the
-    largest neighbourhood (20) at the clip and the residual at the ends of its range."""
+@pytest.mark.parametrize("depth", [8, 16])
+def test_the_colour_ratio_is_exact_at_its_largest_inputs(depth):
+    """The ratio divides a float64 product of a residual and a sum of clipped products by a sum
+    of squares: its floor must be the integer quotient's, with every neighbour of the largest
+    neighbourhood (20) beyond the clip and the residual at the ends of its range."""
     rng = np.random.default_rng(11)
-    n, neighbours, c = 50_000, 20, 2
-    mine = rng.integers(-RATIO_CLIP, RATIO_CLIP + 1, (neighbours, n))
-    theirs = rng.integers(-RATIO_CLIP, RATIO_CLIP + 1, (c, neighbours, n))
-    mine[:, :1000] = RATIO_CLIP
-    theirs[:, :, :1000] = -RATIO_CLIP
-    theirs[:, :, 1000:2000] = RATIO_CLIP
-    residual = rng.integers(-(1 << 15), 1 << 15, (c, n))
-    residual[:, :3000:2], residual[:, 1:3000:2] = -(1 << 15), (1 << 15) - 1
-    # each neighbour its own position in a plane of n * neighbours samples, the pixel in another
-    size = n * (neighbours + 1)
-    moments = [np.zeros((size, k, 2), np.float32) for k in range(c + 1)]
-    nb = [np.arange(n) + k * n for k in range(neighbours)]
-    for k, where in enumerate(nb):
-        moments[c][where, :, 0] = (mine[k] * theirs[:, k]).T
-        moments[c][where, :, 1] = (theirs[:, k] ** 2).T
-    at = np.arange(n) + neighbours * n
-    res = np.zeros((c + 1, size))
-    res[:c, at] = residual
-    ratios = coder._colour_ratios(moments, res, c, list(range(c + 1)), at, nb)
+    n, neighbours, half = 50_000, 20, 1 << (depth - 1)
+    big = RATIO_CLIP << (depth - 8)
+    mine = rng.integers(-2 * big, 2 * big + 1, (neighbours, n))
+    theirs = rng.integers(-2 * big, 2 * big + 1, (neighbours, n))
+    mine[:, :1000], theirs[:, :1000], theirs[:, 1000:2000] = half - 1, -half, half - 1
+    residual = rng.integers(-half, half, n)
+    residual[:3000:2], residual[1:3000:2] = -half, half - 1
+    ratio = coder._colour_ratio(coder._ratio_sums(mine.astype(np.float64), depth, False),
+                                coder._ratio_sums(theirs.astype(np.float64), depth, True),
+                                residual.astype(np.float64))
     weight = np.where(np.arange(neighbours) < 4, RATIO_NEAR, 1)[:, None]
-    for j in range(c):
-        cross = (weight * mine * theirs[j]).sum(0)
-        energy = (weight * theirs[j] ** 2).sum(0)
-        exact = [r * x * (1 << RATIO_FRAC) // (e + RATIO_RIDGE)  # Python integers
-                 for r, x, e in zip(residual[j].tolist(), cross.tolist(), energy.tolist())]
-        assert (ratios[j] == np.array(exact)).all()
+    q, q2 = (np.clip(v >> (depth - 8), -RATIO_CLIP, RATIO_CLIP) for v in (mine, theirs))
+    cross, energy = (weight * q * q2).sum(0), (weight * q2 * q2).sum(0)
+    exact = [r * x * (1 << RATIO_FRAC) // (e + RATIO_RIDGE)  # Python integers
+             for r, x, e in zip(residual.tolist(), cross.tolist(), energy.tolist())]
+    assert (ratio == np.array(exact)).all()
 
 
 @pytest.mark.parametrize("depth", [8, 16])
 def test_the_colour_slope_is_exact_at_its_largest_inputs(depth):
-    """The slope's cross and energy sums are expanded into BLAS-summed products and its
+    """The slope's cross and energy sums are expanded into float32 sums of products and its
     quotient is a float division: both must give the integer formula's result exactly, with
     samples at the ends of the range and the largest neighbourhood (20)."""
     rng = np.random.default_rng(13)
-    n, neighbours, c, top = 20_000, 20, 2, (1 << depth) - 1
+    n, neighbours, top = 20_000, 20, (1 << depth) - 1
     own = rng.integers(0, top + 1, (neighbours, n))
-    theirs = rng.integers(0, top + 1, (c, neighbours, n))
-    here = rng.integers(0, top + 1, (c, n))
-    own[:, :500], theirs[:, :4, :500], theirs[:, 4:, :500] = top, 0, top  # largest contrasts
-    here[:, :250], here[:, 250:500] = top, 0
-    own[:4, 500:1000], theirs[:, :4, 500:1000] = 0, top
-    slopes = coder._colour_slopes(own.astype(np.float64),
-                                  [(h.astype(np.float64), t.astype(np.float64))
-                                   for h, t in zip(here, theirs)], depth)
+    theirs = rng.integers(0, top + 1, (neighbours, n))
+    here = rng.integers(0, top + 1, n)
+    own[:, :500], theirs[:4, :500], theirs[4:, :500] = top, 0, top  # largest contrasts
+    here[:250], here[250:500] = top, 0
+    own[:4, 500:1000], theirs[:4, 500:1000] = 0, top
+    slope = coder._colour_slope(coder._slope_sums(own.astype(np.float64), depth, False),
+                                coder._slope_sums(theirs.astype(np.float64), depth, True),
+                                here.astype(np.float64), theirs[:4].astype(np.float64))
     weight = np.where(np.arange(neighbours) < 4, SLOPE_NEAR, 1)[:, None]
-    m = own >> (depth - 8)
-    a = 4 * m - m[:4].sum(0)
-    for j in range(c):
-        t = theirs[j] >> (depth - 8)
-        b = 4 * t - t[:4].sum(0)
-        cross, energy = (weight * a * b).sum(0), (weight * b * b).sum(0)
-        deviation = 4 * here[j] - theirs[j, :4].sum(0)
-        exact = [d * x * (1 << SLOPE_FRAC) // (e + SLOPE_RIDGE)  # Python integers
-                 for d, x, e in zip(deviation.tolist(), cross.tolist(), energy.tolist())]
-        assert (slopes[j] == np.array(exact)).all()
+    m, t = own >> (depth - 8), theirs >> (depth - 8)
+    a, b = 4 * m - m[:4].sum(0), 4 * t - t[:4].sum(0)
+    cross, energy = (weight * a * b).sum(0), (weight * b * b).sum(0)
+    deviation = 4 * here - theirs[:4].sum(0)
+    exact = [d * x * (1 << SLOPE_FRAC) // (e + SLOPE_RIDGE)  # Python integers
+             for d, x, e in zip(deviation.tolist(), cross.tolist(), energy.tolist())]
+    assert (slope == np.array(exact)).all()
 
 
 def test_r4_bytes_do_not_depend_on_the_thread_count():
-    """With two threads the last channel runs a pass behind on its own thread, writing its
-    residual products while the first thread codes the next pass: the same bytes as one."""
+    """With two threads the last channel runs a pass behind on its own thread, reading the
+    sums the earlier channels of its pass left while the first thread codes the next pass: the
+    same bytes as one."""
     r4 = _small_limits(R4)
     image = _image(96, 128, 3, seed=4)
     coded = {encode_tile(image, 8, r4, threads=t) for t in (1, 2)}

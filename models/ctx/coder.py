@@ -35,8 +35,8 @@ at known samples nearby (``_pair_costs``, after JPEG XL's weighted predictor). I
 entropy-codes the side information with a learned model and rounds each prediction weight
 only as finely as its feature's energy needs (``side.py``). r4, a candidate not shipped, gives
 the later channels each earlier channel's residual at the pixel times the local ratio of the
-two channels' residuals at the neighbours (``_colour_ratios``), and its deviation from its
-nearest four times the local slope of the two channels' values there (``_colour_slopes``).
+two channels' residuals at the neighbours (``_colour_ratio``), and its deviation from its
+nearest four times the local slope of the two channels' values there (``_colour_slope``).
 """
 
 from __future__ import annotations
@@ -148,10 +148,10 @@ class Revision:
     # A2 passes also their diagonal pairs, ``_diagonal_blend``)
     colour_ratio: bool = False  # r4: the later channels of passes that are not compact also see
     # each earlier channel's residual at the pixel times the local ratio of their residuals at
-    # the neighbours (``_colour_ratios``)
+    # the neighbours (``_colour_ratio``)
     colour_slope: bool = False  # r4: and each earlier channel's deviation from its nearest four
     # at the pixel times the local slope of the two channels' values at the neighbours
-    # (``_colour_slopes``)
+    # (``_colour_slope``)
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
@@ -179,17 +179,16 @@ class Tables:
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
               nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None, depth: int,
-              known: dict[int, list[np.ndarray]], moments: list[np.ndarray] | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+              known: dict[int, _Known]) -> tuple[np.ndarray, np.ndarray]:
     """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
     as float64 rows holding integers (products with the fixed-point weights stay exact; so do
     the features' own sums, products and floor divisions, all far below 2**53), each with a
     last row of ones for the bias (so the fits need not copy them). ``x`` and ``res`` are
     float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours' in
     the order of ``p.offsets``; ``err``: r3's pair misses (:func:`_record_pair_errors`);
-    ``known``: the nonlinear features of each channel coded earlier in this pass (the later
-    channels see each earlier channel's value minus them), to which this channel's are added;
-    ``moments``: r4's products of the channels' residuals (:func:`_record_moments`)."""
+    ``known``: what each channel coded earlier in this pass left for the later ones (its
+    nonlinear features: the later channels see its value minus them; r4's sums over its
+    neighbours), to which this channel's is added."""
     ch = order[c]
     compact = len(at) < rev.compact_below
     if compact:  # a pass of few samples: fewer weights to send
@@ -197,8 +196,9 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
     same = rev.same_middle and odd
     pair = err is not None and not compact
-    ratios = moments is not None and not compact and len(nb) > 0
+    ratios = rev.colour_ratio and rev.all_residuals and not compact and len(nb) > 0
     slopes = rev.colour_slope and rev.all_colour and not compact and len(nb) > 0
+    later = c < len(order) - 1  # a later channel of the pass will read this one's sums
     feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1)
                   + (ratios + slopes) * c, len(at))
     signed_near = len(nb) if rev.all_residuals else 4
@@ -215,104 +215,126 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
             if p.oy and not p.ox:  # A2: also its diagonal neighbours, the A1 samples nb[-4:]
                 mine.append(_diagonal_blend(err[ch], own, nb, depth))
         feats.put(*mine)
-        known[ch] = mine
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
+        first = feats.k
         for i, index in enumerate(nb):  # signed residuals of the nearest (r2: all) are features
             signed = feats.take(res[ch], index) if i < signed_near else \
                 res[ch].take(index, mode="clip")
             np.abs(signed, out=act.next())
-    theirs = []  # each earlier channel's sample and its rows at the neighbours
+        residuals = _ratio_sums(feats.rows[first:feats.k], depth, later) if ratios else None
+        values = _slope_sums(feats.rows[:len(nb)], depth, later) if slopes else None
+        known[ch] = _Known(mine, residuals, values)
+    ratio_rows, slope_rows = [], []
     for c2 in order[:c]:
         here = feats.take(x[c2], at)
-        np.abs(feats.take(res[c2], at), out=act.next())
+        signed_here = feats.take(res[c2], at)
+        np.abs(signed_here, out=act.next())
         if own:
             first = feats.k
             if not compact:  # its values at the neighbours (r2: all of them)
                 for i in nb[:colour_near]:
                     feats.take(x[c2], i)
-            theirs.append((here, feats.rows[first:feats.k]))
-            feats.put(*[here - d for d in known[c2]])
-    if ratios and c:
-        feats.put(*_colour_ratios(moments, res, c, order, at, nb))
-    if slopes and c:
-        feats.put(*_colour_slopes(feats.rows[:len(nb)], theirs, depth))
+            if ratios:
+                ratio_rows.append(_colour_ratio(residuals, known[c2].residuals, signed_here))
+            if slopes:
+                slope_rows.append(_colour_slope(values, known[c2].values, here,
+                                                feats.rows[first:first + 4]))
+            feats.put(*[here - d for d in known[c2].nonlinear])
+    feats.put(*ratio_rows, *slope_rows)
     return feats.done(), act.done()
 
 
-def _colour_slopes(own: np.ndarray, theirs: list[tuple[np.ndarray, np.ndarray]], depth: int
-                   ) -> list[np.ndarray]:
-    """r4: for each earlier channel, its deviation at the sample from its nearest four,
-    4 x - (n0 + n1 + n2 + n3), times the local slope of this channel's values against its: a
-    ridge regression through 0 of this channel's deviations at the neighbours (4 v_k - the sum
-    of its nearest four) on the earlier channel's, in 8-bit units (rounded down), the nearest
-    four weighted SLOPE_NEAR: floor(2**SLOPE_FRAC d X / (E + SLOPE_RIDGE)). ``own`` (K, n):
-    this channel's values at the K neighbours; ``theirs``: each earlier channel's value at the
-    sample and its (K, n) values at the neighbours. The residual ratios of
-    :func:`_colour_ratios` follow the channels' errors; this follows their local contrast (a
-    colour edge, a tinted shadow). The cross sums expand into sums of products (all integers
-    below 2**27, so BLAS's products are exact): sum w (4 m - S)(4 t - T) = 16 sum w m t
-    - 4 T sum w m - 4 S sum w t + S T sum w, whence a numerator below 2**46, and the float
-    quotient's floor is the integer quotient's (as in :func:`_weighted`)."""
-    def units(v: np.ndarray) -> np.ndarray:
-        return v if depth == 8 else np.floor(v * 2.0 ** (8 - depth))
+class _Sums(NamedTuple):
+    """r4: one channel's rows at a pass's K neighbours as its colour ratios or slopes use
+    them (small integers in float32: their products' sums stay below 2**24, exact in any
+    order), with their sums over the neighbours (weighted, the nearest four by RATIO_NEAR or
+    SLOPE_NEAR)."""
 
-    def weighted(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # sum w a b over the neighbours
-        return np.einsum("kn,kn->n", a, b) + (SLOPE_NEAR - 1) * np.einsum("kn,kn->n", a[:4], b[:4])
-
-    total = SLOPE_NEAR * 4 + len(own) - 4  # sum w
-    m = units(own)
-    sm, wm = m[:4].sum(0), m.sum(0) + (SLOPE_NEAR - 1) * m[:4].sum(0)
-    out = []
-    for here, rows in theirs:
-        t = units(rows)
-        st, wt = t[:4].sum(0), t.sum(0) + (SLOPE_NEAR - 1) * t[:4].sum(0)
-        cross = 16 * weighted(m, t) - 4 * (st * wm + sm * wt) + sm * st * total
-        energy = 16 * weighted(t, t) - 8 * st * wt + st * st * total
-        deviation = 4 * here - rows[:4].sum(0)
-        out.append(np.floor(deviation * cross * (1 << SLOPE_FRAC) / (energy + SLOPE_RIDGE)))
-    return out
+    rows: np.ndarray  # (K, n)
+    near: np.ndarray | None  # slopes: the sum of the nearest four
+    total: np.ndarray | None  # slopes: the weighted sum
+    energy: np.ndarray | None  # the weighted sum of squares (slopes: of the deviations 4 v - near)
+    # (None when no later channel reads it)
 
 
-def _colour_ratios(moments: list[np.ndarray], res: np.ndarray, c: int, order: list[int],
-                   at: np.ndarray, nb: list[np.ndarray]) -> list[np.ndarray]:
-    """r4: for each channel coded before channel ``order[c]``, its residual at the sample times
-    the local ratio of the two channels' residuals: a ridge regression through 0 on the
-    neighbours' clipped residuals (``moments``, :func:`_record_moments`; the nearest four
-    weighted RATIO_NEAR), sum(r * r2) / (sum(r2 * r2) + RATIO_RIDGE), in units of
+class _Known(NamedTuple):
+    """What a channel's features leave for the later channels of its pass."""
+
+    nonlinear: list[np.ndarray]  # the later channels see this channel's value minus each
+    residuals: _Sums | None = None  # r4: for the colour ratios
+    values: _Sums | None = None  # r4: for the colour slopes
+
+
+def _weighted_dot(a: np.ndarray, b: np.ndarray, near: int) -> np.ndarray:
+    """sum over the neighbours k of w_k a_k b_k, w = ``near`` for the nearest four, else 1
+    (float32 sums of integers below 2**24: exact in any order)."""
+    out = np.einsum("kn,kn->n", a, b)
+    if near != 1:
+        out += (near - 1) * np.einsum("kn,kn->n", a[:4], b[:4])
+    return out.astype(np.float64)
+
+
+def _ratio_sums(residuals: np.ndarray, depth: int, energy: bool) -> _Sums:
+    """r4: a channel's residuals at the neighbours (K, n) for :func:`_colour_ratio`: in 8-bit
+    units (rounded down), clipped to +-RATIO_CLIP (a few large ones at edges would rule the
+    sums); with their energy if ``energy`` (a later channel will read them)."""
+    q = (residuals if depth == 8 else np.floor(residuals * 2.0 ** (8 - depth))).astype(np.float32)
+    np.minimum(q, RATIO_CLIP, out=q)
+    np.maximum(q, -RATIO_CLIP, out=q)
+    return _Sums(q, None, None, _weighted_dot(q, q, RATIO_NEAR) if energy else None)
+
+
+def _colour_ratio(mine: _Sums, theirs: _Sums, residual: np.ndarray) -> np.ndarray:
+    """r4: an earlier channel's ``residual`` at the sample times the local ratio of this
+    channel's residuals to its: a ridge regression through 0 on the neighbours' clipped
+    residuals (:func:`_ratio_sums`), sum(w q q2) / (sum(w q2 q2) + RATIO_RIDGE), in units of
     2**-RATIO_FRAC, rounded down. The predictor's colour weights are one per pass; this follows
     how the channels' errors move together where the sample is (chroma changes from region to
-    region). Exact: the sums are of integers below 2**15 (float32 holds them), the numerator an
-    integer below 2**40, and the float quotient's floor is the integer quotient's (as in
-    :func:`_weighted`)."""
-    m = moments[c].reshape(len(moments[c]), 2 * c)  # all earlier channels' in one gather
-    total = m.take(nb[0], 0)
-    scratch = np.empty_like(total)
-    for i in nb[1:4]:
-        total += m.take(i, 0, out=scratch)
-    total *= RATIO_NEAR
-    for i in nb[4:]:
-        total += m.take(i, 0, out=scratch)
-    cross, energy = total[:, 0::2].T.astype(np.float64), total[:, 1::2].T.astype(np.float64)
-    top = np.array([res[ch].take(at) for ch in order[:c]]) * cross * (1 << RATIO_FRAC)
-    return list(np.floor(top / (energy + RATIO_RIDGE)))
+    region). Exact: the numerator is an integer below 2**40, so the float quotient's floor is
+    the integer quotient's (as in :func:`_weighted`)."""
+    cross = _weighted_dot(mine.rows, theirs.rows, RATIO_NEAR)
+    return np.floor(residual * cross * (1 << RATIO_FRAC) / (theirs.energy + RATIO_RIDGE))
 
 
-def _record_moments(moments: list[np.ndarray], res: np.ndarray, c: int, order: list[int],
-                    at: np.ndarray, depth: int) -> None:
-    """r4: once channel ``order[c]`` of a pass is coded, the products of its clipped residual
-    with each earlier channel's, and their squares, (r * r2, r2 * r2), into ``moments[c]``
-    (H*W, c, 2) at the samples ``at``, for the later passes' :func:`_colour_ratios`. A
-    residual is clipped in 8-bit units (rounded down) to +-RATIO_CLIP: a few large ones at
-    edges would rule the sums."""
-    if not c:
-        return
-    clipped = np.array([res[ch].take(at) for ch in order[:c + 1]])
-    np.clip(np.floor(clipped * 2.0 ** (8 - depth), out=clipped), -RATIO_CLIP, RATIO_CLIP,
-            out=clipped)
-    theirs = clipped[:c].T
-    moments[c][at] = np.stack([clipped[c, :, None] * theirs, theirs * theirs], -1)
+def _slope_sums(values: np.ndarray, depth: int, energy: bool) -> _Sums:
+    """r4: a channel's values at the neighbours (K, n) for :func:`_colour_slope`, in 8-bit
+    units (rounded down), with the sum of the nearest four, the weighted sum and (if
+    ``energy``) the weighted energy of the deviations 4 v_k - near: sum w (4 v - S)**2 =
+    16 sum w v v - 8 S sum w v + S S sum w (integers below 2**27)."""
+    v = values if depth == 8 else np.floor(values * 2.0 ** (8 - depth))
+    v = v.astype(np.float32)
+    near = v[:4].sum(0, dtype=np.float64)
+    total = v.sum(0, dtype=np.float64) + (SLOPE_NEAR - 1) * near
+    if not energy:
+        return _Sums(v, near, total, None)
+    weights = SLOPE_NEAR * 4 + len(v) - 4
+    return _Sums(v, near, total, 16 * _weighted_dot(v, v, SLOPE_NEAR) - 8 * near * total
+                 + near * near * weights)
+
+
+def _colour_slope(mine: _Sums, theirs: _Sums, here: np.ndarray, nearest: np.ndarray
+                  ) -> np.ndarray:
+    """r4: an earlier channel's deviation at the sample from its ``nearest`` four values,
+    4 x - (n0 + n1 + n2 + n3), times the local slope of this channel's values against its: a
+    ridge regression through 0 of this channel's deviations at the neighbours (4 v_k - the sum
+    of its nearest four) on the earlier channel's, in 8-bit units, the nearest four weighted
+    SLOPE_NEAR: floor(2**SLOPE_FRAC d X / (E + SLOPE_RIDGE)) (sums of :func:`_slope_sums`).
+    The residual ratios of :func:`_colour_ratio` follow the channels' errors; this follows
+    their local contrast (a colour edge, a tinted shadow). The cross sum expands as
+    sum w (4 m - S)(4 t - T) = 16 sum w m t - 4 (T sum w m + S sum w t) + S T sum w (integers
+    below 2**27), whence a numerator below 2**46, and the float quotient's floor is the
+    integer quotient's (as in :func:`_weighted`)."""
+    weights = SLOPE_NEAR * 4 + len(mine.rows) - 4
+    cross = 16 * _weighted_dot(mine.rows, theirs.rows, SLOPE_NEAR) \
+        - 4 * (theirs.near * mine.total + mine.near * theirs.total) \
+        + mine.near * theirs.near * weights
+    deviation = 4 * here - nearest.sum(0)
+    return np.floor(deviation * cross * (1 << SLOPE_FRAC) / (theirs.energy + SLOPE_RIDGE))
+
+
+
 
 
 def _pairs(p: Pass) -> tuple[tuple[int, int, int, int], int, tuple[int, int]]:
@@ -693,33 +715,28 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     order = _order(channels)
     steps = list(_steps(height, width, order, rev))
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    moments = [np.zeros((height * width, c, 2), np.float32) for c in range(channels)] \
-        if rev.colour_ratio else None
-    known: dict[Pass, dict[int, list[np.ndarray]]] = {p: {} for p, *_ in steps}
+    known: dict[Pass, dict[int, _Known]] = {p: {} for p, *_ in steps}
     coder = PacketEncoder()
     side = _Side(enc=coder)
     lanes = _lanes(channels, threads)  # before BLAS is held at one thread
     with _one_blas_thread():
         for fitted in _in_order(
-                steps, lambda step: _fit_step(x, res, err, moments, known, step, order, depth,
-                                              tables),
+                steps, lambda step: _fit_step(x, res, err, known, step, order, depth, tables),
                 lanes):
             _write_step(coder, side, fitted, tables)
     return coder.finish()
 
 
 def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
-              moments: list[np.ndarray] | None,
-              known: dict[Pass, dict[int, list[np.ndarray]]], step: _Step, order: list[int],
+              known: dict[Pass, dict[int, _Known]], step: _Step, order: list[int],
               depth: int, tables: Tables) -> _Fitted:
     """Fit one step's predictor and activity estimate, and record its residuals in ``res``
-    (and r3's pair misses in ``err``, r4's residual products in ``moments``). ``known``: each
-    pass's nonlinear features by channel, for the later channels of the pass (dropped after its
-    last)."""
+    (and r3's pair misses in ``err``). ``known``: what each channel of each pass leaves for
+    the later channels of the pass (dropped after its last)."""
     p, at, nb, c, ch, kind = step
     rev = tables.revision
     half = 1 << (depth - 1)
-    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known[p], moments)
+    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known[p])
     if c == len(order) - 1:
         del known[p]
     target = x[ch, at].astype(np.int64)
@@ -734,8 +751,6 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
     r = (target - pred + half) % (2 * half) - half
     res[ch, at] = r
-    if moments is not None:
-        _record_moments(moments, res, c, order, at, depth)
     if err is not None and len(nb) >= 4:
         _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
     if rev.phase:
@@ -866,13 +881,11 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     order = _order(channels)
     half = 1 << (depth - 1)
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    moments = [np.zeros((height * width, c, 2), np.float32) for c in range(channels)] \
-        if rev.colour_ratio else None
-    known: dict[int, list[np.ndarray]] = {}  # the nonlinear features of the pass's channels
+    known: dict[int, _Known] = {}  # what the pass's channels leave for the later ones
     for p, at, nb, c, ch, kind in _steps(height, width, order, rev):
         if c == 0:  # a new pass
             known = {}
-        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known, moments)
+        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known)
         if rev.coded_side:
             frac, w, bias, shift, ew, ebias = _get_coded(
                 coder, tables.side, kind, c, depth, _weight_bits(len(at), rev),
@@ -904,8 +917,6 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
             r = _flip(r, below, half)
         x[ch, at] = (pred + r) % (2 * half)
         res[ch, at] = r
-        if moments is not None:
-            _record_moments(moments, res, c, order, at, depth)
         if err is not None and len(nb) >= 4:
             _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
