@@ -33,7 +33,10 @@ to them; in every such pass, a blend of the sample's two pairs (opposite midpoin
 centres' diagonals) weighted by how well each pair's interpolation of the same orientation did
 at known samples nearby (``_pair_costs``, after JPEG XL's weighted predictor). It also
 entropy-codes the side information with a learned model and rounds each prediction weight
-only as finely as its feature's energy needs (``side.py``).
+only as finely as its feature's energy needs (``side.py``). r4, a candidate not shipped, gives
+the later channels each earlier channel's residual at the pixel times the local ratio of the
+two channels' residuals at the neighbours (``_colour_ratio``), and its deviation from its
+nearest four times the local slope of the two channels' values there (``_colour_slope``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,17 @@ PAIR_NEAR = 4  # r3: weight of the pair errors at a sample's own distance in its
 PAIR_OWN = 2  # r3: weight of the pair's own difference |a - b| there (4, 8, 16 worse)
 PAIR_CAP = 1 << 11  # r3: the largest pair cost (in 8-bit units), so that the blend's products
 # with its cube stay exact (2**10: +0.005 bpp)
+RATIO_CLIP = 24  # r4: the neighbours' residuals (in 8-bit units) clipped to +-this in the colour
+# ratios (64: +0.0014 bpp, 255: +0.0022)
+RATIO_NEAR = 2  # r4: weight of the nearest four's products in the ratios, against 1 for the
+# further neighbours (1: +0.0014 bpp)
+RATIO_RIDGE = 4  # r4: added to the ratios' denominators (1, 16: +0.0008 bpp)
+RATIO_FRAC = 4  # r4: fractional bits of a colour ratio feature
+SLOPE_NEAR = 4  # r4: weight of the nearest four in the colour slopes, against 1 for the others
+# (1, 2, 8: +0.0015, +0.0008, +0.0007 bpp)
+SLOPE_RIDGE = 1024  # r4: added to the colour slopes' denominators, in (4 x 8-bit units)**2
+# (with the nearest four weighted 2: 64 +0.0020 bpp, 256 +0.0009, 4096 +0.0008, 16 384 +0.0027)
+SLOPE_FRAC = 2  # r4: fractional bits of a colour slope feature
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
 # and 32 measured worse
 _CONTROLLER = None  # threadpoolctl's, made on first use (``_controller``)
@@ -132,6 +146,12 @@ class Revision:
     pair_errors: bool = False  # r3: passes that are not compact also blend their sample's two
     # pairs by how well each pair's interpolation did at known samples nearby (``_pair_costs``;
     # A2 passes also their diagonal pairs, ``_diagonal_blend``)
+    colour_ratio: bool = False  # r4: the later channels of passes that are not compact also see
+    # each earlier channel's residual at the pixel times the local ratio of their residuals at
+    # the neighbours (``_colour_ratio``)
+    colour_slope: bool = False  # r4: and each earlier channel's deviation from its nearest four
+    # at the pixel times the local slope of the two channels' values at the neighbours
+    # (``_colour_slope``)
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
@@ -140,7 +160,9 @@ R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=Tr
               activity_rows=True, split_finest=True)
 R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
              compact_below=COMPACT_BELOW_R3, split_from=SPLIT_FROM_R3, split_top=2)
-REVISIONS = {1: R1, 2: R2, 3: R3}
+R4 = replace(R3, colour_ratio=True, colour_slope=True)  # a candidate: not shipped
+REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4}
+SHIPPED = 3  # the revision of the shipped weights (``train.py``'s default)
 
 
 @dataclass
@@ -157,15 +179,16 @@ class Tables:
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
               nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None, depth: int,
-              known: dict[int, list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+              known: dict[int, _Known]) -> tuple[np.ndarray, np.ndarray]:
     """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
     as float64 rows holding integers (products with the fixed-point weights stay exact; so do
     the features' own sums, products and floor divisions, all far below 2**53), each with a
     last row of ones for the bias (so the fits need not copy them). ``x`` and ``res`` are
     float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours' in
     the order of ``p.offsets``; ``err``: r3's pair misses (:func:`_record_pair_errors`);
-    ``known``: the nonlinear features of each channel coded earlier in this pass (the later
-    channels see each earlier channel's value minus them), to which this channel's are added."""
+    ``known``: what each channel coded earlier in this pass left for the later ones (its
+    nonlinear features: the later channels see its value minus them; r4's sums over its
+    neighbours), to which this channel's is added."""
     ch = order[c]
     compact = len(at) < rev.compact_below
     if compact:  # a pass of few samples: fewer weights to send
@@ -173,7 +196,11 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
     same = rev.same_middle and odd
     pair = err is not None and not compact
-    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1), len(at))
+    ratios = rev.colour_ratio and rev.all_residuals and not compact and len(nb) > 0
+    slopes = rev.colour_slope and rev.all_colour and not compact and len(nb) > 0
+    later = c < len(order) - 1  # a later channel of the pass will read this one's sums
+    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1)
+                  + (ratios + slopes) * c, len(at))
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
     act = _Rows(len(nb) + 4 + c, len(at))
@@ -188,23 +215,126 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
             if p.oy and not p.ox:  # A2: also its diagonal neighbours, the A1 samples nb[-4:]
                 mine.append(_diagonal_blend(err[ch], own, nb, depth))
         feats.put(*mine)
-        known[ch] = mine
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
+        first = feats.k
         for i, index in enumerate(nb):  # signed residuals of the nearest (r2: all) are features
             signed = feats.take(res[ch], index) if i < signed_near else \
                 res[ch].take(index, mode="clip")
             np.abs(signed, out=act.next())
+        residuals = _ratio_sums(feats.rows[first:feats.k], depth, later) if ratios else None
+        values = _slope_sums(feats.rows[:len(nb)], depth, later) if slopes else None
+        known[ch] = _Known(mine, residuals, values)
+    ratio_rows, slope_rows = [], []
     for c2 in order[:c]:
         here = feats.take(x[c2], at)
-        np.abs(feats.take(res[c2], at), out=act.next())
+        signed_here = feats.take(res[c2], at)
+        np.abs(signed_here, out=act.next())
         if own:
+            first = feats.k
             if not compact:  # its values at the neighbours (r2: all of them)
                 for i in nb[:colour_near]:
                     feats.take(x[c2], i)
-            feats.put(*[here - d for d in known[c2]])
+            if ratios:
+                ratio_rows.append(_colour_ratio(residuals, known[c2].residuals, signed_here))
+            if slopes:
+                slope_rows.append(_colour_slope(values, known[c2].values, here,
+                                                feats.rows[first:first + 4]))
+            feats.put(*[here - d for d in known[c2].nonlinear])
+    feats.put(*ratio_rows, *slope_rows)
     return feats.done(), act.done()
+
+
+class _Sums(NamedTuple):
+    """r4: one channel's rows at a pass's K neighbours as its colour ratios or slopes use
+    them (small integers in float32: their products' sums stay below 2**24, exact in any
+    order), with their sums over the neighbours (weighted, the nearest four by RATIO_NEAR or
+    SLOPE_NEAR)."""
+
+    rows: np.ndarray  # (K, n)
+    near: np.ndarray | None  # slopes: the sum of the nearest four
+    total: np.ndarray | None  # slopes: the weighted sum
+    energy: np.ndarray | None  # the weighted sum of squares (slopes: of the deviations 4 v - near)
+    # (None when no later channel reads it)
+
+
+class _Known(NamedTuple):
+    """What a channel's features leave for the later channels of its pass."""
+
+    nonlinear: list[np.ndarray]  # the later channels see this channel's value minus each
+    residuals: _Sums | None = None  # r4: for the colour ratios
+    values: _Sums | None = None  # r4: for the colour slopes
+
+
+def _weighted_dot(a: np.ndarray, b: np.ndarray, near: int) -> np.ndarray:
+    """sum over the neighbours k of w_k a_k b_k, w = ``near`` for the nearest four, else 1
+    (float32 sums of integers below 2**24: exact in any order)."""
+    out = np.einsum("kn,kn->n", a, b)
+    if near != 1:
+        out += (near - 1) * np.einsum("kn,kn->n", a[:4], b[:4])
+    return out.astype(np.float64)
+
+
+def _ratio_sums(residuals: np.ndarray, depth: int, energy: bool) -> _Sums:
+    """r4: a channel's residuals at the neighbours (K, n) for :func:`_colour_ratio`: in 8-bit
+    units (rounded down), clipped to +-RATIO_CLIP (a few large ones at edges would rule the
+    sums); with their energy if ``energy`` (a later channel will read them)."""
+    q = (residuals if depth == 8 else np.floor(residuals * 2.0 ** (8 - depth))).astype(np.float32)
+    np.minimum(q, RATIO_CLIP, out=q)
+    np.maximum(q, -RATIO_CLIP, out=q)
+    return _Sums(q, None, None, _weighted_dot(q, q, RATIO_NEAR) if energy else None)
+
+
+def _colour_ratio(mine: _Sums, theirs: _Sums, residual: np.ndarray) -> np.ndarray:
+    """r4: an earlier channel's ``residual`` at the sample times the local ratio of this
+    channel's residuals to its: a ridge regression through 0 on the neighbours' clipped
+    residuals (:func:`_ratio_sums`), sum(w q q2) / (sum(w q2 q2) + RATIO_RIDGE), in units of
+    2**-RATIO_FRAC, rounded down. The predictor's colour weights are one per pass; this follows
+    how the channels' errors move together where the sample is (chroma changes from region to
+    region). Exact: the numerator is an integer below 2**40, so the float quotient's floor is
+    the integer quotient's (as in :func:`_weighted`)."""
+    cross = _weighted_dot(mine.rows, theirs.rows, RATIO_NEAR)
+    return np.floor(residual * cross * (1 << RATIO_FRAC) / (theirs.energy + RATIO_RIDGE))
+
+
+def _slope_sums(values: np.ndarray, depth: int, energy: bool) -> _Sums:
+    """r4: a channel's values at the neighbours (K, n) for :func:`_colour_slope`, in 8-bit
+    units (rounded down), with the sum of the nearest four, the weighted sum and (if
+    ``energy``) the weighted energy of the deviations 4 v_k - near: sum w (4 v - S)**2 =
+    16 sum w v v - 8 S sum w v + S S sum w (integers below 2**27)."""
+    v = values if depth == 8 else np.floor(values * 2.0 ** (8 - depth))
+    v = v.astype(np.float32)
+    near = v[:4].sum(0, dtype=np.float64)
+    total = v.sum(0, dtype=np.float64) + (SLOPE_NEAR - 1) * near
+    if not energy:
+        return _Sums(v, near, total, None)
+    weights = SLOPE_NEAR * 4 + len(v) - 4
+    return _Sums(v, near, total, 16 * _weighted_dot(v, v, SLOPE_NEAR) - 8 * near * total
+                 + near * near * weights)
+
+
+def _colour_slope(mine: _Sums, theirs: _Sums, here: np.ndarray, nearest: np.ndarray
+                  ) -> np.ndarray:
+    """r4: an earlier channel's deviation at the sample from its ``nearest`` four values,
+    4 x - (n0 + n1 + n2 + n3), times the local slope of this channel's values against its: a
+    ridge regression through 0 of this channel's deviations at the neighbours (4 v_k - the sum
+    of its nearest four) on the earlier channel's, in 8-bit units, the nearest four weighted
+    SLOPE_NEAR: floor(2**SLOPE_FRAC d X / (E + SLOPE_RIDGE)) (sums of :func:`_slope_sums`).
+    The residual ratios of :func:`_colour_ratio` follow the channels' errors; this follows
+    their local contrast (a colour edge, a tinted shadow). The cross sum expands as
+    sum w (4 m - S)(4 t - T) = 16 sum w m t - 4 (T sum w m + S sum w t) + S T sum w (integers
+    below 2**27), whence a numerator below 2**46, and the float quotient's floor is the
+    integer quotient's (as in :func:`_weighted`)."""
+    weights = SLOPE_NEAR * 4 + len(mine.rows) - 4
+    cross = 16 * _weighted_dot(mine.rows, theirs.rows, SLOPE_NEAR) \
+        - 4 * (theirs.near * mine.total + mine.near * theirs.total) \
+        + mine.near * theirs.near * weights
+    deviation = 4 * here - nearest.sum(0)
+    return np.floor(deviation * cross * (1 << SLOPE_FRAC) / (theirs.energy + SLOPE_RIDGE))
+
+
+
 
 
 def _pairs(p: Pass) -> tuple[tuple[int, int, int, int], int, tuple[int, int]]:
@@ -585,7 +715,7 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     order = _order(channels)
     steps = list(_steps(height, width, order, rev))
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    known: dict[Pass, dict[int, list[np.ndarray]]] = {p: {} for p, *_ in steps}
+    known: dict[Pass, dict[int, _Known]] = {p: {} for p, *_ in steps}
     coder = PacketEncoder()
     side = _Side(enc=coder)
     lanes = _lanes(channels, threads)  # before BLAS is held at one thread
@@ -598,11 +728,11 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
 
 
 def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
-              known: dict[Pass, dict[int, list[np.ndarray]]], step: _Step, order: list[int],
+              known: dict[Pass, dict[int, _Known]], step: _Step, order: list[int],
               depth: int, tables: Tables) -> _Fitted:
     """Fit one step's predictor and activity estimate, and record its residuals in ``res``
-    (and r3's pair misses in ``err``). ``known``: each pass's nonlinear features by channel,
-    for the later channels of the pass (dropped after its last)."""
+    (and r3's pair misses in ``err``). ``known``: what each channel of each pass leaves for
+    the later channels of the pass (dropped after its last)."""
     p, at, nb, c, ch, kind = step
     rev = tables.revision
     half = 1 << (depth - 1)
@@ -751,7 +881,7 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     order = _order(channels)
     half = 1 << (depth - 1)
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    known: dict[int, list[np.ndarray]] = {}  # the nonlinear features of the pass's channels
+    known: dict[int, _Known] = {}  # what the pass's channels leave for the later ones
     for p, at, nb, c, ch, kind in _steps(height, width, order, rev):
         if c == 0:  # a new pass
             known = {}

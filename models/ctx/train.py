@@ -5,11 +5,11 @@ artefacts would teach the wrong statistics), collecting the token histogram of e
 class of every pass and channel. The histograms are clustered into ``--tables`` tables that
 minimise their total code length (k-means under cross-entropy), and each of the broadest is
 also stretched by 2**1..2**8 (the same shape at the scales of 9- to 16-bit samples, which the
-8-bit photos do not reach). r1 was ``--revision 1 --tables 128 --stretched 16``; r2 and r3 (the
-default: the newest revision) learn 192 tables and stretch the 8 broadest. For r3 the bank is
-sorted from the narrowest table to the broadest, and the model of the side information
-(``side.py``) is learned from the same run: every pass's coefficients and the tables the
-classes pick. Nothing here is fitted per image: that is the coder's job.
+8-bit photos do not reach). r1 was ``--revision 1 --tables 128 --stretched 16``; r2, r3 (the
+default: the shipped revision) and r4 (a candidate) learn 192 tables and stretch the 8 broadest.
+From r3 on, the bank is sorted from the narrowest table to the broadest, and the model of the
+side information (``side.py``) is learned from the same run: every pass's coefficients and the
+tables the classes pick. Nothing here is fitted per image: that is the coder's job.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from nicodec.bitstream.entropy import PRECISION, freqs_from_counts
 from nicodec.models.ctx import side
-from nicodec.models.ctx.coder import NTOK, REVISIONS, Tables, encode_tile, tokens
+from nicodec.models.ctx.coder import NTOK, REVISIONS, SHIPPED, Tables, encode_tile, tokens
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 VALUES = np.arange(1 << 16)
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--tables", type=int, default=192)
     parser.add_argument("--stretched", type=int, default=8, help="broadest tables stretched")
-    parser.add_argument("--revision", type=int, choices=sorted(REVISIONS), default=max(REVISIONS),
+    parser.add_argument("--revision", type=int, choices=sorted(REVISIONS), default=SHIPPED,
                         help="the coder revision the bank is for (written into the file)")
     parser.add_argument("--bank-from", type=Path, default=None,
                         help="keep this weight file's bank (r3: learn only the side information)")
