@@ -538,8 +538,7 @@ def _mixes(lad: _Ladder, used: np.ndarray, inverse: np.ndarray, sub: int) -> _Mi
     other = np.where(lad.toward >= 0, index[np.maximum(lad.toward, 0)], -1)
     weight = np.where(other < 0, 0, lad.weight)
     other = np.where(other < 0, inverse, other)
-    groups, member = np.unique((inverse * len(used) + other) * (sub + 1) + weight,
-                               return_inverse=True)
+    groups, member = _unique((inverse * len(used) + other) * (sub + 1) + weight)
     pair, weight = np.divmod(groups, sub + 1)
     return _Mixes(pair // len(used), pair % len(used), weight, member)
 
@@ -868,8 +867,7 @@ def _code_classes(coder: PacketEncoder, side: _Side, lad: _Ladder, tok: np.ndarr
     """Pick and send each used class's table, then code its tokens in one call (r4: each
     group of :func:`_mixes` in one call, with its mixed table; ``previous``: each channel
     position ``c``'s class counts in its last pass, updated here)."""
-    cls = lad.cls
-    used, inverse = np.unique(cls, return_inverse=True)
+    used, inverse = _unique(lad.cls)
     hist = np.bincount(inverse * NTOK + tok, minlength=len(used) * NTOK).reshape(-1, NTOK)
     if tables.collect is not None:
         tables.collect.append(hist)
@@ -901,9 +899,20 @@ def _code_classes(coder: PacketEncoder, side: _Side, lad: _Ladder, tok: np.ndarr
 
 
 def _members(member: np.ndarray, count: int) -> list[np.ndarray]:
-    """The samples (positions, ascending) of each of ``count`` groups."""
-    order = np.argsort(member, kind="stable")
+    """The samples (positions, ascending) of each of ``count`` groups (fewer than 2**16: a
+    stable sort of 16-bit keys is numpy's radix sort, linear in the samples)."""
+    order = np.argsort(member.astype(np.uint16), kind="stable")
     return np.split(order, np.cumsum(np.bincount(member, minlength=count))[:-1])
+
+
+def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` of small non-negative integers, by counting
+    (linear in the samples, where ``np.unique`` sorts them)."""
+    counts = np.bincount(values)
+    present = np.flatnonzero(counts)
+    index = np.zeros(len(counts), np.int64)
+    index[present] = np.arange(len(present))
+    return present, index[values]
 
 
 def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables
@@ -933,7 +942,7 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
                                                            len(act) - 1)
         pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
         lad = _classes(act, shift, ew, ebias, far, tables)
-        used, inverse = np.unique(lad.cls, return_inverse=True)
+        used, inverse = _unique(lad.cls)
         if rev.coded_side:
             pick = coded.get_picks(coder, tables.side, len(used))
         else:
