@@ -33,7 +33,13 @@ to them; in every such pass, a blend of the sample's two pairs (opposite midpoin
 centres' diagonals) weighted by how well each pair's interpolation of the same orientation did
 at known samples nearby (``_pair_costs``, after JPEG XL's weighted predictor). It also
 entropy-codes the side information with a learned model and rounds each prediction weight
-only as finely as its feature's energy needs (``side.py``).
+only as finely as its feature's energy needs (``side.py``). r4 (a candidate) keeps r3's
+classes and table indices but codes each sample with a table made for it: the ladder has four
+steps per class, and a sample in a class's outer steps is coded with its class's table mixed
+with the neighbouring class's (1/8 or 3/8 of it), so the tables follow the activity between
+the classes' edges; each table is also blended with the token counts of its classes in the
+channel's previous pass, which the decoder already has (``_mix_weights``). The encoder picks
+the tables knowing both.
 """
 
 from __future__ import annotations
@@ -73,9 +79,10 @@ PAIR_NEAR = 4  # r3: weight of the pair errors at a sample's own distance in its
 PAIR_OWN = 2  # r3: weight of the pair's own difference |a - b| there (4, 8, 16 worse)
 PAIR_CAP = 1 << 11  # r3: the largest pair cost (in 8-bit units), so that the blend's products
 # with its cube stay exact (2**10: +0.005 bpp)
-SUB_STEPS = 4  # r4: steps of the activity ladder inside each class (2: 0.002 bpp less saved)
-PRIOR_COUNTS = 3072  # r4: the picked table's weight in samples against the counts of the same
-# class in the channel's previous pass (1000: +0.004 bpp, 2000 and 5000 alike)
+SUB_STEPS = 4  # r4: steps of the activity ladder inside each class (2: +0.002 bpp; 8: -0.0005
+# for twice the coder calls)
+PRIOR_COUNTS = 4096  # r4: the picked table's weight in samples against the counts of the same
+# class in the channel's previous pass (2048: +0.002 bpp, 3072 and 6144: +0.0004)
 PICK_CANDIDATES = 12  # r4: tables the encoder tries per class (the cheapest alone; 40: 0.0006
 # bpp less)
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
@@ -511,7 +518,7 @@ def _classes(act: np.ndarray, shift: int, ew: np.ndarray, ebias: int, far: np.nd
     if sub == 1:
         return _Ladder(ids)
     offset = 2 * step + 1 - sub  # from the class's centre, in 1/(2 sub) of a class
-    near = cls + np.sign(offset)
+    near = np.where(offset > 0, cls + 1, cls - 1)  # (an odd sub's middle step: weight 0)
     toward = np.where(near >= 0, 2 * near + (far & (near < PHASE_CLASSES)), -1)
     return _Ladder(ids, toward, np.abs(offset))
 
@@ -535,7 +542,7 @@ def _mixes(lad: _Ladder, used: np.ndarray, inverse: np.ndarray, sub: int) -> _Mi
                       inverse)
     index = np.full(int(max(used.max(), lad.toward.max())) + 1, -1)
     index[used] = np.arange(len(used))
-    other = np.where(lad.toward >= 0, index[np.maximum(lad.toward, 0)], -1)
+    other = np.where((lad.toward >= 0) & (lad.weight > 0), index[np.maximum(lad.toward, 0)], -1)
     weight = np.where(other < 0, 0, lad.weight)
     other = np.where(other < 0, inverse, other)
     groups, member = _unique((inverse * len(used) + other) * (sub + 1) + weight)
