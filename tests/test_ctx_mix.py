@@ -77,11 +77,14 @@ def test_r4_split_passes_and_extremes_round_trip(r4_tables, r3_tables, depth):
     assert encode_tile(image, depth, tables) != encode_tile(image, depth, _small(r3_tables))
 
 
-@pytest.mark.parametrize("sub, prior", [(1, 3072), (4, 0), (3, 100)])
-def test_each_part_of_r4_round_trips_alone(r4_tables, sub, prior):
-    """The steps without the counts, the counts without the steps, and an odd number of steps
-    (the middle step keeps its class's table alone)."""
-    rev = replace(_small(r4_tables).revision, sub_steps=sub, prior_counts=prior)
+@pytest.mark.parametrize("sub, prior, choices", [(1, 3072, 1), (4, 0, 1), (3, 100, 4),
+                                                 (4, 4096, 1), (2, 512, 2)])
+def test_each_part_of_r4_round_trips_alone(r4_tables, sub, prior, choices):
+    """The steps without the counts, the counts without the steps (and with or without the
+    encoder's choice of their weight), and an odd number of steps (the middle step keeps its
+    class's table alone)."""
+    rev = replace(_small(r4_tables).revision, sub_steps=sub, prior_counts=prior,
+                  prior_choices=choices)
     tables = replace(r4_tables, revision=rev, edges=class_edges(sub=sub))
     for depth in (8, 16):
         image = _image(41, 60, 3, depth=depth, seed=2)
@@ -110,7 +113,7 @@ def test_mixed_tables_are_exact_at_their_largest_inputs(r4_tables):
     mixes = _mixes(lad, used, np.array([0, 0, 1, 1, 0]), R4.sub_steps)
     assert len(mixes.own) == 4  # (4 alone), (4 with 6, 3/8), (6 with 4, 3/8), (6 alone)
     picks = np.array([0, len(tables.bank) - 1])
-    weights = _mix_weights(mixes, picks, used, prior, tables)
+    weights = _mix_weights(mixes, picks, used, prior, tables, 4 * R4.prior_counts)
     assert weights.sum(1).max() < 1 << 46
     freqs = _normalised(weights)
     assert (freqs.sum(1) == 1 << PRECISION).all() and (freqs >= 1).all()
@@ -118,7 +121,7 @@ def test_mixed_tables_are_exact_at_their_largest_inputs(r4_tables):
     assert (mixes.own == [0, 0, 1, 1]).all() and (mixes.other == [0, 1, 0, 1]).all()
     assert (mixes.weight == [0, 3, 3, 0]).all()
     mixed = weights[1] - ((5 * prior[4] + 3 * prior[6]) << PRECISION)  # 5/8 own, 3/8 other
-    assert (mixed == R4.prior_counts * (5 * tables.bank[0] + 3 * tables.bank[-1])).all()
+    assert (mixed == 4 * R4.prior_counts * (5 * tables.bank[0] + 3 * tables.bank[-1])).all()
 
 
 def test_damaged_r4_payloads_are_refused_cleanly(r4_tables):

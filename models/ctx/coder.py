@@ -38,8 +38,9 @@ classes and table indices but codes each sample with a table made for it: the la
 steps per class, and a sample in a class's outer steps is coded with its class's table mixed
 with the neighbouring class's (1/8 or 3/8 of it), so the tables follow the activity between
 the classes' edges; each table is also blended with the token counts of its classes in the
-channel's previous pass, which the decoder already has (``_mix_weights``). The encoder picks
-the tables knowing both.
+channel's previous pass, which the decoder already has (``_mix_weights``; how much the table
+weighs against them is chosen per pass and sent in 2 bits). The encoder picks the tables
+knowing both.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ SUB_STEPS = 4  # r4: steps of the activity ladder inside each class (2: +0.002 b
 # for twice the coder calls)
 PRIOR_COUNTS = 4096  # r4: the picked table's weight in samples against the counts of the same
 # class in the channel's previous pass (2048: +0.002 bpp, 3072 and 6144: +0.0004)
+PRIOR_CHOICES = 4  # r4: table weights the encoder chooses from per pass (2048 to 16384:
+# -0.0026 bpp against 4096 alone; 2048 and 4096: -0.001; up to 262144: the same)
 PICK_CANDIDATES = 12  # r4: tables the encoder tries per class (the cheapest alone; 40: 0.0006
 # bpp less)
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
@@ -146,9 +149,11 @@ class Revision:
     # A2 passes also their diagonal pairs, ``_diagonal_blend``)
     sub_steps: int = 1  # r4: the ladder (``edges``) has this many steps per class; a sample
     # in a class's lower (upper) steps is coded with its table mixed with the class's below
-    # (above), the more the nearer its edge (``_class_tables``)
+    # (above), the more the nearer its edge (``_classes``, ``_mixes``, ``_mix_weights``)
     prior_counts: int = 0  # r4: each class's table is also blended with the token counts of the
     # same class (and mix) in the channel's previous pass, the table weighing this many samples
+    prior_choices: int = 1  # r4: the encoder chooses the table's weight per pass among this many
+    # (prior_counts times 1/2, 1, 2, 4, ...), sent in as many bits as that needs
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
@@ -157,7 +162,7 @@ R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=Tr
               activity_rows=True, split_finest=True)
 R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
              compact_below=COMPACT_BELOW_R3, split_from=SPLIT_FROM_R3, split_top=2)
-R4 = replace(R3, sub_steps=SUB_STEPS, prior_counts=PRIOR_COUNTS)
+R4 = replace(R3, sub_steps=SUB_STEPS, prior_counts=PRIOR_COUNTS, prior_choices=PRIOR_CHOICES)
 REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4}
 
 
@@ -563,19 +568,29 @@ def _class_rows(tables: Tables) -> int:
 
 
 def _mix_weights(mixes: _Mixes, picks: np.ndarray, used: np.ndarray, prior: np.ndarray,
-                 tables: Tables) -> np.ndarray:
+                 tables: Tables, scale: int) -> np.ndarray:
     """r4: each group's table as integer weights (groups, NTOK): the picked tables of its two
-    classes mixed, times PRIOR_COUNTS, plus the two classes' counts of the channel's previous
-    pass mixed alike (``prior``, rows: class ids) in the tables' units (2**PRECISION). Products
-    of integers below 2**40: exact."""
+    classes mixed, times ``scale`` (:func:`_prior_scale`), plus the two classes' counts of the
+    channel's previous pass mixed alike (``prior``, rows: class ids) in the tables' units
+    (2**PRECISION). Integers below 2**40 in tiles of up to 2**20 pixels: exact."""
     rev = tables.revision
     span = 2 * rev.sub_steps
     keep, mix = (span - mixes.weight)[:, None], mixes.weight[:, None]
     weights = keep * tables.bank[picks[mixes.own]] + mix * tables.bank[picks[mixes.other]]
     if rev.prior_counts:
-        weights = weights * rev.prior_counts \
-            + (_mixed_counts(mixes, used, prior, rev.sub_steps) << PRECISION)
+        weights = weights * scale + (_mixed_counts(mixes, used, prior, rev.sub_steps) << PRECISION)
     return weights
+
+
+def _prior_scale(rev: Revision, choice: int) -> int:
+    """r4: the picked tables' weight in samples against the previous pass's counts: with one
+    choice ``prior_counts``, with more ``prior_counts`` times 2**(choice - 1)."""
+    return rev.prior_counts if rev.prior_choices == 1 else rev.prior_counts << choice >> 1
+
+
+def _choice_bits(rev: Revision) -> int:
+    """r4: the bits of the per-pass choice of :func:`_prior_scale`."""
+    return (rev.prior_choices - 1).bit_length()
 
 
 def _mixed_counts(mixes: _Mixes, used: np.ndarray, prior: np.ndarray, sub: int) -> np.ndarray:
@@ -595,19 +610,19 @@ def _normalised(weights: np.ndarray) -> np.ndarray:
 
 
 def _choose_mixed(groups: np.ndarray, mixes: _Mixes, cost: np.ndarray, prior_weights: np.ndarray,
-                  tables: Tables) -> np.ndarray:
+                  tables: Tables, scale: int) -> np.ndarray:
     """r4's encoder: each used class's table, knowing how it mixes. From the picks of each
     class alone (``cost`` (used, M): each table's bits for each class), one round along the
     classes tries each class's PICK_CANDIDATES cheapest tables against the groups it takes
     part in (``groups`` (n, NTOK): their token histograms; ``prior_weights``: the previous
     pass's counts' part of their weights, float), the index bits to its neighbours
-    counted."""
+    counted; ``scale``: the tables' weight (:func:`_prior_scale`)."""
     rev = tables.revision
     span = 2 * rev.sub_steps
     picks = coded.choose_picks(cost, tables.side)
     m = cost.shape[1]
     first, steps = tables.side.pick_bits(m)
-    bank = tables.bank.astype(np.float64) * max(rev.prior_counts, 1)
+    bank = tables.bank.astype(np.float64) * max(scale, 1)
     top = min(PICK_CANDIDATES, m)
     candidates = np.argpartition(cost, top - 1, 1)[:, :top] if top < m else \
         np.broadcast_to(np.arange(m), cost.shape)
@@ -887,10 +902,16 @@ def _code_classes(coder: PacketEncoder, side: _Side, lad: _Ladder, tok: np.ndarr
                              minlength=len(mixes.own) * NTOK).reshape(-1, NTOK)
         counts = _mixed_counts(mixes, used, prior, rev.sub_steps) if rev.prior_counts else \
             np.zeros_like(groups)
-        pick = _choose_mixed(groups, mixes, cost, counts.astype(np.float64) * (1 << PRECISION),
-                             tables)
+        counts = counts.astype(np.float64) * (1 << PRECISION)
+        choice = 1  # prior_counts itself (:func:`_prior_scale`)
+        if rev.prior_choices > 1:  # chosen with each class's own cheapest table
+            choice = _best_scale(groups, mixes, coded.choose_picks(cost, tables.side), used,
+                                 prior, tables)
+            coder.encode(np.array([choice]), _uniform(_choice_bits(rev)))
+        pick = _choose_mixed(groups, mixes, cost, counts, tables, _prior_scale(rev, choice))
         coded.put_picks(coder, tables.side, pick)
-        freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables))
+        freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables,
+                                         _prior_scale(rev, choice)))
         for g, where in enumerate(_members(mixes.member, len(freqs))):
             coder.encode(tok[where], freqs[g])
         previous[c] = _class_counts(lad, tok, tables)
@@ -903,6 +924,18 @@ def _code_classes(coder: PacketEncoder, side: _Side, lad: _Ladder, tok: np.ndarr
         side.put(pick, 1, signed=False)
     for i, j in enumerate(pick):
         coder.encode(tok[inverse == i], tables.bank[j])
+
+
+def _best_scale(groups: np.ndarray, mixes: _Mixes, pick: np.ndarray, used: np.ndarray,
+                prior: np.ndarray, tables: Tables) -> int:
+    """r4's encoder: which of the tables' weights (:func:`_prior_scale`) codes a pass's groups
+    (``groups``: their token histograms) in the fewest bits with the tables ``pick``."""
+    bits = []
+    for choice in range(tables.revision.prior_choices):
+        w = _mix_weights(mixes, pick, used, prior, tables,
+                         _prior_scale(tables.revision, choice)).astype(np.float64)
+        bits.append(float((groups * (np.log2(w.sum(1, keepdims=True)) - np.log2(w))).sum()))
+    return int(np.argmin(bits))
 
 
 def _members(member: np.ndarray, count: int) -> list[np.ndarray]:
@@ -950,6 +983,11 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
         pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
         lad = _classes(act, shift, ew, ebias, far, tables)
         used, inverse = _unique(lad.cls)
+        choice = 1  # prior_counts itself, unless r4 chooses another (:func:`_prior_scale`)
+        if rev.prior_choices > 1:
+            choice = int(coder.decode(_uniform(_choice_bits(rev)), 1)[0])
+            if choice >= rev.prior_choices:
+                raise ValueError("bad table weight")
         if rev.coded_side:
             pick = coded.get_picks(coder, tables.side, len(used))
         else:
@@ -960,7 +998,8 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
         if rev.sub_steps > 1 or rev.prior_counts:  # r4: mixed tables, in groups
             mixes = _mixes(lad, used, inverse, rev.sub_steps)
             prior = previous.get(c, np.zeros((_class_rows(tables), NTOK), np.int64))
-            freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables))
+            freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables,
+                                             _prior_scale(rev, choice)))
             for g, where in enumerate(_members(mixes.member, len(freqs))):
                 tok[where] = coder.decode(freqs[g], len(where))
             previous[c] = _class_counts(lad, tok, tables)
