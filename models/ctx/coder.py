@@ -609,17 +609,17 @@ def _normalised(weights: np.ndarray) -> np.ndarray:
     return freqs
 
 
-def _choose_mixed(groups: np.ndarray, mixes: _Mixes, cost: np.ndarray, prior_weights: np.ndarray,
-                  tables: Tables, scale: int) -> np.ndarray:
-    """r4's encoder: each used class's table, knowing how it mixes. From the picks of each
-    class alone (``cost`` (used, M): each table's bits for each class), one round along the
+def _choose_mixed(groups: np.ndarray, mixes: _Mixes, cost: np.ndarray, picks: np.ndarray,
+                  prior_weights: np.ndarray, tables: Tables, scale: int) -> np.ndarray:
+    """r4's encoder: each used class's table, knowing how it mixes. From ``picks``, those of
+    each class alone (``cost`` (used, M): each table's bits for each class), one round along the
     classes tries each class's PICK_CANDIDATES cheapest tables against the groups it takes
     part in (``groups`` (n, NTOK): their token histograms; ``prior_weights``: the previous
     pass's counts' part of their weights, float), the index bits to its neighbours
     counted; ``scale``: the tables' weight (:func:`_prior_scale`)."""
     rev = tables.revision
     span = 2 * rev.sub_steps
-    picks = coded.choose_picks(cost, tables.side)
+    picks = picks.copy()
     m = cost.shape[1]
     first, steps = tables.side.pick_bits(m)
     bank = tables.bank.astype(np.float64) * max(scale, 1)
@@ -903,12 +903,12 @@ def _code_classes(coder: PacketEncoder, side: _Side, lad: _Ladder, tok: np.ndarr
         counts = _mixed_counts(mixes, used, prior, rev.sub_steps) if rev.prior_counts else \
             np.zeros_like(groups)
         counts = counts.astype(np.float64) * (1 << PRECISION)
+        alone = coded.choose_picks(cost, tables.side)  # each class's own cheapest table
         choice = 1  # prior_counts itself (:func:`_prior_scale`)
-        if rev.prior_choices > 1:  # chosen with each class's own cheapest table
-            choice = _best_scale(groups, mixes, coded.choose_picks(cost, tables.side), used,
-                                 prior, tables)
+        if rev.prior_choices > 1:
+            choice = _best_scale(groups, mixes, alone, used, prior, tables)
             coder.encode(np.array([choice]), _uniform(_choice_bits(rev)))
-        pick = _choose_mixed(groups, mixes, cost, counts, tables, _prior_scale(rev, choice))
+        pick = _choose_mixed(groups, mixes, cost, alone, counts, tables, _prior_scale(rev, choice))
         coded.put_picks(coder, tables.side, pick)
         freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables,
                                          _prior_scale(rev, choice)))
