@@ -33,10 +33,17 @@ to them; in every such pass, a blend of the sample's two pairs (opposite midpoin
 centres' diagonals) weighted by how well each pair's interpolation of the same orientation did
 at known samples nearby (``_pair_costs``, after JPEG XL's weighted predictor). It also
 entropy-codes the side information with a learned model and rounds each prediction weight
-only as finely as its feature's energy needs (``side.py``). r4, a candidate not shipped, gives
-the later channels each earlier channel's residual at the pixel times the local ratio of the
-two channels' residuals at the neighbours (``_colour_ratio``), and its deviation from its
-nearest four times the local slope of the two channels' values there (``_colour_slope``).
+only as finely as its feature's energy needs (``side.py``). r4 gives the later channels
+each earlier channel's residual at the pixel times the local ratio of the two channels'
+residuals at the neighbours (``_colour_ratio``), and its deviation from its nearest four times
+the local slope of the two channels' values there (``_colour_slope``). It also codes each
+sample with a table made for it, keeping r3's classes and table indices: the ladder has four
+steps per class, and a sample in a class's outer steps is coded with its class's table mixed
+with the neighbouring class's (1/8 or 3/8 of it), so the tables follow the activity between
+the classes' edges; each table is also blended with the token counts of its classes in the
+channel's previous pass, which the decoder already has (``_mix_weights``; how much the table
+weighs against them is chosen per pass and sent in 2 bits). The encoder picks the tables
+knowing both.
 """
 
 from __future__ import annotations
@@ -87,6 +94,14 @@ SLOPE_NEAR = 4  # r4: weight of the nearest four in the colour slopes, against 1
 SLOPE_RIDGE = 1024  # r4: added to the colour slopes' denominators, in (4 x 8-bit units)**2
 # (with the nearest four weighted 2: 64 +0.0020 bpp, 256 +0.0009, 4096 +0.0008, 16 384 +0.0027)
 SLOPE_FRAC = 2  # r4: fractional bits of a colour slope feature
+SUB_STEPS = 4  # r4: steps of the activity ladder inside each class (2: +0.002 bpp; 8: -0.0005
+# for twice the coder calls)
+PRIOR_COUNTS = 4096  # r4: the picked table's weight in samples against the counts of the same
+# class in the channel's previous pass (2048: +0.002 bpp, 3072 and 6144: +0.0004)
+PRIOR_CHOICES = 4  # r4: table weights the encoder chooses from per pass (2048 to 16384:
+# -0.0026 bpp against 4096 alone; 2048 and 4096: -0.001; up to 262144: the same)
+PICK_CANDIDATES = 12  # r4: tables the encoder tries per class (the cheapest alone; 40: 0.0006
+# bpp less)
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
 # and 32 measured worse
 _CONTROLLER = None  # threadpoolctl's, made on first use (``_controller``)
@@ -152,6 +167,13 @@ class Revision:
     colour_slope: bool = False  # r4: and each earlier channel's deviation from its nearest four
     # at the pixel times the local slope of the two channels' values at the neighbours
     # (``_colour_slope``)
+    sub_steps: int = 1  # r4: the ladder (``edges``) has this many steps per class; a sample
+    # in a class's lower (upper) steps is coded with its table mixed with the class's below
+    # (above), the more the nearer its edge (``_classes``, ``_mixes``, ``_mix_weights``)
+    prior_counts: int = 0  # r4: each class's table is also blended with the token counts of the
+    # same class (and mix) in the channel's previous pass, the table weighing this many samples
+    prior_choices: int = 1  # r4: the encoder chooses the table's weight per pass among this many
+    # (prior_counts times 1/2, 1, 2, 4, ...), sent in as many bits as that needs
 
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
@@ -160,7 +182,8 @@ R2 = Revision(all_residuals=True, all_colour=True, scaled_weights=True, phase=Tr
               activity_rows=True, split_finest=True)
 R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
              compact_below=COMPACT_BELOW_R3, split_from=SPLIT_FROM_R3, split_top=2)
-R4 = replace(R3, colour_ratio=True, colour_slope=True)  # a candidate: not shipped
+R4 = replace(R3, colour_ratio=True, colour_slope=True, sub_steps=SUB_STEPS,
+             prior_counts=PRIOR_COUNTS, prior_choices=PRIOR_CHOICES)
 REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4}
 SHIPPED = 3  # the revision of the shipped weights (``train.py``'s default)
 
@@ -603,14 +626,151 @@ def _flip(r: np.ndarray, below: np.ndarray, half: int) -> np.ndarray:
     return np.where(below, (half - r) % (2 * half) - half, r)
 
 
+class _Ladder(NamedTuple):
+    """Each sample's context class, and r4's mix: the class whose table is mixed into its own
+    (``toward``: the class below or above, whichever edge it lies nearer; -1 for none) and
+    that table's weight in units of 1/(2 sub_steps) (None below r4)."""
+
+    cls: np.ndarray
+    toward: np.ndarray | None = None
+    weight: np.ndarray | None = None
+
+
 def _classes(act: np.ndarray, shift: int, ew: np.ndarray, ebias: int, far: np.ndarray,
-             tables: Tables) -> np.ndarray:
+             tables: Tables) -> _Ladder:
     """The context class of each sample: its activity estimate's place on the ladder; r2 splits
-    the quiet classes (below PHASE_CLASSES) in two by the prediction's phase."""
-    cls = np.searchsorted(tables.edges, _estimate(act, shift, ew, ebias), side="right")
-    if not tables.revision.phase:
-        return cls
-    return 2 * cls + (far & (cls < PHASE_CLASSES))
+    the quiet classes (below PHASE_CLASSES) in two by the prediction's phase. r4's ladder has
+    ``sub_steps`` steps per class: the step inside the class says how much of the
+    neighbouring class's table its own is mixed with (a quarter step from the class's centre:
+    1/8 of the table below or above it, three quarters: 3/8)."""
+    rev = tables.revision
+    place = np.searchsorted(tables.edges, _estimate(act, shift, ew, ebias), side="right")
+    if not rev.phase:
+        return _Ladder(place)
+    sub = rev.sub_steps
+    cls, step = (place, None) if sub == 1 else np.divmod(place, sub)
+    ids = 2 * cls + (far & (cls < PHASE_CLASSES))
+    if sub == 1:
+        return _Ladder(ids)
+    offset = 2 * step + 1 - sub  # from the class's centre, in 1/(2 sub) of a class
+    near = np.where(offset > 0, cls + 1, cls - 1)  # (an odd sub's middle step: weight 0)
+    toward = np.where(near >= 0, 2 * near + (far & (near < PHASE_CLASSES)), -1)
+    return _Ladder(ids, toward, np.abs(offset))
+
+
+class _Mixes(NamedTuple):
+    """r4: the groups of a pass's samples that share one table, and each sample's group.
+    ``own``, ``other``: the two classes (indices into the pass's used classes) whose tables
+    mix, ``weight``: the other's weight in 1/(2 sub_steps) (0: the own table alone)."""
+
+    own: np.ndarray
+    other: np.ndarray
+    weight: np.ndarray
+    member: np.ndarray
+
+
+def _mixes(lad: _Ladder, used: np.ndarray, inverse: np.ndarray, sub: int) -> _Mixes:
+    """r4: group the samples by their class and mix (:class:`_Ladder`); a class not used in
+    the pass has no table to mix in, so its neighbours' samples keep their own."""
+    if lad.toward is None:
+        return _Mixes(np.arange(len(used)), np.arange(len(used)), np.zeros(len(used), np.int64),
+                      inverse)
+    index = np.full(int(max(used.max(), lad.toward.max())) + 1, -1)
+    index[used] = np.arange(len(used))
+    other = np.where((lad.toward >= 0) & (lad.weight > 0), index[np.maximum(lad.toward, 0)], -1)
+    weight = np.where(other < 0, 0, lad.weight)
+    other = np.where(other < 0, inverse, other)
+    groups, member = _unique((inverse * len(used) + other) * (sub + 1) + weight)
+    pair, weight = np.divmod(groups, sub + 1)
+    return _Mixes(pair // len(used), pair % len(used), weight, member)
+
+
+def _class_counts(lad: _Ladder, tok: np.ndarray, tables: Tables) -> np.ndarray:
+    """r4: the token counts of every class of a pass (rows: class ids), for the channel's
+    next pass."""
+    rows = _class_rows(tables)
+    return np.bincount(lad.cls * NTOK + tok, minlength=rows * NTOK).reshape(rows, NTOK)
+
+
+def _class_rows(tables: Tables) -> int:
+    """r4: how many class ids the ladder has (with the phase halves), and one beyond."""
+    return 2 * ((len(tables.edges) + 1) // tables.revision.sub_steps + 1)
+
+
+def _mix_weights(mixes: _Mixes, picks: np.ndarray, used: np.ndarray, prior: np.ndarray,
+                 tables: Tables, scale: int) -> np.ndarray:
+    """r4: each group's table as integer weights (groups, NTOK): the picked tables of its two
+    classes mixed, times ``scale`` (:func:`_prior_scale`), plus the two classes' counts of the
+    channel's previous pass mixed alike (``prior``, rows: class ids) in the tables' units
+    (2**PRECISION). Integers below 2**40 in tiles of up to 2**20 pixels: exact."""
+    rev = tables.revision
+    span = 2 * rev.sub_steps
+    keep, mix = (span - mixes.weight)[:, None], mixes.weight[:, None]
+    weights = keep * tables.bank[picks[mixes.own]] + mix * tables.bank[picks[mixes.other]]
+    if rev.prior_counts:
+        weights = weights * scale + (_mixed_counts(mixes, used, prior, rev.sub_steps) << PRECISION)
+    return weights
+
+
+def _prior_scale(rev: Revision, choice: int) -> int:
+    """r4: the picked tables' weight in samples against the previous pass's counts: with one
+    choice ``prior_counts``, with more ``prior_counts`` times 2**(choice - 1)."""
+    return rev.prior_counts if rev.prior_choices == 1 else rev.prior_counts << choice >> 1
+
+
+def _choice_bits(rev: Revision) -> int:
+    """r4: the bits of the per-pass choice of :func:`_prior_scale`."""
+    return (rev.prior_choices - 1).bit_length()
+
+
+def _mixed_counts(mixes: _Mixes, used: np.ndarray, prior: np.ndarray, sub: int) -> np.ndarray:
+    """r4: each group's counts of the previous pass: its two classes' mixed as their tables."""
+    span = 2 * sub
+    return (span - mixes.weight)[:, None] * prior[used[mixes.own]] \
+        + mixes.weight[:, None] * prior[used[mixes.other]]
+
+
+def _normalised(weights: np.ndarray) -> np.ndarray:
+    """Integer weights (n, NTOK), each row's sum below 2**46, to frequency rows summing to
+    2**PRECISION, none below 1 (floor division; the remainder to the row's largest)."""
+    total = 1 << PRECISION
+    freqs = weights * (total - NTOK) // weights.sum(1, keepdims=True) + 1
+    freqs[np.arange(len(freqs)), freqs.argmax(1)] += total - freqs.sum(1)
+    return freqs
+
+
+def _choose_mixed(groups: np.ndarray, mixes: _Mixes, cost: np.ndarray, picks: np.ndarray,
+                  prior_weights: np.ndarray, tables: Tables, scale: int) -> np.ndarray:
+    """r4's encoder: each used class's table, knowing how it mixes. From ``picks``, those of
+    each class alone (``cost`` (used, M): each table's bits for each class), one round along the
+    classes tries each class's PICK_CANDIDATES cheapest tables against the groups it takes
+    part in (``groups`` (n, NTOK): their token histograms; ``prior_weights``: the previous
+    pass's counts' part of their weights, float), the index bits to its neighbours
+    counted; ``scale``: the tables' weight (:func:`_prior_scale`)."""
+    rev = tables.revision
+    span = 2 * rev.sub_steps
+    picks = picks.copy()
+    m = cost.shape[1]
+    first, steps = tables.side.pick_bits(m)
+    bank = tables.bank.astype(np.float64) * max(scale, 1)
+    top = min(PICK_CANDIDATES, m)
+    candidates = np.argpartition(cost, top - 1, 1)[:, :top] if top < m else \
+        np.broadcast_to(np.arange(m), cost.shape)
+    keep, mix = (span - mixes.weight)[:, None, None], mixes.weight[:, None, None]
+    for i, tried in enumerate(candidates):
+        part = np.flatnonzero((mixes.own == i) | (mixes.other == i))
+        own = np.where((mixes.own[part] == i)[:, None, None], bank[tried][None],
+                       bank[picks[mixes.own[part]]][:, None])
+        other = np.where((mixes.other[part] == i)[:, None, None], bank[tried][None],
+                         bank[picks[mixes.other[part]]][:, None])
+        w = keep[part] * own + mix[part] * other + prior_weights[part][:, None]
+        bits = np.einsum("gt,gkt->k", groups[part],
+                         np.log2(w.sum(2, keepdims=True)) - np.log2(w))
+        bits += first[tried] if i == 0 else steps[m - 1 + tried - picks[i - 1]]
+        if i + 1 < len(picks):
+            bits += steps[m - 1 + picks[i + 1] - tried]
+        picks[i] = tried[np.argmin(bits)]
+    return picks
 
 
 def _dot(w: np.ndarray, feats: np.ndarray) -> np.ndarray:
@@ -692,7 +852,7 @@ class _Fitted:
     """One step of the encoder, fitted and classified, waiting to be written."""
 
     side: coded.StepSide  # the pass and channel's shifts and coefficients
-    cls: np.ndarray
+    cls: _Ladder
     tok: np.ndarray
     nraw: np.ndarray
     raw: np.ndarray
@@ -718,12 +878,13 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     known: dict[Pass, dict[int, _Known]] = {p: {} for p, *_ in steps}
     coder = PacketEncoder()
     side = _Side(enc=coder)
+    previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its last pass
     lanes = _lanes(channels, threads)  # before BLAS is held at one thread
     with _one_blas_thread():
         for fitted in _in_order(
                 steps, lambda step: _fit_step(x, res, err, known, step, order, depth, tables),
                 lanes):
-            _write_step(coder, side, fitted, tables)
+            _write_step(coder, side, fitted, tables, previous)
     return coder.finish()
 
 
@@ -761,15 +922,17 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
                    _classes(act, shift, ew, ebias, far, tables), *tokens(u))
 
 
-def _write_step(coder: PacketEncoder, side: _Side, f: _Fitted, tables: Tables) -> None:
-    """A fitted step's side information, then its tokens and raw bits."""
+def _write_step(coder: PacketEncoder, side: _Side, f: _Fitted, tables: Tables,
+                previous: dict[int, np.ndarray]) -> None:
+    """A fitted step's side information, then its tokens and raw bits (``previous``: r4's
+    class counts, :func:`_code_classes`)."""
     if tables.collect_side is not None:
         tables.collect_side.append(f.side)
     if tables.revision.coded_side:
         coded.put_step(coder, tables.side, f.side)
     else:
         _put_uniform(side, tables.revision, f.side)
-    _code_classes(coder, side, f.cls, f.tok, tables)
+    _code_classes(coder, side, f.cls, f.tok, tables, previous, f.side.c)
     for k in np.unique(f.nraw[f.nraw > 0]):
         coder.encode(f.raw[f.nraw == k], _uniform(int(k)))
 
@@ -851,15 +1014,39 @@ def _estimate(act: np.ndarray, shift: int, w: np.ndarray, bias: int) -> np.ndarr
     return (_dot(w, act[:-1]) << shift) + bias
 
 
-def _code_classes(coder: PacketEncoder, side: _Side, cls: np.ndarray, tok: np.ndarray,
-                  tables: Tables) -> None:
-    """Pick and send each used class's table, then code its tokens in one call."""
-    used, inverse = np.unique(cls, return_inverse=True)
+def _code_classes(coder: PacketEncoder, side: _Side, lad: _Ladder, tok: np.ndarray,
+                  tables: Tables, previous: dict[int, np.ndarray], c: int) -> None:
+    """Pick and send each used class's table, then code its tokens in one call (r4: each
+    group of :func:`_mixes` in one call, with its mixed table; ``previous``: each channel
+    position ``c``'s class counts in its last pass, updated here)."""
+    used, inverse = _unique(lad.cls)
     hist = np.bincount(inverse * NTOK + tok, minlength=len(used) * NTOK).reshape(-1, NTOK)
     if tables.collect is not None:
         tables.collect.append(hist)
     cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
-    if tables.revision.coded_side:
+    rev = tables.revision
+    if rev.sub_steps > 1 or rev.prior_counts:
+        mixes = _mixes(lad, used, inverse, rev.sub_steps)
+        prior = previous.get(c, np.zeros((_class_rows(tables), NTOK), np.int64))
+        groups = np.bincount(mixes.member * NTOK + tok,
+                             minlength=len(mixes.own) * NTOK).reshape(-1, NTOK)
+        counts = _mixed_counts(mixes, used, prior, rev.sub_steps) if rev.prior_counts else \
+            np.zeros_like(groups)
+        counts = counts.astype(np.float64) * (1 << PRECISION)
+        alone = coded.choose_picks(cost, tables.side)  # each class's own cheapest table
+        choice = 1  # prior_counts itself (:func:`_prior_scale`)
+        if rev.prior_choices > 1:
+            choice = _best_scale(groups, mixes, alone, used, prior, tables)
+            coder.encode(np.array([choice]), _uniform(_choice_bits(rev)))
+        pick = _choose_mixed(groups, mixes, cost, alone, counts, tables, _prior_scale(rev, choice))
+        coded.put_picks(coder, tables.side, pick)
+        freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables,
+                                         _prior_scale(rev, choice)))
+        for g, where in enumerate(_members(mixes.member, len(freqs))):
+            coder.encode(tok[where], freqs[g])
+        previous[c] = _class_counts(lad, tok, tables)
+        return
+    if rev.coded_side:
         pick = coded.choose_picks(cost, tables.side)
         coded.put_picks(coder, tables.side, pick)
     else:
@@ -867,6 +1054,35 @@ def _code_classes(coder: PacketEncoder, side: _Side, cls: np.ndarray, tok: np.nd
         side.put(pick, 1, signed=False)
     for i, j in enumerate(pick):
         coder.encode(tok[inverse == i], tables.bank[j])
+
+
+def _best_scale(groups: np.ndarray, mixes: _Mixes, pick: np.ndarray, used: np.ndarray,
+                prior: np.ndarray, tables: Tables) -> int:
+    """r4's encoder: which of the tables' weights (:func:`_prior_scale`) codes a pass's groups
+    (``groups``: their token histograms) in the fewest bits with the tables ``pick``."""
+    bits = []
+    for choice in range(tables.revision.prior_choices):
+        w = _mix_weights(mixes, pick, used, prior, tables,
+                         _prior_scale(tables.revision, choice)).astype(np.float64)
+        bits.append(float((groups * (np.log2(w.sum(1, keepdims=True)) - np.log2(w))).sum()))
+    return int(np.argmin(bits))
+
+
+def _members(member: np.ndarray, count: int) -> list[np.ndarray]:
+    """The samples (positions, ascending) of each of ``count`` groups (fewer than 2**16: a
+    stable sort of 16-bit keys is numpy's radix sort, linear in the samples)."""
+    order = np.argsort(member.astype(np.uint16), kind="stable")
+    return np.split(order, np.cumsum(np.bincount(member, minlength=count))[:-1])
+
+
+def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` of small non-negative integers, by counting
+    (linear in the samples, where ``np.unique`` sorts them)."""
+    counts = np.bincount(values)
+    present = np.flatnonzero(counts)
+    index = np.zeros(len(counts), np.int64)
+    index[present] = np.arange(len(present))
+    return present, index[values]
 
 
 def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables
@@ -882,6 +1098,7 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     half = 1 << (depth - 1)
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
     known: dict[int, _Known] = {}  # what the pass's channels leave for the later ones
+    previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its last pass
     for p, at, nb, c, ch, kind in _steps(height, width, order, rev):
         if c == 0:  # a new pass
             known = {}
@@ -894,8 +1111,13 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
             frac, w, bias, shift, ew, ebias = _get_uniform(side, rev, len(at), len(feats) - 1,
                                                            len(act) - 1)
         pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
-        cls = _classes(act, shift, ew, ebias, far, tables)
-        used, inverse = np.unique(cls, return_inverse=True)
+        lad = _classes(act, shift, ew, ebias, far, tables)
+        used, inverse = _unique(lad.cls)
+        choice = 1  # prior_counts itself, unless r4 chooses another (:func:`_prior_scale`)
+        if rev.prior_choices > 1:
+            choice = int(coder.decode(_uniform(_choice_bits(rev)), 1)[0])
+            if choice >= rev.prior_choices:
+                raise ValueError("bad table weight")
         if rev.coded_side:
             pick = coded.get_picks(coder, tables.side, len(used))
         else:
@@ -903,9 +1125,18 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
         if ((pick < 0) | (pick >= len(tables.bank))).any():
             raise ValueError("table index out of range")
         tok = np.zeros(len(at), np.int64)
-        for i, j in enumerate(pick):
-            where = inverse == i
-            tok[where] = coder.decode(tables.bank[j], int(where.sum()))
+        if rev.sub_steps > 1 or rev.prior_counts:  # r4: mixed tables, in groups
+            mixes = _mixes(lad, used, inverse, rev.sub_steps)
+            prior = previous.get(c, np.zeros((_class_rows(tables), NTOK), np.int64))
+            freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables,
+                                             _prior_scale(rev, choice)))
+            for g, where in enumerate(_members(mixes.member, len(freqs))):
+                tok[where] = coder.decode(freqs[g], len(where))
+            previous[c] = _class_counts(lad, tok, tables)
+        else:
+            for i, j in enumerate(pick):
+                where = inverse == i
+                tok[where] = coder.decode(tables.bank[j], int(where.sum()))
         nraw = raw_bits(tok)
         raw = np.zeros(len(at), np.int64)
         for k in np.unique(nraw[nraw > 0]):

@@ -31,11 +31,12 @@ TOKENS = tokens(VALUES)[0]
 WIDTH = np.bincount(TOKENS, minlength=NTOK)  # values per token
 
 
-def class_edges(classes: int = 72) -> np.ndarray:
+def class_edges(classes: int = 72, sub: int = 1) -> np.ndarray:
     """Thresholds of the activity estimate (units of 2**-8): four classes per octave of
-    |residual| + 1/2, from 2**-0.75."""
-    k = np.arange(1, classes)
-    return np.round((2.0 ** ((k - 4) / 4) - 0.5) * 256).astype(np.int64)
+    |residual| + 1/2, from 2**-0.75, each in ``sub`` steps (r4: 4; every ``sub``-th threshold
+    is then a class edge of the ladder without steps)."""
+    k = np.arange(1, classes * sub)
+    return np.round((2.0 ** ((k - 4 * sub) / (4 * sub)) - 0.5) * 256).astype(np.int64)
 
 
 def geometric_bank(count: int = 64) -> np.ndarray:
@@ -82,8 +83,8 @@ def main() -> None:
                         help="keep this weight file's bank (r3: learn only the side information)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    edges = class_edges()
     rev = REVISIONS[args.revision]
+    edges = class_edges(sub=rev.sub_steps)
     # r3: the side information's values do not depend on the model they are sent with
     tables = Tables(geometric_bank(), edges, rev, collect=[],
                     side=side.SideModel.neutral() if rev.coded_side else None,
