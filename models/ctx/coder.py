@@ -49,9 +49,10 @@ knowing both.
 from __future__ import annotations
 
 import contextlib
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -212,6 +213,33 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     ``known``: what each channel coded earlier in this pass left for the later ones (its
     nonlinear features: the later channels see its value minus them; r4's sums over its
     neighbours), to which this channel's is added."""
+    return _colour_features(x, res, order[:c], at,
+                            _own_features(x, res, c, order, at, nb, rev, p, err, depth, known),
+                            known)
+
+
+class _Own(NamedTuple):
+    """A step's features from its own channel (:func:`_own_features`), the rows of the earlier
+    channels of its pass still to come (:func:`_colour_features`)."""
+
+    feats: _Rows
+    act: _Rows
+    nb: list[np.ndarray]  # the neighbours its features use
+    compact: bool
+    ratios: bool  # r4's colour ratios and slopes
+    slopes: bool
+    colour_near: int  # how many neighbours of the earlier channels are features
+    residuals: _Sums | None  # r4: its sums for the colour ratios and slopes
+    values: _Sums | None
+
+
+def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
+                  nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None,
+                  depth: int, known: dict[int, _Known]) -> _Own:
+    """The first part of :func:`_features`: the rows that read only channel ``order[c]`` (its
+    samples and residuals at the neighbours, coded in earlier passes), and what it leaves in
+    ``known``. The decoder computes it ahead, while the earlier channels of the pass are still
+    being decoded."""
     ch = order[c]
     compact = len(at) < rev.compact_below
     if compact:  # a pass of few samples: fewer weights to send
@@ -249,12 +277,23 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
         residuals = _ratio_sums(feats.rows[first:feats.k], depth, later) if ratios else None
         values = _slope_sums(feats.rows[:len(nb)], depth, later) if slopes else None
         known[ch] = _Known(mine, residuals, values)
+    else:
+        residuals = values = None
+    return _Own(feats, act, nb, compact, ratios, slopes, colour_near, residuals, values)
+
+
+def _colour_features(x: np.ndarray, res: np.ndarray, earlier: list[int], at: np.ndarray,
+                     o: _Own, known: dict[int, _Known]) -> tuple[np.ndarray, np.ndarray]:
+    """The rest of :func:`_features`: the rows of the ``earlier`` channels of the pass (their
+    values and residuals at the samples, their values at the neighbours, r4's colour ratios
+    and slopes), then the rows of ones."""
+    feats, act, nb, compact, ratios, slopes, colour_near, residuals, values = o
     ratio_rows, slope_rows = [], []
-    for c2 in order[:c]:
+    for c2 in earlier:
         here = feats.take(x[c2], at)
         signed_here = feats.take(res[c2], at)
         np.abs(signed_here, out=act.next())
-        if own:
+        if nb:
             first = feats.k
             if not compact:  # its values at the neighbours (r2: all of them)
                 for i in nb[:colour_near]:
@@ -1085,9 +1124,84 @@ def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return present, index[values]
 
 
-def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables
-                ) -> np.ndarray:
-    """Decode a payload of :func:`encode_tile` into (H, W, C) samples."""
+class _Ahead:
+    """The decoder's steps' features from their own channel (``work(step)``, a step's
+    :func:`_own_features`), made in step order. With two lanes a second thread makes them while
+    this one decodes: a step's own features read only its channel's earlier passes, so they may
+    start once the step ``lag`` before (the same channel a pass before) is decoded. The thread
+    keeps at most one step ready beyond the one being decoded (each holds its rows: a few MB)
+    and stops when the context ends, a damaged payload's error included."""
+
+    def __init__(self, lanes: int) -> None:
+        self.lanes = lanes
+        self.thread: threading.Thread | None = None
+        self.changed = threading.Condition()
+        self.asked = self.decoded = 0  # the step asked for last; how many steps are decoded
+        self.stop = False
+
+    def start(self, work: Callable[[_Step], _Own], steps: list[_Step], lag: int) -> None:
+        """Begin with ``steps`` (on the second thread with two lanes)."""
+        self.work, self.steps, self.lag = work, steps, lag
+        self.ready = [Future() for _ in steps]
+        if self.lanes > 1:
+            self.thread = threading.Thread(target=self._run, name="ctx-decode-ahead")
+            self.thread.start()
+
+    def get(self, index: int) -> _Own:
+        """Step ``index``'s own features (made now with one lane)."""
+        if self.thread is None:
+            return self.work(self.steps[index])
+        with self.changed:
+            self.asked = index
+            self.changed.notify()
+        return self.ready[index].result()
+
+    def finished(self, index: int) -> None:
+        """Step ``index`` is decoded (its samples and residuals are in place)."""
+        if self.thread is not None:
+            with self.changed:
+                self.decoded = index + 1
+                self.changed.notify()
+
+    def _run(self) -> None:
+        for index, step in enumerate(self.steps):
+            with self.changed:
+                self.changed.wait_for(lambda: self.stop or (
+                    self.decoded > index - self.lag and self.asked >= index - 1))
+                if self.stop:
+                    return
+            try:
+                self.ready[index].set_result(self.work(step))
+            except BaseException as error:  # the decoding thread raises it
+                self.ready[index].set_exception(error)
+                return
+
+    def __enter__(self) -> _Ahead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.thread is not None:
+            with self.changed:
+                self.stop = True
+                self.changed.notify()
+            self.thread.join()
+
+
+def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables,
+                threads: int | None = None) -> np.ndarray:
+    """Decode a payload of :func:`encode_tile` into (H, W, C) samples.
+
+    With ``threads`` > 1 (None: as many as BLAS may use) and several channels, a second
+    thread computes each step's features from its own channel (:func:`_own_features`) while
+    this one decodes the step before (:class:`_Ahead`); the samples are the same for any
+    ``threads``."""
+    with _Ahead(_lanes(shape[2], threads)) as ahead:
+        return _decode(payload, shape, depth, tables, ahead)
+
+
+def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables,
+            ahead: _Ahead) -> np.ndarray:
+    """:func:`decode_tile`'s work, each step's features from its own channel from ``ahead``."""
     coder = PacketDecoder(payload)
     side = _Side(dec=coder)
     rev = tables.revision
@@ -1097,12 +1211,16 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     order = _order(channels)
     half = 1 << (depth - 1)
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    known: dict[int, _Known] = {}  # what the pass's channels leave for the later ones
+    steps = list(_steps(height, width, order, rev))
+    # what each pass's channels leave for the later ones (dropped after its last)
+    known: dict[Pass, dict[int, _Known]] = {p: {} for p, *_ in steps}
     previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its last pass
-    for p, at, nb, c, ch, kind in _steps(height, width, order, rev):
-        if c == 0:  # a new pass
-            known = {}
-        feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known)
+    ahead.start(lambda s: _own_features(x, res, s.c, order, s.at, s.nb, rev, s.p, err, depth,
+                                        known[s.p]), steps, len(order))
+    for index, (p, at, nb, c, ch, kind) in enumerate(steps):
+        feats, act = _colour_features(x, res, order[:c], at, ahead.get(index), known[p])
+        if c == len(order) - 1:
+            del known[p]
         if rev.coded_side:
             frac, w, bias, shift, ew, ebias = _get_coded(
                 coder, tables.side, kind, c, depth, _weight_bits(len(at), rev),
@@ -1150,6 +1268,7 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
         res[ch, at] = r
         if err is not None and len(nb) >= 4:
             _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
+        ahead.finished(index)
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
 
 
