@@ -49,6 +49,8 @@ knowing both.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -235,11 +237,11 @@ class _Own(NamedTuple):
 
 def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
                   nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None,
-                  depth: int, known: dict[int, _Known]) -> _Own:
+                  depth: int, known: dict[int, _Known], spare: _Spare | None = None) -> _Own:
     """The first part of :func:`_features`: the rows that read only channel ``order[c]`` (its
     samples and residuals at the neighbours, coded in earlier passes), and what it leaves in
     ``known``. The decoder computes it ahead, while the earlier channels of the pass are still
-    being decoded."""
+    being decoded, writing the rows into ``spare``'s arrays."""
     ch = order[c]
     compact = len(at) < rev.compact_below
     if compact:  # a pass of few samples: fewer weights to send
@@ -251,10 +253,10 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
     slopes = rev.colour_slope and rev.all_colour and not compact and len(nb) > 0
     later = c < len(order) - 1  # a later channel of the pass will read this one's sums
     feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1)
-                  + (ratios + slopes) * c, len(at))
+                  + (ratios + slopes) * c, len(at), spare and spare.features)
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
-    act = _Rows(len(nb) + 4 + c, len(at))
+    act = _Rows(len(nb) + 4 + c, len(at), spare and spare.activity)
     own = [feats.take(x[ch], i) for i in nb]
     if own:
         mine = directional(own[:4])
@@ -474,11 +476,37 @@ def _record_pair_errors(err: np.ndarray, ch: int, at: np.ndarray, values: np.nda
                                           - nearest[order[2 * k + 1]])
 
 
-class _Rows:
-    """Feature rows written in place into one (at most ``bound`` + 1, n) array."""
+class _Spare:
+    """The two-thread decoder's arrays for one step's feature rows, reused from step to step
+    (it keeps two: the step being decoded and the one made ahead). Each step allocating its
+    own, tens of MB, costs page faults, and on two threads their unmapping interrupts the other
+    CPU too (TLB shootdowns): kodim01 took 0.25-0.35 s of system time per decode on two
+    threads, 0.07-0.15 s with these (a loaded machine)."""
 
-    def __init__(self, bound: int, n: int) -> None:
-        self.rows, self.k = np.empty((bound + 1, n)), 0
+    class Array:
+        """One flat array, grown when a step needs more."""
+
+        def __init__(self) -> None:
+            self.flat = np.empty(0)
+
+        def rows(self, count: int, n: int) -> np.ndarray:
+            """A (count, n) view, its contents undefined."""
+            if self.flat.size < count * n:
+                self.flat = None  # freed first (no step reads it any more)
+                self.flat = np.empty(count * n)
+            return self.flat[:count * n].reshape(count, n)
+
+    def __init__(self) -> None:
+        self.features, self.activity = self.Array(), self.Array()
+
+
+class _Rows:
+    """Feature rows written in place into one (at most ``bound`` + 1, n) array (a view of
+    ``spare``'s array when given)."""
+
+    def __init__(self, bound: int, n: int, spare: _Spare.Array | None = None) -> None:
+        self.rows = np.empty((bound + 1, n)) if spare is None else spare.rows(bound + 1, n)
+        self.k = 0
 
     def next(self) -> np.ndarray:
         self.k += 1
@@ -1125,12 +1153,12 @@ def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Ahead:
-    """The decoder's steps' features from their own channel (``work(step)``, a step's
-    :func:`_own_features`), made in step order. With two lanes a second thread makes them while
-    this one decodes: a step's own features read only its channel's earlier passes, so they may
-    start once the step ``lag`` before (the same channel a pass before) is decoded. The thread
-    keeps at most one step ready beyond the one being decoded (each holds its rows: a few MB)
-    and stops when the context ends, a damaged payload's error included."""
+    """The decoder's steps, each with its features from its own channel (``work(step,
+    spare)``, a step's :func:`_own_features`), in step order. With two lanes a second thread
+    makes them while this one decodes: a step's own features read only its channel's earlier
+    passes, so they may start once the step ``lag`` before (the same channel a pass before) is
+    decoded. It keeps at most one step ready beyond the one being decoded, and stops when the
+    context ends (a damaged payload's error included)."""
 
     def __init__(self, lanes: int) -> None:
         self.lanes = lanes
@@ -1139,22 +1167,34 @@ class _Ahead:
         self.asked = self.decoded = 0  # the step asked for last; how many steps are decoded
         self.stop = False
 
-    def start(self, work: Callable[[_Step], _Own], steps: list[_Step], lag: int) -> None:
+    def start(self, work: Callable[[_Step, _Spare | None], _Own], steps: Iterator[_Step],
+              lag: int) -> None:
         """Begin with ``steps`` (on the second thread with two lanes)."""
         self.work, self.steps, self.lag = work, steps, lag
-        self.ready = [Future() for _ in steps]
         if self.lanes > 1:
+            self.spares = [_Spare(), _Spare()]  # the step being decoded's, the next one's
+            self.made: queue.SimpleQueue = queue.SimpleQueue()
             self.thread = threading.Thread(target=self._run, name="ctx-decode-ahead")
             self.thread.start()
 
-    def get(self, index: int) -> _Own:
-        """Step ``index``'s own features (made now with one lane)."""
-        if self.thread is None:
-            return self.work(self.steps[index])
-        with self.changed:
-            self.asked = index
-            self.changed.notify()
-        return self.ready[index].result()
+    def __iter__(self) -> Iterator[tuple[_Step, _Own]]:
+        """Each step with its own features (made here with one lane, allocating its rows)."""
+        for index in itertools.count():
+            if self.thread is None:
+                step = next(self.steps, None)
+                if step is None:
+                    return
+                yield step, self.work(step, None)
+                continue
+            with self.changed:
+                self.asked = index
+                self.changed.notify()
+            made = self.made.get()
+            if made is None:
+                return
+            if isinstance(made, BaseException):
+                raise made
+            yield made
 
     def finished(self, index: int) -> None:
         """Step ``index`` is decoded (its samples and residuals are in place)."""
@@ -1164,17 +1204,17 @@ class _Ahead:
                 self.changed.notify()
 
     def _run(self) -> None:
-        for index, step in enumerate(self.steps):
-            with self.changed:
-                self.changed.wait_for(lambda: self.stop or (
-                    self.decoded > index - self.lag and self.asked >= index - 1))
-                if self.stop:
-                    return
-            try:
-                self.ready[index].set_result(self.work(step))
-            except BaseException as error:  # the decoding thread raises it
-                self.ready[index].set_exception(error)
-                return
+        try:
+            for index, step in enumerate(self.steps):
+                with self.changed:
+                    self.changed.wait_for(lambda: self.stop or (
+                        self.decoded > index - self.lag and self.asked >= index - 1))
+                    if self.stop:
+                        return
+                self.made.put((step, self.work(step, self.spares[index % 2])))
+            self.made.put(None)
+        except BaseException as error:  # the decoding thread raises it
+            self.made.put(error)
 
     def __enter__(self) -> _Ahead:
         return self
@@ -1195,7 +1235,9 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     thread computes each step's features from its own channel (:func:`_own_features`) while
     this one decodes the step before (:class:`_Ahead`); the samples are the same for any
     ``threads``."""
-    with _Ahead(_lanes(shape[2], threads)) as ahead:
+    lanes = _lanes(shape[2], threads)
+    # two lanes: BLAS (the predictions' products) on one thread, as it would only compete
+    with _Ahead(lanes) as ahead, _one_blas_thread() if lanes > 1 else contextlib.nullcontext():
         return _decode(payload, shape, depth, tables, ahead)
 
 
@@ -1211,14 +1253,14 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
     order = _order(channels)
     half = 1 << (depth - 1)
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    steps = list(_steps(height, width, order, rev))
     # what each pass's channels leave for the later ones (dropped after its last)
-    known: dict[Pass, dict[int, _Known]] = {p: {} for p, *_ in steps}
+    known: dict[Pass, dict[int, _Known]] = {}
     previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its last pass
-    ahead.start(lambda s: _own_features(x, res, s.c, order, s.at, s.nb, rev, s.p, err, depth,
-                                        known[s.p]), steps, len(order))
-    for index, (p, at, nb, c, ch, kind) in enumerate(steps):
-        feats, act = _colour_features(x, res, order[:c], at, ahead.get(index), known[p])
+    ahead.start(lambda s, spare: _own_features(x, res, s.c, order, s.at, s.nb, rev, s.p, err,
+                                               depth, known.setdefault(s.p, {}), spare),
+                _steps(height, width, order, rev), len(order))
+    for index, ((p, at, nb, c, ch, kind), own) in enumerate(ahead):
+        feats, act = _colour_features(x, res, order[:c], at, own, known[p])
         if c == len(order) - 1:
             del known[p]
         if rev.coded_side:
