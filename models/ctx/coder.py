@@ -39,6 +39,7 @@ only as finely as its feature's energy needs (``side.py``).
 from __future__ import annotations
 
 import contextlib
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Iterator, NamedTuple
@@ -155,17 +156,22 @@ class Tables:
     collect_side: list | None = field(default=None)  # training: every step's side information
 
 
+_Known = tuple[list[np.ndarray], list[np.ndarray]]  # a channel's values at a pass's neighbours,
+# and its nonlinear features there (``_features``)
+
+
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
               nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None, depth: int,
-              known: dict[int, list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+              known: dict[int, _Known]) -> tuple[np.ndarray, np.ndarray]:
     """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
     as float64 rows holding integers (products with the fixed-point weights stay exact; so do
     the features' own sums, products and floor divisions, all far below 2**53), each with a
     last row of ones for the bias (so the fits need not copy them). ``x`` and ``res`` are
     float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours' in
     the order of ``p.offsets``; ``err``: r3's pair misses (:func:`_record_pair_errors`);
-    ``known``: the nonlinear features of each channel coded earlier in this pass (the later
-    channels see each earlier channel's value minus them), to which this channel's are added."""
+    ``known``: each channel coded earlier in this pass's values at the neighbours and
+    nonlinear features (the later channels see its value minus each of them), to which this
+    channel's are added."""
     ch = order[c]
     compact = len(at) < rev.compact_below
     if compact:  # a pass of few samples: fewer weights to send
@@ -188,7 +194,7 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
             if p.oy and not p.ox:  # A2: also its diagonal neighbours, the A1 samples nb[-4:]
                 mine.append(_diagonal_blend(err[ch], own, nb, depth))
         feats.put(*mine)
-        known[ch] = mine
+        known[ch] = own, mine
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
@@ -200,10 +206,10 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
         here = feats.take(x[c2], at)
         np.abs(feats.take(res[c2], at), out=act.next())
         if own:
-            if not compact:  # its values at the neighbours (r2: all of them)
-                for i in nb[:colour_near]:
-                    feats.take(x[c2], i)
-            feats.put(*[here - d for d in known[c2]])
+            values, nonlinear = known[c2]
+            if not compact:  # its values at the neighbours (r2: all of them), as its step
+                feats.put(*values[:colour_near])  # gathered them (a copy is faster)
+            feats.put(*[here - d for d in nonlinear])
     return feats.done(), act.done()
 
 
@@ -311,12 +317,13 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
     squared errors count about as their log would): a residual's code length grows with its
     log, not its square. ``rows``: further weights of the rows (r2: smaller where the sample's
     class is busier, as its code length grows with |r| / scale). The reweighting rounds run on
-    a subsample, the last fit on more, both in ``rough`` precision (float32, centred, for
-    8-bit photos; float64 for deeper samples, where float32 cost 0.02 bits per sample on the
-    16-bit set). ``a`` (k + 1, n) ends with its row of ones."""
-    step = max(1, -(-a.shape[1] // IRLS_ROWS))
-    t = target[::step]
+    a subsample, the last fit on more, both in ``rough`` precision (float32 for 8-bit photos;
+    float64 for deeper samples, where float32 cost 0.02 bits per sample on the 16-bit set), from
+    one copy of the rows the last fit sees, centred (:func:`_centred`), whose residuals also
+    give the last fit's row weights. ``a`` (k + 1, n) ends with its row of ones."""
     if rows is None:  # r1: the weighting as it was, so its encoder keeps its bytes
+        step = max(1, -(-a.shape[1] // IRLS_ROWS))
+        t = target[::step]
         small = _subsample(a, step)
         # the predictions read the strided rows, not the contiguous copy: a product's
         # summation order follows the layout, and the coefficients (hence the bytes) follow it
@@ -327,14 +334,56 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
                         scratch)
         return _fit(a, target,
                     1 / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
-    few, small = rows[::step], a[:, ::step].astype(rough)
-    coef = _fit_scaled(small, t, few, rough)
+    step = max(1, -(-a.shape[1] // LS_ROWS))
+    every = max(1, -(-(-(-a.shape[1] // step)) // IRLS_ROWS))  # of the last fit's rows
+    stacked, centre = _centred(a, target, step, step * every, rough)
+    weight = rows[::step]
+    small, few = _subsample(stacked, every), weight[::every]
+    scratch = np.empty_like(small)
+    coef = _fit_stacked(small, few, scratch)
     for _ in range(rounds - 1):
-        guess = np.einsum("k,kn->n", coef.astype(rough), small)
-        coef = _fit_scaled(small, t, few / (np.abs(t - guess) + IRLS_FLOOR), rough)
-    return _fit_scaled(a, target,
-                       rows / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR),
-                       rough)
+        coef = _fit_stacked(small, few / (np.abs(_miss(small, coef)) + IRLS_FLOOR), scratch)
+    weight = weight / (np.abs(_miss(stacked, coef)) + IRLS_FLOOR)
+    coef = _fit_stacked(stacked, weight, stacked)  # its last use: scaled in place
+    coef[-1] += centre[-1] - coef[:-1] @ centre[:-1]
+    return coef
+
+
+def _centred(a: np.ndarray, target: np.ndarray, step: int, sample: int, dtype: type
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(every ``step``-th row of the fit: its features less their means, its one and its
+    target less its mean, stacked as (k + 2, n / step) in ``dtype``; the means, the target's
+    last). The means are those of every ``sample``-th row (any centre keeps the float32 sums'
+    precision, and the bias takes it back exactly). Centred, the float32 fits code Kodak 0.003
+    bpp smaller than uncentred float64 ones did, as float32 sums of the raw products lost
+    enough of the fit that it had to run in float64."""
+    k = len(a) - 1
+    centre = np.empty(k + 1)
+    centre[:-1] = a[:-1, ::sample].mean(1)
+    centre[-1] = target[::sample].mean()
+    stacked = np.empty((k + 2, -(-a.shape[1] // step)), dtype)
+    np.subtract(a[:-1, ::step], centre[:-1, None], out=stacked[:-2], casting="unsafe")
+    stacked[-2] = 1
+    np.subtract(target[::step], centre[-1], out=stacked[-1], casting="unsafe")
+    return stacked, centre
+
+
+def _miss(stacked: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """The residuals of centred rows (:func:`_centred`) under coefficients (bias last)."""
+    return stacked[-1] - (coef[:-1].astype(stacked.dtype) @ stacked[:-2] + coef[-1])
+
+
+def _fit_stacked(stacked: np.ndarray, weight: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Weighted least squares (like :func:`_fit`, the squared errors weighted by ``weight``
+    squared) of the centred rows (:func:`_centred`): they are scaled by ``weight`` into ``out``
+    (which may be ``stacked``) in their own precision, so the Gram matrix and the right-hand
+    side are one product of that array with its own transpose (BLAS syrk); the solve is in
+    float64. The coefficients are those of the centred features, bias last."""
+    np.multiply(stacked, weight.astype(stacked.dtype), out=out)
+    both = (out @ out.T).astype(np.float64)
+    k = len(both) - 1
+    gram = both[:-1, :-1] + np.eye(k) * (1e-6 * np.trace(both[:-1, :-1]) / k + 1e-9)
+    return _solve(gram, both[:-1, -1])
 
 
 def _row_weights(act: np.ndarray, rev: Revision, depth: int) -> np.ndarray | None:
@@ -375,33 +424,6 @@ def _fit(m: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
     gram = m @ m.T
     gram += np.eye(len(gram)) * (1e-6 * np.trace(gram) / len(gram) + 1e-9)
     return _solve(gram, m @ t)
-
-
-def _fit_scaled(m: np.ndarray, target: np.ndarray, weight: np.ndarray,
-                dtype: type = np.float64) -> np.ndarray:
-    """:func:`_fit` with row weights (r2's encoder; like it, the squared errors are weighted by
-    ``weight`` squared), from the rows and the target scaled by ``weight`` in ``dtype``, stacked:
-    the Gram matrix and the right-hand side are then one product of that array with its own
-    transpose (BLAS syrk). In float32 the features and the target are first centred on their
-    means (the bias takes the difference back): float32 sums of the raw products lost enough
-    of the fit that the last fit had to run in float64; centred, the float32 fits code Kodak
-    0.003 bpp smaller than that did, 0.15 s sooner per image. The solve is in float64."""
-    step = max(1, -(-m.shape[1] // LS_ROWS))
-    weight = weight[::step]
-    rows, target = m[:, ::step], target[::step]
-    centre = np.zeros(len(m) + 1)  # features and target less their means (not the ones' row)
-    if dtype == np.float32:  # float32 sums of uncentred products lose the fit
-        centre[:-2] = rows[:-1].mean(1)
-        centre[-1] = target.mean()
-    scaled = np.empty((len(m) + 1, len(weight)), dtype)
-    np.subtract(rows, centre[:-1, None], out=scaled[:-1], casting="unsafe")
-    np.subtract(target, centre[-1], out=scaled[-1], casting="unsafe")
-    scaled *= weight.astype(dtype)
-    both = (scaled @ scaled.T).astype(np.float64)
-    gram = both[:-1, :-1] + np.eye(len(m)) * (1e-6 * np.trace(both[:-1, :-1]) / len(m) + 1e-9)
-    coef = _solve(gram, both[:-1, -1])
-    coef[-1] += centre[-1] - coef[:-1] @ centre[:-2]
-    return coef
 
 
 def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -547,11 +569,9 @@ class _Step(NamedTuple):
 def _steps(height: int, width: int, order: list[int], rev: Revision) -> Iterator[_Step]:
     """The coding steps of a tile, in order, the same for the encoder and the decoder."""
     for p in passes(height, width, rev.split_from if rev.split_finest else None, rev.split_top):
-        ys, xs = p.positions(height, width)
-        if not len(ys):
+        at, nb = p.flat(height, width)
+        if not len(at):
             continue
-        at = ys * width + xs
-        nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
         kind = coded.kind(p, len(at) < rev.compact_below)
         for c, ch in enumerate(order):
             yield _Step(p, at, nb, c, ch, kind)
@@ -562,10 +582,10 @@ class _Fitted:
     """One step of the encoder, fitted and classified, waiting to be written."""
 
     side: coded.StepSide  # the pass and channel's shifts and coefficients
-    cls: np.ndarray
-    tok: np.ndarray
-    nraw: np.ndarray
-    raw: np.ndarray
+    hist: np.ndarray  # (used classes, NTOK) token counts
+    pick: np.ndarray  # the table of each used class
+    tokens: list[np.ndarray]  # each used class's tokens, in sample order
+    raw: list[tuple[int, np.ndarray]]  # the raw values of each raw bit count above 0
 
 
 def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | None = None
@@ -585,7 +605,7 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     order = _order(channels)
     steps = list(_steps(height, width, order, rev))
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    known: dict[Pass, dict[int, list[np.ndarray]]] = {p: {} for p, *_ in steps}
+    known: dict[Pass, dict[int, _Known]] = {p: {} for p, *_ in steps}
     coder = PacketEncoder()
     side = _Side(enc=coder)
     lanes = _lanes(channels, threads)  # before BLAS is held at one thread
@@ -598,11 +618,11 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
 
 
 def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
-              known: dict[Pass, dict[int, list[np.ndarray]]], step: _Step, order: list[int],
+              known: dict[Pass, dict[int, _Known]], step: _Step, order: list[int],
               depth: int, tables: Tables) -> _Fitted:
     """Fit one step's predictor and activity estimate, and record its residuals in ``res``
-    (and r3's pair misses in ``err``). ``known``: each pass's nonlinear features by channel,
-    for the later channels of the pass (dropped after its last)."""
+    (and r3's pair misses in ``err``). ``known``: each pass's neighbour values and nonlinear
+    features by channel, for the later channels of the pass (dropped after its last)."""
     p, at, nb, c, ch, kind = step
     rev = tables.revision
     half = 1 << (depth - 1)
@@ -627,21 +647,49 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
         r = _flip(r, below, half)
     u = zigzag(r)
     shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)), rev)
+    tok, nraw, raw = tokens(u)
+    _, by_class = _groups(_classes(act, shift, ew, ebias, far, tables), tok)
+    hist = np.stack([np.bincount(t, minlength=NTOK) for t in by_class])
+    bits_of, by_bits = _groups(nraw, raw)
     return _Fitted(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
-                   _classes(act, shift, ew, ebias, far, tables), *tokens(u))
+                   hist, _choose(hist, tables), by_class,
+                   [(int(k), v) for k, v in zip(bits_of, by_bits) if k > 0])
+
+
+def _groups(key: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The distinct keys, ascending, and the values of each, in their order (one stable sort,
+    not one pass over all values per key)."""
+    order = np.argsort(key, kind="stable")
+    keys, starts = np.unique(key[order], return_index=True)
+    return keys, np.split(values[order], starts[1:])
+
+
+def _choose(hist: np.ndarray, tables: Tables) -> np.ndarray:
+    """The table of each used class, from its token counts ``hist`` (used, NTOK)."""
+    cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
+    if tables.revision.coded_side:
+        return coded.choose_picks(cost, tables.side)
+    return cost.argmin(1)
 
 
 def _write_step(coder: PacketEncoder, side: _Side, f: _Fitted, tables: Tables) -> None:
-    """A fitted step's side information, then its tokens and raw bits."""
+    """A fitted step's side information, its used classes' tables, then the tokens of each
+    class in one coder call per class, and the raw bits (everything else is done in
+    :func:`_fit_step`, on the fitting threads, so that this thread lags little behind)."""
     if tables.collect_side is not None:
         tables.collect_side.append(f.side)
+    if tables.collect is not None:
+        tables.collect.append(f.hist)
     if tables.revision.coded_side:
         coded.put_step(coder, tables.side, f.side)
+        coded.put_picks(coder, tables.side, f.pick)
     else:
         _put_uniform(side, tables.revision, f.side)
-    _code_classes(coder, side, f.cls, f.tok, tables)
-    for k in np.unique(f.nraw[f.nraw > 0]):
-        coder.encode(f.raw[f.nraw == k], _uniform(int(k)))
+        side.put(f.pick, 1, signed=False)
+    for j, t in zip(f.pick, f.tokens):
+        coder.encode(t, tables.bank[j])
+    for k, v in f.raw:
+        coder.encode(v, _uniform(k))
 
 
 def _lanes(channels: int, threads: int | None) -> int:
@@ -653,35 +701,77 @@ def _lanes(channels: int, threads: int | None) -> int:
     return 2 if threads > 1 and channels > 1 else 1
 
 
+def _needs(steps: list[_Step]) -> list[list[int]]:
+    """The steps whose results each step reads: the earlier channels of its pass (the steps
+    just before it: their residuals at its samples, their nonlinear features) and its own
+    channel's previous pass (its residuals and pair misses at the neighbours; the passes
+    before that come first through it). The input samples are all known to the encoder."""
+    previous: dict[int, int] = {}
+    needs = []
+    for k, step in enumerate(steps):
+        own = [previous[step.c]] if step.c in previous else []
+        needs.append(list(range(k - step.c, k)) + own)
+        previous[step.c] = k
+    return needs
+
+
 def _in_order(steps: list[_Step], fit, lanes: int) -> Iterator:
-    """``fit(step)`` of every step, yielded in order. With two lanes, the last channel's steps
-    run on a second thread; a step first waits for the earlier channels of its pass (the steps
-    just before it), the only results it reads from the other lane."""
+    """``fit(step)`` of every step, yielded in order. With two lanes, two threads each take the
+    earliest step whose needs (:func:`_needs`) are fitted, so a channel runs ahead as far as
+    its inputs allow (two fixed lanes, the last channel on its own thread, measured about 5%
+    slower: that channel's steps are the longest). The first error in step order reaches the
+    caller, and stops both threads."""
     if lanes == 1:
         for step in steps:
             yield fit(step)
         return
-    last = max(step.c for step in steps)
+    needs = _needs(steps)
     done = [Future() for _ in steps]
+    waiting = list(range(len(steps)))  # not yet taken, in order
+    changed = threading.Condition()
 
-    def run(lane: list[int]) -> None:
-        for k in lane:
+    def ready() -> int | None:
+        """The earliest waiting step whose needs are fitted (taken off the list), or None."""
+        for k in waiting:
+            if all(done[j].done() for j in needs[k]):
+                waiting.remove(k)
+                return k
+        return None
+
+    def work() -> None:
+        while True:
+            with changed:
+                k = ready()
+                while k is None and waiting:
+                    changed.wait()
+                    k = ready()
+                if k is None:  # all taken, or stopped
+                    return
             try:
-                for j in range(k - steps[k].c, k):
-                    done[j].result()
-                done[k].set_result(fit(steps[k]))
-            except BaseException as error:  # the waiting lane and the writer see it too
-                for j in lane[lane.index(k):]:
-                    done[j].set_exception(error)
+                result = fit(steps[k])
+            except BaseException as error:  # every step not fitted fails with it
+                with changed:
+                    for future in done:
+                        if not future.done():
+                            future.set_exception(error)
+                    waiting.clear()
+                    changed.notify_all()
                 return
+            with changed:
+                if not done[k].done():
+                    done[k].set_result(result)
+                changed.notify_all()
 
-    lanes_of = [[k for k, step in enumerate(steps) if (step.c == last) == second]
-                for second in (False, True)]
     with ThreadPoolExecutor(2) as pool:
-        for lane in lanes_of:
-            pool.submit(run, lane)
-        for future in done:
-            yield future.result()
+        for _ in range(2):
+            pool.submit(work)
+        try:
+            for future in done:
+                yield future.result()
+        finally:  # the caller stopped early (or failed): no further steps start
+            with changed:
+                waiting.clear()
+                changed.notify_all()
 
 
 def _put_uniform(side: _Side, rev: Revision, s: coded.StepSide) -> None:
@@ -721,24 +811,6 @@ def _estimate(act: np.ndarray, shift: int, w: np.ndarray, bias: int) -> np.ndarr
     return (_dot(w, act[:-1]) << shift) + bias
 
 
-def _code_classes(coder: PacketEncoder, side: _Side, cls: np.ndarray, tok: np.ndarray,
-                  tables: Tables) -> None:
-    """Pick and send each used class's table, then code its tokens in one call."""
-    used, inverse = np.unique(cls, return_inverse=True)
-    hist = np.bincount(inverse * NTOK + tok, minlength=len(used) * NTOK).reshape(-1, NTOK)
-    if tables.collect is not None:
-        tables.collect.append(hist)
-    cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
-    if tables.revision.coded_side:
-        pick = coded.choose_picks(cost, tables.side)
-        coded.put_picks(coder, tables.side, pick)
-    else:
-        pick = cost.argmin(1)
-        side.put(pick, 1, signed=False)
-    for i, j in enumerate(pick):
-        coder.encode(tok[inverse == i], tables.bank[j])
-
-
 def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables
                 ) -> np.ndarray:
     """Decode a payload of :func:`encode_tile` into (H, W, C) samples."""
@@ -751,7 +823,8 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     order = _order(channels)
     half = 1 << (depth - 1)
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    known: dict[int, list[np.ndarray]] = {}  # the nonlinear features of the pass's channels
+    known: dict[int, _Known] = {}  # the neighbour values and nonlinear features of the pass's
+    # channels
     for p, at, nb, c, ch, kind in _steps(height, width, order, rev):
         if c == 0:  # a new pass
             known = {}
@@ -764,23 +837,20 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
             frac, w, bias, shift, ew, ebias = _get_uniform(side, rev, len(at), len(feats) - 1,
                                                            len(act) - 1)
         pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
-        cls = _classes(act, shift, ew, ebias, far, tables)
-        used, inverse = np.unique(cls, return_inverse=True)
+        _, by_class = _groups(_classes(act, shift, ew, ebias, far, tables), np.arange(len(at)))
         if rev.coded_side:
-            pick = coded.get_picks(coder, tables.side, len(used))
+            pick = coded.get_picks(coder, tables.side, len(by_class))
         else:
-            pick = side.get(len(used), 1, signed=False)
+            pick = side.get(len(by_class), 1, signed=False)
         if ((pick < 0) | (pick >= len(tables.bank))).any():
             raise ValueError("table index out of range")
         tok = np.zeros(len(at), np.int64)
-        for i, j in enumerate(pick):
-            where = inverse == i
-            tok[where] = coder.decode(tables.bank[j], int(where.sum()))
-        nraw = raw_bits(tok)
+        for j, where in zip(pick, by_class):
+            tok[where] = coder.decode(tables.bank[j], len(where))
         raw = np.zeros(len(at), np.int64)
-        for k in np.unique(nraw[nraw > 0]):
-            where = nraw == k
-            raw[where] = coder.decode(_uniform(int(k)), int(where.sum()))
+        for k, where in zip(*_groups(raw_bits(tok), np.arange(len(at)))):
+            if k > 0:
+                raw[where] = coder.decode(_uniform(int(k)), len(where))
         u = untoken(tok, raw)
         r = unzigzag(u)
         if rev.phase:

@@ -66,6 +66,32 @@ class Pass:
         return out
 
 
+    def flat(self, height: int, width: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The flat positions (y * width + x) of :meth:`positions` and of :meth:`neighbours`,
+        computed on the grid's rows and columns: a neighbour's row depends only on the sample's
+        row, its column only on its column, and the few that stand for the first neighbour lie
+        in whole rows and columns (this is faster, and decoding cannot start before it)."""
+        rows = np.arange(self.oy, height, self.step)
+        cols = np.arange(self.ox, width, self.step)
+        keep = slice(None)
+        if self.parity >= 0:
+            keep = np.flatnonzero((np.arange(len(rows))[:, None] + np.arange(len(cols))) % 2
+                                  == self.parity)
+        found = [(_axis(rows, dy, height, self.half), _axis(cols, dx, width, self.half))
+                 for dy, dx in self.offsets]
+        out = []
+        for ny, nx in found:  # as in neighbours: none found, or the sample itself, is the first
+            grid = (ny * width)[:, None] + nx
+            if out:
+                first = out[0]
+                grid[ny < 0] = first[ny < 0]
+                grid[:, nx < 0] = first[:, nx < 0]
+                same = np.ix_(ny == rows, nx == cols)
+                grid[same] = first[same]
+            out.append(grid)
+        return (rows[:, None] * width + cols).ravel()[keep], [grid.ravel()[keep] for grid in out]
+
+
 def _axis(pos: np.ndarray, d: int, size: int, h: int) -> np.ndarray:
     """pos + d, else the first of -d, d -+ 2h, ... (same parity in units of h) that is inside;
     -1 where none is."""
