@@ -394,15 +394,25 @@ def _row_weights(act: np.ndarray, rev: Revision, depth: int) -> np.ndarray | Non
     return 1 / (act[:-1].mean(0) + ACTIVITY_FLOOR * 2.0 ** (depth - 8))
 
 
-def _fit_scale(a: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
+def _fit_scale(a: np.ndarray, magnitude: np.ndarray, rough: type | None = None) -> np.ndarray:
     """The activity estimate of |residual|: least squares weighted by 1/(estimate + 1), since
     the spread of |residual| grows with its scale (on a subsample: it only sorts samples into
-    classes). ``a`` (m + 1, n) ends with its row of ones."""
+    classes). ``a`` (m + 1, n) ends with its row of ones. ``rough``: the precision of the fits,
+    on centred rows as in :func:`_fit_robust` (None: r1's float64 fits of the raw rows, so that
+    its encoder keeps its bytes)."""
     step = max(1, -(-a.shape[1] // IRLS_ROWS))
-    small, magnitude = _subsample(a, step), magnitude[::step]
-    coef = _fit(small, magnitude)
-    est = np.maximum(coef[:-1] @ a[:-1, ::step] + coef[-1], 0)
-    return _fit(small, magnitude, 1 / (est + 1))
+    if rough is None:
+        small, magnitude = _subsample(a, step), magnitude[::step]
+        coef = _fit(small, magnitude)
+        est = np.maximum(coef[:-1] @ a[:-1, ::step] + coef[-1], 0)
+        return _fit(small, magnitude, 1 / (est + 1))
+    stacked, centre = _centred(a, magnitude, step, step, rough)
+    scratch = np.empty_like(stacked)
+    coef = _fit_stacked(stacked, np.ones(stacked.shape[1]), scratch)
+    est = np.maximum(magnitude[::step] - _miss(stacked, coef), 0)
+    coef = _fit_stacked(stacked, 1 / (est + 1), stacked)
+    coef[-1] += centre[-1] - coef[:-1] @ centre[:-1]
+    return coef
 
 
 def _subsample(a: np.ndarray, step: int) -> np.ndarray:
@@ -631,8 +641,9 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
         del known[p]
     target = x[ch, at].astype(np.int64)
     bits = _weight_bits(len(at), rev)
-    frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth),
-                                       rough=np.float32 if depth <= 8 else np.float64), bits)
+    rough = np.float32 if depth <= 8 else np.float64
+    frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth), rough=rough),
+                           bits)
     coarse = np.zeros(len(w) + 1, np.int64)
     if rev.coded_side:  # r3: each coefficient only as precise as its feature needs
         coarse = coded.coarseness(feats)
@@ -646,7 +657,8 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     if rev.phase:
         r = _flip(r, below, half)
     u = zigzag(r)
-    shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)), rev)
+    shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r), rough if rev.activity_rows else None),
+                                  rev)
     tok, nraw, raw = tokens(u)
     _, by_class = _groups(_classes(act, shift, ew, ebias, far, tables), tok)
     hist = np.stack([np.bincount(t, minlength=NTOK) for t in by_class])
@@ -657,11 +669,15 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
 
 
 def _groups(key: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The distinct keys, ascending, and the values of each, in their order (one stable sort,
-    not one pass over all values per key)."""
+    """The distinct keys (non-negative integers), ascending, and the values of each, in their
+    order: one stable sort (a radix sort, for keys below 2**15 as the classes and the raw bit
+    counts are), not one pass over all values per key."""
+    if key.max(initial=0) < 1 << 15:
+        key = key.astype(np.int16)
     order = np.argsort(key, kind="stable")
-    keys, starts = np.unique(key[order], return_index=True)
-    return keys, np.split(values[order], starts[1:])
+    key = key[order]
+    starts = np.flatnonzero(key[1:] != key[:-1]) + 1
+    return key[np.r_[0, starts]], np.split(values[order], starts)
 
 
 def _choose(hist: np.ndarray, tables: Tables) -> np.ndarray:
