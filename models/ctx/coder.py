@@ -670,14 +670,14 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
 
 def _groups(key: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """The distinct keys (non-negative integers), ascending, and the values of each, in their
-    order: one stable sort (a radix sort, for keys below 2**15 as the classes and the raw bit
+    order: one stable sort (a radix sort, for keys below 2**16 as the classes and the raw bit
     counts are), not one pass over all values per key."""
-    if key.max(initial=0) < 1 << 15:
-        key = key.astype(np.int16)
+    if key.max(initial=0) < 1 << 16:
+        key = key.astype(np.uint16)
     order = np.argsort(key, kind="stable")
-    key = key[order]
-    starts = np.flatnonzero(key[1:] != key[:-1]) + 1
-    return key[np.r_[0, starts]], np.split(values[order], starts)
+    key, values = key[order], values[order]
+    starts = [0, *(np.flatnonzero(key[1:] != key[:-1]) + 1).tolist(), len(key)]
+    return key[starts[:-1]], [values[a:b] for a, b in zip(starts[:-1], starts[1:])]
 
 
 def _choose(hist: np.ndarray, tables: Tables) -> np.ndarray:
