@@ -211,8 +211,8 @@ def test_two_blas_threads_fit_the_steps_on_two_threads(monkeypatch):
 
 @pytest.mark.parametrize("failing_channel", [0, 2])
 def test_a_failing_step_on_either_thread_stops_the_encoder(monkeypatch, failing_channel):
-    """The two-thread encoder (the last channel on its own thread) raises the first error in
-    step order instead of hanging on a step that will never finish."""
+    """The two-thread encoder raises a step's error (whichever thread fitted it) instead of
+    hanging on a step that will never finish."""
     from nicodec.models.ctx import coder
 
     tables = registry.load_model("ctx-photo").net.tables
@@ -231,15 +231,15 @@ def test_a_failing_step_on_either_thread_stops_the_encoder(monkeypatch, failing_
         encode_tile(_photo_like(64, 64, 3), 8, tables, threads=2)
 
 
-def _scheduled(steps, fit) -> tuple[list, list[tuple[str, int]]]:
-    """The two-thread scheduler's results of ``fit`` (given a step's index), and the order in
-    which the steps started and ended."""
+def _scheduled(steps, fit, listed) -> tuple[list, list[tuple[str, int]]]:
+    """The two-thread scheduler's results of ``fit`` (given a step's index in ``listed``) over
+    ``steps``, and the order in which the steps started and ended."""
     import threading
 
     from nicodec.models.ctx import coder
 
     events, lock = [], threading.Lock()
-    index = {id(step): k for k, step in enumerate(steps)}
+    index = {id(step): k for k, step in enumerate(listed)}
 
     def traced(step):
         k = index[id(step)]
@@ -261,12 +261,13 @@ def test_each_step_starts_after_the_steps_it_reads():
     from nicodec.models.ctx import coder
 
     steps = list(coder._steps(70, 129, [1, 0, 2], R3))
-    needs = coder._needs(steps)
+    needs = []  # the earlier channels of the pass, and the channel's previous pass
     for k, step in enumerate(steps):
         same_pass = [j for j in range(k) if steps[j].p == step.p]
         own = [j for j in range(k) if steps[j].c == step.c]
-        assert sorted(needs[k]) == sorted(same_pass + own[-1:])
-    results, events = _scheduled(steps, lambda k: time.sleep(0.001 * (k % 3)) or k)
+        needs.append(same_pass + own[-1:])
+    results, events = _scheduled(iter(steps), lambda k: time.sleep(0.001 * (k % 3)) or k,
+                                 steps)
     assert results == list(range(len(steps)))
     ended = set()
     for what, k in events:
@@ -299,6 +300,19 @@ def test_the_scheduler_starts_no_step_once_its_caller_stops():
     threading.Timer(0.2, release.set).start()
     results.close()  # returns once both threads have ended
     assert len(started) == 3  # the first, then the two that both threads had taken
+
+
+def test_an_error_making_the_steps_reaches_the_caller():
+    """The steps are listed while the first are fitted: an error making them stops both
+    threads and reaches the caller."""
+    from nicodec.models.ctx import coder
+
+    def steps():
+        yield from list(coder._steps(40, 48, [1, 0, 2], R3))[:5]
+        raise MemoryError("making the steps")
+
+    with pytest.raises(MemoryError, match="making the steps"):
+        list(coder._in_order(steps(), lambda step: step, 2))
 
 
 def test_the_robust_fit_recovers_a_plane_far_from_zero():

@@ -42,7 +42,7 @@ import contextlib
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -602,26 +602,25 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
                 ) -> bytes:
     """Code a (H, W, C) tile of ``depth``-bit samples (uint8 or uint16) into one payload.
 
-    With ``threads`` > 1 (None: as many as BLAS may use) and several channels, the last
-    channel's steps are fitted on a second thread: a step needs only its own channel's
-    earlier passes and the earlier channels of its pass, so that channel (the busiest: it sees
-    all the others) runs a pass behind the rest. The steps are written in order by this
-    thread, and BLAS runs on one thread throughout, so the bytes are the same for any
-    ``threads``."""
+    With ``threads`` > 1 (None: as many as BLAS may use) and several channels, the steps are
+    fitted on two threads (:func:`_in_order`): a step needs only its own channel's previous
+    pass and the earlier channels of its pass, so the channels run as far ahead of one another
+    as that allows. The steps are written in order by this thread, and BLAS runs on one thread
+    throughout, so the bytes are the same for any ``threads``."""
     rev = tables.revision
     height, width, channels = tile.shape
     x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.float64).reshape(channels, -1)
     res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
-    steps = list(_steps(height, width, order, rev))
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    known: dict[Pass, dict[int, _Known]] = {p: {} for p, *_ in steps}
+    known: dict[Pass, dict[int, _Known]] = {}
     coder = PacketEncoder()
     side = _Side(enc=coder)
     lanes = _lanes(channels, threads)  # before BLAS is held at one thread
     with _one_blas_thread():
         for fitted in _in_order(
-                steps, lambda step: _fit_step(x, res, err, known, step, order, depth, tables),
+                _steps(height, width, order, rev),
+                lambda step: _fit_step(x, res, err, known, step, order, depth, tables),
                 lanes):
             _write_step(coder, side, fitted, tables)
     return coder.finish()
@@ -636,7 +635,7 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     p, at, nb, c, ch, kind = step
     rev = tables.revision
     half = 1 << (depth - 1)
-    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known[p])
+    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known.setdefault(p, {}))
     if c == len(order) - 1:
         del known[p]
     target = x[ch, at].astype(np.int64)
@@ -717,33 +716,25 @@ def _lanes(channels: int, threads: int | None) -> int:
     return 2 if threads > 1 and channels > 1 else 1
 
 
-def _needs(steps: list[_Step]) -> list[list[int]]:
-    """The steps whose results each step reads: the earlier channels of its pass (the steps
-    just before it: their residuals at its samples, their nonlinear features) and its own
-    channel's previous pass (its residuals and pair misses at the neighbours; the passes
-    before that come first through it). The input samples are all known to the encoder."""
-    previous: dict[int, int] = {}
-    needs = []
-    for k, step in enumerate(steps):
-        own = [previous[step.c]] if step.c in previous else []
-        needs.append(list(range(k - step.c, k)) + own)
-        previous[step.c] = k
-    return needs
-
-
-def _in_order(steps: list[_Step], fit, lanes: int) -> Iterator:
+def _in_order(steps: Iterable[_Step], fit, lanes: int) -> Iterator:
     """``fit(step)`` of every step, yielded in order. With two lanes, two threads each take the
-    earliest step whose needs (:func:`_needs`) are fitted, so a channel runs ahead as far as
-    its inputs allow (two fixed lanes, the last channel on its own thread, measured about 5%
-    slower: that channel's steps are the longest). The first error in step order reaches the
-    caller, and stops both threads."""
+    earliest step whose needs are fitted: the earlier channels of its pass (the steps just
+    before it: their residuals at its samples, their neighbour values and nonlinear features)
+    and its own channel's previous pass (its residuals and pair misses at the neighbours; the
+    passes before that come first through it); the input samples are all known to the
+    encoder. So the channels run as far ahead of one another as their inputs allow (two fixed
+    lanes, the last channel on its own thread, measured about 5% slower: its steps are the
+    longest). This thread lists the steps as ``steps`` makes them, while the first are fitted,
+    then yields the results. A step's error reaches the caller and stops both threads."""
     if lanes == 1:
         for step in steps:
             yield fit(step)
         return
-    needs = _needs(steps)
-    done = [Future() for _ in steps]
-    waiting = list(range(len(steps)))  # not yet taken, in order
+    listed: list[_Step] = []
+    needs: list[list[int]] = []
+    done: list[Future] = []
+    waiting: list[int] = []  # listed, not yet taken, in order
+    more = True  # steps may still be listed
     changed = threading.Condition()
 
     def ready() -> int | None:
@@ -754,24 +745,30 @@ def _in_order(steps: list[_Step], fit, lanes: int) -> Iterator:
                 return k
         return None
 
+    def stop() -> None:
+        """No further step is listed or taken (call holding ``changed``)."""
+        nonlocal more
+        more = False
+        waiting.clear()
+        changed.notify_all()
+
     def work() -> None:
         while True:
             with changed:
                 k = ready()
-                while k is None and waiting:
+                while k is None and (waiting or more):
                     changed.wait()
                     k = ready()
                 if k is None:  # all taken, or stopped
                     return
             try:
-                result = fit(steps[k])
+                result = fit(listed[k])
             except BaseException as error:  # every step not fitted fails with it
                 with changed:
                     for future in done:
                         if not future.done():
                             future.set_exception(error)
-                    waiting.clear()
-                    changed.notify_all()
+                    stop()
                 return
             with changed:
                 if not done[k].done():
@@ -782,12 +779,27 @@ def _in_order(steps: list[_Step], fit, lanes: int) -> Iterator:
         for _ in range(2):
             pool.submit(work)
         try:
+            last: dict[int, int] = {}  # each channel's last step listed
+            for step in steps:
+                with changed:
+                    if not more:  # a step failed
+                        break
+                    k = len(listed)
+                    listed.append(step)
+                    done.append(Future())
+                    own = [last[step.c]] if step.c in last else []
+                    needs.append(list(range(k - step.c, k)) + own)
+                    last[step.c] = k
+                    waiting.append(k)
+                    changed.notify_all()
+            with changed:
+                more = False
+                changed.notify_all()
             for future in done:
                 yield future.result()
         finally:  # the caller stopped early (or failed): no further steps start
             with changed:
-                waiting.clear()
-                changed.notify_all()
+                stop()
 
 
 def _put_uniform(side: _Side, rev: Revision, s: coded.StepSide) -> None:
