@@ -327,9 +327,7 @@ def test_the_robust_fit_recovers_a_plane_far_from_zero():
     coef = np.array([0.5, -0.25, 0.625, 0.125, 7.0])
     target = coef @ feats
     rows = rng.uniform(0.5, 2, n)
-    for rough in (np.float32, np.float64):
-        assert np.allclose(coder._fit_robust(feats, target, rows, rough=rough), coef,
-                           atol=1e-3)
+    assert np.allclose(coder._fit_robust(feats, target, rows, rough=np.float32), coef, atol=1e-3)
 
 
 def test_noise_and_extremes_round_trip(tables):

@@ -334,8 +334,9 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
                         scratch)
         return _fit(a, target,
                     1 / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
-    step = max(1, -(-a.shape[1] // LS_ROWS))
-    every = max(1, -(-(-(-a.shape[1] // step)) // IRLS_ROWS))  # of the last fit's rows
+    step = max(1, -(-a.shape[1] // LS_ROWS))  # the last fit's rows
+    last = -(-a.shape[1] // step)
+    every = max(1, -(-last // IRLS_ROWS))  # the reweighting rounds' rows, of those
     stacked, centre = _centred(a, target, step, step * every, rough)
     weight = rows[::step]
     small, few = _subsample(stacked, every), weight[::every]
@@ -353,14 +354,17 @@ def _centred(a: np.ndarray, target: np.ndarray, step: int, sample: int, dtype: t
              ) -> tuple[np.ndarray, np.ndarray]:
     """(every ``step``-th row of the fit: its features less their means, its one and its
     target less its mean, stacked as (k + 2, n / step) in ``dtype``; the means, the target's
-    last). The means are those of every ``sample``-th row (any centre keeps the float32 sums'
-    precision, and the bias takes it back exactly). Centred, the float32 fits code Kodak 0.003
-    bpp smaller than uncentred float64 ones did, as float32 sums of the raw products lost
-    enough of the fit that it had to run in float64."""
+    last). In float32 the means are those of every ``sample``-th row (any centre keeps the
+    float32 sums' precision, and the bias takes it back exactly): centred, the float32 fits
+    code Kodak 0.003 bpp smaller than uncentred float64 ones did, as float32 sums of the raw
+    products lost enough of the fit that it had to run in float64. Float64 rows stay
+    uncentred (means 0): centred, the 16-bit set measured 10.239 bits per sample against
+    10.220, as the ridge (a fraction of the Gram matrix's trace) then weighs otherwise."""
     k = len(a) - 1
-    centre = np.empty(k + 1)
-    centre[:-1] = a[:-1, ::sample].mean(1)
-    centre[-1] = target[::sample].mean()
+    centre = np.zeros(k + 1)
+    if dtype == np.float32:
+        centre[:-1] = a[:-1, ::sample].mean(1)
+        centre[-1] = target[::sample].mean()
     stacked = np.empty((k + 2, -(-a.shape[1] // step)), dtype)
     np.subtract(a[:-1, ::step], centre[:-1, None], out=stacked[:-2], casting="unsafe")
     stacked[-2] = 1
