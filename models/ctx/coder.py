@@ -194,7 +194,10 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
             if p.oy and not p.ox:  # A2: also its diagonal neighbours, the A1 samples nb[-4:]
                 mine.append(_diagonal_blend(err[ch], own, nb, depth))
         feats.put(*mine)
-        known[ch] = own, mine
+        # the later channels' copy of this one's values at the neighbours (one block: the
+        # first rows; not views, so that this step's rows can go)
+        values = feats.rows[:len(own)].copy() if c < len(order) - 1 and not compact else []
+        known[ch] = list(values), mine
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
@@ -208,7 +211,7 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
         if own:
             values, nonlinear = known[c2]
             if not compact:  # its values at the neighbours (r2: all of them), as its step
-                feats.put(*values[:colour_near])  # gathered them (a copy is faster)
+                feats.put(*values[:colour_near])  # gathered them (copies are faster)
             feats.put(*[here - d for d in nonlinear])
     return feats.done(), act.done()
 
