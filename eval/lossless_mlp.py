@@ -33,23 +33,30 @@ def collect(paths: list[Path], crop: int | None) -> list[dict]:
     """Per pass and channel: activity features (n, m), tokens (n,), classes (n,)."""
     tables = load_model("ctx-photo").net.tables
     rows: list[dict] = []
-    fit_scale, code_classes = coder._fit_scale, coder._code_classes
+    fit_scale, tokens, classes = coder._fit_scale, coder.tokens, coder._classes
 
-    def spy_scale(a, magnitude):
+    def spy_scale(a, *rest):
         rows.append({"act": a.T.copy(), "channel": len(rows) % 3})
-        return fit_scale(a, magnitude)
+        return fit_scale(a, *rest)
 
-    def spy_classes(c, side, cls, tok, t):
-        rows[-1].update(tok=tok.copy(), cls=cls.copy())
-        return code_classes(c, side, cls, tok, t)
+    def spy_tokens(u):
+        out = tokens(u)
+        rows[-1]["tok"] = out[0].copy()
+        return out
 
-    coder._fit_scale, coder._code_classes = spy_scale, spy_classes
+    def spy_classes(*args):
+        ladder = classes(*args)
+        rows[-1]["cls"] = ladder.cls.copy()  # the class ids (r4's ladder steps left out)
+        return ladder
+
+    coder._fit_scale, coder.tokens, coder._classes = spy_scale, spy_tokens, spy_classes
     try:
         for path in paths:
             img = np.asarray(Image.open(path).convert("RGB"))
-            coder.encode_tile(img[:crop, :crop] if crop else img, 8, tables)
+            # one thread: the steps in order, so that each row's channel is known
+            coder.encode_tile(img[:crop, :crop] if crop else img, 8, tables, threads=1)
     finally:
-        coder._fit_scale, coder._code_classes = fit_scale, code_classes
+        coder._fit_scale, coder.tokens, coder._classes = fit_scale, tokens, classes
     return rows
 
 

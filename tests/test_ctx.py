@@ -84,8 +84,12 @@ def test_every_neighbour_of_every_pass_is_known_before_it(split_from, split_top)
         known = np.zeros((h, w), bool)
         for p in passes(h, w, split_from, split_top):
             ys, xs = p.positions(h, w)
-            for ny, nx in p.neighbours(ys, xs, h, w):
+            at, nb = p.flat(h, w)  # the coder's: computed per grid row and column
+            assert (at == ys * w + xs).all()
+            assert len(nb) == len(p.offsets)
+            for (ny, nx), flat in zip(p.neighbours(ys, xs, h, w), nb):
                 assert known[ny, nx].all()
+                assert (flat == ny * w + nx).all()
             assert not known[ys, xs].any()
             known[ys, xs] = True
         assert known.all()
@@ -178,10 +182,11 @@ def test_the_bytes_do_not_depend_on_the_blas_thread_count(tables):
     assert (decode_tile(coded[0], image.shape, 8, tables) == image).all()
 
 
-def test_two_blas_threads_fit_the_last_channel_on_a_second_thread(monkeypatch):
+def test_two_blas_threads_fit_the_steps_on_two_threads(monkeypatch):
     """``threads`` left to the encoder follows BLAS's limit (what ``--threads`` sets): at two,
     the steps run on two threads; at one, all in the caller's."""
     import threading
+    import time
 
     from threadpoolctl import threadpool_limits
 
@@ -192,6 +197,7 @@ def test_two_blas_threads_fit_the_last_channel_on_a_second_thread(monkeypatch):
 
     def spy(*args):
         names.append(threading.current_thread().name)
+        time.sleep(0.002)  # so that the second thread surely finds a step ready
         return fit(*args)
 
     monkeypatch.setattr(coder, "_fit_step", spy)
@@ -205,8 +211,8 @@ def test_two_blas_threads_fit_the_last_channel_on_a_second_thread(monkeypatch):
 
 @pytest.mark.parametrize("failing_channel", [0, 2])
 def test_a_failing_step_on_either_thread_stops_the_encoder(monkeypatch, failing_channel):
-    """The two-thread encoder (the last channel on its own thread) raises the first error in
-    step order instead of hanging on a step that will never finish."""
+    """The two-thread encoder raises a step's error (whichever thread fitted it) instead of
+    hanging on a step that will never finish."""
     from nicodec.models.ctx import coder
 
     tables = registry.load_model("ctx-photo").net.tables
@@ -223,6 +229,105 @@ def test_a_failing_step_on_either_thread_stops_the_encoder(monkeypatch, failing_
     monkeypatch.setattr(coder, "_fit_step", failing)
     with pytest.raises(MemoryError, match=f"channel {failing_channel}"):
         encode_tile(_photo_like(64, 64, 3), 8, tables, threads=2)
+
+
+def _scheduled(steps, fit, listed) -> tuple[list, list[tuple[str, int]]]:
+    """The two-thread scheduler's results of ``fit`` (given a step's index in ``listed``) over
+    ``steps``, and the order in which the steps started and ended."""
+    import threading
+
+    from nicodec.models.ctx import coder
+
+    events, lock = [], threading.Lock()
+    index = {id(step): k for k, step in enumerate(listed)}
+
+    def traced(step):
+        k = index[id(step)]
+        with lock:
+            events.append(("start", k))
+        result = fit(k)
+        with lock:
+            events.append(("end", k))
+        return result
+
+    return list(coder._in_order(steps, traced, 2)), events
+
+
+def test_each_step_starts_after_the_steps_it_reads():
+    """The two-thread scheduler starts a step only once the earlier channels of its pass and
+    its own channel's previous pass are fitted, and yields the results in step order."""
+    import time
+
+    from nicodec.models.ctx import coder
+
+    steps = list(coder._steps(70, 129, [1, 0, 2], R3))
+    needs = []  # the earlier channels of the pass, and the channel's previous pass
+    for k, step in enumerate(steps):
+        same_pass = [j for j in range(k) if steps[j].p == step.p]
+        own = [j for j in range(k) if steps[j].c == step.c]
+        needs.append(same_pass + own[-1:])
+    results, events = _scheduled(iter(steps), lambda k: time.sleep(0.001 * (k % 3)) or k,
+                                 steps)
+    assert results == list(range(len(steps)))
+    ended = set()
+    for what, k in events:
+        if what == "start":
+            assert set(needs[k]) <= ended
+        else:
+            ended.add(k)
+    assert ended == set(range(len(steps)))
+
+
+def test_the_scheduler_starts_no_step_once_its_caller_stops():
+    """Closing the results early (the writer failed) lets the steps in flight end and starts
+    no other."""
+    import threading
+
+    from nicodec.models.ctx import coder
+
+    steps = list(coder._steps(40, 48, [1, 0, 2], R3))
+    release = threading.Event()
+    started = []
+
+    def fit(step):
+        started.append(step)
+        if len(started) > 1:  # the steps after the first wait until the caller has stopped
+            release.wait(10)
+        return step
+
+    results = coder._in_order(steps, fit, 2)
+    assert next(results) is steps[0]
+    threading.Timer(0.2, release.set).start()
+    results.close()  # returns once both threads have ended
+    assert len(started) == 3  # the first, then the two that both threads had taken
+
+
+def test_an_error_making_the_steps_reaches_the_caller():
+    """The steps are listed while the first are fitted: an error making them stops both
+    threads and reaches the caller."""
+    from nicodec.models.ctx import coder
+
+    def steps():
+        yield from list(coder._steps(40, 48, [1, 0, 2], R3))[:5]
+        raise MemoryError("making the steps")
+
+    with pytest.raises(MemoryError, match="making the steps"):
+        list(coder._in_order(steps(), lambda step: step, 2))
+
+
+def test_the_robust_fit_recovers_a_plane_far_from_zero():
+    """The fits run in float32 on rows centred on a subsample's means; the bias takes the
+    centre back, so features and a target far from zero (8-bit values near 200) still give
+    the exact coefficients of a noiseless linear target."""
+    from nicodec.models.ctx import coder
+
+    rng = np.random.default_rng(5)
+    n = 60_000  # a subsample for the reweighting rounds, every row for the last fit
+    feats = np.vstack([rng.integers(180, 230, (4, n)), np.ones((1, n))]).astype(np.float64)
+    coef = np.array([0.5, -0.25, 0.625, 0.125, 7.0])
+    target = coef @ feats
+    rows = rng.uniform(0.5, 2, n)
+    assert np.allclose(coder._fit_robust(feats, target, rows, rough=np.float32), coef, atol=1e-3)
 
 
 def test_noise_and_extremes_round_trip(tables):

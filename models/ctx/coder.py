@@ -54,7 +54,7 @@ import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -213,8 +213,8 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours' in
     the order of ``p.offsets``; ``err``: r3's pair misses (:func:`_record_pair_errors`);
     ``known``: what each channel coded earlier in this pass left for the later ones (its
-    nonlinear features: the later channels see its value minus them; r4's sums over its
-    neighbours), to which this channel's is added."""
+    values at the neighbours, its nonlinear features: the later channels see its value minus
+    them; r4's sums over its neighbours), to which this channel's is added."""
     return _colour_features(x, res, order[:c], at,
                             _own_features(x, res, c, order, at, nb, rev, p, err, depth, known),
                             known)
@@ -268,6 +268,9 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
             if p.oy and not p.ox:  # A2: also its diagonal neighbours, the A1 samples nb[-4:]
                 mine.append(_diagonal_blend(err[ch], own, nb, depth))
         feats.put(*mine)
+        # the later channels' copy of this one's values at the neighbours (one block: the
+        # first rows; not views, so that this step's rows can go)
+        neighbours = feats.rows[:len(own)].copy() if later and not compact else []
         for i, j in ((0, 1), (2, 3), (0, 2), (1, 3)):
             row = act.next()
             np.abs(np.subtract(own[i], own[j], out=row), out=row)
@@ -278,7 +281,7 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
             np.abs(signed, out=act.next())
         residuals = _ratio_sums(feats.rows[first:feats.k], depth, later) if ratios else None
         values = _slope_sums(feats.rows[:len(nb)], depth, later) if slopes else None
-        known[ch] = _Known(mine, residuals, values)
+        known[ch] = _Known(mine, neighbours, residuals, values)
     else:
         residuals = values = None
     return _Own(feats, act, nb, compact, ratios, slopes, colour_near, residuals, values)
@@ -297,9 +300,8 @@ def _colour_features(x: np.ndarray, res: np.ndarray, earlier: list[int], at: np.
         np.abs(signed_here, out=act.next())
         if nb:
             first = feats.k
-            if not compact:  # its values at the neighbours (r2: all of them)
-                for i in nb[:colour_near]:
-                    feats.take(x[c2], i)
+            if not compact:  # its values at the neighbours (r2: all of them), as its step
+                feats.put(*known[c2].neighbours[:colour_near])  # gathered them (copies: faster)
             if ratios:
                 ratio_rows.append(_colour_ratio(residuals, known[c2].residuals, signed_here))
             if slopes:
@@ -327,6 +329,7 @@ class _Known(NamedTuple):
     """What a channel's features leave for the later channels of its pass."""
 
     nonlinear: list[np.ndarray]  # the later channels see this channel's value minus each
+    neighbours: np.ndarray | list  # a copy of its values at the neighbours (none if compact)
     residuals: _Sums | None = None  # r4: for the colour ratios
     values: _Sums | None = None  # r4: for the colour slopes
 
@@ -531,12 +534,13 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
     squared errors count about as their log would): a residual's code length grows with its
     log, not its square. ``rows``: further weights of the rows (r2: smaller where the sample's
     class is busier, as its code length grows with |r| / scale). The reweighting rounds run on
-    a subsample, the last fit on more, both in ``rough`` precision (float32, centred, for
-    8-bit photos; float64 for deeper samples, where float32 cost 0.02 bits per sample on the
-    16-bit set). ``a`` (k + 1, n) ends with its row of ones."""
-    step = max(1, -(-a.shape[1] // IRLS_ROWS))
-    t = target[::step]
+    a subsample, the last fit on more, both in ``rough`` precision (float32 for 8-bit photos;
+    float64 for deeper samples, where float32 cost 0.02 bits per sample on the 16-bit set), from
+    one copy of the rows the last fit sees, centred (:func:`_centred`), whose residuals also
+    give the last fit's row weights. ``a`` (k + 1, n) ends with its row of ones."""
     if rows is None:  # r1: the weighting as it was, so its encoder keeps its bytes
+        step = max(1, -(-a.shape[1] // IRLS_ROWS))
+        t = target[::step]
         small = _subsample(a, step)
         # the predictions read the strided rows, not the contiguous copy: a product's
         # summation order follows the layout, and the coefficients (hence the bytes) follow it
@@ -547,14 +551,60 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
                         scratch)
         return _fit(a, target,
                     1 / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
-    few, small = rows[::step], a[:, ::step].astype(rough)
-    coef = _fit_scaled(small, t, few, rough)
+    step = max(1, -(-a.shape[1] // LS_ROWS))  # the last fit's rows
+    last = -(-a.shape[1] // step)
+    every = max(1, -(-last // IRLS_ROWS))  # the reweighting rounds' rows, of those
+    stacked, centre = _centred(a, target, step, step * every, rough)
+    weight = rows[::step]
+    small, few = _subsample(stacked, every), weight[::every]
+    scratch = np.empty_like(small)
+    coef = _fit_stacked(small, few, scratch)
     for _ in range(rounds - 1):
-        guess = np.einsum("k,kn->n", coef.astype(rough), small)
-        coef = _fit_scaled(small, t, few / (np.abs(t - guess) + IRLS_FLOOR), rough)
-    return _fit_scaled(a, target,
-                       rows / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR),
-                       rough)
+        coef = _fit_stacked(small, few / (np.abs(_miss(small, coef)) + IRLS_FLOOR), scratch)
+    weight = weight / (np.abs(_miss(stacked, coef)) + IRLS_FLOOR)
+    coef = _fit_stacked(stacked, weight, stacked)  # its last use: scaled in place
+    coef[-1] += centre[-1] - coef[:-1] @ centre[:-1]
+    return coef
+
+
+def _centred(a: np.ndarray, target: np.ndarray, step: int, sample: int, dtype: type
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(every ``step``-th row of the fit: its features less their means, its one and its
+    target less its mean, stacked as (k + 2, n / step) in ``dtype``; the means, the target's
+    last). In float32 the means are those of every ``sample``-th row (any centre keeps the
+    float32 sums' precision, and the bias takes it back exactly): centred, the float32 fits
+    code Kodak 0.003 bpp smaller than uncentred float64 ones did, as float32 sums of the raw
+    products lost enough of the fit that it had to run in float64. Float64 rows stay
+    uncentred (means 0): centred, the 16-bit set measured 10.239 bits per sample against
+    10.220, as the ridge (a fraction of the Gram matrix's trace) then weighs otherwise."""
+    k = len(a) - 1
+    centre = np.zeros(k + 1)
+    if dtype == np.float32:
+        centre[:-1] = a[:-1, ::sample].mean(1)
+        centre[-1] = target[::sample].mean()
+    stacked = np.empty((k + 2, -(-a.shape[1] // step)), dtype)
+    np.subtract(a[:-1, ::step], centre[:-1, None], out=stacked[:-2], casting="unsafe")
+    stacked[-2] = 1
+    np.subtract(target[::step], centre[-1], out=stacked[-1], casting="unsafe")
+    return stacked, centre
+
+
+def _miss(stacked: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """The residuals of centred rows (:func:`_centred`) under coefficients (bias last)."""
+    return stacked[-1] - (coef[:-1].astype(stacked.dtype) @ stacked[:-2] + coef[-1])
+
+
+def _fit_stacked(stacked: np.ndarray, weight: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Weighted least squares (like :func:`_fit`, the squared errors weighted by ``weight``
+    squared) of the centred rows (:func:`_centred`): they are scaled by ``weight`` into ``out``
+    (which may be ``stacked``) in their own precision, so the Gram matrix and the right-hand
+    side are one product of that array with its own transpose (BLAS syrk); the solve is in
+    float64. The coefficients are those of the centred features, bias last."""
+    np.multiply(stacked, weight.astype(stacked.dtype), out=out)
+    both = (out @ out.T).astype(np.float64)
+    k = len(both) - 1
+    gram = both[:-1, :-1] + np.eye(k) * (1e-6 * np.trace(both[:-1, :-1]) / k + 1e-9)
+    return _solve(gram, both[:-1, -1])
 
 
 def _row_weights(act: np.ndarray, rev: Revision, depth: int) -> np.ndarray | None:
@@ -565,15 +615,25 @@ def _row_weights(act: np.ndarray, rev: Revision, depth: int) -> np.ndarray | Non
     return 1 / (act[:-1].mean(0) + ACTIVITY_FLOOR * 2.0 ** (depth - 8))
 
 
-def _fit_scale(a: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
+def _fit_scale(a: np.ndarray, magnitude: np.ndarray, rough: type | None = None) -> np.ndarray:
     """The activity estimate of |residual|: least squares weighted by 1/(estimate + 1), since
     the spread of |residual| grows with its scale (on a subsample: it only sorts samples into
-    classes). ``a`` (m + 1, n) ends with its row of ones."""
+    classes). ``a`` (m + 1, n) ends with its row of ones. ``rough``: the precision of the fits,
+    on centred rows as in :func:`_fit_robust` (None: r1's float64 fits of the raw rows, so that
+    its encoder keeps its bytes)."""
     step = max(1, -(-a.shape[1] // IRLS_ROWS))
-    small, magnitude = _subsample(a, step), magnitude[::step]
-    coef = _fit(small, magnitude)
-    est = np.maximum(coef[:-1] @ a[:-1, ::step] + coef[-1], 0)
-    return _fit(small, magnitude, 1 / (est + 1))
+    if rough is None:
+        small, magnitude = _subsample(a, step), magnitude[::step]
+        coef = _fit(small, magnitude)
+        est = np.maximum(coef[:-1] @ a[:-1, ::step] + coef[-1], 0)
+        return _fit(small, magnitude, 1 / (est + 1))
+    stacked, centre = _centred(a, magnitude, step, step, rough)
+    scratch = np.empty_like(stacked)
+    coef = _fit_stacked(stacked, np.ones(stacked.shape[1]), scratch)
+    est = np.maximum(magnitude[::step] - _miss(stacked, coef), 0)
+    coef = _fit_stacked(stacked, 1 / (est + 1), stacked)
+    coef[-1] += centre[-1] - coef[:-1] @ centre[:-1]
+    return coef
 
 
 def _subsample(a: np.ndarray, step: int) -> np.ndarray:
@@ -595,33 +655,6 @@ def _fit(m: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
     gram = m @ m.T
     gram += np.eye(len(gram)) * (1e-6 * np.trace(gram) / len(gram) + 1e-9)
     return _solve(gram, m @ t)
-
-
-def _fit_scaled(m: np.ndarray, target: np.ndarray, weight: np.ndarray,
-                dtype: type = np.float64) -> np.ndarray:
-    """:func:`_fit` with row weights (r2's encoder; like it, the squared errors are weighted by
-    ``weight`` squared), from the rows and the target scaled by ``weight`` in ``dtype``, stacked:
-    the Gram matrix and the right-hand side are then one product of that array with its own
-    transpose (BLAS syrk). In float32 the features and the target are first centred on their
-    means (the bias takes the difference back): float32 sums of the raw products lost enough
-    of the fit that the last fit had to run in float64; centred, the float32 fits code Kodak
-    0.003 bpp smaller than that did, 0.15 s sooner per image. The solve is in float64."""
-    step = max(1, -(-m.shape[1] // LS_ROWS))
-    weight = weight[::step]
-    rows, target = m[:, ::step], target[::step]
-    centre = np.zeros(len(m) + 1)  # features and target less their means (not the ones' row)
-    if dtype == np.float32:  # float32 sums of uncentred products lose the fit
-        centre[:-2] = rows[:-1].mean(1)
-        centre[-1] = target.mean()
-    scaled = np.empty((len(m) + 1, len(weight)), dtype)
-    np.subtract(rows, centre[:-1, None], out=scaled[:-1], casting="unsafe")
-    np.subtract(target, centre[-1], out=scaled[-1], casting="unsafe")
-    scaled *= weight.astype(dtype)
-    both = (scaled @ scaled.T).astype(np.float64)
-    gram = both[:-1, :-1] + np.eye(len(m)) * (1e-6 * np.trace(both[:-1, :-1]) / len(m) + 1e-9)
-    coef = _solve(gram, both[:-1, -1])
-    coef[-1] += centre[-1] - coef[:-1] @ centre[:-2]
-    return coef
 
 
 def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -904,11 +937,9 @@ class _Step(NamedTuple):
 def _steps(height: int, width: int, order: list[int], rev: Revision) -> Iterator[_Step]:
     """The coding steps of a tile, in order, the same for the encoder and the decoder."""
     for p in passes(height, width, rev.split_from if rev.split_finest else None, rev.split_top):
-        ys, xs = p.positions(height, width)
-        if not len(ys):
+        at, nb = p.flat(height, width)
+        if not len(at):
             continue
-        at = ys * width + xs
-        nb = [ny * width + nx for ny, nx in p.neighbours(ys, xs, height, width)]
         kind = coded.kind(p, len(at) < rev.compact_below)
         for c, ch in enumerate(order):
             yield _Step(p, at, nb, c, ch, kind)
@@ -919,58 +950,63 @@ class _Fitted:
     """One step of the encoder, fitted and classified, waiting to be written."""
 
     side: coded.StepSide  # the pass and channel's shifts and coefficients
-    cls: _Ladder
-    tok: np.ndarray
-    nraw: np.ndarray
-    raw: np.ndarray
+    hist: np.ndarray  # (used classes, NTOK) token counts
+    choice: int | None  # r4: the tables' weight against the previous pass's counts (or None)
+    pick: np.ndarray  # the table of each used class
+    tokens: list[tuple[np.ndarray, np.ndarray]]  # (frequency table, its tokens in sample order)
+    # of each coder call
+    raw: list[tuple[int, np.ndarray]]  # the raw values of each raw bit count above 0
 
 
 def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | None = None
                 ) -> bytes:
     """Code a (H, W, C) tile of ``depth``-bit samples (uint8 or uint16) into one payload.
 
-    With ``threads`` > 1 (None: as many as BLAS may use) and several channels, the last
-    channel's steps are fitted on a second thread: a step needs only its own channel's
-    earlier passes and the earlier channels of its pass, so that channel (the busiest: it sees
-    all the others) runs a pass behind the rest. The steps are written in order by this
-    thread, and BLAS runs on one thread throughout, so the bytes are the same for any
-    ``threads``."""
+    With ``threads`` > 1 (None: as many as BLAS may use) and several channels, the steps are
+    fitted on two threads (:func:`_in_order`): a step needs only its own channel's previous
+    pass and the earlier channels of its pass, so the channels run as far ahead of one another
+    as that allows. The steps are written in order by this thread, and BLAS runs on one thread
+    throughout, so the bytes are the same for any ``threads``."""
     rev = tables.revision
     height, width, channels = tile.shape
     x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.float64).reshape(channels, -1)
     res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
-    steps = list(_steps(height, width, order, rev))
     err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    known: dict[Pass, dict[int, _Known]] = {p: {} for p, *_ in steps}
+    known: dict[Pass, dict[int, _Known]] = {}
     coder = PacketEncoder()
     side = _Side(enc=coder)
     previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its last pass
     lanes = _lanes(channels, threads)  # before BLAS is held at one thread
     with _one_blas_thread():
         for fitted in _in_order(
-                steps, lambda step: _fit_step(x, res, err, known, step, order, depth, tables),
+                _steps(height, width, order, rev),
+                lambda step: _fit_step(x, res, err, known, previous, step, order, depth,
+                                       tables),
                 lanes):
-            _write_step(coder, side, fitted, tables, previous)
+            _write_step(coder, side, fitted, tables)
     return coder.finish()
 
 
 def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
-              known: dict[Pass, dict[int, _Known]], step: _Step, order: list[int],
-              depth: int, tables: Tables) -> _Fitted:
+              known: dict[Pass, dict[int, _Known]], previous: dict[int, np.ndarray],
+              step: _Step, order: list[int], depth: int, tables: Tables) -> _Fitted:
     """Fit one step's predictor and activity estimate, and record its residuals in ``res``
     (and r3's pair misses in ``err``). ``known``: what each channel of each pass leaves for
-    the later channels of the pass (dropped after its last)."""
+    the later channels of the pass (dropped after its last); ``previous``: r4's class counts
+    of each channel position's last pass (:func:`_plan`), read and replaced here (a step runs
+    after its channel's previous pass)."""
     p, at, nb, c, ch, kind = step
     rev = tables.revision
     half = 1 << (depth - 1)
-    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known[p])
+    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known.setdefault(p, {}))
     if c == len(order) - 1:
         del known[p]
     target = x[ch, at].astype(np.int64)
     bits = _weight_bits(len(at), rev)
-    frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth),
-                                       rough=np.float32 if depth <= 8 else np.float64), bits)
+    rough = np.float32 if depth <= 8 else np.float64
+    frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth), rough=rough),
+                           bits)
     coarse = np.zeros(len(w) + 1, np.int64)
     if rev.coded_side:  # r3: each coefficient only as precise as its feature needs
         coarse = coded.coarseness(feats)
@@ -984,24 +1020,96 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     if rev.phase:
         r = _flip(r, below, half)
     u = zigzag(r)
-    shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r)), rev)
+    shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r), rough if rev.activity_rows else None),
+                                  rev)
+    tok, nraw, raw = tokens(u)
+    hist, choice, pick, coded_tokens = _plan(_classes(act, shift, ew, ebias, far, tables), tok,
+                                             tables, previous, c)
+    bits_of, by_bits = _groups(nraw, raw)
     return _Fitted(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
-                   _classes(act, shift, ew, ebias, far, tables), *tokens(u))
+                   hist, choice, pick, coded_tokens,
+                   [(int(k), v) for k, v in zip(bits_of, by_bits) if k > 0])
 
 
-def _write_step(coder: PacketEncoder, side: _Side, f: _Fitted, tables: Tables,
-                previous: dict[int, np.ndarray]) -> None:
-    """A fitted step's side information, then its tokens and raw bits (``previous``: r4's
-    class counts, :func:`_code_classes`)."""
+def _plan(lad: _Ladder, tok: np.ndarray, tables: Tables, previous: dict[int, np.ndarray],
+          c: int) -> tuple[np.ndarray, int | None, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """How a step's tokens are coded: (the token counts of each used class, r4's tables' weight
+    choice (None before r4), each used class's table, (frequency table, tokens) of each coder
+    call). Before r4, one call per used class with its bank table; r4 (:func:`_mixes`): one
+    call per group of samples sharing a mixed table, the tables picked knowing the mix, and
+    ``previous[c]`` (the class counts of channel position ``c``'s last pass) replaced by
+    this step's."""
+    rev = tables.revision
+    if not (rev.sub_steps > 1 or rev.prior_counts):
+        _, by_class = _groups(lad.cls, tok)
+        hist = np.stack([np.bincount(t, minlength=NTOK) for t in by_class])
+        pick = _choose(hist, tables)
+        return hist, None, pick, [(tables.bank[j], t) for j, t in zip(pick, by_class)]
+    used, inverse = _unique(lad.cls)
+    hist = np.bincount(inverse * NTOK + tok, minlength=len(used) * NTOK).reshape(-1, NTOK)
+    cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
+    mixes = _mixes(lad, used, inverse, rev.sub_steps)
+    prior = previous.get(c, np.zeros((_class_rows(tables), NTOK), np.int64))
+    groups = np.bincount(mixes.member * NTOK + tok,
+                         minlength=len(mixes.own) * NTOK).reshape(-1, NTOK)
+    counts = _mixed_counts(mixes, used, prior, rev.sub_steps) if rev.prior_counts else \
+        np.zeros_like(groups)
+    counts = counts.astype(np.float64) * (1 << PRECISION)
+    alone = coded.choose_picks(cost, tables.side)  # each class's own cheapest table
+    choice = 1  # prior_counts itself (:func:`_prior_scale`)
+    if rev.prior_choices > 1:
+        choice = _best_scale(groups, mixes, alone, used, prior, tables)
+    pick = _choose_mixed(groups, mixes, cost, alone, counts, tables, _prior_scale(rev, choice))
+    freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables, _prior_scale(rev, choice)))
+    previous[c] = _class_counts(lad, tok, tables)
+    _, members = _groups(mixes.member, tok)
+    return hist, choice if rev.prior_choices > 1 else None, pick, list(zip(freqs, members))
+
+
+def _groups(key: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The distinct keys (non-negative integers), ascending, and the values of each, in their
+    order: one stable sort (a radix sort, for keys below 2**16 as the classes and the raw bit
+    counts are), not one pass over all values per key."""
+    if key.max(initial=0) < 1 << 16:
+        key = key.astype(np.uint16)
+    order = np.argsort(key, kind="stable")
+    key, values = key[order], values[order]
+    starts = [0, *(np.flatnonzero(key[1:] != key[:-1]) + 1).tolist(), len(key)]
+    return key[starts[:-1]], [values[a:b] for a, b in zip(starts[:-1], starts[1:])]
+
+
+def _choose(hist: np.ndarray, tables: Tables) -> np.ndarray:
+    """The table of each used class, from its token counts ``hist`` (used, NTOK)."""
+    cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
+    if tables.revision.coded_side:
+        return coded.choose_picks(cost, tables.side)
+    return cost.argmin(1)
+
+
+def _write_step(coder: PacketEncoder, side: _Side, f: _Fitted, tables: Tables) -> None:
+    """A fitted step's side information, its used classes' tables (r4: after its tables'
+    weight), then its tokens in one coder call per table, and the raw bits (everything else
+    is done in :func:`_fit_step`, on the fitting threads, so that this thread lags little
+    behind)."""
     if tables.collect_side is not None:
         tables.collect_side.append(f.side)
-    if tables.revision.coded_side:
+    if tables.collect is not None:
+        tables.collect.append(f.hist)
+    rev = tables.revision
+    if rev.coded_side:
         coded.put_step(coder, tables.side, f.side)
     else:
-        _put_uniform(side, tables.revision, f.side)
-    _code_classes(coder, side, f.cls, f.tok, tables, previous, f.side.c)
-    for k in np.unique(f.nraw[f.nraw > 0]):
-        coder.encode(f.raw[f.nraw == k], _uniform(int(k)))
+        _put_uniform(side, rev, f.side)
+    if f.choice is not None:
+        coder.encode(np.array([f.choice]), _uniform(_choice_bits(rev)))
+    if rev.coded_side:
+        coded.put_picks(coder, tables.side, f.pick)
+    else:
+        side.put(f.pick, 1, signed=False)
+    for table, t in f.tokens:
+        coder.encode(t, table)
+    for k, v in f.raw:
+        coder.encode(v, _uniform(k))
 
 
 def _lanes(channels: int, threads: int | None) -> int:
@@ -1013,35 +1121,90 @@ def _lanes(channels: int, threads: int | None) -> int:
     return 2 if threads > 1 and channels > 1 else 1
 
 
-def _in_order(steps: list[_Step], fit, lanes: int) -> Iterator:
-    """``fit(step)`` of every step, yielded in order. With two lanes, the last channel's steps
-    run on a second thread; a step first waits for the earlier channels of its pass (the steps
-    just before it), the only results it reads from the other lane."""
+def _in_order(steps: Iterable[_Step], fit, lanes: int) -> Iterator:
+    """``fit(step)`` of every step, yielded in order. With two lanes, two threads each take the
+    earliest step whose needs are fitted: the earlier channels of its pass (the steps just
+    before it: their residuals at its samples, their neighbour values and nonlinear features)
+    and its own channel's previous pass (its residuals and pair misses at the neighbours; the
+    passes before that come first through it); the input samples are all known to the
+    encoder. So the channels run as far ahead of one another as their inputs allow (two fixed
+    lanes, the last channel on its own thread, measured about 5% slower: its steps are the
+    longest). This thread lists the steps as ``steps`` makes them, while the first are fitted,
+    then yields the results. A step's error reaches the caller and stops both threads."""
     if lanes == 1:
         for step in steps:
             yield fit(step)
         return
-    last = max(step.c for step in steps)
-    done = [Future() for _ in steps]
+    listed: list[_Step] = []
+    needs: list[list[int]] = []
+    done: list[Future] = []
+    waiting: list[int] = []  # listed, not yet taken, in order
+    more = True  # steps may still be listed
+    changed = threading.Condition()
 
-    def run(lane: list[int]) -> None:
-        for k in lane:
+    def ready() -> int | None:
+        """The earliest waiting step whose needs are fitted (taken off the list), or None."""
+        for k in waiting:
+            if all(done[j].done() for j in needs[k]):
+                waiting.remove(k)
+                return k
+        return None
+
+    def stop() -> None:
+        """No further step is listed or taken (call holding ``changed``)."""
+        nonlocal more
+        more = False
+        waiting.clear()
+        changed.notify_all()
+
+    def work() -> None:
+        while True:
+            with changed:
+                k = ready()
+                while k is None and (waiting or more):
+                    changed.wait()
+                    k = ready()
+                if k is None:  # all taken, or stopped
+                    return
             try:
-                for j in range(k - steps[k].c, k):
-                    done[j].result()
-                done[k].set_result(fit(steps[k]))
-            except BaseException as error:  # the waiting lane and the writer see it too
-                for j in lane[lane.index(k):]:
-                    done[j].set_exception(error)
+                result = fit(listed[k])
+            except BaseException as error:  # every step not fitted fails with it
+                with changed:
+                    for future in done:
+                        if not future.done():
+                            future.set_exception(error)
+                    stop()
                 return
+            with changed:
+                if not done[k].done():
+                    done[k].set_result(result)
+                changed.notify_all()
 
-    lanes_of = [[k for k, step in enumerate(steps) if (step.c == last) == second]
-                for second in (False, True)]
     with ThreadPoolExecutor(2) as pool:
-        for lane in lanes_of:
-            pool.submit(run, lane)
-        for future in done:
-            yield future.result()
+        for _ in range(2):
+            pool.submit(work)
+        try:
+            last: dict[int, int] = {}  # each channel's last step listed
+            for step in steps:
+                with changed:
+                    if not more:  # a step failed
+                        break
+                    k = len(listed)
+                    listed.append(step)
+                    done.append(Future())
+                    own = [last[step.c]] if step.c in last else []
+                    needs.append(list(range(k - step.c, k)) + own)
+                    last[step.c] = k
+                    waiting.append(k)
+                    changed.notify_all()
+            with changed:
+                more = False
+                changed.notify_all()
+            for future in done:
+                yield future.result()
+        finally:  # the caller stopped early (or failed): no further steps start
+            with changed:
+                stop()
 
 
 def _put_uniform(side: _Side, rev: Revision, s: coded.StepSide) -> None:
@@ -1081,48 +1244,6 @@ def _estimate(act: np.ndarray, shift: int, w: np.ndarray, bias: int) -> np.ndarr
     return (_dot(w, act[:-1]) << shift) + bias
 
 
-def _code_classes(coder: PacketEncoder, side: _Side, lad: _Ladder, tok: np.ndarray,
-                  tables: Tables, previous: dict[int, np.ndarray], c: int) -> None:
-    """Pick and send each used class's table, then code its tokens in one call (r4: each
-    group of :func:`_mixes` in one call, with its mixed table; ``previous``: each channel
-    position ``c``'s class counts in its last pass, updated here)."""
-    used, inverse = _unique(lad.cls)
-    hist = np.bincount(inverse * NTOK + tok, minlength=len(used) * NTOK).reshape(-1, NTOK)
-    if tables.collect is not None:
-        tables.collect.append(hist)
-    cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
-    rev = tables.revision
-    if rev.sub_steps > 1 or rev.prior_counts:
-        mixes = _mixes(lad, used, inverse, rev.sub_steps)
-        prior = previous.get(c, np.zeros((_class_rows(tables), NTOK), np.int64))
-        groups = np.bincount(mixes.member * NTOK + tok,
-                             minlength=len(mixes.own) * NTOK).reshape(-1, NTOK)
-        counts = _mixed_counts(mixes, used, prior, rev.sub_steps) if rev.prior_counts else \
-            np.zeros_like(groups)
-        counts = counts.astype(np.float64) * (1 << PRECISION)
-        alone = coded.choose_picks(cost, tables.side)  # each class's own cheapest table
-        choice = 1  # prior_counts itself (:func:`_prior_scale`)
-        if rev.prior_choices > 1:
-            choice = _best_scale(groups, mixes, alone, used, prior, tables)
-            coder.encode(np.array([choice]), _uniform(_choice_bits(rev)))
-        pick = _choose_mixed(groups, mixes, cost, alone, counts, tables, _prior_scale(rev, choice))
-        coded.put_picks(coder, tables.side, pick)
-        freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables,
-                                         _prior_scale(rev, choice)))
-        for g, where in enumerate(_members(mixes.member, len(freqs))):
-            coder.encode(tok[where], freqs[g])
-        previous[c] = _class_counts(lad, tok, tables)
-        return
-    if rev.coded_side:
-        pick = coded.choose_picks(cost, tables.side)
-        coded.put_picks(coder, tables.side, pick)
-    else:
-        pick = cost.argmin(1)
-        side.put(pick, 1, signed=False)
-    for i, j in enumerate(pick):
-        coder.encode(tok[inverse == i], tables.bank[j])
-
-
 def _best_scale(groups: np.ndarray, mixes: _Mixes, pick: np.ndarray, used: np.ndarray,
                 prior: np.ndarray, tables: Tables) -> int:
     """r4's encoder: which of the tables' weights (:func:`_prior_scale`) codes a pass's groups
@@ -1133,13 +1254,6 @@ def _best_scale(groups: np.ndarray, mixes: _Mixes, pick: np.ndarray, used: np.nd
                          _prior_scale(tables.revision, choice)).astype(np.float64)
         bits.append(float((groups * (np.log2(w.sum(1, keepdims=True)) - np.log2(w))).sum()))
     return int(np.argmin(bits))
-
-
-def _members(member: np.ndarray, count: int) -> list[np.ndarray]:
-    """The samples (positions, ascending) of each of ``count`` groups (fewer than 2**16: a
-    stable sort of 16-bit keys is numpy's radix sort, linear in the samples)."""
-    order = np.argsort(member.astype(np.uint16), kind="stable")
-    return np.split(order, np.cumsum(np.bincount(member, minlength=count))[:-1])
 
 
 def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1272,36 +1386,40 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
                                                            len(act) - 1)
         pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
         lad = _classes(act, shift, ew, ebias, far, tables)
-        used, inverse = _unique(lad.cls)
+        mixed = rev.sub_steps > 1 or rev.prior_counts  # r4: tables mixed, in groups
         choice = 1  # prior_counts itself, unless r4 chooses another (:func:`_prior_scale`)
         if rev.prior_choices > 1:
             choice = int(coder.decode(_uniform(_choice_bits(rev)), 1)[0])
             if choice >= rev.prior_choices:
                 raise ValueError("bad table weight")
-        if rev.coded_side:
-            pick = coded.get_picks(coder, tables.side, len(used))
+        if mixed:
+            used, inverse = _unique(lad.cls)
+            count = len(used)
         else:
-            pick = side.get(len(used), 1, signed=False)
+            _, by_class = _groups(lad.cls, np.arange(len(at)))
+            count = len(by_class)
+        if rev.coded_side:
+            pick = coded.get_picks(coder, tables.side, count)
+        else:
+            pick = side.get(count, 1, signed=False)
         if ((pick < 0) | (pick >= len(tables.bank))).any():
             raise ValueError("table index out of range")
         tok = np.zeros(len(at), np.int64)
-        if rev.sub_steps > 1 or rev.prior_counts:  # r4: mixed tables, in groups
+        if mixed:
             mixes = _mixes(lad, used, inverse, rev.sub_steps)
             prior = previous.get(c, np.zeros((_class_rows(tables), NTOK), np.int64))
             freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables,
                                              _prior_scale(rev, choice)))
-            for g, where in enumerate(_members(mixes.member, len(freqs))):
-                tok[where] = coder.decode(freqs[g], len(where))
+            for f, where in zip(freqs, _groups(mixes.member, np.arange(len(at)))[1]):
+                tok[where] = coder.decode(f, len(where))
             previous[c] = _class_counts(lad, tok, tables)
         else:
-            for i, j in enumerate(pick):
-                where = inverse == i
-                tok[where] = coder.decode(tables.bank[j], int(where.sum()))
-        nraw = raw_bits(tok)
+            for j, where in zip(pick, by_class):
+                tok[where] = coder.decode(tables.bank[j], len(where))
         raw = np.zeros(len(at), np.int64)
-        for k in np.unique(nraw[nraw > 0]):
-            where = nraw == k
-            raw[where] = coder.decode(_uniform(int(k)), int(where.sum()))
+        for k, where in zip(*_groups(raw_bits(tok), np.arange(len(at)))):
+            if k > 0:
+                raw[where] = coder.decode(_uniform(int(k)), len(where))
         u = untoken(tok, raw)
         r = unzigzag(u)
         if rev.phase:

@@ -66,6 +66,49 @@ class Pass:
         return out
 
 
+    def flat(self, height: int, width: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The flat positions (y * width + x) of :meth:`positions` and of :meth:`neighbours`,
+        computed on grids of rows and columns (:meth:`_grids`; faster, and decoding cannot start
+        before it). A half pass keeps, on the grid's rows 0, 2, ..., the columns of its parity,
+        on rows 1, 3, ... the others: in row-major order, a row of each in turn."""
+        rows = np.arange(self.oy, height, self.step)
+        cols = np.arange(self.ox, width, self.step)
+        k = len(self.offsets) + 1
+        if self.parity < 0:
+            out = np.empty((k, len(rows) * len(cols)), np.int64)
+            self._grids(rows, cols, height, width, out.reshape(k, len(rows), len(cols)))
+            return out[0], list(out[1:])
+        even, odd = rows[0::2], rows[1::2]
+        kept = cols[self.parity::2], cols[1 - self.parity::2]
+        n = len(even) * len(kept[0]) + len(odd) * len(kept[1])
+        out = np.empty((k, n), np.int64)
+        pairs = out[:, :len(odd) * len(cols)].reshape(k, len(odd), len(cols))
+        self._grids(even[:len(odd)], kept[0], height, width, pairs[:, :, :len(kept[0])])
+        self._grids(odd, kept[1], height, width, pairs[:, :, len(kept[0]):])
+        self._grids(even[len(odd):], kept[0], height, width,  # the last row of an odd count
+                    out[:, len(odd) * len(cols):].reshape(k, len(even) - len(odd), len(kept[0])))
+        return out[0], list(out[1:])
+
+    def _grids(self, rows: np.ndarray, cols: np.ndarray, height: int, width: int,
+               out: np.ndarray) -> None:
+        """The flat positions of the samples at ``rows`` x ``cols``, then of each offset's
+        neighbour, into ``out`` (offsets + 1, rows, cols): a neighbour's row depends only on
+        the sample's row, its column only on its column, and the few that stand for the first
+        neighbour (as in :meth:`neighbours`) lie in whole rows and columns."""
+        np.add((rows * width)[:, None], cols, out=out[0])
+        for grid, (dy, dx) in zip(out[1:], self.offsets):
+            ny, nx = _axis(rows, dy, height, self.half), _axis(cols, dx, width, self.half)
+            np.add((ny * width)[:, None], nx, out=grid)
+            first = out[1]  # none found, or the sample itself: the first (at edges only)
+            if (ny < 0).any():
+                grid[ny < 0] = first[ny < 0]
+            if (nx < 0).any():
+                grid[:, nx < 0] = first[:, nx < 0]
+            if (ny == rows).any() and (nx == cols).any():
+                same = np.ix_(ny == rows, nx == cols)
+                grid[same] = first[same]
+
+
 def _axis(pos: np.ndarray, d: int, size: int, h: int) -> np.ndarray:
     """pos + d, else the first of -d, d -+ 2h, ... (same parity in units of h) that is inside;
     -1 where none is."""
