@@ -16,29 +16,30 @@ from nicodec.cli import main as cli
 from nicodec.codec import registry
 from nicodec.codec.pipeline import decode_detailed, encode, encode_detailed
 from nicodec.models.ctx.codec import load_weights
-from nicodec.models.ctx.coder import (R1, R2, R3, Tables, _flip, _weighted, decode_tile,
+from nicodec.models.ctx.coder import (R1, R2, R3, R4, Tables, _flip, _weighted, decode_tile,
                                      encode_tile, tokens, untoken)
 from nicodec.models.ctx.levels import passes
 from nicodec.models.ctx.side import SideModel
 
 
-@pytest.fixture(scope="module", params=["r1", "r2", "current"])
+@pytest.fixture(scope="module", params=["r1", "r2", "r3", "current"])
 def tables(request):
-    """The tables of each shipped revision: r1 and r2 (retired, their files still decode) and
-    the current one, so that every coder is exercised."""
+    """The tables of each shipped revision: r1, r2 and r3 (retired, their files still decode)
+    and the current one, so that every coder is exercised."""
     weights = None if request.param == "current" else f"ctx-photo-{request.param}.safetensors"
     return registry.load_model("ctx-photo", weights).net.tables
 
 
 def test_the_weight_file_says_which_coder_revision_reads_it(tmp_path):
-    """r1's file has no revision tensor; r2's says 2, the current one 3; an unknown revision is
-    refused at load time, not misread."""
+    """r1's file has no revision tensor; r2's says 2, r3's 3, the current one 4; an unknown
+    revision is refused at load time, not misread."""
     from safetensors.numpy import load_file, save_file
 
     folder = registry.WEIGHTS_DIR
     assert load_weights(str(folder / "ctx-photo-r1.safetensors"))[0].tables.revision == R1
     assert load_weights(str(folder / "ctx-photo-r2.safetensors"))[0].tables.revision == R2
-    assert load_weights(str(folder / "ctx-photo.safetensors"))[0].tables.revision == R3
+    assert load_weights(str(folder / "ctx-photo-r3.safetensors"))[0].tables.revision == R3
+    assert load_weights(str(folder / "ctx-photo.safetensors"))[0].tables.revision == R4
     tensors = load_file(str(folder / "ctx-photo.safetensors"))
     tensors["revision"] = np.array([99], np.int32)
     save_file(tensors, str(tmp_path / "future.safetensors"))
@@ -130,7 +131,7 @@ def test_r3_features_round_trip_exactly(depth):
     more, the halves in passes of 20 000: with both limits lowered, small tiles of every
     channel count take those paths, edges included, and the features change the bytes (so
     they are used)."""
-    shipped = registry.load_model("ctx-photo").net.tables
+    shipped = registry.load_model("ctx-photo", "ctx-photo-r3.safetensors").net.tables
     r3 = Tables(shipped.bank, shipped.edges, replace(R3, compact_below=12, split_from=40),
                 side=SideModel.neutral())
     for shape in [(70, 129, 3), (23, 18, 1), (33, 65, 4), (2, 40, 2), (5, 1, 3), (1, 1, 1)]:

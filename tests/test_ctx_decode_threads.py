@@ -19,9 +19,7 @@ from nicodec.codec import registry
 from nicodec.codec.columns import UNDECODABLE
 from nicodec.codec.pipeline import decode_detailed
 from nicodec.models.ctx import coder
-from nicodec.models.ctx.coder import R4, Tables, decode_tile, encode_tile
-from nicodec.models.ctx.side import SideModel
-from nicodec.models.ctx.train import class_edges
+from nicodec.models.ctx.coder import Tables, decode_tile, encode_tile
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 
@@ -40,15 +38,11 @@ def _image(h: int, w: int, c: int, depth: int = 8, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module", params=["r1", "r2", "r3", "r4"])
 def tables(request) -> Tables:
-    """Each revision's tables, their compact and split limits lowered so that small tiles take
-    every path (split halves, passes that are not compact). r4: the shipped bank on r4's
-    ladder with a side model that knows nothing (its features change the coefficients')."""
-    if request.param == "r4":
-        shipped = registry.load_model("ctx-photo").net.tables
-        return Tables(shipped.bank, class_edges(sub=R4.sub_steps),
-                      replace(R4, compact_below=12, split_from=40), side=SideModel.neutral())
-    weights = None if request.param == "r3" else f"ctx-photo-{request.param}.safetensors"
+    """Each revision's tables (r4 shipped, the others retired), their compact and split limits
+    lowered so that small tiles take every path (split halves, passes that are not compact)."""
+    weights = None if request.param == "r4" else f"ctx-photo-{request.param}.safetensors"
     loaded = registry.load_model("ctx-photo", weights).net.tables
+    assert loaded.revision.colour_ratio == (request.param == "r4")
     return replace(loaded, revision=replace(loaded.revision, compact_below=12, split_from=40))
 
 
@@ -141,7 +135,7 @@ def test_a_failing_step_on_the_second_thread_reaches_the_caller(monkeypatch):
 
 
 def test_golden_ctx_files_decode_the_same_on_two_threads():
-    """The ctx-photo golden files (r2 and r3 weights, 8 and 16 bits, gray to RGBA) through the
+    """The ctx-photo golden files (r2, r3 and r4 weights, 8 and 16 bits, gray to RGBA) through the
     pipeline with BLAS at two threads: the same pixels as their manifest's."""
     manifest = json.loads((GOLDEN / "manifest.json").read_text())
     names = [name for name, expected in manifest.items()

@@ -31,7 +31,7 @@ def _image(h: int, w: int, c: int, depth: int = 8, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def r3_tables() -> Tables:
-    return registry.load_model("ctx-photo").net.tables
+    return registry.load_model("ctx-photo", "ctx-photo-r3.safetensors").net.tables
 
 
 @pytest.fixture(scope="module")

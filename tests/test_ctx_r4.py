@@ -1,4 +1,4 @@
-"""ctx-photo coder revision r4 (a candidate, not shipped): the later channels see each earlier
+"""ctx-photo coder revision r4 (the shipped one; its tables are in test_ctx_mix.py): the later
 channel's residual times the local ratio of their residuals at the neighbours, and its deviation
 from its nearest four times the local slope of their values. Exact for every tile shape,
 channel count and depth, and independent of the encoder's thread count."""
@@ -18,7 +18,6 @@ from nicodec.models.ctx.coder import (R3, R4, RATIO_CLIP, RATIO_FRAC, RATIO_NEAR
                                      encode_tile)
 from nicodec.models.ctx.side import SideModel
 
-CANDIDATE = registry.WEIGHTS_DIR / "wip" / "ctx-photo-r4.safetensors"
 
 
 def _image(h: int, w: int, c: int, depth: int = 8, seed: int = 0) -> np.ndarray:
@@ -137,13 +136,10 @@ def test_r4_bytes_do_not_depend_on_the_thread_count():
     assert (decode_tile(coded.pop(), image.shape, 8, r4) == image).all()
 
 
-def test_the_r4_candidate_file_is_r4_and_the_shipped_one_stays_r3():
-    if not CANDIDATE.exists():
-        pytest.skip("no r4 candidate weight file")
-    candidate = load_weights(str(CANDIDATE))[0].tables
-    assert candidate.revision == R4
-    assert registry.load_model("ctx-photo").net.tables.revision == R3
+def test_the_shipped_file_is_r4_and_codes_at_the_real_limits():
+    shipped = load_weights(str(registry.WEIGHTS_DIR / "ctx-photo.safetensors"))[0].tables
+    assert shipped.revision == R4 and coder.REVISIONS[coder.SHIPPED] == R4
     for depth, shape in ((8, (96, 128, 3)), (16, (40, 50, 3))):  # the real limits
         image = _image(*shape, depth=depth, seed=9)
-        data = encode_tile(image, depth, candidate)
-        assert (decode_tile(data, shape, depth, candidate) == image).all()
+        data = encode_tile(image, depth, shipped)
+        assert (decode_tile(data, shape, depth, shipped) == image).all()

@@ -42,6 +42,9 @@ r1 (the commit that introduced version 5); the manifest keeps the SHA-256 of tha
 uint16 samples (little-endian bytes). ``v5-ctx-photo-r3-*.nic`` hold the same five images
 (q0, gray, rgb16, gray16, rgba16) coded by ``ctx-photo`` r3, written by the commit that shipped
 r3: the r2 files above now decode with the retired ``ctx-photo-r2.safetensors``.
+``v5-ctx-photo-r4-*.nic`` hold the same five images coded by ``ctx-photo`` r4, written by the
+commit that shipped r4: the r3 files above now decode with the retired
+``ctx-photo-r3.safetensors``.
 """
 
 from __future__ import annotations

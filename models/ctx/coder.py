@@ -188,7 +188,7 @@ R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
 R4 = replace(R3, colour_ratio=True, colour_slope=True, sub_steps=SUB_STEPS,
              prior_counts=PRIOR_COUNTS, prior_choices=PRIOR_CHOICES)
 REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4}
-SHIPPED = 3  # the revision of the shipped weights (``train.py``'s default)
+SHIPPED = 4  # the revision of the shipped weights (``train.py``'s default)
 
 
 @dataclass
