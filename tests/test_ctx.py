@@ -283,6 +283,7 @@ def test_the_scheduler_starts_no_step_once_its_caller_stops():
     """Closing the results early (the writer failed) lets the steps in flight end and starts
     no other."""
     import threading
+    import time
 
     from nicodec.models.ctx import coder
 
@@ -298,6 +299,9 @@ def test_the_scheduler_starts_no_step_once_its_caller_stops():
 
     results = coder._in_order(steps, fit, 2)
     assert next(results) is steps[0]
+    deadline = time.monotonic() + 30  # both threads take the two steps ready after the first
+    while len(started) < 3 and time.monotonic() < deadline:  # (however loaded the machine)
+        time.sleep(0.01)
     threading.Timer(0.2, release.set).start()
     results.close()  # returns once both threads have ended
     assert len(started) == 3  # the first, then the two that both threads had taken
