@@ -16,17 +16,7 @@ from nicodec.models.ctx.codec import ContextNet, load_weights
 from nicodec.models.ctx.coder import (NTOK, R3, R4, Tables, _class_rows, _Ladder, _mix_weights,
                                      _mixes, _normalised, decode_tile, encode_tile)
 from nicodec.models.ctx.train import class_edges
-
-
-def _image(h: int, w: int, c: int, depth: int = 8, seed: int = 0) -> np.ndarray:
-    """Gradients, an edge and noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    top = (1 << depth) - 1
-    base = np.stack([(x * 3 + y + 9 * k) * top / (4 * (w + h + 9 * c)) for k in range(c)], -1)
-    base[h // 3: h // 2, w // 4: w // 2] = top * 0.8
-    noisy = base + rng.normal(0, top / 60, base.shape)
-    return np.clip(np.rint(noisy), 0, top).astype(np.uint8 if depth == 8 else np.uint16)
+from tests.test_ctx_side import _image  # gradients, an edge and noise
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +40,6 @@ def test_r4_ladder_refines_r3s():
     indices sent) are r3's, the steps only choose the mix."""
     edges = class_edges(sub=4)
     assert (edges[3::4] == class_edges()).all() and (np.diff(edges) > 0).all()
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 3), (5, 1, 3), (2, 3, 2), (37, 53, 3),
-                                   (33, 65, 4), (70, 41, 1)])
-@pytest.mark.parametrize("depth", [8, 16])
-def test_r4_tiles_round_trip_exactly(r4_tables, shape, depth):
-    image = _image(*shape, depth=depth, seed=7)
-    data = encode_tile(image, depth, r4_tables)
-    assert (decode_tile(data, shape, depth, r4_tables) == image).all()
 
 
 @pytest.mark.parametrize("depth", [8, 16])

@@ -13,9 +13,10 @@ from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
 from nicodec.codec import registry
 from nicodec.codec.columns import UNDECODABLE
 from nicodec.models.ctx.codec import ContextNet, load_weights
-from nicodec.models.ctx.coder import NTOK, R2, R3, Tables, decode_tile, encode_tile
+from nicodec.models.ctx.coder import NTOK, R2, R3, R4, Tables, decode_tile, encode_tile
 from nicodec.models.ctx.side import (KINDS, SideModel, StepSide, coarseness, coarsen, get_step,
                                      learn, put_step)
+from nicodec.models.ctx.train import class_edges
 
 
 def _image(h: int, w: int, c: int, depth: int = 8, seed: int = 0) -> np.ndarray:
@@ -30,8 +31,8 @@ def _image(h: int, w: int, c: int, depth: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def _bank() -> tuple[np.ndarray, np.ndarray]:
-    """The shipped bank sorted narrow to broad (as ``train.py`` sorts r3's), and the ladder."""
-    tensors = load_file(str(registry.WEIGHTS_DIR / "ctx-photo.safetensors"))
+    """r3's bank sorted narrow to broad (as ``train.py`` sorts it), and its ladder."""
+    tensors = load_file(str(registry.WEIGHTS_DIR / "ctx-photo-r3.safetensors"))
     bank = tensors["bank"].astype(np.int64)
     return bank[np.argsort((bank * np.arange(NTOK)).sum(1), kind="stable")], tensors["edges"]
 
@@ -51,10 +52,15 @@ def r3_tables() -> Tables:
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 3), (5, 1, 3), (2, 3, 2), (37, 53, 3),
                                    (33, 65, 4), (70, 41, 1)])
 @pytest.mark.parametrize("depth", [8, 16])
-def test_r3_tiles_round_trip_exactly(r3_tables, shape, depth):
+@pytest.mark.parametrize("revision", ["r3", "r4"])
+def test_r3_and_r4_tiles_round_trip_exactly(r3_tables, revision, shape, depth):
+    """Every tile shape from one pixel, both depths; r4 (on r3's bank, its own ladder) adds
+    the colour features and the mixed tables (``test_ctx_r4.py``, ``test_ctx_mix.py``)."""
+    tables = r3_tables if revision == "r3" else \
+        replace(r3_tables, revision=R4, edges=class_edges(sub=R4.sub_steps))
     image = _image(*shape, depth=depth, seed=7)
-    data = encode_tile(image, depth, r3_tables)
-    assert (decode_tile(data, shape, depth, r3_tables) == image).all()
+    data = encode_tile(image, depth, tables)
+    assert (decode_tile(data, shape, depth, tables) == image).all()
 
 
 @pytest.mark.parametrize("depth", [8, 16])
