@@ -13,9 +13,10 @@ import pytest
 from nicodec.codec import registry
 from nicodec.models.ctx import coder
 from nicodec.models.ctx.codec import load_weights
-from nicodec.models.ctx.coder import (R3, R4, RATIO_CLIP, RATIO_FRAC, RATIO_NEAR, RATIO_RIDGE,
-                                     SLOPE_FRAC, SLOPE_NEAR, SLOPE_RIDGE, Tables, decode_tile,
-                                     encode_tile)
+from nicodec.models.ctx import colour
+from nicodec.models.ctx.coder import R4, Tables, decode_tile, encode_tile
+from nicodec.models.ctx.colour import (RATIO_CLIP, RATIO_FRAC, RATIO_NEAR, RATIO_RIDGE, SLOPE_FRAC,
+                                       SLOPE_NEAR, SLOPE_RIDGE)
 from nicodec.models.ctx.side import SideModel
 
 
@@ -88,8 +89,8 @@ def test_the_colour_ratio_is_exact_at_its_largest_inputs(depth):
     mine[:, :1000], theirs[:, :1000], theirs[:, 1000:2000] = half - 1, -half, half - 1
     residual = rng.integers(-half, half, n)
     residual[:3000:2], residual[1:3000:2] = -half, half - 1
-    ratio = coder._colour_ratio(coder._ratio_sums(mine.astype(np.float64), depth, False),
-                                coder._ratio_sums(theirs.astype(np.float64), depth, True),
+    ratio = colour.colour_ratio(colour.ratio_sums(mine.astype(np.float64), depth, False),
+                                colour.ratio_sums(theirs.astype(np.float64), depth, True),
                                 residual.astype(np.float64))
     weight = np.where(np.arange(neighbours) < 4, RATIO_NEAR, 1)[:, None]
     q, q2 = (np.clip(v >> (depth - 8), -RATIO_CLIP, RATIO_CLIP) for v in (mine, theirs))
@@ -112,8 +113,8 @@ def test_the_colour_slope_is_exact_at_its_largest_inputs(depth):
     own[:, :500], theirs[:4, :500], theirs[4:, :500] = top, 0, top  # largest contrasts
     here[:250], here[250:500] = top, 0
     own[:4, 500:1000], theirs[:4, 500:1000] = 0, top
-    slope = coder._colour_slope(coder._slope_sums(own.astype(np.float64), depth, False),
-                                coder._slope_sums(theirs.astype(np.float64), depth, True),
+    slope = colour.colour_slope(colour.slope_sums(own.astype(np.float64), depth, False),
+                                colour.slope_sums(theirs.astype(np.float64), depth, True),
                                 here.astype(np.float64), theirs[:4].astype(np.float64))
     weight = np.where(np.arange(neighbours) < 4, SLOPE_NEAR, 1)[:, None]
     m, t = own >> (depth - 8), theirs >> (depth - 8)

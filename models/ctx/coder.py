@@ -35,8 +35,8 @@ at known samples nearby (``_pair_costs``, after JPEG XL's weighted predictor). I
 entropy-codes the side information with a learned model and rounds each prediction weight
 only as finely as its feature's energy needs (``side.py``). r4 gives the later channels
 each earlier channel's residual at the pixel times the local ratio of the two channels'
-residuals at the neighbours (``_colour_ratio``), and its deviation from its nearest four times
-the local slope of the two channels' values there (``_colour_slope``). It also codes each
+residuals at the neighbours, and its deviation from its nearest four times the local slope
+of the two channels' values there (``colour.py``). It also codes each
 sample with a table made for it, keeping r3's classes and table indices: the ladder has four
 steps per class, and a sample in a class's outer steps is coded with its class's table mixed
 with the neighbouring class's (1/8 or 3/8 of it), so the tables follow the activity between
@@ -59,6 +59,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
+from nicodec.models.ctx import colour
 from nicodec.models.ctx import side as coded
 from nicodec.models.ctx.levels import Pass, passes
 from nicodec.models.ctx.tokens import raw_bits, tokens, untoken, unzigzag, zigzag
@@ -86,17 +87,6 @@ PAIR_NEAR = 4  # r3: weight of the pair errors at a sample's own distance in its
 PAIR_OWN = 2  # r3: weight of the pair's own difference |a - b| there (4, 8, 16 worse)
 PAIR_CAP = 1 << 11  # r3: the largest pair cost (in 8-bit units), so that the blend's products
 # with its cube stay exact (2**10: +0.005 bpp)
-RATIO_CLIP = 24  # r4: the neighbours' residuals (in 8-bit units) clipped to +-this in the colour
-# ratios (64: +0.0014 bpp, 255: +0.0022)
-RATIO_NEAR = 2  # r4: weight of the nearest four's products in the ratios, against 1 for the
-# further neighbours (1: +0.0014 bpp)
-RATIO_RIDGE = 4  # r4: added to the ratios' denominators (1, 16: +0.0008 bpp)
-RATIO_FRAC = 4  # r4: fractional bits of a colour ratio feature
-SLOPE_NEAR = 4  # r4: weight of the nearest four in the colour slopes, against 1 for the others
-# (1, 2, 8: +0.0015, +0.0008, +0.0007 bpp)
-SLOPE_RIDGE = 1024  # r4: added to the colour slopes' denominators, in (4 x 8-bit units)**2
-# (with the nearest four weighted 2: 64 +0.0020 bpp, 256 +0.0009, 4096 +0.0008, 16 384 +0.0027)
-SLOPE_FRAC = 2  # r4: fractional bits of a colour slope feature
 SUB_STEPS = 4  # r4: steps of the activity ladder inside each class (2: +0.002 bpp; 8: -0.0005
 # for twice the coder calls)
 PRIOR_COUNTS = 4096  # r4: the picked table's weight in samples against the counts of the same
@@ -166,10 +156,10 @@ class Revision:
     # A2 passes also their diagonal pairs, ``_diagonal_blend``)
     colour_ratio: bool = False  # r4: the later channels of passes that are not compact also see
     # each earlier channel's residual at the pixel times the local ratio of their residuals at
-    # the neighbours (``_colour_ratio``)
+    # the neighbours (``colour.colour_ratio``)
     colour_slope: bool = False  # r4: and each earlier channel's deviation from its nearest four
     # at the pixel times the local slope of the two channels' values at the neighbours
-    # (``_colour_slope``)
+    # (``colour.colour_slope``)
     sub_steps: int = 1  # r4: the ladder (``edges``) has this many steps per class; a sample
     # in a class's lower (upper) steps is coded with its table mixed with the class's below
     # (above), the more the nearer its edge (``_classes``, ``_mixes``, ``_mix_weights``)
@@ -231,8 +221,8 @@ class _Own(NamedTuple):
     ratios: bool  # r4's colour ratios and slopes
     slopes: bool
     colour_near: int  # how many neighbours of the earlier channels are features
-    residuals: _Sums | None  # r4: its sums for the colour ratios and slopes
-    values: _Sums | None
+    residuals: colour.Sums | None  # r4: its sums for the colour ratios and slopes
+    values: colour.Sums | None
 
 
 def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
@@ -279,8 +269,8 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
             signed = feats.take(res[ch], index) if i < signed_near else \
                 res[ch].take(index, mode="clip")
             np.abs(signed, out=act.next())
-        residuals = _ratio_sums(feats.rows[first:feats.k], depth, later) if ratios else None
-        values = _slope_sums(feats.rows[:len(nb)], depth, later) if slopes else None
+        residuals = colour.ratio_sums(feats.rows[first:feats.k], depth, later) if ratios else None
+        values = colour.slope_sums(feats.rows[:len(nb)], depth, later) if slopes else None
         known[ch] = _Known(mine, neighbours, residuals, values)
     else:
         residuals = values = None
@@ -303,26 +293,14 @@ def _colour_features(x: np.ndarray, res: np.ndarray, earlier: list[int], at: np.
             if not compact:  # its values at the neighbours (r2: all of them), as its step
                 feats.put(*known[c2].neighbours[:colour_near])  # gathered them (copies: faster)
             if ratios:
-                ratio_rows.append(_colour_ratio(residuals, known[c2].residuals, signed_here))
+                ratio_rows.append(colour.colour_ratio(residuals, known[c2].residuals,
+                                                      signed_here))
             if slopes:
-                slope_rows.append(_colour_slope(values, known[c2].values, here,
+                slope_rows.append(colour.colour_slope(values, known[c2].values, here,
                                                 feats.rows[first:first + 4]))
             feats.put(*[here - d for d in known[c2].nonlinear])
     feats.put(*ratio_rows, *slope_rows)
     return feats.done(), act.done()
-
-
-class _Sums(NamedTuple):
-    """r4: one channel's rows at a pass's K neighbours as its colour ratios or slopes use
-    them (small integers in float32: their products' sums stay below 2**24, exact in any
-    order), with their sums over the neighbours (weighted, the nearest four by RATIO_NEAR or
-    SLOPE_NEAR)."""
-
-    rows: np.ndarray  # (K, n)
-    near: np.ndarray | None  # slopes: the sum of the nearest four
-    total: np.ndarray | None  # slopes: the weighted sum
-    energy: np.ndarray | None  # the weighted sum of squares (slopes: of the deviations 4 v - near)
-    # (None when no later channel reads it)
 
 
 class _Known(NamedTuple):
@@ -330,78 +308,8 @@ class _Known(NamedTuple):
 
     nonlinear: list[np.ndarray]  # the later channels see this channel's value minus each
     neighbours: np.ndarray | list  # a copy of its values at the neighbours (none if compact)
-    residuals: _Sums | None = None  # r4: for the colour ratios
-    values: _Sums | None = None  # r4: for the colour slopes
-
-
-def _weighted_dot(a: np.ndarray, b: np.ndarray, near: int) -> np.ndarray:
-    """sum over the neighbours k of w_k a_k b_k, w = ``near`` for the nearest four, else 1
-    (float32 sums of integers below 2**24: exact in any order)."""
-    out = np.einsum("kn,kn->n", a, b)
-    if near != 1:
-        out += (near - 1) * np.einsum("kn,kn->n", a[:4], b[:4])
-    return out.astype(np.float64)
-
-
-def _ratio_sums(residuals: np.ndarray, depth: int, energy: bool) -> _Sums:
-    """r4: a channel's residuals at the neighbours (K, n) for :func:`_colour_ratio`: in 8-bit
-    units (rounded down), clipped to +-RATIO_CLIP (a few large ones at edges would rule the
-    sums); with their energy if ``energy`` (a later channel will read them)."""
-    q = (residuals if depth == 8 else np.floor(residuals * 2.0 ** (8 - depth))).astype(np.float32)
-    np.minimum(q, RATIO_CLIP, out=q)
-    np.maximum(q, -RATIO_CLIP, out=q)
-    return _Sums(q, None, None, _weighted_dot(q, q, RATIO_NEAR) if energy else None)
-
-
-def _colour_ratio(mine: _Sums, theirs: _Sums, residual: np.ndarray) -> np.ndarray:
-    """r4: an earlier channel's ``residual`` at the sample times the local ratio of this
-    channel's residuals to its: a ridge regression through 0 on the neighbours' clipped
-    residuals (:func:`_ratio_sums`), sum(w q q2) / (sum(w q2 q2) + RATIO_RIDGE), in units of
-    2**-RATIO_FRAC, rounded down. The predictor's colour weights are one per pass; this follows
-    how the channels' errors move together where the sample is (chroma changes from region to
-    region). Exact: the numerator is an integer below 2**40, so the float quotient's floor is
-    the integer quotient's (as in :func:`_weighted`)."""
-    cross = _weighted_dot(mine.rows, theirs.rows, RATIO_NEAR)
-    return np.floor(residual * cross * (1 << RATIO_FRAC) / (theirs.energy + RATIO_RIDGE))
-
-
-def _slope_sums(values: np.ndarray, depth: int, energy: bool) -> _Sums:
-    """r4: a channel's values at the neighbours (K, n) for :func:`_colour_slope`, in 8-bit
-    units (rounded down), with the sum of the nearest four, the weighted sum and (if
-    ``energy``) the weighted energy of the deviations 4 v_k - near: sum w (4 v - S)**2 =
-    16 sum w v v - 8 S sum w v + S S sum w (integers below 2**27)."""
-    v = values if depth == 8 else np.floor(values * 2.0 ** (8 - depth))
-    v = v.astype(np.float32)
-    near = v[:4].sum(0, dtype=np.float64)
-    total = v.sum(0, dtype=np.float64) + (SLOPE_NEAR - 1) * near
-    if not energy:
-        return _Sums(v, near, total, None)
-    weights = SLOPE_NEAR * 4 + len(v) - 4
-    return _Sums(v, near, total, 16 * _weighted_dot(v, v, SLOPE_NEAR) - 8 * near * total
-                 + near * near * weights)
-
-
-def _colour_slope(mine: _Sums, theirs: _Sums, here: np.ndarray, nearest: np.ndarray
-                  ) -> np.ndarray:
-    """r4: an earlier channel's deviation at the sample from its ``nearest`` four values,
-    4 x - (n0 + n1 + n2 + n3), times the local slope of this channel's values against its: a
-    ridge regression through 0 of this channel's deviations at the neighbours (4 v_k - the sum
-    of its nearest four) on the earlier channel's, in 8-bit units, the nearest four weighted
-    SLOPE_NEAR: floor(2**SLOPE_FRAC d X / (E + SLOPE_RIDGE)) (sums of :func:`_slope_sums`).
-    The residual ratios of :func:`_colour_ratio` follow the channels' errors; this follows
-    their local contrast (a colour edge, a tinted shadow). The cross sum expands as
-    sum w (4 m - S)(4 t - T) = 16 sum w m t - 4 (T sum w m + S sum w t) + S T sum w (integers
-    below 2**27), whence a numerator below 2**46, and the float quotient's floor is the
-    integer quotient's (as in :func:`_weighted`)."""
-    weights = SLOPE_NEAR * 4 + len(mine.rows) - 4
-    cross = 16 * _weighted_dot(mine.rows, theirs.rows, SLOPE_NEAR) \
-        - 4 * (theirs.near * mine.total + mine.near * theirs.total) \
-        + mine.near * theirs.near * weights
-    deviation = 4 * here - nearest.sum(0)
-    return np.floor(deviation * cross * (1 << SLOPE_FRAC) / (theirs.energy + SLOPE_RIDGE))
-
-
-
+    residuals: colour.Sums | None = None  # r4: for the colour ratios
+    values: colour.Sums | None = None  # r4: for the colour slopes
 
 
 def _pairs(p: Pass) -> tuple[tuple[int, int, int, int], int, tuple[int, int]]:
