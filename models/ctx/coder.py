@@ -168,6 +168,12 @@ class Revision:
     prior_choices: int = 1  # r4: the encoder chooses the table's weight per pass among this many
     # (prior_counts times 1/2, 1, 2, 4, ...), sent in as many bits as that needs
 
+    @property
+    def mixed_tables(self) -> bool:
+        """r4: the samples are coded in groups sharing a mixed table (:func:`_mixes`), not
+        one bank table per class."""
+        return self.sub_steps > 1 or self.prior_counts > 0
+
 
 R1 = Revision(all_residuals=False, all_colour=False, scaled_weights=False, phase=False,
               activity_rows=False, split_finest=False)
@@ -297,7 +303,7 @@ def _colour_features(x: np.ndarray, res: np.ndarray, earlier: list[int], at: np.
                                                       signed_here))
             if slopes:
                 slope_rows.append(colour.colour_slope(values, known[c2].values, here,
-                                                feats.rows[first:first + 4]))
+                                                      feats.rows[first:first + 4]))
             feats.put(*[here - d for d in known[c2].nonlinear])
     feats.put(*ratio_rows, *slope_rows)
     return feats.done(), act.done()
@@ -584,7 +590,8 @@ def _one_blas_thread() -> contextlib.AbstractContextManager:
     """BLAS limited to one thread while the context lasts: the encoder's fits run in it, as
     OpenBLAS's LU and matrix-vector products on two threads round differently, and the
     reweighting rounds can carry that difference into a sent weight (a file's bytes would
-    then depend on ``--threads``)."""
+    then depend on ``--threads``); the decoder too, whose lanes are its threads
+    (:func:`decode_tile`)."""
     return _controller().limit(limits=1, user_api="blas")
 
 
@@ -712,11 +719,9 @@ def _mix_weights(mixes: _Mixes, picks: np.ndarray, used: np.ndarray, prior: np.n
     channel's previous pass mixed alike (``prior``, rows: class ids) in the tables' units
     (2**PRECISION). Integers below 2**40 in tiles of up to 2**20 pixels: exact."""
     rev = tables.revision
-    span = 2 * rev.sub_steps
-    keep, mix = (span - mixes.weight)[:, None], mixes.weight[:, None]
-    weights = keep * tables.bank[picks[mixes.own]] + mix * tables.bank[picks[mixes.other]]
+    weights = _mixed(mixes, tables.bank[picks[mixes.own]], tables.bank[picks[mixes.other]], rev)
     if rev.prior_counts:
-        weights = weights * scale + (_mixed_counts(mixes, used, prior, rev.sub_steps) << PRECISION)
+        weights = weights * scale + (_mixed_counts(mixes, used, prior, rev) << PRECISION)
     return weights
 
 
@@ -731,11 +736,22 @@ def _choice_bits(rev: Revision) -> int:
     return (rev.prior_choices - 1).bit_length()
 
 
-def _mixed_counts(mixes: _Mixes, used: np.ndarray, prior: np.ndarray, sub: int) -> np.ndarray:
+def _mixed_counts(mixes: _Mixes, used: np.ndarray, prior: np.ndarray, rev: Revision
+                  ) -> np.ndarray:
     """r4: each group's counts of the previous pass: its two classes' mixed as their tables."""
-    span = 2 * sub
-    return (span - mixes.weight)[:, None] * prior[used[mixes.own]] \
-        + mixes.weight[:, None] * prior[used[mixes.other]]
+    return _mixed(mixes, prior[used[mixes.own]], prior[used[mixes.other]], rev)
+
+
+def _mixed(mixes: _Mixes, own: np.ndarray, other: np.ndarray, rev: Revision) -> np.ndarray:
+    """r4: rows (groups, NTOK) of each group's own class and its neighbour class mixed by the
+    group's weight, in units of 1/(2 sub_steps) (integers stay integers)."""
+    span = 2 * rev.sub_steps
+    return (span - mixes.weight)[:, None] * own + mixes.weight[:, None] * other
+
+
+def _prior(previous: dict[int, np.ndarray], c: int, tables: Tables) -> np.ndarray:
+    """r4: the class counts of channel position ``c``'s last pass (zeros before its first)."""
+    return previous.get(c, np.zeros((_class_rows(tables), NTOK), np.int64))
 
 
 def _normalised(weights: np.ndarray) -> np.ndarray:
@@ -948,7 +964,7 @@ def _plan(lad: _Ladder, tok: np.ndarray, tables: Tables, previous: dict[int, np.
     ``previous[c]`` (the class counts of channel position ``c``'s last pass) replaced by
     this step's."""
     rev = tables.revision
-    if not (rev.sub_steps > 1 or rev.prior_counts):
+    if not rev.mixed_tables:
         _, by_class = _groups(lad.cls, tok)
         hist = np.stack([np.bincount(t, minlength=NTOK) for t in by_class])
         pick = _choose(hist, tables)
@@ -957,10 +973,10 @@ def _plan(lad: _Ladder, tok: np.ndarray, tables: Tables, previous: dict[int, np.
     hist = np.bincount(inverse * NTOK + tok, minlength=len(used) * NTOK).reshape(-1, NTOK)
     cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
     mixes = _mixes(lad, used, inverse, rev.sub_steps)
-    prior = previous.get(c, np.zeros((_class_rows(tables), NTOK), np.int64))
+    prior = _prior(previous, c, tables)
     groups = np.bincount(mixes.member * NTOK + tok,
                          minlength=len(mixes.own) * NTOK).reshape(-1, NTOK)
-    counts = _mixed_counts(mixes, used, prior, rev.sub_steps) if rev.prior_counts else \
+    counts = _mixed_counts(mixes, used, prior, rev) if rev.prior_counts else \
         np.zeros_like(groups)
     counts = counts.astype(np.float64) * (1 << PRECISION)
     alone = coded.choose_picks(cost, tables.side)  # each class's own cheapest table
@@ -1296,13 +1312,12 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
                                                            len(act) - 1)
         pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
         lad = _classes(act, shift, ew, ebias, far, tables)
-        mixed = rev.sub_steps > 1 or rev.prior_counts  # r4: tables mixed, in groups
         choice = 1  # prior_counts itself, unless r4 chooses another (:func:`_prior_scale`)
         if rev.prior_choices > 1:
             choice = int(coder.decode(_uniform(_choice_bits(rev)), 1)[0])
             if choice >= rev.prior_choices:
                 raise ValueError("bad table weight")
-        if mixed:
+        if rev.mixed_tables:
             used, inverse = _unique(lad.cls)
             count = len(used)
         else:
@@ -1315,9 +1330,9 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
         if ((pick < 0) | (pick >= len(tables.bank))).any():
             raise ValueError("table index out of range")
         tok = np.zeros(len(at), np.int64)
-        if mixed:
+        if rev.mixed_tables:
             mixes = _mixes(lad, used, inverse, rev.sub_steps)
-            prior = previous.get(c, np.zeros((_class_rows(tables), NTOK), np.int64))
+            prior = _prior(previous, c, tables)
             freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables,
                                              _prior_scale(rev, choice)))
             for f, where in zip(freqs, _groups(mixes.member, np.arange(len(at)))[1]):
