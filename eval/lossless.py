@@ -141,7 +141,8 @@ def run_photos(folder: Path, limit: int | None, model: str | None = None) -> dic
     keys = [k for k in images[0] if k.endswith("_bpp")]
     mean = {k: float(np.mean([r[k] for r in images])) for k in keys}
     return {"folder": str(folder), "model": model or LOSSLESS_MODEL, "images": len(images),
-            "threads": torch.get_num_threads(), "load_average": round(os.getloadavg()[0], 1), "mean_bpp": mean,
+            "threads": torch.get_num_threads(), "load_average": round(os.getloadavg()[0], 1),
+            "mean_bpp": mean,
             "ratio_to_png": mean["nicodec_bpp"] / mean["png_bpp"],
             "encode_s_per_image": total["encode_s"] / len(images),
             "decode_s_per_image": total["decode_s"] / len(images), "per_image": images}

@@ -12,9 +12,10 @@ offset's parity in units of h, so it is known too), or by the pass's first neigh
 always inside.
 
 Coder revision r2 splits each pass of the finest level (h = 1) that holds at least
-``split_from`` samples in two halves (r3: also the level above, h = 2), the grid positions (i, j) of the pass with i + j even,
-then odd: the odd half also sees the even half's samples next to it on its grid (offsets
-(0, +-s), (+-s, 0)), whose residuals come from the same predictor at the same scale.
+``split_from`` samples in two halves (r3: also the level above, h = 2), the grid positions
+(i, j) of the pass with i + j even, then odd: the odd half also sees the even half's samples
+next to it on its grid (offsets (0, +-s), (+-s, 0)), whose residuals come from the same
+predictor at the same scale.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ class Pass:
             bad = (ny < 0) | (nx < 0) | ((ny == ys) & (nx == xs))
             out.append((np.where(bad, first_y, ny), np.where(bad, first_x, nx)))
         return out
-
 
     def flat(self, height: int, width: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """The flat positions (y * width + x) of :meth:`positions` and of :meth:`neighbours`,
