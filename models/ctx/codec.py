@@ -16,7 +16,9 @@ from typing import Iterator
 import numpy as np
 from safetensors.numpy import load_file
 
-from nicodec.models.ctx.coder import REVISIONS, Tables, decode_tile, encode_tile
+from nicodec.bitstream.entropy import TOTAL
+from nicodec.models.ctx.coder import (NTOK, REVISIONS, Tables, decode_tile, encode_tile,
+                                     raw_rows)
 from nicodec.models.ctx.side import SideModel
 
 TILE = 1024
@@ -69,7 +71,8 @@ class ContextNet:
 
 def load_weights(path: str) -> tuple[ContextNet, None]:
     """The table bank, class ladder and coder revision of a weight file (``train.py``; a file
-    without a ``revision`` tensor is r1, the first), and r3's side-information model."""
+    without a ``revision`` tensor is r1, the first), r3's side-information model and r5's
+    raw bits' tables."""
     tensors = load_file(path)
     bank, edges = tensors["bank"].astype(np.int64), tensors["edges"].astype(np.int64)
     if bank.ndim != 2 or not 1 <= len(bank) <= 256 or (bank < 1).any() \
@@ -80,4 +83,11 @@ def load_weights(path: str) -> tuple[ContextNet, None]:
         raise ValueError(f"coder revision {revision} is not known to this version")
     rev = REVISIONS[revision]
     side = SideModel.from_tensors(tensors) if rev.coded_side else None
-    return ContextNet(Tables(bank, edges, rev, side=side)), None
+    tables = Tables(bank, edges, rev, side=side)
+    if rev.raw_coded:  # r5: the raw bits' tables
+        raw = tensors["raw"].astype(np.int64) if "raw" in tensors else np.zeros(0, np.int64)
+        if raw.shape != (rev.raw_coded, raw_rows(tables), NTOK) or (raw < 1).any() \
+                or (raw >= TOTAL).any():
+            raise ValueError("the raw bits' tables are damaged")
+        tables.raw = raw
+    return ContextNet(tables), None

@@ -43,7 +43,9 @@ with the neighbouring class's (1/8 or 3/8 of it), so the tables follow the activ
 the classes' edges; each table is also blended with the token counts of its classes in the
 channel's previous pass, which the decoder already has (``_mix_weights``; how much the table
 weighs against them is chosen per pass and sent in 2 bits). The encoder picks the tables
-knowing both.
+knowing both. r5 codes the top two raw bits under a large sample's token with the weight
+file's probability of a 1 for the sample's class and token (the density falls inside a
+token's range, the more so the narrower the class), the bits below them still uniform.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ PRIOR_CHOICES = 4  # r4: table weights the encoder chooses from per pass (2048 t
 # -0.0026 bpp against 4096 alone; 2048 and 4096: -0.001; up to 262144: the same)
 PICK_CANDIDATES = 12  # r4: tables the encoder tries per class (the cheapest alone; 40: 0.0006
 # bpp less)
+RAW_CODED = 2  # r5: raw bits coded with learned tables, the top first (Kodak six images, ideal:
+# the top bit -0.0085 bpp, the second -0.0021)
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
 # and 32 measured worse
 _CONTROLLER = None  # threadpoolctl's, made on first use (``_controller``)
@@ -167,6 +171,9 @@ class Revision:
     # same class (and mix) in the channel's previous pass, the table weighing this many samples
     prior_choices: int = 1  # r4: the encoder chooses the table's weight per pass among this many
     # (prior_counts times 1/2, 1, 2, 4, ...), sent in as many bits as that needs
+    raw_coded: int = 0  # r5: the top bits (this many) of each token's raw bits are coded with
+    # the weight file's probability of a 1 for the sample's class and token (``Tables.raw``),
+    # not uniform: the density falls inside a token's range (``_top_raw``)
 
     @property
     def mixed_tables(self) -> bool:
@@ -183,7 +190,8 @@ R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
              compact_below=COMPACT_BELOW_R3, split_from=SPLIT_FROM_R3, split_top=2)
 R4 = replace(R3, colour_ratio=True, colour_slope=True, sub_steps=SUB_STEPS,
              prior_counts=PRIOR_COUNTS, prior_choices=PRIOR_CHOICES)
-REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4}
+R5 = replace(R4, raw_coded=RAW_CODED)
+REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4, 5: R5}
 SHIPPED = 4  # the revision of the shipped weights (``train.py``'s default)
 
 
@@ -197,6 +205,9 @@ class Tables:
     collect: list | None = field(default=None)  # training: per-class token histograms
     side: coded.SideModel | None = None  # r3: the side information's model
     collect_side: list | None = field(default=None)  # training: every step's side information
+    raw: np.ndarray | None = None  # r5: (raw_coded, classes, NTOK) int64 frequency (of
+    # 2**PRECISION) of a 1 as each of a token's top raw bits, by the sample's class
+    collect_raw: list | None = field(default=None)  # training: every step's coded raw bits
 
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
@@ -880,6 +891,8 @@ class _Fitted:
     tokens: list[tuple[np.ndarray, np.ndarray]]  # (frequency table, its tokens in sample order)
     # of each coder call
     raw: list[tuple[int, np.ndarray]]  # the raw values of each raw bit count above 0
+    top: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # r5: (context,
+    # bits) of each coded raw bit (``_top_raw``)
 
 
 def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | None = None
@@ -947,12 +960,46 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r), rough if rev.activity_rows else None),
                                   rev)
     tok, nraw, raw = tokens(u)
-    hist, choice, pick, coded_tokens = _plan(_classes(act, shift, ew, ebias, far, tables), tok,
-                                             tables, previous, c)
+    lad = _classes(act, shift, ew, ebias, far, tables)
+    hist, choice, pick, coded_tokens = _plan(lad, tok, tables, previous, c)
+    top, nraw, raw = _top_raw(_raw_context(lad, tok, tables), nraw, raw, tables)
     bits_of, by_bits = _groups(nraw, raw)
     return _Fitted(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
                    hist, choice, pick, coded_tokens,
-                   [(int(k), v) for k, v in zip(bits_of, by_bits) if k > 0])
+                   [(int(k), v) for k, v in zip(bits_of, by_bits) if k > 0], top)
+
+
+def _raw_context(lad: _Ladder, tok: np.ndarray, tables: Tables) -> np.ndarray | None:
+    """r5: each sample's row of ``Tables.raw``: its class (without the phase half) and its
+    token (None before r5)."""
+    if not tables.revision.raw_coded:
+        return None
+    return (lad.cls >> 1 if tables.revision.phase else lad.cls) * NTOK + tok
+
+
+def raw_rows(tables: Tables) -> int:
+    """r5: the classes of ``Tables.raw`` (the ladder's, without the phase halves)."""
+    return _class_rows(tables) // 2
+
+
+def _bit_tables(tables: Tables, j: int, context: np.ndarray) -> np.ndarray:
+    """r5: the (n, 2) frequency rows of the ``j``-th coded raw bit in ``context``."""
+    one = tables.raw[j].reshape(-1)[context]
+    return np.stack([(1 << PRECISION) - one, one], 1)
+
+
+def _top_raw(context: np.ndarray | None, nraw: np.ndarray, raw: np.ndarray, tables: Tables
+             ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
+    """r5's encoder: the top ``raw_coded`` raw bits of each sample as (context, bits) of one
+    coder call each, top first (each over the samples with a bit left), and the raw bits
+    left below them (counts, values), sent uniform."""
+    top = []
+    for _ in range(tables.revision.raw_coded):
+        has = nraw > 0
+        nraw = nraw - has
+        top.append((context[has], (raw[has] >> nraw[has]) & 1))
+        raw = raw & ((1 << nraw) - 1)
+    return top, nraw, raw
 
 
 def _plan(lad: _Ladder, tok: np.ndarray, tables: Tables, previous: dict[int, np.ndarray],
@@ -1032,6 +1079,10 @@ def _write_step(coder: PacketEncoder, side: _Side, f: _Fitted, tables: Tables) -
         side.put(f.pick, 1, signed=False)
     for table, t in f.tokens:
         coder.encode(t, table)
+    for j, (context, bits) in enumerate(f.top):
+        coder.encode(bits, _bit_tables(tables, j, context))
+        if tables.collect_raw is not None:
+            tables.collect_raw.append((j, context, bits))
     for k, v in f.raw:
         coder.encode(v, _uniform(k))
 
@@ -1341,11 +1392,19 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
         else:
             for j, where in zip(pick, by_class):
                 tok[where] = coder.decode(tables.bank[j], len(where))
+        nraw = raw_bits(tok)
+        high = np.zeros(len(at), np.int64)  # r5: the coded top raw bits
+        if rev.raw_coded:
+            context = _raw_context(lad, tok, tables)
+            for j in range(rev.raw_coded):
+                has = nraw > 0
+                nraw = nraw - has
+                high[has] = 2 * high[has] + coder.decode(_bit_tables(tables, j, context[has]))
         raw = np.zeros(len(at), np.int64)
-        for k, where in zip(*_groups(raw_bits(tok), np.arange(len(at)))):
+        for k, where in zip(*_groups(nraw, np.arange(len(at)))):
             if k > 0:
                 raw[where] = coder.decode(_uniform(int(k)), len(where))
-        u = untoken(tok, raw)
+        u = untoken(tok, raw | high << nraw)
         r = unzigzag(u)
         if rev.phase:
             r = _flip(r, below, half)

@@ -22,9 +22,10 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from nicodec.bitstream.entropy import PRECISION, freqs_from_counts
+from nicodec.bitstream.entropy import PRECISION, TOTAL, freqs_from_counts
 from nicodec.models.ctx import side
-from nicodec.models.ctx.coder import NTOK, REVISIONS, SHIPPED, Tables, encode_tile, tokens
+from nicodec.models.ctx.coder import (NTOK, REVISIONS, SHIPPED, Tables, encode_tile, raw_rows,
+                                     tokens)
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 VALUES = np.arange(1 << 16)
@@ -72,6 +73,18 @@ def cluster(hists: np.ndarray, count: int, rounds: int = 25) -> np.ndarray:
     return centres
 
 
+def raw_tables(collected: list[tuple[int, np.ndarray, np.ndarray]], shape: tuple[int, ...]
+               ) -> np.ndarray:
+    """r5: the frequency (of 2**PRECISION) of a 1 as each coded raw bit, by class and token,
+    from the bits the coder sent (``collected``: (bit, context, bits) per coder call): the
+    ones' share, each context starting from half a one and half a zero."""
+    ones, seen = np.full(shape, 0.5), np.ones(shape)
+    for j, context, bits in collected:
+        ones[j].reshape(-1)[:] += np.bincount(context, bits, ones[j].size)
+        seen[j].reshape(-1)[:] += np.bincount(context, None, ones[j].size)
+    return np.clip(np.rint(ones / seen * TOTAL), 1, TOTAL - 1).astype(np.int32)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, default=DATA)
@@ -90,6 +103,9 @@ def main() -> None:
     tables = Tables(geometric_bank(), edges, rev, collect=[],
                     side=side.SideModel.neutral() if rev.coded_side else None,
                     collect_side=[] if rev.coded_side else None)
+    if rev.raw_coded:  # r5: the raw bits do not depend on their tables either
+        tables.raw = np.full((rev.raw_coded, raw_rows(tables), NTOK), TOTAL // 2, np.int64)
+        tables.collect_raw = []
     paths = sorted(args.images.rglob("*.png"))
     for path in paths:
         img = np.asarray(Image.open(path).convert("RGB"))[: args.crop, : args.crop]
@@ -110,6 +126,8 @@ def main() -> None:
         picks = [(h @ cost.T).argmin(1) for h in per_step]
         tensors = {"bank": bank, "edges": edges}
         tensors |= side.learn(tables.collect_side, picks).to_tensors()
+    if rev.raw_coded:
+        tensors["raw"] = raw_tables(tables.collect_raw, tables.raw.shape)
     if args.revision > 1:  # r1's files have no revision tensor
         tensors["revision"] = np.array([args.revision], np.int32)
     save_file(tensors, str(args.out),
