@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 
 from nicodec.bitstream.entropy import TOTAL
 from nicodec.models.ctx.coder import (NTOK, REVISIONS, Tables, decode_tile, encode_tile,
-                                     raw_rows)
+                                     coded_raw, raw_rows)
 from nicodec.models.ctx.side import SideModel
 
 TILE = 1024
@@ -84,9 +84,9 @@ def load_weights(path: str) -> tuple[ContextNet, None]:
     rev = REVISIONS[revision]
     side = SideModel.from_tensors(tensors) if rev.coded_side else None
     tables = Tables(bank, edges, rev, side=side)
-    if rev.raw_coded:  # r5: the raw bits' tables
+    if coded_raw(rev):  # r5: the raw bits' tables
         raw = tensors["raw"].astype(np.int64) if "raw" in tensors else np.zeros(0, np.int64)
-        if raw.shape != (rev.raw_coded, raw_rows(tables), NTOK) or (raw < 1).any() \
+        if raw.shape != (coded_raw(rev), raw_rows(tables), NTOK) or (raw < 1).any() \
                 or (raw >= TOTAL).any():
             raise ValueError("the raw bits' tables are damaged")
         tables.raw = raw

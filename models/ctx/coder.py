@@ -43,9 +43,10 @@ with the neighbouring class's (1/8 or 3/8 of it), so the tables follow the activ
 the classes' edges; each table is also blended with the token counts of its classes in the
 channel's previous pass, which the decoder already has (``_mix_weights``; how much the table
 weighs against them is chosen per pass and sent in 2 bits). The encoder picks the tables
-knowing both. r5 codes the top two raw bits under a large sample's token with the weight
-file's probability of a 1 for the sample's class and token (the density falls inside a
-token's range, the more so the narrower the class), the bits below them still uniform.
+knowing both. r5 codes the top two raw bits under a large sample's token, and its lowest (the residual's
+sign), with the weight file's probability of a 1 for the sample's class and token (the
+density falls inside a token's range, the more so the narrower the class; the sign keeps
+some of the skew the phase flip gives), the bits between them still uniform.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ PRIOR_CHOICES = 4  # r4: table weights the encoder chooses from per pass (2048 t
 PICK_CANDIDATES = 12  # r4: tables the encoder tries per class (the cheapest alone; 40: 0.0006
 # bpp less)
 RAW_CODED = 2  # r5: raw bits coded with learned tables, the top first (Kodak six images, ideal:
-# the top bit -0.0085 bpp, the second -0.0021)
+# the top bit -0.0085 bpp, the second -0.0021; the lowest, the sign, -0.0022)
 ACTIVITY_FLOOR = 16.0  # r2: rows weighted 1/(mean activity feature + this, in 8-bit units); 8
 # and 32 measured worse
 _CONTROLLER = None  # threadpoolctl's, made on first use (``_controller``)
@@ -174,6 +175,7 @@ class Revision:
     raw_coded: int = 0  # r5: the top bits (this many) of each token's raw bits are coded with
     # the weight file's probability of a 1 for the sample's class and token (``Tables.raw``),
     # not uniform: the density falls inside a token's range (``_top_raw``)
+    raw_sign: bool = False  # r5: and the lowest raw bit (the residual's sign) the same way
 
     @property
     def mixed_tables(self) -> bool:
@@ -190,7 +192,7 @@ R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
              compact_below=COMPACT_BELOW_R3, split_from=SPLIT_FROM_R3, split_top=2)
 R4 = replace(R3, colour_ratio=True, colour_slope=True, sub_steps=SUB_STEPS,
              prior_counts=PRIOR_COUNTS, prior_choices=PRIOR_CHOICES)
-R5 = replace(R4, raw_coded=RAW_CODED)
+R5 = replace(R4, raw_coded=RAW_CODED, raw_sign=True)
 REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4, 5: R5}
 SHIPPED = 4  # the revision of the shipped weights (``train.py``'s default)
 
@@ -205,8 +207,9 @@ class Tables:
     collect: list | None = field(default=None)  # training: per-class token histograms
     side: coded.SideModel | None = None  # r3: the side information's model
     collect_side: list | None = field(default=None)  # training: every step's side information
-    raw: np.ndarray | None = None  # r5: (raw_coded, classes, NTOK) int64 frequency (of
-    # 2**PRECISION) of a 1 as each of a token's top raw bits, by the sample's class
+    raw: np.ndarray | None = None  # r5: (coded raw bits, classes, NTOK) int64 frequency (of
+    # 2**PRECISION) of a 1 as each of a token's top raw bits, then its lowest, by the
+    # sample's class
     collect_raw: list | None = field(default=None)  # training: every step's coded raw bits
 
 
@@ -972,7 +975,7 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
 def _raw_context(lad: _Ladder, tok: np.ndarray, tables: Tables) -> np.ndarray | None:
     """r5: each sample's row of ``Tables.raw``: its class (without the phase half) and its
     token (None before r5)."""
-    if not tables.revision.raw_coded:
+    if not coded_raw(tables.revision):
         return None
     return (lad.cls >> 1 if tables.revision.phase else lad.cls) * NTOK + tok
 
@@ -988,17 +991,27 @@ def _bit_tables(tables: Tables, j: int, context: np.ndarray) -> np.ndarray:
     return np.stack([(1 << PRECISION) - one, one], 1)
 
 
+def coded_raw(rev: Revision) -> int:
+    """r5: how many of a token's raw bits are coded with ``Tables.raw`` (at most)."""
+    return rev.raw_coded + rev.raw_sign
+
+
 def _top_raw(context: np.ndarray | None, nraw: np.ndarray, raw: np.ndarray, tables: Tables
              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
-    """r5's encoder: the top ``raw_coded`` raw bits of each sample as (context, bits) of one
-    coder call each, top first (each over the samples with a bit left), and the raw bits
-    left below them (counts, values), sent uniform."""
+    """r5's encoder: the top ``raw_coded`` raw bits of each sample, then (``raw_sign``) its
+    lowest, as (context, bits) of one coder call each (each over the samples with a bit
+    left), and the raw bits left between them (counts, values), sent uniform."""
+    rev = tables.revision
     top = []
-    for _ in range(tables.revision.raw_coded):
+    for _ in range(rev.raw_coded):
         has = nraw > 0
         nraw = nraw - has
         top.append((context[has], (raw[has] >> nraw[has]) & 1))
         raw = raw & ((1 << nraw) - 1)
+    if rev.raw_sign:
+        has = nraw > 0
+        top.append((context[has], raw[has] & 1))
+        nraw, raw = nraw - has, raw >> has
     return top, nraw, raw
 
 
@@ -1393,18 +1406,23 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
             for j, where in zip(pick, by_class):
                 tok[where] = coder.decode(tables.bank[j], len(where))
         nraw = raw_bits(tok)
-        high = np.zeros(len(at), np.int64)  # r5: the coded top raw bits
-        if rev.raw_coded:
+        high, low, lowest = (np.zeros(len(at), np.int64) for _ in range(3))  # r5's coded bits
+        if coded_raw(rev):
             context = _raw_context(lad, tok, tables)
             for j in range(rev.raw_coded):
                 has = nraw > 0
                 nraw = nraw - has
                 high[has] = 2 * high[has] + coder.decode(_bit_tables(tables, j, context[has]))
+            if rev.raw_sign:
+                lowest = (nraw > 0).astype(np.int64)
+                low[nraw > 0] = coder.decode(_bit_tables(tables, rev.raw_coded,
+                                                         context[nraw > 0]))
+                nraw = nraw - lowest
         raw = np.zeros(len(at), np.int64)
         for k, where in zip(*_groups(nraw, np.arange(len(at)))):
             if k > 0:
                 raw[where] = coder.decode(_uniform(int(k)), len(where))
-        u = untoken(tok, raw | high << nraw)
+        u = untoken(tok, (high << nraw | raw) << lowest | low)
         r = unzigzag(u)
         if rev.phase:
             r = _flip(r, below, half)

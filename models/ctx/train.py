@@ -24,8 +24,8 @@ from safetensors.numpy import load_file, save_file
 
 from nicodec.bitstream.entropy import PRECISION, TOTAL, freqs_from_counts
 from nicodec.models.ctx import side
-from nicodec.models.ctx.coder import (NTOK, REVISIONS, SHIPPED, Tables, encode_tile, raw_rows,
-                                     tokens)
+from nicodec.models.ctx.coder import (NTOK, REVISIONS, SHIPPED, Tables, coded_raw, encode_tile,
+                                     raw_rows, tokens)
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 VALUES = np.arange(1 << 16)
@@ -103,8 +103,8 @@ def main() -> None:
     tables = Tables(geometric_bank(), edges, rev, collect=[],
                     side=side.SideModel.neutral() if rev.coded_side else None,
                     collect_side=[] if rev.coded_side else None)
-    if rev.raw_coded:  # r5: the raw bits do not depend on their tables either
-        tables.raw = np.full((rev.raw_coded, raw_rows(tables), NTOK), TOTAL // 2, np.int64)
+    if coded_raw(rev):  # r5: the raw bits do not depend on their tables either
+        tables.raw = np.full((coded_raw(rev), raw_rows(tables), NTOK), TOTAL // 2, np.int64)
         tables.collect_raw = []
     paths = sorted(args.images.rglob("*.png"))
     for path in paths:
@@ -126,7 +126,7 @@ def main() -> None:
         picks = [(h @ cost.T).argmin(1) for h in per_step]
         tensors = {"bank": bank, "edges": edges}
         tensors |= side.learn(tables.collect_side, picks).to_tensors()
-    if rev.raw_coded:
+    if coded_raw(rev):
         tensors["raw"] = raw_tables(tables.collect_raw, tables.raw.shape)
     if args.revision > 1:  # r1's files have no revision tensor
         tensors["revision"] = np.array([args.revision], np.int32)
