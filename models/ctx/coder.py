@@ -43,10 +43,10 @@ with the neighbouring class's (1/8 or 3/8 of it), so the tables follow the activ
 the classes' edges; each table is also blended with the token counts of its classes in the
 channel's previous pass, which the decoder already has (``_mix_weights``; how much the table
 weighs against them is chosen per pass and sent in 2 bits). The encoder picks the tables
-knowing both. r5 codes the top two raw bits under a large sample's token, and its lowest (the residual's
-sign), with the weight file's probability of a 1 for the sample's class and token (the
-density falls inside a token's range, the more so the narrower the class; the sign keeps
-some of the skew the phase flip gives), the bits between them still uniform.
+knowing both. r5 codes the top two raw bits under a large sample's token, and its lowest
+(the residual's sign), with the weight file's probability of a 1 for the sample's class and
+token (the density falls inside a token's range, the more so the narrower the class; a
+large residual's sign is skewed too), the bits between them still uniform.
 """
 
 from __future__ import annotations
