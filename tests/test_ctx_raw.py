@@ -1,7 +1,7 @@
-"""ctx-photo coder revision r5 candidate (``raw_coded``, ``raw_sign``): a token's top two raw
-bits and its lowest coded with learned per-(class, token) tables, exact for every tile shape
-and depth and at the tables' extremes, the weight file's tables checked, and damaged payloads
-refused."""
+"""ctx-photo coder revision r5 candidate (``raw_coded``, ``raw_sign``, ``ranged``): a token's
+top two raw bits and its lowest coded with learned per-(class, token) tables, and the residual
+zigzagged only while both signs are possible; exact for every tile shape and depth and at the
+tables' extremes, the weight file's tables checked, and damaged payloads refused."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from safetensors.numpy import load_file, save_file
 from nicodec.bitstream.entropy import TOTAL
 from nicodec.codec import registry
 from nicodec.models.ctx.codec import load_weights
-from nicodec.models.ctx.coder import (NTOK, R4, R5, Tables, _top_raw, coded_raw, decode_tile,
-                                     encode_tile, raw_rows, tokens)
+from nicodec.models.ctx.coder import (NTOK, R4, R5, Tables, _flip, _ranged, _top_raw, _unranged,
+                                     coded_raw, decode_tile, encode_tile, raw_rows, tokens)
 from nicodec.models.ctx.train import raw_tables
 from tests.test_ctx_side import _image, _refused_when_damaged
 
@@ -157,3 +157,34 @@ def test_r5_codes_a_kodak_crop_smaller_than_r4(kodak_pixels, r4_tables):
     r5 = load_weights(str(path))[0].tables
     crop = np.ascontiguousarray(kodak_pixels[:256, :256])
     assert len(encode_tile(crop, 8, r5)) < len(encode_tile(crop, 8, r4_tables))
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_the_ranged_residual_is_one_to_one_and_inverts(depth):
+    """For every prediction (8 bits; 16 bits: near the ends and the middle) and rounding side,
+    :func:`_ranged` maps the residuals of all samples onto 0 .. 2**depth - 1 and
+    :func:`_unranged` gives them back; a prediction at the top codes the samples below it
+    in steps of one, not two."""
+    top, half = (1 << depth) - 1, 1 << (depth - 1)
+    x = np.arange(top + 1)
+    preds = range(top + 1) if depth == 8 else (0, 1, 2, half - 1, half, top - 1, top)
+    for pred in preds:
+        for below in (False, True):
+            p, b = np.full(len(x), pred), np.full(len(x), below)
+            r = _flip((x - pred + half) % (2 * half) - half, b, half)
+            u = _ranged(r, p, b, depth)
+            assert (np.sort(u) == x).all() and (_unranged(u, p, b, depth) == r).all()
+    p, b = np.full(4, top), np.zeros(4, bool)
+    assert (_ranged(np.array([0, -1, -2, -3]), p, b, depth) == [0, 1, 2, 3]).all()
+
+
+def test_ranged_residuals_code_clipped_highlights_smaller(r4_tables):
+    """A tile with blown highlights (predictions at the top, every residual at or below 0)
+    costs less with the ranged residual, the rest of r5 the same."""
+    image = _image(64, 96, 3, seed=3).astype(np.int64)
+    image[:, 40:] = np.minimum(255, image[:, 40:] + 150)
+    image = image.astype(np.uint8)
+    ranged, zigzagged = _r5(r4_tables), _r5(r4_tables, ranged=False)
+    data = encode_tile(image, 8, ranged)
+    assert (decode_tile(data, image.shape, 8, ranged) == image).all()
+    assert len(data) < len(encode_tile(image, 8, replace(zigzagged, raw=ranged.raw)))

@@ -176,6 +176,10 @@ class Revision:
     # the weight file's probability of a 1 for the sample's class and token (``Tables.raw``),
     # not uniform: the density falls inside a token's range (``_top_raw``)
     raw_sign: bool = False  # r5: and the lowest raw bit (the residual's sign) the same way
+    ranged: bool = False  # r5: the residual is zigzagged only as far as both its signs are
+    # possible from the prediction, beyond that it counts on along the possible side
+    # (``_ranged``): a prediction near 0 or the top no longer spends codes on values that
+    # need a wrap around the range
 
     @property
     def mixed_tables(self) -> bool:
@@ -192,7 +196,7 @@ R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
              compact_below=COMPACT_BELOW_R3, split_from=SPLIT_FROM_R3, split_top=2)
 R4 = replace(R3, colour_ratio=True, colour_slope=True, sub_steps=SUB_STEPS,
              prior_counts=PRIOR_COUNTS, prior_choices=PRIOR_CHOICES)
-R5 = replace(R4, raw_coded=RAW_CODED, raw_sign=True)
+R5 = replace(R4, raw_coded=RAW_CODED, raw_sign=True, ranged=True)
 REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4, 5: R5}
 SHIPPED = 4  # the revision of the shipped weights (``train.py``'s default)
 
@@ -655,6 +659,36 @@ def _flip(r: np.ndarray, below: np.ndarray, half: int) -> np.ndarray:
     return np.where(below, (half - r) % (2 * half) - half, r)
 
 
+def _rooms(pred: np.ndarray, below: np.ndarray, depth: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """r5: how far the (flipped, :func:`_flip`) residual can reach above 0 and below 0 from
+    the prediction within the sample range, and the smaller of the two."""
+    top = (1 << depth) - 1
+    up = np.where(below, pred, top - pred)
+    down = top - up
+    return up, down, np.minimum(up, down)
+
+
+def _ranged(r: np.ndarray, pred: np.ndarray, below: np.ndarray, depth: int) -> np.ndarray:
+    """r5: the folded, flipped residual ``r`` as u >= 0: zigzagged (0, -1, 1, -2, ...) while
+    both signs are possible, then counting on along the side that still is (a prediction at
+    the top: 0, -1, -2, ... get 0, 1, 2, ... where zigzag gave 0, 1, 3, 5). One to one onto
+    0 .. 2**depth - 1, like zigzag, and its inverse is :func:`_unranged`."""
+    up, down, near = _rooms(pred, below, depth)
+    span = 1 << depth
+    true = np.where(r > up, r - span, np.where(r < -down, r + span, r))  # unfolded
+    return np.where(np.abs(true) <= near, zigzag(true), near + np.abs(true))
+
+
+def _unranged(u: np.ndarray, pred: np.ndarray, below: np.ndarray, depth: int) -> np.ndarray:
+    """r5: the inverse of :func:`_ranged`, folded into -2**(depth-1) .. 2**(depth-1) - 1 (the
+    flipped residual); u beyond 2**depth - 1 (a damaged payload) folds too."""
+    up, down, near = _rooms(pred, below, depth)
+    half = 1 << (depth - 1)
+    true = np.where(u <= 2 * near, unzigzag(u), np.where(up > down, u - near, near - u))
+    return (true + half) % (2 * half) - half
+
+
 class _Ladder(NamedTuple):
     """Each sample's context class, and r4's mix: the class whose table is mixed into its own
     (``toward``: the class below or above, whichever edge it lies nearer; -1 for none) and
@@ -959,7 +993,7 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
         _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
     if rev.phase:
         r = _flip(r, below, half)
-    u = zigzag(r)
+    u = _ranged(r, pred, below, depth) if rev.ranged else zigzag(r)
     shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r), rough if rev.activity_rows else None),
                                   rev)
     tok, nraw, raw = tokens(u)
@@ -1423,7 +1457,7 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
             if k > 0:
                 raw[where] = coder.decode(_uniform(int(k)), len(where))
         u = untoken(tok, (high << nraw | raw) << lowest | low)
-        r = unzigzag(u)
+        r = _unranged(u, pred, below, depth) if rev.ranged else unzigzag(u)
         if rev.phase:
             r = _flip(r, below, half)
         x[ch, at] = (pred + r) % (2 * half)
