@@ -659,34 +659,41 @@ def _flip(r: np.ndarray, below: np.ndarray, half: int) -> np.ndarray:
     return np.where(below, (half - r) % (2 * half) - half, r)
 
 
-def _rooms(pred: np.ndarray, below: np.ndarray, depth: int
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """r5: how far the (flipped, :func:`_flip`) residual can reach above 0 and below 0 from
-    the prediction within the sample range, and the smaller of the two."""
+def _rooms(pred: np.ndarray, below: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """r5: how far the (flipped, :func:`_flip`) residual can reach above 0 from the prediction
+    within the sample range, and the nearer of that and the reach below 0."""
     top = (1 << depth) - 1
     up = np.where(below, pred, top - pred)
-    down = top - up
-    return up, down, np.minimum(up, down)
+    return up, np.minimum(up, top - up)
 
 
 def _ranged(r: np.ndarray, pred: np.ndarray, below: np.ndarray, depth: int) -> np.ndarray:
     """r5: the folded, flipped residual ``r`` as u >= 0: zigzagged (0, -1, 1, -2, ...) while
     both signs are possible, then counting on along the side that still is (a prediction at
     the top: 0, -1, -2, ... get 0, 1, 2, ... where zigzag gave 0, 1, 3, 5). One to one onto
-    0 .. 2**depth - 1, like zigzag, and its inverse is :func:`_unranged`."""
-    up, down, near = _rooms(pred, below, depth)
+    0 .. 2**depth - 1, like zigzag, and its inverse is :func:`_unranged`. Only the samples
+    beyond the nearer reach (few) take the second rule."""
+    up, near = _rooms(pred, below, depth)
+    u = zigzag(r)
+    far = np.flatnonzero(np.abs(r) > near)
+    r, up, near = r[far], up[far], near[far]
     span = 1 << depth
-    true = np.where(r > up, r - span, np.where(r < -down, r + span, r))  # unfolded
-    return np.where(np.abs(true) <= near, zigzag(true), near + np.abs(true))
+    true = np.where(r > up, r - span, np.where(r < up - span + 1, r + span, r))  # unfolded
+    u[far] = np.where(np.abs(true) <= near, zigzag(true), near + np.abs(true))
+    return u
 
 
 def _unranged(u: np.ndarray, pred: np.ndarray, below: np.ndarray, depth: int) -> np.ndarray:
     """r5: the inverse of :func:`_ranged`, folded into -2**(depth-1) .. 2**(depth-1) - 1 (the
     flipped residual); u beyond 2**depth - 1 (a damaged payload) folds too."""
-    up, down, near = _rooms(pred, below, depth)
+    up, near = _rooms(pred, below, depth)
+    r = unzigzag(u)
+    far = np.flatnonzero(u > 2 * near)
+    u, up, near = u[far], up[far], near[far]
     half = 1 << (depth - 1)
-    true = np.where(u <= 2 * near, unzigzag(u), np.where(up > down, u - near, near - u))
-    return (true + half) % (2 * half) - half
+    true = np.where(up > near, u - near, near - u)  # up > near: the side above is the longer
+    r[far] = (true + half) % (2 * half) - half
+    return r
 
 
 class _Ladder(NamedTuple):
