@@ -1041,18 +1041,25 @@ def _top_raw(context: np.ndarray | None, nraw: np.ndarray, raw: np.ndarray, tabl
              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
     """r5's encoder: the top ``raw_coded`` raw bits of each sample, then (``raw_sign``) its
     lowest, as (context, bits) of one coder call each (each over the samples with a bit
-    left), and the raw bits left between them (counts, values), sent uniform."""
+    left), and the raw bits left between them (counts, values), sent uniform. Only the
+    samples with raw bits (tokens of 16 and up: few) are looked at."""
     rev = tables.revision
+    if not coded_raw(rev):
+        return [], nraw, raw
+    big = np.flatnonzero(nraw)
+    n, v, context = nraw[big], raw[big], context[big]
     top = []
     for _ in range(rev.raw_coded):
-        has = nraw > 0
-        nraw = nraw - has
-        top.append((context[has], (raw[has] >> nraw[has]) & 1))
-        raw = raw & ((1 << nraw) - 1)
+        has = n > 0
+        n = n - has
+        top.append((context[has], (v[has] >> n[has]) & 1))
+        v = v & ((1 << n) - 1)
     if rev.raw_sign:
-        has = nraw > 0
-        top.append((context[has], raw[has] & 1))
-        nraw, raw = nraw - has, raw >> has
+        has = n > 0
+        top.append((context[has], v[has] & 1))
+        n, v = n - has, v >> has
+    nraw, raw = nraw.copy(), raw.copy()
+    nraw[big], raw[big] = n, v
     return top, nraw, raw
 
 
@@ -1447,23 +1454,15 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
             for j, where in zip(pick, by_class):
                 tok[where] = coder.decode(tables.bank[j], len(where))
         nraw = raw_bits(tok)
-        high, low, lowest = (np.zeros(len(at), np.int64) for _ in range(3))  # r5's coded bits
         if coded_raw(rev):
-            context = _raw_context(lad, tok, tables)
-            for j in range(rev.raw_coded):
-                has = nraw > 0
-                nraw = nraw - has
-                high[has] = 2 * high[has] + coder.decode(_bit_tables(tables, j, context[has]))
-            if rev.raw_sign:
-                lowest = (nraw > 0).astype(np.int64)
-                low[nraw > 0] = coder.decode(_bit_tables(tables, rev.raw_coded,
-                                                         context[nraw > 0]))
-                nraw = nraw - lowest
+            nraw, coded_bits = _get_top_raw(coder, _raw_context(lad, tok, tables), nraw, tables)
         raw = np.zeros(len(at), np.int64)
         for k, where in zip(*_groups(nraw, np.arange(len(at)))):
             if k > 0:
                 raw[where] = coder.decode(_uniform(int(k)), len(where))
-        u = untoken(tok, (high << nraw | raw) << lowest | low)
+        if coded_raw(rev):
+            raw = coded_bits(raw)
+        u = untoken(tok, raw)
         r = _unranged(u, pred, below, depth) if rev.ranged else unzigzag(u)
         if rev.phase:
             r = _flip(r, below, half)
@@ -1473,6 +1472,36 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
             _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
         ahead.finished(index)
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
+
+
+def _get_top_raw(coder: PacketDecoder, context: np.ndarray, nraw: np.ndarray, tables: Tables
+                 ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """r5: the inverse of :func:`_top_raw`: decodes the coded raw bits of the samples with raw
+    bits, and returns the raw bit counts left (sent uniform), and what puts the coded bits
+    back around those bits' values."""
+    rev = tables.revision
+    big = np.flatnonzero(nraw)
+    n, context = nraw[big], context[big]
+    high = np.zeros(len(big), np.int64)
+    for j in range(rev.raw_coded):
+        has = n > 0
+        n = n - has
+        high[has] = 2 * high[has] + coder.decode(_bit_tables(tables, j, context[has]))
+    low = lowest = np.zeros(len(big), np.int64)
+    if rev.raw_sign:
+        has = n > 0
+        lowest = has.astype(np.int64)
+        low = np.zeros(len(big), np.int64)
+        low[has] = coder.decode(_bit_tables(tables, rev.raw_coded, context[has]))
+        n = n - lowest
+    left = nraw.copy()
+    left[big] = n
+
+    def rebuilt(raw: np.ndarray) -> np.ndarray:
+        raw = raw.copy()
+        raw[big] = (high << n | raw[big]) << lowest | low
+        return raw
+    return left, rebuilt
 
 
 def _get_uniform(side: _Side, rev: Revision, samples: int, nw: int, ne: int
