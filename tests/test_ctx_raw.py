@@ -184,7 +184,19 @@ def test_ranged_residuals_code_clipped_highlights_smaller(r4_tables):
     image = _image(64, 96, 3, seed=3).astype(np.int64)
     image[:, 40:] = np.minimum(255, image[:, 40:] + 150)
     image = image.astype(np.uint8)
-    ranged, zigzagged = _r5(r4_tables), _r5(r4_tables, ranged=False)
+    ranged, zigzagged = _r5(r4_tables), _r5(r4_tables, ranged=False)  # (the same tables)
     data = encode_tile(image, 8, ranged)
     assert (decode_tile(data, image.shape, 8, ranged) == image).all()
     assert len(data) < len(encode_tile(image, 8, replace(zigzagged, raw=ranged.raw)))
+
+
+def test_clipped_predictions_are_a_class_of_their_own(r4_tables):
+    """Blown highlights (a third of the tile at the top: the predictions near it clipped, their
+    residuals nearly all 0) code smaller in their own class than spread over the ladder's,
+    and exactly."""
+    image = np.minimum(255, 3 * _image(96, 128, 3, seed=3).astype(np.int64)).astype(np.uint8)
+    alone, spread = _r5(r4_tables), _r5(r4_tables, clipped_class=False)
+    spread = replace(spread, raw=alone.raw[:, :raw_rows(spread)])
+    data = encode_tile(image, 8, alone)
+    assert (decode_tile(data, image.shape, 8, alone) == image).all()
+    assert len(data) < len(encode_tile(image, 8, spread))

@@ -46,7 +46,9 @@ weighs against them is chosen per pass and sent in 2 bits). The encoder picks th
 knowing both. r5 codes the top two raw bits under a large sample's token, and its lowest
 (the residual's sign), with the weight file's probability of a 1 for the sample's class and
 token (the density falls inside a token's range, the more so the narrower the class; a
-large residual's sign is skewed too), the bits between them still uniform.
+large residual's sign is skewed too), the bits between them still uniform; zigzags the
+residual only while both its signs are possible from the prediction (``_ranged``); and puts
+the samples whose prediction was clipped to the sample range in a class of their own.
 """
 
 from __future__ import annotations
@@ -176,6 +178,8 @@ class Revision:
     # the weight file's probability of a 1 for the sample's class and token (``Tables.raw``),
     # not uniform: the density falls inside a token's range (``_top_raw``)
     raw_sign: bool = False  # r5: and the lowest raw bit (the residual's sign) the same way
+    clipped_class: bool = False  # r5: samples whose prediction was clipped to the sample range
+    # are a class of their own (``_clipped_class``)
     ranged: bool = False  # r5: the residual is zigzagged only as far as both its signs are
     # possible from the prediction, beyond that it counts on along the possible side
     # (``_ranged``): a prediction near 0 or the top no longer spends codes on values that
@@ -196,7 +200,7 @@ R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
              compact_below=COMPACT_BELOW_R3, split_from=SPLIT_FROM_R3, split_top=2)
 R4 = replace(R3, colour_ratio=True, colour_slope=True, sub_steps=SUB_STEPS,
              prior_counts=PRIOR_COUNTS, prior_choices=PRIOR_CHOICES)
-R5 = replace(R4, raw_coded=RAW_CODED, raw_sign=True, ranged=True)
+R5 = replace(R4, raw_coded=RAW_CODED, raw_sign=True, ranged=True, clipped_class=True)
 REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4, 5: R5}
 SHIPPED = 4  # the revision of the shipped weights (``train.py``'s default)
 
@@ -640,16 +644,17 @@ def _weight_bits(samples: int, rev: Revision) -> int:
 
 
 def _predict(feats: np.ndarray, frac: int, w: np.ndarray, bias: int, top: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(prediction clipped to 0..top, whether the exact prediction lies below it, whether it
-    lies at least a quarter away): the last two are r2's phase. ``feats`` (k + 1, n) ends
-    with its row of ones."""
+    lies at least a quarter away, whether it was clipped): the second and third are r2's
+    phase, the last r5's ``clipped_class``. ``feats`` (k + 1, n) ends with its row of ones."""
     n = feats.shape[1]
     total = _dot(w, feats[:-1]) + bias
-    pred = np.clip((total + (1 << frac >> 1)) >> frac, 0, top)
+    rounded = (total + (1 << frac >> 1)) >> frac
+    pred = np.clip(rounded, 0, top)
     gap = total - (pred << frac)
     far = np.abs(gap) >= (1 << frac >> 2) if frac >= 2 else np.zeros(n, bool)
-    return pred, gap < 0, far
+    return pred, gap < 0, far, rounded != pred
 
 
 def _flip(r: np.ndarray, below: np.ndarray, half: int) -> np.ndarray:
@@ -728,6 +733,18 @@ def _classes(act: np.ndarray, shift: int, ew: np.ndarray, ebias: int, far: np.nd
     return _Ladder(ids, toward, np.abs(offset))
 
 
+def _clipped_class(lad: _Ladder, clipped: np.ndarray, tables: Tables) -> _Ladder:
+    """r5: the samples whose prediction was clipped to the sample range (their residual is
+    nearly always 0: a blown highlight, a black) in a class of their own beyond the ladder,
+    which picks its table and counts as the others do, and mixes with none."""
+    if not tables.revision.clipped_class or not clipped.any():
+        return lad
+    alone = _class_rows(tables) - 2  # past the ladder's ids and the pair beyond them (which
+    # its top class's mix points at, never used)
+    return _Ladder(np.where(clipped, alone, lad.cls), np.where(clipped, -1, lad.toward),
+                   np.where(clipped, 0, lad.weight))
+
+
 class _Mixes(NamedTuple):
     """r4: the groups of a pass's samples that share one table, and each sample's group.
     ``own``, ``other``: the two classes (indices into the pass's used classes) whose tables
@@ -763,8 +780,10 @@ def _class_counts(lad: _Ladder, tok: np.ndarray, tables: Tables) -> np.ndarray:
 
 
 def _class_rows(tables: Tables) -> int:
-    """r4: how many class ids the ladder has (with the phase halves), and one beyond."""
-    return 2 * ((len(tables.edges) + 1) // tables.revision.sub_steps + 1)
+    """r4: how many class ids the ladder has (with the phase halves), and one beyond (r5:
+    and r5's class of the clipped predictions, :func:`_clipped_class`)."""
+    rev = tables.revision
+    return 2 * ((len(tables.edges) + 1) // rev.sub_steps + 1 + rev.clipped_class)
 
 
 def _mix_weights(mixes: _Mixes, picks: np.ndarray, used: np.ndarray, prior: np.ndarray,
@@ -993,7 +1012,7 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
         coarse = coded.coarseness(feats)
         w = coded.coarsen(w, coarse[:-1], _weight_limit(bits))
         bias = int(coded.coarsen(np.array([bias]), coarse[-1:], (1 << 31) - 1)[0])
-    pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
+    pred, below, far, clipped = _predict(feats, frac, w, bias, 2 * half - 1)
     r = (target - pred + half) % (2 * half) - half
     res[ch, at] = r
     if err is not None and len(nb) >= 4:
@@ -1004,7 +1023,7 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r), rough if rev.activity_rows else None),
                                   rev)
     tok, nraw, raw = tokens(u)
-    lad = _classes(act, shift, ew, ebias, far, tables)
+    lad = _clipped_class(_classes(act, shift, ew, ebias, far, tables), clipped, tables)
     hist, choice, pick, coded_tokens = _plan(lad, tok, tables, previous, c)
     top, nraw, raw = _top_raw(_raw_context(lad, tok, tables), nraw, raw, tables)
     bits_of, by_bits = _groups(nraw, raw)
@@ -1422,8 +1441,8 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
         else:
             frac, w, bias, shift, ew, ebias = _get_uniform(side, rev, len(at), len(feats) - 1,
                                                            len(act) - 1)
-        pred, below, far = _predict(feats, frac, w, bias, 2 * half - 1)
-        lad = _classes(act, shift, ew, ebias, far, tables)
+        pred, below, far, clipped = _predict(feats, frac, w, bias, 2 * half - 1)
+        lad = _clipped_class(_classes(act, shift, ew, ebias, far, tables), clipped, tables)
         choice = 1  # prior_counts itself, unless r4 chooses another (:func:`_prior_scale`)
         if rev.prior_choices > 1:
             choice = int(coder.decode(_uniform(_choice_bits(rev)), 1)[0])
