@@ -45,9 +45,8 @@ def test_the_coded_raw_bits_and_the_rest_rebuild_every_value():
     value of every 16-bit residual exactly once."""
     u = np.arange(1 << 16)
     tok, nraw, raw = tokens(u)
-    context = np.zeros(len(u), np.int64)
     tables = Tables(np.ones((1, NTOK), np.int64), np.zeros(0, np.int64), R5)
-    top, rest_n, rest = _top_raw(context, nraw, raw, tables)
+    top, rest_n, rest = _top_raw(np.zeros(len(u), np.int64), tok, nraw, raw, tables)
     high, low = np.zeros(len(u), np.int64), np.zeros(len(u), np.int64)
     n = nraw.copy()
     for j in range(R5.raw_coded):

@@ -664,12 +664,10 @@ def _flip(r: np.ndarray, below: np.ndarray, half: int) -> np.ndarray:
     return np.where(below, (half - r) % (2 * half) - half, r)
 
 
-def _rooms(pred: np.ndarray, below: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+def _rooms(pred: np.ndarray, below: np.ndarray, depth: int) -> np.ndarray:
     """r5: how far the (flipped, :func:`_flip`) residual can reach above 0 from the prediction
-    within the sample range, and the nearer of that and the reach below 0."""
-    top = (1 << depth) - 1
-    up = np.where(below, pred, top - pred)
-    return up, np.minimum(up, top - up)
+    within the sample range (below 0 it reaches 2**depth - 1 less that)."""
+    return np.where(below, pred, (1 << depth) - 1 - pred)
 
 
 def _ranged(r: np.ndarray, pred: np.ndarray, below: np.ndarray, depth: int) -> np.ndarray:
@@ -678,10 +676,10 @@ def _ranged(r: np.ndarray, pred: np.ndarray, below: np.ndarray, depth: int) -> n
     the top: 0, -1, -2, ... get 0, 1, 2, ... where zigzag gave 0, 1, 3, 5). One to one onto
     0 .. 2**depth - 1, like zigzag, and its inverse is :func:`_unranged`. Only the samples
     beyond the nearer reach (few) take the second rule."""
-    up, near = _rooms(pred, below, depth)
+    near = np.minimum(pred, (1 << depth) - 1 - pred)  # the nearer reach, whichever side
     u = zigzag(r)
     far = np.flatnonzero(np.abs(r) > near)
-    r, up, near = r[far], up[far], near[far]
+    r, up, near = r[far], _rooms(pred[far], below[far], depth), near[far]
     span = 1 << depth
     true = np.where(r > up, r - span, np.where(r < up - span + 1, r + span, r))  # unfolded
     u[far] = np.where(np.abs(true) <= near, zigzag(true), near + np.abs(true))
@@ -691,10 +689,10 @@ def _ranged(r: np.ndarray, pred: np.ndarray, below: np.ndarray, depth: int) -> n
 def _unranged(u: np.ndarray, pred: np.ndarray, below: np.ndarray, depth: int) -> np.ndarray:
     """r5: the inverse of :func:`_ranged`, folded into -2**(depth-1) .. 2**(depth-1) - 1 (the
     flipped residual); u beyond 2**depth - 1 (a damaged payload) folds too."""
-    up, near = _rooms(pred, below, depth)
+    near = np.minimum(pred, (1 << depth) - 1 - pred)
     r = unzigzag(u)
     far = np.flatnonzero(u > 2 * near)
-    u, up, near = u[far], up[far], near[far]
+    u, up, near = u[far], _rooms(pred[far], below[far], depth), near[far]
     half = 1 << (depth - 1)
     true = np.where(up > near, u - near, near - u)  # up > near: the side above is the longer
     r[far] = (true + half) % (2 * half) - half
@@ -739,10 +737,15 @@ def _clipped_class(lad: _Ladder, clipped: np.ndarray, tables: Tables) -> _Ladder
     which picks its table and counts as the others do, and mixes with none."""
     if not tables.revision.clipped_class or not clipped.any():
         return lad
-    alone = _class_rows(tables) - 2  # past the ladder's ids and the pair beyond them (which
+    at = np.flatnonzero(clipped)
+    cls = lad.cls.copy()
+    cls[at] = _class_rows(tables) - 2  # past the ladder's ids and the pair beyond them (which
     # its top class's mix points at, never used)
-    return _Ladder(np.where(clipped, alone, lad.cls), np.where(clipped, -1, lad.toward),
-                   np.where(clipped, 0, lad.weight))
+    if lad.toward is None:  # a ladder without steps mixes nothing
+        return _Ladder(cls)
+    toward, weight = lad.toward.copy(), lad.weight.copy()
+    toward[at], weight[at] = -1, 0
+    return _Ladder(cls, toward, weight)
 
 
 class _Mixes(NamedTuple):
@@ -1025,19 +1028,17 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     tok, nraw, raw = tokens(u)
     lad = _clipped_class(_classes(act, shift, ew, ebias, far, tables), clipped, tables)
     hist, choice, pick, coded_tokens = _plan(lad, tok, tables, previous, c)
-    top, nraw, raw = _top_raw(_raw_context(lad, tok, tables), nraw, raw, tables)
+    top, nraw, raw = _top_raw(lad.cls, tok, nraw, raw, tables)
     bits_of, by_bits = _groups(nraw, raw)
     return _Fitted(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
                    hist, choice, pick, coded_tokens,
                    [(int(k), v) for k, v in zip(bits_of, by_bits) if k > 0], top)
 
 
-def _raw_context(lad: _Ladder, tok: np.ndarray, tables: Tables) -> np.ndarray | None:
-    """r5: each sample's row of ``Tables.raw``: its class (without the phase half) and its
-    token (None before r5)."""
-    if not coded_raw(tables.revision):
-        return None
-    return (lad.cls >> 1 if tables.revision.phase else lad.cls) * NTOK + tok
+def _raw_context(cls: np.ndarray, tok: np.ndarray, rev: Revision) -> np.ndarray:
+    """r5: the rows of ``Tables.raw`` of samples of class ids ``cls`` and tokens ``tok``: the
+    class without its phase half, and the token."""
+    return (cls >> 1 if rev.phase else cls) * NTOK + tok
 
 
 def raw_rows(tables: Tables) -> int:
@@ -1056,8 +1057,8 @@ def coded_raw(rev: Revision) -> int:
     return rev.raw_coded + rev.raw_sign
 
 
-def _top_raw(context: np.ndarray | None, nraw: np.ndarray, raw: np.ndarray, tables: Tables
-             ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
+def _top_raw(cls: np.ndarray, tok: np.ndarray, nraw: np.ndarray, raw: np.ndarray,
+             tables: Tables) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
     """r5's encoder: the top ``raw_coded`` raw bits of each sample, then (``raw_sign``) its
     lowest, as (context, bits) of one coder call each (each over the samples with a bit
     left), and the raw bits left between them (counts, values), sent uniform. Only the
@@ -1066,7 +1067,7 @@ def _top_raw(context: np.ndarray | None, nraw: np.ndarray, raw: np.ndarray, tabl
     if not coded_raw(rev):
         return [], nraw, raw
     big = np.flatnonzero(nraw)
-    n, v, context = nraw[big], raw[big], context[big]
+    n, v, context = nraw[big], raw[big], _raw_context(cls[big], tok[big], rev)
     top = []
     for _ in range(rev.raw_coded):
         has = n > 0
@@ -1474,7 +1475,7 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
                 tok[where] = coder.decode(tables.bank[j], len(where))
         nraw = raw_bits(tok)
         if coded_raw(rev):
-            nraw, coded_bits = _get_top_raw(coder, _raw_context(lad, tok, tables), nraw, tables)
+            nraw, coded_bits = _get_top_raw(coder, lad.cls, tok, nraw, tables)
         raw = np.zeros(len(at), np.int64)
         for k, where in zip(*_groups(nraw, np.arange(len(at)))):
             if k > 0:
@@ -1493,14 +1494,14 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
 
 
-def _get_top_raw(coder: PacketDecoder, context: np.ndarray, nraw: np.ndarray, tables: Tables
-                 ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+def _get_top_raw(coder: PacketDecoder, cls: np.ndarray, tok: np.ndarray, nraw: np.ndarray,
+                 tables: Tables) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """r5: the inverse of :func:`_top_raw`: decodes the coded raw bits of the samples with raw
     bits, and returns the raw bit counts left (sent uniform), and what puts the coded bits
     back around those bits' values."""
     rev = tables.revision
     big = np.flatnonzero(nraw)
-    n, context = nraw[big], context[big]
+    n, context = nraw[big], _raw_context(cls[big], tok[big], rev)
     high = np.zeros(len(big), np.int64)
     for j in range(rev.raw_coded):
         has = n > 0
