@@ -16,7 +16,7 @@ from nicodec.codec import registry
 from nicodec.models.ctx.codec import load_weights
 from nicodec.models.ctx.coder import (NTOK, R4, R5, Tables, _flip, _ranged, _top_raw, _unranged,
                                      coded_raw, decode_tile, encode_tile, raw_rows, tokens)
-from nicodec.models.ctx.train import raw_tables
+from nicodec.models.ctx.train import class_edges, raw_tables
 from tests.test_ctx_side import _image, _refused_when_damaged
 
 
@@ -30,8 +30,10 @@ def _r5(r4: Tables, raw: np.ndarray | None = None, **rev) -> Tables:
     learns them, on a few synthetic images), passes split and not compact from a few dozen
     samples so small tiles take every path."""
     revision = replace(R5, compact_below=12, split_from=40, **rev)
-    tables = replace(r4, revision=revision)
+    tables = replace(r4, revision=revision, edges=class_edges(sub=revision.sub_steps))
     shape = (coded_raw(revision), raw_rows(tables), NTOK)
+    if not coded_raw(revision):
+        return tables
     if raw is None:
         collecting = replace(tables, raw=np.full(shape, TOTAL // 2, np.int64), collect_raw=[])
         for seed in range(3):
@@ -78,13 +80,21 @@ def test_r5_round_trips_every_shape_and_extreme(r4_tables, depth):
             assert (decode_tile(data, image.shape, depth, tables) == image).all()
 
 
-@pytest.mark.parametrize("coded, sign", [(1, False), (0, True), (3, False), (2, True)])
-def test_each_part_of_the_raw_coding_round_trips_alone(r4_tables, coded, sign):
+@pytest.mark.parametrize("coded, sign, ranged, clipped, sub", [
+    (1, False, False, False, 4), (0, True, False, False, 4), (3, False, False, False, 4),
+    (2, True, True, False, 4), (0, False, True, False, 4), (0, False, False, True, 4),
+    (2, True, True, True, 1)])
+def test_each_part_of_r5_round_trips_alone(r4_tables, coded, sign, ranged, clipped, sub):
     """One top bit, the sign alone, three top bits (tokens of three raw bits keep none
-    uniform)."""
-    tables = _r5(r4_tables, raw_coded=coded, raw_sign=sign)
+    uniform), the ranged residual and the clipped class alone, and all on a ladder without
+    steps (and so without r4's mixing)."""
+    tables = _r5(r4_tables, raw_coded=coded, raw_sign=sign, ranged=ranged,
+                 clipped_class=clipped, sub_steps=sub, prior_counts=(sub > 1) * R5.prior_counts,
+                 prior_choices=R5.prior_choices if sub > 1 else 1)
     for depth in (8, 16):
-        image = _image(41, 60, 3, depth=depth, seed=2)
+        top = (1 << depth) - 1
+        base = _image(41, 60, 3, depth=depth, seed=2)
+        image = np.minimum(top, 3 * base.astype(np.int64)).astype(base.dtype)  # clipped too
         data = encode_tile(image, depth, tables)
         assert (decode_tile(data, image.shape, depth, tables) == image).all()
 
