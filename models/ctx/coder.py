@@ -219,7 +219,7 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     tile's (r5 finds the first channel's values around the samples)."""
     return _colour_features(x, res, order[:c], at,
                             _own_features(x, res, c, order, at, nb, rev, p, err, depth, known,
-                                          width=width),
+                                          None, width),
                             known)
 
 
