@@ -1379,14 +1379,15 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
     whole = rev.first_plane and channels > 1
 
     def own(s: _Step, spare: _Spare | None) -> _Own:
-        """A step's own features (:func:`_own_features`). r5: the first channel's leave
-        nothing (its passes come first, alone); the later channels' first of a pass makes the
-        first channel's part of ``known`` again (it is whole by then), throwing its rows."""
+        """A step's own features (:func:`_own_features`). r5: the first channel's passes
+        come first, alone, so they leave nothing for the later channels (as if it were the
+        only one); the later channels' first of a pass makes the first channel's part of
+        ``known`` again (it is whole by then), throwing its rows."""
         mine = known.setdefault(s.p, {})
         if whole and s.c == 1:
             _own_features(x, res, 0, order, s.at, s.nb, rev, s.p, err, depth, mine, spare)
-        return _own_features(x, res, s.c, order, s.at, s.nb, rev, s.p, err, depth, mine, spare,
-                             width)
+        return _own_features(x, res, s.c, order[:1] if whole and not s.c else order, s.at,
+                             s.nb, rev, s.p, err, depth, mine, spare, width)
 
     ahead.start(own, _steps(height, width, order, rev, written=True), whole)
     for index, ((p, at, nb, c, ch, kind), own_rows) in enumerate(ahead):
