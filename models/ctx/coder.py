@@ -43,7 +43,10 @@ with the neighbouring class's (1/8 or 3/8 of it), so the tables follow the activ
 the classes' edges; each table is also blended with the token counts of its classes in the
 channel's previous pass, which the decoder already has (``_mix_weights``; how much the table
 weighs against them is chosen per pass and sent in 2 bits). The encoder picks the tables
-knowing both.
+knowing both. The candidate r5 (``first_plane``) codes all of the first channel's (G's) passes
+before the other channels', which then see it whole: its values around the sample and their
+colour difference to it at their neighbours, weighted by how little it changes on the way
+(``colour.guided``).
 """
 
 from __future__ import annotations
@@ -976,8 +979,12 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
                 lambda step: _fit_step(x, res, err, known, previous, step, order, depth,
                                        tables, width),
                 lanes):
-            if rev.first_plane and fitted.side.c > 0:
-                held.append(fitted)  # r5: written after the first channel's last pass
+            if rev.first_plane and fitted.side.c > 0:  # r5: written after the first
+                # channel's last pass, held in small integers (tokens below NTOK, raw values
+                # of at most 15 bits)
+                held.append(replace(fitted, tokens=[(f, t.astype(np.uint8))
+                                                    for f, t in fitted.tokens],
+                                    raw=[(k, v.astype(np.uint16)) for k, v in fitted.raw]))
             else:
                 _write_step(coder, side, fitted, tables)
         for fitted in held:
