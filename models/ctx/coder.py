@@ -173,7 +173,8 @@ class Revision:
     first_plane: bool = False  # r5: the first channel's (G's) passes all come before the other
     # channels' (which follow pass by pass as before; ``_steps``), so these see it whole in the
     # passes that are not compact: its values around the sample (``_around``) and their colour
-    # difference to it at their neighbours interpolated along it (``colour.guided``)
+    # difference to it at their neighbours interpolated along it (``colour.guided``), and
+    # the spread of those differences as an activity feature (``colour.guided_spread``)
 
     @property
     def mixed_tables(self) -> bool:
@@ -266,7 +267,7 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
                   spare and spare.features)
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
-    act = _Rows(len(nb) + 4 + c, len(at), spare and spare.activity)
+    act = _Rows(len(nb) + 4 + c + whole, len(at), spare and spare.activity)
     own = [feats.take(x[ch], i) for i in nb]
     if own:
         mine = directional(own[:4])
@@ -293,8 +294,10 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
         values = colour.slope_sums(feats.rows[:len(nb)], depth, later) if slopes else None
         if whole:
             first = _surround(x, order[0], at, p, depth, known, width)
-            feats.put(*first.around, colour.guided(first.guide, feats.rows[:len(nb)],
-                                                   first.neighbours))
+            difference = colour.guided(first.guide, feats.rows[:len(nb)], first.neighbours)
+            feats.put(*first.around, difference)
+            colour.guided_spread(first.guide, feats.rows[:len(nb)], first.neighbours,
+                                 difference, act.next())
         known[ch] = _Known(mine, neighbours, residuals, values)
     else:
         residuals = values = None

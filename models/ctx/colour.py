@@ -142,3 +142,16 @@ def guided(weights: np.ndarray, mine: np.ndarray, theirs: np.ndarray) -> np.ndar
     k = len(mine)
     total = np.einsum("kn,kn->n", weights[:k], mine) - np.einsum("kn,kn->n", weights[:k], theirs)
     return np.floor(total * (1 << GUIDE_FRAC) / weights[k])
+
+
+def guided_spread(weights: np.ndarray, mine: np.ndarray, theirs: np.ndarray,
+                  difference: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """r5's activity feature of the later channels: how far the differences at the neighbours
+    (``mine`` - ``theirs``) lie from their :func:`guided` mean ``difference``, with the same
+    weights: floor(sum w |2**GUIDE_FRAC (m - t) - difference| / sum w), into ``out``. Where
+    the colour difference changes around the sample, its interpolation is less sure. Exact:
+    the products are integers below 2**40 (16-bit samples), their sums below 2**44, and the
+    quotient's floor is the integer quotient's (as in :func:`guided`)."""
+    k = len(mine)
+    spread = np.abs((mine - theirs) * (1 << GUIDE_FRAC) - difference)
+    return np.floor(np.einsum("kn,kn->n", weights[:k], spread) / weights[k], out=out)
