@@ -1,6 +1,7 @@
 """ctx-photo coder revision r5's candidate flag ``first_plane``: the first channel's passes all
 come before the other channels' (which follow pass by pass), which then see it whole: its
-values around the sample and their colour difference to it interpolated along it. Exact for
+values around the sample, their colour difference to it interpolated along it and that
+difference's spread. Exact for
 every tile shape, channel count and depth, the same bytes for any thread count of the encoder
 and samples for any of the decoder; gray tiles are r4's."""
 
@@ -82,9 +83,10 @@ def test_the_first_channel_around_a_sample():
 
 @pytest.mark.parametrize("depth", [8, 16])
 def test_the_guided_difference_is_exact_at_its_largest_inputs(depth):
-    """Weights floor(2**20 / (cost + 1)**2) from path costs up to and beyond the cap, and the
-    weighted mean of differences at the ends of the range with the largest neighbourhood (20):
-    the float floors equal the integer formula's (Python fractions)."""
+    """Weights floor(2**20 / (cost + 1)**2) from path costs up to and beyond the cap, the
+    weighted mean of differences at the ends of the range with the largest neighbourhood (20)
+    and their weighted spread about it: the float floors equal the integer formulas' (Python
+    integers and fractions)."""
     rng = np.random.default_rng(17)
     n, k, top = 4000, 20, (1 << depth) - 1
     here = rng.integers(0, top + 1, n)
@@ -98,6 +100,8 @@ def test_the_guided_difference_is_exact_at_its_largest_inputs(depth):
     weights = colour.guide_weights(here.astype(np.float64), theirs.astype(np.float64),
                                    {i: m.astype(np.float64) for i, m in mids.items()}, depth)
     got = colour.guided(weights, mine.astype(np.float64), theirs.astype(np.float64))
+    spread = colour.guided_spread(weights, mine.astype(np.float64), theirs.astype(np.float64),
+                                  got, np.empty(n))
     shift = depth - 8
     for j in range(0, n, 7):
         w = []
@@ -108,6 +112,9 @@ def test_the_guided_difference_is_exact_at_its_largest_inputs(depth):
         assert weights[:k, j].tolist() == w and weights[k, j] == sum(w)
         total = sum(wi * (int(mine[i, j]) - int(theirs[i, j])) for i, wi in enumerate(w))
         assert got[j] == Fraction(total * (1 << GUIDE_FRAC), sum(w)).__floor__()
+        far = sum(wi * abs((int(mine[i, j]) - int(theirs[i, j])) * (1 << GUIDE_FRAC) - int(got[j]))
+                  for i, wi in enumerate(w))
+        assert spread[j] == far // sum(w)
 
 
 def test_r5_damaged_payloads_raise_or_decode_in_range():
