@@ -46,7 +46,7 @@ weighs against them is chosen per pass and sent in 2 bits). The encoder picks th
 knowing both. The candidate r5 (``first_plane``) codes all of the first channel's (G's) passes
 before the other channels', which then see it whole: its values around the sample and their
 colour difference to it at their neighbours, weighted by how little it changes on the way
-(``colour.guided``).
+(``colour.guided``), and how far those differences spread as an activity feature.
 """
 
 from __future__ import annotations
