@@ -153,5 +153,8 @@ def guided_spread(weights: np.ndarray, mine: np.ndarray, theirs: np.ndarray,
     the products are integers below 2**40 (16-bit samples), their sums below 2**44, and the
     quotient's floor is the integer quotient's (as in :func:`guided`)."""
     k = len(mine)
-    spread = np.abs((mine - theirs) * (1 << GUIDE_FRAC) - difference)
+    spread = np.subtract(mine, theirs)  # one (K, n) array, worked on in place
+    spread *= 1 << GUIDE_FRAC
+    spread -= difference
+    np.abs(spread, out=spread)
     return np.floor(np.einsum("kn,kn->n", weights[:k], spread) / weights[k], out=out)
