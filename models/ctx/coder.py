@@ -43,12 +43,16 @@ with the neighbouring class's (1/8 or 3/8 of it), so the tables follow the activ
 the classes' edges; each table is also blended with the token counts of its classes in the
 channel's previous pass, which the decoder already has (``_mix_weights``; how much the table
 weighs against them is chosen per pass and sent in 2 bits). The encoder picks the tables
-knowing both. r5 codes the top two raw bits under a large sample's token, and its lowest
-(the residual's sign), with the weight file's probability of a 1 for the sample's class and
-token (the density falls inside a token's range, the more so the narrower the class; a
-large residual's sign is skewed too), the bits between them still uniform; zigzags the
-residual only while both its signs are possible from the prediction (``_ranged``); and puts
-the samples whose prediction was clipped to the sample range in a class of their own.
+knowing both. r5 codes all of the first channel's (G's) passes before the other channels',
+which then see it whole: its values around the sample and their colour difference to it at
+their neighbours, weighted by how little it changes on the way (``colour.guided``), and how
+far those differences spread as an activity feature. It also codes the top two raw bits
+under a large sample's token, and its lowest (the residual's sign), with the weight file's
+probability of a 1 for the sample's class and token (the density falls inside a token's
+range, the more so the narrower the class; a large residual's sign is skewed too), the bits
+between them still uniform; zigzags the residual only while both its signs are possible
+from the prediction (``_ranged``); and puts the samples whose prediction was clipped to the
+sample range in a class of their own.
 """
 
 from __future__ import annotations
@@ -184,6 +188,11 @@ class Revision:
     # possible from the prediction, beyond that it counts on along the possible side
     # (``_ranged``): a prediction near 0 or the top no longer spends codes on values that
     # need a wrap around the range
+    first_plane: bool = False  # r5: the first channel's (G's) passes all come before the other
+    # channels' (which follow pass by pass as before; ``_steps``), so these see it whole in the
+    # passes that are not compact: its values around the sample (``_around``) and their colour
+    # difference to it at their neighbours interpolated along it (``colour.guided``), and
+    # the spread of those differences as an activity feature (``colour.guided_spread``)
 
     @property
     def mixed_tables(self) -> bool:
@@ -200,7 +209,8 @@ R3 = replace(R2, coded_side=True, same_middle=True, pair_errors=True,
              compact_below=COMPACT_BELOW_R3, split_from=SPLIT_FROM_R3, split_top=2)
 R4 = replace(R3, colour_ratio=True, colour_slope=True, sub_steps=SUB_STEPS,
              prior_counts=PRIOR_COUNTS, prior_choices=PRIOR_CHOICES)
-R5 = replace(R4, raw_coded=RAW_CODED, raw_sign=True, ranged=True, clipped_class=True)
+R5 = replace(R4, first_plane=True, raw_coded=RAW_CODED, raw_sign=True, ranged=True,
+             clipped_class=True)
 REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4, 5: R5}
 SHIPPED = 4  # the revision of the shipped weights (``train.py``'s default)
 
@@ -223,7 +233,7 @@ class Tables:
 
 def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
               nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None, depth: int,
-              known: dict[int, _Known]) -> tuple[np.ndarray, np.ndarray]:
+              known: dict[int, _Known], width: int) -> tuple[np.ndarray, np.ndarray]:
     """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
     as float64 rows holding integers (products with the fixed-point weights stay exact; so do
     the features' own sums, products and floor divisions, all far below 2**53), each with a
@@ -232,9 +242,11 @@ def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.n
     the order of ``p.offsets``; ``err``: r3's pair misses (:func:`_record_pair_errors`);
     ``known``: what each channel coded earlier in this pass left for the later ones (its
     values at the neighbours, its nonlinear features: the later channels see its value minus
-    them; r4's sums over its neighbours), to which this channel's is added."""
+    them; r4's sums over its neighbours), to which this channel's is added; ``width``: the
+    tile's (r5 finds the first channel's values around the samples)."""
     return _colour_features(x, res, order[:c], at,
-                            _own_features(x, res, c, order, at, nb, rev, p, err, depth, known),
+                            _own_features(x, res, c, order, at, nb, rev, p, err, depth, known,
+                                          None, width),
                             known)
 
 
@@ -255,9 +267,11 @@ class _Own(NamedTuple):
 
 def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
                   nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None,
-                  depth: int, known: dict[int, _Known], spare: _Spare | None = None) -> _Own:
+                  depth: int, known: dict[int, _Known], spare: _Spare | None = None,
+                  width: int = 0) -> _Own:
     """The first part of :func:`_features`: the rows that read only channel ``order[c]`` (its
-    samples and residuals at the neighbours, coded in earlier passes), and what it leaves in
+    samples and residuals at the neighbours, coded in earlier passes; r5: and the first
+    channel, whole by then, around the samples, :func:`_surround`), and what it leaves in
     ``known``. The decoder computes it ahead, while the earlier channels of the pass are still
     being decoded, writing the rows into ``spare``'s arrays."""
     ch = order[c]
@@ -270,11 +284,13 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
     ratios = rev.colour_ratio and rev.all_residuals and not compact and len(nb) > 0
     slopes = rev.colour_slope and rev.all_colour and not compact and len(nb) > 0
     later = c < len(order) - 1  # a later channel of the pass will read this one's sums
+    whole = rev.first_plane and c > 0 and not compact and len(nb) > 0  # r5
     feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1)
-                  + (ratios + slopes) * c, len(at), spare and spare.features)
+                  + (ratios + slopes) * c + whole * (len(_around(p)) + 1), len(at),
+                  spare and spare.features)
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
-    act = _Rows(len(nb) + 4 + c, len(at), spare and spare.activity)
+    act = _Rows(len(nb) + 4 + c + whole, len(at), spare and spare.activity)
     own = [feats.take(x[ch], i) for i in nb]
     if own:
         mine = directional(own[:4])
@@ -299,6 +315,12 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
             np.abs(signed, out=act.next())
         residuals = colour.ratio_sums(feats.rows[first:feats.k], depth, later) if ratios else None
         values = colour.slope_sums(feats.rows[:len(nb)], depth, later) if slopes else None
+        if whole:
+            first = _surround(x, order[0], at, p, depth, known, width)
+            difference = colour.guided(first.guide, feats.rows[:len(nb)], first.neighbours)
+            feats.put(*first.around, difference)
+            colour.guided_spread(first.guide, feats.rows[:len(nb)], first.neighbours,
+                                 difference, act.next())
         known[ch] = _Known(mine, neighbours, residuals, values)
     else:
         residuals = values = None
@@ -338,6 +360,46 @@ class _Known(NamedTuple):
     neighbours: np.ndarray | list  # a copy of its values at the neighbours (none if compact)
     residuals: colour.Sums | None = None  # r4: for the colour ratios
     values: colour.Sums | None = None  # r4: for the colour slopes
+    around: np.ndarray | None = None  # r5, the first channel: its values around the samples
+    guide: np.ndarray | None = None  # r5, the first channel: the guided difference's weights
+
+
+def _around(p: Pass) -> tuple[tuple[int, int], ...]:
+    """r5: where the later channels of a pass see the first channel's values besides the pass's
+    neighbours: at the level's distance h, those the pass lacks (the centres' (D) nearest four
+    on the axes, the horizontal midpoints' (A1) diagonals; the vertical midpoints' (A2) have
+    all eight), and from h = 2 on the eight pixels next to the sample (screened on six Kodak
+    images: the first alone -0.002 bpp, both -0.011)."""
+    h = p.half
+    level = ((0, -h), (0, h), (-h, 0), (h, 0)) if p.oy and p.ox else \
+        ((-h, -h), (-h, h), (h, -h), (h, h)) if p.ox else ()
+    ring = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
+    return level + (ring if h >= 2 else ())
+
+
+def _surround(x: np.ndarray, g: int, at: np.ndarray, p: Pass, depth: int,
+              known: dict[int, _Known], width: int) -> _Known:
+    """r5: the first channel ``g``'s rows that the later channels of a pass see (made by the
+    first of them, kept in ``known[g]`` for the others): its values around the samples
+    (:func:`_around`), and the weights of :func:`colour.guided` from its path costs from each
+    sample to each neighbour through the pixel halfway (offsets halved, rounded toward 0;
+    the neighbours next to the sample are reached directly). Any pixel inside the tile is
+    known (the first channel is whole), so the positions are mirrored at the tile's edges
+    (``Pass.flat`` with a unit half)."""
+    mine = known[g]
+    if mine.around is None:
+        ring = _around(p)
+        halves = [(int(dy / 2), int(dx / 2)) for dy, dx in p.offsets]
+        far = [k for k, o in enumerate(halves) if o != (0, 0)]
+        _, found = Pass(p.oy, p.ox, p.step, 1, ring + tuple(halves[k] for k in far),
+                        p.parity).flat(x.shape[1] // width, width)
+        around = np.empty((len(ring), len(at)))
+        for row, i in zip(around, found):
+            x[g].take(i, out=row)
+        mids = dict(zip(far, (x[g].take(i) for i in found[len(ring):])))
+        mine = known[g] = mine._replace(around=around, guide=colour.guide_weights(
+            x[g].take(at), mine.neighbours, mids, depth))
+    return mine
 
 
 def _pairs(p: Pass) -> tuple[tuple[int, int, int, int], int, tuple[int, int]]:
@@ -935,15 +997,24 @@ class _Step(NamedTuple):
     kind: int  # the pass's kind, for r3's side information
 
 
-def _steps(height: int, width: int, order: list[int], rev: Revision) -> Iterator[_Step]:
-    """The coding steps of a tile, in order, the same for the encoder and the decoder."""
-    for p in passes(height, width, rev.split_from if rev.split_finest else None, rev.split_top):
-        at, nb = p.flat(height, width)
-        if not len(at):
-            continue
-        kind = coded.kind(p, len(at) < rev.compact_below)
-        for c, ch in enumerate(order):
-            yield _Step(p, at, nb, c, ch, kind)
+def _steps(height: int, width: int, order: list[int], rev: Revision, written: bool = False
+           ) -> Iterator[_Step]:
+    """The coding steps of a tile, pass by pass, each pass's channels in ``order`` (the
+    encoder's fits); ``written``: in the payload's order (the decoder's), where r5 has all the
+    first channel's passes first, then the other channels' pass by pass."""
+    plan = passes(height, width, rev.split_from if rev.split_finest else None, rev.split_top)
+    channels = list(enumerate(order))
+    sweeps = [channels]
+    if written and rev.first_plane and len(order) > 1:
+        sweeps = [channels[:1], channels[1:]]
+    for sweep in sweeps:
+        for p in plan:
+            at, nb = p.flat(height, width)
+            if not len(at):
+                continue
+            kind = coded.kind(p, len(at) < rev.compact_below)
+            for c, ch in sweep:
+                yield _Step(p, at, nb, c, ch, kind)
 
 
 @dataclass
@@ -969,7 +1040,10 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     fitted on two threads (:func:`_in_order`): a step needs only its own channel's previous
     pass and the earlier channels of its pass, so the channels run as far ahead of one another
     as that allows. The steps are written in order by this thread, and BLAS runs on one thread
-    throughout, so the bytes are the same for any ``threads``."""
+    throughout, so the bytes are the same for any ``threads``. r5 fits in the same order but
+    writes the first channel's steps first (:func:`_steps`): what the later channels read of
+    it beyond their pass's steps are its samples, which the encoder has, so only the writing
+    waits (holding their fitted steps)."""
     rev = tables.revision
     height, width, channels = tile.shape
     x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.float64).reshape(channels, -1)
@@ -980,20 +1054,30 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     coder = PacketEncoder()
     side = _Side(enc=coder)
     previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its last pass
+    held: list[_Fitted] = []  # r5: the later channels' steps, fitted in pass order
     lanes = _lanes(channels, threads)  # before BLAS is held at one thread
     with _one_blas_thread():
         for fitted in _in_order(
                 _steps(height, width, order, rev),
                 lambda step: _fit_step(x, res, err, known, previous, step, order, depth,
-                                       tables),
+                                       tables, width),
                 lanes):
+            if rev.first_plane and fitted.side.c > 0:  # r5: written after the first
+                # channel's last pass, held in small integers (tokens below NTOK, raw values
+                # of at most 15 bits)
+                held.append(replace(fitted, tokens=[(f, t.astype(np.uint8))
+                                                    for f, t in fitted.tokens],
+                                    raw=[(k, v.astype(np.uint16)) for k, v in fitted.raw]))
+            else:
+                _write_step(coder, side, fitted, tables)
+        for fitted in held:
             _write_step(coder, side, fitted, tables)
     return coder.finish()
 
 
 def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
               known: dict[Pass, dict[int, _Known]], previous: dict[int, np.ndarray],
-              step: _Step, order: list[int], depth: int, tables: Tables) -> _Fitted:
+              step: _Step, order: list[int], depth: int, tables: Tables, width: int) -> _Fitted:
     """Fit one step's predictor and activity estimate, and record its residuals in ``res``
     (and r3's pair misses in ``err``). ``known``: what each channel of each pass leaves for
     the later channels of the pass (dropped after its last); ``previous``: r4's class counts
@@ -1002,7 +1086,8 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     p, at, nb, c, ch, kind = step
     rev = tables.revision
     half = 1 << (depth - 1)
-    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known.setdefault(p, {}))
+    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known.setdefault(p, {}),
+                           width)
     if c == len(order) - 1:
         del known[p]
     target = x[ch, at].astype(np.int64)
@@ -1326,8 +1411,8 @@ class _Ahead:
     """The decoder's steps, each with its features from its own channel (``work(step,
     spare)``, a step's :func:`_own_features`), in step order. With two lanes a second thread
     makes them while this one decodes: a step's own features read only its channel's earlier
-    passes, so they may start once the step ``lag`` before (the same channel a pass before) is
-    decoded. It keeps at most one step ready beyond the one being decoded, and stops when the
+    passes, so they may start once the same channel's step before is decoded (r5: for the
+    later channels, also the first channel's last: they read it whole). It keeps at most one step ready beyond the one being decoded, and stops when the
     context ends (a damaged payload's error included)."""
 
     def __init__(self, lanes: int) -> None:
@@ -1338,9 +1423,10 @@ class _Ahead:
         self.stop = False
 
     def start(self, work: Callable[[_Step, _Spare | None], _Own], steps: Iterator[_Step],
-              lag: int) -> None:
-        """Begin with ``steps`` (on the second thread with two lanes)."""
-        self.work, self.steps, self.lag = work, steps, lag
+              whole: bool = False) -> None:
+        """Begin with ``steps`` (on the second thread with two lanes); ``whole``: the later
+        channels' steps read the first channel whole (r5)."""
+        self.work, self.steps, self.whole = work, steps, whole
         if self.lanes > 1:
             self.spares = [_Spare(), _Spare()]  # the step being decoded's, the next one's
             self.made: queue.SimpleQueue = queue.SimpleQueue()
@@ -1375,10 +1461,15 @@ class _Ahead:
 
     def _run(self) -> None:
         try:
+            last: dict[int, int] = {}  # each channel's last step
             for index, step in enumerate(self.steps):
+                need = last.get(step.c, -1)
+                if self.whole and step.c:
+                    need = max(need, last.get(0, -1))
+                last[step.c] = index
                 with self.changed:
                     self.changed.wait_for(lambda: self.stop or (
-                        self.decoded > index - self.lag and self.asked >= index - 1))
+                        self.decoded > need and self.asked >= index - 1))
                     if self.stop:
                         return
                 self.made.put((step, self.work(step, self.spares[index % 2])))
@@ -1428,12 +1519,23 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
     # what each pass's channels leave for the later ones (dropped after its last)
     known: dict[Pass, dict[int, _Known]] = {}
     previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its last pass
-    ahead.start(lambda s, spare: _own_features(x, res, s.c, order, s.at, s.nb, rev, s.p, err,
-                                               depth, known.setdefault(s.p, {}), spare),
-                _steps(height, width, order, rev), len(order))
-    for index, ((p, at, nb, c, ch, kind), own) in enumerate(ahead):
-        feats, act = _colour_features(x, res, order[:c], at, own, known[p])
-        if c == len(order) - 1:
+    whole = rev.first_plane and channels > 1
+
+    def own(s: _Step, spare: _Spare | None) -> _Own:
+        """A step's own features (:func:`_own_features`). r5: the first channel's passes
+        come first, alone, so they leave nothing for the later channels (as if it were the
+        only one); the later channels' first of a pass makes the first channel's part of
+        ``known`` again (it is whole by then), throwing its rows."""
+        mine = known.setdefault(s.p, {})
+        if whole and s.c == 1:
+            _own_features(x, res, 0, order, s.at, s.nb, rev, s.p, err, depth, mine, spare)
+        return _own_features(x, res, s.c, order[:1] if whole and not s.c else order, s.at,
+                             s.nb, rev, s.p, err, depth, mine, spare, width)
+
+    ahead.start(own, _steps(height, width, order, rev, written=True), whole)
+    for index, ((p, at, nb, c, ch, kind), own_rows) in enumerate(ahead):
+        feats, act = _colour_features(x, res, order[:c], at, own_rows, known[p])
+        if c == len(order) - 1 or (whole and c == 0):
             del known[p]
         if rev.coded_side:
             frac, w, bias, shift, ew, ebias = _get_coded(

@@ -22,6 +22,9 @@ SLOPE_NEAR = 4  # r4: weight of the nearest four in the colour slopes, against 1
 SLOPE_RIDGE = 1024  # r4: added to the colour slopes' denominators, in (4 x 8-bit units)**2
 # (with the nearest four weighted 2: 64 +0.0020 bpp, 256 +0.0009, 4096 +0.0008, 16 384 +0.0027)
 SLOPE_FRAC = 2  # r4: fractional bits of a colour slope feature
+GUIDE_CAP = 1023  # r5: the largest path cost (8-bit units) of the guided colour difference
+GUIDE_ONE = 1 << 20  # r5: its weights are floor(GUIDE_ONE / (cost + 1)**2), at least 1
+GUIDE_FRAC = 2  # r5: fractional bits of the guided colour difference
 
 
 class Sums(NamedTuple):
@@ -102,3 +105,56 @@ def colour_slope(mine: Sums, theirs: Sums, here: np.ndarray, nearest: np.ndarray
         + mine.near * theirs.near * weights
     deviation = 4 * here - nearest.sum(0)
     return np.floor(deviation * cross * (1 << SLOPE_FRAC) / (theirs.energy + SLOPE_RIDGE))
+
+
+def guide_weights(here: np.ndarray, theirs: np.ndarray, mids: dict[int, np.ndarray],
+                  depth: int) -> np.ndarray:
+    """r5: the weights (K + 1, n) of :func:`guided` from the first channel, whole: for each
+    neighbour k, floor(GUIDE_ONE / (cost + 1)**2), the cost being how much the first channel
+    changes on the way from the sample (``here``) to its value at the neighbour
+    (``theirs[k]``): |here - m| + |m - theirs[k]| through its value ``mids[k]`` halfway, or
+    |here - theirs[k]| for a neighbour next to the sample (in 8-bit units, rounded down, at
+    most GUIDE_CAP); their sum last. As in demosaicing, a colour difference is interpolated
+    from where the first channel does not cross an edge. Exact: the quotients' floors are
+    those of integers (numerator 2**20, quotient at most 2**20)."""
+    k = len(theirs)
+    out = np.empty((k + 1, len(here)))
+    for i in range(k):
+        cost = np.abs(here - theirs[i])
+        if i in mids:
+            cost = np.abs(here - mids[i]) + np.abs(mids[i] - theirs[i])
+        if depth > 8:
+            cost = np.floor(cost / (1 << (depth - 8)))
+        np.minimum(cost, GUIDE_CAP, out=cost)
+        cost += 1
+        out[i] = np.floor(GUIDE_ONE / (cost * cost))
+    out[k] = out[:k].sum(0)
+    return out
+
+
+def guided(weights: np.ndarray, mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """r5: a later channel's difference to the first channel at the neighbours (its values
+    ``mine`` (K, n), the first channel's ``theirs``), interpolated with the weights of
+    :func:`guide_weights`: floor(2**GUIDE_FRAC sum w (m - t) / sum w). Exact: the products
+    are integers below 2**37 (16-bit samples), their sums below 2**41, the quotient below
+    2**18 and the denominator at most 2**24, so the float quotient's floor is the integer
+    quotient's (as in ``coder._weighted``)."""
+    k = len(mine)
+    total = np.einsum("kn,kn->n", weights[:k], mine) - np.einsum("kn,kn->n", weights[:k], theirs)
+    return np.floor(total * (1 << GUIDE_FRAC) / weights[k])
+
+
+def guided_spread(weights: np.ndarray, mine: np.ndarray, theirs: np.ndarray,
+                  difference: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """r5's activity feature of the later channels: how far the differences at the neighbours
+    (``mine`` - ``theirs``) lie from their :func:`guided` mean ``difference``, with the same
+    weights: floor(sum w |2**GUIDE_FRAC (m - t) - difference| / sum w), into ``out``. Where
+    the colour difference changes around the sample, its interpolation is less sure. Exact:
+    the products are integers below 2**40 (16-bit samples), their sums below 2**44, and the
+    quotient's floor is the integer quotient's (as in :func:`guided`)."""
+    k = len(mine)
+    spread = np.subtract(mine, theirs)  # one (K, n) array, worked on in place
+    spread *= 1 << GUIDE_FRAC
+    spread -= difference
+    np.abs(spread, out=spread)
+    return np.floor(np.einsum("kn,kn->n", weights[:k], spread) / weights[k], out=out)
