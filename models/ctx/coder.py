@@ -923,7 +923,10 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     spares: queue.SimpleQueue = queue.SimpleQueue()  # the rows of the steps no longer in flight
 
     def prepare(s: _Step) -> tuple[_Own, _Spare]:
-        spare = _Spare() if spares.empty() else spares.get()
+        try:
+            spare = spares.get_nowait()
+        except queue.Empty:
+            spare = _Spare()
         return _own_features(x, res, s.c, order, s.at, s.nb, rev, s.p, err, depth,
                              known.setdefault(s.p, {}), spare), spare
 
