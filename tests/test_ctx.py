@@ -279,6 +279,50 @@ def test_each_step_starts_after_the_steps_it_reads():
     assert ended == set(range(len(steps)))
 
 
+def test_a_step_is_prepared_once_its_channel_s_previous_pass_is_fitted():
+    """With ``prepare`` (the encoder's features of a step from its own channel), the
+    two-thread scheduler prepares a step once its own channel's previous pass is fitted, fits
+    it once it is prepared and the earlier channels of its pass are fitted, hands the fit what
+    was prepared, and yields the fits in step order."""
+    import threading
+    import time
+
+    from nicodec.models.ctx import coder
+
+    steps = list(coder._steps(70, 129, [1, 0, 2], R3))
+    index = {id(step): k for k, step in enumerate(steps)}
+    events, lock = [], threading.Lock()
+
+    def traced(what, step, result):
+        k = index[id(step)]
+        with lock:
+            events.append((what, "start", k))
+        time.sleep(0.001 * (k % 3))
+        with lock:
+            events.append((what, "end", k))
+        return result
+
+    def fit(step, prepared):
+        assert prepared == ("prepared", index[id(step)])
+        return traced("fit", step, index[id(step)])
+
+    results = coder._in_order(iter(steps), fit, 2,
+                              lambda step: traced("prepare", step, ("prepared", index[id(step)])))
+    assert list(results) == list(range(len(steps)))
+    ended = set()
+    for what, when, k in events:
+        if when == "end":
+            ended.add((what, k))
+            continue
+        own = [j for j in range(k) if steps[j].c == steps[k].c][-1:]
+        same_pass = [j for j in range(k) if steps[j].p == steps[k].p]
+        needs = {("fit", j) for j in own}
+        if what == "fit":
+            needs |= {("prepare", k)} | {("fit", j) for j in same_pass}
+        assert needs <= ended, (what, k)
+    assert len(ended) == 2 * len(steps)
+
+
 def test_the_scheduler_starts_no_step_once_its_caller_stops():
     """Closing the results early (the writer failed) lets the steps in flight end and starts
     no other."""

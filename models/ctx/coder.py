@@ -77,7 +77,9 @@ from nicodec.models.ctx.tokens import uniform as _uniform
 NTOK = 40  # tokens of 16-bit samples: 16 + 2 per octave from 2**4 to 2**15
 EST_FRAC = 8  # fixed-point bits of the activity weights
 LS_ROWS = 100_000  # samples the encoder's last least-squares fit looks at (a regular subsample)
-IRLS_ROWS = 25_000  # the subsample of the reweighting rounds and of the activity fit
+IRLS_ROWS = 25_000  # the subsample of the reweighting rounds (r1) and of the activity fit
+REWEIGHT_ROWS = 12_500  # r2 on: the reweighting rounds' subsample (of the last fit's rows);
+# 25 000: Kodak 0.0005 bpp smaller, 6% more encoder CPU; 10 000: 0.0027 bpp larger
 IRLS_FLOOR = 3.0  # row weights 1/(|residual| + this): measured 2-4 alike, 1 worse
 PRED_BITS = 14  # magnitude bits of the largest prediction weight (10 cost 0.025 bpp)
 PRED_BITS_MIN = 8  # r2: the fewest, for the smallest passes
@@ -231,25 +233,6 @@ class Tables:
     collect_raw: list | None = field(default=None)  # training: every step's coded raw bits
 
 
-def _features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
-              nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None, depth: int,
-              known: dict[int, _Known], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(prediction features (k + 1, n), activity features (m + 1, n)) of channel ``order[c]``,
-    as float64 rows holding integers (products with the fixed-point weights stay exact; so do
-    the features' own sums, products and floor divisions, all far below 2**53), each with a
-    last row of ones for the bias (so the fits need not copy them). ``x`` and ``res`` are
-    float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours' in
-    the order of ``p.offsets``; ``err``: r3's pair misses (:func:`_record_pair_errors`);
-    ``known``: what each channel coded earlier in this pass left for the later ones (its
-    values at the neighbours, its nonlinear features: the later channels see its value minus
-    them; r4's sums over its neighbours), to which this channel's is added; ``width``: the
-    tile's (r5 finds the first channel's values around the samples)."""
-    return _colour_features(x, res, order[:c], at,
-                            _own_features(x, res, c, order, at, nb, rev, p, err, depth, known,
-                                          None, width),
-                            known)
-
-
 class _Own(NamedTuple):
     """A step's features from its own channel (:func:`_own_features`), the rows of the earlier
     channels of its pass still to come (:func:`_colour_features`)."""
@@ -269,11 +252,22 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
                   nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None,
                   depth: int, known: dict[int, _Known], spare: _Spare | None = None,
                   width: int = 0) -> _Own:
-    """The first part of :func:`_features`: the rows that read only channel ``order[c]`` (its
-    samples and residuals at the neighbours, coded in earlier passes; r5: and the first
-    channel, whole by then, around the samples, :func:`_surround`), and what it leaves in
-    ``known``. The decoder computes it ahead, while the earlier channels of the pass are still
-    being decoded, writing the rows into ``spare``'s arrays."""
+    """The first part of a step's features (:func:`_colour_features` makes the rest): the
+    prediction features (k + 1, n) and activity features (m + 1, n) of channel ``order[c]``,
+    as float64 rows holding integers (products with the fixed-point weights stay exact; so do
+    the features' own sums, products and floor divisions, all far below 2**53), each with a
+    last row of ones for the bias (so the fits need not copy them). ``x`` and ``res`` are
+    float64 (C, H*W) planes, ``at`` the samples' flat positions, ``nb`` their neighbours' in
+    the order of ``p.offsets``; ``err``: r3's pair misses (:func:`_record_pair_errors`);
+    ``known``: what each channel coded earlier in this pass left for the later ones (its
+    values at the neighbours, its nonlinear features: the later channels see its value minus
+    them; r4's sums over its neighbours), to which this channel's is added; ``width``: the
+    tile's (r5 finds the first channel's values around the samples). This part makes the rows
+    that read only channel ``order[c]`` (its samples and residuals at the neighbours, coded in
+    earlier passes; r5: and the first channel, whole by then, around the samples,
+    :func:`_surround`), and what it leaves in ``known``. The decoder computes it ahead,
+    while the earlier channels of the pass are still being decoded, and the two-thread encoder
+    as a task of its own (:func:`_in_order`), writing the rows into ``spare``'s arrays."""
     ch = order[c]
     compact = len(at) < rev.compact_below
     if compact:  # a pass of few samples: fewer weights to send
@@ -329,9 +323,9 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
 
 def _colour_features(x: np.ndarray, res: np.ndarray, earlier: list[int], at: np.ndarray,
                      o: _Own, known: dict[int, _Known]) -> tuple[np.ndarray, np.ndarray]:
-    """The rest of :func:`_features`: the rows of the ``earlier`` channels of the pass (their
-    values and residuals at the samples, their values at the neighbours, r4's colour ratios
-    and slopes), then the rows of ones."""
+    """The rest of a step's features (:func:`_own_features`): the rows of the ``earlier``
+    channels of the pass (their values and residuals at the samples, their values at the
+    neighbours, r4's colour ratios and slopes), then the rows of ones."""
     feats, act, nb, compact, ratios, slopes, colour_near, residuals, values = o
     ratio_rows, slope_rows = [], []
     for c2 in earlier:
@@ -478,27 +472,32 @@ def _record_pair_errors(err: np.ndarray, ch: int, at: np.ndarray, values: np.nda
 
 
 class _Spare:
-    """The two-thread decoder's arrays for one step's feature rows, reused from step to step
-    (it keeps two: the step being decoded and the one made ahead). Each step allocating its
-    own, tens of MB, costs page faults, and on two threads their unmapping interrupts the other
-    CPU too (TLB shootdowns): kodim01 took 0.25-0.35 s of system time per decode on two
-    threads, 0.07-0.15 s with these (a loaded machine)."""
+    """Arrays for one step's feature rows (and the encoder's fits' float rows), reused from
+    step to step: the two-thread decoder keeps two (the step being decoded and the one made
+    ahead), the encoder one per step in flight. Each step allocating its own, tens of MB, costs
+    page faults, and on two threads their unmapping interrupts the other CPU too (TLB
+    shootdowns): kodim01 took 0.25-0.35 s of system time per decode on two threads, 0.07-0.15 s
+    with these (a loaded machine)."""
 
     class Array:
         """One flat array, grown when a step needs more."""
 
         def __init__(self) -> None:
-            self.flat = np.empty(0)
+            self.flat = np.empty(0, np.uint8)
 
-        def rows(self, count: int, n: int) -> np.ndarray:
-            """A (count, n) view, its contents undefined."""
-            if self.flat.size < count * n:
+        def rows(self, count: int, n: int, dtype: type = np.float64) -> np.ndarray:
+            """A (count, n) view of ``dtype``, its contents undefined."""
+            size = count * n * np.dtype(dtype).itemsize
+            if self.flat.size < size:
                 self.flat = None  # freed first (no step reads it any more)
-                self.flat = np.empty(count * n)
-            return self.flat[:count * n].reshape(count, n)
+                self.flat = np.empty(size, np.uint8)
+            return self.flat[:size].view(dtype).reshape(count, n)
 
     def __init__(self) -> None:
         self.features, self.activity = self.Array(), self.Array()
+        # the encoder's fits (:func:`_fit_robust`, :func:`_fit_scale`): their centred rows,
+        # the reweighting rounds' subsample of them, the weighted copy
+        self.fit, self.small, self.scratch = self.Array(), self.Array(), self.Array()
 
 
 class _Rows:
@@ -527,7 +526,8 @@ class _Rows:
 
 
 def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = None,
-                rounds: int = 3, rough: type = np.float32) -> np.ndarray:
+                rounds: int = 3, rough: type = np.float32, spare: _Spare | None = None
+                ) -> np.ndarray:
     """Least squares reweighted towards a log-like cost (row weights 1/(|r| + IRLS_FLOOR), so
     squared errors count about as their log would): a residual's code length grows with its
     log, not its square. ``rows``: further weights of the rows (r2: smaller where the sample's
@@ -535,7 +535,8 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
     a subsample, the last fit on more, both in ``rough`` precision (float32 for 8-bit photos;
     float64 for deeper samples, where float32 cost 0.02 bits per sample on the 16-bit set), from
     one copy of the rows the last fit sees, centred (:func:`_centred`), whose residuals also
-    give the last fit's row weights. ``a`` (k + 1, n) ends with its row of ones."""
+    give the last fit's row weights. ``a`` (k + 1, n) ends with its row of ones. ``spare``:
+    where the float rows go (new arrays if None)."""
     if rows is None:  # r1: the weighting as it was, so its encoder keeps its bytes
         step = max(1, -(-a.shape[1] // IRLS_ROWS))
         t = target[::step]
@@ -551,11 +552,11 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
                     1 / (np.abs(target - (coef[:-1] @ a[:-1] + coef[-1])) + IRLS_FLOOR))
     step = max(1, -(-a.shape[1] // LS_ROWS))  # the last fit's rows
     last = -(-a.shape[1] // step)
-    every = max(1, -(-last // IRLS_ROWS))  # the reweighting rounds' rows, of those
-    stacked, centre = _centred(a, target, step, step * every, rough)
+    every = max(1, -(-last // REWEIGHT_ROWS))  # the reweighting rounds' rows, of those
+    stacked, centre = _centred(a, target, step, step * every, rough, spare and spare.fit)
     weight = rows[::step]
-    small, few = _subsample(stacked, every), weight[::every]
-    scratch = np.empty_like(small)
+    small, few = _subsample(stacked, every, spare and spare.small), weight[::every]
+    scratch = _like(small, spare and spare.scratch)
     coef = _fit_stacked(small, few, scratch)
     for _ in range(rounds - 1):
         coef = _fit_stacked(small, few / (np.abs(_miss(small, coef)) + IRLS_FLOOR), scratch)
@@ -565,8 +566,8 @@ def _fit_robust(a: np.ndarray, target: np.ndarray, rows: np.ndarray | None = Non
     return coef
 
 
-def _centred(a: np.ndarray, target: np.ndarray, step: int, sample: int, dtype: type
-             ) -> tuple[np.ndarray, np.ndarray]:
+def _centred(a: np.ndarray, target: np.ndarray, step: int, sample: int, dtype: type,
+             spare: _Spare.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(every ``step``-th row of the fit: its features less their means, its one and its
     target less its mean, stacked as (k + 2, n / step) in ``dtype``; the means, the target's
     last). In float32 the means are those of every ``sample``-th row (any centre keeps the
@@ -574,13 +575,15 @@ def _centred(a: np.ndarray, target: np.ndarray, step: int, sample: int, dtype: t
     code Kodak 0.003 bpp smaller than uncentred float64 ones did, as float32 sums of the raw
     products lost enough of the fit that it had to run in float64. Float64 rows stay
     uncentred (means 0): centred, the 16-bit set measured 10.239 bits per sample against
-    10.220, as the ridge (a fraction of the Gram matrix's trace) then weighs otherwise."""
+    10.220, as the ridge (a fraction of the Gram matrix's trace) then weighs otherwise.
+    ``spare``: where the stacked rows go (a new array if None)."""
     k = len(a) - 1
     centre = np.zeros(k + 1)
     if dtype == np.float32:
         centre[:-1] = a[:-1, ::sample].mean(1)
         centre[-1] = target[::sample].mean()
-    stacked = np.empty((k + 2, -(-a.shape[1] // step)), dtype)
+    shape = (k + 2, -(-a.shape[1] // step))
+    stacked = np.empty(shape, dtype) if spare is None else spare.rows(*shape, dtype)
     np.subtract(a[:-1, ::step], centre[:-1, None], out=stacked[:-2], casting="unsafe")
     stacked[-2] = 1
     np.subtract(target[::step], centre[-1], out=stacked[-1], casting="unsafe")
@@ -613,20 +616,21 @@ def _row_weights(act: np.ndarray, rev: Revision, depth: int) -> np.ndarray | Non
     return 1 / (act[:-1].mean(0) + ACTIVITY_FLOOR * 2.0 ** (depth - 8))
 
 
-def _fit_scale(a: np.ndarray, magnitude: np.ndarray, rough: type | None = None) -> np.ndarray:
+def _fit_scale(a: np.ndarray, magnitude: np.ndarray, rough: type | None = None,
+               spare: _Spare | None = None) -> np.ndarray:
     """The activity estimate of |residual|: least squares weighted by 1/(estimate + 1), since
     the spread of |residual| grows with its scale (on a subsample: it only sorts samples into
     classes). ``a`` (m + 1, n) ends with its row of ones. ``rough``: the precision of the fits,
     on centred rows as in :func:`_fit_robust` (None: r1's float64 fits of the raw rows, so that
-    its encoder keeps its bytes)."""
+    its encoder keeps its bytes); ``spare``: where their rows go."""
     step = max(1, -(-a.shape[1] // IRLS_ROWS))
     if rough is None:
         small, magnitude = _subsample(a, step), magnitude[::step]
         coef = _fit(small, magnitude)
         est = np.maximum(coef[:-1] @ a[:-1, ::step] + coef[-1], 0)
         return _fit(small, magnitude, 1 / (est + 1))
-    stacked, centre = _centred(a, magnitude, step, step, rough)
-    scratch = np.empty_like(stacked)
+    stacked, centre = _centred(a, magnitude, step, step, rough, spare and spare.fit)
+    scratch = _like(stacked, spare and spare.scratch)
     coef = _fit_stacked(stacked, np.ones(stacked.shape[1]), scratch)
     est = np.maximum(magnitude[::step] - _miss(stacked, coef), 0)
     coef = _fit_stacked(stacked, 1 / (est + 1), stacked)
@@ -634,9 +638,21 @@ def _fit_scale(a: np.ndarray, magnitude: np.ndarray, rough: type | None = None) 
     return coef
 
 
-def _subsample(a: np.ndarray, step: int) -> np.ndarray:
-    """Every ``step``-th column of ``a``, contiguous (a view when ``step`` is 1)."""
-    return a if step == 1 else np.ascontiguousarray(a[:, ::step])
+def _subsample(a: np.ndarray, step: int, spare: _Spare.Array | None = None) -> np.ndarray:
+    """Every ``step``-th column of ``a``, contiguous (a view when ``step`` is 1; a copy into
+    ``spare``'s array when given)."""
+    if step == 1:
+        return a
+    if spare is None:
+        return np.ascontiguousarray(a[:, ::step])
+    out = spare.rows(len(a), -(-a.shape[1] // step), a.dtype)
+    out[:] = a[:, ::step]
+    return out
+
+
+def _like(a: np.ndarray, spare: _Spare.Array | None) -> np.ndarray:
+    """An array shaped as ``a`` (a view of ``spare``'s when given), its contents undefined."""
+    return np.empty_like(a) if spare is None else spare.rows(*a.shape, a.dtype)
 
 
 def _fit(m: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
@@ -1038,12 +1054,13 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
 
     With ``threads`` > 1 (None: as many as BLAS may use) and several channels, the steps are
     fitted on two threads (:func:`_in_order`): a step needs only its own channel's previous
-    pass and the earlier channels of its pass, so the channels run as far ahead of one another
-    as that allows. The steps are written in order by this thread, and BLAS runs on one thread
-    throughout, so the bytes are the same for any ``threads``. r5 fits in the same order but
-    writes the first channel's steps first (:func:`_steps`): what the later channels read of
-    it beyond their pass's steps are its samples, which the encoder has, so only the writing
-    waits (holding their fitted steps)."""
+    pass and the earlier channels of its pass (its features from its own channel only the
+    former), so the channels run as far ahead of one another as that allows. The steps are
+    written in order by this thread, and BLAS runs on one thread throughout, so the bytes are
+    the same for any ``threads``. r5 fits in the same order but writes the first channel's
+    steps first (:func:`_steps`): what the later channels read of it beyond their pass's steps
+    are its samples, which the encoder has, so only the writing waits (holding their fitted
+    steps)."""
     rev = tables.revision
     height, width, channels = tile.shape
     x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.float64).reshape(channels, -1)
@@ -1056,12 +1073,23 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its last pass
     held: list[_Fitted] = []  # r5: the later channels' steps, fitted in pass order
     lanes = _lanes(channels, threads)  # before BLAS is held at one thread
+    spares: queue.SimpleQueue = queue.SimpleQueue()  # the rows of the steps no longer in flight
+
+    def prepare(s: _Step) -> tuple[_Own, _Spare]:
+        try:
+            spare = spares.get_nowait()
+        except queue.Empty:
+            spare = _Spare()
+        return _own_features(x, res, s.c, order, s.at, s.nb, rev, s.p, err, depth,
+                             known.setdefault(s.p, {}), spare, width), spare
+
+    def fit(step: _Step, prepared: tuple[_Own, _Spare]) -> _Fitted:
+        fitted = _fit_step(x, res, err, known, previous, step, order, depth, tables, *prepared)
+        spares.put(prepared[1])
+        return fitted
+
     with _one_blas_thread():
-        for fitted in _in_order(
-                _steps(height, width, order, rev),
-                lambda step: _fit_step(x, res, err, known, previous, step, order, depth,
-                                       tables, width),
-                lanes):
+        for fitted in _in_order(_steps(height, width, order, rev), fit, lanes, prepare):
             if rev.first_plane and fitted.side.c > 0:  # r5: written after the first
                 # channel's last pass, held in small integers (tokens below NTOK, raw values
                 # of at most 15 bits)
@@ -1077,24 +1105,26 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
 
 def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
               known: dict[Pass, dict[int, _Known]], previous: dict[int, np.ndarray],
-              step: _Step, order: list[int], depth: int, tables: Tables, width: int) -> _Fitted:
+              step: _Step, order: list[int], depth: int, tables: Tables, own: _Own,
+              spare: _Spare) -> _Fitted:
     """Fit one step's predictor and activity estimate, and record its residuals in ``res``
-    (and r3's pair misses in ``err``). ``known``: what each channel of each pass leaves for
-    the later channels of the pass (dropped after its last); ``previous``: r4's class counts
-    of each channel position's last pass (:func:`_plan`), read and replaced here (a step runs
-    after its channel's previous pass)."""
+    (and r3's pair misses in ``err``). ``own``: its features from its own channel
+    (:func:`_own_features`, made beforehand, its rows in ``spare``, which the fits use too);
+    ``known``: what each channel of each pass leaves for the later channels of the pass
+    (dropped after its last); ``previous``: r4's class counts of each channel position's last
+    pass (:func:`_plan`), read and replaced here (a step runs after its channel's previous
+    pass)."""
     p, at, nb, c, ch, kind = step
     rev = tables.revision
     half = 1 << (depth - 1)
-    feats, act = _features(x, res, c, order, at, nb, rev, p, err, depth, known.setdefault(p, {}),
-                           width)
+    feats, act = _colour_features(x, res, order[:c], at, own, known[p])
     if c == len(order) - 1:
         del known[p]
     target = x[ch, at].astype(np.int64)
     bits = _weight_bits(len(at), rev)
     rough = np.float32 if depth <= 8 else np.float64
-    frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth), rough=rough),
-                           bits)
+    frac, w, bias = _fixed(_fit_robust(feats, target, _row_weights(act, rev, depth), rough=rough,
+                                       spare=spare), bits)
     coarse = np.zeros(len(w) + 1, np.int64)
     if rev.coded_side:  # r3: each coefficient only as precise as its feature needs
         coarse = coded.coarseness(feats)
@@ -1108,8 +1138,8 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     if rev.phase:
         r = _flip(r, below, half)
     u = _ranged(r, pred, below, depth) if rev.ranged else zigzag(r)
-    shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r), rough if rev.activity_rows else None),
-                                  rev)
+    shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r), rough if rev.activity_rows else None,
+                                            spare), rev)
     tok, nraw, raw = tokens(u)
     lad = _clipped_class(_classes(act, shift, ew, ebias, far, tables), clipped, tables)
     hist, choice, pick, coded_tokens = _plan(lad, tok, tables, previous, c)
@@ -1262,20 +1292,29 @@ def _lanes(channels: int, threads: int | None) -> int:
     return 2 if threads > 1 and channels > 1 else 1
 
 
-def _in_order(steps: Iterable[_Step], fit, lanes: int) -> Iterator:
-    """``fit(step)`` of every step, yielded in order. With two lanes, two threads each take the
-    earliest step whose needs are fitted: the earlier channels of its pass (the steps just
-    before it: their residuals at its samples, their neighbour values and nonlinear features)
-    and its own channel's previous pass (its residuals and pair misses at the neighbours; the
-    passes before that come first through it); the input samples are all known to the
-    encoder. So the channels run as far ahead of one another as their inputs allow (two fixed
-    lanes, the last channel on its own thread, measured about 5% slower: its steps are the
-    longest). This thread lists the steps as ``steps`` makes them, while the first are fitted,
-    then yields the results. A step's error reaches the caller and stops both threads."""
+_TAKEN = Future()  # a prepared task's place in ``_in_order`` once its fit has its result
+_TAKEN.set_result(None)
+
+
+def _in_order(steps: Iterable[_Step], fit, lanes: int, prepare=None) -> Iterator:
+    """``fit(step)`` of every step (with ``prepare``: ``fit(step, prepare(step))``), yielded in
+    order. With two lanes, two threads each take the earliest task whose needs are done: a
+    step's fit needs the earlier channels of its pass (the steps just before it: their
+    residuals at its samples, their neighbour values and nonlinear features) and its own
+    channel's previous pass (its residuals and pair misses at the neighbours; the passes before
+    that come first through it); the input samples are all known to the encoder. So the
+    channels run as far ahead of one another as their inputs allow (two fixed lanes, the last
+    channel on its own thread, measured about 5% slower: its steps are the longest). With
+    ``prepare`` (the step's features from its own channel), that part is a task of its own
+    needing only the channel's previous pass, so a thread makes it while the earlier channels
+    of the pass are still being fitted (the fit then needs it too). This thread lists the steps
+    as ``steps`` makes them, while the first are fitted, then yields the results. A task's
+    error reaches the caller and stops both threads."""
     if lanes == 1:
         for step in steps:
-            yield fit(step)
+            yield fit(step) if prepare is None else fit(step, prepare(step))
         return
+    per = 1 if prepare is None else 2  # tasks per step: (prepare,) fit
     listed: list[_Step] = []
     needs: list[list[int]] = []
     done: list[Future] = []
@@ -1284,7 +1323,7 @@ def _in_order(steps: Iterable[_Step], fit, lanes: int) -> Iterator:
     changed = threading.Condition()
 
     def ready() -> int | None:
-        """The earliest waiting step whose needs are fitted (taken off the list), or None."""
+        """The earliest waiting task whose needs are done (taken off the list), or None."""
         for k in waiting:
             if all(done[j].done() for j in needs[k]):
                 waiting.remove(k)
@@ -1298,6 +1337,17 @@ def _in_order(steps: Iterable[_Step], fit, lanes: int) -> Iterator:
         waiting.clear()
         changed.notify_all()
 
+    def run(task: int):
+        """Task ``task``: a step's fit, or (with ``prepare``) the preparation of its fit."""
+        step = listed[task // per]
+        if prepare is None:
+            return fit(step)
+        if task % 2 == 0:
+            return prepare(step)
+        prepared = done[task - 1].result()
+        done[task - 1] = _TAKEN  # let the prepared rows go once the fit has them
+        return fit(step, prepared)
+
     def work() -> None:
         while True:
             with changed:
@@ -1308,8 +1358,8 @@ def _in_order(steps: Iterable[_Step], fit, lanes: int) -> Iterator:
                 if k is None:  # all taken, or stopped
                     return
             try:
-                result = fit(listed[k])
-            except BaseException as error:  # every step not fitted fails with it
+                result = run(k)
+            except BaseException as error:  # every task not done fails with it
                 with changed:
                     for future in done:
                         if not future.done():
@@ -1332,16 +1382,21 @@ def _in_order(steps: Iterable[_Step], fit, lanes: int) -> Iterator:
                         break
                     k = len(listed)
                     listed.append(step)
-                    done.append(Future())
-                    own = [last[step.c]] if step.c in last else []
-                    needs.append(list(range(k - step.c, k)) + own)
+                    own = [per * last[step.c] + per - 1] if step.c in last else []
+                    earlier = [per * j + per - 1 for j in range(k - step.c, k)]
+                    if prepare is not None:
+                        needs.append(own)
+                        own = [per * k]
+                    needs.append(earlier + own)
+                    for _ in range(per):
+                        waiting.append(len(done))
+                        done.append(Future())
                     last[step.c] = k
-                    waiting.append(k)
                     changed.notify_all()
             with changed:
                 more = False
                 changed.notify_all()
-            for future in done:
+            for future in done[per - 1::per]:
                 yield future.result()
         finally:  # the caller stopped early (or failed): no further steps start
             with changed:
