@@ -1,9 +1,9 @@
-"""ctx-photo coder revision r5's candidate flag ``first_plane``: the first channel's passes all
-come before the other channels' (which follow pass by pass), which then see it whole: its
-values around the sample, their colour difference to it interpolated along it and that
-difference's spread. Exact for
-every tile shape, channel count and depth, the same bytes for any thread count of the encoder
-and samples for any of the decoder; gray tiles are r4's."""
+"""ctx-photo coder revision r5's flag ``first_plane`` (r4 with it alone: r5's raw-bit flags need
+learned tables, and ``test_ctx_raw.py`` tests r5 whole): the first channel's passes all come
+before the other channels' (which follow pass by pass), which then see it whole: its values
+around the sample, their colour difference to it interpolated along it and that difference's
+spread. Exact for every tile shape, channel count and depth, the same bytes for any thread
+count of the encoder and samples for any of the decoder; gray tiles are r4's."""
 
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ from nicodec.models.ctx.colour import GUIDE_CAP, GUIDE_FRAC, GUIDE_ONE
 from tests.test_ctx_r4 import _image, _small_limits
 from tests.test_ctx_side import _refused_when_damaged
 
+FIRST = replace(R4, first_plane=True)
+
 
 @pytest.mark.parametrize("depth", [8, 16])
 def test_r5_tiles_round_trip_exactly_on_one_and_two_threads(depth):
     """Every channel count, edges, compact passes and split halves included; gray has no later
     channel, so its bytes are r4's; with colour the first channel's whole plane changes them."""
-    r5, r4 = _small_limits(R5), _small_limits(R4)
+    r5, r4 = _small_limits(FIRST), _small_limits(R4)
     for shape in [(70, 129, 3), (23, 18, 1), (33, 65, 4), (40, 30, 2), (2, 40, 2), (5, 1, 3),
                   (1, 1, 1)]:
         image = _image(*shape, depth=depth)
@@ -42,7 +44,7 @@ def test_r5_tiles_round_trip_exactly_on_one_and_two_threads(depth):
 def test_r5_noise_flat_and_checkered_tiles_round_trip():
     """Path costs at their cap (noise over the whole range, alternating extremes) and none at
     all (flat), on two decoding threads."""
-    r5 = _small_limits(R5)
+    r5 = _small_limits(FIRST)
     rng = np.random.default_rng(5)
     for image in (rng.integers(0, 1 << 16, (40, 37, 3)), np.full((20, 30, 3), 65535),
                   np.indices((31, 31, 3)).sum(0) % 2 * 65535):
@@ -119,13 +121,15 @@ def test_the_guided_difference_is_exact_at_its_largest_inputs(depth):
 
 def test_r5_damaged_payloads_raise_or_decode_in_range():
     """Bit flips and truncation: refused (``UNDECODABLE``) or samples of the right shape."""
-    r5 = _small_limits(R5)
+    r5 = _small_limits(FIRST)
     shape = (24, 40, 3)
     data = encode_tile(_image(*shape, seed=4), 8, r5)
     assert _refused_when_damaged(data, shape, r5, len(data)) > 5
 
 
 def test_r5_leaves_r4_alone():
-    """The flag is r5's only: r4 has it off, and r5 is r4 with it on."""
-    assert not R4.first_plane and R5 == replace(R4, first_plane=True)
-    assert coder.REVISIONS[5] == R5 and coder.SHIPPED == 4
+    """r5's flags are off in r4 and on in r5, and r5 differs from r4 in nothing else."""
+    flags = {"first_plane": True, "raw_coded": coder.RAW_CODED, "raw_sign": True,
+             "ranged": True, "clipped_class": True}
+    assert not any(getattr(R4, name) for name in flags)
+    assert R5 == replace(R4, **flags) and coder.REVISIONS[5] == R5

@@ -1306,8 +1306,9 @@ def _in_order(steps: Iterable[_Step], fit, lanes: int, prepare=None) -> Iterator
     channels run as far ahead of one another as their inputs allow (two fixed lanes, the last
     channel on its own thread, measured about 5% slower: its steps are the longest). With
     ``prepare`` (the step's features from its own channel), that part is a task of its own
-    needing only the channel's previous pass, so a thread makes it while the earlier channels
-    of the pass are still being fitted (the fit then needs it too). This thread lists the steps
+    needing only the channel's previous pass (and the first channel's preparation of the
+    pass), so a thread makes it while the earlier channels of the pass are still being fitted
+    (the fit then needs it too). This thread lists the steps
     as ``steps`` makes them, while the first are fitted, then yields the results. A task's
     error reaches the caller and stops both threads."""
     if lanes == 1:
@@ -1384,8 +1385,9 @@ def _in_order(steps: Iterable[_Step], fit, lanes: int, prepare=None) -> Iterator
                     listed.append(step)
                     own = [per * last[step.c] + per - 1] if step.c in last else []
                     earlier = [per * j + per - 1 for j in range(k - step.c, k)]
-                    if prepare is not None:
-                        needs.append(own)
+                    if prepare is not None:  # r5's later channels read what the first
+                        # channel's preparation of their pass left (:func:`_surround`)
+                        needs.append(own + ([per * (k - step.c)] if step.c else []))
                         own = [per * k]
                     needs.append(earlier + own)
                     for _ in range(per):
