@@ -146,7 +146,7 @@ MODELS: dict[str, ModelInfo] = {
             name="ctx-photo", model_id=8, family=Family.LOSSLESS, weights="ctx-photo.safetensors",
             module="nicodec.models.ctx.codec", qualities=(0,), default_quality=0,
             retired=("ctx-photo-r1.safetensors", "ctx-photo-r2.safetensors",
-                     "ctx-photo-r3.safetensors"),
+                     "ctx-photo-r3.safetensors", "ctx-photo-r4.safetensors"),
             description="lossless photos: coarse-to-fine passes, least-squares prediction "
                         "fitted per image, context classes with learned tables "
                         "(models/weights/ctx-photo.md)"),

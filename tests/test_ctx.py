@@ -16,7 +16,7 @@ from nicodec.cli import main as cli
 from nicodec.codec import registry
 from nicodec.codec.pipeline import decode_detailed, encode, encode_detailed
 from nicodec.models.ctx.codec import load_weights
-from nicodec.models.ctx.coder import (R1, R2, R3, R4, Tables, _flip, _weighted, decode_tile,
+from nicodec.models.ctx.coder import (R1, R2, R3, R4, R5, Tables, _flip, _weighted, decode_tile,
                                      encode_tile, tokens, untoken)
 from nicodec.models.ctx.levels import passes
 from nicodec.models.ctx.side import SideModel
@@ -31,15 +31,16 @@ def tables(request):
 
 
 def test_the_weight_file_says_which_coder_revision_reads_it(tmp_path):
-    """r1's file has no revision tensor; r2's says 2, r3's 3, the current one 4; an unknown
-    revision is refused at load time, not misread."""
+    """r1's file has no revision tensor; r2's says 2, r3's 3, r4's 4, the current one 5; an
+    unknown revision is refused at load time, not misread."""
     from safetensors.numpy import load_file, save_file
 
     folder = registry.WEIGHTS_DIR
     assert load_weights(str(folder / "ctx-photo-r1.safetensors"))[0].tables.revision == R1
     assert load_weights(str(folder / "ctx-photo-r2.safetensors"))[0].tables.revision == R2
     assert load_weights(str(folder / "ctx-photo-r3.safetensors"))[0].tables.revision == R3
-    assert load_weights(str(folder / "ctx-photo.safetensors"))[0].tables.revision == R4
+    assert load_weights(str(folder / "ctx-photo-r4.safetensors"))[0].tables.revision == R4
+    assert load_weights(str(folder / "ctx-photo.safetensors"))[0].tables.revision == R5
     tensors = load_file(str(folder / "ctx-photo.safetensors"))
     tensors["revision"] = np.array([99], np.int32)
     save_file(tensors, str(tmp_path / "future.safetensors"))

@@ -1,4 +1,4 @@
-"""ctx-photo coder revision r4 (the shipped one; its tables are in test_ctx_mix.py): the later
+"""ctx-photo coder revision r4 (retired by r5; its tables are in test_ctx_mix.py): the later
 channel's residual times the local ratio of their residuals at the neighbours, and its deviation
 from its nearest four times the local slope of their values. Exact for every tile shape,
 channel count and depth, and independent of the encoder's thread count."""
@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from nicodec.codec import registry
-from nicodec.models.ctx import coder
 from nicodec.models.ctx.codec import load_weights
 from nicodec.models.ctx import colour
 from nicodec.models.ctx.coder import R4, Tables, decode_tile, encode_tile
@@ -38,7 +37,7 @@ def _small_limits(revision) -> Tables:
     """The shipped bank with ``revision``, its compact and split limits lowered so that small
     tiles take every path (split halves, passes that are not compact), and a side model that
     knows nothing (r4's features change the coefficients' layout)."""
-    shipped = registry.load_model("ctx-photo").net.tables
+    shipped = registry.load_model("ctx-photo", "ctx-photo-r4.safetensors").net.tables
     return Tables(shipped.bank, shipped.edges, replace(revision, compact_below=12, split_from=40),
                   side=SideModel.neutral())
 
@@ -137,9 +136,9 @@ def test_r4_bytes_do_not_depend_on_the_thread_count():
     assert (decode_tile(coded.pop(), image.shape, 8, r4) == image).all()
 
 
-def test_the_shipped_file_is_r4_and_codes_at_the_real_limits():
-    shipped = load_weights(str(registry.WEIGHTS_DIR / "ctx-photo.safetensors"))[0].tables
-    assert shipped.revision == R4 and coder.REVISIONS[coder.SHIPPED] == R4
+def test_the_r4_file_codes_at_the_real_limits():
+    shipped = load_weights(str(registry.WEIGHTS_DIR / "ctx-photo-r4.safetensors"))[0].tables
+    assert shipped.revision == R4
     for depth, shape in ((8, (96, 128, 3)), (16, (40, 50, 3))):  # the real limits
         image = _image(*shape, depth=depth, seed=9)
         data = encode_tile(image, depth, shipped)

@@ -44,7 +44,9 @@ uint16 samples (little-endian bytes). ``v5-ctx-photo-r3-*.nic`` hold the same fi
 r3: the r2 files above now decode with the retired ``ctx-photo-r2.safetensors``.
 ``v5-ctx-photo-r4-*.nic`` hold the same five images coded by ``ctx-photo`` r4, written by the
 commit that shipped r4: the r3 files above now decode with the retired
-``ctx-photo-r3.safetensors``.
+``ctx-photo-r3.safetensors``. ``v5-ctx-photo-r5-*.nic`` hold them coded by ``ctx-photo`` r5,
+written by the commit that shipped r5: the r4 files now decode with the retired
+``ctx-photo-r4.safetensors``.
 """
 
 from __future__ import annotations

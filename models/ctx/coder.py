@@ -214,7 +214,7 @@ R4 = replace(R3, colour_ratio=True, colour_slope=True, sub_steps=SUB_STEPS,
 R5 = replace(R4, first_plane=True, raw_coded=RAW_CODED, raw_sign=True, ranged=True,
              clipped_class=True)
 REVISIONS = {1: R1, 2: R2, 3: R3, 4: R4, 5: R5}
-SHIPPED = 4  # the revision of the shipped weights (``train.py``'s default)
+SHIPPED = 5  # the revision of the shipped weights (``train.py``'s default)
 
 
 @dataclass
