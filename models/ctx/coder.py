@@ -311,10 +311,10 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
         values = colour.slope_sums(feats.rows[:len(nb)], depth, later) if slopes else None
         if whole:
             first = _surround(x, order[0], at, p, depth, known, width)
-            difference = colour.guided(first.guide, feats.rows[:len(nb)], first.neighbours)
+            differences = np.subtract(feats.rows[:len(nb)], first.neighbours)
+            difference = colour.guided(first.guide, differences)
             feats.put(*first.around, difference)
-            colour.guided_spread(first.guide, feats.rows[:len(nb)], first.neighbours,
-                                 difference, act.next())
+            colour.guided_spread(first.guide, differences, difference, act.next())
         known[ch] = _Known(mine, neighbours, residuals, values)
     else:
         residuals = values = None
