@@ -361,7 +361,7 @@ class _Known(NamedTuple):
 class _Kept(NamedTuple):
     """r5's decoder: what the first channel's step of a pass leaves for the later channels'
     (:func:`_kept`), in small types for the whole tile (they come after all its passes):
-    about 50-70 bytes per sample, where its :class:`_Known` with the energies takes about
+    about 40-65 bytes per sample, where its :class:`_Known` with the energies takes about
     330 and remaking it costs a second :func:`_own_features` (kodim01: 0.14 s of 1.4)."""
 
     nonlinear: list[np.ndarray]  # float32: integers below 2**18, exact
