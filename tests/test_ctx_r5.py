@@ -101,9 +101,8 @@ def test_the_guided_difference_is_exact_at_its_largest_inputs(depth):
         mids[i][:1000] = 0
     weights = colour.guide_weights(here.astype(np.float64), theirs.astype(np.float64),
                                    {i: m.astype(np.float64) for i, m in mids.items()}, depth)
-    got = colour.guided(weights, mine.astype(np.float64), theirs.astype(np.float64))
-    spread = colour.guided_spread(weights, mine.astype(np.float64), theirs.astype(np.float64),
-                                  got, np.empty(n))
+    got = colour.guided(weights, (mine - theirs).astype(np.float64))
+    spread = colour.guided_spread(weights, (mine - theirs).astype(np.float64), got, np.empty(n))
     shift = depth - 8
     for j in range(0, n, 7):
         w = []
@@ -117,6 +116,20 @@ def test_the_guided_difference_is_exact_at_its_largest_inputs(depth):
         far = sum(wi * abs((int(mine[i, j]) - int(theirs[i, j])) * (1 << GUIDE_FRAC) - int(got[j]))
                   for i, wi in enumerate(w))
         assert spread[j] == far // sum(w)
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_the_guide_weights_are_exact_for_every_cost(depth):
+    """Every path cost a guide weight can see (0 to twice the top, through the pixel halfway;
+    its float32 arithmetic) gives floor(2**20 / (min(cost in 8-bit units, cap) + 1)**2)."""
+    top = (1 << depth) - 1
+    cost = np.arange(2 * top + 1)
+    mid = np.minimum(cost, top)  # |0 - mid| + |mid - (2 mid - cost)| = cost
+    weights = colour.guide_weights(np.zeros(len(cost)), (2 * mid - cost)[None].astype(float),
+                                   {0: mid.astype(float)}, depth)
+    capped = np.minimum(cost >> (depth - 8), GUIDE_CAP)
+    assert (weights[0] == GUIDE_ONE // (capped + 1) ** 2).all()
+    assert (weights[1] == weights[0]).all()
 
 
 def test_r5_damaged_payloads_raise_or_decode_in_range():

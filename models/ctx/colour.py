@@ -119,42 +119,51 @@ def guide_weights(here: np.ndarray, theirs: np.ndarray, mids: dict[int, np.ndarr
     those of integers (numerator 2**20, quotient at most 2**20)."""
     k = len(theirs)
     out = np.empty((k + 1, len(here)))
+    # in float32, exact: the costs are integers below 2**18, their squares (capped) at most
+    # 2**20, and a float32 quotient of 2**20 by such an integer d is off by at most 2**-4 / d,
+    # less than the 1 / d that a quotient of integers lies from the next integer when it is
+    # not one, so its floor is the integer quotient's
+    cost, step = np.empty((2, len(here)), np.float32)
+    mine = here.astype(np.float32)
     for i in range(k):
-        cost = np.abs(here - theirs[i])
         if i in mids:
-            cost = np.abs(here - mids[i]) + np.abs(mids[i] - theirs[i])
-        if depth > 8:
-            cost = np.floor(cost / (1 << (depth - 8)))
+            np.abs(np.subtract(mine, mids[i], out=cost, casting="same_kind"), out=cost)
+            np.abs(np.subtract(mids[i], theirs[i], out=step, casting="same_kind"), out=step)
+            cost += step
+        else:
+            np.abs(np.subtract(mine, theirs[i], out=cost, casting="same_kind"), out=cost)
+        if depth > 8:  # a power of 2: exact
+            np.floor(np.multiply(cost, np.float32(2.0 ** (8 - depth)), out=cost), out=cost)
         np.minimum(cost, GUIDE_CAP, out=cost)
         cost += 1
-        out[i] = np.floor(GUIDE_ONE / (cost * cost))
+        np.multiply(cost, cost, out=cost)
+        np.floor(np.divide(np.float32(GUIDE_ONE), cost, out=cost), out=out[i])
     out[k] = out[:k].sum(0)
     return out
 
 
-def guided(weights: np.ndarray, mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+def guided(weights: np.ndarray, differences: np.ndarray) -> np.ndarray:
     """r5: a later channel's difference to the first channel at the neighbours (its values
-    ``mine`` (K, n), the first channel's ``theirs``), interpolated with the weights of
+    there less the first channel's, ``differences`` (K, n)), interpolated with the weights of
     :func:`guide_weights`: floor(2**GUIDE_FRAC sum w (m - t) / sum w). Exact: the products
     are integers below 2**37 (16-bit samples), their sums below 2**41, the quotient below
     2**18 and the denominator at most 2**24, so the float quotient's floor is the integer
     quotient's (as in ``coder._weighted``)."""
-    k = len(mine)
-    total = np.einsum("kn,kn->n", weights[:k], mine) - np.einsum("kn,kn->n", weights[:k], theirs)
-    return np.floor(total * (1 << GUIDE_FRAC) / weights[k])
+    total = np.einsum("kn,kn->n", weights[:len(differences)], differences)
+    return np.floor(total * (1 << GUIDE_FRAC) / weights[-1])
 
 
-def guided_spread(weights: np.ndarray, mine: np.ndarray, theirs: np.ndarray,
-                  difference: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """r5's activity feature of the later channels: how far the differences at the neighbours
-    (``mine`` - ``theirs``) lie from their :func:`guided` mean ``difference``, with the same
-    weights: floor(sum w |2**GUIDE_FRAC (m - t) - difference| / sum w), into ``out``. Where
-    the colour difference changes around the sample, its interpolation is less sure. Exact:
-    the products are integers below 2**40 (16-bit samples), their sums below 2**44, and the
-    quotient's floor is the integer quotient's (as in :func:`guided`)."""
-    k = len(mine)
-    spread = np.subtract(mine, theirs)  # one (K, n) array, worked on in place
+def guided_spread(weights: np.ndarray, differences: np.ndarray, difference: np.ndarray,
+                  out: np.ndarray) -> np.ndarray:
+    """r5's activity feature of the later channels: how far the ``differences`` at the
+    neighbours (m - t, of :func:`guided`; worked on in place) lie from their :func:`guided`
+    mean ``difference``, with the same weights: floor(sum w |2**GUIDE_FRAC (m - t) -
+    difference| / sum w), into ``out``. Where the colour difference changes around the
+    sample, its interpolation is less sure. Exact: the products are integers below 2**40
+    (16-bit samples), their sums below 2**44, and the quotient's floor is the integer
+    quotient's (as in :func:`guided`)."""
+    spread = differences
     spread *= 1 << GUIDE_FRAC
     spread -= difference
     np.abs(spread, out=spread)
-    return np.floor(np.einsum("kn,kn->n", weights[:k], spread) / weights[k], out=out)
+    return np.floor(np.einsum("kn,kn->n", weights[:len(spread)], spread) / weights[-1], out=out)

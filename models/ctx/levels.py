@@ -96,8 +96,14 @@ class Pass:
         the sample's row, its column only on its column, and the few that stand for the first
         neighbour (as in :meth:`neighbours`) lie in whole rows and columns."""
         np.add((rows * width)[:, None], cols, out=out[0])
+        ys: dict[int, np.ndarray] = {}  # the offsets share their rows' and columns' moves
+        xs: dict[int, np.ndarray] = {}
         for grid, (dy, dx) in zip(out[1:], self.offsets):
-            ny, nx = _axis(rows, dy, height, self.half), _axis(cols, dx, width, self.half)
+            if dy not in ys:
+                ys[dy] = _axis(rows, dy, height, self.half)
+            if dx not in xs:
+                xs[dx] = _axis(cols, dx, width, self.half)
+            ny, nx = ys[dy], xs[dx]
             np.add((ny * width)[:, None], nx, out=grid)
             first = out[1]  # none found, or the sample itself: the first (at edges only)
             if (ny < 0).any():
