@@ -116,19 +116,26 @@ def test_damaged_r4_payloads_are_refused_cleanly(r4_tables):
     assert (out == 128).all()
 
 
-def test_training_an_r4_file(tmp_path, monkeypatch):
-    """``train.py --revision 4`` writes r4's ladder and a bank that codes exactly."""
+def trained(tmp_path, monkeypatch, revision: int) -> Tables:
+    """The tables ``train.py --revision N`` learns from two small synthetic photos (a bank of
+    6 + 1 tables)."""
     from PIL import Image
 
     from nicodec.models.ctx import train
 
     for seed in range(2):
         Image.fromarray(_image(40, 56, 3, seed=seed)).save(tmp_path / f"{seed}.png")
-    out = tmp_path / "r4.safetensors"
-    monkeypatch.setattr("sys.argv", ["train", "--images", str(tmp_path), "--revision", "4",
-                                     "--tables", "6", "--stretched", "1", "--out", str(out)])
+    out = tmp_path / f"r{revision}.safetensors"
+    monkeypatch.setattr("sys.argv", ["train", "--images", str(tmp_path), "--revision",
+                                     str(revision), "--tables", "6", "--stretched", "1",
+                                     "--out", str(out)])
     train.main()
-    tables = load_weights(str(out))[0].tables
+    return load_weights(str(out))[0].tables
+
+
+def test_training_an_r4_file(tmp_path, monkeypatch):
+    """``train.py --revision 4`` writes r4's ladder and a bank that codes exactly."""
+    tables = trained(tmp_path, monkeypatch, 4)
     assert tables.revision == R4 and len(tables.edges) == 72 * R4.sub_steps - 1
     image = _image(33, 47, 3, seed=5)
     assert (decode_tile(encode_tile(image, 8, tables), image.shape, 8, tables) == image).all()

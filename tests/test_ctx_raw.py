@@ -18,6 +18,7 @@ from nicodec.models.ctx import coder
 from nicodec.models.ctx.coder import (NTOK, R4, R5, Tables, _flip, _ranged, _top_raw, _unranged,
                                      coded_raw, decode_tile, encode_tile, raw_rows, tokens)
 from nicodec.models.ctx.train import class_edges, raw_tables
+from tests.test_ctx_mix import trained
 from tests.test_ctx_side import _image, _refused_when_damaged
 
 
@@ -142,17 +143,7 @@ def test_a_weight_file_with_damaged_raw_tables_is_refused(r4_tables, tmp_path):
 def test_training_an_r5_file(tmp_path, monkeypatch):
     """``train.py --revision 5`` writes the raw bits' tables, learned from the bits sent (the
     top bit under a token is more often 0: the density falls inside its range)."""
-    from PIL import Image
-
-    from nicodec.models.ctx import train
-
-    for seed in range(2):
-        Image.fromarray(_image(40, 56, 3, seed=seed)).save(tmp_path / f"{seed}.png")
-    out = tmp_path / "r5.safetensors"
-    monkeypatch.setattr("sys.argv", ["train", "--images", str(tmp_path), "--revision", "5",
-                                     "--tables", "6", "--stretched", "1", "--out", str(out)])
-    train.main()
-    tables = load_weights(str(out))[0].tables
+    tables = trained(tmp_path, monkeypatch, 5)
     assert tables.revision == R5 and tables.raw.shape == (3, raw_rows(tables), NTOK)
     assert (tables.raw[0] < TOTAL // 2).sum() > (tables.raw[0] > TOTAL // 2).sum()
     image = _image(33, 47, 3, seed=5)
