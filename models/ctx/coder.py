@@ -1510,8 +1510,9 @@ class _Ahead:
     spare)``, a step's :func:`_own_features`), in step order. With two lanes a second thread
     makes them while this one decodes: a step's own features read only its channel's earlier
     passes, so they may start once the same channel's step before is decoded (r5: for the
-    later channels, also the first channel's last: they read it whole). It keeps at most one step ready beyond the one being decoded, and stops when the
-    context ends (a damaged payload's error included)."""
+    later channels, also the first channel's last: they read it whole). It keeps at most one
+    step ready beyond the one being decoded, and stops when the context ends (a damaged
+    payload's error included)."""
 
     def __init__(self, lanes: int) -> None:
         self.lanes = lanes
@@ -1711,12 +1712,10 @@ def _get_top_raw(coder: PacketDecoder, cls: np.ndarray, tok: np.ndarray, nraw: n
         has = n > 0
         n = n - has
         high[has] = 2 * high[has] + coder.decode(_bit_tables(tables, j, context[has]))
-    low = lowest = np.zeros(len(big), np.int64)
+    low, lowest = np.zeros((2, len(big)), np.int64)  # the sign bit, and whether there is one
     if rev.raw_sign:
-        has = n > 0
-        lowest = has.astype(np.int64)
-        low = np.zeros(len(big), np.int64)
-        low[has] = coder.decode(_bit_tables(tables, rev.raw_coded, context[has]))
+        lowest[:] = n > 0
+        low[lowest == 1] = coder.decode(_bit_tables(tables, rev.raw_coded, context[lowest == 1]))
         n = n - lowest
     left = nraw.copy()
     left[big] = n

@@ -6,7 +6,7 @@ class of every pass and channel. The histograms are clustered into ``--tables`` 
 minimise their total code length (k-means under cross-entropy), and each of the broadest is
 also stretched by 2**1..2**8 (the same shape at the scales of 9- to 16-bit samples, which the
 8-bit photos do not reach). r1 was ``--revision 1 --tables 128 --stretched 16``; r2 to r5
-(the default, r4, is the shipped revision) learn 192 tables and stretch the 8 broadest; from
+(the default, r5, is the shipped revision) learn 192 tables and stretch the 8 broadest; from
 r4 on, the ladder has four steps per class.
 From r3 on, the bank is sorted from the narrowest table to the broadest, and the model of the
 side information (``side.py``) is learned from the same run: every pass's coefficients and the
