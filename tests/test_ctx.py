@@ -22,10 +22,10 @@ from nicodec.models.ctx.levels import passes
 from nicodec.models.ctx.side import SideModel
 
 
-@pytest.fixture(scope="module", params=["r1", "r2", "r3", "current"])
+@pytest.fixture(scope="module", params=["r1", "r2", "r3", "r4", "current"])
 def tables(request):
-    """The tables of each shipped revision: r1, r2 and r3 (retired, their files still decode)
-    and the current one, so that every coder is exercised."""
+    """The tables of each shipped revision: r1 to r4 (retired, their files still decode) and
+    the current one, so that every coder is exercised."""
     weights = None if request.param == "current" else f"ctx-photo-{request.param}.safetensors"
     return registry.load_model("ctx-photo", weights).net.tables
 

@@ -36,13 +36,15 @@ def _image(h: int, w: int, c: int, depth: int = 8, seed: int = 0) -> np.ndarray:
     return np.clip(np.rint(noisy), 0, top).astype(np.uint8 if depth == 8 else np.uint16)
 
 
-@pytest.fixture(scope="module", params=["r1", "r2", "r3", "r4"])
+@pytest.fixture(scope="module", params=["r1", "r2", "r3", "r4", "current"])
 def tables(request) -> Tables:
-    """Each revision's tables (r4 shipped, the others retired), their compact and split limits
-    lowered so that small tiles take every path (split halves, passes that are not compact)."""
-    weights = None if request.param == "r4" else f"ctx-photo-{request.param}.safetensors"
+    """Each revision's tables (the current one shipped, r1 to r4 retired), their compact and
+    split limits lowered so that small tiles take every path (split halves, passes that are not
+    compact)."""
+    weights = None if request.param == "current" else f"ctx-photo-{request.param}.safetensors"
     loaded = registry.load_model("ctx-photo", weights).net.tables
-    assert loaded.revision.colour_ratio == (request.param == "r4")
+    assert loaded.revision == coder.REVISIONS[int(request.param[1:]) if request.param[0] == "r"
+                                              else coder.SHIPPED]
     return replace(loaded, revision=replace(loaded.revision, compact_below=12, split_from=40))
 
 
