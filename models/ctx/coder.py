@@ -646,7 +646,8 @@ def _fit_stacked(stacked: np.ndarray, weight: np.ndarray, out: np.ndarray) -> np
     np.multiply(stacked, weight.astype(stacked.dtype), out=out)
     both = (out @ out.T).astype(np.float64)
     k = len(both) - 1
-    gram = both[:-1, :-1] + np.eye(k) * (1e-6 * np.trace(both[:-1, :-1]) / k + 1e-9)
+    gram = both[:-1, :-1]
+    gram.flat[::k + 1] += 1e-6 * np.trace(gram) / k + 1e-9  # the ridge
     return _solve(gram, both[:-1, -1])
 
 
@@ -714,8 +715,10 @@ def _fit(m: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
 
 
 def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """The normal equations' solution (NaN to 0)."""
-    return np.nan_to_num(np.linalg.solve(gram, rhs))
+    """The normal equations' solution (NaN to 0; ``np.nan_to_num`` only when it is needed: it
+    costs more than the solve of a small system)."""
+    coef = np.linalg.solve(gram, rhs)
+    return coef if np.isfinite(coef).all() else np.nan_to_num(coef)
 
 
 def _controller():
@@ -1187,7 +1190,7 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     r = (target - pred + half) % (2 * half) - half
     res[ch, at] = r
     if err is not None and len(nb) >= 4:
-        _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
+        _record_pair_errors(err, ch, at, target, feats[:4], p)
     if rev.phase:
         r = _flip(r, below, half)
     u = _ranged(r, pred, below, depth) if rev.ranged else zigzag(r)
