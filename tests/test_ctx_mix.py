@@ -11,6 +11,7 @@ import pytest
 
 from nicodec.bitstream.entropy import PRECISION
 from nicodec.codec import registry
+from nicodec.models.ctx import coder
 from nicodec.models.ctx.codec import ContextNet, load_weights
 from nicodec.models.ctx.coder import (NTOK, R3, R4, Tables, _class_rows, _Ladder, _mix_weights,
                                      _mixes, _normalised, decode_tile, encode_tile)
@@ -160,3 +161,50 @@ def test_r4_codes_a_kodak_crop_smaller_than_r3(kodak_pixels, r3_tables, r4_table
     at least not cost more."""
     crop = np.ascontiguousarray(kodak_pixels[:256, :256])
     assert len(encode_tile(crop, 8, r4_tables)) < len(encode_tile(crop, 8, r3_tables))
+
+
+def _picks_one_group_at_a_time(groups, mixes, cost, picks, prior_weights, tables, scale):
+    """:func:`coder._choose_mixed` as first written: each class's groups found, and their
+    weights formed table by table, anew for each class (the reference for its faster form)."""
+    span = 2 * tables.revision.sub_steps
+    picks = picks.copy()
+    m = cost.shape[1]
+    first, steps = tables.side.pick_bits(m)
+    bank = tables.bank.astype(np.float64) * max(scale, 1)
+    top = min(coder.PICK_CANDIDATES, m)
+    candidates = np.argpartition(cost, top - 1, 1)[:, :top] if top < m else \
+        np.broadcast_to(np.arange(m), cost.shape)
+    keep, mix = (span - mixes.weight)[:, None, None], mixes.weight[:, None, None]
+    for i, tried in enumerate(candidates):
+        part = np.flatnonzero((mixes.own == i) | (mixes.other == i))
+        own = np.where((mixes.own[part] == i)[:, None, None], bank[tried][None],
+                       bank[picks[mixes.own[part]]][:, None])
+        other = np.where((mixes.other[part] == i)[:, None, None], bank[tried][None],
+                         bank[picks[mixes.other[part]]][:, None])
+        w = keep[part] * own + mix[part] * other + prior_weights[part][:, None]
+        bits = np.einsum("gt,gkt->k", groups[part],
+                         np.log2(w.sum(2, keepdims=True)) - np.log2(w))
+        bits += first[tried] if i == 0 else steps[m - 1 + tried - picks[i - 1]]
+        if i + 1 < len(picks):
+            bits += steps[m - 1 + picks[i + 1] - tried]
+        picks[i] = tried[np.argmin(bits)]
+    return picks
+
+
+def test_the_picks_knowing_the_mix_are_the_plain_loop_s(kodak_pixels, monkeypatch):
+    """The encoder's faster table picks (each class's groups gathered once, the groups'
+    weights as the tried tables' times one weight plus the rest) pick what the plain loop
+    picks, on every step of a Kodak crop with the shipped tables (their bits are the same
+    sums of the same integers' logarithms, so the bytes are too)."""
+    tables = registry.load_model("ctx-photo").net.tables
+    calls = []
+    plain = coder._choose_mixed
+
+    def recorded(*args):
+        calls.append((args, plain(*args)))
+        return calls[-1][1]
+    monkeypatch.setattr(coder, "_choose_mixed", recorded)
+    encode_tile(kodak_pixels[:96, :128], 8, tables, threads=1)
+    assert len(calls) > 20 and sum(len(picks) for _, picks in calls) > 200
+    for args, picks in calls:
+        assert (picks == _picks_one_group_at_a_time(*args)).all()

@@ -342,7 +342,8 @@ def _colour_features(x: np.ndarray, res: np.ndarray, earlier: list[int], at: np.
             if slopes:
                 slope_rows.append(colour.colour_slope(values, known[c2].values, here,
                                                       feats.rows[first:first + 4]))
-            feats.put(*[here - d for d in known[c2].nonlinear])
+            for d in known[c2].nonlinear:
+                np.subtract(here, d, out=feats.next())
     feats.put(*ratio_rows, *slope_rows)
     return feats.done(), act.done()
 
@@ -645,7 +646,8 @@ def _fit_stacked(stacked: np.ndarray, weight: np.ndarray, out: np.ndarray) -> np
     np.multiply(stacked, weight.astype(stacked.dtype), out=out)
     both = (out @ out.T).astype(np.float64)
     k = len(both) - 1
-    gram = both[:-1, :-1] + np.eye(k) * (1e-6 * np.trace(both[:-1, :-1]) / k + 1e-9)
+    gram = both[:-1, :-1]
+    gram.flat[::k + 1] += 1e-6 * np.trace(gram) / k + 1e-9  # the ridge
     return _solve(gram, both[:-1, -1])
 
 
@@ -713,8 +715,10 @@ def _fit(m: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
 
 
 def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """The normal equations' solution (NaN to 0)."""
-    return np.nan_to_num(np.linalg.solve(gram, rhs))
+    """The normal equations' solution (NaN to 0; ``np.nan_to_num`` only when it is needed: it
+    costs more than the solve of a small system)."""
+    coef = np.linalg.solve(gram, rhs)
+    return coef if np.isfinite(coef).all() else np.nan_to_num(coef)
 
 
 def _controller():
@@ -976,16 +980,27 @@ def _choose_mixed(groups: np.ndarray, mixes: _Mixes, cost: np.ndarray, picks: np
     top = min(PICK_CANDIDATES, m)
     candidates = np.argpartition(cost, top - 1, 1)[:, :top] if top < m else \
         np.broadcast_to(np.arange(m), cost.shape)
-    keep, mix = (span - mixes.weight)[:, None, None], mixes.weight[:, None, None]
+    # each class's groups (ascending), its tables' weight there (times ``keep`` as the own
+    # class, ``mix`` as the other, both when it mixes with itself), the other class (``peer``)
+    # and its table's weight there (0 when it is the class itself)
+    keep, mix = span - mixes.weight, mixes.weight
+    is_own = mixes.own[None] == np.arange(len(picks))[:, None]
+    is_other = mixes.other[None] == np.arange(len(picks))[:, None]
+    cls, part = np.nonzero(is_own | is_other)
+    mine, theirs = is_own[cls, part], is_other[cls, part]
+    weight = keep[part] * mine + mix[part] * theirs
+    peer = np.where(mine, mixes.other[part], mixes.own[part])
+    peer_weight = np.where(mine, mix[part] * ~theirs, keep[part])
+    bounds = np.searchsorted(cls, np.arange(len(picks) + 1)).tolist()
+    tables_tried = bank[candidates]  # (used, candidates, NTOK)
     for i, tried in enumerate(candidates):
-        part = np.flatnonzero((mixes.own == i) | (mixes.other == i))
-        own = np.where((mixes.own[part] == i)[:, None, None], bank[tried][None],
-                       bank[picks[mixes.own[part]]][:, None])
-        other = np.where((mixes.other[part] == i)[:, None, None], bank[tried][None],
-                         bank[picks[mixes.other[part]]][:, None])
-        w = keep[part] * own + mix[part] * other + prior_weights[part][:, None]
-        bits = np.einsum("gt,gkt->k", groups[part],
-                         np.log2(w.sum(2, keepdims=True)) - np.log2(w))
+        at = slice(bounds[i], bounds[i + 1])
+        g = part[at]
+        # a group's weights: the tried tables' times ``weight``, its other class's table's and
+        # the previous pass's counts: integers below 2**53, exact in any order
+        rest = peer_weight[at, None] * bank[picks[peer[at]]] + prior_weights[g]
+        w = weight[at, None, None] * tables_tried[i] + rest[:, None]
+        bits = np.einsum("gt,gkt->k", groups[g], np.log2(w.sum(2, keepdims=True)) - np.log2(w))
         bits += first[tried] if i == 0 else steps[m - 1 + tried - picks[i - 1]]
         if i + 1 < len(picks):
             bits += steps[m - 1 + picks[i + 1] - tried]
@@ -1175,7 +1190,7 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     r = (target - pred + half) % (2 * half) - half
     res[ch, at] = r
     if err is not None and len(nb) >= 4:
-        _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
+        _record_pair_errors(err, ch, at, target, feats[:4], p)
     if rev.phase:
         r = _flip(r, below, half)
     u = _ranged(r, pred, below, depth) if rev.ranged else zigzag(r)
