@@ -16,7 +16,8 @@ the kernel can write them out and drop them, so the row also gives the highest p
 (``RssAnon``) sampled, and the limit applies to it. A watchdog stops a subprocess whose RSS passes
 ``--limit-gb`` or that runs past ``--timeout`` and reports it as skipped, so a measurement never
 starves the machine. ``--root`` runs the codec of another
-checkout (e.g. ``/work/main``, for "before" figures): the subprocess only calls
+checkout (e.g. ``/work/main``, for "before" figures), whatever the environment has installed:
+the subprocess imports that checkout's package and only calls
 ``codec.pipeline.encode_detailed`` and ``decode_detailed``, which every version has.
 
 ``--seams`` checks the tiles instead (in this process): the file of a tiled encoding against an
@@ -44,8 +45,9 @@ from nicodec.codec.registry import MODELS
 PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train" / "bsds500"
 
 _CHILD = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 import numpy as np, torch
+import nicodec
 torch.set_num_threads(1)
 from nicodec.codec.pipeline import decode_detailed, encode_detailed
 mode, src, dst, model, packets, stream = sys.argv[1:7]
@@ -74,7 +76,8 @@ else:
     if stream == "0":
         np.save(dst, pixels)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-print(json.dumps({"seconds": seconds, "rss_gb": rss, "bytes": len(data)}))
+print(json.dumps({"seconds": seconds, "rss_gb": rss, "bytes": len(data),
+                  "package": os.path.realpath(os.path.dirname(nicodec.__file__))}))
 """
 
 
@@ -109,28 +112,37 @@ def _rss_gb(pid: int, field: str = "VmRSS") -> float:
 def run_child(root: Path, mode: str, src: Path, dst: Path, model: str, limit_gb: float,
               timeout: float, packets: int = 0, stream: bool = False) -> dict:
     """One encode or decode in a one-thread subprocess; {"skipped": why} past a limit. The
-    result holds the highest private memory sampled (``anon_gb``) beside the peak RSS."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": str(root)}
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, mode, str(src), str(dst), model,
-                             str(packets), str(int(stream))],
-                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    start, peak, anon = time.monotonic(), 0.0, 0.0
-    while proc.poll() is None:
-        anon = max(anon, _rss_gb(proc.pid, "RssAnon"))
-        peak = max(peak, _rss_gb(proc.pid, "RssAnon" if stream else "VmRSS"))
-        why = (f"RSS over {limit_gb:g} GB" if peak > limit_gb else
-               f"over {timeout:g} s" if time.monotonic() - start > timeout else None)
-        if why:
-            proc.kill()
-            proc.wait()
-            return {"skipped": why}
-        time.sleep(0.2)
-    out, err = proc.communicate()
+    result holds the highest private memory sampled (``anon_gb``) beside the peak RSS, and the
+    folder of the package the child ran (``package``). The child imports ``root``'s package,
+    whatever the environment has installed: the repository root is the package ``nicodec``,
+    so a temporary folder holding a link of that name to it goes first on ``PYTHONPATH`` (the
+    root itself there would not do: the installed package would be imported instead)."""
+    root = Path(root).resolve()
+    with tempfile.TemporaryDirectory() as top:
+        (Path(top) / "nicodec").symlink_to(root, target_is_directory=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": top}
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD, mode, str(src), str(dst), model,
+                                 str(packets), str(int(stream))],
+                                cwd=root, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        start, peak, anon = time.monotonic(), 0.0, 0.0
+        while proc.poll() is None:
+            anon = max(anon, _rss_gb(proc.pid, "RssAnon"))
+            peak = max(peak, _rss_gb(proc.pid, "RssAnon" if stream else "VmRSS"))
+            why = (f"RSS over {limit_gb:g} GB" if peak > limit_gb else
+                   f"over {timeout:g} s" if time.monotonic() - start > timeout else None)
+            if why:
+                proc.kill()
+                proc.wait()
+                return {"skipped": why}
+            time.sleep(0.2)
+        out, err = proc.communicate()
     if proc.returncode:
         return {"skipped": f"failed: {err.strip().splitlines()[-1] if err.strip() else ''}"}
-    return {**json.loads(out.strip().splitlines()[-1]), "anon_gb": anon}
+    result = json.loads(out.strip().splitlines()[-1])
+    if Path(result["package"]) != root:
+        raise RuntimeError(f"the child ran the package in {result['package']}, not {root}")
+    return {**result, "anon_gb": anon}
 
 
 def seam_check(model: str, mpx: float, folder: Path) -> str:

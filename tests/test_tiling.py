@@ -4,6 +4,8 @@ same pixels (float rounding may move a rare pixel by one level), damaged packets
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -194,3 +196,22 @@ def test_bigimage_script_measures_and_checks_seams(tmp_path, small_tiles, capsys
     row = capsys.readouterr().out.strip().splitlines()[-1]
     assert row.startswith("| mcq | 0.1 | yes |"), row
     assert tiling.TILE == SMALL_TILE  # restored after the untiled run
+
+
+def test_bigimage_runs_the_checkout_named_by_root(tmp_path):
+    """``--root``: the measured child runs that checkout's package, not the one the environment
+    has installed (here a copy of the sources in another folder, its weights linked)."""
+    import shutil
+
+    import nicodec
+    from nicodec.eval import bigimage
+
+    package = Path(nicodec.__file__).resolve().parent
+    copy = tmp_path / "checkout"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns(
+        ".*", "tests", "results", "weights", "*.egg-info", "__pycache__"))
+    (copy / "models" / "weights").symlink_to(package / "models" / "weights")
+    src = tmp_path / "image.npy"
+    np.save(src, np.full((24, 32, 3), 100, np.uint8))
+    result = bigimage.run_child(copy, "encode", src, tmp_path / "image.nic", "ctx-photo", 4.0, 300)
+    assert Path(result["package"]) == copy.resolve() and result["bytes"] > 0, result
