@@ -15,8 +15,9 @@ from nicodec.bitstream.entropy import TOTAL
 from nicodec.codec import registry
 from nicodec.models.ctx.codec import load_weights
 from nicodec.models.ctx import coder
-from nicodec.models.ctx.coder import (NTOK, R4, R5, Tables, _flip, _ranged, _top_raw, _unranged,
+from nicodec.models.ctx.coder import (NTOK, R4, R5, Tables, _flip, _ranged, _unranged,
                                      coded_raw, decode_tile, encode_tile, raw_rows, tokens)
+from nicodec.models.ctx.rawbits import top_raw
 from nicodec.models.ctx.train import class_edges, raw_tables
 from tests.test_ctx_mix import trained
 from tests.test_ctx_side import _image, _refused_when_damaged
@@ -50,7 +51,7 @@ def test_the_coded_raw_bits_and_the_rest_rebuild_every_value():
     u = np.arange(1 << 16)
     tok, nraw, raw = tokens(u)
     tables = Tables(np.ones((1, NTOK), np.int64), np.zeros(0, np.int64), R5)
-    top, rest_n, rest = _top_raw(np.zeros(len(u), np.int64), tok, nraw, raw, tables)
+    top, rest_n, rest = top_raw(np.zeros(len(u), np.int64), tok, nraw, raw, tables)
     high, low = np.zeros(len(u), np.int64), np.zeros(len(u), np.int64)
     n = nraw.copy()
     for j in range(R5.raw_coded):

@@ -71,10 +71,10 @@ from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
 from nicodec.models.ctx import colour
 from nicodec.models.ctx import side as coded
 from nicodec.models.ctx.levels import Pass, passes
-from nicodec.models.ctx.tokens import raw_bits, tokens, untoken, unzigzag, zigzag
+from nicodec.models.ctx.rawbits import bit_tables, coded_raw, get_top_raw, top_raw
+from nicodec.models.ctx.tokens import NTOK, raw_bits, tokens, untoken, unzigzag, zigzag
 from nicodec.models.ctx.tokens import uniform as _uniform
 
-NTOK = 40  # tokens of 16-bit samples: 16 + 2 per octave from 2**4 to 2**15
 EST_FRAC = 8  # fixed-point bits of the activity weights
 LS_ROWS = 100_000  # samples the encoder's last least-squares fit looks at (a regular subsample)
 IRLS_ROWS = 25_000  # the subsample of the reweighting rounds (r1) and of the activity fit
@@ -182,7 +182,7 @@ class Revision:
     # (prior_counts times 1/2, 1, 2, 4, ...), sent in as many bits as that needs
     raw_coded: int = 0  # r5: the top bits (this many) of each token's raw bits are coded with
     # the weight file's probability of a 1 for the sample's class and token (``Tables.raw``),
-    # not uniform: the density falls inside a token's range (``_top_raw``)
+    # not uniform: the density falls inside a token's range (``rawbits.top_raw``)
     raw_sign: bool = False  # r5: and the lowest raw bit (the residual's sign) the same way
     clipped_class: bool = False  # r5: samples whose prediction was clipped to the sample range
     # are a class of their own (``_clipped_class``)
@@ -1101,7 +1101,7 @@ class _Fitted:
     # of each coder call
     raw: list[tuple[int, np.ndarray]]  # the raw values of each raw bit count above 0
     top: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # r5: (context,
-    # bits) of each coded raw bit (``_top_raw``)
+    # bits) of each coded raw bit (``rawbits.top_raw``)
 
 
 def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | None = None
@@ -1199,59 +1199,16 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     tok, nraw, raw = tokens(u)
     lad = _clipped_class(_classes(act, shift, ew, ebias, far, tables), clipped, tables)
     hist, choice, pick, coded_tokens = _plan(lad, tok, tables, previous, c)
-    top, nraw, raw = _top_raw(lad.cls, tok, nraw, raw, tables)
+    top, nraw, raw = top_raw(lad.cls, tok, nraw, raw, tables)
     bits_of, by_bits = _groups(nraw, raw)
     return _Fitted(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
                    hist, choice, pick, coded_tokens,
                    [(int(k), v) for k, v in zip(bits_of, by_bits) if k > 0], top)
 
 
-def _raw_context(cls: np.ndarray, tok: np.ndarray, rev: Revision) -> np.ndarray:
-    """r5: the rows of ``Tables.raw`` of samples of class ids ``cls`` and tokens ``tok``: the
-    class without its phase half, and the token."""
-    return (cls >> 1 if rev.phase else cls) * NTOK + tok
-
-
 def raw_rows(tables: Tables) -> int:
     """r5: the classes of ``Tables.raw`` (the ladder's, without the phase halves)."""
     return _class_rows(tables) // 2
-
-
-def _bit_tables(tables: Tables, j: int, context: np.ndarray) -> np.ndarray:
-    """r5: the (n, 2) frequency rows of the ``j``-th coded raw bit in ``context``."""
-    one = tables.raw[j].reshape(-1)[context]
-    return np.stack([(1 << PRECISION) - one, one], 1)
-
-
-def coded_raw(rev: Revision) -> int:
-    """r5: how many of a token's raw bits are coded with ``Tables.raw`` (at most)."""
-    return rev.raw_coded + rev.raw_sign
-
-
-def _top_raw(cls: np.ndarray, tok: np.ndarray, nraw: np.ndarray, raw: np.ndarray,
-             tables: Tables) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
-    """r5's encoder: the top ``raw_coded`` raw bits of each sample, then (``raw_sign``) its
-    lowest, as (context, bits) of one coder call each (each over the samples with a bit
-    left), and the raw bits left between them (counts, values), sent uniform. Only the
-    samples with raw bits (tokens of 16 and up: few) are looked at."""
-    rev = tables.revision
-    if not coded_raw(rev):
-        return [], nraw, raw
-    big = np.flatnonzero(nraw)
-    n, v, context = nraw[big], raw[big], _raw_context(cls[big], tok[big], rev)
-    top = []
-    for _ in range(rev.raw_coded):
-        has = n > 0
-        n = n - has
-        top.append((context[has], (v[has] >> n[has]) & 1))
-        v = v & ((1 << n) - 1)
-    if rev.raw_sign:
-        has = n > 0
-        top.append((context[has], v[has] & 1))
-        n, v = n - has, v >> has
-    nraw, raw = nraw.copy(), raw.copy()
-    nraw[big], raw[big] = n, v
-    return top, nraw, raw
 
 
 def _plan(lad: _Ladder, tok: np.ndarray, tables: Tables, previous: dict[int, np.ndarray],
@@ -1332,7 +1289,7 @@ def _write_step(coder: PacketEncoder, side: _Side, f: _Fitted, tables: Tables) -
     for table, t in f.tokens:
         coder.encode(t, table)
     for j, (context, bits) in enumerate(f.top):
-        coder.encode(bits, _bit_tables(tables, j, context))
+        coder.encode(bits, bit_tables(tables, j, context))
         if tables.collect_raw is not None:
             tables.collect_raw.append((j, context, bits))
     for k, v in f.raw:
@@ -1695,7 +1652,7 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
                 tok[where] = coder.decode(tables.bank[j], len(where))
         nraw = raw_bits(tok)
         if coded_raw(rev):
-            nraw, coded_bits = _get_top_raw(coder, lad.cls, tok, nraw, tables)
+            nraw, coded_bits = get_top_raw(coder, lad.cls, tok, nraw, tables)
         raw = np.zeros(len(at), np.int64)
         for k, where in zip(*_groups(nraw, np.arange(len(at)))):
             if k > 0:
@@ -1712,34 +1669,6 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
             _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
         ahead.finished(index)
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
-
-
-def _get_top_raw(coder: PacketDecoder, cls: np.ndarray, tok: np.ndarray, nraw: np.ndarray,
-                 tables: Tables) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """r5: the inverse of :func:`_top_raw`: decodes the coded raw bits of the samples with raw
-    bits, and returns the raw bit counts left (sent uniform), and what puts the coded bits
-    back around those bits' values."""
-    rev = tables.revision
-    big = np.flatnonzero(nraw)
-    n, context = nraw[big], _raw_context(cls[big], tok[big], rev)
-    high = np.zeros(len(big), np.int64)
-    for j in range(rev.raw_coded):
-        has = n > 0
-        n = n - has
-        high[has] = 2 * high[has] + coder.decode(_bit_tables(tables, j, context[has]))
-    low, lowest = np.zeros((2, len(big)), np.int64)  # the sign bit, and whether there is one
-    if rev.raw_sign:
-        lowest[:] = n > 0
-        low[lowest == 1] = coder.decode(_bit_tables(tables, rev.raw_coded, context[lowest == 1]))
-        n = n - lowest
-    left = nraw.copy()
-    left[big] = n
-
-    def rebuilt(raw: np.ndarray) -> np.ndarray:
-        raw = raw.copy()
-        raw[big] = (high << n | raw[big]) << lowest | low
-        return raw
-    return left, rebuilt
 
 
 def _get_uniform(side: _Side, rev: Revision, samples: int, nw: int, ne: int

@@ -12,6 +12,7 @@ import numpy as np
 from nicodec.bitstream.entropy import PRECISION
 
 SPLIT = 16  # hybrid tokens: values below are their own token
+NTOK = 40  # tokens of 16-bit samples: 16 + 2 per octave from 2**4 to 2**15
 _UNIFORM: dict[int, np.ndarray] = {}  # uniform tables by bit count
 
 
