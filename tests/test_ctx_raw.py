@@ -51,7 +51,7 @@ def test_the_coded_raw_bits_and_the_rest_rebuild_every_value():
     u = np.arange(1 << 16)
     tok, nraw, raw = tokens(u)
     tables = Tables(np.ones((1, NTOK), np.int64), np.zeros(0, np.int64), R5)
-    top, rest_n, rest = top_raw(np.zeros(len(u), np.int64), tok, nraw, raw, tables)
+    top, rest_n, rest = top_raw(np.zeros(len(u), np.int64), tok, nraw, raw, tables.revision)
     high, low = np.zeros(len(u), np.int64), np.zeros(len(u), np.int64)
     n = nraw.copy()
     for j in range(R5.raw_coded):

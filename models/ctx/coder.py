@@ -1199,7 +1199,7 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     tok, nraw, raw = tokens(u)
     lad = _clipped_class(_classes(act, shift, ew, ebias, far, tables), clipped, tables)
     hist, choice, pick, coded_tokens = _plan(lad, tok, tables, previous, c)
-    top, nraw, raw = top_raw(lad.cls, tok, nraw, raw, tables)
+    top, nraw, raw = top_raw(lad.cls, tok, nraw, raw, rev)
     bits_of, by_bits = _groups(nraw, raw)
     return _Fitted(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
                    hist, choice, pick, coded_tokens,
@@ -1289,7 +1289,7 @@ def _write_step(coder: PacketEncoder, side: _Side, f: _Fitted, tables: Tables) -
     for table, t in f.tokens:
         coder.encode(t, table)
     for j, (context, bits) in enumerate(f.top):
-        coder.encode(bits, bit_tables(tables, j, context))
+        coder.encode(bits, bit_tables(tables.raw, j, context))
         if tables.collect_raw is not None:
             tables.collect_raw.append((j, context, bits))
     for k, v in f.raw:
@@ -1652,7 +1652,7 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
                 tok[where] = coder.decode(tables.bank[j], len(where))
         nraw = raw_bits(tok)
         if coded_raw(rev):
-            nraw, coded_bits = get_top_raw(coder, lad.cls, tok, nraw, tables)
+            nraw, coded_bits = get_top_raw(coder, lad.cls, tok, nraw, rev, tables.raw)
         raw = np.zeros(len(at), np.int64)
         for k, where in zip(*_groups(nraw, np.arange(len(at)))):
             if k > 0:
