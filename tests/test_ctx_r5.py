@@ -57,7 +57,8 @@ def test_the_payload_holds_the_first_channel_whole_then_the_others_pass_by_pass(
     """The decoder's step order (``written``): every pass of channel position 0, then each pass's
     later channels; the encoder's fits stay pass by pass, and r4's two orders are one."""
     def order(rev, written):
-        return [(s.p, s.c) for s in coder._steps(70, 90, [1, 0, 2], rev, written)]
+        return [(v.p, c) for v in coder._visits(70, 90, [1, 0, 2], rev, written)
+                for c, _ in v.channels]
 
     fitted, written = order(R5, False), order(R5, True)
     assert sorted(fitted, key=str) == sorted(written, key=str)

@@ -58,17 +58,16 @@ sample range in a class of their own.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from nicodec.bitstream.entropy import PRECISION, PacketDecoder, PacketEncoder
-from nicodec.models.ctx import colour
+from nicodec.models.ctx import colour, partner
 from nicodec.models.ctx import side as coded
 from nicodec.models.ctx.levels import Pass, passes
 from nicodec.models.ctx.rawbits import bit_tables, coded_raw, get_top_raw, top_raw
@@ -90,6 +89,8 @@ SPLIT_FROM = 2 * COMPACT_BELOW  # r2: finest passes split in halves that keep al
 SPLIT_FROM_R3 = 20_000  # r3: the passes of the two finest levels from this size split (their
 # halves keep all neighbours as compact passes are smaller): Kodak 0.010 bpp smaller; the
 # third level too (from 6000 samples) measured worse
+HALVES_FROM = 4096  # the two-thread decoder's steps of this many samples or more are made in
+# two halves, one in each process (:func:`_decode`)
 EST_SIGNIFICANT = 6  # r2: magnitude bits of the largest activity weight sent (4 measured alike)
 EST_SHIFT_MAX = 24  # r2: the largest scale 2**shift of the activity weights
 PHASE_CLASSES = 8  # r2: classes below this (expected |residual| under 1.5) split by phase
@@ -248,10 +249,39 @@ class _Own(NamedTuple):
     values: colour.Sums | None
 
 
+class _Layout(NamedTuple):
+    """Which features a step makes (:func:`_own_features`) and how many rows they take at most
+    (without the row of ones)."""
+
+    same: bool  # r3: the middle of the even half's four next to an odd half's sample
+    pair: bool  # r3: the pair blend
+    ratios: bool  # r4: the colour ratios
+    slopes: bool  # r4: the colour slopes
+    whole: bool  # r5: the first channel around the sample, for the later channels
+    rows: int  # prediction features
+    act_rows: int  # activity features
+
+
+def _layout(rev: Revision, p: Pass, c: int, neighbours: int, compact: bool, pair: bool
+            ) -> _Layout:
+    """The features of a step of channel position ``c`` in pass ``p`` that sees
+    ``neighbours`` neighbours; ``pair``: r3's pair misses are recorded."""
+    odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
+    same = rev.same_middle and odd
+    pair = pair and not compact
+    ratios = rev.colour_ratio and rev.all_residuals and not compact and neighbours > 0
+    slopes = rev.colour_slope and rev.all_colour and not compact and neighbours > 0
+    whole = rev.first_plane and c > 0 and not compact and neighbours > 0
+    return _Layout(same, pair, ratios, slopes, whole,
+                   2 * neighbours + 3 + c * (neighbours + 5) + (same + 2 * pair) * (c + 1)
+                   + (ratios + slopes) * c + whole * (len(_around(p)) + 1),
+                   neighbours + 4 + c + whole)
+
+
 def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: np.ndarray,
                   nb: list[np.ndarray], rev: Revision, p: Pass, err: np.ndarray | None,
                   depth: int, known: dict[int, _Known], spare: _Spare | None = None,
-                  width: int = 0) -> _Own:
+                  width: int = 0, part: slice = slice(None)) -> _Own:
     """The first part of a step's features (:func:`_colour_features` makes the rest): the
     prediction features (k + 1, n) and activity features (m + 1, n) of channel ``order[c]``,
     as float64 rows holding integers (products with the fixed-point weights stay exact; so do
@@ -267,24 +297,20 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
     earlier passes; r5: and the first channel, whole by then, around the samples,
     :func:`_surround`), and what it leaves in ``known``. The decoder computes it ahead,
     while the earlier channels of the pass are still being decoded, and the two-thread encoder
-    as a task of its own (:func:`_in_order`), writing the rows into ``spare``'s arrays."""
+    as a task of its own (:func:`_in_order`), writing the rows into ``spare``'s arrays.
+    ``part``: the samples of the step this call makes the rows of (the two-thread decoder's
+    processes each make one half, :func:`_decode`)."""
     ch = order[c]
     compact = len(at) < rev.compact_below
-    if compact:  # a pass of few samples: fewer weights to send
-        nb = nb[:4]
-    odd = p.parity == 1 and not compact  # an odd half: nb[4:8] are the even half's samples
-    same = rev.same_middle and odd
-    pair = err is not None and not compact
-    ratios = rev.colour_ratio and rev.all_residuals and not compact and len(nb) > 0
-    slopes = rev.colour_slope and rev.all_colour and not compact and len(nb) > 0
+    at = at[part]
+    nb = [i[part] for i in (nb[:4] if compact else nb)]  # compact: fewer weights to send
+    same, pair, ratios, slopes, whole, rows, act_rows = _layout(rev, p, c, len(nb), compact,
+                                                                 err is not None)
     later = c < len(order) - 1  # a later channel of the pass will read this one's sums
-    whole = rev.first_plane and c > 0 and not compact and len(nb) > 0  # r5
-    feats = _Rows(2 * len(nb) + 3 + c * (len(nb) + 5) + (same + 2 * pair) * (c + 1)
-                  + (ratios + slopes) * c + whole * (len(_around(p)) + 1), len(at),
-                  spare and spare.features)
+    feats = _Rows(rows, len(at), spare and spare.features)
     signed_near = len(nb) if rev.all_residuals else 4
     colour_near = len(nb) if rev.all_colour else 4
-    act = _Rows(len(nb) + 4 + c + whole, len(at), spare and spare.activity)
+    act = _Rows(act_rows, len(at), spare and spare.activity)
     own = [feats.take(x[ch], i) for i in nb]
     if own:
         mine = directional(own[:4])
@@ -310,7 +336,7 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
         residuals = colour.ratio_sums(feats.rows[first:feats.k], depth, later) if ratios else None
         values = colour.slope_sums(feats.rows[:len(nb)], depth, later) if slopes else None
         if whole:
-            first = _surround(x, order[0], at, p, depth, known, width)
+            first = _surround(x, order[0], at, p, depth, known, width, part)
             differences = np.subtract(feats.rows[:len(nb)], first.neighbours)
             difference = colour.guided(first.guide, differences)
             feats.put(*first.around, difference)
@@ -414,14 +440,14 @@ def _around(p: Pass) -> tuple[tuple[int, int], ...]:
 
 
 def _surround(x: np.ndarray, g: int, at: np.ndarray, p: Pass, depth: int,
-              known: dict[int, _Known], width: int) -> _Known:
+              known: dict[int, _Known], width: int, part: slice = slice(None)) -> _Known:
     """r5: the first channel ``g``'s rows that the later channels of a pass see (made by the
     first of them, kept in ``known[g]`` for the others): its values around the samples
     (:func:`_around`), and the weights of :func:`colour.guided` from its path costs from each
     sample to each neighbour through the pixel halfway (offsets halved, rounded toward 0;
     the neighbours next to the sample are reached directly). Any pixel inside the tile is
     known (the first channel is whole), so the positions are mirrored at the tile's edges
-    (``Pass.flat`` with a unit half)."""
+    (``Pass.flat`` with a unit half). ``at``: the ``part`` of the pass's samples made here."""
     mine = known[g]
     if mine.around is None:
         ring = _around(p)
@@ -429,6 +455,7 @@ def _surround(x: np.ndarray, g: int, at: np.ndarray, p: Pass, depth: int,
         far = [k for k, o in enumerate(halves) if o != (0, 0)]
         _, found = Pass(p.oy, p.ox, p.step, 1, ring + tuple(halves[k] for k in far),
                         p.parity).flat(x.shape[1] // width, width)
+        found = [i[part] for i in found]
         around = np.empty((len(ring), len(at)))
         for row, i in zip(around, found):
             x[g].take(i, out=row)
@@ -535,18 +562,37 @@ class _Spare:
                 self.flat = np.empty(size, np.uint8)
             return self.flat[:size].view(dtype).reshape(count, n)
 
-    def __init__(self) -> None:
-        self.features, self.activity = self.Array(), self.Array()
+    def __init__(self, features: _Spare.Array | _Columns | None = None,
+                 activity: _Spare.Array | _Columns | None = None) -> None:
+        """``features``, ``activity``: the feature rows' arrays (new ones if None)."""
+        self.features, self.activity = features or self.Array(), activity or self.Array()
         # the encoder's fits (:func:`_fit_robust`, :func:`_fit_scale`): their centred rows,
         # the reweighting rounds' subsample of them, the weighted copy
         self.fit, self.small, self.scratch = self.Array(), self.Array(), self.Array()
+
+
+class _Columns:
+    """The decoder's feature rows: one (count, total) float64 array in a flat buffer made
+    once per tile, of which a call of :func:`_own_features` makes the columns ``start`` on
+    (with two threads, each process makes one half of a step's samples into the same shared
+    buffer, :func:`_decode`). ``whole``: the whole array of the last call."""
+
+    def __init__(self, flat: np.ndarray) -> None:
+        self.flat, self.total, self.start = flat, 0, 0
+        self.whole = flat[:0].view(np.float64).reshape(0, 0)
+
+    def rows(self, count: int, n: int) -> np.ndarray:
+        """A (count, n) view of the columns ``start`` on, its contents undefined."""
+        self.whole = self.flat[:count * self.total * 8].view(np.float64).reshape(count, self.total)
+        return self.whole[:, self.start:self.start + n]
 
 
 class _Rows:
     """Feature rows written in place into one (at most ``bound`` + 1, n) array (a view of
     ``spare``'s array when given)."""
 
-    def __init__(self, bound: int, n: int, spare: _Spare.Array | None = None) -> None:
+    def __init__(self, bound: int, n: int, spare: _Spare.Array | _Columns | None = None
+                 ) -> None:
         self.rows = np.empty((bound + 1, n)) if spare is None else spare.rows(bound + 1, n)
         self.k = 0
 
@@ -1069,8 +1115,17 @@ class _Step(NamedTuple):
     kind: int  # the pass's kind, for r3's side information
 
 
-def _steps(height: int, width: int, order: list[int], rev: Revision, written: bool = False
-           ) -> Iterator[_Step]:
+class _Visit(NamedTuple):
+    """The steps of one pass in a row: its channels (position in the order, channel)."""
+
+    p: Pass
+    samples: int
+    kind: int  # the pass's kind, for r3's side information
+    channels: list[tuple[int, int]]
+
+
+def _visits(height: int, width: int, order: list[int], rev: Revision, written: bool = False
+            ) -> list[_Visit]:
     """The coding steps of a tile, pass by pass, each pass's channels in ``order`` (the
     encoder's fits); ``written``: in the payload's order (the decoder's), where r5 has all the
     first channel's passes first, then the other channels' pass by pass."""
@@ -1079,14 +1134,16 @@ def _steps(height: int, width: int, order: list[int], rev: Revision, written: bo
     sweeps = [channels]
     if written and rev.first_plane and len(order) > 1:
         sweeps = [channels[:1], channels[1:]]
-    for sweep in sweeps:
-        for p in plan:
-            at, nb = p.flat(height, width)
-            if not len(at):
-                continue
-            kind = coded.kind(p, len(at) < rev.compact_below)
-            for c, ch in sweep:
-                yield _Step(p, at, nb, c, ch, kind)
+    return [_Visit(p, n, coded.kind(p, n < rev.compact_below), sweep)
+            for sweep in sweeps for p in plan if (n := p.samples(height, width))]
+
+
+def _steps(height: int, width: int, order: list[int], rev: Revision) -> Iterator[_Step]:
+    """The encoder's steps (:func:`_visits`), with their positions."""
+    for p, _, kind, channels in _visits(height, width, order, rev):
+        at, nb = p.flat(height, width)
+        for c, ch in channels:
+            yield _Step(p, at, nb, c, ch, kind)
 
 
 @dataclass
@@ -1296,13 +1353,18 @@ def _write_step(coder: PacketEncoder, side: _Side, f: _Fitted, tables: Tables) -
         coder.encode(v, _uniform(k))
 
 
+def _threads(threads: int | None) -> int:
+    """``threads``, or if None BLAS's current limit (what ``--threads`` sets)."""
+    if threads is None:
+        return max((info["num_threads"] for info in _controller().select(user_api="blas").info()),
+                   default=1)
+    return threads
+
+
 def _lanes(channels: int, threads: int | None) -> int:
     """How many threads fit the steps: two when there are several channels and ``threads``
     (None: BLAS's current limit) allows it."""
-    if threads is None:
-        threads = max((info["num_threads"] for info in _controller().select(user_api="blas").info()),
-                      default=1)
-    return 2 if threads > 1 and channels > 1 else 1
+    return 2 if _threads(threads) > 1 and channels > 1 else 1
 
 
 _TAKEN = Future()  # a prepared task's place in ``_in_order`` once its fit has its result
@@ -1477,147 +1539,148 @@ def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return present, index[values]
 
 
-class _Ahead:
-    """The decoder's steps, each with its features from its own channel (``work(step,
-    spare)``, a step's :func:`_own_features`), in step order. With two lanes a second thread
-    makes them while this one decodes: a step's own features read only its channel's earlier
-    passes, so they may start once the same channel's step before is decoded (r5: for the
-    later channels, also the first channel's last: they read it whole). It keeps at most one
-    step ready beyond the one being decoded, and stops when the context ends (a damaged
-    payload's error included)."""
-
-    def __init__(self, lanes: int) -> None:
-        self.lanes = lanes
-        self.thread: threading.Thread | None = None
-        self.changed = threading.Condition()
-        self.asked = self.decoded = 0  # the step asked for last; how many steps are decoded
-        self.stop = False
-
-    def start(self, work: Callable[[_Step, _Spare | None], _Own], steps: Iterator[_Step],
-              whole: bool = False) -> None:
-        """Begin with ``steps`` (on the second thread with two lanes); ``whole``: the later
-        channels' steps read the first channel whole (r5)."""
-        self.work, self.steps, self.whole = work, steps, whole
-        if self.lanes > 1:
-            self.spares = [_Spare(), _Spare()]  # the step being decoded's, the next one's
-            self.made: queue.SimpleQueue = queue.SimpleQueue()
-            self.thread = threading.Thread(target=self._run, name="ctx-decode-ahead")
-            self.thread.start()
-
-    def __iter__(self) -> Iterator[tuple[_Step, _Own]]:
-        """Each step with its own features (made here with one lane, allocating its rows)."""
-        for index in itertools.count():
-            if self.thread is None:
-                step = next(self.steps, None)
-                if step is None:
-                    return
-                yield step, self.work(step, None)
-                continue
-            with self.changed:
-                self.asked = index
-                self.changed.notify()
-            made = self.made.get()
-            if made is None:
-                return
-            if isinstance(made, BaseException):
-                raise made
-            yield made
-
-    def finished(self, index: int) -> None:
-        """Step ``index`` is decoded (its samples and residuals are in place)."""
-        if self.thread is not None:
-            with self.changed:
-                self.decoded = index + 1
-                self.changed.notify()
-
-    def _run(self) -> None:
-        try:
-            last: dict[int, int] = {}  # each channel's last step
-            for index, step in enumerate(self.steps):
-                need = last.get(step.c, -1)
-                if self.whole and step.c:
-                    need = max(need, last.get(0, -1))
-                last[step.c] = index
-                with self.changed:
-                    self.changed.wait_for(lambda: self.stop or (
-                        self.decoded > need and self.asked >= index - 1))
-                    if self.stop:
-                        return
-                self.made.put((step, self.work(step, self.spares[index % 2])))
-            self.made.put(None)
-        except BaseException as error:  # the decoding thread raises it
-            self.made.put(error)
-
-    def __enter__(self) -> _Ahead:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.thread is not None:
-            with self.changed:
-                self.stop = True
-                self.changed.notify()
-            self.thread.join()
-
-
 def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables,
                 threads: int | None = None) -> np.ndarray:
     """Decode a payload of :func:`encode_tile` into (H, W, C) samples.
 
-    With ``threads`` > 1 (None: as many as BLAS may use) and several channels, a second
-    thread computes each step's features from its own channel (:func:`_own_features`) while
-    this one decodes the step before (:class:`_Ahead`); the samples are the same for any
-    ``threads``."""
-    lanes = _lanes(shape[2], threads)
-    # BLAS (the predictions' products) on one thread: with two lanes it would compete with
-    # them, and with one its second thread only spins (kodim01 in gray: the same 0.26 s,
+    With ``threads`` > 1 (None: as many as BLAS may use) on Linux, a forked second process
+    makes the features of the second half of each big step's samples while this one makes
+    the first half (:mod:`partner`); the samples are the same for any ``threads``."""
+    two = _threads(threads) > 1 and partner.available()
+    # BLAS (the predictions' products) on one thread: with two processes it would compete
+    # with them, and with one its second thread only spins (kodim01 in gray: the same 0.26 s,
     # 0.35 s of CPU against 0.51 s)
-    with _Ahead(lanes) as ahead, _one_blas_thread():
-        return _decode(payload, shape, depth, tables, ahead)
+    with _one_blas_thread():
+        return _decode(payload, shape, depth, tables, two)
 
 
 def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables,
-            ahead: _Ahead) -> np.ndarray:
-    """:func:`decode_tile`'s work, each step's features from its own channel from ``ahead``."""
-    coder = PacketDecoder(payload)
-    side = _Side(dec=coder)
+            two: bool) -> np.ndarray:
+    """:func:`decode_tile`'s work; ``two``: with a second process (:class:`partner.Partner`)
+    that makes the features of the second half of the samples of each step of HALVES_FROM
+    samples or more, and each pass's positions while this process decodes the pass before.
+    It starts (forked) with the tile's planes of samples, residuals and pair misses, the
+    feature rows' and the positions' buffers in memory shared with this process, which writes
+    the planes, one step after the other: a step's features read only steps decoded before
+    it, and are all per sample. Each process keeps its half of what a step's features leave
+    for the later steps (``known``, r5's ``kept``)."""
+    state = _Decoding(PacketDecoder(payload), depth, tables)
     rev = tables.revision
     height, width, channels = shape
-    x = np.zeros((channels, height * width))
-    res = np.zeros_like(x)
     order = _order(channels)
-    half = 1 << (depth - 1)
-    err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
+    visits = _visits(height, width, order, rev, written=True)
+    two = two and any(v.samples >= HALVES_FROM for v in visits)
+    make = partner.shared if two else np.zeros
+    x = state.x = make((channels, height * width))
+    res = state.res = make((channels, height * width))
+    err = state.err = make((channels, 2, height * width, 2), np.float32) \
+        if rev.pair_errors else None
+    # the feature rows of the biggest step (the last channel's, every feature), and two
+    # passes' positions
+    most = [(v.samples, _layout(rev, v.p, len(order) - 1, len(v.p.offsets), False,
+                                err is not None)) for v in visits]
+    spare = _Spare(_Columns(make(max(n * (f.rows + 1) for n, f in most) * 8, np.uint8)),
+                   _Columns(make(max(n * (f.act_rows + 1) for n, f in most) * 8, np.uint8)))
+    slots = make((2, max(v.samples * (len(v.p.offsets) + 1) for v in visits)), np.int64)
+    steps = [(j, c, ch) for j, v in enumerate(visits) for c, ch in v.channels]
     # what each pass's channels leave for the later ones (dropped after its last)
     known: dict[Pass, dict[int, _Known]] = {}
-    previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its last pass
     whole = rev.first_plane and channels > 1
     kept: dict[Pass, _Kept] = {}  # r5: what the first channel's steps leave for the later
 
-    def own(s: _Step, spare: _Spare | None) -> _Own:
-        """A step's own features (:func:`_own_features`). r5: the first channel's passes
-        come first, made as if it were the only channel; what they leave for the later
-        channels is kept in small types (:func:`_kept`) and restored for the later
-        channels' first step of the pass (:func:`_restored`)."""
+    def positions(j: int, find: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Visit ``j``'s positions in its slot; ``find``: computed there first."""
+        p, n = visits[j].p, visits[j].samples
+        out = slots[j % 2, :n * (len(p.offsets) + 1)].reshape(-1, n)
+        return p.flat(height, width, out) if find else (out[0], list(out[1:]))
+
+    def step(index: int) -> _Step:
+        j, c, ch = steps[index]
+        return _Step(visits[j].p, *positions(j), c, ch, visits[j].kind)
+
+    def features(s: _Step, part: slice) -> tuple[int, int]:
+        """Make ``part`` of the columns of a step's prediction and activity features into
+        ``spare`` (:func:`_own_features`, :func:`_colour_features`); their row counts. r5: the
+        first channel's passes come first, made as if it were the only channel; what they
+        leave for the later channels is kept in small types (:func:`_kept`) and restored for
+        the later channels' first step of the pass (:func:`_restored`)."""
+        n = len(s.at)
+        for columns in spare.features, spare.activity:
+            columns.total, columns.start = n, part.start
         mine = known.setdefault(s.p, {})
         if whole and s.c == 1 and s.p in kept:
-            mine[order[0]] = _restored(kept.pop(s.p), x[order[0]], s.nb, depth)
-        made = _own_features(x, res, s.c, order[:1] if whole and not s.c else order, s.at,
-                             s.nb, rev, s.p, err, depth, mine, spare, width)
+            mine[order[0]] = _restored(kept.pop(s.p), x[order[0]], [i[part] for i in s.nb],
+                                       depth)
+        own = _own_features(x, res, s.c, order[:1] if whole and not s.c else order, s.at,
+                            s.nb, rev, s.p, err, depth, mine, spare, width, part)
         if whole and s.c == 0 and order[0] in mine:
-            kept[s.p] = _kept(mine[order[0]], made.compact)
-        return made
+            kept[s.p] = _kept(mine[order[0]], own.compact)
+        feats, act = _colour_features(x, res, order[:s.c], s.at[part], own, mine)
+        if s.c == len(order) - 1 or (whole and s.c == 0):
+            del known[s.p]
+        return len(feats), len(act)
 
-    ahead.start(own, _steps(height, width, order, rev, written=True), whole)
-    for index, ((p, at, nb, c, ch, kind), own_rows) in enumerate(ahead):
-        feats, act = _colour_features(x, res, order[:c], at, own_rows, known[p])
-        if c == len(order) - 1 or (whole and c == 0):
-            del known[p]
+    def task(t: int) -> None:
+        """The second process's tasks: visit t // 2's positions (t even), or the second half
+        of step t // 2's features (t odd)."""
+        if t % 2 == 0:
+            positions(t // 2, find=True)
+        else:
+            s = step(t // 2)
+            features(s, slice(len(s.at) // 2, None))
+
+    with partner.Partner(task) if two else contextlib.nullcontext() as other:
+        if other is not None:
+            other.ask(0)
+            other.wait()
+        for index in range(len(steps)):
+            j = steps[index][0]
+            if other is None and (index == 0 or steps[index - 1][0] != j):
+                positions(j, find=True)
+            s = step(index)
+            n = len(s.at)
+            cut = n // 2 if other is not None and n >= HALVES_FROM else n
+            if cut < n:
+                other.ask(2 * index + 1)
+            rows = features(s, slice(0, cut))
+            if cut < n:
+                other.wait()
+            last = index + 1 == len(steps) or steps[index + 1][0] != j
+            if other is not None and last and j + 1 < len(visits):
+                other.ask(2 * (j + 1))  # the next visit's positions, while this step decodes
+            state.step(s, spare.features.whole[:rows[0]], spare.activity.whole[:rows[1]])
+            if other is not None and last and j + 1 < len(visits):
+                other.wait()
+    return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
+
+
+class _Decoding:
+    """What the decoder keeps from step to step besides the features (:func:`_decode`): the
+    payload's coder, the planes of samples, residuals and r3's pair misses (set by
+    ``_decode``), r4's class counts of each channel's last pass."""
+
+    def __init__(self, coder: PacketDecoder, depth: int, tables: Tables) -> None:
+        self.coder, self.side = coder, _Side(dec=coder)
+        self.depth, self.tables = depth, tables
+        self.x = self.res = np.zeros(0)
+        self.err: np.ndarray | None = None
+        self.previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its
+        # last pass
+
+    def step(self, s: _Step, feats: np.ndarray, act: np.ndarray) -> None:
+        """Decode step ``s`` from its features (rows of ones last) into the planes."""
+        p, at, nb, c, ch, kind = s
+        coder, side, depth, tables = self.coder, self.side, self.depth, self.tables
+        previous, x, res, err = self.previous, self.x, self.res, self.err
+        rev = tables.revision
+        half = 1 << (depth - 1)
+        n = len(at)
         if rev.coded_side:
             frac, w, bias, shift, ew, ebias = _get_coded(
-                coder, tables.side, kind, c, depth, _weight_bits(len(at), rev),
+                coder, tables.side, kind, c, depth, _weight_bits(n, rev),
                 coded.coarseness(feats), len(act) - 1)
         else:
-            frac, w, bias, shift, ew, ebias = _get_uniform(side, rev, len(at), len(feats) - 1,
+            frac, w, bias, shift, ew, ebias = _get_uniform(side, rev, n, len(feats) - 1,
                                                            len(act) - 1)
         pred, below, far, clipped = _predict(feats, frac, w, bias, 2 * half - 1)
         lad = _clipped_class(_classes(act, shift, ew, ebias, far, tables), clipped, tables)
@@ -1667,8 +1730,6 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
         res[ch, at] = r
         if err is not None and len(nb) >= 4:
             _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
-        ahead.finished(index)
-    return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
 
 
 def _get_uniform(side: _Side, rev: Revision, samples: int, nw: int, ne: int

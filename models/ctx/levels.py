@@ -66,22 +66,32 @@ class Pass:
             out.append((np.where(bad, first_y, ny), np.where(bad, first_x, nx)))
         return out
 
-    def flat(self, height: int, width: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    def samples(self, height: int, width: int) -> int:
+        """How many samples the pass has in the tile (those of :meth:`positions`)."""
+        rows = -(-max(height - self.oy, 0) // self.step)
+        cols = -(-max(width - self.ox, 0) // self.step)
+        if self.parity < 0:
+            return rows * cols
+        return (-(-rows // 2) * -(-max(cols - self.parity, 0) // 2)
+                + rows // 2 * -(-max(cols - 1 + self.parity, 0) // 2))
+
+    def flat(self, height: int, width: int, out: np.ndarray | None = None
+             ) -> tuple[np.ndarray, list[np.ndarray]]:
         """The flat positions (y * width + x) of :meth:`positions` and of :meth:`neighbours`,
         computed on grids of rows and columns (:meth:`_grids`; faster, and decoding cannot start
-        before it). A half pass keeps, on the grid's rows 0, 2, ..., the columns of its parity,
-        on rows 1, 3, ... the others: in row-major order, a row of each in turn."""
+        before it), into ``out`` (offsets + 1, samples) when given. A half pass keeps, on the
+        grid's rows 0, 2, ..., the columns of its parity, on rows 1, 3, ... the others: in
+        row-major order, a row of each in turn."""
         rows = np.arange(self.oy, height, self.step)
         cols = np.arange(self.ox, width, self.step)
         k = len(self.offsets) + 1
+        if out is None:
+            out = np.empty((k, self.samples(height, width)), np.int64)
         if self.parity < 0:
-            out = np.empty((k, len(rows) * len(cols)), np.int64)
             self._grids(rows, cols, height, width, out.reshape(k, len(rows), len(cols)))
             return out[0], list(out[1:])
         even, odd = rows[0::2], rows[1::2]
         kept = cols[self.parity::2], cols[1 - self.parity::2]
-        n = len(even) * len(kept[0]) + len(odd) * len(kept[1])
-        out = np.empty((k, n), np.int64)
         pairs = out[:, :len(odd) * len(cols)].reshape(k, len(odd), len(cols))
         self._grids(even[:len(odd)], kept[0], height, width, pairs[:, :, :len(kept[0])])
         self._grids(odd, kept[1], height, width, pairs[:, :, len(kept[0]):])

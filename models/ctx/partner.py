@@ -1,0 +1,120 @@
+"""A second process for the decoder (``coder.decode_tile`` with two threads): memory shared
+with it, and a forked process that runs one task at a time when asked.
+
+Two threads of one Python process gain at most about 1.3x on the coder's many small numpy
+operations, as they queue for the interpreter lock; two processes gain 1.9x
+(``eval/results/lossless/explore.md``, "Two threads in one process"). The decoder's
+features are per sample, so a forked process makes those of the second half of each step's
+samples into arrays it shares with the decoding process (:func:`shared`), which makes the
+first half. Forked, the process starts with everything the decoder had (the tables, the
+samples decoded so far); what it makes later reaches the decoder only through the shared
+arrays. Linux only (:func:`available`): elsewhere a fork may not be safe with the libraries
+loaded.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import struct
+import sys
+from typing import Callable
+
+import numpy as np
+
+ENDED = "the decoder's second process ended unexpectedly"
+
+
+def available() -> bool:
+    """Whether :class:`Partner` can run here."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
+def shared(shape: tuple[int, ...], dtype: type = np.float64) -> np.ndarray:
+    """A zeroed array in anonymous shared memory: a process forked after it is made reads
+    and writes the same memory (its pages are taken when first written)."""
+    count = int(np.prod(shape))
+    buffer = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize))
+    return np.frombuffer(buffer, dtype, count).reshape(shape)
+
+
+class Partner:
+    """A forked process that runs ``work(index)`` for each index :meth:`ask` sends, one at a
+    time, and answers each (:meth:`wait`). An error in it is raised by :meth:`wait`; it ends
+    when :meth:`close` is called or the asking process goes (its pipe closes)."""
+
+    def __init__(self, work: Callable[[int], None]) -> None:
+        down_read, self.down = os.pipe()
+        self.up, up_write = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the partner: never returns
+            status = 1
+            try:
+                os.close(self.down)
+                os.close(self.up)
+                _serve(work, down_read, up_write)
+                status = 0
+            finally:
+                os._exit(status)  # no exit handlers, no buffers of the parent's flushed
+        os.close(down_read)
+        os.close(up_write)
+
+    def ask(self, index: int) -> None:
+        """Start ``work(index)`` in the partner."""
+        try:
+            os.write(self.down, struct.pack("<q", index))
+        except BrokenPipeError:
+            raise RuntimeError(ENDED) from None
+
+    def wait(self) -> None:
+        """Wait for the task asked last; raise its error, if any."""
+        head = _read(self.up, 9)
+        if len(head) < 9:
+            raise RuntimeError(ENDED)
+        failed, size = struct.unpack("<?q", head)
+        if failed:
+            raise pickle.loads(_read(self.up, size))
+
+    def close(self) -> None:
+        """End the partner (at once, whatever it is doing) and wait for it."""
+        os.close(self.down)
+        os.close(self.up)
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+
+    def __enter__(self) -> Partner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read(fd: int, size: int) -> bytes:
+    """``size`` bytes from ``fd``, fewer only at its end."""
+    out = b""
+    while len(out) < size:
+        part = os.read(fd, size - len(out))
+        if not part:
+            break
+        out += part
+    return out
+
+
+def _serve(work: Callable[[int], None], down: int, up: int) -> None:
+    """The partner's loop: each index asked, ``work(index)``, then its answer; an error is
+    sent (pickled: the processes run the same code) and ends the loop."""
+    while len(asked := _read(down, 8)) == 8:
+        try:
+            work(struct.unpack("<q", asked)[0])
+        except BaseException as error:  # noqa: BLE001 - the asking process raises it
+            try:
+                message = pickle.dumps(error)
+            except Exception:  # noqa: BLE001 - an error that does not pickle
+                message = pickle.dumps(RuntimeError(repr(error)))
+            os.write(up, struct.pack("<?q", True, len(message)) + message)
+            return
+        os.write(up, struct.pack("<?q", False, 0))

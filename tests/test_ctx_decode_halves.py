@@ -1,0 +1,187 @@
+"""ctx-photo's decoder with two threads (a forked second process makes the features of the
+second half of each big step's samples and the passes' positions, ``coder._decode``): the
+same samples as with one for every coder revision, shape and depth; BLAS's limit (what
+``--threads`` sets) chooses it; a damaged payload or a failing step in either process raises
+and leaves no process behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from nicodec.codec import registry
+from nicodec.codec.columns import UNDECODABLE
+from nicodec.codec.pipeline import decode_detailed
+from nicodec.models.ctx import coder, partner
+from nicodec.models.ctx.coder import Tables, decode_tile, encode_tile
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+
+
+def _image(h: int, w: int, c: int, depth: int = 8, seed: int = 0) -> np.ndarray:
+    """Gradients that differ per channel, an edge and noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    top = (1 << depth) - 1
+    base = np.stack([top / 2 + np.sin(x / 5.0 + k) * np.cos(y / 7.0) * top / 3 for k in range(c)],
+                    -1)
+    base[h // 3: h // 2, w // 4: w // 2] = top * 0.8
+    noisy = base + rng.normal(0, top / 70, base.shape)
+    return np.clip(np.rint(noisy), 0, top).astype(np.uint8 if depth == 8 else np.uint16)
+
+
+@pytest.fixture(scope="module", params=["r1", "r2", "r3", "r4", "current"])
+def tables(request) -> Tables:
+    """Each revision's tables (the current one shipped, r1 to r4 retired), their compact and
+    split limits lowered so that small tiles take every path (split halves, passes that are not
+    compact)."""
+    weights = None if request.param == "current" else f"ctx-photo-{request.param}.safetensors"
+    loaded = registry.load_model("ctx-photo", weights).net.tables
+    assert loaded.revision == coder.REVISIONS[int(request.param[1:]) if request.param[0] == "r"
+                                              else coder.SHIPPED]
+    return replace(loaded, revision=replace(loaded.revision, compact_below=12, split_from=40))
+
+
+@pytest.fixture
+def forks(monkeypatch) -> list[int]:
+    """The process ids of the decoder's second processes started from now on; every step of
+    4 samples or more is made in halves, so that small tiles take that path."""
+    monkeypatch.setattr(coder, "HALVES_FROM", 4)
+    return _started(monkeypatch)
+
+
+def _started(monkeypatch) -> list[int]:
+    """The process ids of the second processes started from now on."""
+    started, real = [], partner.Partner.__init__
+
+    def spy(self, work):
+        real(self, work)
+        started.append(self.pid)
+
+    monkeypatch.setattr(partner.Partner, "__init__", spy)
+    return started
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid``, a child of this one, has ended and been waited for."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_two_processes_decode_the_same_samples_as_one(tables, depth, forks):
+    """Gray, two channels, RGB and RGBA, edge tiles of one row or column and tiles with split
+    passes: both thread counts give back the image."""
+    shapes = [(70, 129, 3), (23, 18, 1), (33, 65, 4), (40, 30, 2), (2, 40, 3), (5, 1, 3),
+              (1, 1, 1)]
+    for shape in shapes:
+        image = _image(*shape, depth=depth)
+        data = encode_tile(image, depth, tables)
+        for threads in (1, 2):
+            assert (decode_tile(data, shape, depth, tables, threads=threads) == image).all(), \
+                (shape, threads)
+    assert len(forks) == len(shapes) - 2 and all(map(_gone, forks))  # (5, 1), (1, 1): no step
+    # of 4 samples
+
+
+def test_blas_limit_chooses_two_processes_for_tiles_with_big_steps(monkeypatch):
+    """``threads`` left to the decoder follows BLAS's limit: at two, a tile with steps of
+    HALVES_FROM samples or more, gray or colour, is decoded by two processes; at one, or
+    with only small steps, by the caller's alone."""
+    tables = registry.load_model("ctx-photo").net.tables
+    started = _started(monkeypatch)
+    for shape, limit, forked in (((130, 140, 3), 1, False), ((130, 140, 3), 2, True),
+                                 ((130, 140, 1), 2, True), ((60, 60, 3), 2, False)):
+        image = _image(*shape)
+        data = encode_tile(image, 8, tables, threads=1)
+        started.clear()
+        with threadpool_limits(limit, user_api="blas"):
+            assert (decode_tile(data, image.shape, 8, tables) == image).all()
+        assert len(started) == forked and all(map(_gone, started)), (shape, limit)
+
+
+def test_damaged_payloads_raise_and_leave_no_process(tables, forks):
+    """Bit flips and truncation with two processes either decode to some tile or raise what
+    the pipeline counts as a lost packet; either way the second process has ended."""
+    shape = (24, 40, 3)
+    data = encode_tile(_image(*shape, seed=4), 8, tables)
+    rng = np.random.default_rng(0)
+    refused = 0
+    for trial in range(40):
+        damaged = bytearray(data[: int(rng.integers(0, len(data)))] if trial % 2 else data)
+        if trial % 2 == 0:
+            damaged[int(rng.integers(0, len(data)))] ^= 1 << int(rng.integers(0, 8))
+        try:
+            out = decode_tile(bytes(damaged), shape, 8, tables, threads=2)
+        except UNDECODABLE:
+            refused += 1
+        else:
+            assert out.shape == shape and 0 <= out.min() and out.max() <= 255
+        assert forks and all(map(_gone, forks)), trial
+    assert refused > 5
+
+
+@pytest.mark.parametrize("where", ["first", "second"])
+def test_a_failing_step_in_either_process_reaches_the_caller(monkeypatch, forks, where):
+    """An error while making a step's features, in the caller's process or in the second
+    (its half: the columns from the middle on), is raised by the decoder (not a hang), and the
+    second process has ended."""
+    tables = registry.load_model("ctx-photo").net.tables
+    image = _image(64, 64, 3)
+    data = encode_tile(image, 8, tables, threads=1)
+    own, made = coder._own_features, []
+
+    def failing(*args):
+        if (args[-1].start > 0) == (where == "second"):
+            made.append(1)
+            if len(made) == 7:
+                raise MemoryError(f"step 7 of the {where} half")
+        return own(*args)
+
+    monkeypatch.setattr(coder, "_own_features", failing)
+    with pytest.raises(MemoryError, match=f"step 7 of the {where} half"):
+        decode_tile(data, image.shape, 8, tables, threads=2)
+    assert len(forks) == 1 and _gone(forks[0])
+
+
+def test_an_ended_second_process_is_reported(monkeypatch, forks):
+    """A second process that ends without answering (killed) makes the decoder raise."""
+    tables = registry.load_model("ctx-photo").net.tables
+    image = _image(64, 64, 3)
+    data = encode_tile(image, 8, tables, threads=1)
+    real = partner.Partner.ask
+
+    def ask(self, task):
+        if task > 20:
+            os.kill(self.pid, 9)
+        real(self, task)
+
+    monkeypatch.setattr(partner.Partner, "ask", ask)
+    with pytest.raises(RuntimeError, match="second process ended"):
+        decode_tile(data, image.shape, 8, tables, threads=2)
+    assert len(forks) == 1 and _gone(forks[0])
+
+
+def test_golden_ctx_files_decode_the_same_with_two_processes(forks):
+    """The ctx-photo golden files (r2 to r5 weights, 8 and 16 bits, gray to RGBA) through the
+    pipeline with BLAS at two threads: the same pixels as their manifest's."""
+    manifest = json.loads((GOLDEN / "manifest.json").read_text())
+    names = [name for name, expected in manifest.items()
+             if "ctx-photo" in name and "refused" not in expected]
+    assert len(names) >= 5
+    with threadpool_limits(2, user_api="blas"):
+        for name in names:
+            pixels = decode_detailed((GOLDEN / name).read_bytes()).pixels
+            assert hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest() == \
+                manifest[name]["pixels_sha256"], name
+    assert len(forks) >= len(names) - 1 and all(map(_gone, forks))
