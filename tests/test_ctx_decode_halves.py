@@ -161,10 +161,10 @@ def test_an_ended_second_process_is_reported(monkeypatch, forks):
     data = encode_tile(image, 8, tables, threads=1)
     real = partner.Partner.ask
 
-    def ask(self, task):
+    def ask(self, task, data=b""):
         if task > 20:
             os.kill(self.pid, 9)
-        real(self, task)
+        real(self, task, data)
 
     monkeypatch.setattr(partner.Partner, "ask", ask)
     with pytest.raises(RuntimeError, match="second process ended"):

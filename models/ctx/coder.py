@@ -58,11 +58,12 @@ sample range in a class of their own.
 from __future__ import annotations
 
 import contextlib
+import pickle
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -1557,30 +1558,30 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
 def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables,
             two: bool) -> np.ndarray:
     """:func:`decode_tile`'s work; ``two``: with a second process (:class:`partner.Partner`)
-    that makes the features of the second half of the samples of each step of HALVES_FROM
-    samples or more, and each pass's positions while this process decodes the pass before.
-    It starts (forked) with the tile's planes of samples, residuals and pair misses, the
-    feature rows' and the positions' buffers in memory shared with this process, which writes
-    the planes, one step after the other: a step's features read only steps decoded before
-    it, and are all per sample. Each process keeps its half of what a step's features leave
-    for the later steps (``known``, r5's ``kept``)."""
-    state = _Decoding(PacketDecoder(payload), depth, tables)
+    that makes each pass's positions while this process decodes the pass before, and the
+    second half of the samples of each step of HALVES_FROM samples or more: their features,
+    predictions and classes, and once this process has decoded the step's tokens, their
+    samples. It starts (forked) with the tile's planes of samples, residuals and pair misses
+    and the buffers of the features, positions and per-sample values in memory shared with
+    this process: a step's features read only steps decoded before it, and the work of either
+    half is per sample. Each process keeps its half of what a step's features leave for the
+    later steps (``known``, r5's ``kept``)."""
     rev = tables.revision
     height, width, channels = shape
     order = _order(channels)
     visits = _visits(height, width, order, rev, written=True)
     two = two and any(v.samples >= HALVES_FROM for v in visits)
     make = partner.shared if two else np.zeros
-    x = state.x = make((channels, height * width))
-    res = state.res = make((channels, height * width))
-    err = state.err = make((channels, 2, height * width, 2), np.float32) \
-        if rev.pair_errors else None
+    d = _Decoding(PacketDecoder(payload), shape, depth, tables, make,
+                  max(v.samples for v in visits))
+    x, res, err = d.x, d.res, d.err
     # the feature rows of the biggest step (the last channel's, every feature), and two
     # passes' positions
     most = [(v.samples, _layout(rev, v.p, len(order) - 1, len(v.p.offsets), False,
                                 err is not None)) for v in visits]
     spare = _Spare(_Columns(make(max(n * (f.rows + 1) for n, f in most) * 8, np.uint8)),
                    _Columns(make(max(n * (f.act_rows + 1) for n, f in most) * 8, np.uint8)))
+    rows = [0, 0]  # how many of them the step being decoded has
     slots = make((2, max(v.samples * (len(v.p.offsets) + 1) for v in visits)), np.int64)
     steps = [(j, c, ch) for j, v in enumerate(visits) for c, ch in v.channels]
     # what each pass's channels leave for the later ones (dropped after its last)
@@ -1598,15 +1599,14 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
         j, c, ch = steps[index]
         return _Step(visits[j].p, *positions(j), c, ch, visits[j].kind)
 
-    def features(s: _Step, part: slice) -> tuple[int, int]:
+    def features(s: _Step, part: slice) -> None:
         """Make ``part`` of the columns of a step's prediction and activity features into
-        ``spare`` (:func:`_own_features`, :func:`_colour_features`); their row counts. r5: the
-        first channel's passes come first, made as if it were the only channel; what they
-        leave for the later channels is kept in small types (:func:`_kept`) and restored for
-        the later channels' first step of the pass (:func:`_restored`)."""
-        n = len(s.at)
+        ``spare`` (:func:`_own_features`, :func:`_colour_features`). r5: the first channel's
+        passes come first, made as if it were the only channel; what they leave for the later
+        channels is kept in small types (:func:`_kept`) and restored for the later channels'
+        first step of the pass (:func:`_restored`)."""
         for columns in spare.features, spare.activity:
-            columns.total, columns.start = n, part.start
+            columns.total, columns.start = len(s.at), part.start
         mine = known.setdefault(s.p, {})
         if whole and s.c == 1 and s.p in kept:
             mine[order[0]] = _restored(kept.pop(s.p), x[order[0]], [i[part] for i in s.nb],
@@ -1616,74 +1616,130 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
         if whole and s.c == 0 and order[0] in mine:
             kept[s.p] = _kept(mine[order[0]], own.compact)
         feats, act = _colour_features(x, res, order[:s.c], s.at[part], own, mine)
+        rows[:] = len(feats), len(act)
         if s.c == len(order) - 1 or (whole and s.c == 0):
             del known[s.p]
-        return len(feats), len(act)
 
-    def task(t: int) -> None:
-        """The second process's tasks: visit t // 2's positions (t even), or the second half
-        of step t // 2's features (t odd)."""
-        if t % 2 == 0:
-            positions(t // 2, find=True)
+    def made() -> tuple[np.ndarray, np.ndarray]:
+        """The whole step's feature rows, once both halves are made."""
+        return spare.features.whole[:rows[0]], spare.activity.whole[:rows[1]]
+
+    def task(t: int, data: bytes) -> None:
+        """The second process's tasks: ``t % 4`` 0: visit t // 4's positions; 1, 2, 3: the
+        second half of step t // 4's features, classes (``data``: its side information) and
+        samples."""
+        index, kind = divmod(t, 4)
+        if kind == 0:
+            positions(index, find=True)
+            return
+        s = step(index)
+        part = slice(len(s.at) // 2, None)
+        if kind == 1:
+            features(s, part)
+        elif kind == 2:
+            d.classes(s, *made(), pickle.loads(data), part)
         else:
-            s = step(t // 2)
-            features(s, slice(len(s.at) // 2, None))
+            d.samples(s, made()[0], part)
 
     with partner.Partner(task) if two else contextlib.nullcontext() as other:
         if other is not None:
             other.ask(0)
             other.wait()
-        for index in range(len(steps)):
-            j = steps[index][0]
+        for index, (j, _, _) in enumerate(steps):
             if other is None and (index == 0 or steps[index - 1][0] != j):
                 positions(j, find=True)
             s = step(index)
             n = len(s.at)
-            cut = n // 2 if other is not None and n >= HALVES_FROM else n
-            if cut < n:
-                other.ask(2 * index + 1)
-            rows = features(s, slice(0, cut))
-            if cut < n:
+            mine = slice(0, n // 2 if other is not None and n >= HALVES_FROM else n)
+            halves = mine.stop < n  # else all here
+            if halves:
+                other.ask(4 * index + 1)
+            features(s, mine)
+            if halves:
                 other.wait()
-            last = index + 1 == len(steps) or steps[index + 1][0] != j
-            if other is not None and last and j + 1 < len(visits):
-                other.ask(2 * (j + 1))  # the next visit's positions, while this step decodes
-            state.step(s, spare.features.whole[:rows[0]], spare.activity.whole[:rows[1]])
-            if other is not None and last and j + 1 < len(visits):
+            feats, act = made()
+            side = d.side(s, feats, act)
+            if halves:
+                other.ask(4 * index + 2, pickle.dumps(side))
+            d.classes(s, feats, act, side, mine)
+            if halves:
+                other.wait()
+            ahead = other is not None and j + 1 < len(visits) and (
+                index + 1 == len(steps) or steps[index + 1][0] != j)
+            if ahead:  # the next visit's positions, while this step's tokens are decoded
+                other.ask(4 * (j + 1))
+            d.tokens(s)
+            if ahead:
+                other.wait()
+            if halves:
+                other.ask(4 * index + 3)
+            d.samples(s, feats, mine)
+            if halves:
                 other.wait()
     return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
 
 
 class _Decoding:
-    """What the decoder keeps from step to step besides the features (:func:`_decode`): the
-    payload's coder, the planes of samples, residuals and r3's pair misses (set by
-    ``_decode``), r4's class counts of each channel's last pass."""
+    """What the decoder's steps keep besides their features (:func:`_decode`), and their
+    parts after the features: the payload's coder, the planes of samples, residuals and r3's
+    pair misses, per-sample buffers of the step being decoded (in memory ``make`` gives:
+    shared, with two processes), r4's class counts of each channel's last pass."""
 
-    def __init__(self, coder: PacketDecoder, depth: int, tables: Tables) -> None:
-        self.coder, self.side = coder, _Side(dec=coder)
-        self.depth, self.tables = depth, tables
-        self.x = self.res = np.zeros(0)
-        self.err: np.ndarray | None = None
+    class Side(NamedTuple):
+        """A step's side information."""
+
+        frac: int
+        w: np.ndarray
+        bias: int
+        shift: int
+        ew: np.ndarray
+        ebias: int
+
+    def __init__(self, coder: PacketDecoder, shape: tuple[int, int, int], depth: int,
+                 tables: Tables, make: Callable[..., np.ndarray], most: int) -> None:
+        """``shape``: the tile's, ``most``: the biggest step's samples."""
+        self.coder, self.side_coder = coder, _Side(dec=coder)
+        self.depth, self.tables, self.rev = depth, tables, tables.revision
+        height, width, channels = shape
+        self.x = make((channels, height * width))
+        self.res = make((channels, height * width))
+        self.err = make((channels, 2, height * width, 2), np.float32) \
+            if self.rev.pair_errors else None
+        self.values = make((6, most), np.int64)  # prediction, class, mixed class and its
+        # weight, token, raw value
+        self.below = make(most, bool)
+        self.mixed = False  # whether the step's classes mix (r4)
         self.previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its
         # last pass
 
-    def step(self, s: _Step, feats: np.ndarray, act: np.ndarray) -> None:
-        """Decode step ``s`` from its features (rows of ones last) into the planes."""
-        p, at, nb, c, ch, kind = s
-        coder, side, depth, tables = self.coder, self.side, self.depth, self.tables
-        previous, x, res, err = self.previous, self.x, self.res, self.err
-        rev = tables.revision
-        half = 1 << (depth - 1)
-        n = len(at)
+    def side(self, s: _Step, feats: np.ndarray, act: np.ndarray) -> Side:
+        """Decode a step's side information."""
+        rev, depth, n = self.rev, self.depth, len(s.at)
         if rev.coded_side:
-            frac, w, bias, shift, ew, ebias = _get_coded(
-                coder, tables.side, kind, c, depth, _weight_bits(n, rev),
-                coded.coarseness(feats), len(act) - 1)
-        else:
-            frac, w, bias, shift, ew, ebias = _get_uniform(side, rev, n, len(feats) - 1,
-                                                           len(act) - 1)
-        pred, below, far, clipped = _predict(feats, frac, w, bias, 2 * half - 1)
-        lad = _clipped_class(_classes(act, shift, ew, ebias, far, tables), clipped, tables)
+            return self.Side(*_get_coded(self.coder, self.tables.side, s.kind, s.c, depth,
+                                         _weight_bits(n, rev), coded.coarseness(feats),
+                                         len(act) - 1))
+        return self.Side(*_get_uniform(self.side_coder, rev, n, len(feats) - 1, len(act) - 1))
+
+    def classes(self, s: _Step, feats: np.ndarray, act: np.ndarray, side: Side,
+                part: slice) -> None:
+        """The predictions and classes of ``part`` of a step's samples, into ``values``."""
+        pred, cls, toward, weight = self.values[:4, :len(s.at)][:, part]
+        p, below, far, clipped = _predict(feats[:, part], side.frac, side.w, side.bias,
+                                          (1 << self.depth) - 1)
+        lad = _clipped_class(_classes(act[:, part], side.shift, side.ew, side.ebias, far,
+                                      self.tables), clipped, self.tables)
+        pred[:], cls[:], self.below[:len(s.at)][part] = p, lad.cls, below
+        self.mixed = lad.toward is not None
+        if self.mixed:
+            toward[:], weight[:] = lad.toward, lad.weight
+
+    def tokens(self, s: _Step) -> None:
+        """Decode a step's tokens and raw values (into ``values``), its classes made."""
+        coder, tables, rev, previous, c = self.coder, self.tables, self.rev, self.previous, s.c
+        n = len(s.at)
+        _, cls, toward, weight, tok, raw = self.values[:, :n]
+        lad = _Ladder(cls, toward, weight) if self.mixed else _Ladder(cls)
         choice = 1  # prior_counts itself, unless r4 chooses another (:func:`_prior_scale`)
         if rev.prior_choices > 1:
             choice = int(coder.decode(_uniform(_choice_bits(rev)), 1)[0])
@@ -1693,21 +1749,21 @@ class _Decoding:
             used, inverse = _unique(lad.cls)
             count = len(used)
         else:
-            _, by_class = _groups(lad.cls, np.arange(len(at)))
+            _, by_class = _groups(lad.cls, np.arange(n))
             count = len(by_class)
         if rev.coded_side:
             pick = coded.get_picks(coder, tables.side, count)
         else:
-            pick = side.get(count, 1, signed=False)
+            pick = self.side_coder.get(count, 1, signed=False)
         if ((pick < 0) | (pick >= len(tables.bank))).any():
             raise ValueError("table index out of range")
-        tok = np.zeros(len(at), np.int64)
+        tok[:] = 0
         if rev.mixed_tables:
             mixes = _mixes(lad, used, inverse, rev.sub_steps)
             prior = _prior(previous, c, tables)
             freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables,
                                              _prior_scale(rev, choice)))
-            for f, where in zip(freqs, _groups(mixes.member, np.arange(len(at)))[1]):
+            for f, where in zip(freqs, _groups(mixes.member, np.arange(n))[1]):
                 tok[where] = coder.decode(f, len(where))
             previous[c] = _class_counts(lad, tok, tables)
         else:
@@ -1716,20 +1772,29 @@ class _Decoding:
         nraw = raw_bits(tok)
         if coded_raw(rev):
             nraw, coded_bits = get_top_raw(coder, lad.cls, tok, nraw, rev, tables.raw)
-        raw = np.zeros(len(at), np.int64)
-        for k, where in zip(*_groups(nraw, np.arange(len(at)))):
+        raw[:] = 0
+        for k, where in zip(*_groups(nraw, np.arange(n))):
             if k > 0:
                 raw[where] = coder.decode(_uniform(int(k)), len(where))
         if coded_raw(rev):
-            raw = coded_bits(raw)
+            raw[:] = coded_bits(raw)
+
+    def samples(self, s: _Step, feats: np.ndarray, part: slice) -> None:
+        """``part`` of a step's samples and residuals (and r3's pair misses) from its tokens
+        and raw values, into the planes."""
+        p, at, nb, c, ch, kind = s
+        depth, half = self.depth, 1 << (self.depth - 1)
+        pred, _, _, _, tok, raw = self.values[:, :len(at)][:, part]
+        below, at = self.below[:len(s.at)][part], at[part]
         u = untoken(tok, raw)
-        r = _unranged(u, pred, below, depth) if rev.ranged else unzigzag(u)
-        if rev.phase:
+        r = _unranged(u, pred, below, depth) if self.rev.ranged else unzigzag(u)
+        if self.rev.phase:
             r = _flip(r, below, half)
-        x[ch, at] = (pred + r) % (2 * half)
-        res[ch, at] = r
-        if err is not None and len(nb) >= 4:
-            _record_pair_errors(err, ch, at, x[ch, at], feats[:4], p)
+        values = (pred + r) % (2 * half)
+        self.x[ch, at] = values
+        self.res[ch, at] = r
+        if self.err is not None and len(nb) >= 4:
+            _record_pair_errors(self.err, ch, at, values, feats[:4, part], p)
 
 
 def _get_uniform(side: _Side, rev: Revision, samples: int, nw: int, ne: int

@@ -40,11 +40,11 @@ def shared(shape: tuple[int, ...], dtype: type = np.float64) -> np.ndarray:
 
 
 class Partner:
-    """A forked process that runs ``work(index)`` for each index :meth:`ask` sends, one at a
-    time, and answers each (:meth:`wait`). An error in it is raised by :meth:`wait`; it ends
+    """A forked process that runs ``work(task, data)`` for each task :meth:`ask` sends, one at
+    a time, and answers each (:meth:`wait`). An error in it is raised by :meth:`wait`; it ends
     when :meth:`close` is called or the asking process goes (its pipe closes)."""
 
-    def __init__(self, work: Callable[[int], None]) -> None:
+    def __init__(self, work: Callable[[int, bytes], None]) -> None:
         down_read, self.down = os.pipe()
         self.up, up_write = os.pipe()
         self.pid = os.fork()
@@ -60,10 +60,10 @@ class Partner:
         os.close(down_read)
         os.close(up_write)
 
-    def ask(self, index: int) -> None:
-        """Start ``work(index)`` in the partner."""
+    def ask(self, task: int, data: bytes = b"") -> None:
+        """Start ``work(task, data)`` in the partner."""
         try:
-            os.write(self.down, struct.pack("<q", index))
+            os.write(self.down, struct.pack("<qq", task, len(data)) + data)
         except BrokenPipeError:
             raise RuntimeError(ENDED) from None
 
@@ -104,12 +104,16 @@ def _read(fd: int, size: int) -> bytes:
     return out
 
 
-def _serve(work: Callable[[int], None], down: int, up: int) -> None:
-    """The partner's loop: each index asked, ``work(index)``, then its answer; an error is
-    sent (pickled: the processes run the same code) and ends the loop."""
-    while len(asked := _read(down, 8)) == 8:
+def _serve(work: Callable[[int, bytes], None], down: int, up: int) -> None:
+    """The partner's loop: each task asked, ``work(task, data)``, then its answer; an error
+    is sent (pickled: the processes run the same code) and ends the loop."""
+    while len(asked := _read(down, 16)) == 16:
+        task, size = struct.unpack("<qq", asked)
+        data = _read(down, size)
+        if len(data) < size:
+            return
         try:
-            work(struct.unpack("<q", asked)[0])
+            work(task, data)
         except BaseException as error:  # noqa: BLE001 - the asking process raises it
             try:
                 message = pickle.dumps(error)
