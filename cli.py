@@ -159,7 +159,8 @@ _BATCH_OPTIONS = [
                  "size; code the others and append their lines."),
     click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Torch and numpy (BLAS) threads per process (--lossless: the encoder "
-                 "fits on up to two threads, the same bytes). More can be faster on an idle "
+                 "fits on up to two threads, the same bytes; on Linux the decoder works each "
+                 "tile in two processes, the same pixels). More can be faster on an idle "
                  "machine, but when another program keeps a core busy, two threads ran "
                  "several times slower than one."),
 ]

@@ -2,11 +2,14 @@
 
     python -m nicodec.eval.bigimage [--mpx 1,12,48,100] [--models mcq,vq,pc-photo] [--root DIR]
                             [--limit-gb 8] [--timeout 600] [--packets N] [--out FILE] [--stream]
+                            [--threads N]
     python -m nicodec.eval.bigimage --seams [--mpx 12] [--models mcq,vq]
 
 Test images are made here (never committed): a training photo upscaled (Lanczos) to 4:3 images
 of the given megapixels, kept as ``.npy`` in a temporary folder. Each encode and each decode
-runs in its own subprocess with one thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``)
+runs in its own subprocess with one thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``;
+``--threads N``: N BLAS threads, and the memory sampled is that of the subprocess and its
+children, as ctx-photo's decoder forks a second process, their shared memory counted once)
 and reports its wall time (the codec call alone, not loading the array) and peak RSS
 (``getrusage``: the whole process, model and pixel arrays included); a lossless model's decode
 is marked "exact" when it gives the pixels back. ``--stream`` reads the image from an
@@ -100,7 +103,8 @@ def make_image(mpx: float, folder: Path, tiff: bool = False) -> Path:
 
 def _rss_gb(pid: int, field: str = "VmRSS") -> float:
     """A process's resident memory now (``RssAnon``: its private part, without the pages of
-    mapped files, which the kernel can write out and drop)."""
+    mapped files, which the kernel can write out and drop; ``RssShmem``: its shared memory's;
+    ``RssFile``: its mapped files')."""
     try:
         with open(f"/proc/{pid}/status") as f:
             kb = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
@@ -109,26 +113,46 @@ def _rss_gb(pid: int, field: str = "VmRSS") -> float:
         return 0.0
 
 
+def _memory_gb(pid: int) -> tuple[float, float]:
+    """(resident, private) memory now of a process and its children (ctx-photo's decoder
+    with two threads forks a second process, ``models/ctx/partner.py``): their own pages
+    each, their shared memory once (the most either holds), and for the resident figure
+    their mapped files' pages too."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            family = [pid] + [int(child) for child in f.read().split()]
+    except OSError:
+        family = [pid]
+    private = sum(_rss_gb(p, "RssAnon") for p in family) + \
+        max(_rss_gb(p, "RssShmem") for p in family)
+    return private + sum(_rss_gb(p, "RssFile") for p in family), private
+
+
 def run_child(root: Path, mode: str, src: Path, dst: Path, model: str, limit_gb: float,
-              timeout: float, packets: int = 0, stream: bool = False) -> dict:
-    """One encode or decode in a one-thread subprocess; {"skipped": why} past a limit. The
-    result holds the highest private memory sampled (``anon_gb``) beside the peak RSS, and the
-    folder of the package the child ran (``package``). The child imports ``root``'s package,
-    whatever the environment has installed: the repository root is the package ``nicodec``,
-    so a temporary folder holding a link of that name to it goes first on ``PYTHONPATH`` (the
-    root itself there would not do: the installed package would be imported instead)."""
+              timeout: float, packets: int = 0, stream: bool = False, threads: int = 1
+              ) -> dict:
+    """One encode or decode in a subprocess of ``threads`` BLAS threads; {"skipped": why} past
+    a limit. The result holds the highest private memory sampled (``anon_gb``) beside the peak
+    RSS (with more than one thread the highest sampled, of the process and its children:
+    :func:`_memory_gb`), and the folder of the package the child ran (``package``). The child
+    imports ``root``'s package, whatever the environment has installed: the repository root
+    is the package ``nicodec``, so a temporary folder holding a link of that name to it goes
+    first on ``PYTHONPATH`` (the root itself there would not do: the installed package would
+    be imported instead)."""
     root = Path(root).resolve()
     with tempfile.TemporaryDirectory() as top:
         (Path(top) / "nicodec").symlink_to(root, target_is_directory=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": top}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               "OPENBLAS_NUM_THREADS": str(threads), "PYTHONPATH": top}
         proc = subprocess.Popen([sys.executable, "-c", _CHILD, mode, str(src), str(dst), model,
                                  str(packets), str(int(stream))],
                                 cwd=root, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        start, peak, anon = time.monotonic(), 0.0, 0.0
+        start, peak, anon, most = time.monotonic(), 0.0, 0.0, 0.0
         while proc.poll() is None:
-            anon = max(anon, _rss_gb(proc.pid, "RssAnon"))
-            peak = max(peak, _rss_gb(proc.pid, "RssAnon" if stream else "VmRSS"))
+            resident, private = _memory_gb(proc.pid)
+            anon, most = max(anon, private), max(most, resident)
+            peak = max(peak, private if stream else resident)
             why = (f"RSS over {limit_gb:g} GB" if peak > limit_gb else
                    f"over {timeout:g} s" if time.monotonic() - start > timeout else None)
             if why:
@@ -142,6 +166,8 @@ def run_child(root: Path, mode: str, src: Path, dst: Path, model: str, limit_gb:
     result = json.loads(out.strip().splitlines()[-1])
     if Path(result["package"]) != root:
         raise RuntimeError(f"the child ran the package in {result['package']}, not {root}")
+    if threads > 1:  # the child's own peak RSS leaves out its children
+        result["rss_gb"] = max(result["rss_gb"], most)
     return {**result, "anon_gb": anon}
 
 
@@ -214,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="read the image from an uncompressed TIFF and decode into one, "
                              "both mapped into memory (codec.bigtiff), and report the private "
                              "memory beside the peak RSS (which counts the mapped files' pages)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS threads of the encoding and decoding processes (default 1); "
+                             "with more, the memory figures are the highest sampled of each "
+                             "process and its children")
     parser.add_argument("--seams", action="store_true",
                         help="compare tiled and untiled coding instead of measuring")
     args = parser.parse_args(argv)
@@ -240,9 +270,9 @@ def main(argv: list[str] | None = None) -> None:
             coded = folder / f"{model}-{mpx:g}.nic"
             decoded = folder / f"{model}-{mpx:g}.out{'.tif' if args.stream else '.npy'}"
             enc = run_child(args.root, "encode", src, coded, model, args.limit_gb, args.timeout,
-                            args.packets, args.stream)
+                            args.packets, args.stream, args.threads)
             dec = (run_child(args.root, "decode", coded, decoded, model, args.limit_gb,
-                             args.timeout, stream=args.stream)
+                             args.timeout, stream=args.stream, threads=args.threads)
                    if "skipped" not in enc else {"skipped": "no file"})
             size = enc.get("bytes", "")
             exact = ""

@@ -23,6 +23,7 @@ from nicodec.models.ctx import coder, partner
 from nicodec.models.ctx.coder import Tables, decode_tile, encode_tile
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
+pytestmark = pytest.mark.skipif(not partner.available(), reason="no fork here (Linux only)")
 
 
 def _image(h: int, w: int, c: int, depth: int = 8, seed: int = 0) -> np.ndarray:

@@ -296,11 +296,10 @@ def _own_features(x: np.ndarray, res: np.ndarray, c: int, order: list[int], at: 
     tile's (r5 finds the first channel's values around the samples). This part makes the rows
     that read only channel ``order[c]`` (its samples and residuals at the neighbours, coded in
     earlier passes; r5: and the first channel, whole by then, around the samples,
-    :func:`_surround`), and what it leaves in ``known``. The decoder computes it ahead,
-    while the earlier channels of the pass are still being decoded, and the two-thread encoder
-    as a task of its own (:func:`_in_order`), writing the rows into ``spare``'s arrays.
-    ``part``: the samples of the step this call makes the rows of (the two-thread decoder's
-    processes each make one half, :func:`_decode`)."""
+    :func:`_surround`), and what it leaves in ``known``. The two-thread encoder makes it as a
+    task of its own (:func:`_in_order`), writing the rows into ``spare``'s arrays. ``part``:
+    the samples of the step whose rows this call makes (the two-thread decoder's processes
+    make one half each, :func:`_decode`; ``known`` then holds that half's)."""
     ch = order[c]
     compact = len(at) < rev.compact_below
     at = at[part]
@@ -584,7 +583,8 @@ class _Columns:
 
     def rows(self, count: int, n: int) -> np.ndarray:
         """A (count, n) view of the columns ``start`` on, its contents undefined."""
-        self.whole = self.flat[:count * self.total * 8].view(np.float64).reshape(count, self.total)
+        size = count * self.total
+        self.whole = self.flat[:size * 8].view(np.float64).reshape(count, self.total)
         return self.whole[:, self.start:self.start + n]
 
 
@@ -1057,10 +1057,12 @@ def _choose_mixed(groups: np.ndarray, mixes: _Mixes, cost: np.ndarray, picks: np
 
 def _dot(w: np.ndarray, feats: np.ndarray) -> np.ndarray:
     """Integer weights times integer feature rows (k, n), summed per sample. The float64
-    products and sums are of integers below 2**53, hence exact in any order."""
+    products and sums are of integers below 2**53, hence exact in any order. Not through BLAS
+    (about as fast on one thread): the decoder's second process is forked, and a BLAS lock
+    another thread of the caller held then would stay held in it."""
     if not len(w):
         return np.zeros(feats.shape[1], np.int64)
-    return (w.astype(np.float64) @ feats).astype(np.int64)
+    return np.einsum("k,kn->n", w.astype(np.float64), feats).astype(np.int64)
 
 
 class _Side:
@@ -1545,14 +1547,11 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
     """Decode a payload of :func:`encode_tile` into (H, W, C) samples.
 
     With ``threads`` > 1 (None: as many as BLAS may use) on Linux, a forked second process
-    makes the features of the second half of each big step's samples while this one makes
-    the first half (:mod:`partner`); the samples are the same for any ``threads``."""
-    two = _threads(threads) > 1 and partner.available()
-    # BLAS (the predictions' products) on one thread: with two processes it would compete
-    # with them, and with one its second thread only spins (kodim01 in gray: the same 0.26 s,
-    # 0.35 s of CPU against 0.51 s)
-    with _one_blas_thread():
-        return _decode(payload, shape, depth, tables, two)
+    works the second half of each big step's samples (features, predictions, classes, and
+    once this process has range-decoded the step's tokens, samples) while this one works the
+    first, and finds each pass's positions ahead (:func:`_decode`, :mod:`partner`); the
+    samples are the same for any ``threads``."""
+    return _decode(payload, shape, depth, tables, _threads(threads) > 1 and partner.available())
 
 
 def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables,
