@@ -235,7 +235,8 @@ def format_photos(r: dict) -> str:
     lines.append(f"  nicodec / PNG = {r['ratio_to_png']:.3f}; encode "
                  f"{r['encode_s_per_image']:.2f} s, decode {r['decode_s_per_image']:.2f} s per "
                  f"image, {r.get('threads', 2)} thread(s) (--threads; ctx-photo's encoder fits its "
-                 f"steps on up to two), load average {r.get('load_average', '?')} at "
+                 f"steps on up to two, its decoder works in two processes), load average "
+                 f"{r.get('load_average', '?')} at "
                  f"the end on the 2-core CPU")
     return "\n".join(lines)
 
