@@ -113,11 +113,12 @@ def test_blas_limit_chooses_two_processes_for_tiles_with_big_steps(monkeypatch):
 
 def test_damaged_payloads_raise_and_leave_no_process(tables, forks):
     """Bit flips and truncation with two processes either decode to some tile or raise what
-    the pipeline counts as a lost packet; either way the second process has ended."""
+    the pipeline counts as a lost packet; either way the second process has ended and its
+    pipes are closed."""
     shape = (24, 40, 3)
     data = encode_tile(_image(*shape, seed=4), 8, tables)
     rng = np.random.default_rng(0)
-    refused = 0
+    refused, descriptors = 0, len(os.listdir("/proc/self/fd"))
     for trial in range(40):
         damaged = bytearray(data[: int(rng.integers(0, len(data)))] if trial % 2 else data)
         if trial % 2 == 0:
@@ -129,7 +130,7 @@ def test_damaged_payloads_raise_and_leave_no_process(tables, forks):
         else:
             assert out.shape == shape and 0 <= out.min() and out.max() <= 255
         assert forks and all(map(_gone, forks)), trial
-    assert refused > 5
+    assert refused > 5 and len(os.listdir("/proc/self/fd")) == descriptors  # pipes closed
 
 
 @pytest.mark.parametrize("where", ["first", "second"])
@@ -171,6 +172,22 @@ def test_an_ended_second_process_is_reported(monkeypatch, forks):
     with pytest.raises(RuntimeError, match="second process ended"):
         decode_tile(data, image.shape, 8, tables, threads=2)
     assert len(forks) == 1 and _gone(forks[0])
+
+
+def test_a_refused_fork_decodes_in_one_process(monkeypatch, forks):
+    """When the second process cannot be started (the system refuses the fork), the tile
+    decodes all the same in the caller's process."""
+    tables = registry.load_model("ctx-photo").net.tables
+    image = _image(64, 64, 3)
+    data = encode_tile(image, 8, tables, threads=1)
+
+    def refused():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refused)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    assert (decode_tile(data, image.shape, 8, tables, threads=2) == image).all()
+    assert forks == [] and len(os.listdir("/proc/self/fd")) == descriptors  # no pipe left open
 
 
 def test_golden_ctx_files_decode_the_same_with_two_processes(forks):

@@ -1640,7 +1640,12 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
         else:
             d.samples(s, made()[0], part)
 
-    with partner.Partner(task) if two else contextlib.nullcontext() as other:
+    with contextlib.ExitStack() as stack:
+        other = None
+        if two:
+            with contextlib.suppress(OSError):  # no second process (a limit on processes or
+                # memory): this one decodes alone, from the same buffers
+                other = stack.enter_context(partner.Partner(task))
         if other is not None:
             other.ask(0)
             other.wait()

@@ -47,7 +47,12 @@ class Partner:
     def __init__(self, work: Callable[[int, bytes], None]) -> None:
         down_read, self.down = os.pipe()
         self.up, up_write = os.pipe()
-        self.pid = os.fork()
+        try:
+            self.pid = os.fork()
+        except OSError:
+            for fd in (down_read, self.down, self.up, up_write):
+                os.close(fd)
+            raise
         if self.pid == 0:  # the partner: never returns
             status = 1
             try:
