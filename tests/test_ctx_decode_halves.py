@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -172,6 +173,31 @@ def test_an_ended_second_process_is_reported(monkeypatch, forks):
     with pytest.raises(RuntimeError, match="second process ended"):
         decode_tile(data, image.shape, 8, tables, threads=2)
     assert len(forks) == 1 and _gone(forks[0])
+
+
+def test_no_fork_while_another_thread_may_run_blas(forks):
+    """Decodes on a worker thread while the main thread multiplies matrices on BLAS's two
+    threads: they decode in one process (a fork then stopped OpenBLAS's thread pool under the
+    main thread's product, which never returned), and both threads finish."""
+    tables = registry.load_model("ctx-photo").net.tables
+    image = _image(64, 80, 3)
+    data = encode_tile(image, 8, tables, threads=1)
+    results: list[bool] = []
+
+    def decode_some() -> None:
+        for _ in range(6):
+            results.append(bool((decode_tile(data, image.shape, 8, tables, threads=2)
+                                 == image).all()))
+
+    worker = threading.Thread(target=decode_some)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 400))
+    with threadpool_limits(2, user_api="blas"):
+        worker.start()
+        while worker.is_alive() and len(results) < 6:
+            a = np.tanh(a @ a.T / 400)
+        worker.join(timeout=120)
+    assert not worker.is_alive() and results == [True] * 6 and forks == []
 
 
 def test_a_refused_fork_decodes_in_one_process(monkeypatch, forks):

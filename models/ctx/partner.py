@@ -8,8 +8,8 @@ features are per sample, so a forked process makes those of the second half of e
 samples into arrays it shares with the decoding process (:func:`shared`), which makes the
 first half. Forked, the process starts with everything the decoder had (the tables, the
 samples decoded so far); what it makes later reaches the decoder only through the shared
-arrays. Linux only (:func:`available`): elsewhere a fork may not be safe with the libraries
-loaded.
+arrays. Linux only, and only from a process's only Python thread (:func:`available`): elsewhere
+a fork may not be safe with the libraries loaded.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import pickle
 import struct
 import sys
+import threading
 from typing import Callable
 
 import numpy as np
@@ -27,8 +28,13 @@ ENDED = "the decoder's second process ended unexpectedly"
 
 
 def available() -> bool:
-    """Whether :class:`Partner` can run here."""
-    return sys.platform.startswith("linux") and hasattr(os, "fork")
+    """Whether :class:`Partner` can run here, now: on Linux, when the calling thread is the
+    process's only Python thread. A fork while another thread is inside a multithreaded BLAS
+    call hangs that call (OpenBLAS stops its thread pool when the process forks:
+    ``tests/test_ctx_decode_halves.py``), and which library another thread is in cannot be
+    known; with the caller alone, none is."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") \
+        and threading.active_count() == 1
 
 
 def shared(shape: tuple[int, ...], dtype: type = np.float64) -> np.ndarray:
