@@ -574,6 +574,9 @@ class _Progress:
     def __init__(self, total: int, what: str, show: bool) -> None:
         from tqdm import tqdm
 
+        # no monitor thread: with one, ctx-photo's decoder would not fork its second process
+        # (``models/ctx/partner.available``)
+        tqdm.monitor_interval = 0
         self.bar = tqdm(total=total, desc=what, unit="file", file=sys.stderr,
                         disable=None if show else True)  # None: hidden off a terminal
         self.read = self.written = 0

@@ -123,6 +123,7 @@ def run_photos(folder: Path, limit: int | None, model: str | None = None) -> dic
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")[:limit]
     total = {"pixels": 0, "nicodec": 0, "encode_s": 0.0, "decode_s": 0.0}
     images = []
+    tqdm.monitor_interval = 0  # no thread beside this one: ctx-photo's decoder forks only then
     for path in tqdm(paths, desc="photos", leave=False, disable=None):
         pixels = np.asarray(Image.open(path).convert("RGB"))
         start = time.perf_counter()

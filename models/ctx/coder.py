@@ -1546,11 +1546,12 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
                 threads: int | None = None) -> np.ndarray:
     """Decode a payload of :func:`encode_tile` into (H, W, C) samples.
 
-    With ``threads`` > 1 (None: as many as BLAS may use) on Linux, a forked second process
-    works the second half of each big step's samples (features, predictions, classes, and
-    once this process has range-decoded the step's tokens, samples) while this one works the
-    first, and finds each pass's positions ahead (:func:`_decode`, :mod:`partner`); the
-    samples are the same for any ``threads``."""
+    With ``threads`` > 1 (None: as many as BLAS may use) on Linux, called from the process's
+    only Python thread (:func:`partner.available`), a forked second process works the second
+    half of each big step's samples (features, predictions, classes, and once this process
+    has range-decoded the step's tokens, samples) while this one works the first, and finds
+    each pass's positions ahead (:func:`_decode`, :mod:`partner`); the samples are the same
+    for any ``threads``."""
     return _decode(payload, shape, depth, tables, _threads(threads) > 1 and partner.available())
 
 
