@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -54,8 +55,11 @@ def tables(request) -> Tables:
 @pytest.fixture
 def forks(monkeypatch) -> list[int]:
     """The process ids of the decoder's second processes started from now on; every step of
-    4 samples or more is made in halves, so that small tiles take that path."""
+    4 samples or more is made in halves, so that small tiles take that path, and the caller
+    counts as the process's only thread (idle threads that other tests leave, such as dask's,
+    would keep the decoder from forking)."""
     monkeypatch.setattr(coder, "HALVES_FROM", 4)
+    monkeypatch.setattr(partner.threading, "active_count", lambda: 1)
     return _started(monkeypatch)
 
 
@@ -101,6 +105,7 @@ def test_blas_limit_chooses_two_processes_for_tiles_with_big_steps(monkeypatch):
     HALVES_FROM samples or more, gray or colour, is decoded by two processes; at one, or
     with only small steps, by the caller's alone."""
     tables = registry.load_model("ctx-photo").net.tables
+    monkeypatch.setattr(partner.threading, "active_count", lambda: 1)  # as in ``forks``
     started = _started(monkeypatch)
     for shape, limit, forked in (((130, 140, 3), 1, False), ((130, 140, 3), 2, True),
                                  ((130, 140, 1), 2, True), ((60, 60, 3), 2, False)):
@@ -175,11 +180,21 @@ def test_an_ended_second_process_is_reported(monkeypatch, forks):
     assert len(forks) == 1 and _gone(forks[0])
 
 
-def test_no_fork_while_another_thread_may_run_blas(forks):
+def test_only_the_only_thread_forks(monkeypatch):
+    """The second process is started only where fork is used (Linux) and from a process's
+    only Python thread."""
+    for count, expected in ((1, sys.platform.startswith("linux")), (2, False)):
+        monkeypatch.setattr(partner.threading, "active_count", lambda: count)
+        assert partner.available() == expected
+
+
+def test_no_fork_while_another_thread_may_run_blas(monkeypatch):
     """Decodes on a worker thread while the main thread multiplies matrices on BLAS's two
     threads: they decode in one process (a fork then stopped OpenBLAS's thread pool under the
     main thread's product, which never returned), and both threads finish."""
     tables = registry.load_model("ctx-photo").net.tables
+    monkeypatch.setattr(coder, "HALVES_FROM", 4)
+    forks = _started(monkeypatch)
     image = _image(64, 80, 3)
     data = encode_tile(image, 8, tables, threads=1)
     results: list[bool] = []
