@@ -1,8 +1,8 @@
-"""ctx-photo's decoder with two threads (a forked second process makes the features of the
-second half of each big step's samples and the passes' positions, ``coder._decode``): the
-same samples as with one for every coder revision, shape and depth; BLAS's limit (what
-``--threads`` sets) chooses it; a damaged payload or a failing step in either process raises
-and leaves no process behind."""
+"""ctx-photo's decoder with two threads (a forked second process works the second half of
+each big step's samples and finds the passes' positions, ``coder._decode``): the same samples
+as with one for every coder revision, shape and depth; BLAS's limit (what ``--threads`` sets)
+chooses it, and only the process's only thread forks; a damaged payload or a failing step in
+either process raises and leaves no process behind."""
 
 from __future__ import annotations
 

@@ -3,10 +3,10 @@ with it, and a forked process that runs one task at a time when asked.
 
 Two threads of one Python process gain at most about 1.3x on the coder's many small numpy
 operations, as they queue for the interpreter lock; two processes gain 1.9x
-(``eval/results/lossless/explore.md``, "Two threads in one process"). The decoder's
-features are per sample, so a forked process makes those of the second half of each step's
-samples into arrays it shares with the decoding process (:func:`shared`), which makes the
-first half. Forked, the process starts with everything the decoder had (the tables, the
+(``eval/results/lossless/explore.md``, "Two threads in one process"). All of the decoder's
+work on a step but its range decoding is per sample, so a forked process works the second
+half of each big step's samples into arrays it shares with the decoding process
+(:func:`shared`), which works the first half. Forked, the process starts with everything the decoder had (the tables, the
 samples decoded so far); what it makes later reaches the decoder only through the shared
 arrays. Linux only, and only from a process's only Python thread (:func:`available`): elsewhere
 a fork may not be safe with the libraries loaded.
@@ -31,8 +31,8 @@ def available() -> bool:
     """Whether :class:`Partner` can run here, now: on Linux, when the calling thread is the
     process's only Python thread. A fork while another thread is inside a multithreaded BLAS
     call hangs that call (OpenBLAS stops its thread pool when the process forks:
-    ``tests/test_ctx_decode_halves.py``), and which library another thread is in cannot be
-    known; with the caller alone, none is."""
+    ``explore.md``, "Decoder in two processes"), and which library another thread is in
+    cannot be known; with the caller alone, none is."""
     return sys.platform.startswith("linux") and hasattr(os, "fork") \
         and threading.active_count() == 1
 
