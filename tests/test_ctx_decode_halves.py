@@ -162,6 +162,16 @@ def test_a_failing_step_in_either_process_reaches_the_caller(monkeypatch, forks,
     assert len(forks) == 1 and _gone(forks[0])
 
 
+def test_the_second_process_errors_arrive_as_text():
+    """An error crosses as its type's name and message (nothing is unpickled): a built-in one
+    is raised as itself, any other as a RuntimeError naming it."""
+    error = partner._error("ValueError\nbad side information")
+    assert type(error) is ValueError and str(error) == "bad side information"
+    error = partner._error("LinAlgError\nSingular matrix")
+    assert type(error) is RuntimeError and "LinAlgError" in str(error)
+    assert type(partner._error("print\nnot an error")) is RuntimeError
+
+
 def test_an_ended_second_process_is_reported(monkeypatch, forks):
     """A second process that ends without answering (killed) makes the decoder raise."""
     tables = registry.load_model("ctx-photo").net.tables

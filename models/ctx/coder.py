@@ -58,7 +58,6 @@ sample range in a class of their own.
 from __future__ import annotations
 
 import contextlib
-import pickle
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -1637,7 +1636,7 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
         if kind == 1:
             features(s, part)
         elif kind == 2:
-            d.classes(s, *made(), pickle.loads(data), part)
+            d.classes(s, *made(), _Decoding.Side.unpacked(data), part)
         else:
             d.samples(s, made()[0], part)
 
@@ -1665,7 +1664,7 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
             feats, act = made()
             side = d.side(s, feats, act)
             if halves:
-                other.ask(4 * index + 2, pickle.dumps(side))
+                other.ask(4 * index + 2, side.packed())
             d.classes(s, feats, act, side, mine)
             if halves:
                 other.wait()
@@ -1699,6 +1698,19 @@ class _Decoding:
         shift: int
         ew: np.ndarray
         ebias: int
+
+        def packed(self) -> bytes:
+            """As int64s, for the second process: the four integers, the weights' count,
+            the weights, the activity weights."""
+            return np.concatenate([[self.frac, self.bias, self.shift, self.ebias, len(self.w)],
+                                   self.w, self.ew]).astype(np.int64).tobytes()
+
+        @classmethod
+        def unpacked(cls, data: bytes) -> _Decoding.Side:
+            """Inverse of :meth:`packed`."""
+            v = np.frombuffer(data, np.int64)
+            k = 5 + int(v[4])
+            return cls(int(v[0]), v[5:k].copy(), int(v[1]), int(v[2]), v[k:].copy(), int(v[3]))
 
     def __init__(self, coder: PacketDecoder, shape: tuple[int, int, int], depth: int,
                  tables: Tables, make: Callable[..., np.ndarray], most: int) -> None:

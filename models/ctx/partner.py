@@ -14,9 +14,9 @@ a fork may not be safe with the libraries loaded.
 
 from __future__ import annotations
 
+import builtins
 import mmap
 import os
-import pickle
 import struct
 import sys
 import threading
@@ -85,7 +85,7 @@ class Partner:
             raise RuntimeError(ENDED)
         failed, size = struct.unpack("<?q", head)
         if failed:
-            raise pickle.loads(_read(self.up, size))
+            raise _error(_read(self.up, size).decode(errors="replace"))
 
     def close(self) -> None:
         """End the partner (at once, whatever it is doing) and wait for it."""
@@ -115,9 +115,21 @@ def _read(fd: int, size: int) -> bytes:
     return out
 
 
+def _error(text: str) -> BaseException:
+    """The partner's error (its type's name, a line break, its message) as the asking process
+    raises it: the built-in exception of that name (ValueError of a damaged payload,
+    MemoryError, KeyboardInterrupt), anything else as a RuntimeError naming it. Text, not a
+    pickle: nothing sent between the processes is unpickled."""
+    name, _, message = text.partition("\n")
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, BaseException):
+        return kind(message)
+    return RuntimeError(f"{name} in the decoder's second process: {message}")
+
+
 def _serve(work: Callable[[int, bytes], None], down: int, up: int) -> None:
     """The partner's loop: each task asked, ``work(task, data)``, then its answer; an error
-    is sent (pickled: the processes run the same code) and ends the loop."""
+    is sent (:func:`_error`) and ends the loop."""
     while len(asked := _read(down, 16)) == 16:
         task, size = struct.unpack("<qq", asked)
         data = _read(down, size)
@@ -126,10 +138,7 @@ def _serve(work: Callable[[int, bytes], None], down: int, up: int) -> None:
         try:
             work(task, data)
         except BaseException as error:  # noqa: BLE001 - the asking process raises it
-            try:
-                message = pickle.dumps(error)
-            except Exception:  # noqa: BLE001 - an error that does not pickle
-                message = pickle.dumps(RuntimeError(repr(error)))
+            message = f"{type(error).__name__}\n{error}".encode()
             os.write(up, struct.pack("<?q", True, len(message)) + message)
             return
         os.write(up, struct.pack("<?q", False, 0))
