@@ -1725,7 +1725,8 @@ class _Decoding:
         self.values = make((6, most), np.int64)  # prediction, class, mixed class and its
         # weight, token, raw value
         self.below = make(most, bool)
-        self.mixed = False  # whether the step's classes mix (r4)
+        self.mixed = self.rev.phase and self.rev.sub_steps > 1  # r4: whether the classes mix
+        # (:func:`_classes` gives each sample's mixed class and weight)
         self.previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its
         # last pass
 
@@ -1747,7 +1748,6 @@ class _Decoding:
         lad = _clipped_class(_classes(act[:, part], side.shift, side.ew, side.ebias, far,
                                       self.tables), clipped, self.tables)
         pred[:], cls[:], self.below[:len(s.at)][part] = p, lad.cls, below
-        self.mixed = lad.toward is not None
         if self.mixed:
             toward[:], weight[:] = lad.toward, lad.weight
 
