@@ -87,7 +87,10 @@ def test_every_neighbour_of_every_pass_is_known_before_it(split_from, split_top)
         for p in passes(h, w, split_from, split_top):
             ys, xs = p.positions(h, w)
             at, nb = p.flat(h, w)  # the coder's: computed per grid row and column
-            assert (at == ys * w + xs).all()
+            assert (at == ys * w + xs).all() and len(at) == p.samples(h, w)
+            into = np.empty((len(p.offsets) + 1, len(at)), np.int64)  # the decoder's slots
+            assert (p.flat(h, w, into)[0] == at).all()
+            assert all((row == i).all() for row, i in zip(into[1:], nb))
             assert len(nb) == len(p.offsets)
             for (ny, nx), flat in zip(p.neighbours(ys, xs, h, w), nb):
                 assert known[ny, nx].all()

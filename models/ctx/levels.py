@@ -48,9 +48,15 @@ class Pass:
         keep = ((ys - self.oy) // self.step + (xs - self.ox) // self.step) % 2 == self.parity
         return ys[keep], xs[keep]
 
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """How many rows and columns of the pass's grid fall inside the tile."""
+        return (-(-max(height - self.oy, 0) // self.step),
+                -(-max(width - self.ox, 0) // self.step))
+
     def count(self, height: int, width: int) -> int:
         """How many positions of the whole grid (any parity) fall inside the tile."""
-        return -(-max(height - self.oy, 0) // self.step) * -(-max(width - self.ox, 0) // self.step)
+        rows, cols = self.grid(height, width)
+        return rows * cols
 
     def neighbours(self, ys: np.ndarray, xs: np.ndarray, height: int, width: int
                    ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -68,8 +74,7 @@ class Pass:
 
     def samples(self, height: int, width: int) -> int:
         """How many samples the pass has in the tile (those of :meth:`positions`)."""
-        rows = -(-max(height - self.oy, 0) // self.step)
-        cols = -(-max(width - self.ox, 0) // self.step)
+        rows, cols = self.grid(height, width)
         if self.parity < 0:
             return rows * cols
         return (-(-rows // 2) * -(-max(cols - self.parity, 0) // 2)
