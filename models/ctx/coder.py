@@ -90,7 +90,8 @@ SPLIT_FROM_R3 = 20_000  # r3: the passes of the two finest levels from this size
 # halves keep all neighbours as compact passes are smaller): Kodak 0.010 bpp smaller; the
 # third level too (from 6000 samples) measured worse
 HALVES_FROM = 4096  # the two-thread decoder's steps of this many samples or more are made in
-# two halves, one in each process (:func:`_decode`)
+# two halves, one in each process (:func:`_decode`); the encoder forks its second process for
+# tiles with such a step (:func:`encode_tile`)
 EST_SIGNIFICANT = 6  # r2: magnitude bits of the largest activity weight sent (4 measured alike)
 EST_SHIFT_MAX = 24  # r2: the largest scale 2**shift of the activity weights
 PHASE_CLASSES = 8  # r2: classes below this (expected |residual| under 1.5) split by phase
@@ -1162,32 +1163,107 @@ class _Fitted:
     top: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # r5: (context,
     # bits) of each coded raw bit (``rawbits.top_raw``)
 
+    def small(self) -> _Fitted:
+        """The same step held in small integers (tokens below NTOK, raw values of at most 15
+        bits), for one written later."""
+        return replace(self, tokens=[(f, t.astype(np.uint8)) for f, t in self.tokens],
+                       raw=[(k, v.astype(np.uint16)) for k, v in self.raw])
+
+    def packed(self, counts: np.ndarray | None) -> bytes:
+        """The step (:meth:`small`) and r4's class counts of its pass (None: none) as bytes
+        (:func:`partner.pack`), from the encoder's second process."""
+        f, s = self.small(), self.side
+        head = [s.kind, s.c, s.depth, s.bits, s.frac, s.bias, s.shift, s.ebias,
+                -1 if f.choice is None else f.choice, len(f.tokens), len(f.raw), len(f.top),
+                counts is not None]
+        return partner.pack([np.array(head, np.int64), s.w, s.ew, s.coarse, f.hist, f.pick,
+                             *(a for pair in f.tokens for a in pair),
+                             np.array([k for k, _ in f.raw], np.int64), *(v for _, v in f.raw),
+                             *(a for pair in f.top for a in pair),
+                             *([] if counts is None else [counts])])
+
+    @classmethod
+    def unpacked(cls, data: bytes) -> tuple[_Fitted, np.ndarray | None]:
+        """The step and class counts :meth:`packed` made ``data`` of."""
+        head, w, ew, coarse, hist, pick, *rest = partner.unpack(data)
+        kind, c, depth, bits, frac, bias, shift, ebias, choice, calls, raws, top, counts = \
+            head.tolist()
+        tokens, rest = rest[:2 * calls], rest[2 * calls:]
+        ks, values, rest = rest[0].tolist(), rest[1:1 + raws], rest[1 + raws:]
+        return cls(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
+                   hist, None if choice < 0 else choice, pick,
+                   list(zip(tokens[::2], tokens[1::2])), list(zip(ks, values)),
+                   list(zip(rest[:2 * top:2], rest[1:2 * top:2]))), \
+            rest[2 * top] if counts else None
+
+
+class _Writer:
+    """Writes fitted steps into the payload in its order (:func:`_visits` with ``written``),
+    holding (:meth:`_Fitted.small`) those that come before their turn."""
+
+    def __init__(self, coder: PacketEncoder, side: _Side, tables: Tables, order: list[int]
+                 ) -> None:
+        """``order``: the steps' indices (in the order the encoder fits them) in the order
+        they are written."""
+        self.coder, self.side, self.tables, self.order = coder, side, tables, order
+        self.held: dict[int, _Fitted] = {}
+        self.next = 0  # how many are written
+
+    def put(self, index: int, fitted: _Fitted) -> None:
+        """Step ``index``, fitted: written now if it is its turn (and any held ones it lets
+        through), else held."""
+        if self.order[self.next] != index:
+            self.held[index] = fitted.small()
+            return
+        while True:
+            _write_step(self.coder, self.side, fitted, self.tables)
+            self.next += 1
+            if self.next == len(self.order) or self.order[self.next] not in self.held:
+                return
+            fitted = self.held.pop(self.order[self.next])
+
+
+def _written(visits: list[_Visit], channels: int, rev: Revision) -> list[int]:
+    """The encoder's steps (visit j's channel position c is step j * channels + c, the order
+    the encoder fits them in) in the order they are written: that order, but r5 writes the
+    first channel's steps first (:func:`_visits`)."""
+    steps = np.arange(len(visits) * channels).reshape(-1, channels)
+    if rev.first_plane and channels > 1:
+        return steps[:, 0].tolist() + steps[:, 1:].ravel().tolist()
+    return steps.ravel().tolist()
+
 
 def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | None = None
                 ) -> bytes:
     """Code a (H, W, C) tile of ``depth``-bit samples (uint8 or uint16) into one payload.
 
-    With ``threads`` > 1 (None: as many as BLAS may use) and several channels, the steps are
-    fitted on two threads (:func:`_in_order`): a step needs only its own channel's previous
-    pass and the earlier channels of its pass (its features from its own channel only the
-    former), so the channels run as far ahead of one another as that allows. The steps are
-    written in order by this thread, and BLAS runs on one thread throughout, so the bytes are
-    the same for any ``threads``. r5 fits in the same order but writes the first channel's
-    steps first (:func:`_steps`): what the later channels read of it beyond their pass's steps
-    are its samples, which the encoder has, so only the writing waits (holding their fitted
-    steps)."""
+    A step needs only its own channel's previous pass and the earlier channels of its pass
+    (its features from its own channel only the former), so with ``threads`` > 1 (None: as
+    many as BLAS may use) and several channels, two workers fit the steps, the channels as far
+    ahead of one another as that allows. On Linux, called from the process's only Python thread
+    (:func:`partner.available`), with a pass of HALVES_FROM samples or more, the workers are
+    two processes: a forked second process fits every odd pass, this one the even passes, each
+    step once its channel's step of the pass before is done (:func:`_fit_in_two`); elsewhere
+    they are two threads of this process (:func:`_in_order`). This process writes the steps in
+    the payload's order (:class:`_Writer`; r5 writes the first channel's steps first: what the
+    later channels read of it beyond their pass's steps are its samples, which the encoder
+    has, so only the writing waits). BLAS runs on one thread throughout, so the bytes are the
+    same for any ``threads``."""
     rev = tables.revision
     height, width, channels = tile.shape
-    x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.float64).reshape(channels, -1)
-    res = np.zeros_like(x)  # residual of every coded sample
     order = _order(channels)
-    err = np.zeros((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
+    visits = _visits(height, width, order, rev)
+    lanes = _lanes(channels, threads)  # before BLAS is held at one thread
+    two = lanes > 1 and partner.available() and any(v.samples >= HALVES_FROM for v in visits)
+    make = partner.shared if two else np.zeros  # what the second process writes
+    x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.float64).reshape(channels, -1)
+    res = make(x.shape)  # residual of every coded sample
+    err = make((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
     known: dict[Pass, dict[int, _Known]] = {}
     coder = PacketEncoder()
     side = _Side(enc=coder)
+    writer = _Writer(coder, side, tables, _written(visits, channels, rev))
     previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its last pass
-    held: list[_Fitted] = []  # r5: the later channels' steps, fitted in pass order
-    lanes = _lanes(channels, threads)  # before BLAS is held at one thread
     spares: queue.SimpleQueue = queue.SimpleQueue()  # the rows of the steps no longer in flight
 
     def prepare(s: _Step) -> tuple[_Own, _Spare]:
@@ -1204,18 +1280,73 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
         return fitted
 
     with _one_blas_thread():
-        for fitted in _in_order(_steps(height, width, order, rev), fit, lanes, prepare):
-            if rev.first_plane and fitted.side.c > 0:  # r5: written after the first
-                # channel's last pass, held in small integers (tokens below NTOK, raw values
-                # of at most 15 bits)
-                held.append(replace(fitted, tokens=[(f, t.astype(np.uint8))
-                                                    for f, t in fitted.tokens],
-                                    raw=[(k, v.astype(np.uint16)) for k, v in fitted.raw]))
-            else:
-                _write_step(coder, side, fitted, tables)
-        for fitted in held:
-            _write_step(coder, side, fitted, tables)
+        if two and _fit_in_two(visits, height, width, channels, previous, writer,
+                               lambda s: fit(s, prepare(s))):
+            return coder.finish()
+        for index, fitted in enumerate(_in_order(_steps(height, width, order, rev), fit, lanes,
+                                                 prepare)):
+            writer.put(index, fitted)
     return coder.finish()
+
+
+def _fit_in_two(visits: list[_Visit], height: int, width: int, channels: int,
+                previous: dict[int, np.ndarray], writer: _Writer,
+                fit: Callable[[_Step], _Fitted]) -> bool:
+    """Fit the steps of ``visits`` in two processes and write them (``writer``); False if the
+    second process cannot start (a limit on processes or memory: nothing is written, and the
+    caller fits them on two threads, in the same memory). A forked second process
+    (:class:`partner.Partner`) fits the odd
+    visits, this one the even ones, each step once its channel's step of the visit before is
+    done (the earlier channels of its visit are done before it in its own process). What the
+    steps read of one another's is in memory shared before the fork (the residual and pair-miss
+    planes), but for r4's class counts of each channel's last pass (``previous``), which go
+    with the asks and the answers; each process keeps what a visit's channels leave for its
+    later ones (``known``). ``fit``: fits a step in the process that calls it."""
+    found: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}  # the visit being fitted's
+    # positions, in the process fitting it
+
+    def fitted(index: int) -> _Fitted:
+        j, c = divmod(index, channels)
+        p, _, kind, order = visits[j]
+        if j not in found:
+            found.clear()
+            found[j] = p.flat(height, width)
+        return fit(_Step(p, *found[j], c, order[c][1], kind))
+
+    def task(index: int, data: bytes) -> bytes:
+        """The second process's task: fit step ``index`` (``data``: its channel's class
+        counts of the visit before, if any, :func:`partner.pack`) and answer it
+        (:meth:`_Fitted.packed`)."""
+        c = index % channels
+        previous.update({c: counts for counts in partner.unpack(data)})
+        f = fitted(index)
+        return f.packed(previous.get(c))
+
+    def take(index: int) -> None:
+        """The second process's answer of step ``index``, written."""
+        f, counts = _Fitted.unpacked(other.wait())
+        if counts is not None:
+            previous[index % channels] = counts
+        writer.put(index, f)
+
+    try:
+        other = partner.Partner(task)
+    except OSError:
+        return False
+    with other:
+        for j in range(0, len(visits), 2):
+            for c in range(channels):
+                index = j * channels + c
+                if j:
+                    take(index - channels)
+                writer.put(index, fitted(index))
+                if j + 1 < len(visits):
+                    other.ask(index + channels, partner.pack(
+                        [previous[c]] if c in previous else []))
+        if len(visits) % 2 == 0:  # the last visit is the second process's
+            for c in range(channels):
+                take((len(visits) - 1) * channels + c)
+    return True
 
 
 def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,

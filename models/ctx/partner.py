@@ -1,20 +1,23 @@
-"""A second process for the decoder (``coder.decode_tile`` with two threads): memory shared
-with it, and a forked process that runs one task at a time when asked.
+"""A second process for the coder (``coder.encode_tile`` and ``coder.decode_tile`` with two
+threads): memory shared with it, and a forked process that runs the tasks it is sent, in
+order, and answers each.
 
 Two threads of one Python process gain at most about 1.3x on the coder's many small numpy
 operations, as they queue for the interpreter lock; two processes gain 1.9x
 (``eval/results/lossless/explore.md``, "Two threads in one process"). All of the decoder's
 work on a step but its range decoding is per sample, so a forked process works the second
 half of each big step's samples into arrays it shares with the decoding process
-(:func:`shared`), which works the first half. Forked, the process starts with everything the decoder had (the tables, the
-samples decoded so far); what it makes later reaches the decoder only through the shared
-arrays. Linux only, and only from a process's only Python thread (:func:`available`): elsewhere
-a fork may not be safe with the libraries loaded.
+(:func:`shared`), which works the first half. The encoder's second process fits every other
+pass, its answers the fitted steps (:func:`pack`). Forked, the process starts with everything
+the coder had (the tables, the samples coded so far); what it makes later reaches the coder
+only through the shared arrays and its answers. Linux only, and only from a process's only
+Python thread (:func:`available`): elsewhere a fork may not be safe with the libraries loaded.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import mmap
 import os
 import struct
@@ -24,7 +27,9 @@ from typing import Callable
 
 import numpy as np
 
-ENDED = "the decoder's second process ended unexpectedly"
+ENDED = "the coder's second process ended unexpectedly"
+PIPE_BYTES = 1 << 20  # each pipe's buffer, where the system allows it: the encoder's second
+# process writes a fitted step (tens to hundreds of kB) and goes on while it waits there
 
 
 def available() -> bool:
@@ -46,13 +51,19 @@ def shared(shape: tuple[int, ...], dtype: type = np.float64) -> np.ndarray:
 
 
 class Partner:
-    """A forked process that runs ``work(task, data)`` for each task :meth:`ask` sends, one at
-    a time, and answers each (:meth:`wait`). An error in it is raised by :meth:`wait`; it ends
-    when :meth:`close` is called or the asking process goes (its pipe closes)."""
+    """A forked process that runs ``work(task, data)`` for each task :meth:`ask` sends, in the
+    order asked, and answers each with what it returned (:meth:`wait`, in the same order). An
+    error in it is raised by :meth:`wait`; it ends when :meth:`close` is called or the asking
+    process goes (its pipe closes)."""
 
-    def __init__(self, work: Callable[[int, bytes], None]) -> None:
+    def __init__(self, work: Callable[[int, bytes], bytes | None]) -> None:
+        import fcntl  # Unix only, as is the fork (:func:`available`)
+
         down_read, self.down = os.pipe()
         self.up, up_write = os.pipe()
+        for fd in self.down, up_write:
+            with contextlib.suppress(OSError, AttributeError):  # the system's default then
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         try:
             self.pid = os.fork()
         except OSError:
@@ -72,20 +83,24 @@ class Partner:
         os.close(up_write)
 
     def ask(self, task: int, data: bytes = b"") -> None:
-        """Start ``work(task, data)`` in the partner."""
+        """Queue ``work(task, data)`` in the partner."""
         try:
-            os.write(self.down, struct.pack("<qq", task, len(data)) + data)
+            _write(self.down, struct.pack("<qq", task, len(data)) + data)
         except BrokenPipeError:
             raise RuntimeError(ENDED) from None
 
-    def wait(self) -> None:
-        """Wait for the task asked last; raise its error, if any."""
+    def wait(self) -> bytes:
+        """Wait for the earliest task not yet waited for; its answer, or its error raised."""
         head = _read(self.up, 9)
         if len(head) < 9:
             raise RuntimeError(ENDED)
         failed, size = struct.unpack("<?q", head)
+        answer = _read(self.up, size)
+        if len(answer) < size:
+            raise RuntimeError(ENDED)
         if failed:
-            raise _error(_read(self.up, size).decode(errors="replace"))
+            raise _error(answer.decode(errors="replace"))
+        return answer
 
     def close(self) -> None:
         """End the partner (at once, whatever it is doing) and wait for it."""
@@ -115,6 +130,13 @@ def _read(fd: int, size: int) -> bytes:
     return out
 
 
+def _write(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd``."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _error(text: str) -> BaseException:
     """The partner's error (its type's name, a line break, its message) as the asking process
     raises it: the built-in exception of that name (ValueError of a damaged payload,
@@ -124,10 +146,10 @@ def _error(text: str) -> BaseException:
     kind = getattr(builtins, name, None)
     if isinstance(kind, type) and issubclass(kind, BaseException):
         return kind(message)
-    return RuntimeError(f"{name} in the decoder's second process: {message}")
+    return RuntimeError(f"{name} in the coder's second process: {message}")
 
 
-def _serve(work: Callable[[int, bytes], None], down: int, up: int) -> None:
+def _serve(work: Callable[[int, bytes], bytes | None], down: int, up: int) -> None:
     """The partner's loop: each task asked, ``work(task, data)``, then its answer; an error
     is sent (:func:`_error`) and ends the loop."""
     while len(asked := _read(down, 16)) == 16:
@@ -136,9 +158,38 @@ def _serve(work: Callable[[int, bytes], None], down: int, up: int) -> None:
         if len(data) < size:
             return
         try:
-            work(task, data)
+            answer = work(task, data) or b""
         except BaseException as error:  # noqa: BLE001 - the asking process raises it
             message = f"{type(error).__name__}\n{error}".encode()
-            os.write(up, struct.pack("<?q", True, len(message)) + message)
+            _write(up, struct.pack("<?q", True, len(message)) + message)
             return
-        os.write(up, struct.pack("<?q", False, 0))
+        _write(up, struct.pack("<?q", False, len(answer)) + answer)
+
+
+def pack(arrays: list[np.ndarray]) -> bytes:
+    """Arrays of numbers as bytes (their count, then each one's type, shape and data) for
+    :func:`unpack`: what the encoder's second process answers, with no pickle."""
+    parts = [struct.pack("<q", len(arrays))]
+    for a in arrays:
+        a = np.asarray(a, order="C")  # (a 0-d array stays one)
+        kind = a.dtype.str.encode()
+        parts += [struct.pack("<qq", len(kind), a.ndim), kind,
+                  struct.pack(f"<{a.ndim}q", *a.shape), a.tobytes()]
+    return b"".join(parts)
+
+
+def unpack(data: bytes) -> list[np.ndarray]:
+    """The arrays :func:`pack` made ``data`` of (new arrays, not views of ``data``)."""
+    (count,), at, out = struct.unpack_from("<q", data), 8, []
+    for _ in range(count):
+        size, ndim = struct.unpack_from("<qq", data, at)
+        kind = np.dtype(data[at + 16:at + 16 + size].decode())
+        if kind.hasobject:
+            raise ValueError("only arrays of numbers are unpacked")
+        at += 16 + size
+        shape = struct.unpack_from(f"<{ndim}q", data, at)
+        at += 8 * ndim
+        n = int(np.prod(shape)) * kind.itemsize
+        out.append(np.frombuffer(data, kind, int(np.prod(shape)), at).reshape(shape).copy())
+        at += n
+    return out

@@ -1,8 +1,10 @@
-"""ctx-photo's decoder with two threads (a forked second process works the second half of
-each big step's samples and finds the passes' positions, ``coder._decode``): the same samples
-as with one for every coder revision, shape and depth; BLAS's limit (what ``--threads`` sets)
-chooses it, and only the process's only thread forks; a damaged payload or a failing step in
-either process raises and leaves no process behind."""
+"""ctx-photo's coder with two threads, in two processes (``models/ctx/partner.py``): the
+decoder's second process works the second half of each big step's samples and finds the
+passes' positions (``coder._decode``), the encoder's fits every other pass
+(``coder._fit_in_two``). The same samples and the same bytes as with one thread for every
+coder revision, shape and depth; BLAS's limit (what ``--threads`` sets) chooses it, and only
+the process's only thread forks; a damaged payload or a failing step in either process raises
+and leaves no process behind."""
 
 from __future__ import annotations
 
@@ -54,10 +56,11 @@ def tables(request) -> Tables:
 
 @pytest.fixture
 def forks(monkeypatch) -> list[int]:
-    """The process ids of the decoder's second processes started from now on; every step of
-    4 samples or more is made in halves, so that small tiles take that path, and the caller
-    counts as the process's only thread (idle threads that other tests leave, such as dask's,
-    would keep the decoder from forking)."""
+    """The process ids of the coder's second processes started from now on; every step of
+    4 samples or more is made in halves, and every tile with such a step is encoded in two
+    processes, so that small tiles take those paths, and the caller counts as the process's
+    only thread (idle threads that other tests leave, such as dask's, would keep the coder from
+    forking)."""
     monkeypatch.setattr(coder, "HALVES_FROM", 4)
     monkeypatch.setattr(partner.threading, "active_count", lambda: 1)
     return _started(monkeypatch)
@@ -254,3 +257,151 @@ def test_golden_ctx_files_decode_the_same_with_two_processes(forks):
             assert hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest() == \
                 manifest[name]["pixels_sha256"], name
     assert len(forks) >= len(names) - 1 and all(map(_gone, forks))
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_two_processes_encode_the_same_bytes_as_one(tables, depth, forks):
+    """Gray, two channels, RGB and RGBA, edge tiles and tiles with split passes: the encoder
+    in two processes writes the bytes of the one-thread encoder (which decode to the image),
+    and leaves no process behind. Gray has one chain of steps: it stays in one process."""
+    shapes = [(70, 129, 3), (33, 65, 4), (40, 30, 2), (23, 18, 1), (2, 40, 3), (5, 1, 3)]
+    for shape in shapes:
+        image = _image(*shape, depth=depth, seed=2)
+        one = encode_tile(image, depth, tables, threads=1)
+        started = len(forks)
+        assert encode_tile(image, depth, tables, threads=2) == one, shape
+        assert len(forks) == started + (shape[2] > 1 and shape[0] * shape[1] >= 8), shape
+        assert (decode_tile(one, shape, depth, tables) == image).all(), shape
+    assert all(map(_gone, forks))
+
+
+@pytest.mark.parametrize("where", ["first", "second"])
+def test_a_failing_fit_in_either_process_reaches_the_encoder(monkeypatch, forks, where):
+    """An error while fitting a step, in the caller's process (even passes) or in the second
+    (odd passes), is raised by the encoder (not a hang), and the second process has ended."""
+    tables = registry.load_model("ctx-photo").net.tables
+    main, fit, seen = os.getpid(), coder._fit_step, []
+
+    def failing(*args):
+        if (os.getpid() != main) == (where == "second"):
+            seen.append(1)
+            if len(seen) == 5:
+                raise MemoryError(f"step 5 of the {where} process")
+        return fit(*args)
+
+    monkeypatch.setattr(coder, "_fit_step", failing)
+    with pytest.raises(MemoryError, match=f"step 5 of the {where} process"):
+        encode_tile(_image(64, 64, 3), 8, tables, threads=2)
+    assert len(forks) == 1 and _gone(forks[0])
+
+
+def test_an_ended_second_process_is_reported_by_the_encoder(monkeypatch, forks):
+    """The encoder's second process ending without answering (killed) makes it raise."""
+    tables = registry.load_model("ctx-photo").net.tables
+    real = partner.Partner.ask
+
+    def ask(self, task, data=b""):
+        if task > 20:
+            os.kill(self.pid, 9)
+        real(self, task, data)
+
+    monkeypatch.setattr(partner.Partner, "ask", ask)
+    with pytest.raises(RuntimeError, match="second process ended"):
+        encode_tile(_image(64, 64, 3), 8, tables, threads=2)
+    assert len(forks) == 1 and _gone(forks[0])
+
+
+def test_a_refused_fork_encodes_on_two_threads(monkeypatch, forks):
+    """When the encoder's second process cannot be started, its two threads fit the steps
+    instead: the same bytes, no pipe left open."""
+    tables = registry.load_model("ctx-photo").net.tables
+    image = _image(64, 64, 3)
+    one = encode_tile(image, 8, tables, threads=1)
+    lanes, real = [], coder._in_order
+
+    def spy(steps, fit, count, prepare=None):
+        lanes.append(count)
+        return real(steps, fit, count, prepare)
+
+    def refused():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(coder, "_in_order", spy)
+    monkeypatch.setattr(os, "fork", refused)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    assert encode_tile(image, 8, tables, threads=2) == one
+    assert lanes == [2] and forks == [] and len(os.listdir("/proc/self/fd")) == descriptors
+
+
+def test_the_encoder_forks_only_from_the_only_thread(monkeypatch):
+    """With another Python thread alive, the encoder fits on two threads, not processes."""
+    tables = registry.load_model("ctx-photo").net.tables
+    monkeypatch.setattr(coder, "HALVES_FROM", 4)
+    forks = _started(monkeypatch)
+    image = _image(64, 64, 3)
+    for count, forked in ((2, 0), (1, 1)):
+        monkeypatch.setattr(partner.threading, "active_count", lambda: count)
+        assert encode_tile(image, 8, tables, threads=2) == encode_tile(image, 8, tables, 1)
+        assert len(forks) == forked
+
+
+def test_answers_come_in_the_order_asked():
+    """The second process runs the tasks queued, in order, and answers each with what its
+    work returned, large answers too."""
+    with partner.Partner(lambda task, data: data * task) as other:
+        for task in range(1, 6):
+            other.ask(task, bytes([task]) * 100_000)
+        assert [other.wait() for _ in range(5)] == [bytes([t]) * 100_000 * t
+                                                   for t in range(1, 6)]
+
+
+def test_packed_arrays_come_back_whole():
+    """:func:`partner.pack` keeps each array's type, shape and values; arrays of objects are
+    refused when unpacked."""
+    arrays = [np.arange(12, dtype=np.int64).reshape(3, 4), np.zeros((0, 20), np.uint8),
+              np.array(7, np.uint16), np.linspace(0, 1, 5, dtype=np.float32)[::2],
+              np.array([True, False])]
+    back = partner.unpack(partner.pack(arrays))
+    assert len(back) == len(arrays)
+    for a, b in zip(arrays, back):
+        assert a.dtype == b.dtype and a.shape == b.shape and (a == b).all()
+        assert b.flags.writeable
+    forged = partner.pack([np.zeros(1)]).replace(b"<f8", b"|O8")
+    with pytest.raises(ValueError, match="numbers"):
+        partner.unpack(forged)
+
+
+def test_a_fitted_step_crosses_whole(tables):
+    """A fitted step and its class counts packed (the second process's answer) unpack to the
+    same step, held in small integers."""
+    image = _image(40, 48, 3)
+    fitted: list = []
+    real = coder._write_step
+
+    def spy(enc, side, f, tables):
+        fitted.append(f)
+        real(enc, side, f, tables)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(coder, "_write_step", spy)
+        encode_tile(image, 8, tables, threads=1)
+    counts = np.arange(40).reshape(4, 10)
+    for f in fitted:
+        for given in (counts, None):
+            back, got = coder._Fitted.unpacked(f.packed(given))
+            assert (got is None) == (given is None) and (given is None or (got == given).all())
+            assert _same(back, f.small())
+
+
+def _same(a, b) -> bool:
+    """Whether two values (fitted steps, their fields, arrays, lists, numbers) are equal, the
+    arrays in type too."""
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape \
+            and (a == b).all()
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    if hasattr(a, "__dataclass_fields__"):
+        return type(a) is type(b) and all(_same(getattr(a, k), getattr(b, k))
+                                          for k in a.__dataclass_fields__)
+    return type(a) is type(b) and a == b
