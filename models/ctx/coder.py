@@ -1166,35 +1166,8 @@ class _Fitted:
     def small(self) -> _Fitted:
         """The same step held in small integers (tokens below NTOK, raw values of at most 15
         bits), for one written later."""
-        return replace(self, tokens=[(f, t.astype(np.uint8)) for f, t in self.tokens],
-                       raw=[(k, v.astype(np.uint16)) for k, v in self.raw])
-
-    def packed(self, counts: np.ndarray | None) -> bytes:
-        """The step (:meth:`small`) and r4's class counts of its pass (None: none) as bytes
-        (:func:`partner.pack`), from the encoder's second process."""
-        f, s = self.small(), self.side
-        head = [s.kind, s.c, s.depth, s.bits, s.frac, s.bias, s.shift, s.ebias,
-                -1 if f.choice is None else f.choice, len(f.tokens), len(f.raw), len(f.top),
-                counts is not None]
-        return partner.pack([np.array(head, np.int64), s.w, s.ew, s.coarse, f.hist, f.pick,
-                             *(a for pair in f.tokens for a in pair),
-                             np.array([k for k, _ in f.raw], np.int64), *(v for _, v in f.raw),
-                             *(a for pair in f.top for a in pair),
-                             *([] if counts is None else [counts])])
-
-    @classmethod
-    def unpacked(cls, data: bytes) -> tuple[_Fitted, np.ndarray | None]:
-        """The step and class counts :meth:`packed` made ``data`` of."""
-        head, w, ew, coarse, hist, pick, *rest = partner.unpack(data)
-        kind, c, depth, bits, frac, bias, shift, ebias, choice, calls, raws, top, counts = \
-            head.tolist()
-        tokens, rest = rest[:2 * calls], rest[2 * calls:]
-        ks, values, rest = rest[0].tolist(), rest[1:1 + raws], rest[1 + raws:]
-        return cls(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
-                   hist, None if choice < 0 else choice, pick,
-                   list(zip(tokens[::2], tokens[1::2])), list(zip(ks, values)),
-                   list(zip(rest[:2 * top:2], rest[1:2 * top:2]))), \
-            rest[2 * top] if counts else None
+        return replace(self, tokens=[(f, t.astype(np.uint8, copy=False)) for f, t in self.tokens],
+                       raw=[(k, v.astype(np.uint16, copy=False)) for k, v in self.raw])
 
 
 class _Writer:
@@ -1274,14 +1247,20 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
         return _own_features(x, res, s.c, order, s.at, s.nb, rev, s.p, err, depth,
                              known.setdefault(s.p, {}), spare, width), spare
 
+    def classify(step: _Step, prepared: tuple[_Own, _Spare] | None = None) -> _Classified:
+        own, spare = prepared or prepare(step)
+        classified = _fit_step(x, res, err, known, step, order, depth, tables, own, spare)
+        spares.put(spare)
+        return classified
+
     def fit(step: _Step, prepared: tuple[_Own, _Spare]) -> _Fitted:
-        fitted = _fit_step(x, res, err, known, previous, step, order, depth, tables, *prepared)
-        spares.put(prepared[1])
-        return fitted
+        return _planned(classify(step, prepared), tables, previous)
+
+    def write(index: int, step: _Classified) -> None:
+        writer.put(index, _planned(step, tables, previous))
 
     with _one_blas_thread():
-        if two and _fit_in_two(visits, height, width, channels, previous, writer,
-                               lambda s: fit(s, prepare(s))):
+        if two and _fit_in_two(visits, height, width, channels, classify, write):
             return coder.finish()
         for index, fitted in enumerate(_in_order(_steps(height, width, order, rev), fit, lanes,
                                                  prepare)):
@@ -1290,76 +1269,87 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
 
 
 def _fit_in_two(visits: list[_Visit], height: int, width: int, channels: int,
-                previous: dict[int, np.ndarray], writer: _Writer,
-                fit: Callable[[_Step], _Fitted]) -> bool:
-    """Fit the steps of ``visits`` in two processes and write them (``writer``); False if the
-    second process cannot start (a limit on processes or memory: nothing is written, and the
-    caller fits them on two threads, in the same memory). A forked second process
-    (:class:`partner.Partner`) fits the odd
-    visits, this one the even ones, each step once its channel's step of the visit before is
-    done (the earlier channels of its visit are done before it in its own process). What the
-    steps read of one another's is in memory shared before the fork (the residual and pair-miss
-    planes), but for r4's class counts of each channel's last pass (``previous``), which go
-    with the asks and the answers; each process keeps what a visit's channels leave for its
-    later ones (``known``). ``fit``: fits a step in the process that calls it."""
+                classify: Callable[[_Step], _Classified],
+                done: Callable[[int, _Classified], None]) -> bool:
+    """Fit and classify the steps of ``visits`` in two processes (``classify``, in the process
+    that calls it), passing each to ``done`` (its index, the visit times ``channels`` plus its
+    channel position) here, each channel's in pass order; False if the second process cannot
+    start (a limit on processes or memory: nothing is done, and the caller fits the steps on
+    two threads, in the same memory). A forked second process (:class:`partner.Partner`) fits
+    the odd visits, this one the even ones, each step once its channel's step of the visit
+    before is done (the earlier channels of its visit are done before it in its own process).
+    What the steps read of one another's is in memory shared before the fork (the residual
+    and pair-miss planes); each process keeps what a visit's channels leave for its later ones
+    (``known``). This process plans the tables of every step (:func:`_planned`, with r4's
+    class counts of each channel's last pass, ``previous``) and writes it: that is a tenth of a
+    step, and the odd visits cost more (their halves see the even halves' samples)."""
     found: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}  # the visit being fitted's
     # positions, in the process fitting it
 
-    def fitted(index: int) -> _Fitted:
+    def classified(index: int) -> _Classified:
         j, c = divmod(index, channels)
         p, _, kind, order = visits[j]
         if j not in found:
             found.clear()
             found[j] = p.flat(height, width)
-        return fit(_Step(p, *found[j], c, order[c][1], kind))
-
-    def task(index: int, data: bytes) -> bytes:
-        """The second process's task: fit step ``index`` (``data``: its channel's class
-        counts of the visit before, if any, :func:`partner.pack`) and answer it
-        (:meth:`_Fitted.packed`)."""
-        c = index % channels
-        previous.update({c: counts for counts in partner.unpack(data)})
-        f = fitted(index)
-        return f.packed(previous.get(c))
-
-    def take(index: int) -> None:
-        """The second process's answer of step ``index``, written."""
-        f, counts = _Fitted.unpacked(other.wait())
-        if counts is not None:
-            previous[index % channels] = counts
-        writer.put(index, f)
+        return classify(_Step(p, *found[j], c, order[c][1], kind))
 
     try:
-        other = partner.Partner(task)
+        other = partner.Partner(lambda index, _: classified(index).packed())
     except OSError:
         return False
     with other:
         for j in range(0, len(visits), 2):
             for c in range(channels):
                 index = j * channels + c
-                if j:
-                    take(index - channels)
-                writer.put(index, fitted(index))
+                if j:  # the second process's step of the visit before
+                    done(index - channels, _Classified.unpacked(other.wait()))
+                done(index, classified(index))
                 if j + 1 < len(visits):
-                    other.ask(index + channels, partner.pack(
-                        [previous[c]] if c in previous else []))
+                    other.ask(index + channels)
         if len(visits) % 2 == 0:  # the last visit is the second process's
             for c in range(channels):
-                take((len(visits) - 1) * channels + c)
+                done((len(visits) - 1) * channels + c, _Classified.unpacked(other.wait()))
     return True
 
 
+class _Classified(NamedTuple):
+    """One step of the encoder, fitted and classified (:func:`_fit_step`), before its tables
+    are planned (:func:`_planned`)."""
+
+    side: coded.StepSide  # the pass and channel's shifts and coefficients
+    lad: _Ladder  # each sample's class (and r4's mix)
+    u: np.ndarray  # each sample's residual as a non-negative integer (zigzag, r5 ranged)
+
+    def packed(self) -> bytes:
+        """The step as bytes (:func:`partner.pack`), its per-sample values in small integers
+        (class ids below 2**15, mix weights below 2**7, residuals below 2**16): what the
+        encoder's second process answers."""
+        s, lad = self.side, self.lad
+        mix = [] if lad.toward is None else [lad.toward.astype(np.int16),
+                                             lad.weight.astype(np.int8)]
+        head = [s.kind, s.c, s.depth, s.bits, s.frac, s.bias, s.shift, s.ebias]
+        return partner.pack([np.array(head, np.int64), s.w, s.ew, s.coarse,
+                             lad.cls.astype(np.int16), self.u.astype(np.uint16), *mix])
+
+    @classmethod
+    def unpacked(cls, data: bytes) -> _Classified:
+        """The step :meth:`packed` made ``data`` of, its per-sample values int64 again."""
+        head, w, ew, coarse, *rest = partner.unpack(data)
+        kind, c, depth, bits, frac, bias, shift, ebias = head.tolist()
+        classes, u, *mix = (a.astype(np.int64) for a in rest)
+        return cls(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
+                   _Ladder(classes, *mix), u)
+
+
 def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
-              known: dict[Pass, dict[int, _Known]], previous: dict[int, np.ndarray],
-              step: _Step, order: list[int], depth: int, tables: Tables, own: _Own,
-              spare: _Spare) -> _Fitted:
+              known: dict[Pass, dict[int, _Known]], step: _Step, order: list[int], depth: int,
+              tables: Tables, own: _Own, spare: _Spare) -> _Classified:
     """Fit one step's predictor and activity estimate, and record its residuals in ``res``
     (and r3's pair misses in ``err``). ``own``: its features from its own channel
     (:func:`_own_features`, made beforehand, its rows in ``spare``, which the fits use too);
     ``known``: what each channel of each pass leaves for the later channels of the pass
-    (dropped after its last); ``previous``: r4's class counts of each channel position's last
-    pass (:func:`_plan`), read and replaced here (a step runs after its channel's previous
-    pass)."""
+    (dropped after its last)."""
     p, at, nb, c, ch, kind = step
     rev = tables.revision
     half = 1 << (depth - 1)
@@ -1386,13 +1376,20 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
     u = _ranged(r, pred, below, depth) if rev.ranged else zigzag(r)
     shift, ew, ebias = _fixed_est(_fit_scale(act, np.abs(r), rough if rev.activity_rows else None,
                                             spare), rev)
-    tok, nraw, raw = tokens(u)
     lad = _clipped_class(_classes(act, shift, ew, ebias, far, tables), clipped, tables)
-    hist, choice, pick, coded_tokens = _plan(lad, tok, tables, previous, c)
-    top, nraw, raw = top_raw(lad.cls, tok, nraw, raw, rev)
+    return _Classified(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias,
+                                      coarse), lad, u)
+
+
+def _planned(step: _Classified, tables: Tables, previous: dict[int, np.ndarray]) -> _Fitted:
+    """A classified step's tokens, its tables (:func:`_plan`) and raw bits, ready to be
+    written. ``previous``: r4's class counts of each channel position's last pass, read and
+    replaced here (each channel's steps are planned in pass order)."""
+    tok, nraw, raw = tokens(step.u)
+    hist, choice, pick, coded_tokens = _plan(step.lad, tok, tables, previous, step.side.c)
+    top, nraw, raw = top_raw(step.lad.cls, tok, nraw, raw, tables.revision)
     bits_of, by_bits = _groups(nraw, raw)
-    return _Fitted(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
-                   hist, choice, pick, coded_tokens,
+    return _Fitted(step.side, hist, choice, pick, coded_tokens,
                    [(int(k), v) for k, v in zip(bits_of, by_bits) if k > 0], top)
 
 
@@ -1459,8 +1456,8 @@ def _choose(hist: np.ndarray, tables: Tables) -> np.ndarray:
 def _write_step(coder: PacketEncoder, side: _Side, f: _Fitted, tables: Tables) -> None:
     """A fitted step's side information, its used classes' tables (r4: after its tables'
     weight), then its tokens in one coder call per table, and the raw bits (everything else
-    is done in :func:`_fit_step`, on the fitting threads, so that this thread lags little
-    behind)."""
+    is done in :func:`_fit_step` and :func:`_planned`, on the fitting threads, so that this
+    thread lags little behind)."""
     if tables.collect_side is not None:
         tables.collect_side.append(f.side)
     if tables.collect is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import math
 import mmap
 import os
 import struct
@@ -166,30 +167,37 @@ def _serve(work: Callable[[int, bytes], bytes | None], down: int, up: int) -> No
         _write(up, struct.pack("<?q", False, len(answer)) + answer)
 
 
+NUMBERS = [np.dtype(t) for t in ("?", "<i1", "<i2", "<i4", "<i8", "<u1", "<u2", "<u4", "<u8",
+                                  "<f4", "<f8")]  # the types :func:`pack` takes, by their number
+_NUMBER = {kind: k for k, kind in enumerate(NUMBERS)}
+
+
 def pack(arrays: list[np.ndarray]) -> bytes:
-    """Arrays of numbers as bytes (their count, then each one's type, shape and data) for
-    :func:`unpack`: what the encoder's second process answers, with no pickle."""
-    parts = [struct.pack("<q", len(arrays))]
+    """Arrays of numbers (:data:`NUMBERS`) as bytes for :func:`unpack`, with no pickle: what
+    the encoder's second process answers. One int64 head (the count, then each array's type
+    number, dimensions and shape), then each array's data."""
+    arrays = [np.asarray(a, order="C") for a in arrays]  # (a 0-d array stays one)
+    head = [len(arrays)]
     for a in arrays:
-        a = np.asarray(a, order="C")  # (a 0-d array stays one)
-        kind = a.dtype.str.encode()
-        parts += [struct.pack("<qq", len(kind), a.ndim), kind,
-                  struct.pack(f"<{a.ndim}q", *a.shape), a.tobytes()]
-    return b"".join(parts)
+        if a.dtype not in _NUMBER:
+            raise ValueError(f"only arrays of numbers are packed, not {a.dtype}")
+        head += [_NUMBER[a.dtype], a.ndim, *a.shape]
+    return b"".join([struct.pack("<q", len(head)), np.array(head, "<i8").tobytes(),
+                     *(a.tobytes() for a in arrays)])
 
 
 def unpack(data: bytes) -> list[np.ndarray]:
-    """The arrays :func:`pack` made ``data`` of (new arrays, not views of ``data``)."""
-    (count,), at, out = struct.unpack_from("<q", data), 8, []
-    for _ in range(count):
-        size, ndim = struct.unpack_from("<qq", data, at)
-        kind = np.dtype(data[at + 16:at + 16 + size].decode())
-        if kind.hasobject:
+    """The arrays :func:`pack` made ``data`` of: read-only views of it."""
+    (size,) = struct.unpack_from("<q", data)
+    head = np.frombuffer(data, "<i8", size, 8).tolist()
+    at, k, out = 8 + 8 * size, 1, []
+    for _ in range(head[0]):
+        number, ndim = head[k], head[k + 1]
+        if not 0 <= number < len(NUMBERS):
             raise ValueError("only arrays of numbers are unpacked")
-        at += 16 + size
-        shape = struct.unpack_from(f"<{ndim}q", data, at)
-        at += 8 * ndim
-        n = int(np.prod(shape)) * kind.itemsize
-        out.append(np.frombuffer(data, kind, int(np.prod(shape)), at).reshape(shape).copy())
-        at += n
+        kind, shape = NUMBERS[number], head[k + 2:k + 2 + ndim]
+        k += 2 + ndim
+        count = math.prod(shape)
+        out.append(np.frombuffer(data, kind, count, at).reshape(shape))
+        at += count * kind.itemsize
     return out
