@@ -1302,11 +1302,14 @@ def _fit_in_two(visits: list[_Visit], height: int, width: int, channels: int,
         for j in range(0, len(visits), 2):
             for c in range(channels):
                 index = j * channels + c
-                if j:  # the second process's step of the visit before
-                    done(index - channels, _Classified.unpacked(other.wait()))
-                done(index, classified(index))
-                if j + 1 < len(visits):
+                before = other.wait() if j else None  # the second process's step of the
+                # visit before, done
+                mine = classified(index)
+                if j + 1 < len(visits):  # asked before this process plans and writes
                     other.ask(index + channels)
+                if before is not None:
+                    done(index - channels, _Classified.unpacked(before))
+                done(index, mine)
         if len(visits) % 2 == 0:  # the last visit is the second process's
             for c in range(channels):
                 done((len(visits) - 1) * channels + c, _Classified.unpacked(other.wait()))
