@@ -1300,16 +1300,18 @@ def _fit_in_two(visits: list[_Visit], height: int, width: int, channels: int,
         return False
     with other:
         for j in range(0, len(visits), 2):
+            before, mine = [], []  # the second process's steps of the visit before, this's
             for c in range(channels):
                 index = j * channels + c
-                before = other.wait() if j else None  # the second process's step of the
-                # visit before, done
-                mine = classified(index)
-                if j + 1 < len(visits):  # asked before this process plans and writes
+                if j:
+                    before.append(other.wait())
+                mine.append(classified(index))
+                if j + 1 < len(visits):  # asked at once, planned and written later
                     other.ask(index + channels)
-                if before is not None:
-                    done(index - channels, _Classified.unpacked(before))
-                done(index, mine)
+            for c, answer in enumerate(before):
+                done((j - 1) * channels + c, _Classified.unpacked(answer))
+            for c, step in enumerate(mine):
+                done(j * channels + c, step)
         if len(visits) % 2 == 0:  # the last visit is the second process's
             for c in range(channels):
                 done((len(visits) - 1) * channels + c, _Classified.unpacked(other.wait()))
