@@ -158,9 +158,9 @@ _BATCH_OPTIONS = [
                  "inputs it records as done whose output is still there with the recorded "
                  "size; code the others and append their lines."),
     click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-                 help="Torch and numpy (BLAS) threads per process (--lossless: the encoder "
-                 "fits on up to two threads, the same bytes; on Linux the decoder works each "
-                 "tile in two processes, the same pixels). More can be faster on an idle "
+                 help="Torch and numpy (BLAS) threads per process (--lossless, two or more: "
+                 "on Linux the encoder and the decoder work each tile in two processes, the "
+                 "same bytes and pixels). More can be faster on an idle "
                  "machine, but when another program keeps a core busy, two threads ran "
                  "several times slower than one."),
 ]

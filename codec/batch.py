@@ -574,7 +574,7 @@ class _Progress:
     def __init__(self, total: int, what: str, show: bool) -> None:
         from tqdm import tqdm
 
-        # no monitor thread: with one, ctx-photo's decoder would not fork its second process
+        # no monitor thread: with one, ctx-photo's coder would not fork its second process
         # (``models/ctx/partner.available``)
         tqdm.monitor_interval = 0
         self.bar = tqdm(total=total, desc=what, unit="file", file=sys.stderr,

@@ -9,7 +9,7 @@ Test images are made here (never committed): a training photo upscaled (Lanczos)
 of the given megapixels, kept as ``.npy`` in a temporary folder. Each encode and each decode
 runs in its own subprocess with one thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``;
 ``--threads N``: N BLAS threads, and the memory sampled is that of the subprocess and its
-children, as ctx-photo's decoder forks a second process, their shared memory counted once)
+children, as ctx-photo's coder forks a second process, their shared memory counted once)
 and reports its wall time (the codec call alone, not loading the array) and peak RSS
 (``getrusage``: the whole process, model and pixel arrays included); a lossless model's decode
 is marked "exact" when it gives the pixels back. ``--stream`` reads the image from an
@@ -114,7 +114,7 @@ def _rss_gb(pid: int, field: str = "VmRSS") -> float:
 
 
 def _memory_gb(pid: int) -> tuple[float, float]:
-    """(resident, private) memory now of a process and its children (ctx-photo's decoder
+    """(resident, private) memory now of a process and its children (ctx-photo's coder
     with two threads forks a second process, ``models/ctx/partner.py``): their own pages
     each, their shared memory once (the most either holds), and for the resident figure
     their mapped files' pages too."""

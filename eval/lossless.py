@@ -123,7 +123,7 @@ def run_photos(folder: Path, limit: int | None, model: str | None = None) -> dic
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")[:limit]
     total = {"pixels": 0, "nicodec": 0, "encode_s": 0.0, "decode_s": 0.0}
     images = []
-    tqdm.monitor_interval = 0  # no thread beside this one: ctx-photo's decoder forks only then
+    tqdm.monitor_interval = 0  # no thread beside this one: ctx-photo's coder forks only then
     for path in tqdm(paths, desc="photos", leave=False, disable=None):
         pixels = np.asarray(Image.open(path).convert("RGB"))
         start = time.perf_counter()
@@ -235,10 +235,9 @@ def format_photos(r: dict) -> str:
         lines.append(f"  {key[:-4]:<22}  {value:.3f} bpp")
     lines.append(f"  nicodec / PNG = {r['ratio_to_png']:.3f}; encode "
                  f"{r['encode_s_per_image']:.2f} s, decode {r['decode_s_per_image']:.2f} s per "
-                 f"image, {r.get('threads', 2)} thread(s) (--threads; ctx-photo's encoder fits its "
-                 f"steps on up to two, its decoder works in two processes), load average "
-                 f"{r.get('load_average', '?')} at "
-                 f"the end on the 2-core CPU")
+                 f"image, {r.get('threads', 2)} thread(s) (--threads; ctx-photo's encoder and "
+                 f"decoder work in two processes on Linux), load average "
+                 f"{r.get('load_average', '?')} at the end on the 2-core CPU")
     return "\n".join(lines)
 
 

@@ -1288,11 +1288,11 @@ def _fit_in_two(visits: list[_Visit], height: int, width: int, channels: int,
 
     def classified(index: int) -> _Classified:
         j, c = divmod(index, channels)
-        p, _, kind, order = visits[j]
+        p, _, kind, steps = visits[j]
         if j not in found:
             found.clear()
             found[j] = p.flat(height, width)
-        return classify(_Step(p, *found[j], c, order[c][1], kind))
+        return classify(_Step(p, *found[j], c, steps[c][1], kind))
 
     try:
         other = partner.Partner(lambda index, _: classified(index).packed())
