@@ -175,8 +175,10 @@ def test_the_second_process_errors_arrive_as_text():
     assert type(partner._error("print\nnot an error")) is RuntimeError
 
 
-def test_an_ended_second_process_is_reported(monkeypatch, forks):
-    """A second process that ends without answering (killed) makes the decoder raise."""
+@pytest.mark.parametrize("side", ["encoder", "decoder"])
+def test_an_ended_second_process_is_reported(monkeypatch, forks, side):
+    """A second process that ends without answering (killed) makes the encoder or the decoder
+    raise."""
     tables = registry.load_model("ctx-photo").net.tables
     image = _image(64, 64, 3)
     data = encode_tile(image, 8, tables, threads=1)
@@ -189,7 +191,10 @@ def test_an_ended_second_process_is_reported(monkeypatch, forks):
 
     monkeypatch.setattr(partner.Partner, "ask", ask)
     with pytest.raises(RuntimeError, match="second process ended"):
-        decode_tile(data, image.shape, 8, tables, threads=2)
+        if side == "encoder":
+            encode_tile(image, 8, tables, threads=2)
+        else:
+            decode_tile(data, image.shape, 8, tables, threads=2)
     assert len(forks) == 1 and _gone(forks[0])
 
 
@@ -291,22 +296,6 @@ def test_a_failing_fit_in_either_process_reaches_the_encoder(monkeypatch, forks,
 
     monkeypatch.setattr(coder, "_fit_step", failing)
     with pytest.raises(MemoryError, match=f"step 5 of the {where} process"):
-        encode_tile(_image(64, 64, 3), 8, tables, threads=2)
-    assert len(forks) == 1 and _gone(forks[0])
-
-
-def test_an_ended_second_process_is_reported_by_the_encoder(monkeypatch, forks):
-    """The encoder's second process ending without answering (killed) makes it raise."""
-    tables = registry.load_model("ctx-photo").net.tables
-    real = partner.Partner.ask
-
-    def ask(self, task, data=b""):
-        if task > 20:
-            os.kill(self.pid, 9)
-        real(self, task, data)
-
-    monkeypatch.setattr(partner.Partner, "ask", ask)
-    with pytest.raises(RuntimeError, match="second process ended"):
         encode_tile(_image(64, 64, 3), 8, tables, threads=2)
     assert len(forks) == 1 and _gone(forks[0])
 
