@@ -78,6 +78,21 @@ def _started(monkeypatch) -> list[int]:
     return started
 
 
+def _failing(real, chosen, nth: int, message: str):
+    """``real`` that raises MemoryError(``message``) at its ``nth`` call whose arguments
+    ``chosen`` picks."""
+    calls = []
+
+    def failing(*args):
+        if chosen(args):
+            calls.append(1)
+            if len(calls) == nth:
+                raise MemoryError(message)
+        return real(*args)
+
+    return failing
+
+
 def _gone(pid: int) -> bool:
     """Whether process ``pid``, a child of this one, has ended and been waited for."""
     try:
@@ -150,16 +165,9 @@ def test_a_failing_step_in_either_process_reaches_the_caller(monkeypatch, forks,
     tables = registry.load_model("ctx-photo").net.tables
     image = _image(64, 64, 3)
     data = encode_tile(image, 8, tables, threads=1)
-    own, made = coder._own_features, []
-
-    def failing(*args):
-        if (args[-1].start > 0) == (where == "second"):
-            made.append(1)
-            if len(made) == 7:
-                raise MemoryError(f"step 7 of the {where} half")
-        return own(*args)
-
-    monkeypatch.setattr(coder, "_own_features", failing)
+    monkeypatch.setattr(coder, "_own_features", _failing(
+        coder._own_features, lambda args: (args[-1].start > 0) == (where == "second"), 7,
+        f"step 7 of the {where} half"))
     with pytest.raises(MemoryError, match=f"step 7 of the {where} half"):
         decode_tile(data, image.shape, 8, tables, threads=2)
     assert len(forks) == 1 and _gone(forks[0])
@@ -285,16 +293,10 @@ def test_a_failing_fit_in_either_process_reaches_the_encoder(monkeypatch, forks,
     """An error while fitting a step, in the caller's process (even passes) or in the second
     (odd passes), is raised by the encoder (not a hang), and the second process has ended."""
     tables = registry.load_model("ctx-photo").net.tables
-    main, fit, seen = os.getpid(), coder._fit_step, []
-
-    def failing(*args):
-        if (os.getpid() != main) == (where == "second"):
-            seen.append(1)
-            if len(seen) == 5:
-                raise MemoryError(f"step 5 of the {where} process")
-        return fit(*args)
-
-    monkeypatch.setattr(coder, "_fit_step", failing)
+    main = os.getpid()
+    monkeypatch.setattr(coder, "_fit_step", _failing(
+        coder._fit_step, lambda args: (os.getpid() != main) == (where == "second"), 5,
+        f"step 5 of the {where} process"))
     with pytest.raises(MemoryError, match=f"step 5 of the {where} process"):
         encode_tile(_image(64, 64, 3), 8, tables, threads=2)
     assert len(forks) == 1 and _gone(forks[0])
