@@ -1833,17 +1833,17 @@ class _Decoding:
         ebias: int
 
         def packed(self) -> bytes:
-            """As int64s, for the second process: the four integers, the weights' count,
+            """As bytes for the second process (:func:`partner.pack`): the four integers,
             the weights, the activity weights."""
-            return np.concatenate([[self.frac, self.bias, self.shift, self.ebias, len(self.w)],
-                                   self.w, self.ew]).astype(np.int64).tobytes()
+            head = np.array([self.frac, self.bias, self.shift, self.ebias], np.int64)
+            return partner.pack([head, self.w, self.ew])
 
         @classmethod
         def unpacked(cls, data: bytes) -> _Decoding.Side:
             """Inverse of :meth:`packed`."""
-            v = np.frombuffer(data, np.int64)
-            k = 5 + int(v[4])
-            return cls(int(v[0]), v[5:k].copy(), int(v[1]), int(v[2]), v[k:].copy(), int(v[3]))
+            head, w, ew = partner.unpack(data)
+            frac, bias, shift, ebias = head.tolist()
+            return cls(frac, w, bias, shift, ew, ebias)
 
     def __init__(self, coder: PacketDecoder, shape: tuple[int, int, int], depth: int,
                  tables: Tables, make: Callable[..., np.ndarray], most: int) -> None:
