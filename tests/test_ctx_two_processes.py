@@ -339,6 +339,22 @@ def test_the_encoder_forks_only_from_the_only_thread(monkeypatch):
         assert len(forks) == forked
 
 
+def test_a_task_asked_after_a_failed_one_raises_its_error():
+    """A task asked once the second process has ended on an earlier task's error raises that
+    error (the encoder asks ahead of its answers), not that the process ended."""
+    def work(task, data):
+        if task == 1:
+            raise ValueError("task 1 failed")
+        return data
+
+    with partner.Partner(work) as other:
+        other.ask(0, b"fine")
+        other.ask(1)
+        os.waitid(os.P_PID, other.pid, os.WEXITED | os.WNOWAIT)  # ended, not yet waited for
+        with pytest.raises(ValueError, match="task 1 failed"):
+            other.ask(2)
+
+
 def test_answers_come_in_the_order_asked():
     """The second process runs the tasks queued, in order, and answers each with what its
     work returned, large answers too."""

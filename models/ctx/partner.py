@@ -84,11 +84,15 @@ class Partner:
         os.close(up_write)
 
     def ask(self, task: int, data: bytes = b"") -> None:
-        """Queue ``work(task, data)`` in the partner."""
+        """Queue ``work(task, data)`` in the partner. If the partner has ended (a task asked
+        earlier failed, and its error is waiting among the answers), that error is raised."""
         try:
             _write(self.down, struct.pack("<qq", task, len(data)) + data)
+            return
         except BrokenPipeError:
-            raise RuntimeError(ENDED) from None
+            pass
+        while True:  # the answers it left: its error, else the end of them (ENDED)
+            self.wait()
 
     def wait(self) -> bytes:
         """Wait for the earliest task not yet waited for; its answer, or its error raised."""
