@@ -1,4 +1,5 @@
-"""Shared fixtures: Kodak paths (the data folder beside the repository) and small images."""
+"""Shared fixtures: Kodak paths (the data folder beside the repository) and small images;
+no test leaves ctx-photo's kept second process to the next."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nicodec.models.ctx import partner
+
 KODAK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
+
+
+@pytest.fixture(autouse=True)
+def _no_kept_second_process():
+    """ctx-photo's second process kept from tile to tile (``partner.kept``) ends with the test
+    that forked it: it knows the coder as it was then (a constant a test changed included)."""
+    yield
+    partner.release()
 
 
 def kodak_images() -> list[Path]:

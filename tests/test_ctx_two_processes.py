@@ -1,20 +1,24 @@
 """ctx-photo's coder with two threads, in two processes (``models/ctx/partner.py``): the
 decoder's second process works the second half of each big step's samples and finds the
 passes' positions (``coder._decode``), the encoder's fits every other pass
-(``coder._fit_in_two``). The same samples and the same bytes as with one thread for every
-coder revision, shape and depth; BLAS's limit (what ``--threads`` sets) chooses it, and only
-the process's only thread forks; a damaged payload or a failing step in either process raises
-and leaves no process behind."""
+(``coder._fit_in_two``); one second process is kept from tile to tile (``partner.kept``).
+The same samples and the same bytes as with one thread for every coder revision, shape and
+depth, in any order of encodes and decodes; BLAS's limit (what ``--threads`` sets) chooses
+it, and only the process's only thread forks; a damaged payload or a failing step in either
+process raises and ends the second process; none is left after ``partner.release``."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -55,27 +59,56 @@ def tables(request) -> Tables:
 
 
 @pytest.fixture
-def forks(monkeypatch) -> list[int]:
+def forks(monkeypatch) -> Iterator[list[int]]:
     """The process ids of the coder's second processes started from now on; every step of
     4 samples or more is made in halves, and every tile with such a step is encoded in two
     processes, so that small tiles take those paths, and the caller counts as the process's
     only thread (idle threads that other tests leave, such as dask's, would keep the coder from
-    forking)."""
+    forking). At the end, released, all have ended."""
     monkeypatch.setattr(coder, "HALVES_FROM", 4)
     monkeypatch.setattr(partner.threading, "active_count", lambda: 1)
-    return _started(monkeypatch)
+    started = _started(monkeypatch)
+    yield started
+    partner.release()
+    assert all(map(_gone, started))
 
 
 def _started(monkeypatch) -> list[int]:
     """The process ids of the second processes started from now on."""
     started, real = [], partner.Partner.__init__
 
-    def spy(self, work):
-        real(self, work)
+    def spy(self, *args):
+        real(self, *args)
         started.append(self.pid)
 
     monkeypatch.setattr(partner.Partner, "__init__", spy)
     return started
+
+
+def _uses(monkeypatch) -> list[int]:
+    """The process ids of the second processes that coded a tile from now on, one per tile."""
+    used, real = [], partner.kept
+
+    @contextlib.contextmanager
+    def spy(*args):
+        with real(*args) as kept:
+            if kept is not None:
+                used.append(kept[0].pid)
+            yield kept
+
+    monkeypatch.setattr(partner, "kept", spy)
+    return used
+
+
+def _alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` (children of this process) still running."""
+    def running(pid: int) -> bool:
+        try:
+            return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:  # ended and waited for
+            return False
+
+    return [pid for pid in pids if running(pid)]
 
 
 def _failing(real, chosen, nth: int, message: str):
@@ -103,19 +136,21 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("depth", [8, 16])
-def test_two_processes_decode_the_same_samples_as_one(tables, depth, forks):
+def test_two_processes_decode_the_same_samples_as_one(tables, depth, forks, monkeypatch):
     """Gray, two channels, RGB and RGBA, edge tiles of one row or column and tiles with split
-    passes: both thread counts give back the image."""
+    passes: both thread counts give back the image, the second process kept from tile to
+    tile (forked anew only for a bigger tile)."""
+    uses = _uses(monkeypatch)
     shapes = [(70, 129, 3), (23, 18, 1), (33, 65, 4), (40, 30, 2), (2, 40, 3), (5, 1, 3),
               (1, 1, 1)]
     for shape in shapes:
         image = _image(*shape, depth=depth)
-        data = encode_tile(image, depth, tables)
+        data = encode_tile(image, depth, tables, threads=1)
         for threads in (1, 2):
             assert (decode_tile(data, shape, depth, tables, threads=threads) == image).all(), \
                 (shape, threads)
-    assert len(forks) == len(shapes) - 2 and all(map(_gone, forks))  # (5, 1), (1, 1): no step
-    # of 4 samples
+    assert len(uses) == len(shapes) - 2  # (5, 1), (1, 1): no step of 4 samples
+    assert len(forks) == 1 and len(_alive(forks)) == 1
 
 
 def test_blas_limit_chooses_two_processes_for_tiles_with_big_steps(monkeypatch):
@@ -124,21 +159,21 @@ def test_blas_limit_chooses_two_processes_for_tiles_with_big_steps(monkeypatch):
     with only small steps, by the caller's alone."""
     tables = registry.load_model("ctx-photo").net.tables
     monkeypatch.setattr(partner.threading, "active_count", lambda: 1)  # as in ``forks``
-    started = _started(monkeypatch)
-    for shape, limit, forked in (((130, 140, 3), 1, False), ((130, 140, 3), 2, True),
-                                 ((130, 140, 1), 2, True), ((60, 60, 3), 2, False)):
+    uses = _uses(monkeypatch)
+    for shape, limit, two in (((130, 140, 3), 1, False), ((130, 140, 3), 2, True),
+                              ((130, 140, 1), 2, True), ((60, 60, 3), 2, False)):
         image = _image(*shape)
         data = encode_tile(image, 8, tables, threads=1)
-        started.clear()
+        uses.clear()
         with threadpool_limits(limit, user_api="blas"):
             assert (decode_tile(data, image.shape, 8, tables) == image).all()
-        assert len(started) == forked and all(map(_gone, started)), (shape, limit)
+        assert len(uses) == two, (shape, limit)
 
 
 def test_damaged_payloads_raise_and_leave_no_process(tables, forks):
     """Bit flips and truncation with two processes either decode to some tile or raise what
-    the pipeline counts as a lost packet; either way the second process has ended and its
-    pipes are closed."""
+    the pipeline counts as a lost packet (and end the second process, which may have been amid
+    a task); no more than the one kept second process is left, and no pipe of the others."""
     shape = (24, 40, 3)
     data = encode_tile(_image(*shape, seed=4), 8, tables)
     rng = np.random.default_rng(0)
@@ -153,7 +188,8 @@ def test_damaged_payloads_raise_and_leave_no_process(tables, forks):
             refused += 1
         else:
             assert out.shape == shape and 0 <= out.min() and out.max() <= 255
-        assert forks and all(map(_gone, forks)), trial
+        assert forks and len(_alive(forks)) <= 1, trial
+    partner.release()
     assert refused > 5 and len(os.listdir("/proc/self/fd")) == descriptors  # pipes closed
 
 
@@ -170,7 +206,7 @@ def test_a_failing_step_in_either_process_reaches_the_caller(monkeypatch, forks,
         f"step 7 of the {where} half"))
     with pytest.raises(MemoryError, match=f"step 7 of the {where} half"):
         decode_tile(data, image.shape, 8, tables, threads=2)
-    assert len(forks) == 1 and _gone(forks[0])
+    assert len(forks) == 1 and _gone(forks[0])  # ended: it may have been amid a task
 
 
 def test_the_second_process_errors_arrive_as_text():
@@ -269,26 +305,27 @@ def test_golden_ctx_files_decode_the_same_with_two_processes(forks):
             pixels = decode_detailed((GOLDEN / name).read_bytes()).pixels
             assert hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest() == \
                 manifest[name]["pixels_sha256"], name
-    assert len(forks) >= len(names) - 1 and all(map(_gone, forks))
+    assert forks
 
 
 @pytest.mark.parametrize("depth", [8, 16])
-def test_two_processes_encode_the_same_bytes_as_one(tables, depth, forks):
+def test_two_processes_encode_the_same_bytes_as_one(tables, depth, forks, monkeypatch):
     """Gray, two channels, RGB and RGBA, edge tiles and tiles with split passes: the encoder
-    in two processes writes the bytes of the one-thread encoder (which decode to the image),
-    and leaves no process behind; the last pass is the second process's (an even count of
-    passes) or this one's (odd: (17, 17), (3, 40)). Gray has one chain of steps: it stays in
-    one process."""
+    in two processes writes the bytes of the one-thread encoder (which decode to the image);
+    the last pass is the second process's (an even count of passes) or this one's (odd: (17,
+    17), (3, 40)). Gray has one chain of steps: it stays in one process. The second process is
+    kept from tile to tile, and from encodes to decodes (with two processes too)."""
+    uses = _uses(monkeypatch)
     shapes = [(70, 129, 3), (33, 65, 4), (40, 30, 2), (23, 18, 1), (2, 40, 3), (5, 1, 3),
               (17, 17, 3), (3, 40, 4)]
     for shape in shapes:
         image = _image(*shape, depth=depth, seed=2)
         one = encode_tile(image, depth, tables, threads=1)
-        started = len(forks)
+        before = len(uses)
         assert encode_tile(image, depth, tables, threads=2) == one, shape
-        assert len(forks) == started + (shape[2] > 1 and shape[0] * shape[1] >= 8), shape
-        assert (decode_tile(one, shape, depth, tables) == image).all(), shape
-    assert all(map(_gone, forks))
+        assert len(uses) == before + (shape[2] > 1 and shape[0] * shape[1] >= 8), shape
+        assert (decode_tile(one, shape, depth, tables, threads=2) == image).all(), shape
+    assert len(forks) == 1
 
 
 @pytest.mark.parametrize("where", ["first", "second"])
@@ -302,7 +339,7 @@ def test_a_failing_fit_in_either_process_reaches_the_encoder(monkeypatch, forks,
         f"step 5 of the {where} process"))
     with pytest.raises(MemoryError, match=f"step 5 of the {where} process"):
         encode_tile(_image(64, 64, 3), 8, tables, threads=2)
-    assert len(forks) == 1 and _gone(forks[0])
+    assert len(forks) == 1 and _gone(forks[0])  # ended: it may have been amid a task
 
 
 def test_a_refused_fork_encodes_on_two_threads(monkeypatch, forks):
@@ -328,15 +365,87 @@ def test_a_refused_fork_encodes_on_two_threads(monkeypatch, forks):
 
 
 def test_the_encoder_forks_only_from_the_only_thread(monkeypatch):
-    """With another Python thread alive, the encoder fits on two threads, not processes."""
+    """With another Python thread alive, the encoder fits on two threads, not processes; a
+    second process kept from before is used all the same (it is forked already)."""
     tables = registry.load_model("ctx-photo").net.tables
     monkeypatch.setattr(coder, "HALVES_FROM", 4)
-    forks = _started(monkeypatch)
+    forks, uses = _started(monkeypatch), _uses(monkeypatch)
     image = _image(64, 64, 3)
-    for count, forked in ((2, 0), (1, 1)):
+    for count, forked, used in ((2, 0, 0), (1, 1, 1), (2, 1, 2)):
         monkeypatch.setattr(partner.threading, "active_count", lambda: count)
         assert encode_tile(image, 8, tables, threads=2) == encode_tile(image, 8, tables, 1)
-        assert len(forks) == forked
+        assert (len(forks), len(uses)) == (forked, used)
+
+
+def test_the_kept_second_process_is_forked_anew_where_it_must_be(monkeypatch, forks):
+    """One second process serves the tiles of one set of tables while they fit its shared
+    memory; another set of tables, a bigger tile, its end after IDLE_S seconds without a task,
+    and release each fork a new one; the ones replaced are gone."""
+    monkeypatch.setattr(partner, "IDLE_S", 1.0)
+    tables = registry.load_model("ctx-photo").net.tables
+    other = replace(tables)  # equal, but another object: the second process knows only its own
+    small, big = _image(40, 48, 3), _image(60, 48, 3)
+    one = {id(i): encode_tile(i, 8, tables, threads=1) for i in (small, big)}
+
+    def coded(image, with_tables=tables) -> None:
+        assert encode_tile(image, 8, with_tables, threads=2) == one[id(image)]
+        assert (decode_tile(one[id(image)], image.shape, 8, with_tables, threads=2)
+                == image).all()
+
+    for image, with_tables, started in ((small, tables, 1), (small, tables, 1), (big, tables, 2),
+                                        (small, tables, 2), (small, other, 3)):
+        coded(image, with_tables)
+        assert len(forks) == started and _alive(forks) == forks[-1:]
+    time.sleep(3)  # idle: it ends by itself
+    assert _alive(forks) == []
+    coded(small, other)
+    assert len(forks) == 4 and _alive(forks) == forks[-1:]
+    partner.release()
+    assert _alive(forks) == []
+
+
+def test_an_encode_after_a_decode_that_forked_keeps_its_bytes(monkeypatch, forks):
+    """A second process forked by a decoder with BLAS on two threads fits the encoder's steps
+    on one thread (two would round otherwise, and change the bytes: OpenBLAS splits products
+    of a few thousand rows or more)."""
+    tables = registry.load_model("ctx-photo").net.tables
+    image = _image(384, 512, 3)
+    one = encode_tile(image, 8, tables, threads=1)
+    with threadpool_limits(2, user_api="blas"):
+        assert (decode_tile(one, image.shape, 8, tables) == image).all()
+        assert len(forks) == 1
+        assert encode_tile(image, 8, tables) == one
+    assert len(forks) == 1
+
+
+def test_a_caller_finding_the_second_process_busy_fits_on_two_threads(forks):
+    """While one caller holds the kept second process, another's encode fits on two threads:
+    the same bytes, no second fork."""
+    tables = registry.load_model("ctx-photo").net.tables
+    image = _image(64, 64, 3)
+    one = encode_tile(image, 8, tables, threads=1)
+    with partner.kept(tables, 1 << 20, coder._second) as held:
+        assert held is not None and len(forks) == 1
+        assert encode_tile(image, 8, tables, threads=2) == one
+    assert len(forks) == 1
+
+
+def test_a_process_forked_by_the_caller_does_not_use_its_second_process(forks):
+    """A process forked from the caller (a pool of the caller's own) forgets the kept second
+    process (whose pipes are the caller's) and codes alone or with one of its own."""
+    tables = registry.load_model("ctx-photo").net.tables
+    image = _image(64, 64, 3)
+    one = encode_tile(image, 8, tables, threads=2)
+    assert len(forks) == 1
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if partner._KEPT is None and encode_tile(image, 8, tables, 2) == one else 3
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert encode_tile(image, 8, tables, threads=2) == one and len(forks) == 1
 
 
 def test_a_task_asked_after_a_failed_one_raises_its_error():

@@ -1213,109 +1213,168 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     A step needs only its own channel's previous pass and the earlier channels of its pass
     (its features from its own channel only the former), so with ``threads`` > 1 (None: as
     many as BLAS may use) and several channels, two workers fit the steps, the channels as far
-    ahead of one another as that allows. On Linux, called from the process's only Python thread
-    (:func:`partner.available`), with a pass of HALVES_FROM samples or more, the workers are
-    two processes: a forked second process fits every odd pass, this one the even passes, each
-    step once its channel's step of the pass before is done (:func:`_fit_in_two`); elsewhere
-    they are two threads of this process (:func:`_in_order`). This process writes the steps in
-    the payload's order (:class:`_Writer`; r5 writes the first channel's steps first: what the
-    later channels read of it beyond their pass's steps are its samples, which the encoder
-    has, so only the writing waits). BLAS runs on one thread throughout, so the bytes are the
-    same for any ``threads``."""
+    ahead of one another as that allows. On Linux, with a pass of HALVES_FROM samples or more,
+    the workers are two processes: a second process, forked from the process's only Python
+    thread and kept from tile to tile (:func:`partner.kept`), fits every odd pass, this one the
+    even passes, each step once its channel's step of the pass before is done
+    (:func:`_fit_in_two`); elsewhere (another thread holds the second process, or none can be
+    forked) they are two threads of this process (:func:`_in_order`). This process writes the
+    steps in the payload's order (:class:`_Writer`; r5 writes the first channel's steps first:
+    what the later channels read of it beyond their pass's steps are its samples, which the
+    encoder has, so only the writing waits). BLAS runs on one thread throughout, so the bytes
+    are the same for any ``threads``."""
     rev = tables.revision
     height, width, channels = tile.shape
-    order = _order(channels)
-    visits = _visits(height, width, order, rev)
+    visits = _visits(height, width, _order(channels), rev)
     lanes = _lanes(channels, threads)  # before BLAS is held at one thread
-    two = lanes > 1 and partner.available() and any(v.samples >= HALVES_FROM for v in visits)
-    make = partner.shared if two else np.zeros  # what the second process writes
-    x = np.ascontiguousarray(tile.transpose(2, 0, 1), np.float64).reshape(channels, -1)
-    res = make(x.shape)  # residual of every coded sample
-    err = make((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
-    known: dict[Pass, dict[int, _Known]] = {}
+    two = lanes > 1 and any(v.samples >= HALVES_FROM for v in visits)
     coder = PacketEncoder()
-    side = _Side(enc=coder)
-    writer = _Writer(coder, side, tables, _written(visits, channels, rev))
+    writer = _Writer(coder, _Side(enc=coder), tables, _written(visits, channels, rev))
     previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its last pass
-    spares: queue.SimpleQueue = queue.SimpleQueue()  # the rows of the steps no longer in flight
-
-    def prepare(s: _Step) -> tuple[_Own, _Spare]:
-        try:
-            spare = spares.get_nowait()
-        except queue.Empty:
-            spare = _Spare()
-        return _own_features(x, res, s.c, order, s.at, s.nb, rev, s.p, err, depth,
-                             known.setdefault(s.p, {}), spare, width), spare
-
-    def classify(step: _Step, prepared: tuple[_Own, _Spare] | None = None) -> _Classified:
-        own, spare = prepared or prepare(step)
-        classified = _fit_step(x, res, err, known, step, order, depth, tables, own, spare)
-        spares.put(spare)
-        return classified
-
-    def fit(step: _Step, prepared: tuple[_Own, _Spare]) -> _Fitted:
-        return _planned(classify(step, prepared), tables, previous)
 
     def write(index: int, step: _Classified) -> None:
         writer.put(index, _planned(step, tables, previous))
 
-    with _one_blas_thread():
-        if two and _fit_in_two(visits, height, width, channels, classify, write):
+    with _one_blas_thread(), (partner.kept(tables, _arena(tile.shape, tables), _second) if two
+                              else contextlib.nullcontext()) as kept:
+        make = np.zeros if kept is None else _Carve(kept[1], zeroed=True)
+        mine = _Tile(*_planes(make, tile.shape, rev), tile.shape, depth, tables)
+        mine.x.reshape(channels, height, width)[:] = tile.transpose(2, 0, 1)
+        if kept is not None:
+            other = kept[0]
+            other.ask(_BEGIN, partner.pack([np.array([*tile.shape, depth], np.int64)]))
+            other.wait()
+            _fit_in_two(mine, other, write)
             return coder.finish()
-        for index, fitted in enumerate(_in_order(_steps(height, width, order, rev), fit, lanes,
-                                                 prepare)):
+
+        def fit(step: _Step, prepared: tuple[_Own, _Spare]) -> _Fitted:
+            return _planned(mine.classify(step, prepared), tables, previous)
+
+        steps = _steps(height, width, mine.order, rev)
+        for index, fitted in enumerate(_in_order(steps, fit, lanes, mine.prepare)):
             writer.put(index, fitted)
     return coder.finish()
 
 
-def _fit_in_two(visits: list[_Visit], height: int, width: int, channels: int,
-                classify: Callable[[_Step], _Classified],
-                done: Callable[[int, _Classified], None]) -> bool:
-    """Fit and classify the steps of ``visits`` in two processes (``classify``, in the process
-    that calls it), passing each to ``done`` (its index, the visit times ``channels`` plus its
-    channel position) here, each channel's in pass order; False if the second process cannot
-    start (a limit on processes or memory: nothing is done, and the caller fits the steps on
-    two threads, in the same memory). A forked second process (:class:`partner.Partner`) fits
-    the odd visits, this one the even ones, each step once its channel's step of the visit
-    before is done (the earlier channels of its visit are done before it in its own process).
-    What the steps read of one another's is in memory shared before the fork (the residual
-    and pair-miss planes); each process keeps what a visit's channels leave for its later ones
-    (``known``). This process plans the tables of every step (:func:`_planned`, with r4's
-    class counts of each channel's last pass, ``previous``) and writes it: that is a tenth of a
-    step, and the odd visits cost more (their halves see the even halves' samples)."""
-    found: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}  # the visit being fitted's
-    # positions, in the process fitting it
+class _Tile:
+    """A tile being fitted, as a process fitting its steps holds it: its planes of samples,
+    residuals and r3's pair misses (``x``, ``res``, ``err``), what each pass's channels leave
+    for its later ones (``known``), the feature rows of the steps no longer in flight."""
 
-    def classified(index: int) -> _Classified:
-        j, c = divmod(index, channels)
-        p, _, kind, steps = visits[j]
-        if j not in found:
-            found.clear()
-            found[j] = p.flat(height, width)
-        return classify(_Step(p, *found[j], c, steps[c][1], kind))
+    def __init__(self, x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
+                 shape: tuple[int, int, int], depth: int, tables: Tables) -> None:
+        self.x, self.res, self.err = x, res, err
+        self.height, self.width, channels = shape
+        self.depth, self.tables = depth, tables
+        self.order = _order(channels)
+        self.visits = _visits(self.height, self.width, self.order, tables.revision)
+        self.known: dict[Pass, dict[int, _Known]] = {}
+        self.spares: queue.SimpleQueue = queue.SimpleQueue()
+        self.found: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}  # the positions of
+        # the visit being fitted (:meth:`classified`)
 
-    try:
-        other = partner.Partner(lambda index, _: classified(index).packed())
-    except OSError:
-        return False
-    with other:
-        for j in range(0, len(visits), 2):
-            before, mine = [], []  # the second process's steps of the visit before, this's
-            for c in range(channels):
-                index = j * channels + c
-                if j:
-                    before.append(other.wait())
-                mine.append(classified(index))
-                if j + 1 < len(visits):  # asked at once, planned and written later
-                    other.ask(index + channels)
-            for c, answer in enumerate(before):
-                done((j - 1) * channels + c, _Classified.unpacked(answer))
-            for c, step in enumerate(mine):
-                done(j * channels + c, step)
-        if len(visits) % 2 == 0:  # the last visit is the second process's
-            for c in range(channels):
-                done((len(visits) - 1) * channels + c, _Classified.unpacked(other.wait()))
-    return True
+    def prepare(self, s: _Step) -> tuple[_Own, _Spare]:
+        """A step's features from its own channel (:func:`_own_features`), in reused rows."""
+        try:
+            spare = self.spares.get_nowait()
+        except queue.Empty:
+            spare = _Spare()
+        return _own_features(self.x, self.res, s.c, self.order, s.at, s.nb,
+                             self.tables.revision, s.p, self.err, self.depth,
+                             self.known.setdefault(s.p, {}), spare, self.width), spare
+
+    def classify(self, step: _Step, prepared: tuple[_Own, _Spare] | None = None
+                 ) -> _Classified:
+        """A step fitted and classified (:func:`_fit_step`), its residuals recorded."""
+        own, spare = prepared or self.prepare(step)
+        classified = _fit_step(self.x, self.res, self.err, self.known, step, self.order,
+                               self.depth, self.tables, own, spare)
+        self.spares.put(spare)
+        return classified
+
+    def classified(self, index: int) -> _Classified:
+        """Step ``index`` (visit ``index // channels``, channel position ``index % channels``)
+        fitted and classified, the positions of its visit found once."""
+        j, c = divmod(index, len(self.order))
+        p, _, kind, steps = self.visits[j]
+        if j not in self.found:
+            self.found.clear()
+            self.found[j] = p.flat(self.height, self.width)
+        return self.classify(_Step(p, *self.found[j], c, steps[c][1], kind))
+
+
+_BEGIN, _BEGIN_DECODE = -2, -3  # the kept second process's tasks that start a tile
+_SECOND: list[_Tile | _DecodeTile] = []  # the tile the kept second process works on
+
+
+def _planes(make: Callable[..., np.ndarray], shape: tuple[int, int, int], rev: Revision
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A tile's planes of samples and residuals (float64, (C, H*W)) and r3's pair misses
+    (float32, (C, 2, H*W, 2), or None), from ``make``."""
+    height, width, channels = shape
+    return make((channels, height * width)), make((channels, height * width)), \
+        make((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
+
+
+def _arena(shape: tuple[int, int, int], tables: Tables) -> int:
+    """The bytes of the arena shared with the kept second process for a tile of ``shape``:
+    enough to encode it or decode it (so that neither forks it anew for the other)."""
+    planes = _Carve(None)
+    _planes(planes, shape, tables.revision)
+    return max(planes.size, _DecodeTile(shape, 8, tables, _Carve(None)).size)
+
+
+def _second(tables: Tables, arena, task: int, data: bytes) -> bytes | None:
+    """The kept second process's work (:func:`partner.kept`, forked with ``tables``):
+    :data:`_BEGIN` and :data:`_BEGIN_DECODE` start a tile to encode or decode (``data``: its
+    shape and depth; its arrays carved from the arena, :class:`_Carve`, as the asking process
+    carved them); any other task is the tile's (:meth:`_Tile.classified`, packed;
+    :meth:`_DecodeTile.task`)."""
+    if task in (_BEGIN, _BEGIN_DECODE):
+        if not _SECOND:  # its first tile: BLAS on one thread for good, as in the encoder's
+            _one_blas_thread()  # fits (it may have been forked while the decoder ran on more)
+        height, width, channels, depth = partner.unpack(data)[0].tolist()
+        shape = (height, width, channels)
+        _SECOND[:] = [_Tile(*_planes(_Carve(arena), shape, tables.revision), shape, depth,
+                            tables) if task == _BEGIN
+                      else _DecodeTile(shape, depth, tables, _Carve(arena))]
+        return None
+    if isinstance(_SECOND[0], _Tile):
+        return _SECOND[0].classified(task).packed()
+    return _SECOND[0].task(task, data)
+
+
+def _fit_in_two(mine: _Tile, other: partner.Partner,
+                done: Callable[[int, _Classified], None]) -> None:
+    """Fit and classify the steps of tile ``mine`` in two processes, passing each to ``done``
+    (its index, the visit times the channels plus its channel position) here, each channel's
+    in pass order. The second process (``other``, sent the tile) fits the odd visits, this
+    one the even ones, each step once its channel's step of the visit before is done (the
+    earlier channels of its visit are done before it in its own process). What the steps read
+    of one another's is in memory shared with it (the residual and pair-miss planes); each
+    process keeps what a visit's channels leave for its later ones (``known``). The caller
+    plans the tables of every step (:func:`_planned`, with r4's class counts of each
+    channel's last pass) and writes it: that is a tenth of a step, and the odd visits cost
+    more (their halves see the even halves' samples); planned in the second process (the
+    counts crossing with the tasks and answers), its steps took longer in all (``explore.md``,
+    "A kept second process")."""
+    channels, visits = len(mine.order), mine.visits
+    for j in range(0, len(visits), 2):
+        before, own = [], []  # the second process's steps of the visit before, this one's
+        for c in range(channels):
+            index = j * channels + c
+            if j:
+                before.append(other.wait())
+            own.append(mine.classified(index))
+            if j + 1 < len(visits):  # asked at once, planned and written later
+                other.ask(index + channels)
+        for c, answer in enumerate(before):
+            done((j - 1) * channels + c, _Classified.unpacked(answer))
+        for c, step in enumerate(own):
+            done(j * channels + c, step)
+    if len(visits) % 2 == 0:  # the last visit is the second process's
+        for c in range(channels):
+            done((len(visits) - 1) * channels + c, _Classified.unpacked(other.wait()))
 
 
 class _Classified(NamedTuple):
@@ -1678,131 +1737,61 @@ def decode_tile(payload: bytes, shape: tuple[int, int, int], depth: int, tables:
                 threads: int | None = None) -> np.ndarray:
     """Decode a payload of :func:`encode_tile` into (H, W, C) samples.
 
-    With ``threads`` > 1 (None: as many as BLAS may use) on Linux, called from the process's
-    only Python thread (:func:`partner.available`), a forked second process works the second
-    half of each big step's samples (features, predictions, classes, and once this process
-    has range-decoded the step's tokens, samples) while this one works the first, and finds
-    each pass's positions ahead (:func:`_decode`, :mod:`partner`); the samples are the same
+    With ``threads`` > 1 (None: as many as BLAS may use) on Linux, the second process kept
+    from tile to tile (:func:`partner.kept`: forked from the process's only Python thread)
+    works the second half of each big step's samples (features, predictions, classes, and
+    once this process has range-decoded the step's tokens, samples) while this one works the
+    first, and finds each pass's positions ahead (:func:`_decode`); the samples are the same
     for any ``threads``."""
-    return _decode(payload, shape, depth, tables, _threads(threads) > 1 and partner.available())
+    return _decode(payload, shape, depth, tables, _threads(threads) > 1)
 
 
 def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tables,
             two: bool) -> np.ndarray:
-    """:func:`decode_tile`'s work; ``two``: with a second process (:class:`partner.Partner`)
-    that makes each pass's positions while this process decodes the pass before, and the
-    second half of the samples of each step of HALVES_FROM samples or more: their features,
-    predictions and classes, and once this process has decoded the step's tokens, their
-    samples. It starts (forked) with the tile's planes of samples, residuals and pair misses
-    and the buffers of the features, positions and per-sample values in memory shared with
-    this process: a step's features read only steps decoded before it, and the work of either
-    half is per sample. Each process keeps its half of what a step's features leave for the
-    later steps (``known``, r5's ``kept``)."""
-    rev = tables.revision
-    height, width, channels = shape
-    order = _order(channels)
-    visits = _visits(height, width, order, rev, written=True)
-    two = two and any(v.samples >= HALVES_FROM for v in visits)
-    make = partner.shared if two else np.zeros
-    d = _Decoding(PacketDecoder(payload), shape, depth, tables, make,
-                  max(v.samples for v in visits))
-    x, res, err = d.x, d.res, d.err
-    # the feature rows of the biggest step (the last channel's, every feature), and two
-    # passes' positions
-    most = [(v.samples, _layout(rev, v.p, len(order) - 1, len(v.p.offsets), False,
-                                err is not None)) for v in visits]
-    spare = _Spare(_Columns(make(max(n * (f.rows + 1) for n, f in most) * 8, np.uint8)),
-                   _Columns(make(max(n * (f.act_rows + 1) for n, f in most) * 8, np.uint8)))
-    rows = [0, 0]  # how many of them the step being decoded has
-    slots = make((2, max(v.samples * (len(v.p.offsets) + 1) for v in visits)), np.int64)
-    steps = [(j, c, ch) for j, v in enumerate(visits) for c, ch in v.channels]
-    # what each pass's channels leave for the later ones (dropped after its last)
-    known: dict[Pass, dict[int, _Known]] = {}
-    whole = rev.first_plane and channels > 1
-    kept: dict[Pass, _Kept] = {}  # r5: what the first channel's steps leave for the later
-
-    def positions(j: int, find: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Visit ``j``'s positions in its slot; ``find``: computed there first."""
-        p, n = visits[j].p, visits[j].samples
-        out = slots[j % 2, :n * (len(p.offsets) + 1)].reshape(-1, n)
-        return p.flat(height, width, out) if find else (out[0], list(out[1:]))
-
-    def step(index: int) -> _Step:
-        j, c, ch = steps[index]
-        return _Step(visits[j].p, *positions(j), c, ch, visits[j].kind)
-
-    def features(s: _Step, part: slice) -> None:
-        """Make ``part`` of the columns of a step's prediction and activity features into
-        ``spare`` (:func:`_own_features`, :func:`_colour_features`). r5: the first channel's
-        passes come first, made as if it were the only channel; what they leave for the later
-        channels is kept in small types (:func:`_kept`) and restored for the later channels'
-        first step of the pass (:func:`_restored`)."""
-        for columns in spare.features, spare.activity:
-            columns.total, columns.start = len(s.at), part.start
-        mine = known.setdefault(s.p, {})
-        if whole and s.c == 1 and s.p in kept:
-            mine[order[0]] = _restored(kept.pop(s.p), x[order[0]], [i[part] for i in s.nb],
-                                       depth)
-        own = _own_features(x, res, s.c, order[:1] if whole and not s.c else order, s.at,
-                            s.nb, rev, s.p, err, depth, mine, spare, width, part)
-        if whole and s.c == 0 and order[0] in mine:
-            kept[s.p] = _kept(mine[order[0]], own.compact)
-        feats, act = _colour_features(x, res, order[:s.c], s.at[part], own, mine)
-        rows[:] = len(feats), len(act)
-        if s.c == len(order) - 1 or (whole and s.c == 0):
-            del known[s.p]
-
-    def made() -> tuple[np.ndarray, np.ndarray]:
-        """The whole step's feature rows, once both halves are made."""
-        return spare.features.whole[:rows[0]], spare.activity.whole[:rows[1]]
-
-    def task(t: int, data: bytes) -> None:
-        """The second process's tasks: ``t % 4`` 0: visit t // 4's positions; 1, 2, 3: the
-        second half of step t // 4's features, classes (``data``: its side information) and
-        samples."""
-        index, kind = divmod(t, 4)
-        if kind == 0:
-            positions(index, find=True)
-            return
-        s = step(index)
-        part = slice(len(s.at) // 2, None)
-        if kind == 1:
-            features(s, part)
-        elif kind == 2:
-            d.classes(s, *made(), _Decoding.Side.unpacked(data), part)
-        else:
-            d.samples(s, made()[0], part)
-
-    with contextlib.ExitStack() as stack:
-        other = None
-        if two:
-            with contextlib.suppress(OSError):  # no second process (a limit on processes or
-                # memory): this one decodes alone, from the same buffers
-                other = stack.enter_context(partner.Partner(task))
+    """:func:`decode_tile`'s work; ``two``: with the kept second process
+    (:func:`partner.kept`), which makes each pass's positions while this process decodes the
+    pass before, and the second half of the samples of each step of HALVES_FROM samples or
+    more: their features, predictions and classes, and once this process has decoded the
+    step's tokens, their samples. The tile's planes of samples, residuals and pair misses and
+    the buffers of the features, positions and per-sample values are in the memory shared
+    with it (:class:`_DecodeTile`): a step's features read only steps decoded before it, and
+    the work of either half is per sample. Each process keeps its half of what a step's
+    features leave for the later steps (``known``, r5's ``kept``)."""
+    two = two and any(v.samples >= HALVES_FROM
+                      for v in _visits(*shape[:2], _order(shape[2]), tables.revision))
+    with (partner.kept(tables, _arena(shape, tables), _second) if two
+          else contextlib.nullcontext()) as kept:
+        other, make = None, np.zeros
+        if kept is not None:
+            other, make = kept[0], _Carve(kept[1], zeroed=True)
+            other.ask(_BEGIN_DECODE, partner.pack([np.array([*shape, depth], np.int64)]))
+            other.wait()
+        t = _DecodeTile(shape, depth, tables, make, PacketDecoder(payload))
+        d = t.d
         if other is not None:
             other.ask(0)
             other.wait()
-        for index, (j, _, _) in enumerate(steps):
-            if other is None and (index == 0 or steps[index - 1][0] != j):
-                positions(j, find=True)
-            s = step(index)
+        for index, (j, _, _) in enumerate(t.steps):
+            if other is None and (index == 0 or t.steps[index - 1][0] != j):
+                t.positions(j, find=True)
+            s = t.step(index)
             n = len(s.at)
             mine = slice(0, n // 2 if other is not None and n >= HALVES_FROM else n)
             halves = mine.stop < n  # else all here
             if halves:
                 other.ask(4 * index + 1)
-            features(s, mine)
+            t.features(s, mine)
             if halves:
                 other.wait()
-            feats, act = made()
+            feats, act = t.made()
             side = d.side(s, feats, act)
             if halves:
                 other.ask(4 * index + 2, side.packed())
             d.classes(s, feats, act, side, mine)
             if halves:
                 other.wait()
-            ahead = other is not None and j + 1 < len(visits) and (
-                index + 1 == len(steps) or steps[index + 1][0] != j)
+            ahead = other is not None and j + 1 < len(t.visits) and (
+                index + 1 == len(t.steps) or t.steps[index + 1][0] != j)
             if ahead:  # the next visit's positions, while this step's tokens are decoded
                 other.ask(4 * (j + 1))
             d.tokens(s)
@@ -1813,7 +1802,118 @@ def _decode(payload: bytes, shape: tuple[int, int, int], depth: int, tables: Tab
             d.samples(s, feats, mine)
             if halves:
                 other.wait()
-    return x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
+        height, width, channels = shape
+        return d.x.astype(np.int64).reshape(channels, height, width).transpose(1, 2, 0)
+
+
+class _Carve:
+    """Arrays carved one after the other from an arena (the memory shared with the kept
+    second process), each at a 64-byte boundary; with no arena, only their size is counted
+    (:attr:`size`). The two processes carve a tile's arrays in the same order, so they get the
+    same places. ``zeroed``: each array is zeroed as it is carved (the one process that makes
+    the tile's arrays does it)."""
+
+    def __init__(self, arena, zeroed: bool = False) -> None:
+        self.arena, self.zeroed, self.size = arena, zeroed, 0
+
+    def __call__(self, shape: tuple[int, ...] | int, dtype: type = np.float64) -> np.ndarray:
+        count, kind = int(np.prod(shape)), np.dtype(dtype)
+        at, self.size = self.size, -(-(self.size + count * kind.itemsize) // 64) * 64
+        if self.arena is None:
+            return np.empty(0, kind)
+        out = np.frombuffer(self.arena, kind, count, at).reshape(shape)
+        if self.zeroed:
+            out.fill(0)
+        return out
+
+
+class _DecodeTile:
+    """A tile being decoded, as a process decoding its steps holds it: its visits and steps,
+    the buffers of its steps' features (``spare``, ``rows``) and of two passes' positions
+    (``slots``), what each pass's channels leave for the later ones, and the rest of the
+    decoder (``d``, :class:`_Decoding`). ``make`` gives its arrays (zeros, or carved from the
+    arena shared with the kept second process: :class:`_Carve`, whose ``size`` is then what
+    the tile needs); ``coder``: the payload's (None in the second process)."""
+
+    def __init__(self, shape: tuple[int, int, int], depth: int, tables: Tables,
+                 make: Callable[..., np.ndarray], coder: PacketDecoder | None = None) -> None:
+        rev = self.rev = tables.revision
+        self.height, self.width, channels = shape
+        self.depth = depth
+        self.order = order = _order(channels)
+        visits = self.visits = _visits(self.height, self.width, order, rev, written=True)
+        self.d = _Decoding(coder, shape, depth, tables, make, max(v.samples for v in visits))
+        # the feature rows of the biggest step (the last channel's, every feature), and two
+        # passes' positions
+        most = [(v.samples, _layout(rev, v.p, len(order) - 1, len(v.p.offsets), False,
+                                    self.d.err is not None)) for v in visits]
+        self.spare = _Spare(
+            _Columns(make(max(n * (f.rows + 1) for n, f in most) * 8, np.uint8)),
+            _Columns(make(max(n * (f.act_rows + 1) for n, f in most) * 8, np.uint8)))
+        self.rows = [0, 0]  # how many of them the step being decoded has
+        self.slots = make((2, max(v.samples * (len(v.p.offsets) + 1) for v in visits)),
+                          np.int64)
+        self.size = getattr(make, "size", 0)
+        self.steps = [(j, c, ch) for j, v in enumerate(visits) for c, ch in v.channels]
+        # what each pass's channels leave for the later ones (dropped after its last)
+        self.known: dict[Pass, dict[int, _Known]] = {}
+        self.whole = rev.first_plane and channels > 1
+        self.kept: dict[Pass, _Kept] = {}  # r5: what the first channel's steps leave for
+        # the later channels
+
+    def positions(self, j: int, find: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Visit ``j``'s positions in its slot; ``find``: computed there first."""
+        p, n = self.visits[j].p, self.visits[j].samples
+        out = self.slots[j % 2, :n * (len(p.offsets) + 1)].reshape(-1, n)
+        return p.flat(self.height, self.width, out) if find else (out[0], list(out[1:]))
+
+    def step(self, index: int) -> _Step:
+        j, c, ch = self.steps[index]
+        return _Step(self.visits[j].p, *self.positions(j), c, ch, self.visits[j].kind)
+
+    def features(self, s: _Step, part: slice) -> None:
+        """Make ``part`` of the columns of a step's prediction and activity features into
+        ``spare`` (:func:`_own_features`, :func:`_colour_features`). r5: the first channel's
+        passes come first, made as if it were the only channel; what they leave for the later
+        channels is kept in small types (:func:`_kept`) and restored for the later channels'
+        first step of the pass (:func:`_restored`)."""
+        x, order, whole = self.d.x, self.order, self.whole
+        for columns in self.spare.features, self.spare.activity:
+            columns.total, columns.start = len(s.at), part.start
+        mine = self.known.setdefault(s.p, {})
+        if whole and s.c == 1 and s.p in self.kept:
+            mine[order[0]] = _restored(self.kept.pop(s.p), x[order[0]],
+                                       [i[part] for i in s.nb], self.depth)
+        own = _own_features(x, self.d.res, s.c, order[:1] if whole and not s.c else order,
+                            s.at, s.nb, self.rev, s.p, self.d.err, self.depth, mine,
+                            self.spare, self.width, part)
+        if whole and s.c == 0 and order[0] in mine:
+            self.kept[s.p] = _kept(mine[order[0]], own.compact)
+        feats, act = _colour_features(x, self.d.res, order[:s.c], s.at[part], own, mine)
+        self.rows[:] = len(feats), len(act)
+        if s.c == len(order) - 1 or (whole and s.c == 0):
+            del self.known[s.p]
+
+    def made(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole step's feature rows, once both halves are made."""
+        return self.spare.features.whole[:self.rows[0]], self.spare.activity.whole[:self.rows[1]]
+
+    def task(self, t: int, data: bytes) -> None:
+        """The second process's tasks: ``t % 4`` 0: visit t // 4's positions; 1, 2, 3: the
+        second half of step t // 4's features, classes (``data``: its side information) and
+        samples."""
+        index, kind = divmod(t, 4)
+        if kind == 0:
+            self.positions(index, find=True)
+            return
+        s = self.step(index)
+        part = slice(len(s.at) // 2, None)
+        if kind == 1:
+            self.features(s, part)
+        elif kind == 2:
+            self.d.classes(s, *self.made(), _Decoding.Side.unpacked(data), part)
+        else:
+            self.d.samples(s, self.made()[0], part)
 
 
 class _Decoding:
@@ -1845,7 +1945,7 @@ class _Decoding:
             frac, bias, shift, ebias = head.tolist()
             return cls(frac, w, bias, shift, ew, ebias)
 
-    def __init__(self, coder: PacketDecoder, shape: tuple[int, int, int], depth: int,
+    def __init__(self, coder: PacketDecoder | None, shape: tuple[int, int, int], depth: int,
                  tables: Tables, make: Callable[..., np.ndarray], most: int) -> None:
         """``shape``: the tile's, ``most``: the biggest step's samples."""
         self.coder, self.side_coder = coder, _Side(dec=coder)
