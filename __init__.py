@@ -22,7 +22,7 @@ __all__ = [
     "NotNicodecError", "PacketLossError", "TruncatedError", "UnsupportedVersionError",
     "UnsupportedImageError", "ConcealedWarning", "MetadataWarning", "ConversionWarning",
     "WeightsError", "encode_collection", "decode_collection", "FileReport",
-    "NicDataset",
+    "NicDataset", "release_workers",
 ]
 _SUBMODULES = ("codec", "models", "bitstream", "eval", "cli")
 

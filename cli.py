@@ -160,7 +160,8 @@ _BATCH_OPTIONS = [
     click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Torch and numpy (BLAS) threads per process (--lossless, two or more: "
                  "on Linux the encoder and the decoder work each tile in two processes, the "
-                 "same bytes and pixels). More can be faster on an idle "
+                 "second kept from file to file; the same bytes and pixels). More can be "
+                 "faster on an idle "
                  "machine, but when another program keeps a core busy, two threads ran "
                  "several times slower than one."),
 ]

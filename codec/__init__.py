@@ -35,6 +35,9 @@ Importing the package also registers the ``.nic`` format with Pillow (``codec/pi
 
 The functions are safe to call from several threads at once (each model loads once). Importing
 ``codec`` is cheap: torch and the models load on first use of a function that needs them.
+With BLAS on two threads or more, ``ctx-photo`` (``lossless=True``) codes in two processes on
+Linux, the second kept for the next calls (it ends after 30 s without work, with this process,
+or at :func:`release_workers`).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ __all__ = [
     "ModelMismatchError", "NotNicodecError", "PacketLossError", "TruncatedError",
     "UnsupportedVersionError", "UnsupportedImageError", "ConcealedWarning", "MetadataWarning",
     "ConversionWarning", "WeightsError", "encode_collection", "decode_collection", "FileReport",
-    "NicDataset",
+    "NicDataset", "release_workers",
 ]
 
 # Names that pull in torch (or the batch machinery), imported from their module on first
@@ -87,7 +90,8 @@ _LAZY = {"encode": "nicodec.codec.pipeline", "decode_detailed": "nicodec.codec.p
          "Decoded": "nicodec.codec.pipeline", "load_model": "nicodec.codec.registry",
          "encode_to_target": "nicodec.codec.target", "TargetResult": "nicodec.codec.target",
          "encode_collection": "nicodec.codec.batch", "decode_collection": "nicodec.codec.batch",
-         "FileReport": "nicodec.codec.batch", "NicDataset": "nicodec.codec.dataset"}
+         "FileReport": "nicodec.codec.batch", "NicDataset": "nicodec.codec.dataset",
+         "release_workers": "nicodec.models.ctx.partner"}
 
 
 def __getattr__(name: str) -> Any:

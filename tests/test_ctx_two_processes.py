@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+from nicodec import codec
 from nicodec.codec import registry
 from nicodec.codec.columns import UNDECODABLE
 from nicodec.codec.pipeline import decode_detailed
@@ -400,7 +402,7 @@ def test_the_kept_second_process_is_forked_anew_where_it_must_be(monkeypatch, fo
     assert _alive(forks) == []
     coded(small, other)
     assert len(forks) == 4 and _alive(forks) == forks[-1:]
-    partner.release()
+    codec.release_workers()
     assert _alive(forks) == []
 
 
@@ -524,3 +526,40 @@ def _same(a, b) -> bool:
         return type(a) is type(b) and all(_same(getattr(a, k), getattr(b, k))
                                           for k in a.__dataclass_fields__)
     return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("ending", ["exit", "_exit"])
+def test_the_second_process_ends_with_its_caller(ending):
+    """A process that encodes with two threads and ends (normally: its exit handler ends the
+    kept second process; at once, with ``os._exit``: the second sees its pipe close) leaves
+    no second process running."""
+    script = f"""
+import os, numpy as np
+from threadpoolctl import threadpool_limits
+from nicodec.codec import registry
+from nicodec.models.ctx import coder, partner
+tables = registry.load_model("ctx-photo").net.tables
+image = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)
+with threadpool_limits(2, user_api="blas"):
+    coder.encode_tile(image, 8, tables)
+print(partner._KEPT.partner.pid, flush=True)
+{"os._exit(0)" if ending == "_exit" else ""}
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout.split()[-1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` (not a child of this one) is running (not ended, nor a zombie
+    waiting for its new parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

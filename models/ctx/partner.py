@@ -219,9 +219,12 @@ def _end_kept() -> None:
 def release() -> None:
     """End the kept second process now (:func:`kept`; it ends by itself after IDLE_S seconds
     without a task, and with this process): its memory, the pages it still shares with this
-    process included, is freed at once."""
+    process included, is freed at once. ``codec.release_workers`` is this."""
     with _KEEPING:
         _end_kept()
+
+
+release_workers = release  # the name ``nicodec.codec`` gives it
 
 
 def _forget_kept() -> None:
