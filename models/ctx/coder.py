@@ -1309,10 +1309,12 @@ _SECOND: list[_Tile | _DecodeTile] = []  # the tile the kept second process work
 
 def _planes(make: Callable[..., np.ndarray], shape: tuple[int, int, int], rev: Revision
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A tile's planes of samples and residuals (float64, (C, H*W)) and r3's pair misses
-    (float32, (C, 2, H*W, 2), or None), from ``make``."""
+    """The encoder's planes of a tile: samples (float64, (C, H*W), to be filled), residuals
+    (float64, (C, H*W)) and r3's pair misses (float32, (C, 2, H*W, 2), or None), from
+    ``make`` (:class:`_Carve`: the samples not zeroed)."""
     height, width, channels = shape
-    return make((channels, height * width)), make((channels, height * width)), \
+    return getattr(make, "scratch", make)((channels, height * width)), \
+        make((channels, height * width)), \
         make((channels, 2, height * width, 2), np.float32) if rev.pair_errors else None
 
 
@@ -1811,20 +1813,26 @@ class _Carve:
     second process), each at a 64-byte boundary; with no arena, only their size is counted
     (:attr:`size`). The two processes carve a tile's arrays in the same order, so they get the
     same places. ``zeroed``: each array is zeroed as it is carved (the one process that makes
-    the tile's arrays does it)."""
+    the tile's arrays does it), but those of :meth:`scratch`."""
 
     def __init__(self, arena, zeroed: bool = False) -> None:
         self.arena, self.zeroed, self.size = arena, zeroed, 0
 
-    def __call__(self, shape: tuple[int, ...] | int, dtype: type = np.float64) -> np.ndarray:
+    def __call__(self, shape: tuple[int, ...] | int, dtype: type = np.float64,
+                 zero: bool = True) -> np.ndarray:
         count, kind = int(np.prod(shape)), np.dtype(dtype)
         at, self.size = self.size, -(-(self.size + count * kind.itemsize) // 64) * 64
         if self.arena is None:
             return np.empty(0, kind)
         out = np.frombuffer(self.arena, kind, count, at).reshape(shape)
-        if self.zeroed:
+        if self.zeroed and zero:
             out.fill(0)
         return out
+
+    def scratch(self, shape: tuple[int, ...] | int, dtype: type = np.float64) -> np.ndarray:
+        """An array whose contents are written before they are read (the decoder's feature
+        rows and positions: zeroing them cost 60 MB of writes per Kodak tile)."""
+        return self(shape, dtype, zero=False)
 
 
 class _DecodeTile:
@@ -1847,12 +1855,13 @@ class _DecodeTile:
         # passes' positions
         most = [(v.samples, _layout(rev, v.p, len(order) - 1, len(v.p.offsets), False,
                                     self.d.err is not None)) for v in visits]
+        scratch = getattr(make, "scratch", make)
         self.spare = _Spare(
-            _Columns(make(max(n * (f.rows + 1) for n, f in most) * 8, np.uint8)),
-            _Columns(make(max(n * (f.act_rows + 1) for n, f in most) * 8, np.uint8)))
+            _Columns(scratch(max(n * (f.rows + 1) for n, f in most) * 8, np.uint8)),
+            _Columns(scratch(max(n * (f.act_rows + 1) for n, f in most) * 8, np.uint8)))
         self.rows = [0, 0]  # how many of them the step being decoded has
-        self.slots = make((2, max(v.samples * (len(v.p.offsets) + 1) for v in visits)),
-                          np.int64)
+        self.slots = scratch((2, max(v.samples * (len(v.p.offsets) + 1) for v in visits)),
+                             np.int64)
         self.size = getattr(make, "size", 0)
         self.steps = [(j, c, ch) for j, v in enumerate(visits) for c, ch in v.channels]
         # what each pass's channels leave for the later ones (dropped after its last)
