@@ -4,6 +4,7 @@ every tile shape and depth, and damaged payloads refused."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -13,8 +14,9 @@ from nicodec.bitstream.entropy import PRECISION
 from nicodec.codec import registry
 from nicodec.models.ctx import coder
 from nicodec.models.ctx.codec import ContextNet, load_weights
-from nicodec.models.ctx.coder import (NTOK, R3, R4, Tables, _class_rows, _Ladder, _mix_weights,
-                                     _mixes, _normalised, decode_tile, encode_tile)
+from nicodec.models.ctx.coder import (NTOK, R3, R4, Tables, _class_rows, _grouped, _Ladder,
+                                     _mix_weights, _normalised, _unique, decode_tile,
+                                     encode_tile)
 from nicodec.models.ctx.train import class_edges
 from tests.test_ctx_side import _image, _refused_when_damaged
 
@@ -89,9 +91,9 @@ def test_mixed_tables_are_exact_at_their_largest_inputs(r4_tables):
     rows = _class_rows(tables)
     prior = np.zeros((rows, NTOK), np.int64)
     prior[4, 0] = prior[6, NTOK - 1] = 1 << 20
-    used = np.array([4, 6])
     lad = _Ladder(np.array([4, 4, 6, 6, 4]), np.array([6, 2, 4, 8, -1]), np.array([3, 1, 3, 1, 1]))
-    mixes = _mixes(lad, used, np.array([0, 0, 1, 1, 0]), R4.sub_steps)
+    used, mixes = _grouped(lad, R4.sub_steps)
+    assert (used == [4, 6]).all()
     assert len(mixes.own) == 4  # (4 alone), (4 with 6, 3/8), (6 with 4, 3/8), (6 alone)
     picks = np.array([0, len(tables.bank) - 1])
     weights = _mix_weights(mixes, picks, used, prior, tables, 4 * R4.prior_counts)
@@ -103,6 +105,36 @@ def test_mixed_tables_are_exact_at_their_largest_inputs(r4_tables):
     assert (mixes.weight == [0, 3, 3, 0]).all()
     mixed = weights[1] - ((5 * prior[4] + 3 * prior[6]) << PRECISION)  # 5/8 own, 3/8 other
     assert (mixed == 4 * R4.prior_counts * (5 * tables.bank[0] + 3 * tables.bank[-1])).all()
+
+
+def _reference_groups(lad: _Ladder, sub: int) -> tuple[np.ndarray, tuple]:
+    """The groups as r4 defined them, worked out per sample (the code before
+    :func:`coder._grouped`, which the decoder must match)."""
+    used, inverse = _unique(lad.cls)
+    index = np.full(int(max(used.max(), lad.toward.max())) + 1, -1)
+    index[used] = np.arange(len(used))
+    other = np.where((lad.toward >= 0) & (lad.weight > 0), index[np.maximum(lad.toward, 0)], -1)
+    weight = np.where(other < 0, 0, lad.weight)
+    other = np.where(other < 0, inverse, other)
+    groups, member = _unique((inverse * len(used) + other) * (sub + 1) + weight)
+    pair, weight = np.divmod(groups, sub + 1)
+    return used, (pair // len(used), pair % len(used), weight, member)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_groups_are_those_worked_out_per_sample(seed):
+    """The groups counted by (class, mix) code are those of r4's definition, worked out per
+    sample: the same used classes, groups, order and members, unused neighbours and weight 0
+    included."""
+    rng = np.random.default_rng(seed)
+    n, ids = int(rng.integers(1, 3000)), int(rng.integers(1, 40))
+    cls = rng.integers(0, ids, n) if seed % 2 else rng.choice(rng.integers(0, ids, 4), n)
+    lad = _Ladder(cls, rng.integers(-1, ids + 2, n), rng.integers(0, R4.sub_steps + 1, n))
+    used, mixes = _grouped(lad, R4.sub_steps)
+    want_used, want = _reference_groups(lad, R4.sub_steps)
+    assert (used == want_used).all()
+    for got, expected in zip(mixes, want):
+        assert (got == expected).all()
 
 
 def test_damaged_r4_payloads_are_refused_cleanly(r4_tables):
@@ -163,11 +195,12 @@ def test_r4_codes_a_kodak_crop_smaller_than_r3(kodak_pixels, r3_tables, r4_table
     assert len(encode_tile(crop, 8, r4_tables)) < len(encode_tile(crop, 8, r3_tables))
 
 
-def _picks_one_group_at_a_time(groups, mixes, cost, picks, prior_weights, tables, scale):
-    """:func:`coder._choose_mixed` as first written: each class's groups found, and their
-    weights formed table by table, anew for each class (the reference for its faster form)."""
+def _picks_plainly(groups, mixes, cost, picks, prior_weights, tables, scale):
+    """:func:`coder._choose_mixed` written plainly: each class's groups found, their weights
+    formed table by table and their whole code lengths summed, the other classes at their
+    picks alone; then every path through the classes' candidates tried in turn, class by
+    class keeping the cheapest way to each candidate (the reference for its faster form)."""
     span = 2 * tables.revision.sub_steps
-    picks = picks.copy()
     m = cost.shape[1]
     first, steps = tables.side.pick_bits(m)
     bank = tables.bank.astype(np.float64) * max(scale, 1)
@@ -175,6 +208,7 @@ def _picks_one_group_at_a_time(groups, mixes, cost, picks, prior_weights, tables
     candidates = np.argpartition(cost, top - 1, 1)[:, :top] if top < m else \
         np.broadcast_to(np.arange(m), cost.shape)
     keep, mix = (span - mixes.weight)[:, None, None], mixes.weight[:, None, None]
+    bits = []
     for i, tried in enumerate(candidates):
         part = np.flatnonzero((mixes.own == i) | (mixes.other == i))
         own = np.where((mixes.own[part] == i)[:, None, None], bank[tried][None],
@@ -182,29 +216,49 @@ def _picks_one_group_at_a_time(groups, mixes, cost, picks, prior_weights, tables
         other = np.where((mixes.other[part] == i)[:, None, None], bank[tried][None],
                          bank[picks[mixes.other[part]]][:, None])
         w = keep[part] * own + mix[part] * other + prior_weights[part][:, None]
-        bits = np.einsum("gt,gkt->k", groups[part],
-                         np.log2(w.sum(2, keepdims=True)) - np.log2(w))
-        bits += first[tried] if i == 0 else steps[m - 1 + tried - picks[i - 1]]
-        if i + 1 < len(picks):
-            bits += steps[m - 1 + picks[i + 1] - tried]
-        picks[i] = tried[np.argmin(bits)]
-    return picks
+        bits.append(np.einsum("gt,gkt->k", groups[part],
+                              np.log2(w.sum(2, keepdims=True)) - np.log2(w)))
+    # (bits so far, the path's candidates by place): ties go to the earlier place
+    best = [(bits[0][k] + first[t], [k]) for k, t in enumerate(candidates[0])]
+    for i in range(1, len(candidates)):
+        best = [min((total + steps[m - 1 + t - candidates[i - 1][path[-1]]], path)
+                    for total, path in best) for t in candidates[i]]
+        best = [(total + bits[i][k], path + [k]) for k, (total, path) in enumerate(best)]
+    return candidates[np.arange(len(candidates)), min(best)[1]]
 
 
-def test_the_picks_knowing_the_mix_are_the_plain_loop_s(kodak_pixels, monkeypatch):
-    """The encoder's faster table picks (each class's groups gathered once, the groups'
-    weights as the tried tables' times one weight plus the rest) pick what the plain loop
-    picks, on every step of a Kodak crop with the shipped tables (their bits are the same
-    sums of the same integers' logarithms, so the bytes are too)."""
+def test_the_picks_knowing_the_mix_are_those_of_a_plain_search(kodak_pixels, monkeypatch):
+    """The encoder's table picks knowing the mix (all classes' candidates costed at once, the
+    constant part of the code lengths left out, the cheapest path found class by class) pick
+    what the plain search picks, on every step of a Kodak crop with the shipped tables."""
     tables = registry.load_model("ctx-photo").net.tables
     calls = []
-    plain = coder._choose_mixed
+    fast = coder._choose_mixed
 
     def recorded(*args):
-        calls.append((args, plain(*args)))
+        calls.append((args, fast(*args)))
         return calls[-1][1]
     monkeypatch.setattr(coder, "_choose_mixed", recorded)
     encode_tile(kodak_pixels[:96, :128], 8, tables, threads=1)
     assert len(calls) > 20 and sum(len(picks) for _, picks in calls) > 200
     for args, picks in calls:
-        assert (picks == _picks_one_group_at_a_time(*args)).all()
+        assert (picks == _picks_plainly(*args)).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_cheapest_chain_is_the_cheapest_of_all_paths(seed):
+    """:func:`coder._cheapest_chain` finds the path of least bits and index bits among all the
+    classes' candidates (every path tried)."""
+    rng = np.random.default_rng(seed)
+    m, classes, k = 16, 4, 3
+    first, steps = rng.random(m) * 8, rng.random(2 * m - 1) * 8
+    candidates = np.stack([rng.choice(m, k, replace=False) for _ in range(classes)])
+    bits = rng.random((classes, k)) * 20
+    picks = coder._cheapest_chain(bits, candidates, first, steps)
+
+    def total(path):
+        chosen = candidates[np.arange(classes), path]
+        return bits[np.arange(classes), path].sum() + first[chosen[0]] \
+            + steps[m - 1 + np.diff(chosen)].sum()
+    best = min(itertools.product(range(k), repeat=classes), key=total)
+    assert (picks == candidates[np.arange(classes), best]).all()

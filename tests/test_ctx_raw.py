@@ -154,11 +154,13 @@ def test_training_an_r5_file(tmp_path, monkeypatch):
 def test_the_shipped_file_is_r5_and_codes_a_kodak_crop_smaller_than_r4(kodak_pixels,
                                                                        r4_tables):
     """The shipped weight file is r5 (its bank retrained, learned raw tables), which saves
-    about 0.07 bpp on Kodak against r4: on a 256x256 crop it must at least not cost more."""
+    about 0.07 bpp (0.8%) on Kodak against r4: on a 512x512 crop of kodim01 it saves 0.6%,
+    and must save 0.2%. (A 256x256 crop measured 0.02% larger on one machine and smaller on
+    another: the encoder's float32 fits round with the CPU's BLAS kernels.)"""
     r5 = load_weights(str(registry.WEIGHTS_DIR / "ctx-photo.safetensors"))[0].tables
     assert r5.revision == R5 and coder.REVISIONS[coder.SHIPPED] == R5
-    crop = np.ascontiguousarray(kodak_pixels[:256, :256])
-    assert len(encode_tile(crop, 8, r5)) < len(encode_tile(crop, 8, r4_tables))
+    crop = np.ascontiguousarray(kodak_pixels[:512, :512])
+    assert len(encode_tile(crop, 8, r5)) < 0.998 * len(encode_tile(crop, 8, r4_tables))
 
 
 @pytest.mark.parametrize("depth", [8, 16])

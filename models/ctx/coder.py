@@ -668,14 +668,16 @@ def _centred(a: np.ndarray, target: np.ndarray, step: int, sample: int, dtype: t
     ``spare``: where the stacked rows go (a new array if None)."""
     k = len(a) - 1
     centre = np.zeros(k + 1)
-    if dtype == np.float32:
-        centre[:-1] = a[:-1, ::sample].mean(1)
-        centre[-1] = target[::sample].mean()
     shape = (k + 2, -(-a.shape[1] // step))
     stacked = np.empty(shape, dtype) if spare is None else spare.rows(*shape, dtype)
-    np.subtract(a[:-1, ::step], centre[:-1, None], out=stacked[:-2], casting="unsafe")
+    stacked[:-2] = a[:-1, ::step]
     stacked[-2] = 1
-    np.subtract(target[::step], centre[-1], out=stacked[-1], casting="unsafe")
+    stacked[-1] = target[::step]
+    if dtype == np.float32:
+        centre[:-1] = a[:-1, ::sample].mean(1).astype(dtype)
+        centre[-1] = dtype(target[::sample].mean())
+        stacked[:-2] -= centre[:-1, None].astype(dtype)
+        stacked[-1] -= dtype(centre[-1])
     return stacked, centre
 
 
@@ -929,27 +931,47 @@ class _Mixes(NamedTuple):
     member: np.ndarray
 
 
-def _mixes(lad: _Ladder, used: np.ndarray, inverse: np.ndarray, sub: int) -> _Mixes:
-    """r4: group the samples by their class and mix (:class:`_Ladder`); a class not used in
-    the pass has no table to mix in, so its neighbours' samples keep their own."""
+def _grouped(lad: _Ladder, sub: int) -> tuple[np.ndarray, _Mixes]:
+    """The classes used in a pass (ascending) and r4's groups of its samples that share one
+    table: by their class and mix (:class:`_Ladder`), a class not used in the pass having no
+    table to mix in (its neighbours' samples keep their own). Groups are ordered by (own
+    class, other class, weight). The samples are counted once by their (class, mix) code and
+    the rest is worked out on the few codes present."""
     if lad.toward is None:
-        return _Mixes(np.arange(len(used)), np.arange(len(used)), np.zeros(len(used), np.int64),
-                      inverse)
-    index = np.full(int(max(used.max(), lad.toward.max())) + 1, -1)
+        used, inverse = _unique(lad.cls)
+        return used, _Mixes(np.arange(len(used)), np.arange(len(used)),
+                            np.zeros(len(used), np.int64), inverse)
+    ids = int(max(lad.cls.max(), lad.toward.max())) + 1
+    codes, member = _unique((lad.cls * (ids + 1) + lad.toward + 1) * (sub + 1) + lad.weight)
+    cls, rest = np.divmod(codes, (ids + 1) * (sub + 1))
+    toward, weight = np.divmod(rest, sub + 1)
+    toward -= 1
+    used = np.unique(cls)
+    index = np.full(ids, -1)
     index[used] = np.arange(len(used))
-    other = np.where((lad.toward >= 0) & (lad.weight > 0), index[np.maximum(lad.toward, 0)], -1)
-    weight = np.where(other < 0, 0, lad.weight)
-    other = np.where(other < 0, inverse, other)
-    groups, member = _unique((inverse * len(used) + other) * (sub + 1) + weight)
+    own = index[cls]
+    other = np.where((toward >= 0) & (weight > 0), index[np.maximum(toward, 0)], -1)
+    weight = np.where(other < 0, 0, weight)
+    other = np.where(other < 0, own, other)
+    groups, group = np.unique((own * len(used) + other) * (sub + 1) + weight,
+                              return_inverse=True)
     pair, weight = np.divmod(groups, sub + 1)
-    return _Mixes(pair // len(used), pair % len(used), weight, member)
+    return used, _Mixes(pair // len(used), pair % len(used), weight, group[member])
 
 
-def _class_counts(lad: _Ladder, tok: np.ndarray, tables: Tables) -> np.ndarray:
+def _by_class(groups: np.ndarray, mixes: _Mixes, used: int) -> np.ndarray:
+    """r4: the token counts (used, NTOK) of each used class, from its groups' (``groups``)."""
+    hist = np.zeros((used, NTOK), np.int64)
+    np.add.at(hist, mixes.own, groups)
+    return hist
+
+
+def _class_counts(hist: np.ndarray, used: np.ndarray, tables: Tables) -> np.ndarray:
     """r4: the token counts of every class of a pass (rows: class ids), for the channel's
-    next pass."""
-    rows = _class_rows(tables)
-    return np.bincount(lad.cls * NTOK + tok, minlength=rows * NTOK).reshape(rows, NTOK)
+    next pass, from those of its ``used`` classes (``hist``)."""
+    counts = np.zeros((_class_rows(tables), NTOK), np.int64)
+    counts[used] = hist
+    return counts
 
 
 def _class_rows(tables: Tables) -> int:
@@ -1012,18 +1034,24 @@ def _normalised(weights: np.ndarray) -> np.ndarray:
 
 def _choose_mixed(groups: np.ndarray, mixes: _Mixes, cost: np.ndarray, picks: np.ndarray,
                   prior_weights: np.ndarray, tables: Tables, scale: int) -> np.ndarray:
-    """r4's encoder: each used class's table, knowing how it mixes. From ``picks``, those of
-    each class alone (``cost`` (used, M): each table's bits for each class), one round along the
-    classes tries each class's PICK_CANDIDATES cheapest tables against the groups it takes
-    part in (``groups`` (n, NTOK): their token histograms; ``prior_weights``: the previous
-    pass's counts' part of their weights, float), the index bits to its neighbours
-    counted; ``scale``: the tables' weight (:func:`_prior_scale`)."""
+    """r4's encoder: each used class's table, knowing how it mixes: of each class's
+    PICK_CANDIDATES cheapest tables alone (``cost`` (used, M): each table's bits for each
+    class), the bits of each for the groups the class takes part in (``groups`` (n, NTOK):
+    their token histograms; ``prior_weights``: the previous pass's counts' part of their
+    weights, float; ``scale``: the tables' weight, :func:`_prior_scale`), its neighbour
+    classes' tables as picked alone (``picks``), then the candidates whose bits and index bits
+    sum to the fewest along the classes (:func:`_cheapest_chain`). All classes are costed at
+    once: a round along the classes, each knowing the picks before it, took 1.4x the time
+    (its Python calls per class) for Kodak 8.4333 bpp against 8.4334; a second round of the
+    whole, the neighbours at the first's picks, 8.4330 at 1.75x (``explore.md``, "The
+    planning in the encoder's process")."""
     rev = tables.revision
     span = 2 * rev.sub_steps
-    picks = picks.copy()
     m = cost.shape[1]
     first, steps = tables.side.pick_bits(m)
-    bank = tables.bank.astype(np.float64) * max(scale, 1)
+    # the tokens no group has add nothing to any code length: left out
+    present = np.flatnonzero(groups.any(0))
+    bank = tables.bank[:, present].astype(np.float64) * max(scale, 1)
     top = min(PICK_CANDIDATES, m)
     candidates = np.argpartition(cost, top - 1, 1)[:, :top] if top < m else \
         np.broadcast_to(np.arange(m), cost.shape)
@@ -1035,25 +1063,41 @@ def _choose_mixed(groups: np.ndarray, mixes: _Mixes, cost: np.ndarray, picks: np
     is_other = mixes.other[None] == np.arange(len(picks))[:, None]
     cls, part = np.nonzero(is_own | is_other)
     mine, theirs = is_own[cls, part], is_other[cls, part]
-    weight = keep[part] * mine + mix[part] * theirs
+    weight = (keep[part] * mine + mix[part] * theirs)[:, None, None]
     peer = np.where(mine, mixes.other[part], mixes.own[part])
-    peer_weight = np.where(mine, mix[part] * ~theirs, keep[part])
-    bounds = np.searchsorted(cls, np.arange(len(picks) + 1)).tolist()
-    tables_tried = bank[candidates]  # (used, candidates, NTOK)
-    for i, tried in enumerate(candidates):
-        at = slice(bounds[i], bounds[i + 1])
-        g = part[at]
-        # a group's weights: the tried tables' times ``weight``, its other class's table's and
-        # the previous pass's counts: integers below 2**53, exact in any order
-        rest = peer_weight[at, None] * bank[picks[peer[at]]] + prior_weights[g]
-        w = weight[at, None, None] * tables_tried[i] + rest[:, None]
-        bits = np.einsum("gt,gkt->k", groups[g], np.log2(w.sum(2, keepdims=True)) - np.log2(w))
-        bits += first[tried] if i == 0 else steps[m - 1 + tried - picks[i - 1]]
-        if i + 1 < len(picks):
-            bits += steps[m - 1 + picks[i + 1] - tried]
-        picks[i] = tried[np.argmin(bits)]
-    return picks
+    peer_weight = np.where(mine, mix[part] * ~theirs, keep[part])[:, None]
+    counts, prior_weights = groups[part][:, present], prior_weights[part][:, present]
+    starts = np.searchsorted(cls, np.arange(len(picks)))
+    tried = bank[candidates][cls]  # (entries, candidates, present tokens)
+    # each entry's weights: the tried tables' times ``weight``, its other class's table's (as
+    # picked alone) and the previous pass's counts: integers below 2**53, exact in any order.
+    # A group's code length is sum_t count_t (log2 sum(w) - log2 w_t); every bank table sums
+    # to the same, so sum(w) is the same for all tables tried: only -log2 w_t tells them apart
+    w = weight * tried + (peer_weight * bank[picks[peer]] + prior_weights)[:, None]
+    bits = np.add.reduceat(-np.einsum("et,ekt->ek", counts, np.log2(w)), starts)
+    return _cheapest_chain(bits, candidates, first, steps)
 
+
+def _cheapest_chain(bits: np.ndarray, candidates: np.ndarray, first: np.ndarray,
+                    steps: np.ndarray) -> np.ndarray:
+    """r4's encoder: the table of each used class, of its ``candidates`` (used, K), whose
+    ``bits`` (used, K) and index bits (``first``: of the first class's index, ``steps``: of
+    each difference to the class before, from -M + 1) sum to the fewest: a shortest path along
+    the classes (Viterbi)."""
+    m = len(first)
+    total = bits[0] + first[candidates[0]]
+    back = []
+    for i in range(1, len(candidates)):
+        paths = total[:, None] + steps[m - 1 + candidates[i][None] - candidates[i - 1][:, None]]
+        best = paths.argmin(0)
+        back.append(best)
+        total = paths[best, np.arange(len(best))] + bits[i]
+    k = int(total.argmin())
+    chosen = [k]
+    for best in reversed(back):
+        k = int(best[k])
+        chosen.append(k)
+    return candidates[np.arange(len(candidates)), chosen[::-1]]
 
 def _dot(w: np.ndarray, feats: np.ndarray) -> np.ndarray:
     """Integer weights times integer feature rows (k, n), summed per sample. The float64
@@ -1478,13 +1522,12 @@ def _plan(lad: _Ladder, tok: np.ndarray, tables: Tables, previous: dict[int, np.
         hist = np.stack([np.bincount(t, minlength=NTOK) for t in by_class])
         pick = _choose(hist, tables)
         return hist, None, pick, [(tables.bank[j], t) for j, t in zip(pick, by_class)]
-    used, inverse = _unique(lad.cls)
-    hist = np.bincount(inverse * NTOK + tok, minlength=len(used) * NTOK).reshape(-1, NTOK)
-    cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
-    mixes = _mixes(lad, used, inverse, rev.sub_steps)
-    prior = _prior(previous, c, tables)
+    used, mixes = _grouped(lad, rev.sub_steps)
     groups = np.bincount(mixes.member * NTOK + tok,
                          minlength=len(mixes.own) * NTOK).reshape(-1, NTOK)
+    hist = _by_class(groups, mixes, len(used))
+    cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
+    prior = _prior(previous, c, tables)
     counts = _mixed_counts(mixes, used, prior, rev) if rev.prior_counts else \
         np.zeros_like(groups)
     counts = counts.astype(np.float64) * (1 << PRECISION)
@@ -1494,7 +1537,7 @@ def _plan(lad: _Ladder, tok: np.ndarray, tables: Tables, previous: dict[int, np.
         choice = _best_scale(groups, mixes, alone, used, prior, tables)
     pick = _choose_mixed(groups, mixes, cost, alone, counts, tables, _prior_scale(rev, choice))
     freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables, _prior_scale(rev, choice)))
-    previous[c] = _class_counts(lad, tok, tables)
+    previous[c] = _class_counts(hist, used, tables)
     _, members = _groups(mixes.member, tok)
     return hist, choice if rev.prior_choices > 1 else None, pick, list(zip(freqs, members))
 
@@ -2005,7 +2048,7 @@ class _Decoding:
             if choice >= rev.prior_choices:
                 raise ValueError("bad table weight")
         if rev.mixed_tables:
-            used, inverse = _unique(lad.cls)
+            used, mixes = _grouped(lad, rev.sub_steps)
             count = len(used)
         else:
             _, by_class = _groups(lad.cls, np.arange(n))
@@ -2018,13 +2061,14 @@ class _Decoding:
             raise ValueError("table index out of range")
         tok[:] = 0
         if rev.mixed_tables:
-            mixes = _mixes(lad, used, inverse, rev.sub_steps)
             prior = _prior(previous, c, tables)
             freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables,
                                              _prior_scale(rev, choice)))
             for f, where in zip(freqs, _groups(mixes.member, np.arange(n))[1]):
                 tok[where] = coder.decode(f, len(where))
-            previous[c] = _class_counts(lad, tok, tables)
+            groups = np.bincount(mixes.member * NTOK + tok,
+                                 minlength=len(mixes.own) * NTOK).reshape(-1, NTOK)
+            previous[c] = _class_counts(_by_class(groups, mixes, len(used)), used, tables)
         else:
             for j, where in zip(pick, by_class):
                 tok[where] = coder.decode(tables.bank[j], len(where))

@@ -16,10 +16,25 @@ NTOK = 40  # tokens of 16-bit samples: 16 + 2 per octave from 2**4 to 2**15
 _UNIFORM: dict[int, np.ndarray] = {}  # uniform tables by bit count
 
 
+_SMALL: list[np.ndarray] = []  # token, raw bit count and raw bits' mask of 0 .. 2**16 - 1
+
+
 def tokens(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(token, raw bit count, raw value) of non-negative integers (below 2**16 for the
-    residuals' 40 tokens, below 2**32 for the side information's 72)."""
-    u = u.astype(np.int64)
+    residuals' 40 tokens, below 2**32 for the side information's 72). Values below 2**16 (the
+    residuals') are looked up in tables made once: a few gathers, where computing them took
+    a sixth of the encoder's planning of a step."""
+    u = np.asarray(u, np.int64)
+    if u.size and u.max() < 1 << 16:
+        if not _SMALL:
+            tok, nraw, _ = _tokens(np.arange(1 << 16))
+            _SMALL[:] = [tok, nraw, (1 << nraw) - 1]
+        return _SMALL[0][u], _SMALL[1][u], u & _SMALL[2][u]
+    return _tokens(u)
+
+
+def _tokens(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`tokens` computed."""
     n = np.frexp(np.maximum(u, 1).astype(np.float64))[1].astype(np.int64) - 1  # floor(log2 u)
     big = u >= SPLIT
     nraw = np.where(big, n - 1, 0)
