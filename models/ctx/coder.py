@@ -58,6 +58,7 @@ sample range in a class of their own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -233,6 +234,11 @@ class Tables:
     # 2**PRECISION) of a 1 as each of a token's top raw bits, then its lowest, by the
     # sample's class
     collect_raw: list | None = field(default=None)  # training: every step's coded raw bits
+
+    @functools.cached_property
+    def bits(self) -> np.ndarray:
+        """(M, NTOK) the bits of each token under each table of the bank."""
+        return PRECISION - np.log2(self.bank)
 
 
 class _Own(NamedTuple):
@@ -1526,7 +1532,7 @@ def _plan(lad: _Ladder, tok: np.ndarray, tables: Tables, previous: dict[int, np.
     groups = np.bincount(mixes.member * NTOK + tok,
                          minlength=len(mixes.own) * NTOK).reshape(-1, NTOK)
     hist = _by_class(groups, mixes, len(used))
-    cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
+    cost = hist @ tables.bits.T  # (used, M) bits
     prior = _prior(previous, c, tables)
     counts = _mixed_counts(mixes, used, prior, rev) if rev.prior_counts else \
         np.zeros_like(groups)
@@ -1556,7 +1562,7 @@ def _groups(key: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[np.nd
 
 def _choose(hist: np.ndarray, tables: Tables) -> np.ndarray:
     """The table of each used class, from its token counts ``hist`` (used, NTOK)."""
-    cost = hist @ (PRECISION - np.log2(tables.bank)).T  # (used, M) bits
+    cost = hist @ tables.bits.T  # (used, M) bits
     if tables.revision.coded_side:
         return coded.choose_picks(cost, tables.side)
     return cost.argmin(1)
@@ -1759,12 +1765,15 @@ def _estimate(act: np.ndarray, shift: int, w: np.ndarray, bias: int) -> np.ndarr
 def _best_scale(groups: np.ndarray, mixes: _Mixes, pick: np.ndarray, used: np.ndarray,
                 prior: np.ndarray, tables: Tables) -> int:
     """r4's encoder: which of the tables' weights (:func:`_prior_scale`) codes a pass's groups
-    (``groups``: their token histograms) in the fewest bits with the tables ``pick``."""
-    bits = []
-    for choice in range(tables.revision.prior_choices):
-        w = _mix_weights(mixes, pick, used, prior, tables,
-                         _prior_scale(tables.revision, choice)).astype(np.float64)
-        bits.append(float((groups * (np.log2(w.sum(1, keepdims=True)) - np.log2(w))).sum()))
+    (``groups``: their token histograms) in the fewest bits with the tables ``pick``: each
+    choice's weights are the mixed tables times its scale plus the mixed counts (integers
+    below 2**53, exact), all choices at once."""
+    rev = tables.revision
+    scales = np.array([_prior_scale(rev, choice) for choice in range(rev.prior_choices)])
+    mixed = _mixed(mixes, tables.bank[pick[mixes.own]], tables.bank[pick[mixes.other]], rev)
+    counts = _mixed_counts(mixes, used, prior, rev) << PRECISION
+    w = (scales[:, None, None] * mixed + counts).astype(np.float64)  # (choices, groups, NTOK)
+    bits = np.einsum("gt,cgt->c", groups, np.log2(w.sum(2, keepdims=True)) - np.log2(w))
     return int(np.argmin(bits))
 
 
