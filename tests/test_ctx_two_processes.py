@@ -495,37 +495,48 @@ def test_packed_arrays_come_back_whole():
         partner.unpack(bytes(forged))
 
 
-def test_a_classified_step_crosses_whole(tables):
-    """A fitted and classified step packed (the encoder's second process's answer) unpacks to
-    the same step."""
+def test_a_sorted_step_crosses_whole(tables):
+    """A step sorted for coding and packed (the encoder's second process's answer) unpacks to
+    the same values (tokens and raw values in smaller types) and plans and writes the same
+    bytes, for every revision's steps (groups before r4 and after, coded raw bits or none)."""
     image = _image(40, 48, 3)
     classified: list = []
-    real = coder._planned
+    real = coder._sorted
 
     def spy(step, *args):
         classified.append(step)
         return real(step, *args)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(coder, "_planned", spy)
+        patch.setattr(coder, "_sorted", spy)
         encode_tile(image, 8, tables, threads=1)
     assert len(classified) > 10
+    previous: dict = {}
+    previous_crossed: dict = {}
     for step in classified:
-        assert _same(coder._Classified.unpacked(step.packed()), step)
+        sorted_ = coder._sorted(step, tables)
+        crossed = coder._Sorted.unpacked(sorted_.packed())
+        assert _alike(crossed, sorted_)
+        written = []
+        for s, prev in ((sorted_, previous), (crossed, previous_crossed)):
+            encoder = coder.PacketEncoder()
+            coder._write_step(encoder, coder._Side(enc=encoder),
+                              coder._finished(s, tables, prev), tables)
+            written.append(encoder.finish())
+        assert written[0] == written[1]
 
 
-def _same(a, b) -> bool:
-    """Whether two values (fitted steps, their fields, arrays, lists, numbers) are equal, the
-    arrays in type too."""
+def _alike(a, b) -> bool:
+    """Whether two values are equal as numbers (arrays of any type, lists, tuples, data
+    classes)."""
     if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape \
-            and (a == b).all()
-    if isinstance(a, (list, tuple)):  # named tuples too
-        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+        return isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_alike, a, b))
     if hasattr(a, "__dataclass_fields__"):
-        return type(a) is type(b) and all(_same(getattr(a, k), getattr(b, k))
+        return type(a) is type(b) and all(_alike(getattr(a, k), getattr(b, k))
                                           for k in a.__dataclass_fields__)
-    return type(a) is type(b) and a == b
+    return a == b
 
 
 @pytest.mark.parametrize("ending", ["exit", "_exit"])

@@ -1288,8 +1288,10 @@ def encode_tile(tile: np.ndarray, depth: int, tables: Tables, threads: int | Non
     writer = _Writer(coder, _Side(enc=coder), tables, _written(visits, channels, rev))
     previous: dict[int, np.ndarray] = {}  # r4: each channel's class counts in its last pass
 
-    def write(index: int, step: _Classified) -> None:
-        writer.put(index, _planned(step, tables, previous))
+    def write(index: int, step: _Classified | _Sorted) -> None:
+        if isinstance(step, _Classified):
+            step = _sorted(step, tables)
+        writer.put(index, _finished(step, tables, previous))
 
     with _one_blas_thread(), (partner.kept(tables, _arena(tile.shape, tables), _second) if two
                               else contextlib.nullcontext()) as kept:
@@ -1398,24 +1400,26 @@ def _second(tables: Tables, arena, task: int, data: bytes) -> bytes | None:
                       else _DecodeTile(shape, depth, tables, _Carve(arena))]
         return None
     if isinstance(_SECOND[0], _Tile):
-        return _SECOND[0].classified(task).packed()
+        return _sorted(_SECOND[0].classified(task), tables).packed()
     return _SECOND[0].task(task, data)
 
 
 def _fit_in_two(mine: _Tile, other: partner.Partner,
-                done: Callable[[int, _Classified], None]) -> None:
+                done: Callable[[int, _Classified | _Sorted], None]) -> None:
     """Fit and classify the steps of tile ``mine`` in two processes, passing each to ``done``
     (its index, the visit times the channels plus its channel position) here, each channel's
     in pass order. The second process (``other``, sent the tile) fits the odd visits, this
     one the even ones, each step once its channel's step of the visit before is done (the
     earlier channels of its visit are done before it in its own process). What the steps read
     of one another's is in memory shared with it (the residual and pair-miss planes); each
-    process keeps what a visit's channels leave for its later ones (``known``). The caller
-    plans the tables of every step (:func:`_planned`, with r4's class counts of each
-    channel's last pass) and writes it: that is a tenth of a step, and the odd visits cost
-    more (their halves see the even halves' samples); planned in the second process (the
+    process keeps what a visit's channels leave for its later ones (``known``). The second
+    process answers its steps with their tokens sorted for coding (:func:`_sorted`, which
+    needs no other step); the caller plans the tables of every step (:func:`_finished`, with
+    r4's class counts of each channel's last pass) and writes it. The odd visits cost more
+    (their halves see the even halves' samples); planned wholly in the second process (the
     counts crossing with the tasks and answers), its steps took longer in all (``explore.md``,
-    "A kept second process")."""
+    "A kept second process"); sorted there, the encode took 3.5% less ("The planning in the
+    encoder's process")."""
     channels, visits = len(mine.order), mine.visits
     for j in range(0, len(visits), 2):
         before, own = [], []  # the second process's steps of the visit before, this one's
@@ -1427,41 +1431,67 @@ def _fit_in_two(mine: _Tile, other: partner.Partner,
             if j + 1 < len(visits):  # asked at once, planned and written later
                 other.ask(index + channels)
         for c, answer in enumerate(before):
-            done((j - 1) * channels + c, _Classified.unpacked(answer))
+            done((j - 1) * channels + c, _Sorted.unpacked(answer))
         for c, step in enumerate(own):
             done(j * channels + c, step)
     if len(visits) % 2 == 0:  # the last visit is the second process's
         for c in range(channels):
-            done((len(visits) - 1) * channels + c, _Classified.unpacked(other.wait()))
+            done((len(visits) - 1) * channels + c, _Sorted.unpacked(other.wait()))
 
 
 class _Classified(NamedTuple):
-    """One step of the encoder, fitted and classified (:func:`_fit_step`), before its tables
-    are planned (:func:`_planned`)."""
+    """One step of the encoder, fitted and classified (:func:`_fit_step`), before its tokens
+    are sorted for coding (:func:`_sorted`) and its tables planned (:func:`_finished`)."""
 
     side: coded.StepSide  # the pass and channel's shifts and coefficients
     lad: _Ladder  # each sample's class (and r4's mix)
     u: np.ndarray  # each sample's residual as a non-negative integer (zigzag, r5 ranged)
 
+
+class _Sorted(NamedTuple):
+    """One step of the encoder with its tokens and raw bits sorted for coding: all of its
+    planning that needs no other step (:func:`_sorted`), which the encoder's second process
+    does for its own steps before answering (:meth:`packed`); the tables are planned from it
+    with the previous pass's counts (:func:`_finished`)."""
+
+    side: coded.StepSide
+    used: np.ndarray  # the used classes' ids (r4 on; before r4, empty)
+    mixes: _Mixes | None  # r4: the groups' classes and weights (without each sample's group)
+    counts: np.ndarray  # token counts (groups, NTOK): r4's groups, or (before r4) the classes
+    members: list[np.ndarray]  # the tokens of each group (class), in sample order
+    top: list[tuple[np.ndarray, np.ndarray]]  # r5: (context, bits) of each coded raw bit
+    raw: list[tuple[int, np.ndarray]]  # the raw values of each raw bit count above 0
+
     def packed(self) -> bytes:
-        """The step as bytes (:func:`partner.pack`), its per-sample values in small integers
-        (class ids below 2**15, mix weights below 2**7, residuals below 2**16): what the
-        encoder's second process answers."""
-        s, lad = self.side, self.lad
-        mix = [] if lad.toward is None else [lad.toward.astype(np.int16),
-                                             lad.weight.astype(np.int8)]
-        head = [s.kind, s.c, s.depth, s.bits, s.frac, s.bias, s.shift, s.ebias]
-        return partner.pack([np.array(head, np.int64), s.w, s.ew, s.coarse,
-                             lad.cls.astype(np.int16), self.u.astype(np.uint16), *mix])
+        """The step as bytes (:func:`partner.pack`), tokens in one byte, raw values and bits in
+        two (below 2**16) and one: what the encoder's second process answers."""
+        s, mixes = self.side, self.mixes
+        head = [s.kind, s.c, s.depth, s.bits, s.frac, s.bias, s.shift, s.ebias,
+                mixes is not None, len(self.top)]
+        groups = [] if mixes is None else [mixes.own, mixes.other, mixes.weight]
+        sizes = np.array([len(t) for t in self.members], np.int64)
+        top = [a for context, bits in self.top for a in (context.astype(np.int32),
+                                                         bits.astype(np.uint8))]
+        raw = [np.array([k for k, _ in self.raw], np.int64),
+               np.array([len(v) for _, v in self.raw], np.int64),
+               np.concatenate([v for _, v in self.raw] or [np.zeros(0)]).astype(np.uint16)]
+        return partner.pack([np.array(head, np.int64), s.w, s.ew, s.coarse, self.used,
+                             self.counts, sizes,
+                             np.concatenate(self.members or [np.zeros(0)]).astype(np.uint8),
+                             *raw, *top, *groups])
 
     @classmethod
-    def unpacked(cls, data: bytes) -> _Classified:
-        """The step :meth:`packed` made ``data`` of, its per-sample values int64 again."""
-        head, w, ew, coarse, *rest = partner.unpack(data)
-        kind, c, depth, bits, frac, bias, shift, ebias = head.tolist()
-        classes, u, *mix = (a.astype(np.int64) for a in rest)
+    def unpacked(cls, data: bytes) -> _Sorted:
+        """The step :meth:`packed` made ``data`` of."""
+        head, w, ew, coarse, used, counts, sizes, tok, bits_of, lengths, raw, *rest = \
+            partner.unpack(data)
+        kind, c, depth, bits, frac, bias, shift, ebias, mixed, top = head.tolist()
+        cut = np.cumsum(sizes)[:-1]
+        top_bits = [(rest[2 * j], rest[2 * j + 1]) for j in range(top)]
+        mixes = _Mixes(*rest[2 * top:], np.zeros(0, np.int64)) if mixed else None
         return cls(coded.StepSide(kind, c, depth, bits, frac, w, bias, shift, ew, ebias, coarse),
-                   _Ladder(classes, *mix), u)
+                   used, mixes, counts, np.split(tok, cut),
+                   top_bits, list(zip(bits_of.tolist(), np.split(raw, np.cumsum(lengths)[:-1]))))
 
 
 def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
@@ -1504,15 +1534,40 @@ def _fit_step(x: np.ndarray, res: np.ndarray, err: np.ndarray | None,
 
 
 def _planned(step: _Classified, tables: Tables, previous: dict[int, np.ndarray]) -> _Fitted:
-    """A classified step's tokens, its tables (:func:`_plan`) and raw bits, ready to be
-    written. ``previous``: r4's class counts of each channel position's last pass, read and
-    replaced here (each channel's steps are planned in pass order)."""
+    """A classified step's tokens, its tables and raw bits, ready to be written
+    (:func:`_sorted`, then :func:`_finished`)."""
+    return _finished(_sorted(step, tables), tables, previous)
+
+
+def _sorted(step: _Classified, tables: Tables) -> _Sorted:
+    """A classified step's tokens and raw bits sorted for coding (:class:`_Sorted`): its tokens
+    by r4's groups (:func:`_grouped`; before r4, by class) and their counts there, r5's coded
+    raw bits (``rawbits.top_raw``), the other raw bits by their count."""
+    lad = step.lad
     tok, nraw, raw = tokens(step.u)
-    hist, choice, pick, coded_tokens = _plan(step.lad, tok, tables, previous, step.side.c)
-    top, nraw, raw = top_raw(step.lad.cls, tok, nraw, raw, tables.revision)
+    if tables.revision.mixed_tables:
+        used, mixes = _grouped(lad, tables.revision.sub_steps)
+        _, members = _groups(mixes.member, tok)
+        counts = np.bincount(mixes.member * NTOK + tok,
+                             minlength=len(members) * NTOK).reshape(-1, NTOK)
+        mixes = mixes._replace(member=np.zeros(0, np.int64))
+    else:
+        used, mixes = np.zeros(0, np.int64), None
+        _, members = _groups(lad.cls, tok)
+        counts = np.stack([np.bincount(t, minlength=NTOK) for t in members])
+    top, nraw, raw = top_raw(lad.cls, tok, nraw, raw, tables.revision)
     bits_of, by_bits = _groups(nraw, raw)
-    return _Fitted(step.side, hist, choice, pick, coded_tokens,
-                   [(int(k), v) for k, v in zip(bits_of, by_bits) if k > 0], top)
+    return _Sorted(step.side, used, mixes, counts, members, top,
+                   [(int(k), v) for k, v in zip(bits_of, by_bits) if k > 0])
+
+
+def _finished(step: _Sorted, tables: Tables, previous: dict[int, np.ndarray]) -> _Fitted:
+    """A sorted step's tables planned (:func:`_plan`), ready to be written. ``previous``: r4's
+    class counts of each channel position's last pass, read and replaced here (each channel's
+    steps are planned in pass order)."""
+    hist, choice, pick, freqs = _plan(step, tables, previous)
+    return _Fitted(step.side, hist, choice, pick, list(zip(freqs, step.members)), step.raw,
+                   step.top)
 
 
 def raw_rows(tables: Tables) -> int:
@@ -1520,23 +1575,19 @@ def raw_rows(tables: Tables) -> int:
     return _class_rows(tables) // 2
 
 
-def _plan(lad: _Ladder, tok: np.ndarray, tables: Tables, previous: dict[int, np.ndarray],
-          c: int) -> tuple[np.ndarray, int | None, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+def _plan(step: _Sorted, tables: Tables, previous: dict[int, np.ndarray]
+          ) -> tuple[np.ndarray, int | None, np.ndarray, list[np.ndarray]]:
     """How a step's tokens are coded: (the token counts of each used class, r4's tables' weight
-    choice (None before r4), each used class's table, (frequency table, tokens) of each coder
-    call). Before r4, one call per used class with its bank table; r4 (:func:`_mixes`): one
-    call per group of samples sharing a mixed table, the tables picked knowing the mix, and
+    choice (None before r4), each used class's table, the frequency table of each coder call).
+    Before r4, one call per used class with its bank table; r4 (:func:`_grouped`): one call per
+    group of samples sharing a mixed table, the tables picked knowing the mix, and
     ``previous[c]`` (the class counts of channel position ``c``'s last pass) replaced by
     this step's."""
-    rev = tables.revision
-    if not rev.mixed_tables:
-        _, by_class = _groups(lad.cls, tok)
-        hist = np.stack([np.bincount(t, minlength=NTOK) for t in by_class])
-        pick = _choose(hist, tables)
-        return hist, None, pick, [(tables.bank[j], t) for j, t in zip(pick, by_class)]
-    used, mixes = _grouped(lad, rev.sub_steps)
-    groups = np.bincount(mixes.member * NTOK + tok,
-                         minlength=len(mixes.own) * NTOK).reshape(-1, NTOK)
+    rev, c, mixes, used, groups = tables.revision, step.side.c, step.mixes, step.used, \
+        step.counts
+    if mixes is None:
+        pick = _choose(groups, tables)
+        return groups, None, pick, list(tables.bank[pick])
     hist = _by_class(groups, mixes, len(used))
     cost = hist @ tables.bits.T  # (used, M) bits
     prior = _prior(previous, c, tables)
@@ -1550,8 +1601,7 @@ def _plan(lad: _Ladder, tok: np.ndarray, tables: Tables, previous: dict[int, np.
     pick = _choose_mixed(groups, mixes, cost, alone, counts, tables, _prior_scale(rev, choice))
     freqs = _normalised(_mix_weights(mixes, pick, used, prior, tables, _prior_scale(rev, choice)))
     previous[c] = _class_counts(hist, used, tables)
-    _, members = _groups(mixes.member, tok)
-    return hist, choice if rev.prior_choices > 1 else None, pick, list(zip(freqs, members))
+    return hist, choice if rev.prior_choices > 1 else None, pick, list(freqs)
 
 
 def _groups(key: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
