@@ -994,9 +994,10 @@ def _class_rows(tables: Tables) -> int:
 
 
 def _mix_weights(mixes: _Mixes, picks: np.ndarray, used: np.ndarray, prior: np.ndarray,
-                 tables: Tables, scale: int) -> np.ndarray:
+                 tables: Tables, scale: int | np.ndarray) -> np.ndarray:
     """r4: each group's table as integer weights (groups, NTOK): the picked tables of its two
-    classes mixed, times ``scale`` (:func:`_prior_scale`), plus the two classes' counts of the
+    classes mixed, times ``scale`` (:func:`_prior_scale`; an array (choices, 1, 1) of them
+    gives (choices, groups, NTOK)), plus the two classes' counts of the
     channel's previous pass mixed alike (``prior``, rows: class ids) in the tables' units
     (2**PRECISION). Integers below 2**40 in tiles of up to 2**20 pixels: exact."""
     rev = tables.revision
@@ -1821,15 +1822,12 @@ def _estimate(act: np.ndarray, shift: int, w: np.ndarray, bias: int) -> np.ndarr
 def _best_scale(groups: np.ndarray, mixes: _Mixes, pick: np.ndarray, used: np.ndarray,
                 prior: np.ndarray, tables: Tables) -> int:
     """r4's encoder: which of the tables' weights (:func:`_prior_scale`) codes a pass's groups
-    (``groups``: their token histograms) in the fewest bits with the tables ``pick``: each
-    choice's weights are the mixed tables times its scale plus the mixed counts (integers
-    below 2**53, exact), all choices at once."""
+    (``groups``: their token histograms) in the fewest bits with the tables ``pick``, all
+    choices' weights (:func:`_mix_weights`) at once."""
     rev = tables.revision
     scales = np.array([_prior_scale(rev, choice) for choice in range(rev.prior_choices)])
-    mixed = _mixed(mixes, tables.bank[pick[mixes.own]], tables.bank[pick[mixes.other]], rev)
-    counts = _mixed_counts(mixes, used, prior, rev) << PRECISION
-    w = (scales[:, None, None] * mixed + counts).astype(np.float64)  # (choices, groups, NTOK)
-    bits = np.einsum("gt,cgt->c", groups, np.log2(w.sum(2, keepdims=True)) - np.log2(w))
+    w = _mix_weights(mixes, pick, used, prior, tables, scales[:, None, None]).astype(np.float64)
+    bits = np.einsum("gt,...gt->...", groups, np.log2(w.sum(-1, keepdims=True)) - np.log2(w))
     return int(np.argmin(bits))
 
 
